@@ -1,0 +1,225 @@
+"""
+Blob lookups: the store first, then a download in flight, then one new
+upstream fetch per digest, however many clients ask at once.
+
+A blob is content-addressed, so one stored copy serves every repository.
+It is not served to a repository that has not shown it holds that blob,
+though: otherwise anyone could read a private layer through a public
+repository's name.  A repository proves it with an upstream C{HEAD}
+(distribution-spec "Checking if content exists in the registry"), which
+Docker Hub does not count against the pull rate limit, and the proof is
+remembered.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from attrs import frozen
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+
+from ._errors import RegistryError, error_for_response
+from ._access import RepoAccess
+from ._fanout import Download, Source, StoredFile
+from ._metadata import Metadata
+from ._reference import Digest
+from ._singleflight import SingleFlight
+from ._store import Kind, Store
+from ._upstream import Upstream, UpstreamUnavailable
+
+__all__ = ["BlobLookup", "BlobService"]
+
+log = Logger()
+
+IDLE_TIMEOUT = 60.0
+"""Seconds an upstream body may stay silent before the download fails."""
+
+
+@frozen
+class BlobLookup:
+    """
+    What a client will be sent: the bytes, and where they came from.
+    C{result} is C{hit}, C{miss} (this request started the download) or
+    C{coalesced} (it joined one in flight).
+    """
+
+    source: Source
+    result: str
+
+
+class BlobService:
+    """
+    Finds or fetches blobs, and keeps the map of downloads in flight.
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        store: Store,
+        metadata: Metadata,
+        disk_pool: ThreadPool,
+        access: RepoAccess,
+        on_committed: Callable[[Digest, int], None] = lambda digest, size: None,
+    ) -> None:
+        self._reactor = reactor
+        self._store = store
+        self._metadata = metadata
+        self._disk_pool = disk_pool
+        self._access = access
+        self._on_committed = on_committed
+        self._starting: SingleFlight[Digest, Download] = SingleFlight()
+        self.inflight: dict[Digest, Download] = {}
+
+    async def lookup(self, upstream: Upstream, repo: str, digest: Digest) -> BlobLookup:
+        stored = self._store.open(Kind.BLOB, digest)
+        if stored is not None:
+            source = StoredFile(*stored)
+            try:
+                await self._authorize(upstream, repo, digest)
+            except BaseException:
+                source.release()
+                raise
+            return BlobLookup(source, "hit")
+        download = self.inflight.get(digest)
+        if download is not None:
+            download.acquire()
+            try:
+                await self._authorize(upstream, repo, digest)
+            except BaseException:
+                download.release()
+                raise
+            return BlobLookup(download, "coalesced")
+        starting, joined = self._starting.call(
+            digest, lambda: self._start(upstream, repo, digest)
+        )
+        download = await starting
+        download.acquire()
+        if joined:
+            try:
+                await self._authorize(upstream, repo, digest)
+            except BaseException:
+                download.release()
+                raise
+        return BlobLookup(download, "coalesced" if joined else "miss")
+
+    async def head(self, upstream: Upstream, repo: str, digest: Digest) -> int:
+        """
+        The size of a blob, from the store or from an upstream C{HEAD}.
+        """
+        size = self._store.size(Kind.BLOB, digest)
+        if size is not None:
+            await self._authorize(upstream, repo, digest)
+            return size
+        download = self.inflight.get(digest)
+        if download is not None and download.size is not None:
+            await self._authorize(upstream, repo, digest)
+            return download.size
+        return await self._upstream_head(upstream, repo, digest)
+
+    async def _authorize(self, upstream: Upstream, repo: str, digest: Digest) -> None:
+        async def prove() -> None:
+            await self._upstream_head(upstream, repo, digest)
+
+        await self._access.check(upstream, repo, digest, prove)
+
+    async def _upstream_head(self, upstream: Upstream, repo: str, digest: Digest) -> int:
+        try:
+            response = await upstream.blob("HEAD", repo, str(digest))
+        except UpstreamUnavailable as e:
+            raise RegistryError("UPSTREAM_UNAVAILABLE", str(e), status=502) from None
+        if response.code != 200:
+            raise error_for_response(response, "BLOB_UNKNOWN", f"blob {digest} is unknown to {upstream.name}/{repo}")
+        length = response.headers.getRawHeaders(b"content-length", [None])[0]
+        if length is None or not length.isdigit():
+            raise RegistryError("UPSTREAM_UNAVAILABLE", f"{upstream.name} sent no blob length", status=502)
+        return int(length)
+
+    async def _start(self, upstream: Upstream, repo: str, digest: Digest) -> Download:
+        """
+        Ask the upstream for the blob and, once it answers 200, start
+        writing its body: the returned download grows while clients read.
+        """
+        try:
+            response = await upstream.blob("GET", repo, str(digest))
+        except UpstreamUnavailable as e:
+            raise RegistryError("UPSTREAM_UNAVAILABLE", str(e), status=502) from None
+        if response.code != 200:
+            error = error_for_response(response, "BLOB_UNKNOWN", f"blob {digest} is unknown to {upstream.name}/{repo}")
+            response.deliverBody(_Discard())
+            raise error
+        size = response.length if isinstance(response.length, int) else None
+        download = Download(self._reactor, self._disk_pool, self._store, digest, size)
+        self.inflight[digest] = download
+        self._access.note(upstream, repo, digest)
+        download.settled.addBoth(self._settled, digest, download, upstream.name, repo)
+        response.deliverBody(_BodyWriter(download, self._reactor))
+        return download
+
+    def _settled(self, result: str | Failure, digest: Digest, download: Download, upstream: str, repo: str) -> None:
+        if self.inflight.get(digest) is download:
+            del self.inflight[digest]
+        if isinstance(result, Failure):
+            log.warn("Download of {digest} from {upstream}/{repo} failed: {error}",
+                     digest=str(digest), upstream=upstream, repo=repo,
+                     error=result.getErrorMessage())
+            return
+        size = download.size or 0
+        now = time.time()
+        self._metadata.put_blob(str(digest), size, now).addErrback(_log_failure, "record blob")
+        self._on_committed(digest, size)
+
+
+class _BodyWriter(Protocol):
+    """
+    Feeds an upstream body into a L{Download}, and fails it when the body
+    stops arriving for L{IDLE_TIMEOUT} seconds: a 2 GiB layer may take as
+    long as it needs, but not forever without a byte.
+    """
+
+    def __init__(self, download: Download, reactor: IReactorTime) -> None:
+        self._download = download
+        self._reactor = reactor
+        self._idle: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self._download.attach(self.transport)  # type: ignore[arg-type]
+        self._idle = self._reactor.callLater(IDLE_TIMEOUT, self._timed_out)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(IDLE_TIMEOUT)
+        self._download.write(data)
+
+    def _timed_out(self) -> None:
+        self._idle = None
+        self._download.fail(Failure(UpstreamUnavailable(
+            f"no data from upstream for {IDLE_TIMEOUT:.0f}s")))
+
+    def connectionLost(self, reason: Failure = ResponseDone()) -> None:  # type: ignore[assignment]
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+        if reason.check(ResponseDone, PotentialDataLoss):
+            # PotentialDataLoss: a body without a length ended by closing;
+            # the digest check decides whether it is whole.
+            self._download.finish()
+        else:
+            self._download.fail(reason)
+
+
+class _Discard(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+
+def _log_failure(failure: Failure, what: str) -> None:
+    log.failure("Could not {what}", failure, what=what)
+

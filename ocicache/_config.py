@@ -1,0 +1,423 @@
+"""
+Configuration: one TOML file, validated at start-up into frozen objects.
+
+A bad file must stop the daemon with one line that names the key and what
+is wrong with it, so every check raises L{ConfigError} with a dotted key
+path (C{upstream[2].url}) rather than letting a C{KeyError} escape.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from typing import Any, Callable, TypeVar
+
+from attrs import field, frozen
+from hyperlink import DecodedURL
+
+__all__ = [
+    "CacheConfig",
+    "Config",
+    "ConfigError",
+    "Credentials",
+    "MetricsConfig",
+    "ServerConfig",
+    "UpstreamConfig",
+    "default_cache_dir",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+    "parse_size",
+]
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """
+    The configuration is invalid; C{str()} is the one line shown to the
+    operator.
+    """
+
+
+@frozen
+class Credentials:
+    """
+    A username and password for one upstream.  The password never appears
+    in C{repr()}, so it cannot leak through a log line or a traceback.
+    """
+
+    username: str
+    password: str = field(repr=False)
+
+
+@frozen
+class UpstreamConfig:
+    """
+    One upstream registry.  C{name} is the registry host that clients ask
+    for (C{?ns=docker.io}, C{/v2/docker.io/...}); C{url} is where it lives.
+    """
+
+    name: str
+    url: DecodedURL
+    default: bool = False
+    credentials: Credentials | None = None
+    tag_ttl: float | None = None
+    ca_file: str | None = None
+    tls_verify: bool = True
+
+    @property
+    def is_docker_hub(self) -> bool:
+        """
+        Docker Hub puts one-segment names under C{library/}.
+        """
+        return self.name == "docker.io"
+
+
+@frozen
+class ServerConfig:
+    listen: tuple[str, ...] = ("tcp:5000:interface=127.0.0.1",)
+    drain_timeout: float = 30.0
+    log_format: str = "text"
+
+
+@frozen
+class CacheConfig:
+    dir: str
+    tag_ttl: float = 300.0
+    max_size: int | None = None
+    min_free: int | float | None = None
+    """Bytes (C{int}) or a fraction of the filesystem (C{float})."""
+    blob_ttl: float | None = None
+    janitor_interval: float = 60.0
+
+
+@frozen
+class MetricsConfig:
+    listen: str | None = None
+
+
+@frozen
+class Config:
+    server: ServerConfig
+    cache: CacheConfig
+    upstreams: tuple[UpstreamConfig, ...]
+    metrics: MetricsConfig = MetricsConfig()
+
+    @property
+    def default_upstream(self) -> UpstreamConfig | None:
+        for upstream in self.upstreams:
+            if upstream.default:
+                return upstream
+        return None
+
+    def upstream_named(self, name: str) -> UpstreamConfig | None:
+        for upstream in self.upstreams:
+            if upstream.name == name:
+                return upstream
+        return None
+
+    def tag_ttl_for(self, upstream: UpstreamConfig) -> float:
+        if upstream.tag_ttl is not None:
+            return upstream.tag_ttl
+        return self.cache.tag_ttl
+
+
+# The embedded default: Docker Hub as the default upstream, plus the
+# well-known public registries, each under the host name clients use.
+WELL_KNOWN_UPSTREAMS: tuple[tuple[str, str], ...] = (
+    ("docker.io", "https://registry-1.docker.io"),
+    ("ghcr.io", "https://ghcr.io"),
+    ("quay.io", "https://quay.io"),
+    ("registry.k8s.io", "https://registry.k8s.io"),
+    ("gcr.io", "https://gcr.io"),
+    ("public.ecr.aws", "https://public.ecr.aws"),
+    ("mcr.microsoft.com", "https://mcr.microsoft.com"),
+)
+
+
+def default_cache_dir() -> str:
+    """
+    The per-user default cache directory: C{$XDG_CACHE_HOME/ocicache}, or
+    C{~/.cache/ocicache}.  systemd's C{CacheDirectory=} sets
+    C{$CACHE_DIRECTORY}, which wins over both.
+    """
+    systemd = os.environ.get("CACHE_DIRECTORY")
+    if systemd:
+        return systemd.split(":")[0]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".cache"
+    )
+    return os.path.join(base, "ocicache")
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB)?\s*$")
+_SIZE_UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+# Registry host names as clients write them: a DNS name with an optional port.
+_HOST = re.compile(
+    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)"
+    r"(?:\.(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?))*(?::[0-9]+)?$"
+)
+
+
+def parse_duration(value: object) -> float:
+    """
+    Parse C{"30s"}, C{"5m"}, C{"2h"} or C{"7d"} (or a bare number of
+    seconds) into seconds.
+    """
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as '5m'")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError("expected a duration such as '5m'")
+    match = _DURATION.match(value)
+    if match is None:
+        raise ValueError(
+            f"{value!r} is not a duration; use a number with s, m, h or d, such as '5m'"
+        )
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def parse_size(value: object) -> int:
+    """
+    Parse C{"150MiB"} and friends (C{KiB}, C{MiB}, C{GiB}, C{TiB}, or a bare
+    number of bytes) into bytes.
+    """
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as '50GiB'")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a size such as '50GiB'")
+    match = _SIZE.match(value)
+    if match is None:
+        raise ValueError(
+            f"{value!r} is not a size; use a number with KiB, MiB, GiB or TiB, such as '50GiB'"
+        )
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+
+
+def _parse_min_free(value: object) -> int | float:
+    if isinstance(value, str) and value.strip().endswith("%"):
+        number = value.strip()[:-1]
+        try:
+            percent = float(number)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a percentage such as '5%'") from None
+        if not 0 <= percent < 100:
+            raise ValueError("a percentage must be between 0% and 100%")
+        return percent / 100
+    return parse_size(value)
+
+
+class _Section:
+    """
+    Reads typed keys out of one TOML table and refuses keys it does not
+    know, so a typo (C{max_szie}) fails loudly instead of being ignored.
+    """
+
+    def __init__(self, table: object, path: str) -> None:
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{path}: expected a table")
+        self._table = dict(table)
+        self._path = path
+
+    def key(self, name: str) -> str:
+        return f"{self._path}.{name}" if self._path else name
+
+    def get(self, name: str, kind: type[T] | tuple[type, ...], default: Any = None) -> Any:
+        if name not in self._table:
+            return default
+        value = self._table.pop(name)
+        if isinstance(value, bool) and kind is not bool and kind != (bool,):
+            raise ConfigError(f"{self.key(name)}: expected {_kind_name(kind)}, got a boolean")
+        if not isinstance(value, kind):
+            raise ConfigError(
+                f"{self.key(name)}: expected {_kind_name(kind)}, got {type(value).__name__}"
+            )
+        return value
+
+    def convert(self, name: str, parse: Callable[[object], T], default: T) -> T:
+        if name not in self._table:
+            return default
+        value = self._table.pop(name)
+        try:
+            return parse(value)
+        except ValueError as e:
+            raise ConfigError(f"{self.key(name)}: {e}") from None
+
+    def finish(self) -> None:
+        if self._table:
+            unknown = ", ".join(sorted(self._table))
+            raise ConfigError(f"{self._path or 'top level'}: unknown key(s): {unknown}")
+
+
+def _kind_name(kind: object) -> str:
+    names = {str: "a string", bool: "true or false", int: "an integer", list: "a list"}
+    if isinstance(kind, tuple):
+        return " or ".join(names.get(k, k.__name__) for k in kind)
+    return names.get(kind, getattr(kind, "__name__", str(kind)))  # type: ignore[arg-type]
+
+
+def _parse_upstream(table: object, index: int, environ: Mapping[str, str]) -> UpstreamConfig:
+    path = f"upstream[{index}]"
+    section = _Section(table, path)
+    name = section.get("name", str)
+    if name is None:
+        raise ConfigError(f"{path}.name: required (the registry host clients ask for, e.g. 'docker.io')")
+    if not _HOST.match(name) or len(name) > 253:
+        raise ConfigError(f"{path}.name: {name!r} is not a registry host name such as 'docker.io'")
+    url_text = section.get("url", str)
+    if url_text is None:
+        raise ConfigError(f"{path}.url: required (e.g. 'https://registry-1.docker.io')")
+    try:
+        url = DecodedURL.from_text(url_text)
+    except Exception:
+        raise ConfigError(f"{path}.url: {url_text!r} is not a URL") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError(f"{path}.url: {url_text!r} must be an http:// or https:// URL with a host")
+    if url.query or url.fragment:
+        raise ConfigError(f"{path}.url: {url_text!r} must not have a query or fragment")
+    url = url.replace(path=tuple(segment for segment in url.path if segment))
+    default = section.get("default", bool, False)
+    username = section.get("username", str)
+    password_file = section.get("password_file", str)
+    password_env = section.get("password_env", str)
+    if "password" in section._table:
+        raise ConfigError(
+            f"{path}.password: a literal password is not accepted; use password_file or password_env"
+        )
+    credentials = None
+    if password_file is not None and password_env is not None:
+        raise ConfigError(f"{path}: set password_file or password_env, not both")
+    if username is not None:
+        if password_file is not None:
+            try:
+                with open(password_file, encoding="utf-8") as f:
+                    password = f.read().strip("\r\n")
+            except OSError as e:
+                raise ConfigError(
+                    f"{path}.password_file: cannot read {password_file!r}: {e.strerror}"
+                ) from None
+        elif password_env is not None:
+            if password_env not in environ:
+                raise ConfigError(
+                    f"{path}.password_env: environment variable {password_env!r} is not set"
+                )
+            password = environ[password_env]
+        else:
+            raise ConfigError(f"{path}: username needs password_file or password_env")
+        credentials = Credentials(username, password)
+    elif password_file is not None or password_env is not None:
+        raise ConfigError(f"{path}: a password needs a username")
+    tag_ttl = section.convert("tag_ttl", parse_duration, None)
+    ca_file = section.get("ca_file", str)
+    if ca_file is not None and not os.path.isfile(ca_file):
+        raise ConfigError(f"{path}.ca_file: {ca_file!r} is not a readable file")
+    tls_verify = section.get("tls_verify", bool, True)
+    section.finish()
+    return UpstreamConfig(
+        name=name.lower(),
+        url=url,
+        default=default,
+        credentials=credentials,
+        tag_ttl=tag_ttl,
+        ca_file=ca_file,
+        tls_verify=tls_verify,
+    )
+
+
+def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None = None) -> Config:
+    """
+    Validate a parsed TOML document into a L{Config}.  Missing sections
+    take the embedded defaults; with no C{[[upstream]]} at all, the
+    well-known public registries are configured, Docker Hub the default.
+    """
+    if environ is None:
+        environ = os.environ
+    top = _Section(data, "")
+
+    server_section = _Section(top.get("server", dict, {}), "server")
+    listen = server_section.get("listen", list, None)
+    if listen is None:
+        listen_tuple = ServerConfig().listen
+    else:
+        if not listen or not all(isinstance(item, str) and item for item in listen):
+            raise ConfigError("server.listen: expected a non-empty list of endpoint strings")
+        listen_tuple = tuple(listen)
+    drain_timeout = server_section.convert("drain_timeout", parse_duration, 30.0)
+    log_format = server_section.get("log_format", str, "text")
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"server.log_format: {log_format!r} must be 'text' or 'json'")
+    server_section.finish()
+
+    cache_section = _Section(top.get("cache", dict, {}), "cache")
+    cache = CacheConfig(
+        dir=cache_section.get("dir", str, None) or default_cache_dir(),
+        tag_ttl=cache_section.convert("tag_ttl", parse_duration, 300.0),
+        max_size=cache_section.convert("max_size", parse_size, None),
+        min_free=cache_section.convert("min_free", _parse_min_free, None),
+        blob_ttl=cache_section.convert("blob_ttl", parse_duration, None),
+        janitor_interval=cache_section.convert("janitor_interval", parse_duration, 60.0),
+    )
+    if cache.max_size is not None and cache.max_size < 1 << 20:
+        raise ConfigError("cache.max_size: must be at least 1MiB")
+    if cache.janitor_interval <= 0:
+        raise ConfigError("cache.janitor_interval: must be positive")
+    cache_section.finish()
+
+    metrics_section = _Section(top.get("metrics", dict, {}), "metrics")
+    metrics = MetricsConfig(listen=metrics_section.get("listen", str, None))
+    metrics_section.finish()
+
+    raw_upstreams = top.get("upstream", list, None)
+    top.finish()
+    if raw_upstreams is None:
+        upstreams = tuple(
+            UpstreamConfig(name=name, url=DecodedURL.from_text(url), default=name == "docker.io")
+            for name, url in WELL_KNOWN_UPSTREAMS
+        )
+    else:
+        upstreams = tuple(
+            _parse_upstream(table, index, environ) for index, table in enumerate(raw_upstreams)
+        )
+    if not upstreams:
+        raise ConfigError("upstream: at least one [[upstream]] is required")
+    seen: set[str] = set()
+    for index, upstream in enumerate(upstreams):
+        if upstream.name in seen:
+            raise ConfigError(f"upstream[{index}].name: {upstream.name!r} is configured twice")
+        seen.add(upstream.name)
+    if sum(upstream.default for upstream in upstreams) > 1:
+        raise ConfigError("upstream: only one upstream may set default = true")
+    return Config(server=ServerConfig(listen_tuple, drain_timeout, log_format), cache=cache,
+                  upstreams=upstreams, metrics=metrics)
+
+
+def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> Config:
+    """
+    Read and validate the file at C{path}, or the embedded default when
+    C{path} is C{None}.
+    """
+    if path is None:
+        return parse_config({}, environ)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    try:
+        return parse_config(data, environ)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

@@ -1,0 +1,68 @@
+"""
+The operator's listener: C{/metrics} for Prometheus, C{/healthz} (the
+process is alive) and C{/readyz} (it can serve: the cache directory is
+writable and the metadata database is open).
+
+A plain Resource around C{generate_latest}: prometheus-client's own
+Twisted resource imports the reactor at import time and scrapes in a
+thread, neither of which this daemon wants.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+
+from ._metrics import CONTENT_TYPE_LATEST, Metrics
+
+__all__ = ["OperatorResource"]
+
+
+class _Leaf(Resource):
+    isLeaf = True
+
+    def __init__(self, render: Callable[[IRequest], bytes]) -> None:
+        super().__init__()
+        self._render = render
+
+    def render_GET(self, request: IRequest) -> bytes:
+        return self._render(request)
+
+    render_HEAD = render_GET
+
+
+class OperatorResource(Resource):
+    def __init__(self, metrics: Metrics, cache_dir: str, db_open: Callable[[], bool],
+                 before_scrape: Callable[[], None] = lambda: None) -> None:
+        super().__init__()
+        self._metrics = metrics
+        self._cache_dir = cache_dir
+        self._db_open = db_open
+        self._before_scrape = before_scrape
+        self.putChild(b"metrics", _Leaf(self._scrape))
+        self.putChild(b"healthz", _Leaf(self._healthz))
+        self.putChild(b"readyz", _Leaf(self._readyz))
+
+    def _scrape(self, request: IRequest) -> bytes:
+        self._before_scrape()
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        return self._metrics.exposition()
+
+    def _healthz(self, request: IRequest) -> bytes:
+        request.setHeader(b"content-type", b"text/plain")
+        return b"ok\n"
+
+    def _readyz(self, request: IRequest) -> bytes:
+        request.setHeader(b"content-type", b"text/plain")
+        problems = []
+        if not os.access(os.path.join(self._cache_dir, "tmp"), os.W_OK):
+            problems.append(b"cache directory is not writable")
+        if not self._db_open():
+            problems.append(b"metadata database is not open")
+        if problems:
+            request.setResponseCode(503)
+            return b"\n".join(problems) + b"\n"
+        return b"ready\n"

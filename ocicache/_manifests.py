@@ -1,0 +1,229 @@
+"""
+Manifests and tags.
+
+A manifest by digest is immutable: once verified against its digest it is
+kept and served without asking anyone.  A tag is a pointer that moves, so
+its tag-to-digest mapping is trusted for C{tag_ttl}, then revalidated with
+an upstream C{HEAD}: Docker Hub does not count HEADs against its pull rate
+limit and does count GETs.  When the upstream is unreachable or failing,
+the last known manifest is served (stale-if-error, RFC 5861 §4) with a
+warning in the log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Awaitable, Callable, Sequence
+
+from attrs import frozen
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from ._access import RepoAccess
+from ._errors import RegistryError, error_for_response
+from ._metadata import Metadata
+from ._reference import MANIFEST_MEDIA_TYPES, Digest
+from ._singleflight import SingleFlight
+from ._store import Kind, Store
+from ._upstream import Upstream, UpstreamUnavailable, read_body
+
+__all__ = ["MAX_MANIFEST_SIZE", "Manifest", "ManifestService"]
+
+log = Logger()
+
+MAX_MANIFEST_SIZE = 4 << 20
+"""distribution-spec "Pushing Manifests": registries accept at least 4 MiB."""
+
+
+@frozen
+class Manifest:
+    digest: Digest
+    media_type: str
+    body: bytes
+
+
+@frozen
+class ManifestLookup:
+    """
+    A manifest and how it was found: C{hit}, C{miss}, C{coalesced} or
+    C{stale}.
+    """
+
+    manifest: Manifest
+    result: str
+
+
+class ManifestService:
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        store: Store,
+        metadata: Metadata,
+        disk_pool: ThreadPool,
+        access: RepoAccess,
+        tag_ttl: Callable[[Upstream], float],
+    ) -> None:
+        self._reactor = reactor
+        self._store = store
+        self._metadata = metadata
+        self._disk_pool = disk_pool
+        self._access = access
+        self._tag_ttl = tag_ttl
+        self._flights: SingleFlight[tuple[str, str, str], Manifest] = SingleFlight()
+
+    async def lookup(
+        self, upstream: Upstream, repo: str, reference: Digest | str, accept: Sequence[str]
+    ) -> ManifestLookup:
+        if isinstance(reference, Digest):
+            return await self._by_digest(upstream, repo, reference, accept)
+        return await self._by_tag(upstream, repo, reference, accept)
+
+    async def _by_digest(
+        self, upstream: Upstream, repo: str, digest: Digest, accept: Sequence[str]
+    ) -> ManifestLookup:
+        stored = await self._stored(digest)
+        if stored is not None:
+            await self._access.check(upstream, repo, digest, self._prove(upstream, repo, digest))
+            return ManifestLookup(stored, "hit")
+        manifest, joined = await self._fetch(upstream, repo, digest, accept)
+        return ManifestLookup(manifest, "coalesced" if joined else "miss")
+
+    async def _by_tag(
+        self, upstream: Upstream, repo: str, tag: str, accept: Sequence[str]
+    ) -> ManifestLookup:
+        row = await self._metadata.tag(upstream.name, repo, tag)
+        stored = await self._stored(Digest.parse(row.digest)) if row is not None else None
+        if row is None or stored is None:
+            manifest, joined = await self._fetch(upstream, repo, tag, accept)
+            return ManifestLookup(manifest, "coalesced" if joined else "miss")
+        if self._reactor.seconds() - row.checked_at < self._tag_ttl(upstream):
+            return ManifestLookup(stored, "hit")
+        try:
+            current = await self._revalidate(upstream, repo, tag, accept)
+        except UpstreamUnavailable as e:
+            log.warn("Serving stale {upstream}/{repo}:{tag}: {error}",
+                     upstream=upstream.name, repo=repo, tag=tag, error=str(e))
+            return ManifestLookup(stored, "stale")
+        if current == stored.digest:
+            await self._metadata.put_tag(upstream.name, repo, tag, str(current), self._reactor.seconds())
+            return ManifestLookup(stored, "hit")
+        manifest, joined = await self._fetch(upstream, repo, tag, accept)
+        return ManifestLookup(manifest, "coalesced" if joined else "miss")
+
+    async def _revalidate(
+        self, upstream: Upstream, repo: str, tag: str, accept: Sequence[str]
+    ) -> Digest | None:
+        """
+        The digest the upstream's tag points at now, from a C{HEAD}, or
+        C{None} when the upstream did not say.  Raises
+        L{UpstreamUnavailable} when the upstream cannot answer, which the
+        caller turns into a stale hit.
+        """
+        response = await upstream.manifest("HEAD", repo, tag, accept)
+        await read_body(response, 0, discard=True)
+        if response.code >= 500 or response.code == 429:
+            raise UpstreamUnavailable(f"{upstream.name} answered {response.code}")
+        if response.code == 404:
+            await self._metadata.delete_tag(upstream.name, repo, tag)
+            raise RegistryError("MANIFEST_UNKNOWN", f"{repo}:{tag} is not known to {upstream.name}")
+        if response.code != 200:
+            raise error_for_response(response, "MANIFEST_UNKNOWN", f"{repo}:{tag} is not known")
+        header = response.headers.getRawHeaders(b"docker-content-digest", [None])[0]
+        try:
+            return Digest.parse(header.decode("ascii")) if header else None
+        except ValueError:
+            return None
+
+    async def _fetch(
+        self, upstream: Upstream, repo: str, reference: Digest | str, accept: Sequence[str]
+    ) -> tuple[Manifest, bool]:
+        key = (upstream.name, repo, str(reference))
+        flight, joined = self._flights.call(
+            key, lambda: self._download(upstream, repo, reference, accept)
+        )
+        return await flight, joined
+
+    async def _download(
+        self, upstream: Upstream, repo: str, reference: Digest | str, accept: Sequence[str]
+    ) -> Manifest:
+        try:
+            response = await upstream.manifest("GET", repo, str(reference), accept)
+            if response.code != 200:
+                await read_body(response, 0, discard=True)
+                raise error_for_response(response, "MANIFEST_UNKNOWN",
+                                         f"manifest {repo}:{reference} is not known to {upstream.name}")
+            body = await read_body(response, MAX_MANIFEST_SIZE)
+        except UpstreamUnavailable as e:
+            raise RegistryError("UPSTREAM_UNAVAILABLE", str(e), status=502) from None
+        if body is None:
+            raise RegistryError("MANIFEST_INVALID", f"the upstream manifest is over {MAX_MANIFEST_SIZE} bytes",
+                                status=502)
+        # distribution-spec "Pulling manifests": the digest of a manifest is
+        # the digest of its exact bytes.
+        if isinstance(reference, Digest):
+            digest = reference
+            hasher = digest.hasher()
+            hasher.update(body)
+            if hasher.hexdigest() != digest.encoded:
+                raise RegistryError("DIGEST_INVALID", f"the upstream's manifest does not match {digest}",
+                                    status=502)
+        else:
+            digest = Digest("sha256", hashlib.sha256(body).hexdigest())
+            header = response.headers.getRawHeaders(b"docker-content-digest", [None])[0]
+            if header is not None and header.startswith(b"sha256:") and header.decode("ascii", "replace") != str(digest):
+                raise RegistryError("DIGEST_INVALID", "the upstream's manifest does not match its digest header",
+                                    status=502)
+        media_type = _media_type(response.headers.getRawHeaders(b"content-type", [b""])[0], body)
+        manifest = Manifest(digest, media_type, body)
+        await deferToThreadPool(
+            self._reactor, self._disk_pool,  # type: ignore[arg-type]
+            self._store.write_small, Kind.MANIFEST, digest, body,
+        )
+        now = self._reactor.seconds()
+        await self._metadata.put_manifest(str(digest), media_type, len(body), now)
+        await self._access.record(upstream, repo, digest)
+        if not isinstance(reference, Digest):
+            await self._metadata.put_tag(upstream.name, repo, reference, str(digest), now)
+        return manifest
+
+    def _prove(self, upstream: Upstream, repo: str, digest: Digest) -> Callable[[], Awaitable[None]]:
+        async def prove() -> None:
+            try:
+                response = await upstream.manifest("HEAD", repo, str(digest), MANIFEST_MEDIA_TYPES)
+            except UpstreamUnavailable as e:
+                raise RegistryError("UPSTREAM_UNAVAILABLE", str(e), status=502) from None
+            await read_body(response, 0, discard=True)
+            if response.code != 200:
+                raise error_for_response(response, "MANIFEST_UNKNOWN",
+                                         f"manifest {digest} is not known to {upstream.name}/{repo}")
+
+        return prove
+
+    async def _stored(self, digest: Digest) -> Manifest | None:
+        body = self._store.read(Kind.MANIFEST, digest)
+        if body is None:
+            return None
+        media_type = await self._metadata.manifest_media_type(str(digest))
+        if media_type is None:
+            media_type = _media_type(b"", body)
+        return Manifest(digest, media_type, body)
+
+
+def _media_type(content_type: bytes, body: bytes) -> str:
+    """
+    The manifest's media type: the upstream's C{Content-Type}, or else the
+    C{mediaType} field the body declares (image-spec manifest.md).
+    """
+    declared = content_type.split(b";")[0].strip().decode("ascii", "replace")
+    if declared and declared not in ("application/octet-stream", "text/plain", "application/json"):
+        return declared
+    try:
+        field = json.loads(body).get("mediaType")
+    except (ValueError, AttributeError):
+        field = None
+    if isinstance(field, str) and field:
+        return field
+    return declared or "application/vnd.oci.image.manifest.v1+json"

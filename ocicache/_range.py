@@ -1,0 +1,68 @@
+"""
+Single byte ranges, RFC 9110 §14.
+
+containerd resumes an interrupted layer download with C{Range: bytes=N-};
+that and C{bytes=N-M} and suffix ranges C{bytes=-N} are served as 206.  A
+request for several ranges at once is answered with the whole blob, which
+§14.2 allows ("A server MAY ignore the Range header field").
+"""
+
+from __future__ import annotations
+
+import re
+
+from attrs import frozen
+
+__all__ = ["ByteRange", "Unsatisfiable", "parse_range"]
+
+# RFC 9110 §14.1.1: int-range = first-pos "-" [ last-pos ];
+# suffix-range = "-" suffix-length.
+_SINGLE = re.compile(rb"\A\s*bytes\s*=\s*(\d{0,19})\s*-\s*(\d{0,19})\s*\Z", re.IGNORECASE)
+
+
+@frozen
+class ByteRange:
+    """C{[start, end)}: a half-open interval, unlike the header's."""
+
+    start: int
+    end: int
+
+    def content_range(self, size: int) -> bytes:
+        # RFC 9110 §14.4: Content-Range: bytes first-last/complete-length.
+        return b"bytes %d-%d/%d" % (self.start, self.end - 1, size)
+
+
+class Unsatisfiable(Exception):
+    """RFC 9110 §15.5.17: the range does not overlap the representation."""
+
+
+def parse_range(header: bytes | None, size: int) -> ByteRange | None:
+    """
+    The single range C{header} asks for within C{size} bytes, or C{None}
+    to send the whole representation (no header, an invalid one, or
+    several ranges: §14.2 says to ignore those).
+    """
+    if header is None:
+        return None
+    match = _SINGLE.match(header)
+    if match is None:
+        return None
+    first, last = match.group(1), match.group(2)
+    if not first and not last:
+        return None
+    if not first:
+        # A suffix range: the last N bytes.
+        length = int(last)
+        if length == 0:
+            raise Unsatisfiable()
+        return ByteRange(max(0, size - length), size)
+    start = int(first)
+    if last:
+        end = int(last) + 1
+        if end <= start:
+            return None  # §14.1.1: last-pos < first-pos is invalid: ignore.
+    else:
+        end = size
+    if start >= size:
+        raise Unsatisfiable()
+    return ByteRange(start, min(end, size))

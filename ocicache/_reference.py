@@ -1,0 +1,238 @@
+"""
+The grammar of repository names, tags and digests.
+
+Everything here is checked before it is used to build an upstream URL or a
+path under the cache directory, so a hostile client cannot smuggle C{..},
+C{%2f} or a newline through a name, and a L{Digest} can always be used as a
+file name.  The rules come from the OCI distribution-spec ("Pulling
+manifests", "Workflow categories") and the image-spec ("Digests",
+descriptor.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import TYPE_CHECKING, ClassVar
+
+from attrs import frozen
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
+
+__all__ = [
+    "Digest",
+    "InvalidDigest",
+    "InvalidName",
+    "InvalidReference",
+    "InvalidTag",
+    "MANIFEST_MEDIA_TYPES",
+    "parse_reference",
+    "validate_name",
+    "validate_tag",
+]
+
+
+# distribution-spec, "Pulling manifests": the manifest media types a pull
+# may return, and so the ones we ask for in Accept and are willing to cache.
+MANIFEST_MEDIA_TYPES: tuple[str, ...] = (
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+)
+
+
+class InvalidReference(ValueError):
+    """
+    A name, tag or digest does not match the distribution-spec grammar.
+
+    Only the subclasses are raised.  C{code} is the distribution-spec error
+    code to put in the JSON error body; C{message} is a short human
+    description.  The offending text is deliberately not part of the
+    message, since it came from the client and may be arbitrarily long or
+    contain control characters.
+    """
+
+    code: ClassVar[str] = "UNSUPPORTED"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidName(InvalidReference):
+    """
+    A repository name is invalid (distribution-spec error C{NAME_INVALID}).
+    """
+
+    code: ClassVar[str] = "NAME_INVALID"
+
+
+class InvalidDigest(InvalidReference):
+    """
+    A digest is malformed or uses an algorithm we do not verify
+    (distribution-spec error C{DIGEST_INVALID}).
+    """
+
+    code: ClassVar[str] = "DIGEST_INVALID"
+
+
+class InvalidTag(InvalidReference):
+    """
+    A manifest reference is neither a valid tag nor a valid digest.  The
+    distribution-spec has no C{TAG_INVALID}; C{MANIFEST_INVALID} is the code
+    registries use for a bad reference.
+    """
+
+    code: ClassVar[str] = "MANIFEST_INVALID"
+
+
+# image-spec descriptor.md, "Digests":
+#   digest                ::= algorithm ":" encoded
+#   algorithm             ::= algorithm-component (algorithm-separator
+#                             algorithm-component)*
+#   algorithm-component   ::= [a-z0-9]+
+#   algorithm-separator   ::= [+._-]
+#   encoded               ::= [a-zA-Z0-9=_-]+
+# re.fullmatch is used throughout: unlike "$", it cannot match before a
+# trailing newline.
+_ALGORITHM = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*")
+_ENCODED = re.compile(r"[a-zA-Z0-9=_-]+")
+
+# image-spec descriptor.md, "Registered algorithms": the encoded part of a
+# registered algorithm is lowercase hex ([a-f0-9]) of exactly this length.
+_REGISTERED: dict[str, int] = {"sha256": 64, "sha512": 128}
+_LOWER_HEX = re.compile(r"[a-f0-9]+")
+
+# distribution-spec, "Pulling manifests": <name> MUST match
+#   [a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(\/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*
+# The separator and component alphabets are disjoint, so the pattern cannot
+# backtrack badly; the length is checked first regardless.
+_NAME_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+_NAME = re.compile(_NAME_COMPONENT + r"(?:/" + _NAME_COMPONENT + r")*")
+
+# The spec notes that many clients limit the hostname, "/" and <name> to
+# 255 characters together; the name alone can be no longer than that.
+_NAME_MAX = 255
+
+# distribution-spec, "Pulling manifests": <reference> as a tag MUST match
+#   [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}
+_TAG = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
+
+
+@frozen
+class Digest:
+    """
+    A content digest (image-spec descriptor.md, "Digests"), such as
+    C{sha256:e3b0...}.
+
+    Construction validates, so every instance has a registered algorithm
+    and lowercase hex of the right length: C{encoded} is safe to use as a
+    file name and C{hasher()} can verify content against it.
+
+    @ivar algorithm: The algorithm, C{"sha256"} or C{"sha512"}.
+    @ivar encoded: The lowercase hex digest.
+    """
+
+    algorithm: str
+    encoded: str
+
+    def __attrs_post_init__(self) -> None:
+        if _ALGORITHM.fullmatch(self.algorithm) is None:
+            raise InvalidDigest("malformed digest algorithm")
+        if _ENCODED.fullmatch(self.encoded) is None:
+            raise InvalidDigest("malformed digest")
+        # image-spec: implementations SHOULD reject digests with an
+        # unsupported algorithm, since they cannot verify them.
+        length = _REGISTERED.get(self.algorithm)
+        if length is None:
+            raise InvalidDigest("unsupported digest algorithm")
+        if (
+            len(self.encoded) != length
+            or _LOWER_HEX.fullmatch(self.encoded) is None
+        ):
+            raise InvalidDigest(
+                f"{self.algorithm} digest must be {length} lowercase hex "
+                f"characters"
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> Digest:
+        """
+        Parse C{algorithm:encoded}.
+
+        @raise InvalidDigest: If C{text} is not a digest of a registered
+            algorithm.
+        """
+        algorithm, sep, encoded = text.partition(":")
+        if not sep:
+            raise InvalidDigest("digest has no algorithm")
+        return cls(algorithm, encoded)
+
+    @property
+    def hex(self) -> str:
+        """
+        The hex digest; the same as C{encoded}.
+        """
+        return self.encoded
+
+    def hasher(self) -> _Hash:
+        """
+        A new hash object of this digest's algorithm, to verify content
+        against C{hex}.
+        """
+        return hashlib.new(self.algorithm)
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}:{self.encoded}"
+
+
+def validate_name(name: str) -> str:
+    """
+    Check a repository name against the distribution-spec grammar.
+
+    This rejects everything that could escape a URL path segment or a cache
+    directory: C{..}, empty components, leading or trailing slashes,
+    percent-escapes, uppercase, whitespace and non-ASCII.
+
+    @return: C{name}, unchanged.
+    @raise InvalidName: If it does not match.
+    """
+    if not name:
+        raise InvalidName("repository name is empty")
+    if len(name) > _NAME_MAX:
+        raise InvalidName(
+            f"repository name is longer than {_NAME_MAX} characters"
+        )
+    if _NAME.fullmatch(name) is None:
+        raise InvalidName("invalid repository name")
+    return name
+
+
+def validate_tag(tag: str) -> str:
+    """
+    Check a tag against the distribution-spec grammar.
+
+    @return: C{tag}, unchanged.
+    @raise InvalidTag: If it does not match.
+    """
+    if _TAG.fullmatch(tag) is None:
+        raise InvalidTag("invalid tag")
+    return tag
+
+
+def parse_reference(text: str) -> Digest | str:
+    """
+    Parse the C{<reference>} of C{/v2/<name>/manifests/<reference>}.
+
+    A tag cannot contain C{:}, so anything that does is a digest
+    (distribution-spec, "Pulling manifests").
+
+    @return: A L{Digest}, or the tag.
+    @raise InvalidDigest: If C{text} contains C{:} but is not a valid digest.
+    @raise InvalidTag: If C{text} is not a valid tag.
+    """
+    if ":" in text:
+        return Digest.parse(text)
+    return validate_tag(text)

@@ -1,0 +1,371 @@
+"""
+The twisted.web resources: the distribution-spec pull API under C{/v2/}.
+
+Each request is routed and validated (L{ocicache._routing}), then answered
+from the manifest or blob service.  Blob bodies are streamed by a
+L{Streamer} registered as the request's push producer, so a response sends
+bytes as they arrive and as fast as its own client reads.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+from attrs import define
+from hyperlink import DecodedURL
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import Request
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from ._blobs import BlobService
+from ._config import Config
+from ._errors import RegistryError, error_for_response, render_error
+from ._fanout import Streamer
+from ._manifests import ManifestService
+from ._metrics import Metrics
+from ._range import Unsatisfiable, parse_range
+from ._reference import MANIFEST_MEDIA_TYPES, Digest, InvalidReference, validate_tag
+from ._routing import Endpoint, Route, read_only_error, route
+from ._upstream import Upstream, UpstreamUnavailable, read_body
+from ._version import __version__
+
+__all__ = ["RootResource", "Services"]
+
+log = Logger()
+access_log = Logger(namespace="ocicache.access")
+
+SERVER = f"ocicache/{__version__}".encode("ascii")
+MAX_TAGS_PAGE = 10000
+MAX_TAGS_BODY = 16 << 20
+_READ_METHODS = (b"GET", b"HEAD")
+
+
+@define
+class _Exchange:
+    """What one request did, for its access event and its metrics."""
+
+    route: str = "other"
+    result: str | None = None
+    upstream: str | None = None
+    bytes: int = 0
+
+
+class Services:
+    """
+    Everything the resources need, wired once by the service.
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        config: Config,
+        upstreams: dict[str, Upstream],
+        blobs: BlobService,
+        manifests: ManifestService,
+        metrics: Metrics,
+    ) -> None:
+        self.reactor = reactor
+        self.config = config
+        self.upstreams = upstreams
+        self.blobs = blobs
+        self.manifests = manifests
+        self.metrics = metrics
+
+
+
+def _common_headers(request: IRequest) -> None:
+    request.setHeader(b"server", SERVER)
+    # distribution-spec "Determining Support": clients look for this header.
+    request.setHeader(b"docker-distribution-api-version", b"registry/2.0")
+
+
+class _ErrorResource(Resource):
+    """Answers every method with one registry error."""
+
+    isLeaf = True
+
+    def __init__(self, error: RegistryError) -> None:
+        super().__init__()
+        self._error = error
+
+    def render(self, request: IRequest) -> bytes:
+        _common_headers(request)
+        return render_error(request, self._error)
+
+
+class RootResource(Resource):
+    """
+    C{/}: only C{/v2/} lives here; everything else is a JSON 404, never an
+    HTML page.
+    """
+
+    def __init__(self, services: Services) -> None:
+        super().__init__()
+        self.putChild(b"v2", RegistryResource(services))
+
+    def getChild(self, path: bytes, request: IRequest) -> Resource:
+        return _ErrorResource(RegistryError("UNSUPPORTED", "not a registry endpoint", status=404))
+
+    def render(self, request: IRequest) -> bytes:
+        return self.getChild(b"", request).render(request)  # type: ignore[no-any-return]
+
+
+class RegistryResource(Resource):
+    """
+    C{/v2/...}: routed by hand, since a repository name spans any number of
+    path segments.
+    """
+
+    isLeaf = True
+
+    def __init__(self, services: Services) -> None:
+        super().__init__()
+        self._services = services
+
+    def render(self, request: IRequest) -> int | bytes:
+        assert isinstance(request, Request)
+        _common_headers(request)
+        exchange = _Exchange()
+        started = time.monotonic()
+        request.notifyFinish().addBoth(self._finished, request, exchange, started)
+        handling = Deferred.fromCoroutine(self._handle(request, exchange))
+        handling.addErrback(self._failed, request)
+        return NOT_DONE_YET
+
+    async def _handle(self, request: Request, exchange: _Exchange) -> None:
+        postpath = list(request.postpath or [])
+        if postpath in ([], [b""]):
+            exchange.route = "base"
+            if request.method not in _READ_METHODS:
+                raise read_only_error()
+            # distribution-spec "Determining Support": 200 means the v2 API.
+            _send_bytes(request, b"{}", b"application/json")
+            return
+        if request.method not in _READ_METHODS:
+            exchange.route = "write"
+            raise read_only_error()
+        if postpath[-1] == b"":
+            raise RegistryError("UNSUPPORTED", "no such registry endpoint", status=404)
+        target = route(postpath, request.args or {}, self._services.config)
+        exchange.route = target.endpoint
+        exchange.upstream = target.upstream.name
+        upstream = self._services.upstreams[target.upstream.name]
+        if target.endpoint == Endpoint.MANIFESTS:
+            await self._manifest(request, exchange, upstream, target)
+        elif target.endpoint == Endpoint.BLOBS:
+            await self._blob(request, exchange, upstream, target)
+        else:
+            await self._tags(request, exchange, upstream, target)
+
+    # -- manifests
+
+    async def _manifest(self, request: Request, exchange: _Exchange, upstream: Upstream, target: Route) -> None:
+        assert target.reference is not None
+        lookup = await self._services.manifests.lookup(
+            upstream, target.repo, target.reference, _accept(request)
+        )
+        exchange.result = lookup.result
+        self._services.metrics.cache_requests.labels("manifest", lookup.result).inc()
+        manifest = lookup.manifest
+        request.setHeader(b"docker-content-digest", str(manifest.digest).encode("ascii"))
+        request.setHeader(b"etag", b'"%s"' % str(manifest.digest).encode("ascii"))
+        exchange.bytes = _send_bytes(request, manifest.body, manifest.media_type.encode("ascii"))
+        self._count_bytes(lookup.result, exchange.bytes)
+
+    # -- blobs
+
+    async def _blob(self, request: Request, exchange: _Exchange, upstream: Upstream, target: Route) -> None:
+        digest = target.reference
+        assert isinstance(digest, Digest)
+        services = self._services
+        request.setHeader(b"docker-content-digest", str(digest).encode("ascii"))
+        request.setHeader(b"etag", b'"%s"' % str(digest).encode("ascii"))
+        request.setHeader(b"accept-ranges", b"bytes")
+        request.setHeader(b"content-type", b"application/octet-stream")
+        if request.method == b"HEAD":
+            size = await services.blobs.head(upstream, target.repo, digest)
+            request.setHeader(b"content-length", b"%d" % size)
+            request.finish()
+            return
+        lookup = await services.blobs.lookup(upstream, target.repo, digest)
+        exchange.result = lookup.result
+        services.metrics.cache_requests.labels("blob", lookup.result).inc()
+        source = lookup.source
+        if getattr(request, "_disconnected", False):
+            source.release()
+            return
+        size = source.size
+        start, end = 0, size
+        if size is not None:
+            try:
+                wanted = parse_range(request.getHeader(b"range"), size)
+            except Unsatisfiable:
+                source.release()
+                # RFC 9110 §15.5.17: 416 with the complete length.
+                raise RegistryError(
+                    "RANGE_INVALID", "the requested range is not satisfiable",
+                    headers=((b"content-range", b"bytes */%d" % size),),
+                ) from None
+            if wanted is not None:
+                request.setResponseCode(206)
+                request.setHeader(b"content-range", wanted.content_range(size))
+                start, end = wanted.start, wanted.end
+            request.setHeader(b"content-length", b"%d" % (end - start))  # type: ignore[operator]
+        gauge = services.metrics.waiting_clients if lookup.result != "hit" else None
+        if gauge is not None:
+            gauge.inc()
+        source_label = "upstream" if lookup.result == "miss" else "cache"
+        served = services.metrics.bytes_served.labels(source_label)
+
+        def on_bytes(count: int) -> None:
+            exchange.bytes += count
+            served.inc(count)
+
+        streamer = Streamer(request, source, start, end, services.reactor, on_bytes)
+        done = streamer.start()
+        if gauge is not None:
+            done.addBoth(lambda result: (gauge.dec(), result)[1])
+
+    # -- tags
+
+    async def _tags(self, request: Request, exchange: _Exchange, upstream: Upstream, target: Route) -> None:
+        # distribution-spec "Listing Tags": ?n=<integer>&last=<tag>.
+        params: dict[str, str] = {}
+        args = request.args or {}
+        for key in args:
+            if key not in (b"n", b"last", b"ns"):
+                raise RegistryError("UNSUPPORTED", "unknown query parameter for tags/list")
+        n_values = args.get(b"n")
+        if n_values is not None:
+            text = n_values[0].decode("ascii", "replace") if len(n_values) == 1 else ""
+            if not text.isdigit() or not 0 < int(text) <= MAX_TAGS_PAGE:
+                raise RegistryError("PAGINATION_NUMBER_INVALID",
+                                    f"n must be an integer from 1 to {MAX_TAGS_PAGE}")
+            params["n"] = str(int(text))
+        last_values = args.get(b"last")
+        if last_values is not None:
+            try:
+                if len(last_values) != 1:
+                    raise InvalidReference("give last= once")
+                params["last"] = validate_tag(last_values[0].decode("ascii"))
+            except (InvalidReference, UnicodeDecodeError):
+                raise RegistryError("PAGINATION_NUMBER_INVALID", "last must be a valid tag") from None
+        try:
+            response = await upstream.tags(target.repo, params)
+            if response.code != 200:
+                await read_body(response, 0, discard=True)
+                raise error_for_response(response, "NAME_UNKNOWN", f"repository {target.repo} is not known")
+            body = await read_body(response, MAX_TAGS_BODY)
+        except UpstreamUnavailable as e:
+            raise RegistryError("UPSTREAM_UNAVAILABLE", str(e), status=502) from None
+        if body is None:
+            raise RegistryError("UPSTREAM_UNAVAILABLE", "the upstream's tag list is too large", status=502)
+        exchange.result = "miss"
+        self._services.metrics.cache_requests.labels("tags", "miss").inc()
+        link = response.headers.getRawHeaders(b"link", [None])[0]
+        if link is not None:
+            rewritten = _rewrite_link(link, target)
+            if rewritten is not None:
+                request.setHeader(b"link", rewritten)
+        exchange.bytes = _send_bytes(request, body, b"application/json")
+        self._count_bytes("miss", exchange.bytes)
+
+    # -- the end of a request
+
+    def _count_bytes(self, result: str, count: int) -> None:
+        source = "upstream" if result == "miss" else "cache"
+        self._services.metrics.bytes_served.labels(source).inc(count)
+
+    def _failed(self, failure: Failure, request: Request) -> None:
+        if failure.check(RegistryError):
+            error: RegistryError = failure.value  # type: ignore[assignment]
+        else:
+            log.failure("Unexpected error answering {method} {uri}", failure,
+                        method=request.method.decode("ascii", "replace"),
+                        uri=request.uri.decode("ascii", "replace"))
+            error = RegistryError("UNKNOWN", "internal error", status=500)
+        if request.startedWriting:
+            # Too late for an error body: cut the response so the client
+            # sees it incomplete.
+            if request.transport is not None:
+                request.transport.abortConnection()  # type: ignore[attr-defined]
+            return
+        if getattr(request, "_disconnected", False):
+            return
+        body = render_error(request, error)
+        request.write(body)
+        request.finish()
+
+    def _finished(self, result: None | Failure, request: Request, exchange: _Exchange, started: float) -> None:
+        duration = time.monotonic() - started
+        method = request.method.decode("ascii", "replace")
+        code = request.code if result is None else 499
+        metrics = self._services.metrics
+        metrics.http_requests.labels(exchange.route, method if method in ("GET", "HEAD") else "other",
+                                     str(code)).inc()
+        metrics.http_duration.labels(exchange.route).observe(duration)
+        access_log.info(
+            "{method} {path} {status} {bytes}B {duration:.3f}s {cache_result} {upstream}",
+            method=method,
+            path=request.uri.decode("ascii", "replace")[:1024],
+            status=code,
+            bytes=exchange.bytes,
+            duration=duration,
+            cache_result=exchange.result or "-",
+            upstream=exchange.upstream or "-",
+        )
+
+
+def _send_bytes(request: Request, body: bytes, content_type: bytes) -> int:
+    request.setHeader(b"content-type", content_type)
+    request.setHeader(b"content-length", b"%d" % len(body))
+    sent = 0
+    if request.method != b"HEAD":
+        request.write(body)
+        sent = len(body)
+    request.finish()
+    return sent
+
+
+def _accept(request: Request) -> Sequence[str]:
+    """
+    The manifest media types to ask the upstream for: the client's, or all
+    four when it names none we know.
+    """
+    values = request.requestHeaders.getRawHeaders(b"accept", [])
+    wanted: list[str] = []
+    for value in values:
+        for item in value.decode("ascii", "replace").split(","):
+            media_type = item.split(";")[0].strip()
+            if media_type in MANIFEST_MEDIA_TYPES and media_type not in wanted:
+                wanted.append(media_type)
+    return wanted or MANIFEST_MEDIA_TYPES
+
+
+def _rewrite_link(link: bytes, target: Route) -> bytes | None:
+    """
+    Point the upstream's pagination C{Link} (distribution-spec "Listing
+    Tags", RFC 8288) back at ocicache, under the name the client used.
+    """
+    text = link.decode("ascii", "replace")
+    start, end = text.find("<"), text.find(">")
+    if start < 0 or end < start:
+        return None
+    try:
+        upstream_url = DecodedURL.from_text(text[start + 1:end])
+    except Exception:
+        return None
+    ours = DecodedURL.from_text("/").child("v2", *target.client_name.split("/"), "tags", "list")
+    for key, value in upstream_url.query:
+        if key in ("n", "last") and value is not None:
+            ours = ours.add(key, value)
+    if target.ns is not None:
+        ours = ours.add("ns", target.ns)
+    return f"<{ours.to_uri().to_text()}>{text[end + 1:]}".encode("ascii")
+

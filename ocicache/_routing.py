@@ -1,0 +1,158 @@
+"""
+Request routing: which upstream, which repository, which endpoint.
+
+Clients address a mirror in three ways, and all three are honoured:
+
+  - containerd adds C{?ns=<registry host>} to every request
+    (containerd docs/hosts.md, "ns" query parameter);
+  - podman and CRI-O put the registry host in front of the name,
+    C{/v2/docker.io/library/alpine/...};
+  - docker's C{registry-mirrors} sends neither, which means the upstream
+    marked C{default = true}.
+
+A host that is not configured is refused: ocicache is never an open
+proxy.  Everything a client sends is checked against the
+distribution-spec grammar here, before anything touches the disk or the
+network.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from attrs import frozen
+
+from ._config import Config, UpstreamConfig
+from ._errors import RegistryError
+from ._reference import (
+    Digest,
+    InvalidReference,
+    parse_reference,
+    validate_name,
+)
+
+__all__ = ["Endpoint", "Route", "read_only_error", "route"]
+
+_MAX_SEGMENTS = 64
+
+
+class Endpoint:
+    """The distribution-spec endpoints ocicache serves (spec "Endpoints")."""
+
+    MANIFESTS = "manifests"
+    BLOBS = "blobs"
+    TAGS = "tags"
+    UPLOADS = "uploads"
+
+
+@frozen
+class Route:
+    """
+    A validated request: C{repo} is the upstream's repository name (with
+    C{library/} added for Docker Hub), C{client_name} the name as the
+    client wrote it, used to build links back to ocicache.
+    """
+
+    upstream: UpstreamConfig
+    repo: str
+    client_name: str
+    endpoint: str
+    reference: Digest | str | None
+    ns: str | None
+
+
+def _split_endpoint(segments: Sequence[str]) -> tuple[list[str], str, str | None]:
+    """
+    Split C{<name>/<endpoint>/<reference>} at its end, as the spec's
+    endpoint table reads: a name may itself contain a component called
+    C{blobs} or C{tags}.
+    """
+    parts = list(segments)
+    for index in range(len(parts) - 1):
+        if parts[index] == "blobs" and parts[index + 1] == "uploads":
+            return parts[:index], Endpoint.UPLOADS, None
+    if len(parts) >= 3 and parts[-2:] == ["tags", "list"]:
+        return parts[:-2], Endpoint.TAGS, None
+    if len(parts) >= 3 and parts[-2] in (Endpoint.MANIFESTS, Endpoint.BLOBS):
+        return parts[:-2], parts[-2], parts[-1]
+    raise RegistryError("UNSUPPORTED", "no such registry endpoint", status=404)
+
+
+def _is_host(component: str) -> bool:
+    # The reference grammar's rule for a leading domain component
+    # (distribution/reference): it holds a dot or a port, or is localhost.
+    return "." in component or ":" in component or component == "localhost"
+
+
+def route(raw_segments: Sequence[bytes], args: Mapping[bytes, Sequence[bytes]], config: Config) -> Route:
+    """
+    Route the path after C{/v2/}, with the request's query arguments.
+    Raises L{RegistryError} with the spec's code for anything malformed or
+    not configured.
+    """
+    if len(raw_segments) > _MAX_SEGMENTS:
+        raise RegistryError("NAME_INVALID", "the repository name is too long")
+    try:
+        segments = [segment.decode("ascii") for segment in raw_segments]
+    except UnicodeDecodeError:
+        raise RegistryError("NAME_INVALID", "the repository name is not ASCII") from None
+    if any("%" in segment for segment in segments):
+        # The grammar has no percent-encoding: an encoded dot or slash is an
+        # attempt to smuggle one past this check.
+        raise RegistryError("NAME_INVALID", "percent-encoding is not allowed in a repository name")
+    name_parts, endpoint, reference_text = _split_endpoint(segments)
+    if endpoint == Endpoint.UPLOADS:
+        raise read_only_error()
+    ns_values = args.get(b"ns")
+    ns: str | None = None
+    if ns_values is not None:
+        if len(ns_values) != 1:
+            raise RegistryError("NAME_INVALID", "give ns= once")
+        ns = ns_values[0].decode("ascii", "replace").lower()
+        upstream = config.upstream_named(ns)
+        if upstream is None:
+            raise RegistryError("NAME_UNKNOWN", "ocicache has no upstream for that ns",
+                                detail={"ns": ns[:255]})
+        repo_parts = name_parts
+    elif name_parts and _is_host(name_parts[0]):
+        prefix = name_parts[0].lower()
+        upstream = config.upstream_named(prefix)
+        if upstream is None:
+            raise RegistryError("NAME_UNKNOWN", "ocicache has no upstream for that registry host",
+                                detail={"registry": prefix[:255]})
+        repo_parts = name_parts[1:]
+    else:
+        default = config.default_upstream
+        if default is None:
+            raise RegistryError("NAME_UNKNOWN",
+                                "no default upstream: address a registry with ?ns= or a host prefix")
+        upstream = default
+        repo_parts = name_parts
+    client_name = "/".join(name_parts)
+    repo = "/".join(repo_parts)
+    try:
+        validate_name(repo)
+    except InvalidReference as e:
+        raise RegistryError(e.code, e.message) from None
+    if upstream.is_docker_hub and "/" not in repo:
+        # Docker Hub's official images live under library/.
+        repo = "library/" + repo
+    reference: Digest | str | None = None
+    if reference_text is not None:
+        try:
+            if endpoint == Endpoint.BLOBS:
+                reference = Digest.parse(reference_text)
+            else:
+                reference = parse_reference(reference_text)
+        except InvalidReference as e:
+            raise RegistryError(e.code, e.message) from None
+    return Route(upstream, repo, client_name, endpoint, reference, ns)
+
+
+def read_only_error() -> RegistryError:
+    return RegistryError(
+        "UNSUPPORTED",
+        "ocicache is a read-only mirror: push and delete are not supported",
+        headers=((b"allow", b"GET, HEAD"),),
+    )
+

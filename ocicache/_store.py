@@ -1,0 +1,205 @@
+"""
+The content-addressed store on disk.
+
+The layout is public, because operators look at it:
+
+    <dir>/blobs/sha256/<first two hex>/<hex>       layer and config blobs
+    <dir>/manifests/sha256/<first two hex>/<hex>   manifests and indexes
+    <dir>/tmp/                                     downloads in progress
+
+A file under C{blobs/} or C{manifests/} exists only once its bytes were
+verified against its digest: downloads are written under C{tmp/} (on the
+same filesystem, so the final C{rename} is atomic), fsync'd, and renamed
+into place.  C{tmp/} is emptied at start-up, since anything in it was left
+by a crash.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from enum import Enum
+from typing import Iterator
+
+from ._reference import Digest
+
+__all__ = ["Kind", "Store", "TempFile"]
+
+
+class Kind(Enum):
+    """What sort of content a stored file holds; names its top directory."""
+
+    BLOB = "blobs"
+    MANIFEST = "manifests"
+
+
+class TempFile:
+    """
+    A file being written under C{tmp/}.  It is either committed (renamed
+    into place) or discarded (unlinked); never both, never neither.
+    """
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+        self._closed = False
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            os.close(self.fd)
+
+    def discard(self) -> None:
+        self.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+class Store:
+    """
+    Paths and file operations of the on-disk store.  Everything here is a
+    quick, local system call; callers run the slow ones (fsync, bulk
+    deletes) in a thread.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        self.tmp_dir = os.path.join(self.root, "tmp")
+
+    def prepare(self) -> int:
+        """
+        Create the directories and remove temp files left by a crash.
+        Return how many were removed.
+        """
+        for kind in Kind:
+            os.makedirs(os.path.join(self.root, kind.value, "sha256"), mode=0o755, exist_ok=True)
+        os.makedirs(self.tmp_dir, mode=0o700, exist_ok=True)
+        removed = 0
+        for entry in os.scandir(self.tmp_dir):
+            if entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                removed += 1
+        return removed
+
+    def path(self, kind: Kind, digest: Digest) -> str:
+        # Digest.parse has checked the algorithm and that the encoded part
+        # is lowercase hex of the right length: no path can escape here.
+        return os.path.join(
+            self.root, kind.value, digest.algorithm, digest.encoded[:2], digest.encoded
+        )
+
+    def open(self, kind: Kind, digest: Digest) -> tuple[int, int] | None:
+        """
+        Open a stored file for reading: C{(fd, size)}, or C{None} when it is
+        not in the store.  An open descriptor keeps reading even if the
+        file is evicted meanwhile (POSIX unlink semantics).
+        """
+        try:
+            fd = os.open(self.path(kind, digest), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        return fd, os.fstat(fd).st_size
+
+    def size(self, kind: Kind, digest: Digest) -> int | None:
+        try:
+            return os.stat(self.path(kind, digest)).st_size
+        except FileNotFoundError:
+            return None
+
+    def read(self, kind: Kind, digest: Digest) -> bytes | None:
+        """
+        Read a whole small file (a manifest).
+        """
+        try:
+            with open(self.path(kind, digest), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def new_temp(self, prefix: str) -> TempFile:
+        fd_path = os.path.join(self.tmp_dir, f"{prefix}.{os.urandom(8).hex()}.part")
+        fd = os.open(fd_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        return TempFile(fd_path, fd)
+
+    def commit(self, temp: TempFile, kind: Kind, digest: Digest) -> str:
+        """
+        fsync C{temp} and rename it into place.  Blocking: call it in a
+        thread.
+        """
+        os.fsync(temp.fd)
+        temp.close()
+        final = self.path(kind, digest)
+        os.makedirs(os.path.dirname(final), mode=0o755, exist_ok=True)
+        os.rename(temp.path, final)
+        _fsync_dir(os.path.dirname(final))
+        return final
+
+    def write_small(self, kind: Kind, digest: Digest, data: bytes) -> str:
+        """
+        Store a small, already verified body (a manifest) atomically.
+        Blocking: call it in a thread.
+        """
+        temp = self.new_temp(kind.value)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(temp.fd, view)
+                view = view[written:]
+            return self.commit(temp, kind, digest)
+        except BaseException:
+            temp.discard()
+            raise
+
+    def remove(self, kind: Kind, digest: Digest) -> bool:
+        try:
+            os.unlink(self.path(kind, digest))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def walk(self, kind: Kind) -> Iterator[tuple[Digest, str, int]]:
+        """
+        Every file stored under C{kind}, as C{(digest, path, size)}.  Names
+        that are not digests are skipped: they are not ours.
+        """
+        top = os.path.join(self.root, kind.value)
+        for algorithm in _listdir(top):
+            for prefix in _listdir(os.path.join(top, algorithm)):
+                for entry in _scandir(os.path.join(top, algorithm, prefix)):
+                    try:
+                        digest = Digest.parse(f"{algorithm}:{entry.name}")
+                    except ValueError:
+                        continue
+                    if entry.is_file(follow_symlinks=False):
+                        yield digest, entry.path, entry.stat().st_size
+
+    def temp_files(self) -> Iterator[os.DirEntry[str]]:
+        return _scandir(self.tmp_dir)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as e:  # some filesystems refuse fsync on directories
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except FileNotFoundError:
+        return []
+
+
+def _scandir(path: str) -> Iterator[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as it:
+            yield from it
+    except FileNotFoundError:
+        return

@@ -1,0 +1,80 @@
+"""
+C{twistd ocicache}: the command-line options and C{makeService}.
+
+Imported by twistd only when the plugin is used, and even then the reactor
+is imported inside L{makeService}, never at import time: twistd installs
+the reactor it was asked for before calling it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from ._config import ConfigError, load_config
+from ._version import __version__
+
+__all__ = ["Options", "makeService"]
+
+
+class Options(usage.Options):
+    synopsis = "[--config FILE] [--listen ENDPOINT]..."
+    longdesc = (
+        "A streaming pull-through cache for OCI registries. With no --config, "
+        "it listens on 127.0.0.1:5000 and mirrors Docker Hub and the well-known "
+        "public registries."
+    )
+    optParameters = [
+        ["config", "c", None, "The TOML configuration file (default: the embedded default)."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """
+        A Twisted endpoint to serve on, e.g. tcp:5000:interface=127.0.0.1;
+        repeatable; replaces the configuration's [server] listen.
+        """
+        self["listen"].append(endpoint)
+
+    opt_l = opt_listen
+
+    def opt_version(self) -> None:
+        """Print the version and exit."""
+        print(f"ocicache {__version__}")
+        sys.exit(0)
+
+
+def _die(message: str) -> None:
+    sys.stderr.write(f"ocicache: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(2)
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    from ._service import ListenError, OcicacheService
+
+    try:
+        config = load_config(options["config"])
+    except ConfigError as e:
+        _die(str(e))
+    if options["listen"]:
+        config = _with_listen(config, tuple(options["listen"]))
+    try:
+        return OcicacheService(config, reactor)
+    except ListenError as e:
+        _die(str(e))
+    raise AssertionError("unreachable")
+
+
+def _with_listen(config: Any, listen: tuple[str, ...]) -> Any:
+    from attrs import evolve
+
+    return evolve(config, server=evolve(config.server, listen=listen))

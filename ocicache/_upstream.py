@@ -1,0 +1,370 @@
+"""
+The client for one upstream registry.
+
+It speaks just enough of the distribution-spec pull API for ocicache:
+manifests, blobs and tag lists, with the registry token flow
+(distribution "Token Authentication Specification") and Basic auth.
+Bodies are never buffered here: callers receive the L{IResponse} and
+decide whether to read a small manifest or stream a 2 GiB layer.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Iterable, Mapping
+
+from attrs import frozen
+from hyperlink import DecodedURL
+from treq.client import HTTPClient
+from twisted.internet import ssl
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime
+from twisted.logger import Logger
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IPolicyForHTTPS, IResponse
+from zope.interface import implementer
+
+from ._challenge import Challenge, TokenCache, TokenKey, parse_token_response, parse_www_authenticate
+from ._config import UpstreamConfig
+from ._version import __version__
+
+__all__ = ["Upstream", "UpstreamUnavailable", "make_pool", "read_body"]
+
+log = Logger()
+
+USER_AGENT = f"ocicache/{__version__}".encode("ascii")
+MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+class UpstreamUnavailable(Exception):
+    """
+    The upstream could not be reached, timed out, or failed at the
+    protocol level.  The message is safe to show: it carries no
+    credentials.
+    """
+
+
+def make_pool(reactor: Any) -> HTTPConnectionPool:
+    """
+    The connection pool every upstream shares.
+    """
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 16
+    pool.cachedConnectionTimeout = 120
+    return pool
+
+
+@implementer(IPolicyForHTTPS)
+class _UpstreamTLSPolicy:
+    """
+    TLS for one upstream: its own CA or no verification for its own host,
+    and ordinary verification with the system's roots for everything else
+    (the CDNs blob downloads are redirected to).
+    """
+
+    def __init__(self, config: UpstreamConfig) -> None:
+        self._host = config.url.host
+        self._default = BrowserLikePolicyForHTTPS()
+        self._verify = config.tls_verify
+        self._trust = None
+        if config.ca_file is not None:
+            with open(config.ca_file, "rb") as f:
+                self._trust = ssl.Certificate.loadPEM(f.read())
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
+        if hostname.decode("ascii", "replace") == self._host:
+            if not self._verify:
+                return ssl.CertificateOptions(verify=False)  # type: ignore[return-value]
+            if self._trust is not None:
+                return ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._trust)
+        return self._default.creatorForNetloc(hostname, port)  # type: ignore[no-any-return]
+
+
+@frozen
+class _Target:
+    """Where a request goes, and under which scope it is authorised."""
+
+    url: DecodedURL
+    scope: str
+
+
+class Upstream:
+    """
+    One configured upstream registry.
+    """
+
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        reactor: IReactorTime,
+        pool: HTTPConnectionPool,
+        tokens: TokenCache,
+        connect_timeout: float = 10.0,
+        response_timeout: float = 60.0,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self._reactor = reactor
+        self._tokens = tokens
+        self._response_timeout = response_timeout
+        agent = Agent(
+            reactor,  # type: ignore[arg-type]
+            contextFactory=_UpstreamTLSPolicy(config),
+            connectTimeout=connect_timeout,
+            pool=pool,
+        )
+        self._http = HTTPClient(agent)
+        # The last Bearer challenge seen: lets later requests fetch their
+        # token up front instead of paying a 401 round trip each.
+        self._bearer: Challenge | None = None
+        self.ratelimit_remaining: int | None = None
+
+    def _target(self, repo: str, *segments: str) -> _Target:
+        # distribution-spec "Endpoints": /v2/<name>/... under the URL's path.
+        url = self.config.url.child("v2", *repo.split("/"), *segments)
+        return _Target(url, f"repository:{repo}:pull")
+
+    # -- the API ocicache uses
+
+    async def manifest(self, method: str, repo: str, reference: str, accept: Iterable[str]) -> IResponse:
+        target = self._target(repo, "manifests", reference)
+        headers = {b"Accept": [", ".join(accept).encode("ascii")]}
+        return await self._send(method, target, headers)
+
+    async def blob(self, method: str, repo: str, digest: str) -> IResponse:
+        target = self._target(repo, "blobs", digest)
+        return await self._send(method, target, {}, follow_redirects=True)
+
+    async def tags(self, repo: str, params: Mapping[str, str]) -> IResponse:
+        target = self._target(repo, "tags", "list")
+        url = target.url
+        for key, value in params.items():
+            url = url.add(key, value)
+        return await self._send("GET", _Target(url, target.scope), {})
+
+    # -- the machinery
+
+    async def _send(
+        self,
+        method: str,
+        target: _Target,
+        headers: Mapping[bytes, list[bytes]],
+        follow_redirects: bool = False,
+    ) -> IResponse:
+        authorization = await self._authorization_for(target.scope)
+        response = await self._request(method, target.url, headers, authorization)
+        if response.code == 401:
+            challenges = parse_www_authenticate(
+                [v.decode("latin-1") for v in response.headers.getRawHeaders(b"www-authenticate", [])]
+            )
+            retry = await self._answer(challenges, target.scope)
+            if retry is not None:
+                await _discard(response)
+                response = await self._request(method, target.url, headers, retry)
+                authorization = retry
+        if follow_redirects:
+            response = await self._follow(method, target.url, response, headers, authorization)
+        self._note_ratelimit(response)
+        return response
+
+    async def _follow(
+        self,
+        method: str,
+        url: DecodedURL,
+        response: IResponse,
+        headers: Mapping[bytes, list[bytes]],
+        authorization: bytes | None,
+    ) -> IResponse:
+        """
+        Follow redirects (Docker Hub and GHCR send blob downloads to CDNs),
+        never carrying C{Authorization} to another origin (RFC 9110 §15.4:
+        the credentials were issued for the registry, not for the CDN).
+        """
+        origin = (url.scheme, url.host, url.port)
+        for _ in range(MAX_REDIRECTS):
+            if response.code not in _REDIRECTS:
+                return response
+            location = response.headers.getRawHeaders(b"location", [None])[0]
+            if location is None:
+                return response
+            await _discard(response)
+            try:
+                url = url.click(location.decode("ascii"))
+            except Exception:
+                raise UpstreamUnavailable(f"{self.name}: bad redirect location") from None
+            if url.scheme not in ("http", "https"):
+                raise UpstreamUnavailable(f"{self.name}: redirect to a non-HTTP URL")
+            if (url.scheme, url.host, url.port) != origin:
+                authorization = None
+            response = await self._request(method, url, headers, authorization)
+        raise UpstreamUnavailable(f"{self.name}: more than {MAX_REDIRECTS} redirects")
+
+    async def _request(
+        self,
+        method: str,
+        url: DecodedURL,
+        headers: Mapping[bytes, list[bytes]],
+        authorization: bytes | None,
+    ) -> IResponse:
+        all_headers = Headers(dict(headers))
+        all_headers.setRawHeaders(b"user-agent", [USER_AGENT])
+        if authorization is not None:
+            all_headers.setRawHeaders(b"authorization", [authorization])
+        try:
+            response: IResponse = await self._http.request(
+                method,
+                url.to_uri().to_text(),
+                headers=all_headers,
+                allow_redirects=False,
+                unbuffered=True,
+                timeout=self._response_timeout,
+            )
+        except Exception as e:
+            # The message names the host but never the headers we sent.
+            raise UpstreamUnavailable(f"{self.name}: {type(e).__name__}: {_describe(e)}") from None
+        return response
+
+    async def _authorization_for(self, scope: str) -> bytes | None:
+        if self._bearer is not None:
+            key = self._token_key(self._bearer, scope)
+            token = self._tokens.get(key)
+            if token is None:
+                token = await self._fetch_token(self._bearer, key)
+            if token is not None:
+                return b"Bearer " + token.encode("ascii")
+        return None
+
+    async def _answer(self, challenges: list[Challenge], scope: str) -> bytes | None:
+        """
+        Credentials answering a 401's challenges, or C{None} when none can.
+        """
+        for challenge in challenges:
+            if challenge.scheme == "bearer" and challenge.params.get("realm"):
+                self._bearer = challenge
+                key = self._token_key(challenge, challenge.params.get("scope") or scope)
+                token = await self._fetch_token(challenge, key)
+                if token is not None:
+                    return b"Bearer " + token.encode("ascii")
+        credentials = self.config.credentials
+        if credentials is not None and any(c.scheme == "basic" for c in challenges):
+            return _basic(credentials.username, credentials.password)
+        return None
+
+    def _token_key(self, challenge: Challenge, scope: str) -> TokenKey:
+        credentials = self.config.credentials
+        return TokenKey(
+            realm=challenge.params["realm"],
+            service=challenge.params.get("service"),
+            scope=scope,
+            username=credentials.username if credentials else None,
+        )
+
+    async def _fetch_token(self, challenge: Challenge, key: TokenKey) -> str | None:
+        """
+        Get a token from the challenge's realm (distribution token spec,
+        "Requesting a Token"), anonymously or with Basic credentials.
+        """
+        try:
+            realm = DecodedURL.from_text(key.realm)
+        except Exception:
+            log.warn("{upstream}: ignoring a token realm that is not a URL", upstream=self.name)
+            return None
+        if realm.scheme not in ("http", "https"):
+            log.warn("{upstream}: ignoring a token realm that is not http(s)", upstream=self.name)
+            return None
+        if key.service:
+            realm = realm.add("service", key.service)
+        if key.scope:
+            realm = realm.add("scope", key.scope)
+        credentials = self.config.credentials
+        authorization = _basic(credentials.username, credentials.password) if credentials else None
+        response = await self._request("GET", realm, {}, authorization)
+        body = await read_body(response, 1 << 20)
+        if response.code != 200 or body is None:
+            log.warn("{upstream}: token request answered {code}", upstream=self.name, code=response.code)
+            return None
+        try:
+            token, expires_in = parse_token_response(body)
+        except ValueError as e:
+            log.warn("{upstream}: bad token response: {error}", upstream=self.name, error=str(e))
+            return None
+        self._tokens.put(key, token, expires_in)
+        return token
+
+    def _note_ratelimit(self, response: IResponse) -> None:
+        # Docker Hub: "ratelimit-remaining: 76;w=21600".
+        value = response.headers.getRawHeaders(b"ratelimit-remaining", [None])[0]
+        if value is not None:
+            try:
+                self.ratelimit_remaining = int(value.split(b";")[0])
+            except ValueError:
+                pass
+
+
+def _basic(username: str, password: str) -> bytes:
+    # RFC 7617 §2: base64 of user-id ":" password.
+    return b"Basic " + base64.b64encode(f"{username}:{password}".encode("utf-8"))
+
+
+def _describe(error: Exception) -> str:
+    text = str(error)
+    return text if len(text) < 200 else text[:200] + "..."
+
+
+async def _discard(response: IResponse) -> None:
+    """
+    Read and drop a small body so the connection can be reused.
+    """
+    try:
+        await read_body(response, 0, discard=True)
+    except UpstreamUnavailable:
+        pass
+
+
+class _Limited(Protocol):
+    """
+    Collects a body up to C{limit} bytes; past that, stops the transfer.
+    """
+
+    def __init__(self, limit: int, discard: bool, done: Deferred[bytes | None]) -> None:
+        self._limit = limit
+        self._discard = discard
+        self._done = done
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._discard or self._done.called:
+            return
+        self._size += len(data)
+        if self._size > self._limit:
+            self._done.callback(None)
+            assert self.transport is not None
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+            return
+        self._parts.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self._done.callback(b"".join(self._parts))
+        else:
+            self._done.errback(UpstreamUnavailable(f"upstream body failed: {reason.getErrorMessage()}"))
+
+
+async def read_body(response: IResponse, limit: int, discard: bool = False) -> bytes | None:
+    """
+    Read a small body whole: C{None} if it is over C{limit} bytes.  With
+    C{discard}, read it to the end and keep nothing, so the connection
+    can be reused.
+    """
+    done: Deferred[bytes | None] = Deferred()
+    response.deliverBody(_Limited(limit, discard, done))  # type: ignore[arg-type]
+    return await done
