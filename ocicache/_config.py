@@ -261,11 +261,14 @@ class _Section:
             raise ConfigError(f"{self._path or 'top level'}: unknown key(s): {unknown}")
 
 
-def _kind_name(kind: object) -> str:
-    names = {str: "a string", bool: "true or false", int: "an integer", list: "a list"}
-    if isinstance(kind, tuple):
-        return " or ".join(names.get(k, k.__name__) for k in kind)
-    return names.get(kind, getattr(kind, "__name__", str(kind)))  # type: ignore[arg-type]
+_KIND_NAMES: dict[type, str] = {
+    str: "a string", bool: "true or false", int: "an integer", list: "a list", dict: "a table",
+}
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(_KIND_NAMES.get(k, k.__name__) for k in kinds)
 
 
 def _parse_upstream(table: object, index: int, environ: Mapping[str, str]) -> UpstreamConfig:

@@ -10,6 +10,7 @@ import json
 
 from attrs import field, frozen
 from twisted.web.iweb import IRequest, IResponse
+from twisted.web.server import Request
 
 __all__ = ["RegistryError", "error_for_response", "render_error"]
 
@@ -60,7 +61,7 @@ class RegistryError(Exception):
         return json.dumps({"errors": [entry]}).encode("utf-8")
 
 
-def render_error(request: IRequest, error: RegistryError) -> bytes:
+def render_error(request: IRequest | Request, error: RegistryError) -> bytes:
     """
     Set the status and headers for C{error} on C{request} and return the
     body, which a HEAD request must not send (RFC 9110 §9.3.2), but whose

@@ -34,7 +34,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 from zope.interface import implementer
 
 from ._reference import Digest
@@ -263,7 +263,8 @@ class Download:
 
     def _write_failed(self, reason: Failure) -> None:
         self._writing = False
-        if reason.check(OSError) and reason.value.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT):
+        error = reason.value
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT):
             log.error("Cannot write {digest} to the cache: {error}", digest=str(self.digest),
                       error=reason.getErrorMessage())
         self.fail(reason)
@@ -377,7 +378,7 @@ class Streamer:
 
     def __init__(
         self,
-        request: IRequest,
+        request: Request,
         source: Source,
         start: int,
         end: int | None,

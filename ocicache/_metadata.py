@@ -103,9 +103,11 @@ class Metadata:
                 self._db.close()
                 self._db = None
 
-        closing = self._run(close)
-        closing.addBoth(lambda result: (self._pool.stop(), result)[1])
-        return closing
+        def stop_thread(result: object) -> object:
+            self._pool.stop()
+            return result
+
+        return self._run(close).addBoth(stop_thread)  # type: ignore[return-value]
 
     @property
     def is_open(self) -> bool:

@@ -13,12 +13,13 @@ import time
 from typing import Sequence
 
 from attrs import define
+from prometheus_client import Gauge
 from hyperlink import DecodedURL
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import Request
+from twisted.web.server import Request
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -201,7 +202,8 @@ class RegistryResource(Resource):
             source.release()
             return
         size = source.size
-        start, end = 0, size
+        start: int = 0
+        end: int | None = size
         if size is not None:
             try:
                 wanted = parse_range(request.getHeader(b"range"), size)
@@ -216,7 +218,7 @@ class RegistryResource(Resource):
                 request.setResponseCode(206)
                 request.setHeader(b"content-range", wanted.content_range(size))
                 start, end = wanted.start, wanted.end
-            request.setHeader(b"content-length", b"%d" % (end - start))  # type: ignore[operator]
+            request.setHeader(b"content-length", b"%d" % (size - start if end is None else end - start))
         gauge = services.metrics.waiting_clients if lookup.result != "hit" else None
         if gauge is not None:
             gauge.inc()
@@ -230,7 +232,7 @@ class RegistryResource(Resource):
         streamer = Streamer(request, source, start, end, services.reactor, on_bytes)
         done = streamer.start()
         if gauge is not None:
-            done.addBoth(lambda result: (gauge.dec(), result)[1])
+            done.addBoth(_decrement, gauge)
 
     # -- tags
 
@@ -320,6 +322,11 @@ class RegistryResource(Resource):
             cache_result=exchange.result or "-",
             upstream=exchange.upstream or "-",
         )
+
+
+def _decrement(result: object, gauge: Gauge) -> object:
+    gauge.dec()
+    return result
 
 
 def _send_bytes(request: Request, body: bytes, content_type: bytes) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Awaitable, Callable, Generic, Hashable, TypeVar
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, fail
 from twisted.python.failure import Failure
 
 __all__ = ["SingleFlight"]
@@ -49,7 +49,7 @@ class SingleFlight(Generic[K, V]):
         try:
             started: Deferred[V] = ensureDeferred(work())  # type: ignore[arg-type]
         except BaseException:
-            started = Deferred.fromFailure(Failure())
+            started = fail(Failure())
         started.addBoth(self._settle, key)
         return mine, False
 

@@ -1,0 +1,163 @@
+"""
+Fixtures for the integration tests (see C{tests/ocitest/} for the pieces).
+
+Session-wide, started once:
+  - C{ocitest_images}: dict short name -> L{ocitest.images.Image}
+    (C{oci}, C{list}, C{index}, C{team}, C{big1}, C{big64}, C{big256})
+  - C{upstream}: a seeded C{docker-registry} (L{ocitest.registry.Registry};
+    C{upstream.images} is C{ocitest_images})
+  - C{hop_server}: the counting hop in front of it (L{ocitest.hop.Hop})
+  - C{containerd}: one private containerd (L{ocitest.containerd.Containerd})
+
+Per test:
+  - C{hop}: C{hop_server}, reset (no requests recorded, up, no faults)
+  - C{daemon_factory(tag_ttl="5m", max_size=None, upstreams=None,
+    cache_dir=None, **config) -> Daemon}: a started daemon with a fresh
+    cache dir under C{tmp_path}; upstreams default to C{docker.io} (default)
+    and C{ghcr.io}, both at the hop
+  - C{daemon}: C{daemon_factory()}
+  - C{containerd_factory() -> Containerd}: a fresh, started containerd
+
+A missing program (docker-registry, skopeo, containerd, ctr) fails the test
+that needs it, with the package to install; nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from typing import Callable, Iterator
+
+import pytest
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+if TESTS_DIR not in sys.path:
+    sys.path.insert(0, TESTS_DIR)
+
+from ocitest import MissingBinary, REPO_ROOT, require_binary  # noqa: E402
+from ocitest.containerd import Containerd  # noqa: E402
+from ocitest.daemon import Daemon, DaemonPool, default_upstreams  # noqa: E402
+from ocitest.hop import Hop  # noqa: E402
+from ocitest.images import Image, all_images  # noqa: E402
+from ocitest.registry import Registry  # noqa: E402
+
+
+def _require(*names: str) -> None:
+    for name in names:
+        try:
+            require_binary(name)
+        except MissingBinary as e:
+            pytest.fail(str(e), pytrace=False)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+    if report.failed:
+        for daemon in getattr(item, "_ocitest_daemons", []):
+            report.sections.append((f"ocicache log {daemon.log_path}", daemon.log_tail(80)))
+        hop = getattr(item, "_ocitest_hop", None)
+        if hop is not None:
+            report.sections.append(("hop requests", hop.summary()[-8000:]))
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> str:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def ocitest_images() -> dict[str, Image]:
+    return all_images()
+
+
+@pytest.fixture(scope="session")
+def upstream(tmp_path_factory: pytest.TempPathFactory, ocitest_images: dict[str, Image]) -> Iterator[Registry]:
+    _require("docker-registry")
+    registry = Registry(str(tmp_path_factory.mktemp("upstream")))
+    registry.start()
+    try:
+        registry.seed(ocitest_images)
+        yield registry
+    finally:
+        registry.stop()
+
+
+@pytest.fixture(scope="session")
+def hop_server(upstream: Registry) -> Iterator[Hop]:
+    hop = Hop(upstream.url).start()
+    try:
+        yield hop
+    finally:
+        hop.stop()
+
+
+@pytest.fixture
+def hop(hop_server: Hop, request: pytest.FixtureRequest) -> Iterator[Hop]:
+    hop_server.reset()
+    request.node._ocitest_hop = hop_server
+    yield hop_server
+    hop_server.reset()
+
+
+@pytest.fixture
+def daemon_factory(
+    tmp_path: "os.PathLike[str]", hop: Hop, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Daemon]]:
+    pool = DaemonPool(str(tmp_path), default_upstreams(hop.url))
+    request.node._ocitest_daemons = pool.daemons
+    yield pool
+    died = [d for d in pool.daemons if d.proc is not None and d.proc.poll() is not None]
+    pool.stop_all()
+    passed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.passed
+    if passed:
+        # Keep logs, drop cached blobs (a big test leaves hundreds of MiB).
+        for d in pool.daemons:
+            if d.cache_dir and os.path.isdir(d.cache_dir):
+                shutil.rmtree(d.cache_dir, ignore_errors=True)
+    if died:
+        d = died[0]
+        pytest.fail(
+            f"ocicache (pid {d.pid}) died during the test with status {d.proc.returncode}\n"  # type: ignore[union-attr]
+            f"--- {d.log_path} ---\n{d.log_tail()}",
+            pytrace=False,
+        )
+
+
+@pytest.fixture
+def daemon(daemon_factory: Callable[..., Daemon]) -> Daemon:
+    return daemon_factory()
+
+
+@pytest.fixture(scope="session")
+def containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Containerd]:
+    _require("containerd", "ctr")
+    c = Containerd(str(tmp_path_factory.mktemp("containerd"))).start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def containerd_factory(tmp_path: "os.PathLike[str]") -> Iterator[Callable[[], Containerd]]:
+    _require("containerd", "ctr")
+    started: list[Containerd] = []
+
+    def make() -> Containerd:
+        c = Containerd(os.path.join(str(tmp_path), f"ctrd{len(started)}"))
+        started.append(c)
+        return c.start()
+
+    yield make
+    for c in started:
+        c.stop()
+
+
+@pytest.fixture(scope="session")
+def skopeo() -> str:
+    _require("skopeo")
+    return require_binary("skopeo")
