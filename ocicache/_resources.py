@@ -201,24 +201,24 @@ class RegistryResource(Resource):
         if getattr(request, "_disconnected", False):
             source.release()
             return
-        size = source.size
+        total = source.total
         start: int = 0
-        end: int | None = size
-        if size is not None:
+        end: int | None = total
+        if total is not None:
             try:
-                wanted = parse_range(request.getHeader(b"range"), size)
+                wanted = parse_range(request.getHeader(b"range"), total)
             except Unsatisfiable:
                 source.release()
                 # RFC 9110 §15.5.17: 416 with the complete length.
                 raise RegistryError(
                     "RANGE_INVALID", "the requested range is not satisfiable",
-                    headers=((b"content-range", b"bytes */%d" % size),),
+                    headers=((b"content-range", b"bytes */%d" % total),),
                 ) from None
             if wanted is not None:
                 request.setResponseCode(206)
-                request.setHeader(b"content-range", wanted.content_range(size))
+                request.setHeader(b"content-range", wanted.content_range(total))
                 start, end = wanted.start, wanted.end
-            request.setHeader(b"content-length", b"%d" % (size - start if end is None else end - start))
+            request.setHeader(b"content-length", b"%d" % (total - start if end is None else end - start))
         gauge = services.metrics.waiting_clients if lookup.result != "hit" else None
         if gauge is not None:
             gauge.inc()
