@@ -201,7 +201,7 @@ class RegistryResource(Resource):
         if getattr(request, "_disconnected", False):
             source.release()
             return
-        total = source.total
+        total = source.size
         start: int = 0
         end: int | None = total
         if total is not None:
