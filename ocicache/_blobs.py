@@ -27,6 +27,7 @@ from twisted.web.http import PotentialDataLoss
 
 from ._errors import RegistryError, error_for_response
 from ._access import RepoAccess
+from ._capacity import Capacity
 from ._fanout import Download, Source, StoredFile
 from ._metadata import Metadata
 from ._reference import Digest
@@ -66,14 +67,17 @@ class BlobService:
         metadata: Metadata,
         disk_pool: ThreadPool,
         access: RepoAccess,
-        on_committed: Callable[[Digest, int], None] = lambda digest, size: None,
+        capacity: Capacity,
+        on_upstream_bytes: Callable[[str, int], None] = lambda upstream, count: None,
     ) -> None:
         self._reactor = reactor
         self._store = store
         self._metadata = metadata
         self._disk_pool = disk_pool
         self._access = access
-        self._on_committed = on_committed
+        self._capacity = capacity
+        self._on_upstream_bytes = on_upstream_bytes
+        self._disk_failing = False
         self._starting: SingleFlight[Digest, Download] = SingleFlight()
         self.inflight: dict[Digest, Download] = {}
 
@@ -86,9 +90,10 @@ class BlobService:
             except BaseException:
                 source.release()
                 raise
+            self._capacity.accessed(digest)
             return BlobLookup(source, "hit")
         download = self.inflight.get(digest)
-        if download is not None:
+        if download is not None and not download.passthrough:
             download.acquire()
             try:
                 await self._authorize(upstream, repo, digest)
@@ -155,14 +160,41 @@ class BlobService:
             response.deliverBody(_Discard())
             raise error
         size = response.length if isinstance(response.length, int) else None
-        download = Download(self._reactor, self._disk_pool, self._store, digest, size)
+        try:
+            download = Download(
+                self._reactor, self._disk_pool, self._store, digest, size,
+                before_commit=self._before_commit, on_disk_error=self._disk_error,
+            )
+        except OSError as e:
+            # Not even a temp file: the cache dir is gone or full.
+            response.deliverBody(_Discard())
+            self._disk_error(e)
+            raise RegistryError("UPSTREAM_UNAVAILABLE", "the cache cannot store blobs now", status=503) from None
         self.inflight[digest] = download
         self._access.note(upstream, repo, digest)
         download.settled.addBoth(self._settled, digest, download, upstream.name, repo)
-        response.deliverBody(_BodyWriter(download, self._reactor))
+        counted = lambda count: self._on_upstream_bytes(upstream.name, count)  # noqa: E731
+        response.deliverBody(_BodyWriter(download, self._reactor, counted))
         return download
 
-    def _settled(self, result: str | Failure, digest: Digest, download: Download, upstream: str, repo: str) -> None:
+    async def _before_commit(self, digest: Digest, size: int) -> bool:
+        # In-flight downloads are not in the store yet, so eviction cannot
+        # touch them; what it removes may still be read through open
+        # descriptors.
+        return await self._capacity.make_room(size)
+
+    def _disk_error(self, error: OSError) -> None:
+        """
+        Log a failing disk once, not once per chunk or per download, until
+        a commit succeeds again.
+        """
+        if not self._disk_failing:
+            self._disk_failing = True
+            log.error("The cache disk is failing ({error}); serving pass-through until it recovers",
+                      error=str(error))
+
+    def _settled(self, result: str | None | Failure, digest: Digest, download: Download,
+                 upstream: str, repo: str) -> None:
         if self.inflight.get(digest) is download:
             del self.inflight[digest]
         if isinstance(result, Failure):
@@ -170,10 +202,14 @@ class BlobService:
                      digest=str(digest), upstream=upstream, repo=repo,
                      error=result.getErrorMessage())
             return
+        if result is None:
+            return
+        if self._disk_failing:
+            log.info("The cache disk works again")
+            self._disk_failing = False
         size = download.size or 0
-        now = time.time()
-        self._metadata.put_blob(str(digest), size, now).addErrback(_log_failure, "record blob")
-        self._on_committed(digest, size)
+        self._capacity.committed(digest, size)
+        self._metadata.put_blob(str(digest), size, time.time()).addErrback(_log_failure, "record blob")
 
 
 class _BodyWriter(Protocol):
@@ -183,9 +219,10 @@ class _BodyWriter(Protocol):
     long as it needs, but not forever without a byte.
     """
 
-    def __init__(self, download: Download, reactor: IReactorTime) -> None:
+    def __init__(self, download: Download, reactor: IReactorTime, counted: Callable[[int], None]) -> None:
         self._download = download
         self._reactor = reactor
+        self._counted = counted
         self._idle: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
@@ -196,6 +233,7 @@ class _BodyWriter(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._idle is not None and self._idle.active():
             self._idle.reset(IDLE_TIMEOUT)
+        self._counted(len(data))
         self._download.write(data)
 
     def _timed_out(self) -> None:

@@ -22,10 +22,9 @@ committed.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
-from typing import Callable, Protocol
+from typing import Awaitable, Callable, Protocol
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
@@ -44,6 +43,7 @@ __all__ = [
     "CHUNK",
     "Download",
     "DownloadError",
+    "Reader",
     "Source",
     "StoredFile",
     "Streamer",
@@ -80,6 +80,20 @@ class DownloadError(Exception):
         return self.reason
 
 
+class Reader(Protocol):
+    """
+    A client of a L{Source}: how far it has read, and a way to tell it
+    that more bytes (or a failure) arrived.
+    """
+
+    @property
+    def position(self) -> int:
+        ...
+
+    def data_arrived(self) -> None:
+        ...
+
+
 class Source(Protocol):
     """
     Bytes a L{Streamer} can read: a stored file, or a download that is
@@ -103,12 +117,15 @@ class Source(Protocol):
         """Why the bytes are bad, if they are."""
 
     def read(self, offset: int, length: int) -> bytes:
+        """
+        Up to C{length} bytes from C{offset}, which is below C{available};
+        C{b""} when those bytes are gone.
+        """
+
+    def subscribe(self, reader: Reader) -> None:
         ...
 
-    def subscribe(self, listener: Callable[[], None]) -> None:
-        ...
-
-    def unsubscribe(self, listener: Callable[[], None]) -> None:
+    def unsubscribe(self, reader: Reader) -> None:
         ...
 
     def release(self) -> None:
@@ -132,10 +149,10 @@ class StoredFile:
     def read(self, offset: int, length: int) -> bytes:
         return os.pread(self._fd, length, offset)
 
-    def subscribe(self, listener: Callable[[], None]) -> None:
+    def subscribe(self, reader: Reader) -> None:
         pass
 
-    def unsubscribe(self, listener: Callable[[], None]) -> None:
+    def unsubscribe(self, reader: Reader) -> None:
         pass
 
     def release(self) -> None:
@@ -148,9 +165,16 @@ class Download:
     """
     One upstream body on its way into the store.
 
-    Feed it with L{write}, then L{finish} or L{fail}.  L{settled} fires with
-    the committed path once the bytes are verified and renamed into place,
-    or fails.  Streamers L{acquire} it and read what is on disk meanwhile.
+    Feed it with L{write}, then L{finish} or L{fail}.  L{settled} fires
+    once the bytes are verified: with the committed path, or with C{None}
+    when they were verified but not kept (too large for the cache, or the
+    disk failed).  It fails when the bytes are bad.  Streamers L{acquire}
+    it and read what has arrived meanwhile.
+
+    When the disk fails mid-download (ENOSPC, EIO), the download becomes a
+    pass-through: the clients already reading get the rest from a memory
+    window, trimmed as the slowest of them advances, and the upstream is
+    paused while that window is full.  Nothing is committed.
     """
 
     def __init__(
@@ -160,49 +184,68 @@ class Download:
         store: Store,
         digest: Digest,
         size: int | None,
+        before_commit: Callable[[Digest, int], Awaitable[bool]] | None = None,
+        on_disk_error: Callable[[OSError], None] = lambda error: None,
     ) -> None:
         self.digest = digest
         self.size = size
-        self.available = 0
+        self._received = 0
+        self._verified = False
         self.failure: Failure | None = None
         self.committed = False
-        self.settled: Deferred[str] = Deferred()
-        self.settled.addErrback(lambda f: None)  # observers chain their own
+        self.settled: Deferred[str | None] = Deferred()
         self._reactor = reactor
         self._pool = pool
         self._store = store
+        self._before_commit = before_commit
+        self._on_disk_error = on_disk_error
         self._hasher = digest.hasher()
         self._temp: TempFile | None = store.new_temp(digest.encoded[:16])
+        self.temp_path = self._temp.path
         self._read_fd = os.open(self._temp.path, os.O_RDONLY | os.O_CLOEXEC)
         self._users = 0
-        self._listeners: list[Callable[[], None]] = []
+        self._readers: list[Reader] = []
         self._queue: list[bytes] = []
         self._queued = 0
         self._writing = False
         self._body_done = False
+        self._verifying = False
         self._producer: IPushProducer | None = None
         self._producer_paused = False
-        self._observers: list[Deferred[str]] = []
+        # Pass-through after a disk failure: bytes [_disk_end, available)
+        # live in _window, which starts at offset _window_start.
+        self.passthrough = False
+        self._disk_end = 0
+        self._window = bytearray()
+        self._window_start = 0
 
     # -- the upstream side
 
     def attach(self, producer: IPushProducer) -> None:
         """
-        The upstream transport, paused when the disk thread falls behind.
+        The upstream transport, paused when the disk thread (or, in
+        pass-through, the slowest client) falls behind.
         """
         self._producer = producer
 
     def write(self, data: bytes) -> None:
         if self.ended:
             return
-        self._queue.append(data)
-        self._queued += len(data)
-        if self.size is not None and self.available + self._queued > self.size:
+        if self.size is not None and self._received + self._queued + len(data) > self.size:
             self.fail(Failure(DownloadError(f"upstream sent more than {self.size} bytes")))
             return
-        if self._queued >= HIGH_WATER and self._producer and not self._producer_paused:
-            self._producer_paused = True
-            self._producer.pauseProducing()
+        if self.passthrough:
+            self._hasher.update(data)
+            self._window += data
+            self._received += len(data)
+            if len(self._window) >= HIGH_WATER:
+                self._pause_upstream()
+            self._notify()
+            return
+        self._queue.append(data)
+        self._queued += len(data)
+        if self._queued >= HIGH_WATER:
+            self._pause_upstream()
         self._kick()
 
     def finish(self) -> None:
@@ -222,16 +265,27 @@ class Download:
             producer.stopProducing()
         self._queue = []
         self._queued = 0
+        self._window = bytearray()
         if not self._writing:
             self._discard()
         self._notify()
         self.settled.errback(reason)
         self._maybe_close()
 
+    def _pause_upstream(self) -> None:
+        if self._producer is not None and not self._producer_paused:
+            self._producer_paused = True
+            self._producer.pauseProducing()
+
+    def _resume_upstream(self) -> None:
+        if self._producer is not None and self._producer_paused:
+            self._producer_paused = False
+            self._producer.resumeProducing()
+
     # -- the disk side
 
     def _kick(self) -> None:
-        if self._writing or self.ended:
+        if self._writing or self.ended or self._verifying:
             return
         if self._queue:
             batch: list[bytes] = []
@@ -243,65 +297,84 @@ class Download:
             self._queued -= size
             self._writing = True
             assert self._temp is not None
-            fd, hasher = self._temp.fd, self._hasher
-            written = deferToThreadPool(self._reactor, self._pool, _write_batch, fd, hasher, batch)  # type: ignore[arg-type]
-            written.addCallbacks(self._written, self._write_failed)
+            written = deferToThreadPool(
+                self._reactor, self._pool, _write_batch, self._temp.fd, self._hasher, batch  # type: ignore[arg-type]
+            )
+            written.addCallback(self._written, batch)
         elif self._body_done:
-            self._verify()
+            self._verifying = True
+            Deferred.fromCoroutine(self._verify())
 
-    def _written(self, count: int) -> None:
+    def _written(self, outcome: tuple[int, OSError | None], batch: list[bytes]) -> None:
         self._writing = False
+        done, error = outcome
         if self.ended:
             self._discard()
             return
-        self.available += count
+        self._received += sum(len(chunk) for chunk in batch[:done])
+        if error is not None:
+            self._to_passthrough(error, batch[done:])
+        elif self._queued < LOW_WATER:
+            self._resume_upstream()
         self._notify()
-        if self._producer_paused and self._queued < LOW_WATER and self._producer:
-            self._producer_paused = False
-            self._producer.resumeProducing()
         self._kick()
 
-    def _write_failed(self, reason: Failure) -> None:
-        self._writing = False
-        error = reason.value
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EIO, errno.EDQUOT):
-            log.error("Cannot write {digest} to the cache: {error}", digest=str(self.digest),
-                      error=reason.getErrorMessage())
-        self.fail(reason)
+    def _to_passthrough(self, error: OSError, unwritten: list[bytes]) -> None:
+        """
+        The disk failed: keep the clients going from memory, keep nothing.
+        """
+        self._on_disk_error(error)
+        self.passthrough = True
+        self._disk_end = self._received
+        self._window_start = self._received
+        for chunk in unwritten + self._queue:
+            self._hasher.update(chunk)
+            self._window += chunk
+        self._received += len(self._window)
+        self._queue = []
+        self._queued = 0
+        if len(self._window) >= HIGH_WATER:
+            self._pause_upstream()
+        else:
+            self._resume_upstream()
 
-    def _verify(self) -> None:
+    async def _verify(self) -> None:
         # distribution-spec "Pulling blobs": the digest is the content's
         # identity, so a body that does not hash to it is not that blob.
-        if self.size is not None and self.available != self.size:
-            self.fail(Failure(DownloadError(
-                f"upstream sent {self.available} bytes of {self.size}")))
+        if self.size is not None and self._received != self.size:
+            self.fail(Failure(DownloadError(f"upstream sent {self._received} bytes of {self.size}")))
             return
         if self._hasher.hexdigest() != self.digest.encoded:
             self.fail(Failure(DownloadError(f"upstream body does not match {self.digest}")))
             return
         # The length is now known even when the upstream did not say.
-        self.size = self.available
+        self.size = self._received
+        self._verified = True
+        self._notify()
         temp, self._temp = self._temp, None
         assert temp is not None
-        committing = deferToThreadPool(
-            self._reactor, self._pool, self._store.commit, temp, Kind.BLOB, self.digest  # type: ignore[arg-type]
-        )
-        committing.addCallbacks(self._committed, self._commit_failed, errbackArgs=(temp,))
-
-    def _committed(self, path: str) -> None:
-        self.committed = True
+        keep = not self.passthrough
+        if keep and self._before_commit is not None:
+            try:
+                keep = await self._before_commit(self.digest, self.size)
+            except Exception:
+                log.failure("Could not make room for {digest}", digest=str(self.digest))
+                keep = False
+        path: str | None = None
+        if keep:
+            try:
+                path = await deferToThreadPool(
+                    self._reactor, self._pool, self._store.commit, temp, Kind.BLOB, self.digest  # type: ignore[arg-type]
+                )
+            except OSError as e:
+                # Every reader can still finish from the open descriptor:
+                # the bytes are verified, just not kept.
+                self._on_disk_error(e)
+        if path is None:
+            temp.discard()
+        self.committed = path is not None
         self._notify()
         self.settled.callback(path)
-        self._maybe_close()
-
-    def _commit_failed(self, reason: Failure, temp: TempFile) -> None:
-        # The bytes are verified and every reader can still finish from its
-        # open descriptor; they are just not kept.
-        log.error("Cannot commit {digest}: {error}", digest=str(self.digest),
-                  error=reason.getErrorMessage())
-        temp.discard()
-        self._notify()
-        self.settled.errback(reason)
         self._maybe_close()
 
     def _discard(self) -> None:
@@ -312,13 +385,46 @@ class Download:
     # -- the client side
 
     @property
+    def available(self) -> int:
+        """
+        Bytes readers may have.  Until the digest is verified, the final
+        byte is held back: a client must never receive a complete-looking
+        response whose bytes turn out not to match (a failure then cuts
+        its connection one byte short of its C{Content-Length}).
+        """
+        if self._verified or self.size is None:
+            return self._received
+        return min(self._received, self.size - 1)
+
+    @property
     def ended(self) -> bool:
-        return self.failure is not None or self.committed or (
-            self._body_done and self._temp is None
-        )
+        return self.failure is not None or self.settled.called
 
     def read(self, offset: int, length: int) -> bytes:
-        return os.pread(self._read_fd, length, offset)
+        if offset < self._disk_end or not self.passthrough:
+            end = self._disk_end if self.passthrough else self.available
+            return os.pread(self._read_fd, min(length, end - offset), offset)
+        start = offset - self._window_start
+        if start < 0:
+            return b""  # trimmed: only a reader that joined too late asks
+        data = bytes(self._window[start:start + length])
+        self._trim()
+        return data
+
+    def _trim(self) -> None:
+        """
+        Drop window bytes every reader has passed; resume the upstream when
+        the window has room again.
+        """
+        if not self._readers:
+            return
+        lowest = min(reader.position for reader in self._readers)
+        drop = lowest - self._window_start
+        if drop > 0:
+            del self._window[:drop]
+            self._window_start += drop
+        if len(self._window) < LOW_WATER:
+            self._resume_upstream()
 
     def acquire(self) -> "Download":
         self._users += 1
@@ -331,38 +437,45 @@ class Download:
     def _maybe_close(self) -> None:
         # Once settled fires the download leaves the in-flight map, so
         # nobody new can acquire it; the last user closes the descriptor.
-        if self._users == 0 and self.settled.called and self._read_fd >= 0:
+        if self._users == 0 and self.ended and self._read_fd >= 0:
             os.close(self._read_fd)
             self._read_fd = -1
+            self._window = bytearray()
 
-    def subscribe(self, listener: Callable[[], None]) -> None:
-        self._listeners.append(listener)
+    def subscribe(self, reader: Reader) -> None:
+        self._readers.append(reader)
 
-    def unsubscribe(self, listener: Callable[[], None]) -> None:
+    def unsubscribe(self, reader: Reader) -> None:
         try:
-            self._listeners.remove(listener)
+            self._readers.remove(reader)
         except ValueError:
             pass
+        if self.passthrough:
+            self._trim()
 
     def _notify(self) -> None:
-        for listener in list(self._listeners):
-            listener()
+        for reader in list(self._readers):
+            reader.data_arrived()
 
 
-def _write_batch(fd: int, hasher: "hashlib._Hash", batch: list[bytes]) -> int:
+def _write_batch(fd: int, hasher: "hashlib._Hash", batch: list[bytes]) -> tuple[int, OSError | None]:
     """
     Append C{batch} to C{fd} and hash it; runs in the disk thread.
     hashlib releases the GIL for large updates, so this runs beside the
-    reactor rather than in its way.
+    reactor rather than in its way.  Returns how many chunks were written
+    and hashed whole, and the error that stopped it, if one did: a chunk
+    is hashed only once it is entirely on disk, so the caller knows
+    exactly which bytes are where.
     """
-    total = 0
-    for chunk in batch:
+    for index, chunk in enumerate(batch):
         view = memoryview(chunk)
-        while view:
-            view = view[os.write(fd, view):]
+        try:
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError as e:
+            return index, e
         hasher.update(chunk)
-        total += len(chunk)
-    return total
+    return len(batch), None
 
 
 @implementer(IPushProducer)
@@ -401,7 +514,7 @@ class Streamer:
     def start(self) -> Deferred[int]:
         self._request.registerProducer(self, True)
         self._request.notifyFinish().addErrback(lambda f: self.stopProducing())
-        self._source.subscribe(self._data_arrived)
+        self._source.subscribe(self)
         self._pump()
         return self.done
 
@@ -427,7 +540,11 @@ class Streamer:
         if self._scheduled is None and not self._stopped:
             self._scheduled = self._reactor.callLater(0, self._pump)
 
-    def _data_arrived(self) -> None:
+    @property
+    def position(self) -> int:
+        return self._pos
+
+    def data_arrived(self) -> None:
         if self._source.failure is not None:
             # Cut at once, even a paused client: it must not wait for bytes
             # that will never come.
@@ -498,6 +615,6 @@ class Streamer:
         if self._scheduled is not None:
             self._scheduled.cancel()
             self._scheduled = None
-        self._source.unsubscribe(self._data_arrived)
+        self._source.unsubscribe(self)
         self._source.release()
         self.done.callback(self.sent)

@@ -151,6 +151,17 @@ class Metadata:
             upstream, repo, tag, digest, checked_at,
         )
 
+    async def expire_tags(self, before: float) -> int:
+        """
+        Drop tag rows last revalidated before C{before}; return how many.
+        """
+
+        def expire() -> int:
+            assert self._db is not None, "metadata database is closed"
+            return self._db.execute("DELETE FROM tags WHERE checked_at < ?", (before,)).rowcount
+
+        return await self._run(expire)
+
     def delete_tag(self, upstream: str, repo: str, tag: str) -> Deferred[Any]:
         return self._execute(
             "DELETE FROM tags WHERE upstream=? AND repo=? AND tag=?", upstream, repo, tag
@@ -201,6 +212,52 @@ class Metadata:
             "SELECT digest, size, created_at, last_access, hits FROM blobs"
         )
         return [BlobRow(*row) for row in rows]
+
+    async def manifest_digests(self) -> list[str]:
+        return [str(row[0]) for row in await self._execute("SELECT digest FROM manifests")]
+
+    def forget(self, kind: str, digests: list[str]) -> Deferred[None]:
+        """
+        Drop every row about C{digests} of C{kind} (C{"blobs"} or
+        C{"manifests"}): they are gone and will be fetched again.
+        """
+
+        def forget() -> None:
+            assert self._db is not None, "metadata database is closed"
+            table = {"blobs": "blobs", "manifests": "manifests"}[kind]
+            with self._db:
+                self._db.execute("BEGIN")
+                for digest in digests:
+                    self._db.execute(f"DELETE FROM {table} WHERE digest=?", (digest,))
+                    self._db.execute("DELETE FROM sources WHERE digest=?", (digest,))
+                    self._db.execute("DELETE FROM tags WHERE digest=?", (digest,))
+
+        return self._run(forget)
+
+    async def summary(self, top: int = 10) -> dict[str, Any]:
+        """
+        Tag count, the biggest repositories by blob bytes, and the oldest
+        entry's creation time, for C{ocicache stats}.
+        """
+
+        def summary() -> dict[str, Any]:
+            assert self._db is not None, "metadata database is closed"
+            db = self._db
+            tags = db.execute("SELECT count(*) FROM tags").fetchone()[0]
+            repositories = [
+                {"upstream": upstream, "repo": repo, "bytes": size, "blobs": count}
+                for upstream, repo, size, count in db.execute(
+                    "SELECT s.upstream, s.repo, sum(b.size), count(*) FROM sources s"
+                    " JOIN blobs b ON b.digest = s.digest GROUP BY s.upstream, s.repo"
+                    " ORDER BY sum(b.size) DESC LIMIT ?", (top,))
+            ]
+            oldest = db.execute(
+                "SELECT min(t) FROM (SELECT min(created_at) AS t FROM blobs"
+                " UNION ALL SELECT min(created_at) FROM manifests)"
+            ).fetchone()[0]
+            return {"tags": tags, "repositories": repositories, "oldest": oldest}
+
+        return await self._run(summary)
 
     # -- which upstream has shown us which blob
 

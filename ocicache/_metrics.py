@@ -7,14 +7,21 @@ found them: a request that started a download (a miss) counts its bytes as
 C{upstream}, even though they reach it through the temp file; a request
 that joined a download in flight (coalesced) or found the blob stored (a
 hit) counts them as C{cache}, since ocicache fetched them only once.
+
+The cache's size and entry counts are not scanned at scrape time: blobs
+come from the eviction policy's running total (L{ocicache._capacity}),
+manifests from a L{ManifestTally} filled by one scan of C{manifests/} at
+start-up (in a thread) and kept up to date as manifests are stored.
 """
 
 from __future__ import annotations
 
+from typing import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "ManifestTally", "Metrics"]
 
 
 class Metrics:
@@ -65,3 +72,35 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)  # type: ignore[no-any-return]
+
+
+class ManifestTally:
+    """
+    How many manifests the store holds and their bytes, kept in memory.
+
+    Filled once from a scan of the store (L{loaded}, with the result of
+    C{Store.walk(Kind.MANIFEST)} run in a thread) and kept current with
+    L{added} for each manifest stored afterwards.  Digests are remembered,
+    so a manifest stored again (a tag moved back, two tags for one
+    digest) is counted once, and one stored while the scan ran is not
+    counted twice.
+    """
+
+    def __init__(self) -> None:
+        self._sizes: dict[str, int] = {}
+        self.size = 0
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    def added(self, digest: str, size: int) -> None:
+        if digest not in self._sizes:
+            self._sizes[digest] = size
+            self.size += size
+
+    def removed(self, digest: str) -> None:
+        self.size -= self._sizes.pop(digest, 0)
+
+    def loaded(self, entries: Iterable[tuple[str, int]]) -> None:
+        for digest, size in entries:
+            self.added(digest, size)

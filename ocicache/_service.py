@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
@@ -24,9 +24,11 @@ from twisted.web.server import Site
 
 from ._access import RepoAccess
 from ._blobs import BlobService
+from ._capacity import Capacity
 from ._challenge import TokenCache
 from ._config import Config
 from ._health import OperatorResource
+from ._janitor import Janitor
 from ._manifests import ManifestService
 from ._metadata import Metadata
 from ._metrics import Metrics
@@ -41,6 +43,16 @@ log = Logger()
 
 class ListenError(ValueError):
     """A listen address is not a valid endpoint string."""
+
+
+class _Site(Site):
+    """
+    A Site without twisted.web's own access line: each request already
+    emits one structured C{ocicache.access} event.
+    """
+
+    def log(self, request: object) -> None:
+        pass
 
 
 class OcicacheService(MultiService):
@@ -63,13 +75,29 @@ class OcicacheService(MultiService):
             for upstream in config.upstreams
         }
         access = RepoAccess(self.metadata)
-        self.blobs = BlobService(reactor, self.store, self.metadata, self.disk_pool, access)
+        self.capacity = Capacity(
+            reactor, self.store, self.metadata, self.disk_pool,
+            config.cache.max_size, config.cache.min_free, self._evicted,
+        )
+        self.blobs = BlobService(
+            reactor, self.store, self.metadata, self.disk_pool, access, self.capacity,
+            lambda upstream, count: self.metrics.upstream_bytes.labels(upstream).inc(count),
+        )
+        self.janitor = Janitor(
+            reactor, self.store, self.metadata, self.capacity, self.disk_pool,
+            config.cache.blob_ttl,
+            lambda: [download.temp_path for download in self.blobs.inflight.values()],
+        )
+        self._janitor_timer = TimerService(
+            config.cache.janitor_interval, lambda: Deferred.fromCoroutine(self._janitor_pass())
+        )
+        self._janitor_timer.setServiceParent(self)
         self.manifests = ManifestService(
             reactor, self.store, self.metadata, self.disk_pool, access,
             lambda upstream: config.tag_ttl_for(upstream.config),
         )
         services = Services(reactor, config, self.upstreams, self.blobs, self.manifests, self.metrics)
-        self.site = Site(RootResource(services))
+        self.site = _Site(RootResource(services))
         self.site.displayTracebacks = False
         for description in config.server.listen:
             self._listen(description, self.site)
@@ -89,12 +117,39 @@ class OcicacheService(MultiService):
         service._raiseSynchronously = True
         service.setServiceParent(self)
 
+    def _evicted(self, count: int, size: int) -> None:
+        self.metrics.evictions.inc(count)
+        self.metrics.evicted_bytes.inc(size)
+
+    async def _janitor_pass(self) -> None:
+        """
+        One janitor pass; the first one recovers the store.  A failing pass
+        is logged and the next one tries again.
+        """
+        try:
+            if not self.janitor.recovered:
+                await self.janitor.recover()
+            report = await self.janitor.run()
+        except Exception:
+            log.failure("Janitor pass failed")
+            return
+        if report.expired or report.evicted or report.temp_removed or report.tags_removed:
+            log.info(
+                "Janitor: expired {expired} blobs ({expired_bytes} B), evicted {evicted} ({evicted_bytes} B),"
+                " removed {temp} abandoned temp files and {tags} old tag rows",
+                expired=report.expired, expired_bytes=report.expired_bytes, evicted=report.evicted,
+                evicted_bytes=report.evicted_bytes, temp=report.temp_removed, tags=report.tags_removed,
+            )
+
     def startService(self) -> None:
+        # Before anything listens: a crash's leftovers go, so nothing
+        # partial can ever be served.
         removed = self.store.prepare()
         if removed:
             log.info("Removed {count} temp files left by an earlier run", count=removed)
         self.disk_pool.start()
         self.metadata.open()
+        # The TimerService's first pass runs now and does the recovery.
         super().startService()
         log.info("ocicache caching in {dir}; upstreams: {upstreams}",
                  dir=self.store.root, upstreams=", ".join(self.upstreams))

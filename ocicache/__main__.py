@@ -1,0 +1,7 @@
+"""C{python -m ocicache}: the same as the C{ocicache} command."""
+
+import sys
+
+from ._cli import main
+
+sys.exit(main())

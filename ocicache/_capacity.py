@@ -1,0 +1,161 @@
+"""
+Keeping the store inside its limits: C{max_size} for the blobs, and
+C{min_free} for the filesystem under them.
+
+Room is made before a blob is committed, not after, so C{blobs/} never
+exceeds C{max_size}: a commit that would cross it first evicts down to a
+low-water mark (L{LOW_WATER} of the limit, minus the new blob), in the
+order the L{S3FIFO} policy chooses.  A blob larger than the whole limit is
+streamed to its clients and then not kept.
+
+Reads are counted in memory, where the policy needs them, and written to
+SQLite in batches by the janitor, never once per request or chunk.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterable
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from ._eviction import S3FIFO
+from ._metadata import Metadata
+from ._reference import Digest
+from ._store import Kind, Store
+
+__all__ = ["Capacity", "LOW_WATER"]
+
+log = Logger()
+
+LOW_WATER = 0.9
+"""Eviction frees space down to this fraction of C{max_size}."""
+
+
+class Capacity:
+    """
+    The byte budget of the blob store and the policy that keeps it.
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        store: Store,
+        metadata: Metadata,
+        disk_pool: ThreadPool,
+        max_size: int | None,
+        min_free: int | float | None,
+        on_evicted: Callable[[int, int], None] = lambda count, size: None,
+    ) -> None:
+        self._reactor = reactor
+        self._store = store
+        self._metadata = metadata
+        self._disk_pool = disk_pool
+        self.max_size = max_size
+        self._min_free = min_free
+        self._on_evicted = on_evicted
+        # Without a limit the policy still orders blobs for min_free.
+        self.policy = S3FIFO(max_size if max_size is not None else 1 << 62)
+        self._accesses: dict[str, tuple[float, int]] = {}
+
+    @property
+    def size(self) -> int:
+        return self.policy.size
+
+    def load(self, blobs: Iterable[tuple[Digest, int, bool]]) -> None:
+        """
+        Fill the policy at start-up with C{(digest, size, hot)}, oldest
+        access first; C{hot} blobs were read more than once.
+        """
+        for digest, size, hot in blobs:
+            self.policy.insert(digest, size, hot=hot)
+
+    def accessed(self, digest: Digest) -> None:
+        self.policy.access(digest)
+        key = str(digest)
+        _, hits = self._accesses.get(key, (0.0, 0))
+        self._accesses[key] = (self._reactor.seconds(), hits + 1)
+
+    def take_accesses(self) -> dict[str, tuple[float, int]]:
+        accesses, self._accesses = self._accesses, {}
+        return accesses
+
+    def committed(self, digest: Digest, size: int) -> None:
+        self.policy.insert(digest, size)
+
+    def forget(self, digests: Iterable[Digest]) -> None:
+        for digest in digests:
+            self.policy.remove(digest)
+
+    def fits(self, size: int) -> bool:
+        return self.max_size is None or size <= self.max_size
+
+    async def make_room(self, size: int, keep: Iterable[Digest] = ()) -> bool:
+        """
+        Evict so that a new blob of C{size} bytes fits; C{False} when it
+        cannot be kept at all (larger than the limit, or the filesystem
+        cannot give it room above C{min_free}).
+        """
+        if not self.fits(size):
+            log.info("Not keeping a {size}-byte blob: larger than max_size", size=size)
+            return False
+        target = self.policy.size
+        if self.max_size is not None and self.policy.size + size > self.max_size:
+            target = min(target, int(self.max_size * LOW_WATER) - size)
+        shortfall = self._free_shortfall(size)
+        if shortfall > 0:
+            target = min(target, self.policy.size - shortfall)
+        if target < self.policy.size:
+            await self.evict(max(target, 0), keep)
+        if shortfall > 0 and self._free_shortfall(size) > 0:
+            log.warn("Not keeping a {size}-byte blob: the filesystem is below min_free", size=size)
+            return False
+        return True
+
+    async def evict(self, target: int, keep: Iterable[Digest] = ()) -> tuple[int, int]:
+        """
+        Evict blobs until the store holds at most C{target} bytes; return
+        C{(count, bytes)} evicted.
+        """
+        victims = self.policy.evict(target, keep)
+        if not victims:
+            return 0, 0
+        digests = [victim for victim, _ in victims if isinstance(victim, Digest)]
+        freed = sum(size for _, size in victims)
+        await self.delete(digests)
+        self._on_evicted(len(digests), freed)
+        return len(digests), freed
+
+    async def delete(self, digests: list[Digest]) -> None:
+        """
+        Remove blobs from disk and from the metadata.  A client reading
+        one keeps reading it: its descriptor stays valid after the unlink.
+        """
+        if not digests:
+            return
+
+        def unlink_all() -> None:
+            for digest in digests:
+                self._store.remove(Kind.BLOB, digest)
+
+        await deferToThreadPool(self._reactor, self._disk_pool, unlink_all)  # type: ignore[arg-type]
+        self.forget(digests)
+        await self._metadata.delete_blobs(str(digest) for digest in digests)
+
+    def _free_shortfall(self, size: int) -> int:
+        """
+        How many bytes short of C{min_free} the filesystem would be after
+        writing C{size} more.
+        """
+        if self._min_free is None:
+            return 0
+        # One quick system call: no need for a thread.
+        stat = os.statvfs(self._store.root)
+        total: int = stat.f_blocks * stat.f_frsize
+        free: int = stat.f_bavail * stat.f_frsize
+        floor = int(total * self._min_free) if isinstance(self._min_free, float) else self._min_free
+        return max(0, floor - (free - size))
+

@@ -1,0 +1,215 @@
+"""
+The C{ocicache} operator command: C{verify}, C{gc}, C{stats}, C{--version}.
+
+Each reads the same configuration as the daemon and works on its cache
+directory directly, so it is safe to run while the daemon runs: files are
+only ever read, or removed (which a reader holding the file open does not
+notice), and SQLite in WAL mode lets both write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Sequence, TextIO
+
+from twisted.internet.defer import Deferred
+
+from ._capacity import Capacity
+from ._config import Config, ConfigError, load_config
+from ._janitor import Janitor, verify_file
+from ._metadata import Metadata
+from ._reference import Digest
+from ._store import Kind, Store
+from ._version import __version__
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ocicache", description="Operate an ocicache store.")
+    parser.add_argument("--version", action="version", version=f"ocicache {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.add_argument("--config", "-c", help="the daemon's TOML configuration (default: embedded)")
+        return sub
+
+    verify = command("verify", "re-hash every stored blob and manifest; exit 1 if any is corrupt or missing")
+    verify.add_argument("--repair", action="store_true",
+                        help="remove bad entries so they are fetched again on the next request")
+    command("gc", "run expiry and eviction now, and print what was freed")
+    stats = command("stats", "print the store's size, entries, biggest repositories and oldest entry")
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = _parser().parse_args(argv)
+    try:
+        config = load_config(arguments.config)
+    except ConfigError as e:
+        sys.stderr.write(f"ocicache: {e}\n")
+        return 2
+    if not os.path.isdir(config.cache.dir):
+        sys.stderr.write(f"ocicache: no cache at {config.cache.dir}\n")
+        return 2
+    run = {"verify": _verify, "gc": _gc, "stats": _stats}[arguments.command]
+    return _react(run, config, arguments)
+
+
+def _react(run: Any, config: Config, arguments: argparse.Namespace) -> int:
+    """
+    Run C{run} under the reactor; C{react} exits the process with its code.
+    """
+    from twisted.internet.task import react
+
+    async def body(reactor: Any) -> None:
+        metadata = Metadata(os.path.join(os.path.abspath(config.cache.dir), "metadata.sqlite"), reactor)
+        await metadata.open()
+        try:
+            code = await run(reactor, config, metadata, arguments)
+        finally:
+            await metadata.close()
+        raise SystemExit(code)
+
+    react(lambda reactor: Deferred.fromCoroutine(body(reactor)))
+    return 1  # not reached: react exits
+
+
+class _Progress:
+    """
+    A progress bar on a terminal; a plain line every tenth otherwise.
+    """
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self._total = max(total, 1)
+        self._stream = stream
+        self._tty = stream.isatty()
+        self._done = 0
+        self._last_tenth = -1
+
+    def step(self) -> None:
+        self._done += 1
+        if self._tty:
+            width = 40
+            filled = width * self._done // self._total
+            self._stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self._done}/{self._total}")
+            if self._done == self._total:
+                self._stream.write("\n")
+        else:
+            tenth = 10 * self._done // self._total
+            if tenth != self._last_tenth:
+                self._last_tenth = tenth
+                self._stream.write(f"verify: {self._done}/{self._total} checked\n")
+        self._stream.flush()
+
+    def say(self, line: str) -> None:
+        if self._tty:
+            self._stream.write("\r\033[K")
+        self._stream.write(line + "\n")
+        self._stream.flush()
+
+
+async def _verify(reactor: Any, config: Config, metadata: Metadata, arguments: argparse.Namespace) -> int:
+    store = Store(config.cache.dir)
+    files = [(kind, digest, path) for kind in Kind for digest, path, _ in store.walk(kind)]
+    progress = _Progress(len(files), sys.stdout)
+    corrupt: list[tuple[Kind, Digest]] = []
+    for kind, digest, path in files:
+        if os.path.exists(path) and not verify_file(path, digest):
+            corrupt.append((kind, digest))
+            progress.say(f"CORRUPT {kind.value}/{digest}")
+        progress.step()
+    # Rows that promise a file which is not there.
+    on_disk = {(kind, str(digest)) for kind, digest, _ in files}
+    missing = [
+        (Kind.BLOB, Digest.parse(row.digest)) for row in await metadata.blobs()
+        if (Kind.BLOB, row.digest) not in on_disk and store.size(Kind.BLOB, Digest.parse(row.digest)) is None
+    ] + [
+        (Kind.MANIFEST, Digest.parse(digest)) for digest in await metadata.manifest_digests()
+        if (Kind.MANIFEST, digest) not in on_disk and store.size(Kind.MANIFEST, Digest.parse(digest)) is None
+    ]
+    for kind, digest in missing:
+        progress.say(f"MISSING {kind.value}/{digest}")
+    bad = corrupt + missing
+    if arguments.repair and bad:
+        for kind, digest in bad:
+            store.remove(kind, digest)
+        await metadata.forget(Kind.BLOB.value, [str(d) for k, d in bad if k is Kind.BLOB])
+        await metadata.forget(Kind.MANIFEST.value, [str(d) for k, d in bad if k is Kind.MANIFEST])
+        print(f"repaired: removed {len(bad)} bad entries; they will be fetched again when asked for")
+    print(f"verified {len(files)} files: {len(corrupt)} corrupt, {len(missing)} missing")
+    return 1 if bad else 0
+
+
+async def _gc(reactor: Any, config: Config, metadata: Metadata, arguments: argparse.Namespace) -> int:
+    from twisted.python.threadpool import ThreadPool
+
+    store = Store(config.cache.dir)
+    pool = ThreadPool(minthreads=0, maxthreads=2, name="ocicache-gc")
+    pool.start()
+    try:
+        capacity = Capacity(reactor, store, metadata, pool, config.cache.max_size, config.cache.min_free)
+        janitor = Janitor(reactor, store, metadata, capacity, pool, config.cache.blob_ttl)
+        recovered = await janitor.recover()
+        report = await janitor.run()
+    finally:
+        pool.stop()
+    print(f"expired: {report.expired} blobs, {_human(report.expired_bytes)}")
+    print(f"evicted: {report.evicted} blobs, {_human(report.evicted_bytes)}")
+    print(f"removed: {report.temp_removed} abandoned temp files, {report.tags_removed} old tag rows, "
+          f"{recovered.dropped_rows} rows without files, {recovered.removed_unverified} unverifiable files")
+    print(f"freed: {_human(report.expired_bytes + report.evicted_bytes)}; "
+          f"the store now holds {_human(capacity.size)}")
+    return 0
+
+
+async def _stats(reactor: Any, config: Config, metadata: Metadata, arguments: argparse.Namespace) -> int:
+    store = Store(config.cache.dir)
+    sizes = {kind: [size for _, _, size in store.walk(kind)] for kind in Kind}
+    summary = await metadata.summary()
+    oldest = summary["oldest"]
+    result = {
+        "dir": store.root,
+        "size_bytes": sum(sizes[Kind.BLOB]) + sum(sizes[Kind.MANIFEST]),
+        "max_size_bytes": config.cache.max_size,
+        "entries": {"blob": len(sizes[Kind.BLOB]), "manifest": len(sizes[Kind.MANIFEST]),
+                    "tag": summary["tags"]},
+        "bytes": {"blob": sum(sizes[Kind.BLOB]), "manifest": sum(sizes[Kind.MANIFEST])},
+        "biggest_repositories": summary["repositories"],
+        "oldest_entry_age_seconds": None if oldest is None else max(0.0, time.time() - oldest),
+    }
+    if arguments.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    limit = f" of {_human(config.cache.max_size)}" if config.cache.max_size else ""
+    print(f"cache:    {store.root}")
+    print(f"size:     {_human(result['size_bytes'])}{limit}")
+    print(f"entries:  {len(sizes[Kind.BLOB])} blobs ({_human(sum(sizes[Kind.BLOB]))}), "
+          f"{len(sizes[Kind.MANIFEST])} manifests, {summary['tags']} tags")
+    age = result["oldest_entry_age_seconds"]
+    print(f"oldest:   {'-' if age is None else _age(age)}")
+    print("biggest repositories:")
+    for repository in summary["repositories"]:
+        print(f"  {_human(repository['bytes']):>10}  {repository['upstream']}/{repository['repo']}")
+    return 0
+
+
+def _human(count: int | float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(count) < 1024:
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"
+
+
+def _age(seconds: float) -> str:
+    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= length:
+            return f"{seconds / length:.1f}{unit}"
+    return f"{seconds:.0f}s"

@@ -1,0 +1,182 @@
+"""
+Housekeeping: recovery at start-up, then expiry and eviction on a timer.
+
+Recovery makes SQLite and the files agree: rows whose file is gone are
+dropped; files without a row (a crash between the rename and the insert)
+are re-hashed and adopted, or removed if they do not verify.  Then the
+eviction policy is loaded, oldest access first.
+
+Each pass of the janitor writes the batched access times, expires blobs
+not read for C{blob_ttl}, drops tag rows past their retention, removes
+temp files of downloads abandoned in this very process, and evicts down to
+C{max_size} if the limit was lowered.  The scans and deletes run in the
+disk thread, so the reactor keeps serving meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, Iterable, TypeVar
+
+from attrs import define
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from ._capacity import Capacity
+from ._metadata import Metadata
+from ._reference import Digest
+from ._store import Kind, Store
+
+__all__ = ["Janitor", "Report", "TAG_RETENTION", "verify_file"]
+
+log = Logger()
+
+T = TypeVar("T")
+
+TAG_RETENTION = 30 * 86400.0
+"""
+How long a tag row outlives its last revalidation.  Expired tags are kept
+this long (not just C{tag_ttl}) so stale-if-error can still serve them
+while an upstream is down.
+"""
+
+ABANDONED_AFTER = 3600.0
+"""A temp file untouched this long belongs to no live download."""
+
+
+@define
+class Report:
+    """What one pass freed."""
+
+    expired: int = 0
+    expired_bytes: int = 0
+    evicted: int = 0
+    evicted_bytes: int = 0
+    temp_removed: int = 0
+    tags_removed: int = 0
+    dropped_rows: int = 0
+    adopted: int = 0
+    removed_unverified: int = 0
+
+
+def verify_file(path: str, digest: Digest) -> bool:
+    """
+    Whether the file at C{path} hashes to C{digest}.  Blocking.
+    """
+    hasher = digest.hasher()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                hasher.update(chunk)
+    except FileNotFoundError:
+        return False
+    return hasher.hexdigest() == digest.encoded
+
+
+class Janitor:
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        store: Store,
+        metadata: Metadata,
+        capacity: Capacity,
+        disk_pool: ThreadPool,
+        blob_ttl: float | None,
+        live_temp_files: Callable[[], Iterable[str]] = lambda: (),
+    ) -> None:
+        self._reactor = reactor
+        self._store = store
+        self._metadata = metadata
+        self._capacity = capacity
+        self._disk_pool = disk_pool
+        self._blob_ttl = blob_ttl
+        self._live_temp_files = live_temp_files
+        self.recovered = False
+
+    def _in_thread(self, f: Callable[..., T], *args: object) -> Deferred[T]:
+        return deferToThreadPool(self._reactor, self._disk_pool, f, *args)  # type: ignore[arg-type]
+
+    async def recover(self) -> Report:
+        """
+        Reconcile the database with the files, then load the policy.
+        """
+        report = Report()
+        files = await self._in_thread(_scan, self._store)
+        rows = {row.digest: row for row in await self._metadata.blobs()}
+        missing = [digest for digest in rows if digest not in files]
+        if missing:
+            await self._metadata.delete_blobs(missing)
+            report.dropped_rows = len(missing)
+        now = time.time()
+        for text, size in files.items():
+            if text in rows:
+                continue
+            digest = Digest.parse(text)
+            path = self._store.path(Kind.BLOB, digest)
+            if await self._in_thread(verify_file, path, digest):
+                await self._metadata.put_blob(text, size, now)
+                report.adopted += 1
+                self._capacity.committed(digest, size)
+            else:
+                await self._in_thread(self._store.remove, Kind.BLOB, digest)
+                report.removed_unverified += 1
+        ordered = sorted((row for row in rows.values() if row.digest in files), key=lambda row: row.last_access)
+        self._capacity.load((Digest.parse(row.digest), files[row.digest], row.hits > 1) for row in ordered)
+        self.recovered = True
+        if missing or report.adopted or report.removed_unverified:
+            log.info(
+                "Recovered the store: {dropped} rows without files dropped, {adopted} files adopted,"
+                " {removed} unverifiable files removed",
+                dropped=report.dropped_rows, adopted=report.adopted, removed=report.removed_unverified,
+            )
+        return report
+
+    async def run(self, evict_to: int | None = None) -> Report:
+        """
+        One pass.  C{evict_to} forces eviction down to that many bytes.
+        """
+        report = Report()
+        accesses = self._capacity.take_accesses()
+        if accesses:
+            await self._metadata.touch_blobs(accesses)
+        now = time.time()
+        if self._blob_ttl is not None:
+            expired = [
+                (Digest.parse(row.digest), row.size)
+                for row in await self._metadata.blobs()
+                if now - max(row.last_access, accesses.get(row.digest, (0.0, 0))[0]) > self._blob_ttl
+            ]
+            await self._capacity.delete([digest for digest, _ in expired])
+            report.expired = len(expired)
+            report.expired_bytes = sum(size for _, size in expired)
+        report.tags_removed = await self._metadata.expire_tags(now - TAG_RETENTION)
+        report.temp_removed = await self._in_thread(
+            _remove_abandoned, self._store, set(self._live_temp_files()), now - ABANDONED_AFTER
+        )
+        limit = self._capacity.max_size
+        target = evict_to if evict_to is not None else limit
+        if target is not None and self._capacity.size > target:
+            report.evicted, report.evicted_bytes = await self._capacity.evict(target)
+        return report
+
+
+def _scan(store: Store) -> dict[str, int]:
+    return {str(digest): size for digest, _, size in store.walk(Kind.BLOB)}
+
+
+def _remove_abandoned(store: Store, live: set[str], before: float) -> int:
+    removed = 0
+    for entry in store.temp_files():
+        if entry.path in live:
+            continue
+        try:
+            if entry.stat().st_mtime < before:
+                os.unlink(entry.path)
+                removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
