@@ -8,6 +8,7 @@ path (C{upstream[2].url}) rather than letting a C{KeyError} escape.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -172,6 +173,8 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as '5m'")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number of seconds")
         if value < 0:
             raise ValueError("must not be negative")
         return float(value)
@@ -182,7 +185,10 @@ def parse_duration(value: object) -> float:
         raise ValueError(
             f"{value!r} is not a duration; use a number with s, m, h or d, such as '5m'"
         )
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if not math.isfinite(seconds):
+        raise ValueError(f"{value!r} is too long")
+    return seconds
 
 
 def parse_size(value: object) -> int:
@@ -252,7 +258,7 @@ class _Section:
         value = self._table.pop(name)
         try:
             return parse(value)
-        except ValueError as e:
+        except (ValueError, OverflowError) as e:
             raise ConfigError(f"{self.key(name)}: {e}") from None
 
     def finish(self) -> None:
@@ -277,7 +283,7 @@ def _parse_upstream(table: object, index: int, environ: Mapping[str, str]) -> Up
     name = section.get("name", str)
     if name is None:
         raise ConfigError(f"{path}.name: required (the registry host clients ask for, e.g. 'docker.io')")
-    if not _HOST.match(name) or len(name) > 253:
+    if not _HOST.fullmatch(name) or len(name) > 253:
         raise ConfigError(f"{path}.name: {name!r} is not a registry host name such as 'docker.io'")
     url_text = section.get("url", str)
     if url_text is None:
@@ -286,6 +292,11 @@ def _parse_upstream(table: object, index: int, environ: Mapping[str, str]) -> Up
         url = DecodedURL.from_text(url_text)
     except Exception:
         raise ConfigError(f"{path}.url: {url_text!r} is not a URL") from None
+    if any(url.userinfo):
+        # Not echoed: it may hold a password.
+        raise ConfigError(
+            f"{path}.url: must not contain credentials; use username and password_file or password_env"
+        )
     if url.scheme not in ("http", "https") or not url.host:
         raise ConfigError(f"{path}.url: {url_text!r} must be an http:// or https:// URL with a host")
     if url.query or url.fragment:
@@ -306,11 +317,16 @@ def _parse_upstream(table: object, index: int, environ: Mapping[str, str]) -> Up
         if password_file is not None:
             try:
                 with open(password_file, encoding="utf-8") as f:
-                    password = f.read().strip("\r\n")
+                    # The first line is the password (etc/ocicache.toml).
+                    password = next(iter(f.read().splitlines()), "")
             except OSError as e:
                 raise ConfigError(
                     f"{path}.password_file: cannot read {password_file!r}: {e.strerror}"
                 ) from None
+            except UnicodeDecodeError:
+                raise ConfigError(f"{path}.password_file: {password_file!r} is not UTF-8") from None
+            if not password:
+                raise ConfigError(f"{path}.password_file: {password_file!r} has no password on its first line")
         elif password_env is not None:
             if password_env not in environ:
                 raise ConfigError(
@@ -420,6 +436,8 @@ def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> C
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 at byte {e.start}") from None
     try:
         return parse_config(data, environ)
     except ConfigError as e:

@@ -207,6 +207,7 @@ class Download:
         self._readers: list[Reader] = []
         self._queue: list[bytes] = []
         self._queued = 0
+        self._in_flight = 0
         self._writing = False
         self._body_done = False
         self._verifying = False
@@ -231,7 +232,7 @@ class Download:
     def write(self, data: bytes) -> None:
         if self.ended:
             return
-        if self.size is not None and self._received + self._queued + len(data) > self.size:
+        if self.size is not None and self._received + self._in_flight + self._queued + len(data) > self.size:
             self.fail(Failure(DownloadError(f"upstream sent more than {self.size} bytes")))
             return
         if self.passthrough:
@@ -257,7 +258,9 @@ class Download:
         self._kick()
 
     def fail(self, reason: Failure) -> None:
-        if self.ended:
+        # Once verified the bytes are good: a late failure (a client's
+        # upstream connection closing) must not unsettle a commit.
+        if self.ended or self._verified:
             return
         self.failure = reason
         producer, self._producer = self._producer, None
@@ -295,6 +298,7 @@ class Download:
                 batch.append(chunk)
                 size += len(chunk)
             self._queued -= size
+            self._in_flight = size
             self._writing = True
             assert self._temp is not None
             written = deferToThreadPool(
@@ -307,6 +311,7 @@ class Download:
 
     def _written(self, outcome: tuple[int, OSError | None], batch: list[bytes]) -> None:
         self._writing = False
+        self._in_flight = 0
         done, error = outcome
         if self.ended:
             self._discard()
@@ -401,6 +406,11 @@ class Download:
         return self.failure is not None or self.settled.called
 
     def read(self, offset: int, length: int) -> bytes:
+        # Never past what readers may have: that would leak the held-back
+        # final byte of an unverified body.
+        length = min(length, self.available - offset)
+        if length <= 0:
+            return b""
         if offset < self._disk_end or not self.passthrough:
             end = self._disk_end if self.passthrough else self.available
             return os.pread(self._read_fd, min(length, end - offset), offset)
@@ -450,8 +460,12 @@ class Download:
             self._readers.remove(reader)
         except ValueError:
             pass
-        if self.passthrough:
-            self._trim()
+        if self.passthrough and not self.ended:
+            if self._readers:
+                self._trim()
+            else:
+                # Nobody is left to pass the bytes to, and none are kept.
+                self.fail(Failure(DownloadError("every client of a pass-through download left")))
 
     def _notify(self) -> None:
         for reader in list(self._readers):
@@ -565,7 +579,9 @@ class Streamer:
                 self._abort()
                 return
             end = self._end if self._end is not None else source.size
-            if end is not None and self._pos >= end:
+            # "available" reaching the end means verified: even an empty
+            # body waits for its digest check.
+            if end is not None and self._pos >= end and source.available >= end:
                 self._finish()
                 return
             limit = source.available if end is None else min(end, source.available)

@@ -1,7 +1,9 @@
 """
 The operator's listener: C{/metrics} for Prometheus, C{/healthz} (the
 process is alive) and C{/readyz} (it can serve: the cache directory is
-writable and the metadata database is open).
+writable, the metadata database is open, and it is not draining for a
+stop).  Every answer is plain text or the Prometheus text format, and
+none carries configuration: no upstream URL, username or credential.
 
 A plain Resource around C{generate_latest}: prometheus-client's own
 Twisted resource imports the reactor at import time and scrapes in a
@@ -36,12 +38,14 @@ class _Leaf(Resource):
 
 class OperatorResource(Resource):
     def __init__(self, metrics: Metrics, cache_dir: str, db_open: Callable[[], bool],
-                 before_scrape: Callable[[], None] = lambda: None) -> None:
+                 before_scrape: Callable[[], None] = lambda: None,
+                 draining: Callable[[], bool] = lambda: False) -> None:
         super().__init__()
         self._metrics = metrics
         self._cache_dir = cache_dir
         self._db_open = db_open
         self._before_scrape = before_scrape
+        self._draining = draining
         self.putChild(b"metrics", _Leaf(self._scrape))
         self.putChild(b"healthz", _Leaf(self._healthz))
         self.putChild(b"readyz", _Leaf(self._readyz))
@@ -58,6 +62,8 @@ class OperatorResource(Resource):
     def _readyz(self, request: IRequest) -> bytes:
         request.setHeader(b"content-type", b"text/plain")
         problems = []
+        if self._draining():
+            problems.append(b"draining: ocicache is stopping")
         if not os.access(os.path.join(self._cache_dir, "tmp"), os.W_OK):
             problems.append(b"cache directory is not writable")
         if not self._db_open():

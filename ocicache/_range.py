@@ -55,6 +55,10 @@ def parse_range(header: bytes | None, size: int) -> ByteRange | None:
         length = int(last)
         if length == 0:
             raise Unsatisfiable()
+        if size == 0:
+            # §14.1.1 calls this satisfiable, but no Content-Range can
+            # describe zero bytes: send the (empty) whole, as §14.2 allows.
+            return None
         return ByteRange(max(0, size - length), size)
     start = int(first)
     if last:

@@ -10,7 +10,7 @@ bytes as they arrive and as fast as its own client reads.
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 from attrs import define
 from prometheus_client import Gauge
@@ -70,6 +70,7 @@ class Services:
         blobs: BlobService,
         manifests: ManifestService,
         metrics: Metrics,
+        on_manifest_stored: Callable[[str, int], None] = lambda digest, size: None,
     ) -> None:
         self.reactor = reactor
         self.config = config
@@ -77,6 +78,9 @@ class Services:
         self.blobs = blobs
         self.manifests = manifests
         self.metrics = metrics
+        # Told (digest, size) after a manifest miss, which stored it: keeps
+        # the cache-size metrics current without a scan.
+        self.on_manifest_stored = on_manifest_stored
 
 
 
@@ -140,7 +144,9 @@ class RegistryResource(Resource):
         return NOT_DONE_YET
 
     async def _handle(self, request: Request, exchange: _Exchange) -> None:
-        postpath = list(request.postpath or [])
+        # The raw path, not twisted.web's percent-decoded postpath: the
+        # grammar has no percent-encoding, so "%2d" must stay visible here.
+        postpath = request.path[1:].split(b"/")[len(request.prepath or []):]
         if postpath in ([], [b""]):
             exchange.route = "base"
             if request.method not in _READ_METHODS:
@@ -312,12 +318,19 @@ class RegistryResource(Resource):
         metrics.http_requests.labels(exchange.route, method if method in ("GET", "HEAD") else "other",
                                      str(code)).inc()
         metrics.http_duration.labels(exchange.route).observe(duration)
+        if exchange.route == "manifests" and exchange.result == "miss" and code == 200:
+            digest = request.responseHeaders.getRawHeaders(b"docker-content-digest", [None])[0]
+            length = request.responseHeaders.getRawHeaders(b"content-length", [b""])[0]
+            if digest is not None and length.isdigit():
+                self._services.on_manifest_stored(digest.decode("ascii", "replace"), int(length))
         access_log.info(
             "{method} {path} {status} {bytes}B {duration:.3f}s {cache_result} {upstream}",
             method=method,
             path=request.uri.decode("ascii", "replace")[:1024],
             status=code,
-            bytes=exchange.bytes,
+            # A small body is finished (and this called) before the handler
+            # records its size; the request itself counted the bytes.
+            bytes=max(exchange.bytes, request.sentLength),
             duration=duration,
             cache_result=exchange.result or "-",
             upstream=exchange.upstream or "-",

@@ -18,6 +18,7 @@ network.
 
 from __future__ import annotations
 
+import re
 from typing import Mapping, Sequence
 
 from attrs import frozen
@@ -78,9 +79,20 @@ def _split_endpoint(segments: Sequence[str]) -> tuple[list[str], str, str | None
     raise RegistryError("UNSUPPORTED", "no such registry endpoint", status=404)
 
 
+# A registry host as clients write it: DNS labels with an optional port.
+_HOST = re.compile(
+    r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+    r"(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?"
+)
+
+
 def _is_host(component: str) -> bool:
     # The reference grammar's rule for a leading domain component
     # (distribution/reference): it holds a dot or a port, or is localhost.
+    # It must be a host name, too: ".." holds a dot but is a hostile name,
+    # answered NAME_INVALID, not NAME_UNKNOWN.
+    if _HOST.fullmatch(component) is None:
+        return False
     return "." in component or ":" in component or component == "localhost"
 
 
@@ -96,13 +108,16 @@ def route(raw_segments: Sequence[bytes], args: Mapping[bytes, Sequence[bytes]], 
         segments = [segment.decode("ascii") for segment in raw_segments]
     except UnicodeDecodeError:
         raise RegistryError("NAME_INVALID", "the repository name is not ASCII") from None
-    if any("%" in segment for segment in segments):
-        # The grammar has no percent-encoding: an encoded dot or slash is an
-        # attempt to smuggle one past this check.
-        raise RegistryError("NAME_INVALID", "percent-encoding is not allowed in a repository name")
     name_parts, endpoint, reference_text = _split_endpoint(segments)
     if endpoint == Endpoint.UPLOADS:
         raise read_only_error()
+    if any("%" in segment or "/" in segment for segment in name_parts):
+        # The grammar has no percent-encoding: an encoded dot or slash is an
+        # attempt to smuggle one past this check.  twisted.web decodes each
+        # segment of request.postpath, so "%2f" arrives as a "/" inside one.
+        # (A reference is left to its own grammar: DIGEST_INVALID or
+        # MANIFEST_INVALID.)
+        raise RegistryError("NAME_INVALID", "percent-encoding is not allowed in a repository name")
     ns_values = args.get(b"ns")
     ns: str | None = None
     if ns_values is not None:

@@ -8,17 +8,27 @@ The daemon's service tree: the parts of ocicache wired together.
 
 The store and the metadata database are opened before the listeners
 start, and closed after they stop.
+
+Stopping is graceful (L{ocicache._drain}): the registry listeners close
+first, responses in progress get up to C{[server] drain_timeout} to
+finish, the rest are cut; then downloads nobody waits for are abandoned,
+the other services stop, the database is closed and no temp file is left.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
-from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import Logger
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import ILogObserver, Logger
+from twisted.python.components import Componentized
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
@@ -27,13 +37,15 @@ from ._blobs import BlobService
 from ._capacity import Capacity
 from ._challenge import TokenCache
 from ._config import Config
+from ._drain import DrainingSite, QuietSite
+from ._fanout import DownloadError
 from ._health import OperatorResource
 from ._janitor import Janitor
 from ._manifests import ManifestService
 from ._metadata import Metadata
-from ._metrics import Metrics
+from ._metrics import ManifestTally, Metrics
 from ._resources import RootResource, Services
-from ._store import Store
+from ._store import Kind, Store
 from ._upstream import Upstream, make_pool
 
 __all__ = ["OcicacheService", "ListenError"]
@@ -45,19 +57,15 @@ class ListenError(ValueError):
     """A listen address is not a valid endpoint string."""
 
 
-class _Site(Site):
-    """
-    A Site without twisted.web's own access line: each request already
-    emits one structured C{ocicache.access} event.
-    """
-
-    def log(self, request: object) -> None:
-        pass
-
-
 class OcicacheService(MultiService):
     """
     The whole daemon, as one service twistd starts and stops.
+    """
+
+    log_observer: ILogObserver | None = None
+    """
+    Set by C{makeService} for C{[server] log_format = "json"}: given to the
+    twistd application as its log observer (see L{setServiceParent}).
     """
 
     def __init__(self, config: Config, reactor: Any) -> None:
@@ -71,7 +79,7 @@ class OcicacheService(MultiService):
         self.http_pool = make_pool(reactor)
         tokens = TokenCache(reactor)
         self.upstreams = {
-            upstream.name: Upstream(upstream, reactor, self.http_pool, tokens)
+            upstream.name: Upstream(upstream, reactor, self.http_pool, tokens, metrics=self.metrics)
             for upstream in config.upstreams
         }
         access = RepoAccess(self.metadata)
@@ -96,18 +104,25 @@ class OcicacheService(MultiService):
             reactor, self.store, self.metadata, self.disk_pool, access,
             lambda upstream: config.tag_ttl_for(upstream.config),
         )
-        services = Services(reactor, config, self.upstreams, self.blobs, self.manifests, self.metrics)
-        self.site = _Site(RootResource(services))
+        self.manifest_tally = ManifestTally()
+        services = Services(reactor, config, self.upstreams, self.blobs, self.manifests, self.metrics,
+                            on_manifest_stored=self.manifest_tally.added)
+        self.site = DrainingSite(RootResource(services), reactor, self.metrics)
         self.site.displayTracebacks = False
-        for description in config.server.listen:
-            self._listen(description, self.site)
+        self._registry_listeners = [
+            self._listen(description, self.site) for description in config.server.listen
+        ]
+        self.metrics.inflight_downloads.set_function(lambda: len(self.blobs.inflight))
         if config.metrics.listen is not None:
             operator = OperatorResource(
-                self.metrics, self.store.root, lambda: self.metadata.is_open
+                self.metrics, self.store.root, lambda: self.metadata.is_open,
+                before_scrape=self._refresh_cache_gauges, draining=lambda: self.site.draining,
             )
-            self._listen(config.metrics.listen, Site(operator))
+            operator_site = QuietSite(operator)
+            operator_site.displayTracebacks = False
+            self._listen(config.metrics.listen, operator_site)
 
-    def _listen(self, description: str, site: Site) -> None:
+    def _listen(self, description: str, site: Site) -> StreamServerEndpointService:
         try:
             endpoint = serverFromString(self._reactor, description)
         except Exception as e:
@@ -116,6 +131,28 @@ class OcicacheService(MultiService):
         # Fail start-up, don't just log, when the port cannot be bound.
         service._raiseSynchronously = True
         service.setServiceParent(self)
+        return service
+
+    def setServiceParent(self, parent: Any) -> None:
+        # twistd's application is a Componentized whose ILogObserver, when
+        # set before logging starts, replaces the text log (--logger, given
+        # explicitly, still wins).
+        if self.log_observer is not None and isinstance(parent, Componentized):
+            if parent.getComponent(ILogObserver, None) is None:
+                parent.setComponent(ILogObserver, self.log_observer)
+        super().setServiceParent(parent)
+
+    def _refresh_cache_gauges(self) -> None:
+        """
+        Before each scrape: the cache's size and entries, from running
+        totals (blobs: the eviction policy's, loaded by the janitor's
+        recovery and kept by commits and evictions; manifests: the tally,
+        loaded by a scan at start-up and kept by stores).
+        """
+        blobs = len(self.capacity.policy)
+        self.metrics.cache_entries.labels("blob").set(blobs)
+        self.metrics.cache_entries.labels("manifest").set(len(self.manifest_tally))
+        self.metrics.cache_size.set(self.capacity.size + self.manifest_tally.size)
 
     def _evicted(self, count: int, size: int) -> None:
         self.metrics.evictions.inc(count)
@@ -153,13 +190,88 @@ class OcicacheService(MultiService):
         super().startService()
         log.info("ocicache caching in {dir}; upstreams: {upstreams}",
                  dir=self.store.root, upstreams=", ".join(self.upstreams))
+        for upstream in self.config.upstreams:
+            if not upstream.tls_verify:
+                log.warn("Upstream {upstream}: TLS certificate verification is OFF (tls_verify = false);"
+                         " anyone on the path can impersonate it", upstream=upstream.name)
+        scanning = deferToThreadPool(
+            self._reactor, self.disk_pool, _scan_manifests, self.store  # type: ignore[arg-type]
+        )
+        scanning.addCallback(self.manifest_tally.loaded)
+        scanning.addErrback(lambda failure: log.failure("Could not count stored manifests", failure))
 
-    def stopService(self) -> Deferred[Any]:
-        stopping = super().stopService()
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop gracefully; twistd waits for the returned Deferred before the
+        reactor stops.
+        """
+        return Deferred.fromCoroutine(self._stop())
 
-        def close(result: object) -> Deferred[Any]:
-            self.disk_pool.stop()
-            return DeferredList([self.metadata.close(), self.http_pool.closeCachedConnections()])
+    async def _stop(self) -> None:
+        Service.stopService(self)
+        # 1. No new connections: the registry listeners close first.
+        await DeferredList([maybeDeferred(listener.stopService) for listener in self._registry_listeners])
+        # 2. Responses in progress finish, up to drain_timeout; then cut.
+        await self.site.drain(self.config.server.drain_timeout)
+        # 3. Downloads still receiving would only leave temp files now.
+        #    (One whose bytes are all in is verifying or committing: it
+        #    is left to finish in the disk thread.)
+        settling = []
+        for download in list(self.blobs.inflight.values()):
+            if not download.ended and (download.size is None or download.available < download.size):
+                download.fail(Failure(DownloadError("ocicache is stopping")))
+            elif not download.settled.called:
+                settling.append(_when_settled(download.settled))
+        if settling:
+            # Verified bytes: let the commit and its metadata row land
+            # before the disk thread and the database go.
+            await DeferredList(settling)
+        # 4. Everything else: the operator listener, the janitor.
+        children: list[IService] = list(self)
+        await DeferredList([maybeDeferred(child.stopService) for child in reversed(children) if child.running])
+        # 5. The disk thread (joined: commits in progress complete), the
+        #    database, idle upstream connections; then no temp file stays.
+        self.disk_pool.stop()
+        await DeferredList([self.metadata.close(), self.http_pool.closeCachedConnections()])
+        removed = _remove_temp_files(self.store)
+        if removed:
+            log.info("Removed {count} temp files of downloads cut by the stop", count=removed)
+        # twistd re-raises the signal that stopped the reactor once it is
+        # done, so the process would end "killed by SIGTERM".  The signal
+        # was handled, completely: exit 0, as a clean stop should.
+        if getattr(self._reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
+            self._reactor._exitSignal = None
+        log.info("ocicache stopped")
 
-        return stopping.addBoth(close)  # type: ignore[no-any-return]
 
+
+def _scan_manifests(store: Store) -> list[tuple[str, int]]:
+    """The stored manifests, as C{(digest, size)}; runs in the disk thread."""
+    return [(str(digest), size) for digest, _, size in store.walk(Kind.MANIFEST)]
+
+
+def _remove_temp_files(store: Store) -> int:
+    removed = 0
+    for entry in store.temp_files():
+        try:
+            if entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _when_settled(settled: Deferred[Any]) -> Deferred[None]:
+    """
+    A Deferred that fires (with C{None}) once C{settled} has, leaving
+    C{settled}'s own result to its other callbacks.
+    """
+    done: Deferred[None] = Deferred()
+
+    def fire(result: object) -> object:
+        done.callback(None)
+        return result
+
+    settled.addBoth(fire)
+    return done

@@ -68,10 +68,30 @@ def makeService(options: Options) -> IService:
     if options["listen"]:
         config = _with_listen(config, tuple(options["listen"]))
     try:
-        return OcicacheService(config, reactor)
+        service = OcicacheService(config, reactor)
     except ListenError as e:
         _die(str(e))
-    raise AssertionError("unreachable")
+    if config.server.log_format == "json":
+        service.log_observer = _json_observer(options)
+    return service
+
+
+def _json_observer(options: Options) -> Any:
+    """
+    The JSON observer for C{log_format = "json"}, writing where twistd's
+    text log would have gone: C{--logfile}, else standard output with
+    C{-n}, else C{twistd.log}.  C{None} when twistd was told to log
+    elsewhere (C{--logger}, C{--syslog}), which then wins.
+    """
+    from ._logging import json_observer_for
+
+    twistd = getattr(options, "parent", None) or {}
+    if twistd.get("logger") or twistd.get("syslog"):
+        return None
+    logfile = twistd.get("logfile") or None
+    if logfile is None and twistd and not twistd.get("nodaemon"):
+        logfile = "twistd.log"
+    return json_observer_for(logfile)
 
 
 def _with_listen(config: Any, listen: tuple[str, ...]) -> Any:

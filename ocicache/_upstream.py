@@ -11,6 +11,7 @@ decide whether to read a small manifest or stream a 2 GiB layer.
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any, Iterable, Mapping
 
 from attrs import frozen
@@ -31,6 +32,7 @@ from zope.interface import implementer
 
 from ._challenge import Challenge, TokenCache, TokenKey, parse_token_response, parse_www_authenticate
 from ._config import UpstreamConfig
+from ._metrics import Metrics
 from ._version import __version__
 
 __all__ = ["Upstream", "UpstreamUnavailable", "make_pool", "read_body"]
@@ -92,6 +94,11 @@ class _Target:
 
     url: DecodedURL
     scope: str
+    kind: str = "other"
+    """For metrics: C{manifest}, C{blob}, C{tags} (or C{token})."""
+
+
+_KINDS = {"manifests": "manifest", "blobs": "blob", "tags": "tags"}
 
 
 class Upstream:
@@ -107,10 +114,12 @@ class Upstream:
         tokens: TokenCache,
         connect_timeout: float = 10.0,
         response_timeout: float = 60.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
         self._reactor = reactor
+        self._metrics = metrics
         self._tokens = tokens
         self._response_timeout = response_timeout
         agent = Agent(
@@ -128,7 +137,7 @@ class Upstream:
     def _target(self, repo: str, *segments: str) -> _Target:
         # distribution-spec "Endpoints": /v2/<name>/... under the URL's path.
         url = self.config.url.child("v2", *repo.split("/"), *segments)
-        return _Target(url, f"repository:{repo}:pull")
+        return _Target(url, f"repository:{repo}:pull", _KINDS.get(segments[0], "other"))
 
     # -- the API ocicache uses
 
@@ -146,7 +155,7 @@ class Upstream:
         url = target.url
         for key, value in params.items():
             url = url.add(key, value)
-        return await self._send("GET", _Target(url, target.scope), {})
+        return await self._send("GET", _Target(url, target.scope, target.kind), {})
 
     # -- the machinery
 
@@ -158,7 +167,7 @@ class Upstream:
         follow_redirects: bool = False,
     ) -> IResponse:
         authorization = await self._authorization_for(target.scope)
-        response = await self._request(method, target.url, headers, authorization)
+        response = await self._request(method, target.url, headers, authorization, target.kind)
         if response.code == 401:
             challenges = parse_www_authenticate(
                 [v.decode("latin-1") for v in response.headers.getRawHeaders(b"www-authenticate", [])]
@@ -166,10 +175,10 @@ class Upstream:
             retry = await self._answer(challenges, target.scope)
             if retry is not None:
                 await _discard(response)
-                response = await self._request(method, target.url, headers, retry)
+                response = await self._request(method, target.url, headers, retry, target.kind)
                 authorization = retry
         if follow_redirects:
-            response = await self._follow(method, target.url, response, headers, authorization)
+            response = await self._follow(method, target.url, response, headers, authorization, target.kind)
         self._note_ratelimit(response)
         return response
 
@@ -180,6 +189,7 @@ class Upstream:
         response: IResponse,
         headers: Mapping[bytes, list[bytes]],
         authorization: bytes | None,
+        kind: str = "other",
     ) -> IResponse:
         """
         Follow redirects (Docker Hub and GHCR send blob downloads to CDNs),
@@ -202,7 +212,7 @@ class Upstream:
                 raise UpstreamUnavailable(f"{self.name}: redirect to a non-HTTP URL")
             if (url.scheme, url.host, url.port) != origin:
                 authorization = None
-            response = await self._request(method, url, headers, authorization)
+            response = await self._request(method, url, headers, authorization, kind)
         raise UpstreamUnavailable(f"{self.name}: more than {MAX_REDIRECTS} redirects")
 
     async def _request(
@@ -211,11 +221,13 @@ class Upstream:
         url: DecodedURL,
         headers: Mapping[bytes, list[bytes]],
         authorization: bytes | None,
+        kind: str = "other",
     ) -> IResponse:
         all_headers = Headers(dict(headers))
         all_headers.setRawHeaders(b"user-agent", [USER_AGENT])
         if authorization is not None:
             all_headers.setRawHeaders(b"authorization", [authorization])
+        started = time.monotonic()
         try:
             response: IResponse = await self._http.request(
                 method,
@@ -226,9 +238,20 @@ class Upstream:
                 timeout=self._response_timeout,
             )
         except Exception as e:
+            self._observe(kind, "error", started)
             # The message names the host but never the headers we sent.
             raise UpstreamUnavailable(f"{self.name}: {type(e).__name__}: {_describe(e)}") from None
+        self._observe(kind, str(response.code), started)
         return response
+
+    def _observe(self, kind: str, code: str, started: float) -> None:
+        """
+        Count one upstream request and the time until its headers came
+        (C{code} is C{error} when there was no answer).
+        """
+        if self._metrics is not None:
+            self._metrics.upstream_requests.labels(self.name, kind, code).inc()
+            self._metrics.upstream_duration.labels(self.name).observe(time.monotonic() - started)
 
     async def _authorization_for(self, scope: str) -> bytes | None:
         if self._bearer is not None:
@@ -284,7 +307,7 @@ class Upstream:
             realm = realm.add("scope", key.scope)
         credentials = self.config.credentials
         authorization = _basic(credentials.username, credentials.password) if credentials else None
-        response = await self._request("GET", realm, {}, authorization)
+        response = await self._request("GET", realm, {}, authorization, "token")
         body = await read_body(response, 1 << 20)
         if response.code != 200 or body is None:
             log.warn("{upstream}: token request answered {code}", upstream=self.name, code=response.code)
@@ -304,7 +327,9 @@ class Upstream:
             try:
                 self.ratelimit_remaining = int(value.split(b";")[0])
             except ValueError:
-                pass
+                return
+            if self._metrics is not None:
+                self._metrics.ratelimit_remaining.labels(self.name).set(self.ratelimit_remaining)
 
 
 def _basic(username: str, password: str) -> bytes:

@@ -1,0 +1,192 @@
+"""
+A download whose disk fails mid-way (ENOSPC injected at the writer):
+the readers already attached get every byte from the memory window,
+nothing is committed, and the window stays bounded by the slowest reader.
+
+The end-to-end version, on a real full tmpfs, is in
+test_integration_store.py; this one runs everywhere.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import random
+from typing import Any, Callable
+
+import pytest
+from twisted.python.failure import Failure
+
+from ocicache import _fanout
+from ocicache._fanout import HIGH_WATER, Download
+from ocicache._reference import Digest
+from ocicache._store import Kind, Store
+
+
+class _Now:
+    """A reactor that runs 'thread' results at once: deterministic."""
+
+    def callFromThread(self, f: Callable[..., Any], *args: Any) -> None:
+        f(*args)
+
+    def seconds(self) -> float:
+        return 0.0
+
+
+class _Pool:
+    """Runs 'threaded' work synchronously, as deferToThreadPool expects."""
+
+    def callInThreadWithCallback(self, on_result: Callable[[bool, Any], None], f: Callable[..., Any],
+                                 *args: Any, **kwargs: Any) -> None:
+        try:
+            result = f(*args, **kwargs)
+        except BaseException:
+            on_result(False, Failure())
+        else:
+            on_result(True, result)
+
+
+class _Reader:
+    def __init__(self, download: Download, eager: bool = True) -> None:
+        self.download = download
+        self.eager = eager
+        self.received = bytearray()
+        download.acquire()
+        download.subscribe(self)
+
+    @property
+    def position(self) -> int:
+        return len(self.received)
+
+    def data_arrived(self) -> None:
+        if self.eager:
+            self.drain()
+
+    def drain(self) -> None:
+        while self.position < self.download.available:
+            data = self.download.read(self.position, 1 << 20)
+            assert data, "a reader attached from the start must never find its bytes gone"
+            self.received += data
+
+
+class _Producer:
+    def __init__(self) -> None:
+        self.paused = False
+        self.pauses = 0
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self.pauses += 1
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@pytest.fixture
+def full_after(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], list[int]]:
+    """
+    Make the writer fail with ENOSPC once C{limit} bytes are on disk.
+    """
+
+    def install(limit: int) -> list[int]:
+        written = [0]
+        real_write = os.write
+
+        def write(fd: int, data: Any) -> int:
+            if written[0] + len(data) > limit:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            count = real_write(fd, data)
+            written[0] += count
+            return count
+
+        monkeypatch.setattr(_fanout.os, "write", write)
+        return written
+
+    return install
+
+
+def _body(size: int) -> bytes:
+    return random.Random(size).randbytes(size)
+
+
+def test_readers_get_every_byte_and_nothing_is_committed(
+    tmp_path: Any, full_after: Callable[[int], list[int]],
+) -> None:
+    store = Store(str(tmp_path))
+    store.prepare()
+    body = _body(12 << 20)
+    digest = Digest("sha256", hashlib.sha256(body).hexdigest())
+    errors: list[OSError] = []
+    download = Download(_Now(), _Pool(), store, digest, len(body),  # type: ignore[arg-type]
+                        on_disk_error=errors.append)
+    readers = [_Reader(download) for _ in range(3)]
+    full_after(5 << 20)
+    settled: list[object] = []
+    download.settled.addBoth(settled.append)
+    for offset in range(0, len(body), 64 << 10):
+        download.write(body[offset:offset + (64 << 10)])
+    download.finish()
+
+    assert download.passthrough
+    assert [len(e.args) and e.errno for e in errors] == [errno.ENOSPC]
+    for reader in readers:
+        reader.drain()
+        assert bytes(reader.received) == body
+    assert settled == [None], "verified, but not kept"
+    assert store.size(Kind.BLOB, digest) is None
+    assert os.listdir(store.tmp_dir) == []
+
+
+def test_the_window_is_bounded_by_the_slowest_reader(
+    tmp_path: Any, full_after: Callable[[int], list[int]],
+) -> None:
+    store = Store(str(tmp_path))
+    store.prepare()
+    body = _body(3 * HIGH_WATER)
+    digest = Digest("sha256", hashlib.sha256(body).hexdigest())
+    download = Download(_Now(), _Pool(), store, digest, len(body))  # type: ignore[arg-type]
+    producer = _Producer()
+    download.attach(producer)
+    fast = _Reader(download)
+    slow = _Reader(download, eager=False)
+    full_after(0)
+    offset = 0
+    # Feed until the upstream is paused: the slow reader has read nothing.
+    while not producer.paused and offset < len(body):
+        download.write(body[offset:offset + (256 << 10)])
+        offset += 256 << 10
+    assert producer.paused and offset < len(body)
+    assert len(download._window) <= HIGH_WATER + (256 << 10)
+    # The slow reader catches up: the window is trimmed, the upstream resumes.
+    slow.drain()
+    assert not producer.paused
+    while offset < len(body):
+        download.write(body[offset:offset + (256 << 10)])
+        offset += 256 << 10
+        slow.drain()
+    download.finish()
+    slow.drain()
+    assert bytes(fast.received) == body and bytes(slow.received) == body
+
+
+def test_a_bad_digest_in_passthrough_cuts_the_readers(
+    tmp_path: Any, full_after: Callable[[int], list[int]],
+) -> None:
+    store = Store(str(tmp_path))
+    store.prepare()
+    body = _body(4 << 20)
+    wrong = Digest("sha256", hashlib.sha256(b"something else").hexdigest())
+    download = Download(_Now(), _Pool(), store, wrong, len(body))  # type: ignore[arg-type]
+    reader = _Reader(download)
+    full_after(1 << 20)
+    failures: list[Failure] = []
+    download.settled.addErrback(failures.append)
+    download.write(body)
+    download.finish()
+    assert download.failure is not None and failures
+    # The final byte was held back: the reader never saw a complete body.
+    assert len(reader.received) < len(body)
