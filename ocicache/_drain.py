@@ -47,17 +47,44 @@ class _Request(Request):
         self.received_at = time.monotonic()
 
 
+_TLS_ON_PLAIN_PORT = (
+    b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
+    b"Client sent a TLS handshake to a plain-HTTP port.\n"
+)
+
+
 class _Channel(HTTPChannel):
     """
-    An HTTP/1.x connection that tells its L{DrainingSite} when it opens,
-    finishes a request and closes.
+    An HTTP/1.x connection that tells its L{DrainingSite} when it opens
+    and closes, and answers C{Connection: close} once the site drains.
+
+    A TLS handshake arriving on a plain-HTTP port is answered at once with
+    a 400, as Go's servers do, and the connection closed: clients that
+    try HTTPS first and then fall back to HTTP (containers/image with
+    C{insecure = true}: podman, skopeo, CRI-O) fall back immediately
+    instead of waiting out their TLS handshake timeout.
     """
 
     site: "DrainingSite"
+    _sniffed = False
+    _rejected = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.site._opened(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._sniffed and data:
+            self._sniffed = True
+            # A TLS record of type handshake (22); no HTTP method starts so.
+            if data[:1] == b"\x16":
+                self._rejected = True
+                assert self.transport is not None
+                self.transport.write(_TLS_ON_PLAIN_PORT)
+                self.transport.loseConnection()
+        if self._rejected:
+            return
+        super().dataReceived(data)
 
     def checkPersistence(self, request: Any, version: bytes) -> bool:
         if self.site.draining:

@@ -244,7 +244,6 @@ class OcicacheService(MultiService):
         log.info("ocicache stopped")
 
 
-
 def _scan_manifests(store: Store) -> list[tuple[str, int]]:
     """The stored manifests, as C{(digest, size)}; runs in the disk thread."""
     return [(str(digest), size) for digest, _, size in store.walk(Kind.MANIFEST)]
