@@ -17,8 +17,6 @@ the other services stop, the database is closed and no temp file is left.
 
 from __future__ import annotations
 
-import os
-import signal
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
@@ -233,32 +231,18 @@ class OcicacheService(MultiService):
         #    database, idle upstream connections; then no temp file stays.
         self.disk_pool.stop()
         await DeferredList([self.metadata.close(), self.http_pool.closeCachedConnections()])
-        removed = _remove_temp_files(self.store)
+        removed = self.store.remove_temp_files()
         if removed:
             log.info("Removed {count} temp files of downloads cut by the stop", count=removed)
-        # twistd re-raises the signal that stopped the reactor once it is
-        # done, so the process would end "killed by SIGTERM".  The signal
-        # was handled, completely: exit 0, as a clean stop should.
-        if getattr(self._reactor, "_exitSignal", None) in (signal.SIGTERM, signal.SIGINT):
-            self._reactor._exitSignal = None
+        # twistd then re-raises SIGTERM once the reactor has stopped, so the
+        # process ends "killed by SIGTERM": systemd counts that as a clean
+        # stop (SuccessExitStatus includes it by default).
         log.info("ocicache stopped")
 
 
 def _scan_manifests(store: Store) -> list[tuple[str, int]]:
     """The stored manifests, as C{(digest, size)}; runs in the disk thread."""
     return [(str(digest), size) for digest, _, size in store.walk(Kind.MANIFEST)]
-
-
-def _remove_temp_files(store: Store) -> int:
-    removed = 0
-    for entry in store.temp_files():
-        try:
-            if entry.is_file(follow_symlinks=False):
-                os.unlink(entry.path)
-                removed += 1
-        except FileNotFoundError:
-            pass
-    return removed
 
 
 def _when_settled(settled: Deferred[Any]) -> Deferred[None]:

@@ -76,11 +76,20 @@ class Store:
         for kind in Kind:
             os.makedirs(os.path.join(self.root, kind.value, "sha256"), mode=0o755, exist_ok=True)
         os.makedirs(self.tmp_dir, mode=0o700, exist_ok=True)
+        return self.remove_temp_files()
+
+    def remove_temp_files(self) -> int:
+        """
+        Remove every temp file: only safe when no download is running.
+        """
         removed = 0
-        for entry in os.scandir(self.tmp_dir):
-            if entry.is_file(follow_symlinks=False):
-                os.unlink(entry.path)
-                removed += 1
+        for entry in self.temp_files():
+            try:
+                if entry.is_file(follow_symlinks=False):
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                pass
         return removed
 
     def path(self, kind: Kind, digest: Digest) -> str:

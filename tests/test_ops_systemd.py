@@ -111,7 +111,7 @@ def test_serves_on_a_socket_from_systemd(
         assert socket_refuses(config_port)
         assert daemon.proc.poll() is None
         daemon.proc.send_signal(signal.SIGTERM)
-        assert daemon.proc.wait(30) == 0
+        assert daemon.proc.wait(30) == -signal.SIGTERM
     finally:
         daemon.stop()
     log = daemon.log_text()
