@@ -27,11 +27,32 @@ import sys
 from datetime import datetime, timezone
 from typing import IO, Any
 
-from twisted.logger import ILogObserver, LogEvent, formatEvent
+from twisted.logger import ILogObserver, LogEvent, Logger, formatEvent
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
-__all__ = ["JSONLineObserver", "event_as_dict", "json_observer", "json_observer_for"]
+__all__ = ["JSONLineObserver", "event_as_dict", "json_observer", "json_observer_for", "log_access"]
+
+_access = Logger(namespace="ocicache.access")
+
+
+def log_access(
+    method: str, path: str, status: int, sent: int, duration: float,
+    cache_result: str | None = None, upstream: str | None = None,
+) -> None:
+    """
+    The one structured access event every request emits.
+    """
+    _access.info(
+        "{method} {path} {status} {bytes}B {duration:.3f}s {cache_result} {upstream}",
+        method=method,
+        path=path[:1024],
+        status=status,
+        bytes=sent,
+        duration=duration,
+        cache_result=cache_result or "-",
+        upstream=upstream or "-",
+    )
 
 # Keys of old-style (twisted.python.log) events that carry no information
 # of their own once the event is formatted.

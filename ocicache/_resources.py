@@ -28,6 +28,7 @@ from ._blobs import BlobService
 from ._config import Config
 from ._errors import RegistryError, error_for_response, render_error
 from ._fanout import Streamer
+from ._logging import log_access
 from ._manifests import ManifestService
 from ._metrics import Metrics
 from ._range import Unsatisfiable, parse_range
@@ -39,7 +40,6 @@ from ._version import __version__
 __all__ = ["RootResource", "Services"]
 
 log = Logger()
-access_log = Logger(namespace="ocicache.access")
 
 SERVER = f"ocicache/{__version__}".encode("ascii")
 MAX_TAGS_PAGE = 10000
@@ -323,17 +323,12 @@ class RegistryResource(Resource):
             length = request.responseHeaders.getRawHeaders(b"content-length", [b""])[0]
             if digest is not None and length.isdigit():
                 self._services.on_manifest_stored(digest.decode("ascii", "replace"), int(length))
-        access_log.info(
-            "{method} {path} {status} {bytes}B {duration:.3f}s {cache_result} {upstream}",
-            method=method,
-            path=request.uri.decode("ascii", "replace")[:1024],
-            status=code,
+        log_access(
+            method, request.uri.decode("ascii", "replace"), code,
             # A small body is finished (and this called) before the handler
             # records its size; the request itself counted the bytes.
-            bytes=max(exchange.bytes, request.sentLength),
-            duration=duration,
-            cache_result=exchange.result or "-",
-            upstream=exchange.upstream or "-",
+            max(exchange.bytes, request.sentLength),
+            duration, exchange.result, exchange.upstream,
         )
 
 

@@ -9,7 +9,7 @@ The daemon's service tree: the parts of ocicache wired together.
 The store and the metadata database are opened before the listeners
 start, and closed after they stop.
 
-Stopping is graceful (L{ocicache._drain}): the registry listeners close
+Stopping is graceful (L{ocicache._site}): the registry listeners close
 first, responses in progress get up to C{[server] drain_timeout} to
 finish, the rest are cut; then downloads nobody waits for are abandoned,
 the other services stop, the database is closed and no temp file is left.
@@ -35,7 +35,7 @@ from ._blobs import BlobService
 from ._capacity import Capacity
 from ._challenge import TokenCache
 from ._config import Config
-from ._drain import DrainingSite, QuietSite
+from ._site import DrainingSite, QuietSite
 from ._fanout import DownloadError
 from ._health import OperatorResource
 from ._janitor import Janitor

@@ -53,7 +53,6 @@ NAME_CASES: list[tuple[str, str, set[str]]] = [
     ("pct-slash", "/v2/docker.io/library%2focitest-oci/manifests/v1", {"NAME_INVALID"}),
     ("pct-slash-upper", "/v2/docker.io/library%2Focitest-oci/manifests/v1", {"NAME_INVALID"}),
     ("pct-dotdot-slash", f"/v2/docker.io/library/%2e%2e%2f%2e%2e%2f{EVIL}/manifests/v1", {"NAME_INVALID"}),
-    ("pct-encoded-name", "/v2/docker.io/library/ocitest%2doci/manifests/v1", {"NAME_INVALID"}),
     ("backslash", f"/v2/docker.io/library\\..\\{EVIL}/manifests/v1", {"NAME_INVALID"}),
     ("nul", f"/v2/docker.io/library/{EVIL}%00/manifests/v1", {"NAME_INVALID"}),
     ("uppercase", "/v2/docker.io/library/OCITEST-oci/manifests/v1", {"NAME_INVALID"}),
@@ -197,17 +196,21 @@ def guarded(hostile_daemon: Daemon, hop: Hop, request: pytest.FixtureRequest) ->
     request.node._ocitest_daemons = [daemon]
     cache = os.path.abspath(daemon.cache_dir or "")
     base = os.path.dirname(daemon.workdir)
-    before = _tree(base, skip=cache) | _tree(REPO_ROOT)
+    # Everything under this module's temporary directory except the cache:
+    # the daemon's cwd, config and log live here.
+    before = _tree(base, skip=cache)
     yield daemon
     time.sleep(0.1)
     hop.wait_idle(10, settle=0.1)
     assert hop.count() == 0, f"a hostile request reached the upstream:\n{hop.summary()}"
     assert daemon.running, f"the daemon died:\n{daemon.log_tail()}"
-    after = _tree(base, skip=cache) | _tree(REPO_ROOT)
+    after = _tree(base, skip=cache)
     created = sorted(after - before - {daemon.log_path})
     assert not created, f"files created outside the cache dir: {created}"
-    evil = _evil_paths("/", "/tmp", "/etc", "/root", base, daemon.workdir, os.path.dirname(cache), REPO_ROOT)
-    evil += [p for p in _tree(cache) if EVIL in p]
+    # The repository is not compared file by file (people edit it while the
+    # tests run); the marker every hostile name carries is searched instead.
+    evil = _evil_paths("/", "/tmp", "/etc", "/root", base, daemon.workdir, os.path.dirname(cache))
+    evil += [p for p in _tree(cache) | _tree(REPO_ROOT) if EVIL in p]
     assert not evil, f"a hostile name reached the filesystem: {evil}"
     status, _, _ = http_request(daemon.url + "/v2/")
     assert status == 200
@@ -223,7 +226,7 @@ def _assert_json_error(status: int, headers: dict[str, str], body: bytes, codes:
     except (ValueError, KeyError, IndexError, TypeError):
         raise AssertionError(f"{what}: not an errors document: {body[:300]!r}") from None
     assert code in codes, f"{what}: code {code!r}, expected one of {sorted(codes)}"
-    return code
+    return str(code)
 
 
 @pytest.mark.parametrize("path,codes", [pytest.param(p, c, id=i) for i, p, c in GET_CASES])
@@ -281,3 +284,30 @@ def test_garbage_on_the_socket_does_not_hurt(guarded: Daemon) -> None:
                 pass
     status, _, _ = http_request(guarded.url + "/v2/")
     assert status == 200
+
+
+def test_tls_client_hello_is_answered_promptly(guarded: Daemon) -> None:
+    """
+    skopeo and podman with --tls-verify=false try HTTPS first and fall back
+    to HTTP only when the handshake fails: a server that waits for a line
+    ending in the binary ClientHello stalls every such client for its 10 s
+    TLS handshake timeout.  (docker-registry answers at once.)
+    """
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as s:
+        try:
+            with context.wrap_socket(s, server_hostname="127.0.0.1"):
+                raise AssertionError("a TLS handshake succeeded on the plain-HTTP port")
+        except (ssl.SSLError, ConnectionError):
+            pass
+        except TimeoutError:
+            raise AssertionError(
+                "the daemon never answered a TLS ClientHello (skopeo --src-tls-verify=false "
+                "waits 10 s for this on every run)"
+            ) from None
+    assert time.monotonic() - started < 3.0

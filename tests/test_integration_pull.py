@@ -14,11 +14,12 @@ import shutil
 import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from ocitest import http_request
+from ocitest import http_request, wait_for
 from ocitest.containerd import Containerd, write_hosts_dir
 from ocitest.daemon import Daemon, Upstream
 from ocitest.hop import Hop
@@ -51,6 +52,20 @@ def file_sha256(path: str) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def wait_for_blobs(cache_dir: str, digests: list[str], timeout: float = 30.0) -> None:
+    """
+    Wait until every digest is committed to the blob store (the daemon may
+    commit a blob a little after its last byte went to the clients: it
+    verifies and fsyncs first).
+    """
+    paths = [blob_path(cache_dir, d) for d in digests]
+    try:
+        wait_for(lambda: all(os.path.exists(p) for p in paths), timeout, what="blobs committed")
+    except TimeoutError:
+        missing = [p for p in paths if not os.path.exists(p)]
+        raise AssertionError(f"not in the blob store after {timeout}s: {missing}") from None
+
+
 def assert_blob_store_sound(cache_dir: str) -> list[str]:
     """
     Every file under blobs/sha256/ sits at the path its own SHA-256 names.
@@ -78,7 +93,7 @@ def image_path(image: Image, addressing: str) -> str:
     raise ValueError(addressing)
 
 
-def skopeo_copy(skopeo: str, daemon: Daemon, name: str, tag: str, dest: str) -> subprocess.CompletedProcess:
+def skopeo_copy(skopeo: str, daemon: Daemon, name: str, tag: str, dest: str) -> subprocess.CompletedProcess[str]:
     cmd = [
         skopeo, "--insecure-policy", "copy", "--all", "--src-tls-verify=false",
         f"docker://{daemon.host}/{name}:{tag}", f"dir:{dest}",
@@ -122,7 +137,7 @@ def assert_manifest_response(status: int, headers: dict[str, str], body: bytes, 
 
 
 def error_code(body: bytes) -> str:
-    return json.loads(body)["errors"][0]["code"]
+    return str(json.loads(body)["errors"][0]["code"])
 
 
 # --- skopeo ----------------------------------------------------------------
@@ -137,13 +152,13 @@ SKOPEO_CASES = [(name, addressing) for name in SMALL + ("big1",) for addressing 
 @pytest.mark.parametrize("name,addressing", SKOPEO_CASES)
 def test_skopeo_copy_all_cold_then_warm(
     name: str, addressing: str, skopeo: str, ocitest_images: dict[str, Image],
-    daemon: Daemon, hop: Hop, tmp_path,
+    daemon: Daemon, hop: Hop, tmp_path: Path,
 ) -> None:
     image = ocitest_images[name]
     client_name = image_path(image, addressing)
 
     cold = str(tmp_path / "cold")
-    skopeo_copy(skopeo, daemon, client_name, image.tag, cold)
+    skopeo_copy(skopeo, daemon, client_name, image.reference, cold)
     assert_dir_copy(cold, image)
     hop.wait_idle()
     assert hop.count() > 0, "a cold pull must go upstream"
@@ -151,14 +166,13 @@ def test_skopeo_copy_all_cold_then_warm(
         assert req.path.startswith(f"/v2/{image.repo}/"), f"routed to the wrong upstream repo: {req}"
     for blob in image.all_blobs():
         assert hop.count("GET", blob.digest) == 1, f"blob {blob.digest} fetched upstream more than once:\n{hop.summary()}"
-    stored = set(assert_blob_store_sound(daemon.cache_dir))
-    for blob in image.all_blobs():
-        assert blob.digest in stored, f"{blob.digest} not in the blob store at {blob_path(daemon.cache_dir, blob.digest)}"
+    wait_for_blobs(daemon.cache_dir, [blob.digest for blob in image.all_blobs()])
+    assert_blob_store_sound(daemon.cache_dir)
     shutil.rmtree(cold)
 
     hop.reset()
     warm = str(tmp_path / "warm")
-    skopeo_copy(skopeo, daemon, client_name, image.tag, warm)
+    skopeo_copy(skopeo, daemon, client_name, image.reference, warm)
     assert_dir_copy(warm, image)
     hop.wait_idle()
     assert hop.count() == 0, f"a warm pull inside the tag TTL went upstream:\n{hop.summary()}"
@@ -171,7 +185,7 @@ def test_skopeo_copy_all_cold_then_warm(
 @pytest.mark.parametrize("name", SMALL + ("big64",))
 def test_ctr_pull_cold_then_warm(
     name: str, ocitest_images: dict[str, Image], daemon: Daemon, hop: Hop,
-    containerd_factory: Callable[[], Containerd], tmp_path,
+    containerd_factory: Callable[[], Containerd], tmp_path: Path,
 ) -> None:
     """
     containerd sends /v2/<repo>/...?ns=docker.io to a mirror; a fresh
@@ -502,6 +516,7 @@ def test_16_concurrent_cold_gets_of_a_256mib_blob(
     assert upstream_get.finished is not None
     assert earliest["first_byte"] < upstream_get.finished  # type: ignore[operator]
     assert earliest["first_byte"] < last_end  # type: ignore[operator]
+    wait_for_blobs(daemon.cache_dir, [blob.digest], timeout=60)
     stored = blob_path(daemon.cache_dir, blob.digest)
     assert os.path.getsize(stored) == blob.size
     assert file_sha256(stored) == blob.digest

@@ -22,7 +22,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from ocicache._drain import DrainingSite
+from ocicache._site import DrainingSite
 from ocicache._logging import JSONLineObserver, event_as_dict
 from ocicache._metrics import ManifestTally, Metrics
 from test_ops_support import metric_value

@@ -116,7 +116,7 @@ def http_request(
     returns (status, headers with lower-case names, body).
     """
     parts = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout)
     try:
         target = parts.path or "/"
         if parts.query:

@@ -27,6 +27,7 @@ import re
 import subprocess
 import tempfile
 import time
+from typing import Any
 
 from . import log_tail, require_binary, stop_process, wait_for
 
@@ -176,7 +177,7 @@ class Containerd:
     # --- ctr ------------------------------------------------------------
 
     def ctr(self, *args: str, check: bool = True, timeout: float = 300.0,
-            namespace: str | None = None, text: bool = True) -> subprocess.CompletedProcess:
+            namespace: str | None = None, text: bool = True) -> subprocess.CompletedProcess[Any]:
         cmd = ["ctr", "--address", self.address, "--namespace", namespace or self.namespace, *args]
         r = subprocess.run(cmd, capture_output=True, timeout=timeout, text=text)
         if check and r.returncode != 0:
@@ -196,7 +197,7 @@ class Containerd:
         namespace: str | None = None,
         extra: tuple[str, ...] = (),
         timeout: float = 300.0,
-    ) -> subprocess.CompletedProcess:
+    ) -> subprocess.CompletedProcess[Any]:
         """
         C{ctr images pull} (fetch and unpack) or, with C{unpack=False},
         C{ctr content fetch} (fetch only; there is no C{--skip-unpack} in
@@ -240,14 +241,14 @@ class Containerd:
         images = self.images(namespace)
         if ref not in images:
             raise KeyError(f"{ref} not in {sorted(images)}")
-        return images[ref]["digest"]
+        return str(images[ref]["digest"])
 
     def image_media_type(self, ref: str, namespace: str | None = None) -> str:
-        return self.images(namespace)[ref]["type"]
+        return str(self.images(namespace)[ref]["type"])
 
     def content_get(self, digest: str, namespace: str | None = None) -> bytes:
         r = self.ctr("content", "get", digest, namespace=namespace, text=False)
-        return r.stdout
+        return bytes(r.stdout)
 
     def content_digests(self, namespace: str | None = None) -> set[str]:
         """
@@ -261,7 +262,7 @@ class Containerd:
         C{ctr images check}'s line for C{ref} (includes "complete" when all
         content for the platform is present).
         """
-        out = self.ctr("images", "check", namespace=namespace).stdout
+        out: str = self.ctr("images", "check", namespace=namespace).stdout
         for line in out.splitlines():
             if line.split()[:1] == [ref]:
                 return line

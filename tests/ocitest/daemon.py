@@ -27,8 +27,9 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from . import REPO_ROOT, free_port, log_tail, stop_process, wait_for_http
 
@@ -159,8 +160,14 @@ class Daemon:
         env: Mapping[str, str] | None = None,
         cache_dir: str | None = None,
     ) -> None:
-        self.cache_dir = cache_dir
-        """The config's C{cache.dir}, when known."""
+        if cache_dir is None:
+            try:
+                with open(config_path, "rb") as f:
+                    cache_dir = str(tomllib.load(f).get("cache", {}).get("dir", ""))
+            except (OSError, tomllib.TOMLDecodeError):
+                cache_dir = ""
+        self.cache_dir: str = cache_dir
+        """The config's C{cache.dir} ("" if it has none)."""
         self.config_path = os.path.abspath(config_path)
         self.port = port
         self.workdir = os.path.abspath(workdir)
@@ -265,7 +272,7 @@ def start_daemon(
     port: int | None = None,
     timeout: float = 20.0,
     repo_root: str | None = None,
-    **config: object,
+    **config: Any,
 ) -> Daemon:
     """
     Write a config under C{workdir} (cache in C{workdir}/cache unless
@@ -313,7 +320,7 @@ class DaemonPool:
         upstreams: Sequence[Upstream] | None = None,
         cache_dir: str | None = None,
         timeout: float = 20.0,
-        **config: object,
+        **config: Any,
     ) -> Daemon:
         workdir = os.path.join(self.base_dir, f"daemon{len(self.daemons)}")
         daemon = start_daemon(

@@ -5,7 +5,8 @@ request the daemon makes upstream.
 
     hop = Hop(registry.url).start()
     ...  # point the daemon's upstream url at hop.url
-    hop.count("GET", "/blobs/")        # requests seen
+    hop.count("GET", "/blobs/")        # requests seen (matched against the
+                                       # percent-decoded path and query)
     hop.bytes_sent                     # response body bytes sent so far
     hop.down = True                    # answer 503 to everything
     hop.stop(); hop.start()            # refuse connections, then come back
@@ -63,8 +64,11 @@ class HopRequest:
 
     method: str
     path: str
+    """The request path, percent-decoded (C{sha256%3A...} reads C{sha256:...})."""
     query: str
     headers: dict[str, str]
+    raw_path: str = ""
+    """The path exactly as sent."""
     started: float = field(default_factory=time.monotonic)
     status: int | None = None
     content_length: int | None = None
@@ -110,6 +114,7 @@ class Fault:
     hits: int = 0
 
     def matches(self, method: str, path: str) -> bool:
+        path = urllib.parse.unquote(path)
         if self.times is not None and self.hits >= self.times:
             return False
         if self.method is not None and method != self.method:
@@ -335,12 +340,13 @@ class Hop:
     # --- the proxy --------------------------------------------------------
 
     def _record(self, handler: _Handler) -> HopRequest:
-        path, _, query = handler.path.partition("?")
+        raw_path, _, query = handler.path.partition("?")
         rec = HopRequest(
             method=handler.command,
-            path=path,
+            path=urllib.parse.unquote(raw_path),
             query=query,
             headers={k: v for k, v in handler.headers.items()},
+            raw_path=raw_path,
         )
         with self._lock:
             self._requests.append(rec)

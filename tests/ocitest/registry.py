@@ -76,7 +76,7 @@ class Registry:
             f"  level: {self.log_level}",
             "  formatter: text",
             "  accesslog:",
-            "    disabled: false",
+            f"    disabled: {'true' if self.log_level in ('warn', 'error', 'fatal', 'panic') else 'false'}",
             "storage:",
             "  filesystem:",
             f"    rootdirectory: {self.storage}",
@@ -151,7 +151,7 @@ def _connection(base_url: str, timeout: float = 120.0) -> http.client.HTTPConnec
     if parts.scheme != "http":
         raise ValueError(f"only http:// upstreams are supported here, not {base_url!r}")
     return http.client.HTTPConnection(
-        parts.hostname, parts.port or 80, timeout=timeout, blocksize=1 << 20
+        parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout, blocksize=1 << 20
     )
 
 

@@ -31,12 +31,12 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
+from ._logging import log_access
 from ._metrics import Metrics
 
 __all__ = ["DrainingSite", "QuietSite"]
 
 log = Logger()
-access_log = Logger(namespace="ocicache.access")
 
 
 class _Request(Request):
@@ -211,13 +211,5 @@ class DrainingSite(Site):
             self._metrics.http_requests.labels(
                 "other", method if method in ("GET", "HEAD") else "other", str(request.code)).inc()
             self._metrics.http_duration.labels("other").observe(duration)
-        access_log.info(
-            "{method} {path} {status} {bytes}B {duration:.3f}s {cache_result} {upstream}",
-            method=method,
-            path=request.uri.decode("ascii", "replace")[:1024],
-            status=request.code,
-            bytes=request.sentLength,
-            duration=duration,
-            cache_result="-",
-            upstream="-",
-        )
+        log_access(method, request.uri.decode("ascii", "replace"), request.code,
+                   request.sentLength, duration)
