@@ -136,7 +136,10 @@ class Upstream:
 
     def _target(self, repo: str, *segments: str) -> _Target:
         # distribution-spec "Endpoints": /v2/<name>/... under the URL's path.
-        url = self.config.url.child("v2", *repo.split("/"), *segments)
+        # Built on the encoded URL so a digest's ":" is sent as clients send
+        # it, not as %3A: every segment has passed the spec's grammar, whose
+        # characters are all safe in a path.
+        url = DecodedURL(self.config.url.encoded_url.child("v2", *repo.split("/"), *segments))
         return _Target(url, f"repository:{repo}:pull", _KINDS.get(segments[0], "other"))
 
     # -- the API ocicache uses

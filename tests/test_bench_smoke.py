@@ -1,0 +1,92 @@
+"""
+C{bench/run} end to end on tiny sizes: it must start and stop everything,
+print a Markdown table per scenario and write a JSON file in which every
+comparison has C{ocicache}, C{distribution} and a finite C{ratio}.
+
+No timing is asserted: on tiny blobs the numbers mean nothing, and this is
+about the harness, not the daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ocitest import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+SCENARIOS = {
+    "warm_throughput": "### 1. Warm blob throughput",
+    "cold_blob": "### 2. Cold blob",
+    "warm_manifests": "### 3. Warm manifests",
+    "memory": "### 4. Memory",
+    "containerd": "### 5. containerd",
+}
+
+TABLE_HEADER = "| measurement | ocicache | distribution | ratio (> 1: ocicache better) |"
+
+# --tiny takes well under 90 s; this only stops a hung run from hanging
+# the suite.
+HANG_GUARD = 300
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def test_bench_run_tiny(tmp_path: "os.PathLike[str]") -> None:
+    result_json = os.path.join(str(tmp_path), "results", "bench.json")
+    workdir = os.path.join(str(tmp_path), "work")
+    command = [
+        sys.executable, os.path.join(REPO_ROOT, "bench", "run"),
+        "--tiny", "--no-install", "--json", result_json, "--workdir", workdir,
+    ]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD, cwd=REPO_ROOT)
+    assert proc.returncode == 0, (
+        f"bench/run exited {proc.returncode}\n--- stdout ---\n{proc.stdout[-6000:]}\n"
+        f"--- stderr ---\n{proc.stderr[-6000:]}"
+    )
+
+    # The Markdown tables, one per scenario, on stdout.
+    out = proc.stdout
+    for heading in SCENARIOS.values():
+        assert heading in out, f"no {heading!r} section on stdout:\n{out}"
+    assert out.count(TABLE_HEADER) == len(SCENARIOS), out
+    assert "### Targets" in out
+    assert os.path.exists(os.path.splitext(result_json)[0] + ".md")
+
+    with open(result_json) as f:
+        data = json.load(f)
+
+    meta = data["meta"]
+    assert meta["tiny"] is True and meta["quick"] is False
+    assert meta["cores"] == os.cpu_count()
+    assert meta["date"] and meta["blob_mib"] > 0
+
+    assert set(data["scenarios"]) == set(SCENARIOS)
+    for key, scenario in data["scenarios"].items():
+        assert scenario["error"] is None, f"{key}: {scenario['error']}"
+        comparisons = scenario["comparisons"]
+        assert comparisons, f"{key} has no comparisons"
+        for name, comparison in comparisons.items():
+            where = f"{key}.{name}: {comparison}"
+            assert {"ocicache", "distribution", "ratio"} <= set(comparison), where
+            for field in ("ocicache", "distribution", "ratio"):
+                assert _is_number(comparison[field]), where
+                assert math.isfinite(comparison[field]), where
+            assert comparison["ratio"] >= 0, where
+
+    # Every target is evaluated from the measurements (met or not).
+    assert data["targets"], "no targets evaluated"
+    for target in data["targets"]:
+        assert target["met"] in (True, False), target
+
+    # Nothing the run started is left behind.
+    leftovers = subprocess.run(["pgrep", "-f", workdir], capture_output=True, text=True).stdout.split()
+    assert not leftovers, f"processes still running from {workdir}: {leftovers}"

@@ -1,0 +1,165 @@
+"""
+The upstream client against small real HTTP servers on loopback: the
+Bearer token flow, Basic auth, and redirects that never carry
+C{Authorization} to another origin (RFC 9110 §15.4).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import Any, Callable
+
+import pytest
+import pytest_twisted
+from hyperlink import DecodedURL
+from twisted.internet import reactor
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from ocicache._challenge import TokenCache
+from ocicache._config import Credentials, UpstreamConfig
+from ocicache._upstream import Upstream, make_pool, read_body
+
+BODY = b"layer bytes " * 1000
+DIGEST = "sha256:" + hashlib.sha256(BODY).hexdigest()
+PASSWORD = "s3cret-pa55"
+
+
+class _Recorder(Resource):
+    """
+    A leaf that records every request (raw URI and headers) and answers
+    through C{respond}.
+    """
+
+    isLeaf = True
+
+    def __init__(self, respond: Callable[[Any], bytes]) -> None:
+        super().__init__()
+        self.seen: list[tuple[bytes, dict[bytes, list[bytes]]]] = []
+        self._respond = respond
+
+    def render(self, request: Any) -> bytes:
+        self.seen.append((request.uri, {k.lower(): v for k, v in request.requestHeaders.getAllRawHeaders()}))
+        return self._respond(request)
+
+
+@pytest.fixture
+def servers() -> Any:
+    listening = []
+
+    def serve(resource: Resource, interface: str = "127.0.0.1") -> str:
+        port = reactor.listenTCP(0, Site(resource), interface=interface)  # type: ignore[attr-defined]
+        listening.append(port)
+        return f"http://{interface}:{port.getHost().port}"
+
+    yield serve
+    for port in listening:
+        port.stopListening()
+
+
+def _upstream(url: str, credentials: Credentials | None = None) -> Upstream:
+    config = UpstreamConfig(name="registry.test", url=DecodedURL.from_text(url), credentials=credentials)
+    return Upstream(config, reactor, make_pool(reactor), TokenCache(reactor))  # type: ignore[arg-type]
+
+
+def _basic(request: Any) -> bool:
+    expected = b"Basic " + base64.b64encode(f"bot:{PASSWORD}".encode())
+    return bool(request.getHeader(b"authorization") == expected)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_redirect_to_another_host_drops_authorization(servers: Any) -> None:
+    cdn = _Recorder(lambda request: BODY)
+    cdn_url = servers(cdn)
+
+    def registry_answer(request: Any) -> bytes:
+        if not _basic(request):
+            request.setResponseCode(401)
+            request.setHeader(b"www-authenticate", b'Basic realm="registry"')
+            return b""
+        request.setResponseCode(307)
+        # Another origin: same address, another port (RFC 6454 §4).
+        request.setHeader(b"location", f"{cdn_url}/blobs/{DIGEST}?signature=abc".encode())
+        return b""
+
+    registry = _Recorder(registry_answer)
+    upstream = _upstream(servers(registry), Credentials("bot", PASSWORD))
+    response = await upstream.blob("GET", "team/app", DIGEST)
+    assert response.code == 200
+    assert await read_body(response, 1 << 20) == BODY
+    # The registry got the credentials (after its challenge)...
+    assert [headers.get(b"authorization") is not None for _, headers in registry.seen] == [False, True]
+    # ...the CDN never did.
+    assert len(cdn.seen) == 1
+    assert b"authorization" not in cdn.seen[0][1]
+    # The digest's ":" travels literally, as container clients send it.
+    assert registry.seen[0][0] == f"/v2/team/app/blobs/{DIGEST}".encode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_redirect_on_the_same_origin_keeps_authorization(servers: Any) -> None:
+    def answer(request: Any) -> bytes:
+        if not _basic(request):
+            request.setResponseCode(401)
+            request.setHeader(b"www-authenticate", b'Basic realm="registry"')
+            return b""
+        if request.path.startswith(b"/v2/"):
+            request.setResponseCode(302)
+            request.setHeader(b"location", b"/storage/blob")
+            return b""
+        return BODY
+
+    registry = _Recorder(answer)
+    upstream = _upstream(servers(registry), Credentials("bot", PASSWORD))
+    response = await upstream.blob("GET", "team/app", DIGEST)
+    assert response.code == 200 and await read_body(response, 1 << 20) == BODY
+    assert registry.seen[-1][0] == b"/storage/blob"
+    assert registry.seen[-1][1].get(b"authorization") is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_bearer_token_flow_fetches_once_and_reuses_the_token(servers: Any) -> None:
+    issued = []
+
+    def token_answer(request: Any) -> bytes:
+        issued.append(request.args)
+        assert _basic(request), "the token is requested with the configured credentials"
+        return json.dumps({"token": "tok-123", "expires_in": 300}).encode()
+
+    tokens = _Recorder(token_answer)
+    token_url = servers(tokens)
+
+    def registry_answer(request: Any) -> bytes:
+        if request.getHeader(b"authorization") != b"Bearer tok-123":
+            request.setResponseCode(401)
+            request.setHeader(
+                b"www-authenticate",
+                f'Bearer realm="{token_url}/token",service="registry.test",'
+                f'scope="repository:team/app:pull"'.encode(),
+            )
+            return b""
+        request.setHeader(b"content-type", b"application/vnd.oci.image.manifest.v1+json")
+        return b"{}"
+
+    registry = _Recorder(registry_answer)
+    upstream = _upstream(servers(registry), Credentials("bot", PASSWORD))
+    for _ in range(3):
+        response = await upstream.manifest("GET", "team/app", "v1", ["application/vnd.oci.image.manifest.v1+json"])
+        assert response.code == 200 and await read_body(response, 1 << 20) == b"{}"
+    assert len(issued) == 1
+    assert issued[0][b"service"] == [b"registry.test"]
+    assert issued[0][b"scope"] == [b"repository:team/app:pull"]
+    # One 401 to learn the challenge; then the cached token goes up front.
+    assert len(registry.seen) == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unreachable_upstream_is_a_clean_error(servers: Any) -> None:
+    from ocicache._upstream import UpstreamUnavailable
+
+    upstream = _upstream("http://127.0.0.1:1")
+    with pytest.raises(UpstreamUnavailable) as raised:
+        await upstream.blob("GET", "team/app", DIGEST)
+    assert "registry.test" in str(raised.value)
