@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import deque
 from typing import Awaitable, Callable, Protocol
 
 from attrs import frozen
@@ -205,7 +206,7 @@ class Download:
         self._read_fd = os.open(self._temp.path, os.O_RDONLY | os.O_CLOEXEC)
         self._users = 0
         self._readers: list[Reader] = []
-        self._queue: list[bytes] = []
+        self._queue: deque[bytes] = deque()
         self._queued = 0
         self._in_flight = 0
         self._writing = False
@@ -266,7 +267,7 @@ class Download:
         producer, self._producer = self._producer, None
         if producer is not None and not self._body_done:
             producer.stopProducing()
-        self._queue = []
+        self._queue.clear()
         self._queued = 0
         self._window = bytearray()
         if not self._writing:
@@ -294,7 +295,7 @@ class Download:
             batch: list[bytes] = []
             size = 0
             while self._queue and size < BATCH:
-                chunk = self._queue.pop(0)
+                chunk = self._queue.popleft()
                 batch.append(chunk)
                 size += len(chunk)
             self._queued -= size
@@ -307,7 +308,7 @@ class Download:
             written.addCallback(self._written, batch)
         elif self._body_done:
             self._verifying = True
-            Deferred.fromCoroutine(self._verify())
+            Deferred.fromCoroutine(self._verify()).addErrback(self._broken)
 
     def _written(self, outcome: tuple[int, OSError | None], batch: list[bytes]) -> None:
         self._writing = False
@@ -332,11 +333,11 @@ class Download:
         self.passthrough = True
         self._disk_end = self._received
         self._window_start = self._received
-        for chunk in unwritten + self._queue:
+        for chunk in [*unwritten, *self._queue]:
             self._hasher.update(chunk)
             self._window += chunk
         self._received += len(self._window)
-        self._queue = []
+        self._queue.clear()
         self._queued = 0
         if len(self._window) >= HIGH_WATER:
             self._pause_upstream()
@@ -381,6 +382,18 @@ class Download:
         self._notify()
         self.settled.callback(path)
         self._maybe_close()
+
+    def _broken(self, reason: Failure) -> None:
+        """
+        A bug, not a bad body: still settle, so no reader waits forever.
+        """
+        log.failure("Download of {digest} broke", reason, digest=str(self.digest))
+        if not self.settled.called:
+            self.failure = reason
+            self._discard()
+            self._notify()
+            self.settled.errback(reason)
+            self._maybe_close()
 
     def _discard(self) -> None:
         temp, self._temp = self._temp, None
