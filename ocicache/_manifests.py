@@ -28,7 +28,7 @@ from ._metadata import Metadata
 from ._reference import MANIFEST_MEDIA_TYPES, Digest
 from ._singleflight import SingleFlight
 from ._store import Kind, Store
-from ._upstream import Upstream, UpstreamUnavailable, read_body
+from ._upstream import Upstream, UpstreamUnavailable
 
 __all__ = ["MAX_MANIFEST_SIZE", "Manifest", "ManifestService"]
 
@@ -123,7 +123,7 @@ class ManifestService:
         caller turns into a stale hit.
         """
         response = await upstream.manifest("HEAD", repo, tag, accept)
-        await read_body(response, 0, discard=True)
+        await upstream.read_body(response, 0, discard=True)
         if response.code >= 500 or response.code == 429:
             raise UpstreamUnavailable(f"{upstream.name} answered {response.code}")
         if response.code == 404:
@@ -152,10 +152,10 @@ class ManifestService:
         try:
             response = await upstream.manifest("GET", repo, str(reference), accept)
             if response.code != 200:
-                await read_body(response, 0, discard=True)
+                await upstream.read_body(response, 0, discard=True)
                 raise error_for_response(response, "MANIFEST_UNKNOWN",
                                          f"manifest {repo}:{reference} is not known to {upstream.name}")
-            body = await read_body(response, MAX_MANIFEST_SIZE)
+            body = await upstream.read_body(response, MAX_MANIFEST_SIZE)
         except UpstreamUnavailable as e:
             raise RegistryError("UPSTREAM_UNAVAILABLE", str(e), status=502) from None
         if body is None:
@@ -195,7 +195,7 @@ class ManifestService:
                 response = await upstream.manifest("HEAD", repo, str(digest), MANIFEST_MEDIA_TYPES)
             except UpstreamUnavailable as e:
                 raise RegistryError("UPSTREAM_UNAVAILABLE", str(e), status=502) from None
-            await read_body(response, 0, discard=True)
+            await upstream.read_body(response, 0, discard=True)
             if response.code != 200:
                 raise error_for_response(response, "MANIFEST_UNKNOWN",
                                          f"manifest {digest} is not known to {upstream.name}/{repo}")

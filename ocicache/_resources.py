@@ -34,7 +34,7 @@ from ._metrics import Metrics
 from ._range import Unsatisfiable, parse_range
 from ._reference import MANIFEST_MEDIA_TYPES, Digest, InvalidReference, validate_tag
 from ._routing import Endpoint, Route, read_only_error, route
-from ._upstream import Upstream, UpstreamUnavailable, read_body
+from ._upstream import Upstream, UpstreamUnavailable
 from ._version import __version__
 
 __all__ = ["RootResource", "Services"]
@@ -267,9 +267,9 @@ class RegistryResource(Resource):
         try:
             response = await upstream.tags(target.repo, params)
             if response.code != 200:
-                await read_body(response, 0, discard=True)
+                await upstream.read_body(response, 0, discard=True)
                 raise error_for_response(response, "NAME_UNKNOWN", f"repository {target.repo} is not known")
-            body = await read_body(response, MAX_TAGS_BODY)
+            body = await upstream.read_body(response, MAX_TAGS_BODY)
         except UpstreamUnavailable as e:
             raise RegistryError("UPSTREAM_UNAVAILABLE", str(e), status=502) from None
         if body is None:

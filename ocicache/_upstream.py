@@ -23,7 +23,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IOpenSSLClientConnectionCreator, IReactorTime
 from twisted.logger import Logger
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.http_headers import Headers
@@ -35,7 +35,7 @@ from ._config import UpstreamConfig
 from ._metrics import Metrics
 from ._version import __version__
 
-__all__ = ["Upstream", "UpstreamUnavailable", "make_pool", "read_body"]
+__all__ = ["Upstream", "UpstreamUnavailable", "make_pool"]
 
 log = Logger()
 
@@ -177,7 +177,7 @@ class Upstream:
             )
             retry = await self._answer(challenges, target.scope)
             if retry is not None:
-                await _discard(response)
+                await self._discard(response)
                 response = await self._request(method, target.url, headers, retry, target.kind)
                 authorization = retry
         if follow_redirects:
@@ -206,7 +206,7 @@ class Upstream:
             location = response.headers.getRawHeaders(b"location", [None])[0]
             if location is None:
                 return response
-            await _discard(response)
+            await self._discard(response)
             try:
                 url = url.click(location.decode("ascii"))
             except Exception:
@@ -311,7 +311,7 @@ class Upstream:
         credentials = self.config.credentials
         authorization = _basic(credentials.username, credentials.password) if credentials else None
         response = await self._request("GET", realm, {}, authorization, "token")
-        body = await read_body(response, 1 << 20)
+        body = await self.read_body(response, 1 << 20)
         if response.code != 200 or body is None:
             log.warn("{upstream}: token request answered {code}", upstream=self.name, code=response.code)
             return None
@@ -322,6 +322,23 @@ class Upstream:
             return None
         self._tokens.put(key, token, expires_in)
         return token
+
+    async def read_body(self, response: IResponse, limit: int, discard: bool = False) -> bytes | None:
+        """
+        Read a small body whole: C{None} if it is over C{limit} bytes.  With
+        C{discard}, read it to the end and keep nothing, so the connection
+        can be reused.
+        """
+        done: Deferred[bytes | None] = Deferred()
+        limited = _Limited(limit, discard, done, self._reactor, self._response_timeout)
+        response.deliverBody(limited)  # type: ignore[arg-type]
+        return await done
+
+    async def _discard(self, response: IResponse) -> None:
+        try:
+            await self.read_body(response, 0, discard=True)
+        except UpstreamUnavailable:
+            pass
 
     def _note_ratelimit(self, response: IResponse) -> None:
         # Docker Hub: "ratelimit-remaining: 76;w=21600".
@@ -345,54 +362,54 @@ def _describe(error: Exception) -> str:
     return text if len(text) < 200 else text[:200] + "..."
 
 
-async def _discard(response: IResponse) -> None:
-    """
-    Read and drop a small body so the connection can be reused.
-    """
-    try:
-        await read_body(response, 0, discard=True)
-    except UpstreamUnavailable:
-        pass
 
 
 class _Limited(Protocol):
     """
     Collects a body up to C{limit} bytes; past that, stops the transfer.
+    A body silent for C{idle} seconds fails: a small body may be slow, but
+    not stalled forever.
     """
 
-    def __init__(self, limit: int, discard: bool, done: Deferred[bytes | None]) -> None:
+    def __init__(self, limit: int, discard: bool, done: Deferred[bytes | None],
+                 clock: IReactorTime, idle: float) -> None:
         self._limit = limit
         self._discard = discard
         self._done = done
         self._parts: list[bytes] = []
         self._size = 0
+        self._idle = idle
+        self._timer: IDelayedCall | None = clock.callLater(idle, self._timed_out)
 
     def dataReceived(self, data: bytes) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(self._idle)
         if self._discard or self._done.called:
             return
         self._size += len(data)
         if self._size > self._limit:
             self._done.callback(None)
-            assert self.transport is not None
-            self.transport.stopProducing()  # type: ignore[attr-defined]
+            self._stop()
             return
         self._parts.append(data)
 
+    def _stop(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if not self._done.called:
+            self._done.errback(UpstreamUnavailable(f"upstream body stalled for {self._idle:.0f}s"))
+        self._stop()
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
         if self._done.called:
             return
         if reason.check(ResponseDone, PotentialDataLoss):
             self._done.callback(b"".join(self._parts))
         else:
             self._done.errback(UpstreamUnavailable(f"upstream body failed: {reason.getErrorMessage()}"))
-
-
-async def read_body(response: IResponse, limit: int, discard: bool = False) -> bytes | None:
-    """
-    Read a small body whole: C{None} if it is over C{limit} bytes.  With
-    C{discard}, read it to the end and keep nothing, so the connection
-    can be reused.
-    """
-    done: Deferred[bytes | None] = Deferred()
-    response.deliverBody(_Limited(limit, discard, done))  # type: ignore[arg-type]
-    return await done

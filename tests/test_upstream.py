@@ -20,7 +20,7 @@ from twisted.web.server import Site
 
 from ocicache._challenge import TokenCache
 from ocicache._config import Credentials, UpstreamConfig
-from ocicache._upstream import Upstream, make_pool, read_body
+from ocicache._upstream import Upstream, make_pool
 
 BODY = b"layer bytes " * 1000
 DIGEST = "sha256:" + hashlib.sha256(BODY).hexdigest()
@@ -88,7 +88,7 @@ async def test_a_redirect_to_another_host_drops_authorization(servers: Any) -> N
     upstream = _upstream(servers(registry), Credentials("bot", PASSWORD))
     response = await upstream.blob("GET", "team/app", DIGEST)
     assert response.code == 200
-    assert await read_body(response, 1 << 20) == BODY
+    assert await upstream.read_body(response, 1 << 20) == BODY
     # The registry got the credentials (after its challenge)...
     assert [headers.get(b"authorization") is not None for _, headers in registry.seen] == [False, True]
     # ...the CDN never did.
@@ -114,7 +114,7 @@ async def test_a_redirect_on_the_same_origin_keeps_authorization(servers: Any) -
     registry = _Recorder(answer)
     upstream = _upstream(servers(registry), Credentials("bot", PASSWORD))
     response = await upstream.blob("GET", "team/app", DIGEST)
-    assert response.code == 200 and await read_body(response, 1 << 20) == BODY
+    assert response.code == 200 and await upstream.read_body(response, 1 << 20) == BODY
     assert registry.seen[-1][0] == b"/storage/blob"
     assert registry.seen[-1][1].get(b"authorization") is not None
 
@@ -147,7 +147,7 @@ async def test_bearer_token_flow_fetches_once_and_reuses_the_token(servers: Any)
     upstream = _upstream(servers(registry), Credentials("bot", PASSWORD))
     for _ in range(3):
         response = await upstream.manifest("GET", "team/app", "v1", ["application/vnd.oci.image.manifest.v1+json"])
-        assert response.code == 200 and await read_body(response, 1 << 20) == b"{}"
+        assert response.code == 200 and await upstream.read_body(response, 1 << 20) == b"{}"
     assert len(issued) == 1
     assert issued[0][b"service"] == [b"registry.test"]
     assert issued[0][b"scope"] == [b"repository:team/app:pull"]
@@ -163,3 +163,30 @@ async def test_an_unreachable_upstream_is_a_clean_error(servers: Any) -> None:
     with pytest.raises(UpstreamUnavailable) as raised:
         await upstream.blob("GET", "team/app", DIGEST)
     assert "registry.test" in str(raised.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stalled_small_body_times_out(servers: Any) -> None:
+    from twisted.web.server import NOT_DONE_YET
+
+    from ocicache._upstream import UpstreamUnavailable
+
+    stalled = []
+
+    def answer(request: Any) -> Any:
+        request.setHeader(b"content-length", b"100")
+        request.write(b"{")
+        stalled.append(request)
+        return NOT_DONE_YET  # and never another byte
+
+    registry = _Recorder(answer)
+    config = UpstreamConfig(name="registry.test", url=DecodedURL.from_text(servers(registry)))
+    upstream = Upstream(config, reactor, make_pool(reactor), TokenCache(reactor),  # type: ignore[arg-type]
+                        response_timeout=0.5)
+    response = await upstream.manifest("GET", "team/app", "v1", ["application/vnd.oci.image.manifest.v1+json"])
+    assert response.code == 200
+    with pytest.raises(UpstreamUnavailable) as raised:
+        await upstream.read_body(response, 1 << 20)
+    assert "stalled" in str(raised.value)
+    for request in stalled:
+        request.finish()
