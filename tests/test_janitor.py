@@ -1,0 +1,165 @@
+"""
+Capacity and the janitor on a real store and a real metadata database:
+min_free, blob_ttl, recovery after a crash, abandoned temp files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.python.threadpool import ThreadPool
+
+from ocicache import _capacity
+from ocicache._capacity import Capacity
+from ocicache._janitor import ABANDONED_AFTER, Janitor
+from ocicache._metadata import Metadata
+from ocicache._reference import Digest
+from ocicache._store import Kind, Store
+
+
+def _blob(store: Store, seed: int, size: int) -> Digest:
+    data = bytes([seed % 256]) * size
+    digest = Digest("sha256", hashlib.sha256(data).hexdigest())
+    store.write_small(Kind.BLOB, digest, data)
+    return digest
+
+
+@pytest.fixture
+def parts(tmp_path: Any) -> Any:
+    store = Store(str(tmp_path / "cache"))
+    store.prepare()
+    pool = ThreadPool(minthreads=0, maxthreads=2, name="test-disk")
+    pool.start()
+    metadata = Metadata(os.path.join(store.root, "metadata.sqlite"), reactor)  # type: ignore[arg-type]
+    yield SimpleNamespace(store=store, pool=pool, metadata=metadata)
+    pool.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_recovery_drops_rows_without_files_and_adopts_or_removes_orphans(parts: Any) -> None:
+    store, metadata = parts.store, parts.metadata
+    await metadata.open()
+    try:
+        kept = _blob(store, 1, 1000)
+        await metadata.put_blob(str(kept), 1000, time.time())
+        # A row whose file is gone (deleted by hand, or lost).
+        gone = Digest("sha256", "ab" * 32)
+        await metadata.put_blob(str(gone), 50, time.time())
+        # A file with no row (a crash between rename and insert): adopted.
+        orphan = _blob(store, 2, 2000)
+        # A file with no row that does not verify: removed.
+        liar = Digest("sha256", "cd" * 32)
+        os.makedirs(os.path.dirname(store.path(Kind.BLOB, liar)), exist_ok=True)
+        with open(store.path(Kind.BLOB, liar), "wb") as f:
+            f.write(b"not what the name says")
+        capacity = Capacity(reactor, store, metadata, parts.pool, None, None)  # type: ignore[arg-type]
+        janitor = Janitor(reactor, store, metadata, capacity, parts.pool, None)  # type: ignore[arg-type]
+        report = await janitor.recover()
+        assert (report.dropped_rows, report.adopted, report.removed_unverified) == (1, 1, 1)
+        assert {row.digest for row in await metadata.blobs()} == {str(kept), str(orphan)}
+        assert store.size(Kind.BLOB, liar) is None
+        assert capacity.size == 3000 and kept in capacity.policy and orphan in capacity.policy
+    finally:
+        await metadata.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_blob_ttl_expires_what_was_not_read(parts: Any) -> None:
+    store, metadata = parts.store, parts.metadata
+    await metadata.open()
+    try:
+        old = _blob(store, 3, 100)
+        fresh = _blob(store, 4, 100)
+        await metadata.put_blob(str(old), 100, time.time() - 7200)
+        await metadata.put_blob(str(fresh), 100, time.time() - 7200)
+        capacity = Capacity(reactor, store, metadata, parts.pool, None, None)  # type: ignore[arg-type]
+        janitor = Janitor(reactor, store, metadata, capacity, parts.pool, blob_ttl=3600)  # type: ignore[arg-type]
+        await janitor.recover()
+        capacity.accessed(fresh)  # read just now: the batched access counts
+        report = await janitor.run()
+        assert (report.expired, report.expired_bytes) == (1, 100)
+        assert store.size(Kind.BLOB, old) is None and store.size(Kind.BLOB, fresh) == 100
+        assert [row.digest for row in await metadata.blobs()] == [str(fresh)]
+        assert old not in capacity.policy and capacity.size == 100
+    finally:
+        await metadata.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_make_room_keeps_min_free(parts: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, metadata = parts.store, parts.metadata
+    await metadata.open()
+    try:
+        capacity = Capacity(reactor, store, metadata, parts.pool, None, 1000)  # type: ignore[arg-type]
+        a, b = _blob(store, 5, 600), _blob(store, 6, 600)
+        for digest in (a, b):
+            await metadata.put_blob(str(digest), 600, time.time())
+            capacity.committed(digest, 600)
+        def statvfs(path: str) -> Any:
+            # 1500 bytes free, plus whatever eviction has deleted since.
+            return SimpleNamespace(f_blocks=10_000, f_frsize=1, f_bavail=1500 + (1200 - capacity.size))
+
+        monkeypatch.setattr(_capacity.os, "statvfs", statvfs)
+        # 1500 free - 400 new = 1100 >= 1000: nothing to evict.
+        assert await capacity.make_room(400) is True
+        assert capacity.size == 1200
+        # 1500 - 1000 = 500 < 1000: one 600-byte blob must go, the oldest.
+        assert await capacity.make_room(1000) is True
+        assert capacity.size == 600
+        assert store.size(Kind.BLOB, a) is None and store.size(Kind.BLOB, b) == 600
+        # Asking for more than eviction can ever free: not kept.
+        assert await capacity.make_room(5000) is False
+    finally:
+        await metadata.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_make_room_evicts_to_the_low_water_mark_and_refuses_giants(parts: Any) -> None:
+    store, metadata = parts.store, parts.metadata
+    await metadata.open()
+    try:
+        capacity = Capacity(reactor, store, metadata, parts.pool, 1000, None)  # type: ignore[arg-type]
+        blobs = [_blob(store, 10 + i, 200) for i in range(4)]
+        for digest in blobs:
+            capacity.committed(digest, 200)
+        assert await capacity.make_room(1001) is False  # larger than the whole cache
+        assert capacity.size == 800
+        assert await capacity.make_room(300) is True
+        # 800 + 300 > 1000: down to 900 - 300 = 600, oldest first.
+        assert capacity.size <= 600
+        assert store.size(Kind.BLOB, blobs[0]) is None and store.size(Kind.BLOB, blobs[-1]) == 200
+    finally:
+        await metadata.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_abandoned_temp_files_go_and_live_ones_stay(parts: Any) -> None:
+    store, metadata = parts.store, parts.metadata
+    await metadata.open()
+    try:
+        live = store.new_temp("live")
+        dead = store.new_temp("dead")
+        fresh = store.new_temp("fresh")
+        old = time.time() - ABANDONED_AFTER - 60
+        for temp in (live, dead):
+            os.utime(temp.path, (old, old))
+        capacity = Capacity(reactor, store, metadata, parts.pool, None, None)  # type: ignore[arg-type]
+        janitor = Janitor(reactor, store, metadata, capacity, parts.pool, None,  # type: ignore[arg-type]
+                          live_temp_files=lambda: [live.path])
+        report = await janitor.run()
+        assert report.temp_removed == 1
+        assert os.path.exists(live.path) and os.path.exists(fresh.path)
+        assert not os.path.exists(dead.path)
+        for temp in (live, dead, fresh):
+            temp.discard()
+    finally:
+        await metadata.close()
+
+
