@@ -18,6 +18,8 @@ from typing import Any, Callable, TypeVar
 from attrs import field, frozen
 from hyperlink import DecodedURL
 
+from ._reference import is_registry_host
+
 __all__ = [
     "CacheConfig",
     "Config",
@@ -158,11 +160,6 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB)?\s*$")
 _SIZE_UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
-# Registry host names as clients write them: a DNS name with an optional port.
-_HOST = re.compile(
-    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)"
-    r"(?:\.(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?))*(?::[0-9]+)?$"
-)
 
 
 def parse_duration(value: object) -> float:
@@ -283,7 +280,7 @@ def _parse_upstream(table: object, index: int, environ: Mapping[str, str]) -> Up
     name = section.get("name", str)
     if name is None:
         raise ConfigError(f"{path}.name: required (the registry host clients ask for, e.g. 'docker.io')")
-    if not _HOST.fullmatch(name) or len(name) > 253:
+    if not is_registry_host(name):
         raise ConfigError(f"{path}.name: {name!r} is not a registry host name such as 'docker.io'")
     url_text = section.get("url", str)
     if url_text is None:

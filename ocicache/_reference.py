@@ -27,6 +27,7 @@ __all__ = [
     "InvalidReference",
     "InvalidTag",
     "MANIFEST_MEDIA_TYPES",
+    "is_registry_host",
     "parse_reference",
     "validate_name",
     "validate_tag",
@@ -236,3 +237,19 @@ def parse_reference(text: str) -> Digest | str:
     if ":" in text:
         return Digest.parse(text)
     return validate_tag(text)
+
+
+# A registry host as clients write it (distribution/reference "domain"):
+# DNS labels, optionally with a port.
+_HOST = re.compile(
+    r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+    r"(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?"
+)
+
+
+def is_registry_host(text: str) -> bool:
+    """
+    Whether C{text} is a registry host name such as C{docker.io} or
+    C{registry.internal:5000}.
+    """
+    return len(text) <= 253 and _HOST.fullmatch(text) is not None

@@ -18,7 +18,6 @@ network.
 
 from __future__ import annotations
 
-import re
 from typing import Mapping, Sequence
 
 from attrs import frozen
@@ -28,6 +27,7 @@ from ._errors import RegistryError
 from ._reference import (
     Digest,
     InvalidReference,
+    is_registry_host,
     parse_reference,
     validate_name,
 )
@@ -79,19 +79,12 @@ def _split_endpoint(segments: Sequence[str]) -> tuple[list[str], str, str | None
     raise RegistryError("UNSUPPORTED", "no such registry endpoint", status=404)
 
 
-# A registry host as clients write it: DNS labels with an optional port.
-_HOST = re.compile(
-    r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
-    r"(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?"
-)
-
-
 def _is_host(component: str) -> bool:
     # The reference grammar's rule for a leading domain component
     # (distribution/reference): it holds a dot or a port, or is localhost.
     # It must be a host name, too: ".." holds a dot but is a hostile name,
     # answered NAME_INVALID, not NAME_UNKNOWN.
-    if _HOST.fullmatch(component) is None:
+    if not is_registry_host(component):
         return False
     return "." in component or ":" in component or component == "localhost"
 
