@@ -30,6 +30,7 @@ import http.client
 import http.server
 import json
 import socket
+import sys
 import threading
 import time
 import urllib.parse
@@ -138,6 +139,13 @@ class _Server(http.server.ThreadingHTTPServer):
     def shutdown_request(self, request: Any) -> None:
         self.hop._untrack(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client (a load generator at the end of its run, a test that
+        # hangs up) resetting its connection is not worth a traceback.
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -1,0 +1,235 @@
+"""
+C{bench/run}: ocicache against CNCF distribution in proxy mode, on
+loopback.  Markdown tables on stdout, progress on stderr, the same numbers
+as JSON in C{--json FILE} (and the Markdown next to it, C{.md}).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from datetime import datetime, timezone
+from typing import Any
+
+from . import clients
+from .report import Section, render_markdown, to_json, write_json
+from .rig import REPO_ROOT, Rig, ensure_installed, layered_image
+from .scenarios import SCENARIOS, Context, Plan, evaluate_targets, plan_for
+
+from ocitest.images import all_images  # noqa: E402  (rig put tests/ on sys.path)
+
+DEFAULT_JSON = os.path.join(REPO_ROOT, "bench", "results", "latest.json")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="bench/run",
+        description="Benchmark ocicache against distribution (registry:2) in proxy mode, on loopback.",
+    )
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true",
+                      help="64 MiB blobs, 3 s load runs, 16 slow clients: under 3 minutes on 2 cores")
+    size.add_argument("--tiny", action="store_true",
+                      help="a few MiB, 1 s runs: checks the harness end to end (the smoke test)")
+    p.add_argument("--size-mib", type=int, default=None, metavar="N",
+                   help="blob size for scenarios 1, 2 and the largest of 4 (default: 256, --quick 64, --tiny 4)")
+    p.add_argument("--slow-clients", type=int, default=None, metavar="N",
+                   help="slow clients in scenario 4 (default: 64, --quick 16, --tiny 4)")
+    p.add_argument("--only", default=",".join(SCENARIOS), metavar="LIST",
+                   help=f"comma-separated scenarios to run, of: {', '.join(SCENARIOS)}")
+    p.add_argument("--json", default=DEFAULT_JSON, metavar="FILE",
+                   help="where to write the results as JSON (default: bench/results/latest.json)")
+    p.add_argument("--workdir", default=None, metavar="DIR",
+                   help="where the servers keep their files (default: a new temp dir, removed afterwards)")
+    p.add_argument("--keep-workdir", action="store_true", help="leave the work dir (logs) behind")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="record ocicache with py-spy during every measured phase into DIR (needs py-spy)")
+    p.add_argument("--no-install", action="store_true", help="never apt-get install missing programs")
+    args = p.parse_args(argv)
+    args.mode = "tiny" if args.tiny else ("quick" if args.quick else "full")
+    args.scenarios = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in args.scenarios if s not in SCENARIOS]
+    if unknown:
+        p.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+    if args.size_mib is not None and args.size_mib < 1:
+        p.error("--size-mib must be at least 1")
+    if args.slow_clients is not None and args.slow_clients < 1:
+        p.error("--slow-clients must be at least 1")
+    return args
+
+
+def _run(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def _ocicache_version() -> str:
+    try:
+        with open(os.path.join(REPO_ROOT, "ocicache", "_version.py")) as f:
+            match = re.search(r"__version__\s*=\s*['\"]([^'\"]+)", f.read())
+        return match.group(1) if match else "?"
+    except OSError:
+        return "?"
+
+
+def metadata(plan: Plan, args: argparse.Namespace, started: datetime, loadavg_start: str) -> dict[str, Any]:
+    commit = _run(["git", "-C", REPO_ROOT, "rev-parse", "--short", "HEAD"]) or "?"
+    dirty = _run(["git", "-C", REPO_ROOT, "status", "--porcelain", "--untracked-files=no"])
+    dist = _run(["docker-registry", "--version"])
+    match = re.search(r"(\d+\.\d+\.\d+\S*)", dist)
+    return {
+        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "date_iso": started.isoformat(timespec="seconds"),
+        "cores": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "ocicache_version": _ocicache_version(),
+        "git": commit + ("+dirty" if dirty else ""),
+        "distribution_version": match.group(1) if match else dist,
+        "wrk_version": (_run(["wrk", "--version"]).splitlines() or ["?"])[0][:60],
+        "containerd_version": _run(["containerd", "--version"]),
+        "mode": plan.mode,
+        "quick": plan.mode == "quick",
+        "tiny": plan.mode == "tiny",
+        "blob_mib": plan.blob_mib,
+        "plan": {k: (list(v) if isinstance(v, tuple) else v) for k, v in plan.__dict__.items()},
+        "scenarios": args.scenarios,
+        "loadavg_start": loadavg_start,
+    }
+
+
+class _Interrupted(BaseException):
+    pass
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    raise _Interrupted(signal.Signals(signum).name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = plan_for(args.mode, args.size_mib, args.slow_clients)
+    t_start = time.monotonic()
+    started = datetime.now(timezone.utc)
+    loadavg_start = _loadavg()
+
+    def log(message: str) -> None:
+        print(f"[bench {time.monotonic() - t_start:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    own_workdir = args.workdir is None
+    workdir = os.path.abspath(args.workdir or tempfile.mkdtemp(prefix="ocicache-bench-"))
+    rig = Rig(workdir, log)
+    sections: list[Section] = []
+    interrupted: str | None = None
+    failed_setup: str | None = None
+    try:
+        if not args.no_install:
+            ensure_installed(log)
+        if args.profile and not clients.Profiler.available():
+            log("--profile: py-spy is not installed (pip install py-spy); profiles will be empty")
+        log(f"mode {plan.mode}: blob {plan.blob_mib} MiB, memory sizes {plan.memory_sizes}, work dir {workdir}")
+        images = dict(all_images(big_sizes=tuple(sorted({plan.blob_mib, *plan.memory_sizes}))))
+        images["layered"] = layered_image("library/ocibench-layers", "v1", plan.ctr_layers)
+        rig.start(images)
+        ctx = Context(rig, plan, log, workdir,
+                      profile_dir=os.path.abspath(args.profile) if args.profile else None)
+        for name in args.scenarios:
+            title, run = SCENARIOS[name]
+            log(f"--- {title}")
+            t0 = time.monotonic()
+            try:
+                section = run(ctx)
+            except Exception as e:
+                log(f"{title} failed:\n{traceback.format_exc()}")
+                section = Section(name, title, error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            section.seconds = time.monotonic() - t0
+            if ctx.profiles:
+                paths = [p["raw"] for p in ctx.profiles.values() if "raw" in p]
+                summary = clients.profile_summary(paths)
+                errors = sorted({p["error"] for p in ctx.profiles.values() if "error" in p})
+                section.details["profile"] = {"files": paths, "errors": errors, **summary}
+                if summary["samples"]:
+                    section.notes.append(
+                        f"py-spy on ocicache ({summary['samples']} samples of busy threads): own time "
+                        + ", ".join(f"`{frame}` {pct:.0f}%" for frame, pct in summary["own"][:8])
+                    )
+                    log(f"{title}: py-spy top (own): " + "; ".join(f"{f} {p:.1f}%" for f, p in summary["own"][:12]))
+                    log(f"{title}: py-spy top (total): " + "; ".join(f"{f} {p:.1f}%" for f, p in summary["total"][:12]))
+                ctx.profiles.clear()
+            sections.append(section)
+            log(f"{title}: {section.seconds:.1f}s" + (f" (FAILED: {section.error})" if section.error else ""))
+    except _Interrupted as e:
+        interrupted = str(e)
+    except Exception as e:
+        failed_setup = f"{type(e).__name__}: {e}"
+        log(f"set-up failed:\n{traceback.format_exc()}")
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            clients.kill_all()
+        finally:
+            try:
+                rig.close()
+            except BaseException as e:  # still remove what we can
+                log(f"cleanup: {type(e).__name__}: {e}")
+            keep = args.keep_workdir or failed_setup is not None
+            if own_workdir and not keep:
+                shutil.rmtree(workdir, ignore_errors=True)
+            elif keep:
+                log(f"work dir kept: {workdir}")
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if interrupted:
+        log(f"interrupted ({interrupted}); everything started was stopped")
+        return 130
+    meta = metadata(plan, args, started, loadavg_start)
+    meta["loadavg_end"] = _loadavg()
+    meta["seconds"] = round(time.monotonic() - t_start, 1)
+    if failed_setup:
+        meta["setup_error"] = failed_setup
+    targets = evaluate_targets(sections, plan)
+    markdown = render_markdown(meta, sections, targets)
+    markdown += f"\nTotal wall time {meta['seconds']:.0f} s; load average at the end {meta['loadavg_end']}.\n"
+    print(markdown, flush=True)
+    data = to_json(meta, sections, targets)
+    write_json(args.json, data)
+    md_path = os.path.splitext(args.json)[0] + ".md"
+    with open(md_path, "w") as f:
+        f.write(markdown)
+    log(f"wrote {args.json} and {md_path}")
+    failed = failed_setup is not None or any(s.error for s in sections) or len(sections) < len(args.scenarios)
+    return 1 if failed else 0

@@ -1,0 +1,205 @@
+"""
+Comparisons, Markdown tables and the JSON result.
+
+Every comparison has C{ocicache}, C{distribution} and C{ratio}; the ratio
+is oriented so that C{> 1} means ocicache is better: ocicache/distribution
+where higher is better (throughput, requests/s), distribution/ocicache
+where lower is better (seconds, latency, memory, upstream traffic).
+
+A zero denominator (ocicache made 0 upstream requests) would make the
+ratio infinite; it is computed against the metric's resolution instead
+(C{floor}: one request, one byte, ...) and marked C{"ratio_bound": ">="},
+shown as C{≥ N×}: a lower bound, always a finite number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+__all__ = ["Comparison", "Section", "Target", "median", "render_markdown", "to_json", "write_json"]
+
+
+def median(values: Iterable[float | int | None]) -> float:
+    clean = [float(v) for v in values if v is not None]
+    return statistics.median(clean) if clean else 0.0
+
+
+@dataclass
+class Comparison:
+    key: str
+    label: str
+    unit: str
+    better: str  # "higher" | "lower"
+    ocicache: float
+    distribution: float
+    floor: float = 1.0
+    """The metric's resolution, used instead of a zero denominator."""
+    digits: int | None = None
+    samples: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def ratio_parts(self) -> tuple[float, str]:
+        num, den = (self.ocicache, self.distribution) if self.better == "higher" else (self.distribution, self.ocicache)
+        if num == 0 and den == 0:
+            return 1.0, "="
+        if den == 0:
+            return (num / self.floor if self.floor else num), ">="
+        return num / den, "="
+
+    @property
+    def ratio(self) -> float:
+        return self.ratio_parts[0]
+
+    @property
+    def orientation(self) -> str:
+        return "ocicache/distribution" if self.better == "higher" else "distribution/ocicache"
+
+    def fmt(self, value: float) -> str:
+        digits = self.digits
+        if digits is None:
+            magnitude = abs(value)
+            digits = 0 if magnitude >= 100 or float(value).is_integer() else (1 if magnitude >= 10 else 2)
+        return f"{value:,.{digits}f}"
+
+    def fmt_ratio(self) -> str:
+        ratio, bound = self.ratio_parts
+        text = f"{ratio:.2f}×" if ratio < 100 else f"{ratio:,.0f}×"
+        return ("≥ " + text if bound == ">=" else text) + f" ({self.orientation})"
+
+    def to_json(self) -> dict[str, Any]:
+        ratio, bound = self.ratio_parts
+        out: dict[str, Any] = {
+            "ocicache": self.ocicache,
+            "distribution": self.distribution,
+            "ratio": round(ratio, 4),
+            "ratio_orientation": self.orientation,
+            "ratio_bound": bound,
+            "unit": self.unit,
+            "better": self.better,
+            "label": self.label,
+        }
+        if self.samples:
+            out["samples"] = self.samples
+        return out
+
+
+@dataclass
+class Section:
+    key: str
+    title: str
+    comparisons: list[Comparison] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    seconds: float = 0.0
+
+    def add(self, key: str, label: str, unit: str, better: str, ocicache: float, distribution: float,
+            **kwargs: Any) -> Comparison:
+        c = Comparison(key, label, unit, better, float(ocicache), float(distribution), **kwargs)
+        self.comparisons.append(c)
+        return c
+
+    def get(self, key: str) -> Comparison | None:
+        for c in self.comparisons:
+            if c.key == key:
+                return c
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "title": self.title,
+            "comparisons": {c.key: c.to_json() for c in self.comparisons},
+            "notes": self.notes,
+            "details": self.details,
+            "error": self.error,
+            "seconds": round(self.seconds, 1),
+        }
+
+
+@dataclass
+class Target:
+    name: str
+    met: bool | None  # None: not measured
+    detail: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "met": self.met, "detail": self.detail}
+
+
+def render_section(section: Section) -> str:
+    lines = [f"### {section.title}", ""]
+    if section.comparisons:
+        lines += [
+            "| measurement | ocicache | distribution | ratio (> 1: ocicache better) |",
+            "|---|---:|---:|---|",
+        ]
+        for c in section.comparisons:
+            arrow = "higher is better" if c.better == "higher" else "lower is better"
+            lines.append(
+                f"| {c.label} ({c.unit}, {arrow}) | {c.fmt(c.ocicache)} | {c.fmt(c.distribution)} | {c.fmt_ratio()} |"
+            )
+        lines.append("")
+    if section.error:
+        lines += [f"**FAILED:** {section.error}", ""]
+    for note in section.notes:
+        lines.append(f"- {note}")
+    if section.notes:
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render_markdown(meta: dict[str, Any], sections: list[Section], targets: list[Target]) -> str:
+    head = [
+        f"## ocicache vs distribution {meta.get('distribution_version', '')} (proxy mode)",
+        "",
+        f"{meta['date']} · {meta['cores']} cores ({meta.get('cpu', '?')}) · mode `{meta['mode']}` · "
+        f"blob {meta['blob_mib']} MiB · load average at start {meta.get('loadavg_start', '?')} · "
+        f"ocicache {meta.get('ocicache_version', '?')} ({meta.get('git', '?')})",
+        "",
+    ]
+    body = [render_section(s) for s in sections]
+    tail: list[str] = []
+    if targets:
+        tail += ["### Targets", "", "| target | met | measured |", "|---|---|---|"]
+        for t in targets:
+            mark = "n/a" if t.met is None else ("met" if t.met else "**missed**")
+            tail.append(f"| {t.name} | {mark} | {t.detail} |")
+        tail.append("")
+    return "\n".join(head + body + tail)
+
+
+def _finite(obj: Any) -> Any:
+    """
+    JSON has no NaN or infinity: turn any that slipped through into null.
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def to_json(meta: dict[str, Any], sections: list[Section], targets: list[Target]) -> dict[str, Any]:
+    data: dict[str, Any] = _finite({
+        "meta": meta,
+        "scenarios": {s.key: s.to_json() for s in sections},
+        "targets": [t.to_json() for t in targets],
+    })
+    return data
+
+
+def write_json(path: str, data: dict[str, Any]) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, allow_nan=False)
+        f.write("\n")
+    os.replace(tmp, path)
