@@ -42,18 +42,33 @@ from ._store import Kind, Store, TempFile
 
 __all__ = [
     "CHUNK",
+    "MIN_CHUNK",
     "Download",
     "DownloadError",
     "Reader",
     "Source",
     "StoredFile",
     "Streamer",
+    "WriteBudget",
 ]
 
 log = Logger()
 
 CHUNK = 1 << 20
-"""Bytes per client write: large writes keep twisted.web near memory speed."""
+"""
+Bytes per client write for a client that keeps up: large writes keep
+twisted.web near memory speed.
+"""
+
+MIN_CHUNK = 64 << 10
+"""Bytes per write for a slow client."""
+
+SLOW_RATE = 64 << 20
+"""
+Bytes per second below which a client counts as slow.  A write waits in
+Twisted's buffer, in user space, until the client's socket takes it: 1 MiB
+per slow client would make memory grow with the number of clients.
+"""
 
 HIGH_WATER = 16 << 20
 """Bytes queued for the disk thread at which the upstream is paused."""
@@ -505,6 +520,23 @@ def _write_batch(fd: int, hasher: "hashlib._Hash", batch: list[bytes]) -> tuple[
     return len(batch), None
 
 
+class WriteBudget:
+    """
+    The bytes all streamers may have waiting in Twisted's buffers at once.
+    Each streamer's write size is capped at its share: with a few clients
+    every write is L{CHUNK}; with many, writes shrink so that memory stays
+    bounded whatever the number of clients.
+    """
+
+    def __init__(self, total: int = 16 << 20) -> None:
+        self.total = total
+        self.streams = 0
+
+    @property
+    def share(self) -> int:
+        return max(MIN_CHUNK, min(CHUNK, self.total // max(self.streams, 1)))
+
+
 @implementer(IPushProducer)
 class Streamer:
     """
@@ -524,8 +556,10 @@ class Streamer:
         end: int | None,
         reactor: IReactorTime,
         on_bytes: Callable[[int], None] = lambda count: None,
+        budget: WriteBudget | None = None,
     ) -> None:
         self._request = request
+        self._budget = budget if budget is not None else WriteBudget()
         self._source = source
         self._pos = start
         self._end = end
@@ -537,8 +571,14 @@ class Streamer:
         self._scheduled: IDelayedCall | None = None
         self.sent = 0
         self.done: Deferred[int] = Deferred()
+        # The write size adapts to how fast this client drains: see
+        # resumeProducing.
+        self.chunk = CHUNK
+        self._burst = 0
+        self._paused_at: float | None = None
 
     def start(self) -> Deferred[int]:
+        self._budget.streams += 1
         self._request.registerProducer(self, True)
         self._request.notifyFinish().addErrback(lambda f: self.stopProducing())
         self._source.subscribe(self)
@@ -549,9 +589,20 @@ class Streamer:
 
     def pauseProducing(self) -> None:
         self._paused = True
+        self._paused_at = self._reactor.seconds()
 
     def resumeProducing(self) -> None:
         self._paused = False
+        if self._paused_at is not None:
+            # The bytes written since the last resume drained in this time:
+            # a slow client gets smaller writes, a fast one larger again.
+            waited = self._reactor.seconds() - self._paused_at
+            if waited > 0 and self._burst / waited < SLOW_RATE:
+                self.chunk = max(MIN_CHUNK, self.chunk // 2)
+            else:
+                self.chunk = min(CHUNK, self.chunk * 2)
+            self._paused_at = None
+        self._burst = 0
         self._schedule()
 
     def stopProducing(self) -> None:
@@ -606,13 +657,14 @@ class Streamer:
                 else:
                     self._waiting = True
                 return
-            data = source.read(self._pos, min(CHUNK, limit - self._pos))
+            data = source.read(self._pos, min(self.chunk, self._budget.share, limit - self._pos))
             if not data:
                 # The file is shorter than promised: never pretend otherwise.
                 self._abort()
                 return
             self._pos += len(data)
             self.sent += len(data)
+            self._burst += len(data)
             self._on_bytes(len(data))
             self._request.write(data)
         self._schedule()
@@ -640,6 +692,7 @@ class Streamer:
         if self._stopped:
             return
         self._stopped = True
+        self._budget.streams -= 1
         self._waiting = False
         if self._scheduled is not None:
             self._scheduled.cancel()

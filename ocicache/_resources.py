@@ -27,7 +27,7 @@ from twisted.web.server import NOT_DONE_YET
 from ._blobs import BlobService
 from ._config import Config
 from ._errors import RegistryError, error_for_response, render_error
-from ._fanout import Streamer
+from ._fanout import Streamer, WriteBudget
 from ._logging import log_access
 from ._manifests import ManifestService
 from ._metrics import Metrics
@@ -81,8 +81,7 @@ class Services:
         # Told (digest, size) after a manifest miss, which stored it: keeps
         # the cache-size metrics current without a scan.
         self.on_manifest_stored = on_manifest_stored
-
-
+        self.write_budget = WriteBudget()
 
 def _common_headers(request: IRequest) -> None:
     request.setHeader(b"server", SERVER)
@@ -235,7 +234,7 @@ class RegistryResource(Resource):
             exchange.bytes += count
             served.inc(count)
 
-        streamer = Streamer(request, source, start, end, services.reactor, on_bytes)
+        streamer = Streamer(request, source, start, end, services.reactor, on_bytes, services.write_budget)
         done = streamer.start()
         if gauge is not None:
             done.addBoth(_decrement, gauge)

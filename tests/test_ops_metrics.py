@@ -60,7 +60,8 @@ def test_metrics_in_a_realistic_flow(
             status, _, body = http_request(f"{daemon.url}/v2/{oci.repo}/blobs/{blob.digest}")
             assert status == 200 and len(body) == blob.size
 
-    # Two clients for one slow download: one miss, one coalesced.
+    # Four concurrent clients on one cold, slow download: one miss, three
+    # coalesced.
     hop.throttle = 48 * MiB
     layer = big.layers[0]
     blob_url = f"{daemon.url}/v2/{big.repo}/blobs/{layer.digest}"
@@ -70,13 +71,15 @@ def test_metrics_in_a_realistic_flow(
     wait_for(lambda: any(layer.digest in r.path and r.method == "GET" for r in hop.in_flight()),
              timeout=20, what="the download to start upstream")
     inflight = metric_value(scrape(metrics_url), "ocicache_inflight_downloads")
-    second = threading.Thread(target=_get_blob, args=(blob_url, results))
-    second.start()
-    first.join(120)
-    second.join(120)
+    joiners = [threading.Thread(target=_get_blob, args=(blob_url, results)) for _ in range(3)]
+    for joiner in joiners:
+        joiner.start()
+    for thread in [first, *joiners]:
+        thread.join(120)
     hop.throttle = None
-    assert [r[:2] for r in results] == [(200, layer.digest)] * 2
+    assert [r[:2] for r in results] == [(200, layer.digest)] * 4
     assert inflight == 1
+    assert hop.count("GET", layer.digest) == 1
 
     # The tag's TTL runs out while the upstream is down: stale.
     time.sleep(1.2)
@@ -94,7 +97,8 @@ def test_metrics_in_a_realistic_flow(
                          ("blob", "miss"), ("blob", "hit"), ("blob", "coalesced")]:
         assert metric_value(text, "ocicache_cache_requests_total", kind=kind, result=result) >= 1, (kind, result)
     assert metric_value(text, "ocicache_bytes_served_total", source="upstream") >= layer.size
-    assert metric_value(text, "ocicache_bytes_served_total", source="cache") >= layer.size
+    assert metric_value(text, "ocicache_bytes_served_total", source="cache") >= 3 * layer.size
+    assert metric_value(text, "ocicache_cache_requests_total", kind="blob", result="coalesced") == 3
     assert metric_value(text, "ocicache_http_requests_total", route="manifests", method="GET", code="200") >= 3
     assert metric_value(text, "ocicache_http_requests_total", route="manifests", method="GET", code="404") == 1
     assert metric_value(text, "ocicache_http_requests_total", route="blobs", method="GET", code="200") >= 8
@@ -129,14 +133,14 @@ def test_metrics_in_a_realistic_flow(
     assert all({"method", "path", "status", "bytes", "duration", "cache_result", "upstream"} <= set(e)
                for e in access)
     big_gets = [e for e in access if e["path"].endswith(layer.digest)]
-    assert sorted(e["cache_result"] for e in big_gets) == ["coalesced", "miss"]
+    assert sorted(e["cache_result"] for e in big_gets) == ["coalesced"] * 3 + ["miss"]
     assert all(e["bytes"] == layer.size and e["status"] == 200 for e in big_gets)
     manifest_events = [e for e in access if e["path"] == f"/v2/{oci.repo}/manifests/{oci.tag}"]
     assert [e["cache_result"] for e in manifest_events] == ["miss", "hit", "stale"]
     assert all(e["bytes"] == len(oci.manifest_bytes) for e in manifest_events)
     assert [e["status"] for e in access if e["path"] == "/favicon.ico"] == [404]
     # Each request once: the base check plus the ones made here.
-    assert len(access) == 1 + 2 * (1 + len(oci.blobs)) + 2 + 1 + 2 + 1
+    assert len(access) == 1 + 2 * (1 + len(oci.blobs)) + 4 + 1 + 2 + 1
 
 
 def test_server_header_names_the_version(daemon: Daemon, upstream: Registry) -> None:
