@@ -190,12 +190,9 @@ class RegistryResource(Resource):
         digest = target.reference
         assert isinstance(digest, Digest)
         services = self._services
-        request.setHeader(b"docker-content-digest", str(digest).encode("ascii"))
-        request.setHeader(b"etag", b'"%s"' % str(digest).encode("ascii"))
-        request.setHeader(b"accept-ranges", b"bytes")
-        request.setHeader(b"content-type", b"application/octet-stream")
         if request.method == b"HEAD":
             size = await services.blobs.head(upstream, target.repo, digest)
+            _blob_headers(request, digest)
             request.setHeader(b"content-length", b"%d" % size)
             request.finish()
             return
@@ -206,6 +203,8 @@ class RegistryResource(Resource):
         if getattr(request, "_disconnected", False):
             source.release()
             return
+        # Only now, with the bytes in hand: an error must not carry them.
+        _blob_headers(request, digest)
         total = source.size
         start: int = 0
         end: int | None = total
@@ -334,6 +333,14 @@ class RegistryResource(Resource):
 def _decrement(result: object, gauge: Gauge) -> object:
     gauge.dec()
     return result
+
+
+def _blob_headers(request: Request, digest: Digest) -> None:
+    request.setHeader(b"docker-content-digest", str(digest).encode("ascii"))
+    request.setHeader(b"etag", b'"%s"' % str(digest).encode("ascii"))
+    # RFC 9110 §14.3: say that byte ranges are served.
+    request.setHeader(b"accept-ranges", b"bytes")
+    request.setHeader(b"content-type", b"application/octet-stream")
 
 
 def _send_bytes(request: Request, body: bytes, content_type: bytes) -> int:

@@ -39,6 +39,7 @@ def test_a_cached_blob_is_not_served_through_another_repository(
     status, headers, body = http_request(f"{daemon.url}/v2/team/app/blobs/{blob.digest}")
     assert status == 404
     assert headers["content-type"] == "application/json"
+    assert "docker-content-digest" not in headers, "an error must not claim the blob's digest"
     assert b"BLOB_UNKNOWN" in body
     assert hop.count("HEAD", f"/v2/team/app/blobs/{blob.digest}") == 1
     assert hop.count("GET") == 0
