@@ -289,7 +289,7 @@ def cold_blob(ctx: Context) -> Section:
         section.notes.append(
             f"{who}: SHA-256 verified for " + ", ".join(
                 f"{k} {int(sum(m['verified'][k]))}/{n * plan.cold_reps}" for k in KINDS)
-            + f"; upstream requests of any kind: " + ", ".join(
+            + "; upstream requests of any kind: " + ", ".join(
                 f"{k} {median(m['requests'][k]):.0f}" for k in KINDS)
         )
     section.notes.append(

@@ -21,18 +21,17 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
 from ._errors import RegistryError, error_for_response
 from ._access import RepoAccess
 from ._capacity import Capacity
+from ._disk import Disk
 from ._fanout import Download, Source, StoredFile
-from ._metadata import Metadata
 from ._reference import Digest
 from ._singleflight import SingleFlight
-from ._store import Kind, Store
+from ._store import Kind
 from ._upstream import Upstream, UpstreamUnavailable
 
 __all__ = ["BlobLookup", "BlobService"]
@@ -62,18 +61,15 @@ class BlobService:
 
     def __init__(
         self,
-        reactor: IReactorTime,
-        store: Store,
-        metadata: Metadata,
-        disk_pool: ThreadPool,
+        disk: Disk,
         access: RepoAccess,
         capacity: Capacity,
         on_upstream_bytes: Callable[[str, int], None] = lambda upstream, count: None,
     ) -> None:
-        self._reactor = reactor
-        self._store = store
-        self._metadata = metadata
-        self._disk_pool = disk_pool
+        self._disk = disk
+        self._reactor = disk.reactor
+        self._store = disk.store
+        self._metadata = disk.metadata
         self._access = access
         self._capacity = capacity
         self._on_upstream_bytes = on_upstream_bytes
@@ -162,7 +158,7 @@ class BlobService:
         size = response.length if isinstance(response.length, int) else None
         try:
             download = Download(
-                self._reactor, self._disk_pool, self._store, digest, size,
+                self._reactor, self._disk.pool, self._store, digest, size,
                 before_commit=self._before_commit, on_disk_error=self._disk_error,
             )
         except OSError as e:

@@ -17,15 +17,12 @@ from __future__ import annotations
 import os
 from typing import Callable, Iterable
 
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 
+from ._disk import Disk
 from ._eviction import S3FIFO
-from ._metadata import Metadata
 from ._reference import Digest
-from ._store import Kind, Store
+from ._store import Kind
 
 __all__ = ["Capacity", "LOW_WATER"]
 
@@ -42,18 +39,15 @@ class Capacity:
 
     def __init__(
         self,
-        reactor: IReactorTime,
-        store: Store,
-        metadata: Metadata,
-        disk_pool: ThreadPool,
+        disk: Disk,
         max_size: int | None,
         min_free: int | float | None,
         on_evicted: Callable[[int, int], None] = lambda count, size: None,
     ) -> None:
-        self._reactor = reactor
-        self._store = store
-        self._metadata = metadata
-        self._disk_pool = disk_pool
+        self._disk = disk
+        self._reactor = disk.reactor
+        self._store = disk.store
+        self._metadata = disk.metadata
         self.max_size = max_size
         self._min_free = min_free
         self._on_evicted = on_evicted
@@ -141,7 +135,7 @@ class Capacity:
             for digest in digests:
                 self._store.remove(Kind.BLOB, digest)
 
-        await deferToThreadPool(self._reactor, self._disk_pool, unlink_all)  # type: ignore[arg-type]
+        await self._disk.run(unlink_all)
         self.forget(digests)
         await self._metadata.delete_blobs(str(digest) for digest in digests)
 

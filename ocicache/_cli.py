@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred
 
 from ._capacity import Capacity
 from ._config import Config, ConfigError, load_config
+from ._disk import Disk
 from ._janitor import Janitor, verify_file
 from ._metadata import Metadata
 from ._reference import Digest
@@ -154,8 +155,9 @@ async def _gc(reactor: Any, config: Config, metadata: Metadata, arguments: argpa
     pool = ThreadPool(minthreads=0, maxthreads=2, name="ocicache-gc")
     pool.start()
     try:
-        capacity = Capacity(reactor, store, metadata, pool, config.cache.max_size, config.cache.min_free)
-        janitor = Janitor(reactor, store, metadata, capacity, pool, config.cache.blob_ttl)
+        disk = Disk(reactor, store, metadata, pool)
+        capacity = Capacity(disk, config.cache.max_size, config.cache.min_free)
+        janitor = Janitor(disk, capacity, config.cache.blob_ttl)
         recovered = await janitor.recover()
         report = await janitor.run()
     finally:

@@ -20,14 +20,10 @@ import time
 from typing import Callable, Iterable, TypeVar
 
 from attrs import define
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 
 from ._capacity import Capacity
-from ._metadata import Metadata
+from ._disk import Disk
 from ._reference import Digest
 from ._store import Kind, Store
 
@@ -80,32 +76,25 @@ def verify_file(path: str, digest: Digest) -> bool:
 class Janitor:
     def __init__(
         self,
-        reactor: IReactorTime,
-        store: Store,
-        metadata: Metadata,
+        disk: Disk,
         capacity: Capacity,
-        disk_pool: ThreadPool,
         blob_ttl: float | None,
         live_temp_files: Callable[[], Iterable[str]] = lambda: (),
     ) -> None:
-        self._reactor = reactor
-        self._store = store
-        self._metadata = metadata
+        self._disk = disk
+        self._store = disk.store
+        self._metadata = disk.metadata
         self._capacity = capacity
-        self._disk_pool = disk_pool
         self._blob_ttl = blob_ttl
         self._live_temp_files = live_temp_files
         self.recovered = False
-
-    def _in_thread(self, f: Callable[..., T], *args: object) -> Deferred[T]:
-        return deferToThreadPool(self._reactor, self._disk_pool, f, *args)  # type: ignore[arg-type]
 
     async def recover(self) -> Report:
         """
         Reconcile the database with the files, then load the policy.
         """
         report = Report()
-        files = await self._in_thread(_scan, self._store)
+        files = await self._disk.run(_scan, self._store)
         rows = {row.digest: row for row in await self._metadata.blobs()}
         missing = [digest for digest in rows if digest not in files]
         if missing:
@@ -117,12 +106,12 @@ class Janitor:
                 continue
             digest = Digest.parse(text)
             path = self._store.path(Kind.BLOB, digest)
-            if await self._in_thread(verify_file, path, digest):
+            if await self._disk.run(verify_file, path, digest):
                 await self._metadata.put_blob(text, size, now)
                 report.adopted += 1
                 self._capacity.committed(digest, size)
             else:
-                await self._in_thread(self._store.remove, Kind.BLOB, digest)
+                await self._disk.run(self._store.remove, Kind.BLOB, digest)
                 report.removed_unverified += 1
         ordered = sorted((row for row in rows.values() if row.digest in files), key=lambda row: row.last_access)
         self._capacity.load((Digest.parse(row.digest), files[row.digest], row.hits > 1) for row in ordered)
@@ -154,7 +143,7 @@ class Janitor:
             report.expired = len(expired)
             report.expired_bytes = sum(size for _, size in expired)
         report.tags_removed = await self._metadata.expire_tags(now - TAG_RETENTION)
-        report.temp_removed = await self._in_thread(
+        report.temp_removed = await self._disk.run(
             _remove_abandoned, self._store, set(self._live_temp_files()), now - ABANDONED_AFTER
         )
         limit = self._capacity.max_size

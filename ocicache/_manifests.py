@@ -17,17 +17,14 @@ import json
 from typing import Awaitable, Callable, Sequence
 
 from attrs import frozen
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 
 from ._access import RepoAccess
+from ._disk import Disk
 from ._errors import RegistryError, error_for_response
-from ._metadata import Metadata
 from ._reference import MANIFEST_MEDIA_TYPES, Digest
 from ._singleflight import SingleFlight
-from ._store import Kind, Store
+from ._store import Kind
 from ._upstream import Upstream, UpstreamUnavailable
 
 __all__ = ["MAX_MANIFEST_SIZE", "Manifest", "ManifestService"]
@@ -59,17 +56,14 @@ class ManifestLookup:
 class ManifestService:
     def __init__(
         self,
-        reactor: IReactorTime,
-        store: Store,
-        metadata: Metadata,
-        disk_pool: ThreadPool,
+        disk: Disk,
         access: RepoAccess,
         tag_ttl: Callable[[Upstream], float],
     ) -> None:
-        self._reactor = reactor
-        self._store = store
-        self._metadata = metadata
-        self._disk_pool = disk_pool
+        self._disk = disk
+        self._reactor = disk.reactor
+        self._store = disk.store
+        self._metadata = disk.metadata
         self._access = access
         self._tag_ttl = tag_ttl
         self._flights: SingleFlight[tuple[str, str, str], Manifest] = SingleFlight()
@@ -178,10 +172,7 @@ class ManifestService:
                                     status=502)
         media_type = _media_type(response.headers.getRawHeaders(b"content-type", [b""])[0], body)
         manifest = Manifest(digest, media_type, body)
-        await deferToThreadPool(
-            self._reactor, self._disk_pool,  # type: ignore[arg-type]
-            self._store.write_small, Kind.MANIFEST, digest, body,
-        )
+        await self._disk.run(self._store.write_small, Kind.MANIFEST, digest, body)
         now = self._reactor.seconds()
         await self._metadata.put_manifest(str(digest), media_type, len(body), now)
         await self._access.record(upstream, repo, digest)

@@ -33,6 +33,7 @@ from twisted.web.server import Site
 from ._access import RepoAccess
 from ._blobs import BlobService
 from ._capacity import Capacity
+from ._disk import Disk
 from ._challenge import TokenCache
 from ._config import Config
 from ._site import DrainingSite, QuietSite
@@ -81,17 +82,14 @@ class OcicacheService(MultiService):
             for upstream in config.upstreams
         }
         access = RepoAccess(self.metadata)
-        self.capacity = Capacity(
-            reactor, self.store, self.metadata, self.disk_pool,
-            config.cache.max_size, config.cache.min_free, self._evicted,
-        )
+        disk = Disk(reactor, self.store, self.metadata, self.disk_pool)
+        self.capacity = Capacity(disk, config.cache.max_size, config.cache.min_free, self._evicted)
         self.blobs = BlobService(
-            reactor, self.store, self.metadata, self.disk_pool, access, self.capacity,
+            disk, access, self.capacity,
             lambda upstream, count: self.metrics.upstream_bytes.labels(upstream).inc(count),
         )
         self.janitor = Janitor(
-            reactor, self.store, self.metadata, self.capacity, self.disk_pool,
-            config.cache.blob_ttl,
+            disk, self.capacity, config.cache.blob_ttl,
             lambda: [download.temp_path for download in self.blobs.inflight.values()],
         )
         self._janitor_timer = TimerService(
@@ -99,8 +97,7 @@ class OcicacheService(MultiService):
         )
         self._janitor_timer.setServiceParent(self)
         self.manifests = ManifestService(
-            reactor, self.store, self.metadata, self.disk_pool, access,
-            lambda upstream: config.tag_ttl_for(upstream.config),
+            disk, access, lambda upstream: config.tag_ttl_for(upstream.config)
         )
         self.manifest_tally = ManifestTally()
         services = Services(reactor, config, self.upstreams, self.blobs, self.manifests, self.metrics,

@@ -18,10 +18,15 @@ from twisted.python.threadpool import ThreadPool
 
 from ocicache import _capacity
 from ocicache._capacity import Capacity
+from ocicache._disk import Disk
 from ocicache._janitor import ABANDONED_AFTER, Janitor
 from ocicache._metadata import Metadata
 from ocicache._reference import Digest
 from ocicache._store import Kind, Store
+
+
+def _disk(parts: Any) -> Disk:
+    return Disk(reactor, parts.store, parts.metadata, parts.pool)  # type: ignore[arg-type]
 
 
 def _blob(store: Store, seed: int, size: int) -> Digest:
@@ -37,7 +42,7 @@ def parts(tmp_path: Any) -> Any:
     store.prepare()
     pool = ThreadPool(minthreads=0, maxthreads=2, name="test-disk")
     pool.start()
-    metadata = Metadata(os.path.join(store.root, "metadata.sqlite"), reactor)  # type: ignore[arg-type]
+    metadata = Metadata(os.path.join(store.root, "metadata.sqlite"), reactor)
     yield SimpleNamespace(store=store, pool=pool, metadata=metadata)
     pool.stop()
 
@@ -59,8 +64,8 @@ async def test_recovery_drops_rows_without_files_and_adopts_or_removes_orphans(p
         os.makedirs(os.path.dirname(store.path(Kind.BLOB, liar)), exist_ok=True)
         with open(store.path(Kind.BLOB, liar), "wb") as f:
             f.write(b"not what the name says")
-        capacity = Capacity(reactor, store, metadata, parts.pool, None, None)  # type: ignore[arg-type]
-        janitor = Janitor(reactor, store, metadata, capacity, parts.pool, None)  # type: ignore[arg-type]
+        capacity = Capacity(_disk(parts), None, None)
+        janitor = Janitor(_disk(parts), capacity, None)
         report = await janitor.recover()
         assert (report.dropped_rows, report.adopted, report.removed_unverified) == (1, 1, 1)
         assert {row.digest for row in await metadata.blobs()} == {str(kept), str(orphan)}
@@ -79,8 +84,8 @@ async def test_blob_ttl_expires_what_was_not_read(parts: Any) -> None:
         fresh = _blob(store, 4, 100)
         await metadata.put_blob(str(old), 100, time.time() - 7200)
         await metadata.put_blob(str(fresh), 100, time.time() - 7200)
-        capacity = Capacity(reactor, store, metadata, parts.pool, None, None)  # type: ignore[arg-type]
-        janitor = Janitor(reactor, store, metadata, capacity, parts.pool, blob_ttl=3600)  # type: ignore[arg-type]
+        capacity = Capacity(_disk(parts), None, None)
+        janitor = Janitor(_disk(parts), capacity, blob_ttl=3600)
         await janitor.recover()
         capacity.accessed(fresh)  # read just now: the batched access counts
         report = await janitor.run()
@@ -97,7 +102,7 @@ async def test_make_room_keeps_min_free(parts: Any, monkeypatch: pytest.MonkeyPa
     store, metadata = parts.store, parts.metadata
     await metadata.open()
     try:
-        capacity = Capacity(reactor, store, metadata, parts.pool, None, 1000)  # type: ignore[arg-type]
+        capacity = Capacity(_disk(parts), None, 1000)
         a, b = _blob(store, 5, 600), _blob(store, 6, 600)
         for digest in (a, b):
             await metadata.put_blob(str(digest), 600, time.time())
@@ -125,7 +130,7 @@ async def test_make_room_evicts_to_the_low_water_mark_and_refuses_giants(parts: 
     store, metadata = parts.store, parts.metadata
     await metadata.open()
     try:
-        capacity = Capacity(reactor, store, metadata, parts.pool, 1000, None)  # type: ignore[arg-type]
+        capacity = Capacity(_disk(parts), 1000, None)
         blobs = [_blob(store, 10 + i, 200) for i in range(4)]
         for digest in blobs:
             capacity.committed(digest, 200)
@@ -150,8 +155,8 @@ async def test_abandoned_temp_files_go_and_live_ones_stay(parts: Any) -> None:
         old = time.time() - ABANDONED_AFTER - 60
         for temp in (live, dead):
             os.utime(temp.path, (old, old))
-        capacity = Capacity(reactor, store, metadata, parts.pool, None, None)  # type: ignore[arg-type]
-        janitor = Janitor(reactor, store, metadata, capacity, parts.pool, None,  # type: ignore[arg-type]
+        capacity = Capacity(_disk(parts), None, None)
+        janitor = Janitor(_disk(parts), capacity, None,
                           live_temp_files=lambda: [live.path])
         report = await janitor.run()
         assert report.temp_removed == 1

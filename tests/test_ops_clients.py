@@ -85,7 +85,7 @@ def test_containerd_with_the_shipped_hosts_toml(
     content = ctrd.content_digests()
     assert image.manifest_digest in content
     assert all(blob.digest in content for blob in image.blobs)
-    assert f"/v2/library/ocitest-oci/manifests/v1?ns=docker.io" in daemon.log_text()
+    assert "/v2/library/ocitest-oci/manifests/v1?ns=docker.io" in daemon.log_text()
 
     team = upstream.images["team"]
     ctrd.pull("ghcr.io/team/app:v1", hosts_dir=hosts, unpack=False)

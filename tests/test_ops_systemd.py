@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-from typing import Callable
 
 import pytest
 

@@ -1,0 +1,40 @@
+"""
+The cache on disk, as the services that use it share it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+from attrs import frozen
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from ._metadata import Metadata
+from ._store import Store
+
+__all__ = ["Disk"]
+
+T = TypeVar("T")
+
+
+@frozen
+class Disk:
+    """
+    The files (L{Store}), what is known about them (L{Metadata}), and the
+    thread pool that does the blocking file work (fsync, bulk unlinks,
+    scans, hashing) so that the reactor never waits on the disk.
+    """
+
+    reactor: IReactorTime
+    store: Store
+    metadata: Metadata
+    pool: ThreadPool
+
+    def run(self, work: Callable[..., T], *args: object) -> Deferred[T]:
+        """
+        Run blocking file work in the disk thread pool.
+        """
+        return deferToThreadPool(self.reactor, self.pool, work, *args)  # type: ignore[arg-type]
