@@ -21,7 +21,7 @@ import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -31,43 +31,9 @@ from ocicache import _fanout
 from ocicache._fanout import Download, DownloadError, StoredFile, Streamer
 from ocicache._reference import Digest
 from ocicache._store import Kind, Store
+from ocitest.fakes import Reactor, SyncPool, run
 
 # -- the fake reactor and disk pools
-
-
-class Reactor(MemoryReactorClock):
-    """
-    A clock that also takes results "from threads": they run on the next
-    C{advance(0)}, as the real reactor runs them on its next iteration.
-    """
-
-    def callFromThread(self, f: Callable[..., object], *args: object, **kwargs: object) -> None:
-        self.callLater(0, f, *args, **kwargs)
-
-
-def run(clock: Reactor) -> None:
-    """
-    Run everything that is due now, and whatever that schedules, until the
-    reactor is idle.
-    """
-    for _ in range(100_000):
-        if not any(call.getTime() <= clock.seconds() for call in clock.getDelayedCalls()):
-            return
-        clock.advance(0)
-    raise AssertionError("the reactor never went idle")
-
-
-class SyncPool:
-    """A disk pool whose work runs at once, in the reactor thread."""
-
-    def callInThreadWithCallback(self, onResult: Callable[[bool, object], None],
-                                 f: Callable[..., object], *args: object, **kwargs: object) -> None:
-        try:
-            result = f(*args, **kwargs)
-        except BaseException:
-            onResult(False, Failure())
-        else:
-            onResult(True, result)
 
 
 class ManualPool:

@@ -22,6 +22,7 @@ from ocicache import _fanout
 from ocicache._fanout import HIGH_WATER, Download
 from ocicache._reference import Digest
 from ocicache._store import Kind, Store
+from ocitest.fakes import SyncPool
 
 
 class _Now:
@@ -32,19 +33,6 @@ class _Now:
 
     def seconds(self) -> float:
         return 0.0
-
-
-class _Pool:
-    """Runs 'threaded' work synchronously, as deferToThreadPool expects."""
-
-    def callInThreadWithCallback(self, on_result: Callable[[bool, Any], None], f: Callable[..., Any],
-                                 *args: Any, **kwargs: Any) -> None:
-        try:
-            result = f(*args, **kwargs)
-        except BaseException:
-            on_result(False, Failure())
-        else:
-            on_result(True, result)
 
 
 class _Reader:
@@ -121,7 +109,7 @@ def test_readers_get_every_byte_and_nothing_is_committed(
     body = _body(12 << 20)
     digest = Digest("sha256", hashlib.sha256(body).hexdigest())
     errors: list[OSError] = []
-    download = Download(_Now(), _Pool(), store, digest, len(body),  # type: ignore[arg-type]
+    download = Download(_Now(), SyncPool(), store, digest, len(body),  # type: ignore[arg-type]
                         on_disk_error=errors.append)
     readers = [_Reader(download) for _ in range(3)]
     full_after(5 << 20)
@@ -148,7 +136,7 @@ def test_the_window_is_bounded_by_the_slowest_reader(
     store.prepare()
     body = _body(3 * HIGH_WATER)
     digest = Digest("sha256", hashlib.sha256(body).hexdigest())
-    download = Download(_Now(), _Pool(), store, digest, len(body))  # type: ignore[arg-type]
+    download = Download(_Now(), SyncPool(), store, digest, len(body))  # type: ignore[arg-type]
     producer = _Producer()
     download.attach(producer)
     fast = _Reader(download)
@@ -180,7 +168,7 @@ def test_a_bad_digest_in_passthrough_cuts_the_readers(
     store.prepare()
     body = _body(4 << 20)
     wrong = Digest("sha256", hashlib.sha256(b"something else").hexdigest())
-    download = Download(_Now(), _Pool(), store, wrong, len(body))  # type: ignore[arg-type]
+    download = Download(_Now(), SyncPool(), store, wrong, len(body))  # type: ignore[arg-type]
     reader = _Reader(download)
     full_after(1 << 20)
     failures: list[Failure] = []

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import pytest
 from twisted.internet.address import IPv4Address
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
@@ -26,32 +26,9 @@ from ocicache._metrics import Metrics
 from ocicache._reference import Digest
 from ocicache._resources import RootResource, Services
 from ocicache._store import Kind, Store
+from ocitest.fakes import Reactor, SyncPool, run
 
 # -- plumbing
-
-
-class Reactor(MemoryReactorClock):
-    def callFromThread(self, f: Callable[..., object], *args: object, **kwargs: object) -> None:
-        self.callLater(0, f, *args, **kwargs)
-
-
-def run(clock: Reactor) -> None:
-    for _ in range(100_000):
-        if not any(call.getTime() <= clock.seconds() for call in clock.getDelayedCalls()):
-            return
-        clock.advance(0)
-    raise AssertionError("the reactor never went idle")
-
-
-class SyncPool:
-    def callInThreadWithCallback(self, onResult: Callable[[bool, object], None],
-                                 f: Callable[..., object], *args: object, **kwargs: object) -> None:
-        try:
-            result = f(*args, **kwargs)
-        except BaseException:
-            onResult(False, Failure())
-        else:
-            onResult(True, result)
 
 
 class Transport(StringTransport):

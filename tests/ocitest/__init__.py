@@ -33,6 +33,7 @@ __all__ = [
     "wait_for",
     "wait_for_http",
     "http_request",
+    "spawn",
     "stop_process",
 ]
 
@@ -183,3 +184,12 @@ def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 10.0) -> i
             proc.kill()
             proc.wait(5)
     return proc.returncode
+
+
+def spawn(args: list[str], log_path: str, cwd: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """
+    Start a server process with its output appended to C{log_path}.
+    """
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                cwd=cwd, env=env)

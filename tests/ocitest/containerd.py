@@ -29,7 +29,7 @@ import tempfile
 import time
 from typing import Any
 
-from . import log_tail, require_binary, stop_process, wait_for
+from . import log_tail, require_binary, spawn, stop_process, wait_for
 
 __all__ = ["Containerd", "CtrError", "write_hosts_dir", "hosts_toml"]
 
@@ -116,17 +116,7 @@ class Containerd:
         os.makedirs(self.workdir, exist_ok=True)
         with open(self.config_path, "w") as f:
             f.write(self.config_text())
-        log = open(self.log_path, "ab")
-        try:
-            self.proc = subprocess.Popen(
-                [binary, "--config", self.config_path],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-            )
-        finally:
-            log.close()
+        self.proc = spawn([binary, "--config", self.config_path], self.log_path, self.workdir)
         try:
             def ready() -> bool:
                 if self.proc is not None and self.proc.poll() is not None:

@@ -31,7 +31,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from . import REPO_ROOT, free_port, log_tail, stop_process, wait_for_http
+from . import REPO_ROOT, free_port, log_tail, spawn, stop_process, wait_for_http
 
 __all__ = ["Daemon", "DaemonPool", "Upstream", "config_text", "daemon_env", "default_upstreams", "start_daemon", "twistd_command", "write_config"]
 
@@ -198,18 +198,7 @@ class Daemon:
 
     def start(self, timeout: float = 20.0) -> "Daemon":
         os.makedirs(self.workdir, exist_ok=True)
-        log = open(self.log_path, "ab")
-        try:
-            self.proc = subprocess.Popen(
-                twistd_command(self.config_path),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-                env=self.env,
-            )
-        finally:
-            log.close()
+        self.proc = spawn(twistd_command(self.config_path), self.log_path, self.workdir, self.env)
         try:
             deadline = time.monotonic() + timeout
             while not self._port_accepts():

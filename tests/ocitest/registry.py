@@ -26,7 +26,7 @@ import subprocess
 import urllib.parse
 from typing import Iterable
 
-from . import free_port, log_tail, require_binary, stop_process, wait_for_http
+from . import free_port, log_tail, require_binary, spawn, stop_process, wait_for_http
 from .images import Blob, Image
 
 __all__ = ["Registry", "PushError", "push_blob", "push_manifest", "push_image", "seed_registry"]
@@ -102,17 +102,7 @@ class Registry:
         os.makedirs(self.storage, exist_ok=True)
         with open(self.config_path, "w") as f:
             f.write(self.config_text())
-        log = open(self.log_path, "ab")
-        try:
-            self.proc = subprocess.Popen(
-                [binary, "serve", self.config_path],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-            )
-        finally:
-            log.close()
+        self.proc = spawn([binary, "serve", self.config_path], self.log_path, self.workdir)
         try:
             wait_for_http(self.url + "/v2/", timeout=timeout, proc=self.proc,
                           log=self.log_path, what="docker-registry")
