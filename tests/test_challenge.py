@@ -1,5 +1,5 @@
 """
-Tests for L{ocicache._challenge}.
+Tests for L{ocicache._spec._challenge}.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import attrs
 import pytest
 from twisted.internet.task import Clock
 
-from ocicache._challenge import (
+from ocicache._spec._challenge import (
     Challenge,
     TokenCache,
     TokenKey,

@@ -1,5 +1,5 @@
 """
-Tests for L{ocicache._config}: the TOML file, its defaults, and one-line
+Tests for L{ocicache._ops._config}: the TOML file, its defaults, and one-line
 errors that name the key.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from ocicache._config import (
+from ocicache._ops._config import (
     Config,
     ConfigError,
     default_cache_dir,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from ocicache._eviction import S3FIFO
+from ocicache._storage._eviction import S3FIFO
 
 MiB = 1 << 20
 

@@ -1,5 +1,5 @@
 """
-Tests for L{ocicache._fanout}: the L{Download} that writes and hashes one
+Tests for L{ocicache._cache._download}: the L{Download} that writes and hashes one
 upstream body, and the L{Streamer}s that send it to many clients.
 
 Everything runs on a L{MemoryReactorClock}: the disk "thread pool" is a
@@ -27,10 +27,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
-from ocicache import _fanout
-from ocicache._fanout import Download, DownloadError, StoredFile, Streamer
-from ocicache._reference import Digest
-from ocicache._store import Kind, Store
+from ocicache._cache import _download as _fanout
+from ocicache._cache._download import Download, DownloadError, StoredFile, Streamer
+from ocicache._spec._reference import Digest
+from ocicache._storage._store import Kind, Store
 from ocitest.fakes import Reactor, SyncPool, run
 
 # -- the fake reactor and disk pools

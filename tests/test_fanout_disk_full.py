@@ -18,10 +18,10 @@ from typing import Any, Callable
 import pytest
 from twisted.python.failure import Failure
 
-from ocicache import _fanout
-from ocicache._fanout import HIGH_WATER, Download
-from ocicache._reference import Digest
-from ocicache._store import Kind, Store
+from ocicache._cache import _download as _fanout
+from ocicache._cache._download import HIGH_WATER, Download
+from ocicache._spec._reference import Digest
+from ocicache._storage._store import Kind, Store
 from ocitest.fakes import SyncPool
 
 

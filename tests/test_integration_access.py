@@ -12,7 +12,7 @@ from typing import Callable
 
 import pytest
 
-from ocitest import REPO_ROOT, http_request
+from ocitest import SRC_ROOT, http_request
 from ocitest.daemon import Daemon
 from ocitest.hop import Hop
 from ocitest.images import Blob, Image
@@ -80,7 +80,7 @@ def test_a_repository_that_holds_the_blob_is_served_from_cache_after_one_head(
 
 
 def test_the_cli_answers_version_and_refuses_a_missing_cache(tmp_path: "object") -> None:
-    env = {"PYTHONPATH": REPO_ROOT}
+    env = {"PYTHONPATH": SRC_ROOT}
     from ocicache import __version__
 
     version = subprocess.run([sys.executable, "-m", "ocicache", "--version"], capture_output=True,

@@ -18,7 +18,7 @@ from typing import Callable
 
 import pytest
 
-from ocitest import REPO_ROOT, http_request, wait_for
+from ocitest import SRC_ROOT, http_request, wait_for
 from ocitest.daemon import Daemon
 from ocitest.hop import Hop
 from ocitest.images import MEDIA, MiB, Blob, Image, big_layer
@@ -58,7 +58,7 @@ def _get_sha256(url: str, headers: dict[str, str] | None = None) -> tuple[int, s
 
 
 def _ocicache(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=SRC_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, "-m", "ocicache", *args], capture_output=True, text=True,
                           env=env, timeout=300)
 

@@ -16,13 +16,13 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.python.threadpool import ThreadPool
 
-from ocicache import _capacity
-from ocicache._capacity import Capacity
-from ocicache._disk import Disk
-from ocicache._janitor import ABANDONED_AFTER, Janitor
-from ocicache._metadata import Metadata
-from ocicache._reference import Digest
-from ocicache._store import Kind, Store
+from ocicache._storage import _capacity
+from ocicache._storage._capacity import Capacity
+from ocicache._storage._disk import Disk
+from ocicache._storage._janitor import ABANDONED_AFTER, Janitor
+from ocicache._storage._metadata import Metadata
+from ocicache._spec._reference import Digest
+from ocicache._storage._store import Kind, Store
 
 
 def _disk(parts: Any) -> Disk:

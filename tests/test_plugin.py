@@ -1,9 +1,9 @@
 """
-Tests for the twistd plugin (C{twisted/plugins/ocicache_plugin.py}) and
-L{ocicache._tap}: lazy loading, and the real C{twistd ocicache} command.
+Tests for the twistd plugin (C{src/twisted/plugins/ocicache_plugin.py}) and
+L{ocicache._daemon._tap}: lazy loading, and the real C{twistd ocicache} command.
 
 The daemon runs as C{sys.executable -c "from twisted.scripts.twistd import
-run; run()" ...} with the repository first on C{PYTHONPATH}, so that it is
+run; run()" ...} with the source tree first on C{PYTHONPATH}, so that it is
 this interpreter and this work tree, whatever C{twistd} is on C{PATH}.
 """
 
@@ -21,9 +21,9 @@ import urllib.request
 from pathlib import Path
 import pytest
 
-from ocicache import _tap
+from ocicache._daemon import _tap
 
-REPO = str(Path(__file__).resolve().parent.parent)
+REPO = str(Path(__file__).resolve().parent.parent / "src")
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 DEADLINE = 30.0
 """Seconds after which a daemon that has not done what it should is a failure."""
@@ -85,7 +85,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: 
 def test_plugin_and_tap_do_not_import_the_reactor(tmp_path: Path) -> None:
     result = python(
         f"import sys; sys.path.insert(0, {REPO!r})\n"
-        "import twisted.plugins.ocicache_plugin, ocicache._tap\n"
+        "import twisted.plugins.ocicache_plugin, ocicache._daemon._tap\n"
         # The work tree's plugin, or after `pip install .` the installed
         # copy of it, which twisted.plugins lists first.
         "assert twisted.plugins.ocicache_plugin.__file__.endswith('twisted/plugins/ocicache_plugin.py')\n"
@@ -115,8 +115,8 @@ def test_get_plugins_finds_ocicache_without_importing_the_reactor(tmp_path: Path
     seen = json.loads(result.stdout.strip().splitlines()[-1])
     assert seen == {
         "count": 1,
-        "module": "ocicache._tap",
-        "options": "ocicache._tap.Options",
+        "module": "ocicache._daemon._tap",
+        "options": "ocicache._daemon._tap.Options",
         "reactor": False,
     }
 
@@ -136,7 +136,7 @@ def test_options_listen_is_repeatable_and_config_is_optional() -> None:
 
 
 def test_listen_replaces_the_configured_listeners() -> None:
-    from ocicache._config import parse_config
+    from ocicache._ops._config import parse_config
 
     config = parse_config({"server": {"listen": ["tcp:1", "tcp:2"], "drain_timeout": "5s"}}, {})
     replaced = _tap._with_listen(config, ("tcp:3",))

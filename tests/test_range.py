@@ -1,12 +1,12 @@
 """
-Tests for L{ocicache._range.parse_range} (RFC 9110 §14).
+Tests for L{ocicache._spec._range.parse_range} (RFC 9110 §14).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from ocicache._range import ByteRange, Unsatisfiable, parse_range
+from ocicache._spec._range import ByteRange, Unsatisfiable, parse_range
 
 
 def test_no_header() -> None:

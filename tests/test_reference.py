@@ -1,5 +1,5 @@
 """
-Tests for L{ocicache._reference}.
+Tests for L{ocicache._spec._reference}.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import hashlib
 import attrs
 import pytest
 
-from ocicache._reference import (
+from ocicache._spec._reference import (
     MANIFEST_MEDIA_TYPES,
     Digest,
     InvalidDigest,

@@ -1,5 +1,5 @@
 """
-Unit tests for L{ocicache._resources}: real C{twisted.web} requests over a
+Unit tests for L{ocicache._web._resources}: real C{twisted.web} requests over a
 fake socket, answered by the resources with fake blob and manifest
 services, on a L{MemoryReactorClock}.
 """
@@ -18,14 +18,14 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
-from ocicache._blobs import BlobLookup
-from ocicache._config import parse_config
-from ocicache._errors import RegistryError
-from ocicache._fanout import Download, StoredFile
-from ocicache._metrics import Metrics
-from ocicache._reference import Digest
-from ocicache._resources import RootResource, Services
-from ocicache._store import Kind, Store
+from ocicache._cache._blobs import BlobLookup
+from ocicache._ops._config import parse_config
+from ocicache._spec._errors import RegistryError
+from ocicache._cache._download import Download, StoredFile
+from ocicache._ops._metrics import Metrics
+from ocicache._spec._reference import Digest
+from ocicache._web._resources import RootResource, Services
+from ocicache._storage._store import Kind, Store
 from ocitest.fakes import Reactor, SyncPool, run
 
 # -- plumbing

@@ -26,6 +26,7 @@ from typing import Callable
 
 __all__ = [
     "REPO_ROOT",
+    "SRC_ROOT",
     "MissingBinary",
     "free_port",
     "log_tail",
@@ -38,6 +39,8 @@ __all__ = [
 ]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SRC_ROOT = os.path.join(REPO_ROOT, "src")
+"""The source tree: C{src/ocicache} and C{src/twisted/plugins}."""
 
 
 class MissingBinary(RuntimeError):

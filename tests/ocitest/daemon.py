@@ -13,8 +13,9 @@ nor C{--pidfile}; so twistd is run as
 C{sys.executable -c "from twisted.scripts.twistd import run; run()" ...}:
 the interpreter running the tests, whatever C{twistd} script is on PATH.
 
-C{PYTHONPATH} starts with the repository root, so C{import ocicache} is the
-work tree's and Twisted finds C{<repo>/twisted/plugins/ocicache_plugin.py}
+C{PYTHONPATH} starts with the source tree (C{<repo>/src}), so C{import
+ocicache} is the work tree's and Twisted finds
+C{<repo>/src/twisted/plugins/ocicache_plugin.py}
 (Twisted's plugin loader scans every C{twisted/plugins} directory on
 C{sys.path}; it may write a C{dropin.cache} next to the plugin).
 """
@@ -31,7 +32,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from . import REPO_ROOT, free_port, log_tail, spawn, stop_process, wait_for_http
+from . import SRC_ROOT, free_port, log_tail, spawn, stop_process, wait_for_http
 
 __all__ = ["Daemon", "DaemonPool", "Upstream", "config_text", "daemon_env", "default_upstreams", "start_daemon", "twistd_command", "write_config"]
 
@@ -40,12 +41,12 @@ TWISTD = "from twisted.scripts.twistd import run; run()"
 
 def daemon_root() -> str:
     """
-    The directory put first on the daemon's C{PYTHONPATH}: the repository
-    root, unless C{$OCITEST_DAEMON_ROOT} names another tree (one with
+    The directory put first on the daemon's C{PYTHONPATH}: the source
+    tree (C{<repo>/src}), unless C{$OCITEST_DAEMON_ROOT} names another tree (one with
     C{twisted/plugins/ocicache_plugin.py}), e.g. to try the harness on a
     stand-in daemon.
     """
-    return os.environ.get("OCITEST_DAEMON_ROOT") or REPO_ROOT
+    return os.environ.get("OCITEST_DAEMON_ROOT") or SRC_ROOT
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Callable
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
-from ._metrics import CONTENT_TYPE_LATEST, Metrics
+from .._ops._metrics import CONTENT_TYPE_LATEST, Metrics
 
 __all__ = ["OperatorResource"]
 

@@ -20,12 +20,12 @@ from attrs import frozen
 from twisted.logger import Logger
 
 from ._access import RepoAccess
-from ._disk import Disk
-from ._errors import RegistryError, error_for_response
-from ._reference import MANIFEST_MEDIA_TYPES, Digest
+from .._storage._disk import Disk
+from .._spec._errors import RegistryError, error_for_response
+from .._spec._reference import MANIFEST_MEDIA_TYPES, Digest
 from ._singleflight import SingleFlight
-from ._store import Kind
-from ._upstream import Upstream, UpstreamUnavailable
+from .._storage._store import Kind
+from .._upstream._client import Upstream, UpstreamUnavailable
 
 __all__ = ["MAX_MANIFEST_SIZE", "Manifest", "ManifestService"]
 

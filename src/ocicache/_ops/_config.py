@@ -18,7 +18,7 @@ from typing import Any, Callable, TypeVar
 from attrs import field, frozen
 from hyperlink import DecodedURL
 
-from ._reference import is_registry_host
+from .._spec._reference import is_registry_host
 
 __all__ = [
     "CacheConfig",

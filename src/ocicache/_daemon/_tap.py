@@ -14,8 +14,8 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
-from ._config import ConfigError, load_config
-from ._version import __version__
+from .._ops._config import ConfigError, load_config
+from .._version import __version__
 
 __all__ = ["Options", "makeService"]
 
@@ -83,7 +83,7 @@ def _json_observer(options: Options) -> Any:
     C{-n}, else C{twistd.log}.  C{None} when twistd was told to log
     elsewhere (C{--logger}, C{--syslog}), which then wins.
     """
-    from ._logging import json_observer_for
+    from .._ops._logging import json_observer_for
 
     twistd = getattr(options, "parent", None) or {}
     if twistd.get("logger") or twistd.get("syslog"):

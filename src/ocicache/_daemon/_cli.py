@@ -18,14 +18,14 @@ from typing import Any, Sequence, TextIO
 
 from twisted.internet.defer import Deferred
 
-from ._capacity import Capacity
-from ._config import Config, ConfigError, load_config
-from ._disk import Disk
-from ._janitor import Janitor, verify_file
-from ._metadata import Metadata
-from ._reference import Digest
-from ._store import Kind, Store
-from ._version import __version__
+from .._storage._capacity import Capacity
+from .._ops._config import Config, ConfigError, load_config
+from .._storage._disk import Disk
+from .._storage._janitor import Janitor, verify_file
+from .._storage._metadata import Metadata
+from .._spec._reference import Digest
+from .._storage._store import Kind, Store
+from .._version import __version__
 
 __all__ = ["main"]
 

@@ -1,7 +1,7 @@
 """
 The twisted.web resources: the distribution-spec pull API under C{/v2/}.
 
-Each request is routed and validated (L{ocicache._routing}), then answered
+Each request is routed and validated (L{ocicache._web._routing}), then answered
 from the manifest or blob service.  Blob bodies are streamed by a
 L{Streamer} registered as the request's push producer, so a response sends
 bytes as they arrive and as fast as its own client reads.
@@ -24,18 +24,18 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from ._blobs import BlobService
-from ._config import Config
-from ._errors import RegistryError, error_for_response, render_error
-from ._fanout import Streamer, WriteBudget
-from ._logging import log_access
-from ._manifests import ManifestService
-from ._metrics import Metrics
-from ._range import Unsatisfiable, parse_range
-from ._reference import MANIFEST_MEDIA_TYPES, Digest, InvalidReference, validate_tag
+from .._cache._blobs import BlobService
+from .._ops._config import Config
+from .._spec._errors import RegistryError, error_for_response, render_error
+from .._cache._download import Streamer, WriteBudget
+from .._ops._logging import log_access
+from .._cache._manifests import ManifestService
+from .._ops._metrics import Metrics
+from .._spec._range import Unsatisfiable, parse_range
+from .._spec._reference import MANIFEST_MEDIA_TYPES, Digest, InvalidReference, validate_tag
 from ._routing import Endpoint, Route, read_only_error, route
-from ._upstream import Upstream, UpstreamUnavailable
-from ._version import __version__
+from .._upstream._client import Upstream, UpstreamUnavailable
+from .._version import __version__
 
 __all__ = ["RootResource", "Services"]
 

@@ -9,7 +9,7 @@ The daemon's service tree: the parts of ocicache wired together.
 The store and the metadata database are opened before the listeners
 start, and closed after they stop.
 
-Stopping is graceful (L{ocicache._site}): the registry listeners close
+Stopping is graceful (L{ocicache._web._site}): the registry listeners close
 first, responses in progress get up to C{[server] drain_timeout} to
 finish, the rest are cut; then downloads nobody waits for are abandoned,
 the other services stop, the database is closed and no temp file is left.
@@ -30,22 +30,22 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
-from ._access import RepoAccess
-from ._blobs import BlobService
-from ._capacity import Capacity
-from ._disk import Disk
-from ._challenge import TokenCache
-from ._config import Config
-from ._site import DrainingSite, QuietSite
-from ._fanout import DownloadError
-from ._health import OperatorResource
-from ._janitor import Janitor
-from ._manifests import ManifestService
-from ._metadata import Metadata
-from ._metrics import ManifestTally, Metrics
-from ._resources import RootResource, Services
-from ._store import Kind, Store
-from ._upstream import Upstream, make_pool
+from .._cache._access import RepoAccess
+from .._cache._blobs import BlobService
+from .._storage._capacity import Capacity
+from .._storage._disk import Disk
+from .._spec._challenge import TokenCache
+from .._ops._config import Config
+from .._web._site import DrainingSite, QuietSite
+from .._cache._download import DownloadError
+from .._web._operator import OperatorResource
+from .._storage._janitor import Janitor
+from .._cache._manifests import ManifestService
+from .._storage._metadata import Metadata
+from .._ops._metrics import ManifestTally, Metrics
+from .._web._resources import RootResource, Services
+from .._storage._store import Kind, Store
+from .._upstream._client import Upstream, make_pool
 
 __all__ = ["OcicacheService", "ListenError"]
 

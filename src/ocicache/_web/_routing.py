@@ -22,9 +22,9 @@ from typing import Mapping, Sequence
 
 from attrs import frozen
 
-from ._config import Config, UpstreamConfig
-from ._errors import RegistryError
-from ._reference import (
+from .._ops._config import Config, UpstreamConfig
+from .._spec._errors import RegistryError
+from .._spec._reference import (
     Digest,
     InvalidReference,
     is_registry_host,

@@ -30,10 +30,10 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
-from ._challenge import Challenge, TokenCache, TokenKey, parse_token_response, parse_www_authenticate
-from ._config import UpstreamConfig
-from ._metrics import Metrics
-from ._version import __version__
+from .._spec._challenge import Challenge, TokenCache, TokenKey, parse_token_response, parse_www_authenticate
+from .._ops._config import UpstreamConfig
+from .._ops._metrics import Metrics
+from .._version import __version__
 
 __all__ = ["Upstream", "UpstreamUnavailable", "make_pool"]
 

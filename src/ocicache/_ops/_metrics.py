@@ -9,7 +9,7 @@ that joined a download in flight (coalesced) or found the blob stored (a
 hit) counts them as C{cache}, since ocicache fetched them only once.
 
 The cache's size and entry counts are not scanned at scrape time: blobs
-come from the eviction policy's running total (L{ocicache._capacity}),
+come from the eviction policy's running total (L{ocicache._storage._capacity}),
 manifests from a L{ManifestTally} filled by one scan of C{manifests/} at
 start-up (in a thread) and kept up to date as manifests are stored.
 """

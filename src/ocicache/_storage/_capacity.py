@@ -21,7 +21,7 @@ from twisted.logger import Logger
 
 from ._disk import Disk
 from ._eviction import S3FIFO
-from ._reference import Digest
+from .._spec._reference import Digest
 from ._store import Kind
 
 __all__ = ["Capacity", "LOW_WATER"]

@@ -7,7 +7,7 @@ from twisted.application.service import ServiceMaker
 
 ocicache = ServiceMaker(
     "ocicache",
-    "ocicache._tap",
+    "ocicache._daemon._tap",
     "A streaming, singleflight pull-through cache for OCI registries",
     "ocicache",
 )

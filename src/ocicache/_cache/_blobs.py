@@ -24,15 +24,15 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
-from ._errors import RegistryError, error_for_response
+from .._spec._errors import RegistryError, error_for_response
 from ._access import RepoAccess
-from ._capacity import Capacity
-from ._disk import Disk
-from ._fanout import Download, Source, StoredFile
-from ._reference import Digest
+from .._storage._capacity import Capacity
+from .._storage._disk import Disk
+from ._download import Download, Source, StoredFile
+from .._spec._reference import Digest
 from ._singleflight import SingleFlight
-from ._store import Kind
-from ._upstream import Upstream, UpstreamUnavailable
+from .._storage._store import Kind
+from .._upstream._client import Upstream, UpstreamUnavailable
 
 __all__ = ["BlobLookup", "BlobService"]
 

@@ -37,8 +37,8 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from ._reference import Digest
-from ._store import Kind, Store, TempFile
+from .._spec._reference import Digest
+from .._storage._store import Kind, Store, TempFile
 
 __all__ = [
     "CHUNK",

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 
 from ._capacity import Capacity
 from ._disk import Disk
-from ._reference import Digest
+from .._spec._reference import Digest
 from ._store import Kind, Store
 
 __all__ = ["Janitor", "Report", "TAG_RETENTION", "verify_file"]

@@ -31,8 +31,8 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
-from ._logging import log_access
-from ._metrics import Metrics
+from .._ops._logging import log_access
+from .._ops._metrics import Metrics
 
 __all__ = ["DrainingSite", "QuietSite"]
 
@@ -116,7 +116,7 @@ class DrainingSite(Site):
     The registry's Site.
 
     Requests under C{/v2/} emit their access event and metrics themselves
-    (L{ocicache._resources}); twisted.web's own combined-log line is not
+    (L{ocicache._web._resources}); twisted.web's own combined-log line is not
     written, and the few requests outside C{/v2/} (all answered with a JSON
     404) get their access event and metrics here, under the route
     C{other}.

@@ -16,9 +16,9 @@ from typing import Awaitable, Callable
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ._metadata import Metadata
-from ._reference import Digest
-from ._upstream import Upstream
+from .._storage._metadata import Metadata
+from .._spec._reference import Digest
+from .._upstream._client import Upstream
 
 __all__ = ["RepoAccess"]
 

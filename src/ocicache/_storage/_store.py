@@ -21,7 +21,7 @@ import os
 from enum import Enum
 from typing import Iterator
 
-from ._reference import Digest
+from .._spec._reference import Digest
 
 __all__ = ["Kind", "Store", "TempFile"]
 
