@@ -23,8 +23,9 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = [
     "CurlResult",
@@ -375,7 +376,7 @@ class RssSampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         try:
             with open(f"/proc/{self.pid}/clear_refs", "w") as f:
                 f.write("5")  # reset the peak RSS to the current RSS (Linux >= 4.0)
@@ -439,7 +440,7 @@ class Profiler:
     def available() -> bool:
         return shutil.which("py-spy") is not None
 
-    def __enter__(self) -> "Profiler":
+    def __enter__(self) -> Profiler:
         if not self.available():
             self.error = "py-spy is not installed (pip install py-spy)"
             return self

@@ -17,15 +17,15 @@ import sys
 import tempfile
 import time
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
+
+from ocitest.images import all_images  # noqa: E402  (rig put tests/ on sys.path)
 
 from . import clients
 from .report import Section, render_markdown, to_json, write_json
 from .rig import REPO_ROOT, Rig, ensure_installed, layered_image
 from .scenarios import SCENARIOS, Context, Plan, evaluate_targets, plan_for
-
-from ocitest.images import all_images  # noqa: E402  (rig put tests/ on sys.path)
 
 DEFAULT_JSON = os.path.join(REPO_ROOT, "bench", "results", "latest.json")
 
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     plan = plan_for(args.mode, args.size_mib, args.slow_clients)
     t_start = time.monotonic()
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     loadavg_start = _loadavg()
 
     def log(message: str) -> None:

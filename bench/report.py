@@ -18,8 +18,9 @@ import json
 import math
 import os
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 __all__ = ["Comparison", "Section", "Target", "median", "render_markdown", "to_json", "write_json"]
 

@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS_DIR = os.path.join(REPO_ROOT, "tests")
@@ -143,7 +143,7 @@ class Mirror:
         self._registry: Registry | None = None
         self.cache_dir = ""
 
-    def start(self) -> "Mirror":
+    def start(self) -> Mirror:
         os.makedirs(self.workdir, exist_ok=True)
         if self.kind == "ocicache":
             port = free_port()
@@ -248,7 +248,7 @@ class Rig:
         self._containerds: list[Containerd] = []
         self._serial = 0
 
-    def start(self, images: dict[str, Image]) -> "Rig":
+    def start(self, images: dict[str, Image]) -> Rig:
         os.makedirs(self.workdir, exist_ok=True)
         self.upstream = Registry(os.path.join(self.workdir, "upstream"))
         self.upstream.start(timeout=60)

@@ -13,16 +13,17 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator
-
-from . import clients
-from .report import Section, Target, median
-from .rig import KINDS, Mirror, Rig
+from typing import Any
 
 from ocitest import http_request  # noqa: E402  (rig put tests/ on sys.path)
 from ocitest.containerd import write_hosts_dir  # noqa: E402
 from ocitest.images import MEDIA, Image  # noqa: E402
+
+from . import clients
+from .report import Section, Target, median
+from .rig import KINDS, Mirror, Rig
 
 __all__ = ["PLANS", "Context", "Plan", "SCENARIOS", "evaluate_targets", "plan_for"]
 

@@ -27,7 +27,8 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -35,7 +36,7 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 if TESTS_DIR not in sys.path:
     sys.path.insert(0, TESTS_DIR)
 
-from ocitest import MissingBinary, REPO_ROOT, require_binary  # noqa: E402
+from ocitest import REPO_ROOT, MissingBinary, require_binary  # noqa: E402
 from ocitest.containerd import Containerd  # noqa: E402
 from ocitest.daemon import Daemon, DaemonPool, default_upstreams  # noqa: E402
 from ocitest.hop import Hop  # noqa: E402
@@ -105,7 +106,7 @@ def hop(hop_server: Hop, request: pytest.FixtureRequest) -> Iterator[Hop]:
 
 @pytest.fixture
 def daemon_factory(
-    tmp_path: "os.PathLike[str]", hop: Hop, request: pytest.FixtureRequest
+    tmp_path: os.PathLike[str], hop: Hop, request: pytest.FixtureRequest
 ) -> Iterator[Callable[..., Daemon]]:
     pool = DaemonPool(str(tmp_path), default_upstreams(hop.url))
     request.node._ocitest_daemons = pool.daemons
@@ -143,7 +144,7 @@ def containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Containerd]
 
 
 @pytest.fixture
-def containerd_factory(tmp_path: "os.PathLike[str]") -> Iterator[Callable[[], Containerd]]:
+def containerd_factory(tmp_path: os.PathLike[str]) -> Iterator[Callable[[], Containerd]]:
     _require("containerd", "ctr")
     started: list[Containerd] = []
 

@@ -40,7 +40,7 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def test_bench_run_tiny(tmp_path: "os.PathLike[str]") -> None:
+def test_bench_run_tiny(tmp_path: os.PathLike[str]) -> None:
     result_json = os.path.join(str(tmp_path), "results", "bench.json")
     workdir = os.path.join(str(tmp_path), "work")
     command = [

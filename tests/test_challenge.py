@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import attrs
 import pytest
@@ -406,7 +406,7 @@ def test_cache_rejects_zero_bound() -> None:
         TokenCache(Clock(), max_entries=0)
 
 
-NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc).timestamp()
+NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC).timestamp()
 
 
 def clock_at(seconds: float) -> Clock:

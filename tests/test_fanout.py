@@ -15,7 +15,8 @@ import errno
 import hashlib
 import os
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from twisted.internet.address import IPv4Address

@@ -13,7 +13,8 @@ import errno
 import hashlib
 import os
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from twisted.python.failure import Failure

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -79,7 +79,7 @@ def test_a_repository_that_holds_the_blob_is_served_from_cache_after_one_head(
     assert hop.count("GET") == 0
 
 
-def test_the_cli_answers_version_and_refuses_a_missing_cache(tmp_path: "object") -> None:
+def test_the_cli_answers_version_and_refuses_a_missing_cache(tmp_path: object) -> None:
     env = {"PYTHONPATH": SRC_ROOT}
     from ocicache import __version__
 

@@ -14,14 +14,14 @@ import sys
 import threading
 import time
 import urllib.parse
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
 from ocitest import SRC_ROOT, http_request, wait_for
 from ocitest.daemon import Daemon
 from ocitest.hop import Hop
-from ocitest.images import MEDIA, MiB, Blob, Image, big_layer
+from ocitest.images import MEDIA, Blob, Image, MiB, big_layer
 from ocitest.registry import Registry, push_blob
 
 pytestmark = pytest.mark.integration
@@ -195,7 +195,7 @@ def test_stats_and_gc_report_the_store(
 
 
 @pytest.fixture
-def small_filesystem(tmp_path: "os.PathLike[str]") -> str:
+def small_filesystem(tmp_path: os.PathLike[str]) -> str:
     """
     A real 40 MiB tmpfs, so the disk fills for real.
     """

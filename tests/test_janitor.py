@@ -16,12 +16,12 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.python.threadpool import ThreadPool
 
+from ocicache._spec._reference import Digest
 from ocicache._storage import _capacity
 from ocicache._storage._capacity import Capacity
 from ocicache._storage._disk import Disk
 from ocicache._storage._janitor import ABANDONED_AFTER, Janitor
 from ocicache._storage._metadata import Metadata
-from ocicache._spec._reference import Digest
 from ocicache._storage._store import Kind, Store
 
 

@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import subprocess
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -43,7 +43,7 @@ def _rewritten(source: str, target: str, replacements: dict[str, str]) -> str:
 
 
 def test_skopeo_with_the_shipped_registries_conf(
-    daemon: Daemon, upstream: Registry, hop: Hop, skopeo: str, tmp_path: "os.PathLike[str]"
+    daemon: Daemon, upstream: Registry, hop: Hop, skopeo: str, tmp_path: os.PathLike[str]
 ) -> None:
     replacements = {"127.0.0.1:5000": daemon.host}
     for registry in REAL_REGISTRIES:
@@ -69,7 +69,7 @@ def test_skopeo_with_the_shipped_registries_conf(
 
 def test_containerd_with_the_shipped_hosts_toml(
     daemon: Daemon, upstream: Registry, containerd_factory: Callable[[], Containerd],
-    tmp_path: "os.PathLike[str]",
+    tmp_path: os.PathLike[str],
 ) -> None:
     hosts = os.path.join(str(tmp_path), "certs.d")
     shutil.copytree(os.path.join(ETC, "containerd", "certs.d"), hosts)
@@ -107,7 +107,7 @@ def test_containerd_with_the_shipped_hosts_toml(
 
 def test_containerd_falls_back_when_the_mirror_is_down(
     daemon: Daemon, upstream: Registry, containerd_factory: Callable[[], Containerd],
-    tmp_path: "os.PathLike[str]",
+    tmp_path: os.PathLike[str],
 ) -> None:
     """
     The mirror [host] refuses connections: containerd goes on to `server`

@@ -31,7 +31,7 @@ def _lines(text: str) -> list[dict[str, object]]:
 
 
 @pytest.mark.parametrize("how", ["--logger", "log_format+--logfile"])
-def test_json_logs(tmp_path: "os.PathLike[str]", hop: Hop, upstream: Registry, how: str) -> None:
+def test_json_logs(tmp_path: os.PathLike[str], hop: Hop, upstream: Registry, how: str) -> None:
     workdir = str(tmp_path)
     port = free_port()
     config = write_config(os.path.join(workdir, "ocicache.toml"), port=port,

@@ -9,18 +9,17 @@ import hashlib
 import json
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
+from ocicache import __version__
 from ocitest import free_port, http_request, wait_for
 from ocitest.daemon import Daemon
 from ocitest.hop import Hop
 from ocitest.images import MEDIA
 from ocitest.registry import Registry
 from test_ops_support import metric_value, scrape
-
-from ocicache import __version__
 
 pytestmark = pytest.mark.integration
 

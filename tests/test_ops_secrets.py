@@ -11,7 +11,7 @@ import base64
 import hashlib
 import os
 import secrets
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -92,7 +92,7 @@ def _assert_nowhere(needles: list[str], daemon: Daemon, metrics: str, bodies: li
 
 
 @pytest.fixture
-def basic_registry(tmp_path: "os.PathLike[str]", upstream: Registry, password: str) -> Iterator[AuxRegistry]:
+def basic_registry(tmp_path: os.PathLike[str], upstream: Registry, password: str) -> Iterator[AuxRegistry]:
     htpasswd = os.path.join(str(tmp_path), "htpasswd")
     with open(htpasswd, "w") as f:
         f.write(htpasswd_line(USERNAME, password))
@@ -105,7 +105,7 @@ def basic_registry(tmp_path: "os.PathLike[str]", upstream: Registry, password: s
 
 
 def test_basic_credentials_never_leak(
-    tmp_path: "os.PathLike[str]", upstream: Registry, basic_registry: AuxRegistry, password: str
+    tmp_path: os.PathLike[str], upstream: Registry, basic_registry: AuxRegistry, password: str
 ) -> None:
     image = upstream.images["oci"]
     # The upstream really wants them.
@@ -132,7 +132,7 @@ def test_basic_credentials_never_leak(
 
 
 def test_a_wrong_password_is_not_echoed(
-    tmp_path: "os.PathLike[str]", upstream: Registry, basic_registry: AuxRegistry
+    tmp_path: os.PathLike[str], upstream: Registry, basic_registry: AuxRegistry
 ) -> None:
     wrong = "wrong-" + secrets.token_hex(12)
     image = upstream.images["oci"]
@@ -149,7 +149,7 @@ def test_a_wrong_password_is_not_echoed(
 
 
 def test_tokens_and_credentials_never_leak(
-    tmp_path: "os.PathLike[str]", upstream: Registry, password: str
+    tmp_path: os.PathLike[str], upstream: Registry, password: str
 ) -> None:
     image = upstream.images["oci"]
     tokens = TokenServer(os.path.join(str(tmp_path), "tokens"), USERNAME, password).start()

@@ -27,8 +27,9 @@ import time
 import urllib.parse
 import uuid
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 if TESTS_DIR not in sys.path:
@@ -75,7 +76,7 @@ def make_pki(directory: str, name: str = "ocitest") -> PKI:
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     os.makedirs(directory, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} test CA")])
     ca_cert = (
@@ -210,7 +211,7 @@ class AuxRegistry:
         lines += self.auth_yaml
         return "\n".join(lines) + "\n"
 
-    def start(self, timeout: float = 20.0) -> "AuxRegistry":
+    def start(self, timeout: float = 20.0) -> AuxRegistry:
         binary = require_binary("docker-registry")
         os.makedirs(self.workdir, exist_ok=True)
         with open(self.config_path, "w") as f:
@@ -253,7 +254,7 @@ class AuxRegistry:
         stop_process(self.proc)
         self.proc = None
 
-    def __enter__(self) -> "AuxRegistry":
+    def __enter__(self) -> AuxRegistry:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -292,7 +293,7 @@ class TokenServer:
         self.issued: list[str] = []
         self.requests: list[dict[str, Any]] = []
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ocitest token signer")])
         cert = (
             x509.CertificateBuilder()
@@ -346,7 +347,7 @@ class TokenServer:
         signature = self._key.sign(signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
         return f"{signing_input}.{_b64url(signature)}"
 
-    def start(self) -> "TokenServer":
+    def start(self) -> TokenServer:
         server_self = self
         expected = "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
 

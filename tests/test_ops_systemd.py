@@ -47,7 +47,7 @@ def _units_with_real_twistd(directory: str) -> str:
     return out
 
 
-def test_units_pass_systemd_analyze_verify(tmp_path: "os.PathLike[str]") -> None:
+def test_units_pass_systemd_analyze_verify(tmp_path: os.PathLike[str]) -> None:
     analyze = require_binary("systemd-analyze")
     with open(os.path.join(SYSTEMD_DIR, "ocicache.service")) as f:
         service = f.read()
@@ -65,7 +65,7 @@ def test_units_pass_systemd_analyze_verify(tmp_path: "os.PathLike[str]") -> None
     assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout + result.stderr
 
 
-def test_verify_catches_a_broken_unit(tmp_path: "os.PathLike[str]") -> None:
+def test_verify_catches_a_broken_unit(tmp_path: os.PathLike[str]) -> None:
     """The check above can fail: a typo is reported."""
     analyze = require_binary("systemd-analyze")
     units = _units_with_real_twistd(str(tmp_path))
@@ -77,7 +77,7 @@ def test_verify_catches_a_broken_unit(tmp_path: "os.PathLike[str]") -> None:
 
 
 def test_serves_on_a_socket_from_systemd(
-    tmp_path: "os.PathLike[str]", hop: Hop, upstream: Registry
+    tmp_path: os.PathLike[str], hop: Hop, upstream: Registry
 ) -> None:
     activate = require_binary("systemd-socket-activate")
     workdir = str(tmp_path)

@@ -11,17 +11,16 @@ import hashlib
 import json
 import os
 import subprocess
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from ocicache import __version__
 from ocitest import free_port, http_request, require_binary
 from ocitest.daemon import Daemon, Upstream
 from ocitest.images import MEDIA
 from ocitest.registry import Registry
 from test_ops_support import PKI, AuxRegistry, make_pki
-
-from ocicache import __version__
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +38,7 @@ def _curl(*args: str) -> subprocess.CompletedProcess[bytes]:
 
 
 def test_serves_https_on_an_ssl_endpoint(
-    daemon_factory: Callable[..., Daemon], upstream: Registry, pki: PKI, tmp_path: "os.PathLike[str]"
+    daemon_factory: Callable[..., Daemon], upstream: Registry, pki: PKI, tmp_path: os.PathLike[str]
 ) -> None:
     port, tls_port = free_port(), free_port()
     daemon_factory(port=port, server_extra={"listen": [
@@ -70,7 +69,7 @@ def test_serves_https_on_an_ssl_endpoint(
 
 
 @pytest.fixture
-def tls_registry(tmp_path: "os.PathLike[str]", upstream: Registry, pki: PKI) -> Iterator[AuxRegistry]:
+def tls_registry(tmp_path: os.PathLike[str], upstream: Registry, pki: PKI) -> Iterator[AuxRegistry]:
     with AuxRegistry(os.path.join(str(tmp_path), "tls-registry"), upstream.storage, tls=pki) as registry:
         yield registry
 

@@ -22,9 +22,9 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from ocicache._web._site import DrainingSite
 from ocicache._ops._logging import JSONLineObserver, event_as_dict
 from ocicache._ops._metrics import ManifestTally, Metrics
+from ocicache._web._site import DrainingSite
 from test_ops_support import metric_value
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -194,8 +194,8 @@ class _Response:
 def test_upstream_ratelimit_gauge() -> None:
     from hyperlink import DecodedURL
 
-    from ocicache._spec._challenge import TokenCache
     from ocicache._ops._config import UpstreamConfig
+    from ocicache._spec._challenge import TokenCache
     from ocicache._upstream._client import Upstream, make_pool
 
     clock = MemoryReactorClock()

@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
 import pytest
 
 from ocicache._daemon import _tap

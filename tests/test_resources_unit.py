@@ -10,7 +10,8 @@ import errno
 import hashlib
 import json
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from twisted.internet.address import IPv4Address
@@ -19,13 +20,13 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from ocicache._cache._blobs import BlobLookup
-from ocicache._ops._config import parse_config
-from ocicache._spec._errors import RegistryError
 from ocicache._cache._download import Download, StoredFile
+from ocicache._ops._config import parse_config
 from ocicache._ops._metrics import Metrics
+from ocicache._spec._errors import RegistryError
 from ocicache._spec._reference import Digest
-from ocicache._web._resources import RootResource, Services
 from ocicache._storage._store import Kind, Store
+from ocicache._web._resources import RootResource, Services
 from ocitest.fakes import Reactor, SyncPool, run
 
 # -- plumbing

@@ -5,7 +5,7 @@ which endpoint, and the distribution-spec error for everything else.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import pytest
 

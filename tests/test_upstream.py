@@ -9,7 +9,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -18,8 +19,8 @@ from twisted.internet import reactor
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from ocicache._spec._challenge import TokenCache
 from ocicache._ops._config import Credentials, UpstreamConfig
+from ocicache._spec._challenge import TokenCache
 from ocicache._upstream._client import Upstream, make_pool
 
 BODY = b"layer bytes " * 1000

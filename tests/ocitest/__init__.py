@@ -22,7 +22,7 @@ import socket
 import subprocess
 import time
 import urllib.parse
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = [
     "REPO_ROOT",

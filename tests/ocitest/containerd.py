@@ -110,7 +110,7 @@ class Containerd:
             ]
         )
 
-    def start(self, timeout: float = 20.0) -> "Containerd":
+    def start(self, timeout: float = 20.0) -> Containerd:
         binary = require_binary("containerd")
         require_binary("ctr")
         os.makedirs(self.workdir, exist_ok=True)
@@ -158,7 +158,7 @@ class Containerd:
     def log_tail(self, lines: int = 60) -> str:
         return log_tail(self.log_path, lines)
 
-    def __enter__(self) -> "Containerd":
+    def __enter__(self) -> Containerd:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

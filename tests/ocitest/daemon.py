@@ -29,8 +29,9 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from . import SRC_ROOT, free_port, log_tail, spawn, stop_process, wait_for_http
 
@@ -197,7 +198,7 @@ class Daemon:
         except OSError:
             return False
 
-    def start(self, timeout: float = 20.0) -> "Daemon":
+    def start(self, timeout: float = 20.0) -> Daemon:
         os.makedirs(self.workdir, exist_ok=True)
         self.proc = spawn(twistd_command(self.config_path), self.log_path, self.workdir, self.env)
         try:
@@ -247,7 +248,7 @@ class Daemon:
     def log_tail(self, lines: int = 60) -> str:
         return log_tail(self.log_path, lines)
 
-    def __enter__(self) -> "Daemon":
+    def __enter__(self) -> Daemon:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -5,7 +5,7 @@ tests of the fan-out streamer and the resources.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure

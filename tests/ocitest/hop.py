@@ -130,7 +130,7 @@ class _Server(http.server.ThreadingHTTPServer):
     block_on_close = False
     allow_reuse_address = True
     request_queue_size = 128
-    hop: "Hop"
+    hop: Hop
 
     def process_request(self, request: Any, client_address: Any) -> None:
         self.hop._track(request)
@@ -200,7 +200,7 @@ class Hop:
     def running(self) -> bool:
         return self._server is not None
 
-    def start(self) -> "Hop":
+    def start(self) -> Hop:
         if self._server is not None:
             return self
         server = _Server(("127.0.0.1", self.port), _Handler)
@@ -234,7 +234,7 @@ class Hop:
             self._thread.join(5)
             self._thread = None
 
-    def __enter__(self) -> "Hop":
+    def __enter__(self) -> Hop:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

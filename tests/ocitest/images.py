@@ -44,8 +44,9 @@ import platform
 import random
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 __all__ = [
     "Blob",
@@ -182,7 +183,7 @@ class Blob:
         return d
 
     @classmethod
-    def from_bytes(cls, data: bytes, media_type: str) -> "Blob":
+    def from_bytes(cls, data: bytes, media_type: str) -> Blob:
         return cls(digest=sha256_digest(data), media_type=media_type, size=len(data), _data=data)
 
 
@@ -199,7 +200,7 @@ class Image:
     manifest_media_type: str
     manifest_digest: str
     blobs: list[Blob] = field(default_factory=list)
-    children: list["Image"] = field(default_factory=list)
+    children: list[Image] = field(default_factory=list)
     platform: dict[str, str] | None = None
 
     @property
@@ -222,7 +223,7 @@ class Image:
             return self.repo[len("library/"):]
         return self.repo
 
-    def manifests(self) -> list["Image"]:
+    def manifests(self) -> list[Image]:
         """
         Children first, then this one: the order to push them in.
         """
@@ -248,13 +249,13 @@ class Image:
                 return blob
         raise KeyError(digest)
 
-    def manifest_by_digest(self, digest: str) -> "Image":
+    def manifest_by_digest(self, digest: str) -> Image:
         for manifest in self.manifests():
             if manifest.manifest_digest == digest:
                 return manifest
         raise KeyError(digest)
 
-    def for_platform(self, arch: str, os_: str = "linux") -> "Image":
+    def for_platform(self, arch: str, os_: str = "linux") -> Image:
         """
         The child for one platform (this image itself if it is not an index).
         """

@@ -24,7 +24,7 @@ import http.client
 import os
 import subprocess
 import urllib.parse
-from typing import Iterable
+from collections.abc import Iterable
 
 from . import free_port, log_tail, require_binary, spawn, stop_process, wait_for_http
 from .images import Blob, Image
@@ -97,7 +97,7 @@ class Registry:
             lines += ["proxy:", f"  remoteurl: {self.proxy_remote}"]
         return "\n".join(lines) + "\n"
 
-    def start(self, timeout: float = 20.0) -> "Registry":
+    def start(self, timeout: float = 20.0) -> Registry:
         binary = require_binary("docker-registry")
         os.makedirs(self.storage, exist_ok=True)
         with open(self.config_path, "w") as f:
@@ -126,7 +126,7 @@ class Registry:
     def log_tail(self, lines: int = 60) -> str:
         return log_tail(self.log_path, lines)
 
-    def __enter__(self) -> "Registry":
+    def __enter__(self) -> Registry:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -11,13 +11,13 @@ the registry"), and the proof is remembered in the metadata database.
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .._storage._metadata import Metadata
 from .._spec._reference import Digest
+from .._storage._metadata import Metadata
 from .._upstream._client import Upstream
 
 __all__ = ["RepoAccess"]

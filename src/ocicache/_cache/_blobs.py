@@ -14,7 +14,7 @@ remembered.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from attrs import frozen
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -25,14 +25,14 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
 from .._spec._errors import RegistryError, error_for_response
-from ._access import RepoAccess
+from .._spec._reference import Digest
 from .._storage._capacity import Capacity
 from .._storage._disk import Disk
-from ._download import Download, Source, StoredFile
-from .._spec._reference import Digest
-from ._singleflight import SingleFlight
 from .._storage._store import Kind
 from .._upstream._client import Upstream, UpstreamUnavailable
+from ._access import RepoAccess
+from ._download import Download, Source, StoredFile
+from ._singleflight import SingleFlight
 
 __all__ = ["BlobLookup", "BlobService"]
 

@@ -25,7 +25,8 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import deque
-from typing import Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
@@ -464,7 +465,7 @@ class Download:
         if len(self._window) < LOW_WATER:
             self._resume_upstream()
 
-    def acquire(self) -> "Download":
+    def acquire(self) -> Download:
         self._users += 1
         return self
 
@@ -500,7 +501,7 @@ class Download:
             reader.data_arrived()
 
 
-def _write_batch(fd: int, hasher: "hashlib._Hash", batch: list[bytes]) -> tuple[int, OSError | None]:
+def _write_batch(fd: int, hasher: hashlib._Hash, batch: list[bytes]) -> tuple[int, OSError | None]:
     """
     Append C{batch} to C{fd} and hash it; runs in the disk thread.
     hashlib releases the GIL for large updates, so this runs beside the

@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from attrs import frozen
 from twisted.logger import Logger
 
-from ._access import RepoAccess
-from .._storage._disk import Disk
 from .._spec._errors import RegistryError, error_for_response
 from .._spec._reference import MANIFEST_MEDIA_TYPES, Digest
-from ._singleflight import SingleFlight
+from .._storage._disk import Disk
 from .._storage._store import Kind
 from .._upstream._client import Upstream, UpstreamUnavailable
+from ._access import RepoAccess
+from ._singleflight import SingleFlight
 
 __all__ = ["MAX_MANIFEST_SIZE", "Manifest", "ManifestService"]
 

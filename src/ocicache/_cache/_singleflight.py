@@ -9,7 +9,8 @@ never cancels the work that the others still wait for.
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable, Generic, Hashable, TypeVar
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
 
 from twisted.internet.defer import Deferred, ensureDeferred, fail
 from twisted.python.failure import Failure

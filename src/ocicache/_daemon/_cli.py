@@ -14,16 +14,17 @@ import json
 import os
 import sys
 import time
-from typing import Any, Sequence, TextIO
+from collections.abc import Sequence
+from typing import Any, TextIO
 
 from twisted.internet.defer import Deferred
 
-from .._storage._capacity import Capacity
 from .._ops._config import Config, ConfigError, load_config
+from .._spec._reference import Digest
+from .._storage._capacity import Capacity
 from .._storage._disk import Disk
 from .._storage._janitor import Janitor, verify_file
 from .._storage._metadata import Metadata
-from .._spec._reference import Digest
 from .._storage._store import Kind, Store
 from .._version import __version__
 

@@ -12,8 +12,8 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from attrs import field, frozen
 from hyperlink import DecodedURL

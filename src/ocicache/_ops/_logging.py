@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO, Any
 
 from twisted.logger import ILogObserver, LogEvent, Logger, formatEvent
@@ -67,7 +67,7 @@ def event_as_dict(event: LogEvent) -> dict[str, Any]:
     level = event.get("log_level")
     out: dict[str, Any] = {
         "time": (
-            datetime.fromtimestamp(when, tz=timezone.utc).isoformat(timespec="milliseconds")
+            datetime.fromtimestamp(when, tz=UTC).isoformat(timespec="milliseconds")
             if isinstance(when, (int, float)) else None
         ),
         "level": getattr(level, "name", "info"),

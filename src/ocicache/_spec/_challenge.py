@@ -19,7 +19,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from attrs import field, frozen
@@ -423,7 +423,7 @@ def _parse_rfc3339(text: str) -> float | None:
     except (ValueError, TypeError):
         return None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     try:
         return parsed.timestamp()
     except (OverflowError, OSError, ValueError):

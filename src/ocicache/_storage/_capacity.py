@@ -15,13 +15,13 @@ SQLite in batches by the janitor, never once per request or chunk.
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from twisted.logger import Logger
 
+from .._spec._reference import Digest
 from ._disk import Disk
 from ._eviction import S3FIFO
-from .._spec._reference import Digest
 from ._store import Kind
 
 __all__ = ["Capacity", "LOW_WATER"]

@@ -4,7 +4,8 @@ The cache on disk, as the services that use it share it.
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from attrs import frozen
 from twisted.internet.defer import Deferred

@@ -17,7 +17,7 @@ This is a pure data structure: it decides, callers delete.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Hashable, Iterable
+from collections.abc import Hashable, Iterable
 
 __all__ = ["S3FIFO"]
 

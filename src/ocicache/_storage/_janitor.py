@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Iterable, TypeVar
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from attrs import define
 from twisted.logger import Logger
 
+from .._spec._reference import Digest
 from ._capacity import Capacity
 from ._disk import Disk
-from .._spec._reference import Digest
 from ._store import Kind, Store
 
 __all__ = ["Janitor", "Report", "TAG_RETENTION", "verify_file"]

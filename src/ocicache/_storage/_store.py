@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterator
 from enum import Enum
-from typing import Iterator
 
 from .._spec._reference import Digest
 

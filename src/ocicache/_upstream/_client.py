@@ -12,27 +12,27 @@ from __future__ import annotations
 
 import base64
 import time
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from attrs import frozen
 from hyperlink import DecodedURL
 from treq.client import HTTPClient
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Protocol, connectionDone
-from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
-from twisted.web.http import PotentialDataLoss
 from twisted.internet.interfaces import IDelayedCall, IOpenSSLClientConnectionCreator, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
-from .._spec._challenge import Challenge, TokenCache, TokenKey, parse_token_response, parse_www_authenticate
 from .._ops._config import UpstreamConfig
 from .._ops._metrics import Metrics
+from .._spec._challenge import Challenge, TokenCache, TokenKey, parse_token_response, parse_www_authenticate
 from .._version import __version__
 
 __all__ = ["Upstream", "UpstreamUnavailable", "make_pool"]
@@ -354,7 +354,7 @@ class Upstream:
 
 def _basic(username: str, password: str) -> bytes:
     # RFC 7617 §2: base64 of user-id ":" password.
-    return b"Basic " + base64.b64encode(f"{username}:{password}".encode("utf-8"))
+    return b"Basic " + base64.b64encode(f"{username}:{password}".encode())
 
 
 def _describe(error: Exception) -> str:

@@ -13,7 +13,7 @@ thread, neither of which this daemon wants.
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource

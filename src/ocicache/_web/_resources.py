@@ -10,32 +10,31 @@ bytes as they arrive and as fast as its own client reads.
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from attrs import define
-from prometheus_client import Gauge
 from hyperlink import DecodedURL
+from prometheus_client import Gauge
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.server import Request
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 
 from .._cache._blobs import BlobService
-from .._ops._config import Config
-from .._spec._errors import RegistryError, error_for_response, render_error
 from .._cache._download import Streamer, WriteBudget
-from .._ops._logging import log_access
 from .._cache._manifests import ManifestService
+from .._ops._config import Config
+from .._ops._logging import log_access
 from .._ops._metrics import Metrics
+from .._spec._errors import RegistryError, error_for_response, render_error
 from .._spec._range import Unsatisfiable, parse_range
 from .._spec._reference import MANIFEST_MEDIA_TYPES, Digest, InvalidReference, validate_tag
-from ._routing import Endpoint, Route, read_only_error, route
 from .._upstream._client import Upstream, UpstreamUnavailable
 from .._version import __version__
+from ._routing import Endpoint, Route, read_only_error, route
 
 __all__ = ["RootResource", "Services"]
 

@@ -18,7 +18,7 @@ network.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from attrs import frozen
 

@@ -65,7 +65,7 @@ class _Channel(HTTPChannel):
     instead of waiting out their TLS handshake timeout.
     """
 
-    site: "DrainingSite"
+    site: DrainingSite
     _sniffed = False
     _rejected = False
 
