@@ -1,1 +1,7 @@
-"""TODO"""
+"""
+The cache on disk: the store of files, the SQLite metadata that describes
+them, the disk thread pool, capacity and S3-FIFO eviction, and the janitor
+that recovers, expires and cleans.
+
+May import: L{ocicache._spec}, L{ocicache._ops}.
+"""

@@ -1,1 +1,10 @@
-"""TODO"""
+"""
+The client for upstream registries: requests, redirects that never carry
+C{Authorization} to another origin, the registry token flow and its cache,
+TLS policy, and bounded, idle-timed body readers.
+
+It knows nothing of the cache: it returns responses and raises
+L{ocicache._upstream._errors.UpstreamError}s.
+
+May import: L{ocicache._spec}, L{ocicache._ops}.
+"""
