@@ -29,10 +29,15 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
 from ocicache._cache import _download as _fanout
-from ocicache._cache._download import Download, DownloadError, StoredFile, Streamer
+from ocicache._cache import _passthrough
+from ocicache._cache._download import Download
+from ocicache._cache._incoming import DownloadError
+from ocicache._cache._source import StoredFile
 from ocicache._spec._reference import Digest
 from ocicache._storage._store import Kind, Store
-from ocitest.fakes import Reactor, SyncPool, run
+from ocicache._web import _streamer
+from ocicache._web._streamer import Streamer
+from ocitest.fakes import Reactor, SyncPool, disk_of, run
 
 # -- the fake reactor and disk pools
 
@@ -235,7 +240,7 @@ def small_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
     do in production: several writes per turn, several turns, several
     batches.
     """
-    monkeypatch.setattr(_fanout, "CHUNK", 1000)
+    monkeypatch.setattr(_streamer, "CHUNK", 1000)
     monkeypatch.setattr(_fanout, "BATCH", 4000)
 
 
@@ -288,7 +293,7 @@ def test_consumers_at_different_speeds_each_get_every_byte(clock: Reactor, store
     download commits it as soon as the upstream is done.
     """
     data, digest = blob(50_000)
-    download = Download(clock, SyncPool(), store, digest, len(data))  # type: ignore[arg-type]
+    download = Download(disk_of(clock, SyncPool(), store), digest, len(data))
     upstream = UpstreamProducer()
     download.attach(upstream)
     fast, slow, idle = Client(clock), Client(clock, window=2500), Client(clock)
@@ -337,7 +342,7 @@ def test_consumers_at_different_speeds_each_get_every_byte(clock: Reactor, store
 @pytest.mark.parametrize("how", ["connection lost", "stopProducing"])
 def test_consumer_hanging_up_stops_nothing_else(clock: Reactor, store: Store, how: str) -> None:
     data, digest = blob(40_000, seed=1)
-    download = Download(clock, SyncPool(), store, digest, len(data))  # type: ignore[arg-type]
+    download = Download(disk_of(clock, SyncPool(), store), digest, len(data))
     upstream = UpstreamProducer()
     download.attach(upstream)
     stayer, leaver, other = Client(clock), Client(clock), Client(clock, window=5000)
@@ -377,7 +382,7 @@ def test_consumer_hanging_up_stops_nothing_else(clock: Reactor, store: Store, ho
 
 def test_late_joiner_starts_from_byte_zero(clock: Reactor, store: Store) -> None:
     data, digest = blob(30_000, seed=2)
-    download = Download(clock, SyncPool(), store, digest, len(data))  # type: ignore[arg-type]
+    download = Download(disk_of(clock, SyncPool(), store), digest, len(data))
     early = Client(clock)
     early.stream(download, 0, len(data), length=len(data))
     feed(download, data[:18_000], clock)
@@ -399,7 +404,7 @@ def test_late_joiner_starts_from_byte_zero(clock: Reactor, store: Store) -> None
 
 def test_ranges_within_and_beyond_the_written_part(clock: Reactor, store: Store) -> None:
     data, digest = blob(30_000, seed=3)
-    download = Download(clock, SyncPool(), store, digest, len(data))  # type: ignore[arg-type]
+    download = Download(disk_of(clock, SyncPool(), store), digest, len(data))
     feed(download, data[:12_000], clock)
 
     inside = Client(clock)
@@ -428,7 +433,7 @@ def test_ranges_within_and_beyond_the_written_part(clock: Reactor, store: Store)
 
 def test_unknown_size_streams_until_the_end(clock: Reactor, store: Store) -> None:
     data, digest = blob(25_000, seed=4)
-    download = Download(clock, SyncPool(), store, digest, None)  # type: ignore[arg-type]
+    download = Download(disk_of(clock, SyncPool(), store), digest, None)
     first = Client(clock)
     first.stream(download, 0, None)
     feed(download, data[:10_000], clock)
@@ -473,7 +478,7 @@ def assert_failed_cleanly(download: Download, store: Store, digest: Digest,
 
 def test_upstream_failure_aborts_every_unfinished_consumer(clock: Reactor, store: Store) -> None:
     data, digest = blob(40_000, seed=5)
-    download = Download(clock, SyncPool(), store, digest, len(data))  # type: ignore[arg-type]
+    download = Download(disk_of(clock, SyncPool(), store), digest, len(data))
     seen = outcome(download)
     upstream = UpstreamProducer()
     download.attach(upstream)
@@ -519,7 +524,7 @@ def test_upstream_failure_aborts_every_unfinished_consumer(clock: Reactor, store
 def test_digest_mismatch_aborts_everyone_and_commits_nothing(clock: Reactor, store: Store) -> None:
     data, _ = blob(30_000, seed=6)
     _, digest = blob(30_000, seed=7)
-    download = Download(clock, SyncPool(), store, digest, len(data))  # type: ignore[arg-type]
+    download = Download(disk_of(clock, SyncPool(), store), digest, len(data))
     seen = outcome(download)
     clients = [Client(clock), Client(clock, window=4000)]
     for client in clients:
@@ -539,7 +544,7 @@ def test_digest_mismatch_aborts_everyone_and_commits_nothing(clock: Reactor, sto
 
 def test_short_body_aborts_everyone_and_commits_nothing(clock: Reactor, store: Store) -> None:
     data, digest = blob(30_000, seed=8)
-    download = Download(clock, SyncPool(), store, digest, len(data))  # type: ignore[arg-type]
+    download = Download(disk_of(clock, SyncPool(), store), digest, len(data))
     seen = outcome(download)
     client = Client(clock)
     client.stream(download, 0, len(data), length=len(data))
@@ -556,7 +561,7 @@ def test_short_body_aborts_everyone_and_commits_nothing(clock: Reactor, store: S
 
 def test_more_bytes_than_declared_fails(clock: Reactor, store: Store) -> None:
     data, digest = blob(20_000, seed=9)
-    download = Download(clock, SyncPool(), store, digest, len(data))  # type: ignore[arg-type]
+    download = Download(disk_of(clock, SyncPool(), store), digest, len(data))
     seen = outcome(download)
     upstream = UpstreamProducer()
     download.attach(upstream)
@@ -574,7 +579,7 @@ def test_more_bytes_than_declared_fails(clock: Reactor, store: Store) -> None:
 
 def test_more_bytes_than_declared_after_the_last_write_fails(clock: Reactor, store: Store) -> None:
     data, digest = blob(20_000, seed=10)
-    download = Download(clock, SyncPool(), store, digest, len(data))  # type: ignore[arg-type]
+    download = Download(disk_of(clock, SyncPool(), store), digest, len(data))
     seen = outcome(download)
     feed(download, data, clock)
     download.write(b"x")
@@ -590,7 +595,7 @@ def test_more_bytes_than_declared_fails_even_with_a_write_in_flight(clock: React
     """
     data, digest = blob(3_000, seed=11)
     pool = ManualPool()
-    download = Download(clock, pool, store, digest, len(data))  # type: ignore[arg-type]
+    download = Download(disk_of(clock, pool, store), digest, len(data))
     upstream = UpstreamProducer()
     download.attach(upstream)
     download.write(data)
@@ -604,7 +609,7 @@ def test_failure_during_a_disk_write_removes_the_temp_file_afterwards(
         clock: Reactor, store: Store) -> None:
     data, digest = blob(5_000, seed=13)
     pool = ManualPool()
-    download = Download(clock, pool, store, digest, len(data))  # type: ignore[arg-type]
+    download = Download(disk_of(clock, pool, store), digest, len(data))
     seen = outcome(download)
     client = Client(clock)
     client.stream(download, 0, len(data), length=len(data))
@@ -627,7 +632,7 @@ def test_commit_failure_lets_readers_finish_but_keeps_nothing(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(store, "commit", cannot_commit)
-    download = Download(clock, SyncPool(), store, digest, len(data))  # type: ignore[arg-type]
+    download = Download(disk_of(clock, SyncPool(), store), digest, len(data))
     seen = outcome(download)
     client = Client(clock, window=4000)
     client.stream(download, 0, len(data), length=len(data))
@@ -652,7 +657,7 @@ def test_unknown_size_failure_aborts_without_terminating_the_chunks(
         clock: Reactor, store: Store) -> None:
     data, _ = blob(10_000, seed=16)
     _, digest = blob(10_000, seed=17)
-    download = Download(clock, SyncPool(), store, digest, None)  # type: ignore[arg-type]
+    download = Download(disk_of(clock, SyncPool(), store), digest, None)
     seen = outcome(download)
     client = Client(clock)
     client.stream(download, 0, None)
@@ -673,7 +678,7 @@ def test_settled_fails_for_observers(clock: Reactor, store: Store) -> None:
     see the failure, not C{None}.
     """
     data, digest = blob(1_000, seed=18)
-    download = Download(clock, SyncPool(), store, digest, len(data))  # type: ignore[arg-type]
+    download = Download(disk_of(clock, SyncPool(), store), digest, len(data))
     seen = outcome(download)
     download.fail(Failure(ConnectionLost("upstream went away")))
     assert len(seen) == 1
@@ -682,7 +687,7 @@ def test_settled_fails_for_observers(clock: Reactor, store: Store) -> None:
 
 def test_settled_fires_with_the_committed_path(clock: Reactor, store: Store) -> None:
     data, digest = blob(1_000, seed=19)
-    download = Download(clock, SyncPool(), store, digest, len(data))  # type: ignore[arg-type]
+    download = Download(disk_of(clock, SyncPool(), store), digest, len(data))
     seen = outcome(download)
     download.write(data)
     download.finish()
@@ -698,7 +703,7 @@ def test_full_body_is_not_finished_before_it_is_verified(clock: Reactor, store: 
     """
     data, _ = blob(10_000, seed=20)
     _, digest = blob(10_000, seed=21)
-    download = Download(clock, SyncPool(), store, digest, len(data))  # type: ignore[arg-type]
+    download = Download(disk_of(clock, SyncPool(), store), digest, len(data))
     seen = outcome(download)
     client = Client(clock)
     client.stream(download, 0, len(data), length=len(data))
@@ -721,7 +726,7 @@ def test_empty_body_is_not_finished_before_it_is_verified(clock: Reactor, store:
     check rather than get a complete-looking empty blob.
     """
     _, digest = blob(100, seed=35)
-    download = Download(clock, SyncPool(), store, digest, 0)  # type: ignore[arg-type]
+    download = Download(disk_of(clock, SyncPool(), store), digest, 0)
     seen = outcome(download)
     client = Client(clock)
     client.stream(download, 0, 0, length=0)
@@ -735,7 +740,7 @@ def test_empty_body_is_not_finished_before_it_is_verified(clock: Reactor, store:
 
 def test_empty_blob_is_served_once_verified(clock: Reactor, store: Store) -> None:
     data, digest = blob(0)
-    download = Download(clock, SyncPool(), store, digest, 0)  # type: ignore[arg-type]
+    download = Download(disk_of(clock, SyncPool(), store), digest, 0)
     client = Client(clock)
     client.stream(download, 0, 0, length=0)
     download.finish()
@@ -747,7 +752,7 @@ def test_empty_blob_is_served_once_verified(clock: Reactor, store: Store) -> Non
 
 def test_full_body_is_finished_once_verified(clock: Reactor, store: Store) -> None:
     data, digest = blob(10_000, seed=27)
-    download = Download(clock, SyncPool(), store, digest, len(data))  # type: ignore[arg-type]
+    download = Download(disk_of(clock, SyncPool(), store), digest, len(data))
     client = Client(clock)
     client.stream(download, 0, len(data), length=len(data))
     feed(download, data, clock)
@@ -766,7 +771,7 @@ def test_commit_declined_by_before_commit_keeps_nothing(clock: Reactor, store: S
         asked.append((d, size))
         return False
 
-    download = Download(clock, SyncPool(), store, digest, None, before_commit=no_room)  # type: ignore[arg-type]
+    download = Download(disk_of(clock, SyncPool(), store), digest, None, before_commit=no_room)
     seen = outcome(download)
     client = Client(clock)
     client.stream(download, 0, None)
@@ -788,7 +793,7 @@ def test_before_commit_error_keeps_nothing_but_serves(clock: Reactor, store: Sto
     async def broken(d: Digest, size: int) -> bool:
         raise RuntimeError("the metadata database is gone")
 
-    download = Download(clock, SyncPool(), store, digest, len(data), before_commit=broken)  # type: ignore[arg-type]
+    download = Download(disk_of(clock, SyncPool(), store), digest, len(data), before_commit=broken)
     seen = outcome(download)
     client = Client(clock)
     client.stream(download, 0, len(data), length=len(data))
@@ -809,7 +814,7 @@ def test_failing_a_download_that_is_committing_is_ignored(clock: Reactor, store:
     """
     data, digest = blob(4_000, seed=30)
     pool = ManualPool()
-    download = Download(clock, pool, store, digest, len(data))  # type: ignore[arg-type]
+    download = Download(disk_of(clock, pool, store), digest, len(data))
     seen = outcome(download)
     download.write(data)
     download.finish()
@@ -863,7 +868,7 @@ def test_disk_failure_turns_the_download_into_a_pass_through(
     data, digest = blob(30_000, seed=31)
     calls = failing_disk(monkeypatch, from_call=2, chunks_written=1, partial=partial)
     errors: list[OSError] = []
-    download = Download(clock, SyncPool(), store, digest, len(data),  # type: ignore[arg-type]
+    download = Download(disk_of(clock, SyncPool(), store), digest, len(data),
                         on_disk_error=errors.append)
     seen = outcome(download)
     upstream = UpstreamProducer()
@@ -907,7 +912,7 @@ def test_pass_through_still_verifies_the_digest(
     data, _ = blob(12_000, seed=32)
     _, digest = blob(12_000, seed=33)
     failing_disk(monkeypatch, from_call=1)
-    download = Download(clock, SyncPool(), store, digest, len(data))  # type: ignore[arg-type]
+    download = Download(disk_of(clock, SyncPool(), store), digest, len(data))
     seen = outcome(download)
     client = Client(clock)
     client.stream(download, 0, len(data), length=len(data))
@@ -927,11 +932,11 @@ def test_pass_through_window_pauses_the_upstream_for_the_slowest_client(
     them: the upstream is paused while that window is full, and resumed
     once the slowest client reads (or leaves).
     """
-    monkeypatch.setattr(_fanout, "HIGH_WATER", 3_000)
-    monkeypatch.setattr(_fanout, "LOW_WATER", 1_000)
+    monkeypatch.setattr(_passthrough, "HIGH_WATER", 3_000)
+    monkeypatch.setattr(_passthrough, "LOW_WATER", 1_000)
     data, digest = blob(12_000, seed=34)
     failing_disk(monkeypatch, from_call=1)
-    download = Download(clock, SyncPool(), store, digest, len(data))  # type: ignore[arg-type]
+    download = Download(disk_of(clock, SyncPool(), store), digest, len(data))
     seen = outcome(download)
     upstream = UpstreamProducer()
     download.attach(upstream)
@@ -978,7 +983,7 @@ def test_upstream_is_paused_at_high_water_and_resumed_below_low_water(
     monkeypatch.setattr(_fanout, "BATCH", 200)
     data, digest = blob(1_500, seed=22)
     pool = ManualPool()
-    download = Download(clock, pool, store, digest, len(data))  # type: ignore[arg-type]
+    download = Download(disk_of(clock, pool, store), digest, len(data))
     upstream = UpstreamProducer()
     download.attach(upstream)
     pieces = [data[i:i + 100] for i in range(0, len(data), 100)]
@@ -1088,7 +1093,7 @@ def test_hanging_up_releases_the_download_for_the_last_user(clock: Reactor, stor
     and is closed by the last one to leave.
     """
     data, digest = blob(10_000, seed=26)
-    download = Download(clock, SyncPool(), store, digest, len(data))  # type: ignore[arg-type]
+    download = Download(disk_of(clock, SyncPool(), store), digest, len(data))
     reader = Client(clock)
     reader.stream(download, 0, len(data), length=len(data))
     reader.pause()

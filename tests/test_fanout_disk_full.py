@@ -20,10 +20,11 @@ import pytest
 from twisted.python.failure import Failure
 
 from ocicache._cache import _download as _fanout
-from ocicache._cache._download import HIGH_WATER, Download
+from ocicache._cache._download import Download
+from ocicache._cache._passthrough import HIGH_WATER
 from ocicache._spec._reference import Digest
 from ocicache._storage._store import Kind, Store
-from ocitest.fakes import SyncPool
+from ocitest.fakes import SyncPool, disk_of
 
 
 class _Now:
@@ -110,7 +111,7 @@ def test_readers_get_every_byte_and_nothing_is_committed(
     body = _body(12 << 20)
     digest = Digest("sha256", hashlib.sha256(body).hexdigest())
     errors: list[OSError] = []
-    download = Download(_Now(), SyncPool(), store, digest, len(body),  # type: ignore[arg-type]
+    download = Download(disk_of(_Now(), SyncPool(), store), digest, len(body),
                         on_disk_error=errors.append)
     readers = [_Reader(download) for _ in range(3)]
     full_after(5 << 20)
@@ -137,7 +138,7 @@ def test_the_window_is_bounded_by_the_slowest_reader(
     store.prepare()
     body = _body(3 * HIGH_WATER)
     digest = Digest("sha256", hashlib.sha256(body).hexdigest())
-    download = Download(_Now(), SyncPool(), store, digest, len(body))  # type: ignore[arg-type]
+    download = Download(disk_of(_Now(), SyncPool(), store), digest, len(body))
     producer = _Producer()
     download.attach(producer)
     fast = _Reader(download)
@@ -149,7 +150,7 @@ def test_the_window_is_bounded_by_the_slowest_reader(
         download.write(body[offset:offset + (256 << 10)])
         offset += 256 << 10
     assert producer.paused and offset < len(body)
-    assert len(download._window) <= HIGH_WATER + (256 << 10)
+    assert download._spill is not None and len(download._spill._window) <= HIGH_WATER + (256 << 10)
     # The slow reader catches up: the window is trimmed, the upstream resumes.
     slow.drain()
     assert not producer.paused
@@ -169,7 +170,7 @@ def test_a_bad_digest_in_passthrough_cuts_the_readers(
     store.prepare()
     body = _body(4 << 20)
     wrong = Digest("sha256", hashlib.sha256(b"something else").hexdigest())
-    download = Download(_Now(), SyncPool(), store, wrong, len(body))  # type: ignore[arg-type]
+    download = Download(disk_of(_Now(), SyncPool(), store), wrong, len(body))
     reader = _Reader(download)
     full_after(1 << 20)
     failures: list[Failure] = []

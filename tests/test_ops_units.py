@@ -195,7 +195,7 @@ def test_upstream_ratelimit_gauge() -> None:
     from hyperlink import DecodedURL
 
     from ocicache._ops._config import UpstreamConfig
-    from ocicache._spec._challenge import TokenCache
+    from ocicache._upstream._tokens import TokenCache
     from ocicache._upstream._client import Upstream, make_pool
 
     clock = MemoryReactorClock()

@@ -9,8 +9,8 @@ import hashlib
 import attrs
 import pytest
 
+from ocicache._spec._media_types import MANIFEST_MEDIA_TYPES
 from ocicache._spec._reference import (
-    MANIFEST_MEDIA_TYPES,
     Digest,
     InvalidDigest,
     InvalidName,

@@ -20,14 +20,15 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from ocicache._cache._blobs import BlobLookup
-from ocicache._cache._download import Download, StoredFile
+from ocicache._cache._download import Download
+from ocicache._cache._source import StoredFile
 from ocicache._ops._config import parse_config
 from ocicache._ops._metrics import Metrics
 from ocicache._spec._errors import RegistryError
 from ocicache._spec._reference import Digest
 from ocicache._storage._store import Kind, Store
 from ocicache._web._resources import RootResource, Services
-from ocitest.fakes import Reactor, SyncPool, run
+from ocitest.fakes import Reactor, SyncPool, disk_of, run
 
 # -- plumbing
 
@@ -324,7 +325,7 @@ def test_empty_blob_with_a_suffix_range(server: Server) -> None:
 def test_blob_from_a_download_that_fails_is_cut(server: Server) -> None:
     data = DATA
     digest = Digest("sha256", hashlib.sha256(data).hexdigest())
-    download = Download(server.clock, SyncPool(), server.store, digest, len(data))  # type: ignore[arg-type]
+    download = Download(disk_of(server.clock, SyncPool(), server.store), digest, len(data))
     seen: list[object] = []
     download.settled.addBoth(seen.append)
     server.blobs.sources[str(digest)] = lambda: (download.acquire(), "miss")
@@ -345,7 +346,7 @@ def test_blob_from_a_download_that_fails_is_cut(server: Server) -> None:
 def test_blob_from_a_download_of_unknown_size_is_chunked(server: Server) -> None:
     data = DATA
     digest = Digest("sha256", hashlib.sha256(data).hexdigest())
-    download = Download(server.clock, SyncPool(), server.store, digest, None)  # type: ignore[arg-type]
+    download = Download(disk_of(server.clock, SyncPool(), server.store), digest, None)
     server.blobs.sources[str(digest)] = lambda: (download.acquire(), "miss")
     # A Range cannot be honoured without the length: the whole blob, 200.
     transport, _ = server.request("GET", f"/v2/library/alpine/blobs/{digest}", {"Range": "bytes=5-"})

@@ -12,7 +12,8 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 
-from ocicache._cache._download import CHUNK, MIN_CHUNK, StoredFile, Streamer
+from ocicache._cache._source import StoredFile
+from ocicache._web._streamer import CHUNK, MIN_CHUNK, Streamer
 
 
 class _Request:
@@ -89,7 +90,7 @@ def test_a_client_that_speeds_up_gets_large_writes_again(tmp_path: Any) -> None:
 
 
 def test_the_write_budget_is_shared_by_all_streams(tmp_path: Any) -> None:
-    from ocicache._cache._download import WriteBudget
+    from ocicache._web._streamer import WriteBudget
 
     budget = WriteBudget(16 << 20)
     assert budget.share == CHUNK

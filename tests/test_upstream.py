@@ -20,8 +20,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from ocicache._ops._config import Credentials, UpstreamConfig
-from ocicache._spec._challenge import TokenCache
 from ocicache._upstream._client import Upstream, make_pool
+from ocicache._upstream._tokens import TokenCache
 
 BODY = b"layer bytes " * 1000
 DIGEST = "sha256:" + hashlib.sha256(BODY).hexdigest()
@@ -158,7 +158,7 @@ async def test_bearer_token_flow_fetches_once_and_reuses_the_token(servers: Any)
 
 @pytest_twisted.ensureDeferred
 async def test_an_unreachable_upstream_is_a_clean_error(servers: Any) -> None:
-    from ocicache._upstream._client import UpstreamUnavailable
+    from ocicache._upstream._errors import UpstreamUnavailable
 
     upstream = _upstream("http://127.0.0.1:1")
     with pytest.raises(UpstreamUnavailable) as raised:
@@ -170,7 +170,7 @@ async def test_an_unreachable_upstream_is_a_clean_error(servers: Any) -> None:
 async def test_a_stalled_small_body_times_out(servers: Any) -> None:
     from twisted.web.server import NOT_DONE_YET
 
-    from ocicache._upstream._client import UpstreamUnavailable
+    from ocicache._upstream._errors import UpstreamUnavailable
 
     stalled = []
 

@@ -6,11 +6,18 @@ tests of the fan-out streamer and the resources.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
-__all__ = ["Reactor", "SyncPool", "run"]
+from ocicache._storage._disk import Disk
+from ocicache._storage._metadata import Metadata
+from ocicache._storage._store import Store
+
+__all__ = ["Reactor", "SyncPool", "disk_of", "run"]
 
 
 class Reactor(MemoryReactorClock):
@@ -46,3 +53,11 @@ class SyncPool:
             onResult(False, Failure())
         else:
             onResult(True, result)
+
+
+def disk_of(reactor: object, pool: object, store: Store) -> Disk:
+    """
+    A L{Disk} over fakes: what a L{Download} needs (a clock, a pool whose
+    work runs when the test says, the store), without a database.
+    """
+    return Disk(cast(IReactorTime, reactor), store, cast(Metadata, None), cast(ThreadPool, pool))

@@ -58,7 +58,8 @@ class RepoAccess:
     ) -> None:
         """
         Return if C{repo} may read C{digest}; raise the upstream's refusal
-        (a L{RegistryError}) if it may not.
+        (an L{ocicache._upstream._errors.UpstreamError} or a not-found
+        error) if it may not.
         """
         key = (str(digest), upstream.name, repo)
         if key in self._known:

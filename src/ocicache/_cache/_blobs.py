@@ -17,22 +17,24 @@ import time
 from collections.abc import Callable
 
 from attrs import frozen
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
-from twisted.web.http import PotentialDataLoss
 
-from .._spec._errors import RegistryError, error_for_response
 from .._spec._reference import Digest
 from .._storage._capacity import Capacity
 from .._storage._disk import Disk
 from .._storage._store import Kind
-from .._upstream._client import Upstream, UpstreamUnavailable
+from .._upstream._body import BodyReceiver
+from .._upstream._client import Upstream
+from .._upstream._errors import UpstreamUnavailable, answer_error
 from ._access import RepoAccess
-from ._download import Download, Source, StoredFile
+from ._download import Download
+from ._errors import BlobUnknown
+from ._passthrough import PassThrough
+from ._result import CacheResult
 from ._singleflight import SingleFlight
+from ._source import Source, StoredFile
 
 __all__ = ["BlobLookup", "BlobService"]
 
@@ -45,13 +47,13 @@ IDLE_TIMEOUT = 60.0
 @frozen
 class BlobLookup:
     """
-    What a client will be sent: the bytes, and where they came from.
-    C{result} is C{hit}, C{miss} (this request started the download) or
-    C{coalesced} (it joined one in flight).
+    What a client will be sent: the bytes, and where they came from
+    (a hit, a miss that started the download, or a request that joined
+    one in flight).
     """
 
     source: Source
-    result: str
+    result: CacheResult
 
 
 class BlobService:
@@ -74,7 +76,7 @@ class BlobService:
         self._capacity = capacity
         self._on_upstream_bytes = on_upstream_bytes
         self._disk_failing = False
-        self._starting: SingleFlight[Digest, Download] = SingleFlight()
+        self._starting: SingleFlight[Digest, Download | PassThrough] = SingleFlight()
         self.inflight: dict[Digest, Download] = {}
 
     async def lookup(self, upstream: Upstream, repo: str, digest: Digest) -> BlobLookup:
@@ -87,7 +89,7 @@ class BlobService:
                 source.release()
                 raise
             self._capacity.accessed(digest)
-            return BlobLookup(source, "hit")
+            return BlobLookup(source, CacheResult.HIT)
         download = self.inflight.get(digest)
         if download is not None and not download.passthrough:
             download.acquire()
@@ -96,19 +98,19 @@ class BlobService:
             except BaseException:
                 download.release()
                 raise
-            return BlobLookup(download, "coalesced")
+            return BlobLookup(download, CacheResult.COALESCED)
         starting, joined = self._starting.call(
             digest, lambda: self._start(upstream, repo, digest)
         )
-        download = await starting
-        download.acquire()
+        started = await starting
+        started.acquire()
         if joined:
             try:
                 await self._authorize(upstream, repo, digest)
             except BaseException:
-                download.release()
+                started.release()
                 raise
-        return BlobLookup(download, "coalesced" if joined else "miss")
+        return BlobLookup(started, CacheResult.COALESCED if joined else CacheResult.MISS)
 
     async def head(self, upstream: Upstream, repo: str, digest: Digest) -> int:
         """
@@ -131,46 +133,44 @@ class BlobService:
         await self._access.check(upstream, repo, digest, prove)
 
     async def _upstream_head(self, upstream: Upstream, repo: str, digest: Digest) -> int:
-        try:
-            response = await upstream.blob("HEAD", repo, str(digest))
-        except UpstreamUnavailable as e:
-            raise RegistryError("UPSTREAM_UNAVAILABLE", str(e), status=502) from None
+        response = await upstream.blob("HEAD", repo, str(digest))
         if response.code != 200:
-            raise error_for_response(response, "BLOB_UNKNOWN", f"blob {digest} is unknown to {upstream.name}/{repo}")
+            raise answer_error(response, self._unknown(upstream, repo, digest))
         length = response.headers.getRawHeaders(b"content-length", [None])[0]
         if length is None or not length.isdigit():
-            raise RegistryError("UPSTREAM_UNAVAILABLE", f"{upstream.name} sent no blob length", status=502)
+            raise UpstreamUnavailable(f"{upstream.name} sent no blob length")
         return int(length)
 
-    async def _start(self, upstream: Upstream, repo: str, digest: Digest) -> Download:
+    def _unknown(self, upstream: Upstream, repo: str, digest: Digest) -> BlobUnknown:
+        return BlobUnknown(f"blob {digest} is unknown to {upstream.name}/{repo}")
+
+    async def _start(self, upstream: Upstream, repo: str, digest: Digest) -> Download | PassThrough:
         """
         Ask the upstream for the blob and, once it answers 200, start
         writing its body: the returned download grows while clients read.
         """
-        try:
-            response = await upstream.blob("GET", repo, str(digest))
-        except UpstreamUnavailable as e:
-            raise RegistryError("UPSTREAM_UNAVAILABLE", str(e), status=502) from None
+        response = await upstream.blob("GET", repo, str(digest))
         if response.code != 200:
-            error = error_for_response(response, "BLOB_UNKNOWN", f"blob {digest} is unknown to {upstream.name}/{repo}")
-            response.deliverBody(_Discard())
-            raise error
+            await upstream.discard(response)
+            raise answer_error(response, self._unknown(upstream, repo, digest))
         size = response.length if isinstance(response.length, int) else None
+        count = lambda n: self._on_upstream_bytes(upstream.name, n)  # noqa: E731
         try:
             download = Download(
-                self._reactor, self._disk.pool, self._store, digest, size,
-                before_commit=self._before_commit, on_disk_error=self._disk_error,
+                self._disk, digest, size, before_commit=self._before_commit, on_disk_error=self._disk_error,
             )
         except OSError as e:
-            # Not even a temp file: the cache dir is gone or full.
-            response.deliverBody(_Discard())
+            # Not even a temp file: the cache dir is gone, full or
+            # read-only.  This client is still served, from memory.
             self._disk_error(e)
-            raise RegistryError("UPSTREAM_UNAVAILABLE", "the cache cannot store blobs now", status=503) from None
+            passing = PassThrough(digest, size)
+            passing.settled.addErrback(self._passed, digest, upstream.name, repo)
+            response.deliverBody(_BodyWriter(passing, self._reactor, count))
+            return passing
         self.inflight[digest] = download
         self._access.note(upstream, repo, digest)
         download.settled.addBoth(self._settled, digest, download, upstream.name, repo)
-        counted = lambda count: self._on_upstream_bytes(upstream.name, count)  # noqa: E731
-        response.deliverBody(_BodyWriter(download, self._reactor, counted))
+        response.deliverBody(_BodyWriter(download, self._reactor, count))
         return download
 
     async def _before_commit(self, digest: Digest, size: int) -> bool:
@@ -188,6 +188,10 @@ class BlobService:
             self._disk_failing = True
             log.error("The cache disk is failing ({error}); serving pass-through until it recovers",
                       error=str(error))
+
+    def _passed(self, failure: Failure, digest: Digest, upstream: str, repo: str) -> None:
+        log.warn("Pass-through of {digest} from {upstream}/{repo} failed: {error}",
+                 digest=str(digest), upstream=upstream, repo=repo, error=failure.getErrorMessage())
 
     def _settled(self, result: str | None | Failure, digest: Digest, download: Download,
                  upstream: str, repo: str) -> None:
@@ -208,52 +212,31 @@ class BlobService:
         self._metadata.put_blob(str(digest), size, time.time()).addErrback(_log_failure, "record blob")
 
 
-class _BodyWriter(Protocol):
+class _BodyWriter(BodyReceiver):
     """
     Feeds an upstream body into a L{Download}, and fails it when the body
-    stops arriving for L{IDLE_TIMEOUT} seconds: a 2 GiB layer may take as
-    long as it needs, but not forever without a byte.
+    stops arriving for L{IDLE_TIMEOUT} seconds.
     """
 
-    def __init__(self, download: Download, reactor: IReactorTime, counted: Callable[[int], None]) -> None:
+    def __init__(self, download: Download | PassThrough, reactor: IReactorTime,
+                 counted: Callable[[int], None]) -> None:
+        super().__init__(reactor, IDLE_TIMEOUT)
         self._download = download
-        self._reactor = reactor
         self._counted = counted
-        self._idle: IDelayedCall | None = None
 
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self._download.attach(self.transport)  # type: ignore[arg-type]
-        self._idle = self._reactor.callLater(IDLE_TIMEOUT, self._timed_out)
+    def started(self) -> None:
+        self._download.attach(self.producer)
 
-    def dataReceived(self, data: bytes) -> None:
-        if self._idle is not None and self._idle.active():
-            self._idle.reset(IDLE_TIMEOUT)
+    def received(self, data: bytes) -> None:
         self._counted(len(data))
         self._download.write(data)
 
-    def _timed_out(self) -> None:
-        self._idle = None
-        self._download.fail(Failure(UpstreamUnavailable(
-            f"no data from upstream for {IDLE_TIMEOUT:.0f}s")))
+    def ended(self) -> None:
+        self._download.finish()
 
-    def connectionLost(self, reason: Failure = ResponseDone()) -> None:  # type: ignore[assignment]
-        if self._idle is not None and self._idle.active():
-            self._idle.cancel()
-        self._idle = None
-        if reason.check(ResponseDone, PotentialDataLoss):
-            # PotentialDataLoss: a body without a length ended by closing;
-            # the digest check decides whether it is whole.
-            self._download.finish()
-        else:
-            self._download.fail(reason)
-
-
-class _Discard(Protocol):
-    def dataReceived(self, data: bytes) -> None:
-        pass
+    def failed(self, reason: Failure) -> None:
+        self._download.fail(reason)
 
 
 def _log_failure(failure: Failure, what: str) -> None:
     log.failure("Could not {what}", failure, what=what)
-

@@ -13,18 +13,20 @@ warning in the log.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Awaitable, Callable, Sequence
 
 from attrs import frozen
 from twisted.logger import Logger
 
-from .._spec._errors import RegistryError, error_for_response
-from .._spec._reference import MANIFEST_MEDIA_TYPES, Digest
+from .._spec._media_types import MANIFEST_MEDIA_TYPES, manifest_media_type
+from .._spec._reference import Digest
 from .._storage._disk import Disk
 from .._storage._store import Kind
-from .._upstream._client import Upstream, UpstreamUnavailable
+from .._upstream._client import Upstream
+from .._upstream._errors import UpstreamUnavailable, answer_error
 from ._access import RepoAccess
+from ._errors import DigestMismatch, ManifestTooLarge, ManifestUnknown
+from ._result import CacheResult
 from ._singleflight import SingleFlight
 
 __all__ = ["MAX_MANIFEST_SIZE", "Manifest", "ManifestService"]
@@ -45,12 +47,11 @@ class Manifest:
 @frozen
 class ManifestLookup:
     """
-    A manifest and how it was found: C{hit}, C{miss}, C{coalesced} or
-    C{stale}.
+    A manifest and how it was found.
     """
 
     manifest: Manifest
-    result: str
+    result: CacheResult
 
 
 class ManifestService:
@@ -81,9 +82,9 @@ class ManifestService:
         stored = await self._stored(digest)
         if stored is not None:
             await self._access.check(upstream, repo, digest, self._prove(upstream, repo, digest))
-            return ManifestLookup(stored, "hit")
+            return ManifestLookup(stored, CacheResult.HIT)
         manifest, joined = await self._fetch(upstream, repo, digest, accept)
-        return ManifestLookup(manifest, "coalesced" if joined else "miss")
+        return ManifestLookup(manifest, CacheResult.COALESCED if joined else CacheResult.MISS)
 
     async def _by_tag(
         self, upstream: Upstream, repo: str, tag: str, accept: Sequence[str]
@@ -92,20 +93,20 @@ class ManifestService:
         stored = await self._stored(Digest.parse(row.digest)) if row is not None else None
         if row is None or stored is None:
             manifest, joined = await self._fetch(upstream, repo, tag, accept)
-            return ManifestLookup(manifest, "coalesced" if joined else "miss")
+            return ManifestLookup(manifest, CacheResult.COALESCED if joined else CacheResult.MISS)
         if self._reactor.seconds() - row.checked_at < self._tag_ttl(upstream):
-            return ManifestLookup(stored, "hit")
+            return ManifestLookup(stored, CacheResult.HIT)
         try:
             current = await self._revalidate(upstream, repo, tag, accept)
         except UpstreamUnavailable as e:
             log.warn("Serving stale {upstream}/{repo}:{tag}: {error}",
                      upstream=upstream.name, repo=repo, tag=tag, error=str(e))
-            return ManifestLookup(stored, "stale")
+            return ManifestLookup(stored, CacheResult.STALE)
         if current == stored.digest:
             await self._metadata.put_tag(upstream.name, repo, tag, str(current), self._reactor.seconds())
-            return ManifestLookup(stored, "hit")
+            return ManifestLookup(stored, CacheResult.HIT)
         manifest, joined = await self._fetch(upstream, repo, tag, accept)
-        return ManifestLookup(manifest, "coalesced" if joined else "miss")
+        return ManifestLookup(manifest, CacheResult.COALESCED if joined else CacheResult.MISS)
 
     async def _revalidate(
         self, upstream: Upstream, repo: str, tag: str, accept: Sequence[str]
@@ -117,14 +118,13 @@ class ManifestService:
         caller turns into a stale hit.
         """
         response = await upstream.manifest("HEAD", repo, tag, accept)
-        await upstream.read_body(response, 0, discard=True)
+        await upstream.discard(response)
         if response.code >= 500 or response.code == 429:
             raise UpstreamUnavailable(f"{upstream.name} answered {response.code}")
         if response.code == 404:
             await self._metadata.delete_tag(upstream.name, repo, tag)
-            raise RegistryError("MANIFEST_UNKNOWN", f"{repo}:{tag} is not known to {upstream.name}")
         if response.code != 200:
-            raise error_for_response(response, "MANIFEST_UNKNOWN", f"{repo}:{tag} is not known")
+            raise answer_error(response, ManifestUnknown(f"{repo}:{tag} is not known to {upstream.name}"))
         header = response.headers.getRawHeaders(b"docker-content-digest", [None])[0]
         try:
             return Digest.parse(header.decode("ascii")) if header else None
@@ -143,18 +143,14 @@ class ManifestService:
     async def _download(
         self, upstream: Upstream, repo: str, reference: Digest | str, accept: Sequence[str]
     ) -> Manifest:
-        try:
-            response = await upstream.manifest("GET", repo, str(reference), accept)
-            if response.code != 200:
-                await upstream.read_body(response, 0, discard=True)
-                raise error_for_response(response, "MANIFEST_UNKNOWN",
-                                         f"manifest {repo}:{reference} is not known to {upstream.name}")
-            body = await upstream.read_body(response, MAX_MANIFEST_SIZE)
-        except UpstreamUnavailable as e:
-            raise RegistryError("UPSTREAM_UNAVAILABLE", str(e), status=502) from None
+        response = await upstream.manifest("GET", repo, str(reference), accept)
+        if response.code != 200:
+            await upstream.discard(response)
+            raise answer_error(response, ManifestUnknown(
+                f"manifest {repo}:{reference} is not known to {upstream.name}"))
+        body = await upstream.read_body(response, MAX_MANIFEST_SIZE)
         if body is None:
-            raise RegistryError("MANIFEST_INVALID", f"the upstream manifest is over {MAX_MANIFEST_SIZE} bytes",
-                                status=502)
+            raise ManifestTooLarge(f"the upstream manifest is over {MAX_MANIFEST_SIZE} bytes")
         # distribution-spec "Pulling manifests": the digest of a manifest is
         # the digest of its exact bytes.
         if isinstance(reference, Digest):
@@ -162,15 +158,14 @@ class ManifestService:
             hasher = digest.hasher()
             hasher.update(body)
             if hasher.hexdigest() != digest.encoded:
-                raise RegistryError("DIGEST_INVALID", f"the upstream's manifest does not match {digest}",
-                                    status=502)
+                raise DigestMismatch(f"the upstream's manifest does not match {digest}")
         else:
             digest = Digest("sha256", hashlib.sha256(body).hexdigest())
             header = response.headers.getRawHeaders(b"docker-content-digest", [None])[0]
-            if header is not None and header.startswith(b"sha256:") and header.decode("ascii", "replace") != str(digest):
-                raise RegistryError("DIGEST_INVALID", "the upstream's manifest does not match its digest header",
-                                    status=502)
-        media_type = _media_type(response.headers.getRawHeaders(b"content-type", [b""])[0], body)
+            claimed = header.decode("ascii", "replace") if header is not None else None
+            if claimed is not None and claimed.startswith("sha256:") and claimed != str(digest):
+                raise DigestMismatch("the upstream's manifest does not match its digest header")
+        media_type = manifest_media_type(response.headers.getRawHeaders(b"content-type", [b""])[0], body)
         manifest = Manifest(digest, media_type, body)
         await self._disk.run(self._store.write_small, Kind.MANIFEST, digest, body)
         now = self._reactor.seconds()
@@ -182,39 +177,20 @@ class ManifestService:
 
     def _prove(self, upstream: Upstream, repo: str, digest: Digest) -> Callable[[], Awaitable[None]]:
         async def prove() -> None:
-            try:
-                response = await upstream.manifest("HEAD", repo, str(digest), MANIFEST_MEDIA_TYPES)
-            except UpstreamUnavailable as e:
-                raise RegistryError("UPSTREAM_UNAVAILABLE", str(e), status=502) from None
-            await upstream.read_body(response, 0, discard=True)
+            response = await upstream.manifest("HEAD", repo, str(digest), MANIFEST_MEDIA_TYPES)
+            await upstream.discard(response)
             if response.code != 200:
-                raise error_for_response(response, "MANIFEST_UNKNOWN",
-                                         f"manifest {digest} is not known to {upstream.name}/{repo}")
+                raise answer_error(response, ManifestUnknown(
+                    f"manifest {digest} is not known to {upstream.name}/{repo}"))
 
         return prove
 
     async def _stored(self, digest: Digest) -> Manifest | None:
-        body = self._store.read(Kind.MANIFEST, digest)
+        # Up to 4 MiB: read in the disk thread, not on the reactor.
+        body = await self._disk.run(self._store.read, Kind.MANIFEST, digest)
         if body is None:
             return None
         media_type = await self._metadata.manifest_media_type(str(digest))
         if media_type is None:
-            media_type = _media_type(b"", body)
+            media_type = manifest_media_type(b"", body)
         return Manifest(digest, media_type, body)
-
-
-def _media_type(content_type: bytes, body: bytes) -> str:
-    """
-    The manifest's media type: the upstream's C{Content-Type}, or else the
-    C{mediaType} field the body declares (image-spec manifest.md).
-    """
-    declared = content_type.split(b";")[0].strip().decode("ascii", "replace")
-    if declared and declared not in ("application/octet-stream", "text/plain", "application/json"):
-        return declared
-    try:
-        field = json.loads(body).get("mediaType")
-    except (ValueError, AttributeError):
-        field = None
-    if isinstance(field, str) and field:
-        return field
-    return declared or "application/vnd.oci.image.manifest.v1+json"

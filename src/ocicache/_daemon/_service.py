@@ -32,17 +32,17 @@ from twisted.web.server import Site
 
 from .._cache._access import RepoAccess
 from .._cache._blobs import BlobService
-from .._cache._download import DownloadError
+from .._cache._incoming import DownloadError
 from .._cache._manifests import ManifestService
 from .._ops._config import Config
 from .._ops._metrics import ManifestTally, Metrics
-from .._spec._challenge import TokenCache
 from .._storage._capacity import Capacity
 from .._storage._disk import Disk
 from .._storage._janitor import Janitor
 from .._storage._metadata import Metadata
 from .._storage._store import Kind, Store
 from .._upstream._client import Upstream, make_pool
+from .._upstream._tokens import TokenCache
 from .._web._operator import OperatorResource
 from .._web._resources import RootResource, Services
 from .._web._site import DrainingSite, QuietSite

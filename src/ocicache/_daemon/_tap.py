@@ -32,7 +32,7 @@ class Options(usage.Options):
     ]
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
         self["listen"] = []
 
     def opt_listen(self, endpoint: str) -> None:

@@ -26,22 +26,11 @@ __all__ = [
     "InvalidName",
     "InvalidReference",
     "InvalidTag",
-    "MANIFEST_MEDIA_TYPES",
     "is_registry_host",
     "parse_reference",
     "validate_name",
     "validate_tag",
 ]
-
-
-# distribution-spec, "Pulling manifests": the manifest media types a pull
-# may return, and so the ones we ask for in Accept and are willing to cache.
-MANIFEST_MEDIA_TYPES: tuple[str, ...] = (
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-)
 
 
 class InvalidReference(ValueError):

@@ -13,43 +13,33 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from attrs import frozen
 from hyperlink import DecodedURL
 from treq.client import HTTPClient
-from twisted.internet import ssl
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IOpenSSLClientConnectionCreator, IReactorTime
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone
-from twisted.web.http import PotentialDataLoss
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IPolicyForHTTPS, IResponse
-from zope.interface import implementer
+from twisted.web.iweb import IResponse
 
 from .._ops._config import UpstreamConfig
 from .._ops._metrics import Metrics
-from .._spec._challenge import Challenge, TokenCache, TokenKey, parse_token_response, parse_www_authenticate
+from .._spec._auth import Challenge, parse_token_response, parse_www_authenticate
 from .._version import __version__
+from ._body import discard_body, read_body
+from ._errors import UpstreamUnavailable
+from ._tls import UpstreamTLSPolicy
+from ._tokens import TokenCache, TokenKey
 
-__all__ = ["Upstream", "UpstreamUnavailable", "make_pool"]
+__all__ = ["RequestKind", "Upstream", "make_pool"]
 
 log = Logger()
 
 USER_AGENT = f"ocicache/{__version__}".encode("ascii")
 MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-
-
-class UpstreamUnavailable(Exception):
-    """
-    The upstream could not be reached, timed out, or failed at the
-    protocol level.  The message is safe to show: it carries no
-    credentials.
-    """
 
 
 def make_pool(reactor: Any) -> HTTPConnectionPool:
@@ -62,43 +52,19 @@ def make_pool(reactor: Any) -> HTTPConnectionPool:
     return pool
 
 
-@implementer(IPolicyForHTTPS)
-class _UpstreamTLSPolicy:
-    """
-    TLS for one upstream: its own CA or no verification for its own host,
-    and ordinary verification with the system's roots for everything else
-    (the CDNs blob downloads are redirected to).
-    """
-
-    def __init__(self, config: UpstreamConfig) -> None:
-        self._host = config.url.host
-        self._default = BrowserLikePolicyForHTTPS()
-        self._verify = config.tls_verify
-        self._trust = None
-        if config.ca_file is not None:
-            with open(config.ca_file, "rb") as f:
-                self._trust = ssl.Certificate.loadPEM(f.read())
-
-    def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
-        if hostname.decode("ascii", "replace") == self._host:
-            if not self._verify:
-                return ssl.CertificateOptions(verify=False)  # type: ignore[return-value]
-            if self._trust is not None:
-                return ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._trust)
-        return self._default.creatorForNetloc(hostname, port)  # type: ignore[no-any-return]
-
-
 @frozen
 class _Target:
     """Where a request goes, and under which scope it is authorised."""
 
     url: DecodedURL
     scope: str
-    kind: str = "other"
-    """For metrics: C{manifest}, C{blob}, C{tags} (or C{token})."""
+    kind: RequestKind = "other"
 
 
-_KINDS = {"manifests": "manifest", "blobs": "blob", "tags": "tags"}
+RequestKind = Literal["manifest", "blob", "tags", "token", "other"]
+"""What an upstream request is for: its C{kind} label in the metrics."""
+
+_KINDS: dict[str, RequestKind] = {"manifests": "manifest", "blobs": "blob", "tags": "tags"}
 
 
 class Upstream:
@@ -123,8 +89,8 @@ class Upstream:
         self._tokens = tokens
         self._response_timeout = response_timeout
         agent = Agent(
-            reactor,  # type: ignore[arg-type]
-            contextFactory=_UpstreamTLSPolicy(config),
+            reactor,
+            contextFactory=UpstreamTLSPolicy(config),
             connectTimeout=connect_timeout,
             pool=pool,
         )
@@ -177,7 +143,7 @@ class Upstream:
             )
             retry = await self._answer(challenges, target.scope)
             if retry is not None:
-                await self._discard(response)
+                await self.discard(response)
                 response = await self._request(method, target.url, headers, retry, target.kind)
                 authorization = retry
         if follow_redirects:
@@ -192,7 +158,7 @@ class Upstream:
         response: IResponse,
         headers: Mapping[bytes, list[bytes]],
         authorization: bytes | None,
-        kind: str = "other",
+        kind: RequestKind = "other",
     ) -> IResponse:
         """
         Follow redirects (Docker Hub and GHCR send blob downloads to CDNs),
@@ -206,7 +172,7 @@ class Upstream:
             location = response.headers.getRawHeaders(b"location", [None])[0]
             if location is None:
                 return response
-            await self._discard(response)
+            await self.discard(response)
             try:
                 url = url.click(location.decode("ascii"))
             except Exception:
@@ -224,7 +190,7 @@ class Upstream:
         url: DecodedURL,
         headers: Mapping[bytes, list[bytes]],
         authorization: bytes | None,
-        kind: str = "other",
+        kind: RequestKind = "other",
     ) -> IResponse:
         all_headers = Headers(dict(headers))
         all_headers.setRawHeaders(b"user-agent", [USER_AGENT])
@@ -247,7 +213,7 @@ class Upstream:
         self._observe(kind, str(response.code), started)
         return response
 
-    def _observe(self, kind: str, code: str, started: float) -> None:
+    def _observe(self, kind: RequestKind, code: str, started: float) -> None:
         """
         Count one upstream request and the time until its headers came
         (C{code} is C{error} when there was no answer).
@@ -323,22 +289,16 @@ class Upstream:
         self._tokens.put(key, token, expires_in)
         return token
 
-    async def read_body(self, response: IResponse, limit: int, discard: bool = False) -> bytes | None:
+    async def read_body(self, response: IResponse, limit: int) -> bytes | None:
         """
-        Read a small body whole: C{None} if it is over C{limit} bytes.  With
-        C{discard}, read it to the end and keep nothing, so the connection
-        can be reused.
+        A small body whole (a manifest, a tag list, a token): C{None} if it
+        is over C{limit} bytes.
         """
-        done: Deferred[bytes | None] = Deferred()
-        limited = _Limited(limit, discard, done, self._reactor, self._response_timeout)
-        response.deliverBody(limited)  # type: ignore[arg-type]
-        return await done
+        return await read_body(response, limit, self._reactor, self._response_timeout)
 
-    async def _discard(self, response: IResponse) -> None:
-        try:
-            await self.read_body(response, 0, discard=True)
-        except UpstreamUnavailable:
-            pass
+    async def discard(self, response: IResponse) -> None:
+        """Drain a body nobody wants, so that its connection is reused."""
+        await discard_body(response, self._reactor, self._response_timeout)
 
     def _note_ratelimit(self, response: IResponse) -> None:
         # Docker Hub: "ratelimit-remaining: 76;w=21600".
@@ -360,56 +320,3 @@ def _basic(username: str, password: str) -> bytes:
 def _describe(error: Exception) -> str:
     text = str(error)
     return text if len(text) < 200 else text[:200] + "..."
-
-
-
-
-class _Limited(Protocol):
-    """
-    Collects a body up to C{limit} bytes; past that, stops the transfer.
-    A body silent for C{idle} seconds fails: a small body may be slow, but
-    not stalled forever.
-    """
-
-    def __init__(self, limit: int, discard: bool, done: Deferred[bytes | None],
-                 clock: IReactorTime, idle: float) -> None:
-        self._limit = limit
-        self._discard = discard
-        self._done = done
-        self._parts: list[bytes] = []
-        self._size = 0
-        self._idle = idle
-        self._timer: IDelayedCall | None = clock.callLater(idle, self._timed_out)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(self._idle)
-        if self._discard or self._done.called:
-            return
-        self._size += len(data)
-        if self._size > self._limit:
-            self._done.callback(None)
-            self._stop()
-            return
-        self._parts.append(data)
-
-    def _stop(self) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()  # type: ignore[attr-defined]
-
-    def _timed_out(self) -> None:
-        self._timer = None
-        if not self._done.called:
-            self._done.errback(UpstreamUnavailable(f"upstream body stalled for {self._idle:.0f}s"))
-        self._stop()
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        if self._done.called:
-            return
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self._done.callback(b"".join(self._parts))
-        else:
-            self._done.errback(UpstreamUnavailable(f"upstream body failed: {reason.getErrorMessage()}"))

@@ -27,7 +27,7 @@ class _Leaf(Resource):
     isLeaf = True
 
     def __init__(self, render: Callable[[IRequest], bytes]) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
         self._render = render
 
     def render_GET(self, request: IRequest) -> bytes:
@@ -40,7 +40,7 @@ class OperatorResource(Resource):
     def __init__(self, metrics: Metrics, cache_dir: str, db_open: Callable[[], bool],
                  before_scrape: Callable[[], None] = lambda: None,
                  draining: Callable[[], bool] = lambda: False) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
         self._metrics = metrics
         self._cache_dir = cache_dir
         self._db_open = db_open

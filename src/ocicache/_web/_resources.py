@@ -10,7 +10,7 @@ bytes as they arrive and as fast as its own client reads.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from attrs import define
 from hyperlink import DecodedURL
@@ -24,17 +24,21 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from .._cache._blobs import BlobService
-from .._cache._download import Streamer, WriteBudget
 from .._cache._manifests import ManifestService
+from .._cache._result import CacheResult
+from .._cache._tags import TagService
 from .._ops._config import Config
 from .._ops._logging import log_access
 from .._ops._metrics import Metrics
-from .._spec._errors import RegistryError, error_for_response, render_error
+from .._spec._errors import ErrorCode, RegistryError
+from .._spec._media_types import accepted_manifest_types
 from .._spec._range import Unsatisfiable, parse_range
-from .._spec._reference import MANIFEST_MEDIA_TYPES, Digest, InvalidReference, validate_tag
-from .._upstream._client import Upstream, UpstreamUnavailable
+from .._spec._reference import Digest, InvalidReference, validate_tag
+from .._upstream._client import Upstream
 from .._version import __version__
+from ._errors import internal_error, registry_error, render_error
 from ._routing import Endpoint, Route, read_only_error, route
+from ._streamer import Streamer, WriteBudget, abort_response
 
 __all__ = ["RootResource", "Services"]
 
@@ -42,7 +46,6 @@ log = Logger()
 
 SERVER = f"ocicache/{__version__}".encode("ascii")
 MAX_TAGS_PAGE = 10000
-MAX_TAGS_BODY = 16 << 20
 _READ_METHODS = (b"GET", b"HEAD")
 
 
@@ -51,9 +54,11 @@ class _Exchange:
     """What one request did, for its access event and its metrics."""
 
     route: str = "other"
-    result: str | None = None
+    result: CacheResult | None = None
     upstream: str | None = None
     bytes: int = 0
+    finished: bool = False
+    """Whether the response ended, or the client went away."""
 
 
 class Services:
@@ -70,17 +75,20 @@ class Services:
         manifests: ManifestService,
         metrics: Metrics,
         on_manifest_stored: Callable[[str, int], None] = lambda digest, size: None,
+        tags: TagService | None = None,
     ) -> None:
         self.reactor = reactor
         self.config = config
         self.upstreams = upstreams
         self.blobs = blobs
         self.manifests = manifests
+        self.tags = tags if tags is not None else TagService()
         self.metrics = metrics
         # Told (digest, size) after a manifest miss, which stored it: keeps
         # the cache-size metrics current without a scan.
         self.on_manifest_stored = on_manifest_stored
         self.write_budget = WriteBudget()
+
 
 def _common_headers(request: IRequest) -> None:
     request.setHeader(b"server", SERVER)
@@ -94,7 +102,7 @@ class _ErrorResource(Resource):
     isLeaf = True
 
     def __init__(self, error: RegistryError) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
         self._error = error
 
     def render(self, request: IRequest) -> bytes:
@@ -109,11 +117,11 @@ class RootResource(Resource):
     """
 
     def __init__(self, services: Services) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
         self.putChild(b"v2", RegistryResource(services))
 
     def getChild(self, path: bytes, request: IRequest) -> Resource:
-        return _ErrorResource(RegistryError("UNSUPPORTED", "not a registry endpoint", status=404))
+        return _ErrorResource(RegistryError(ErrorCode.UNSUPPORTED, "not a registry endpoint", status=404))
 
     def render(self, request: IRequest) -> bytes:
         return self.getChild(b"", request).render(request)  # type: ignore[no-any-return]
@@ -128,17 +136,16 @@ class RegistryResource(Resource):
     isLeaf = True
 
     def __init__(self, services: Services) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
         self._services = services
 
-    def render(self, request: IRequest) -> int | bytes:
-        assert isinstance(request, Request)
+    def render(self, request: Request) -> int | bytes:
         _common_headers(request)
         exchange = _Exchange()
         started = time.monotonic()
         request.notifyFinish().addBoth(self._finished, request, exchange, started)
         handling = Deferred.fromCoroutine(self._handle(request, exchange))
-        handling.addErrback(self._failed, request)
+        handling.addErrback(self._failed, request, exchange)
         return NOT_DONE_YET
 
     async def _handle(self, request: Request, exchange: _Exchange) -> None:
@@ -156,7 +163,7 @@ class RegistryResource(Resource):
             exchange.route = "write"
             raise read_only_error()
         if postpath[-1] == b"":
-            raise RegistryError("UNSUPPORTED", "no such registry endpoint", status=404)
+            raise RegistryError(ErrorCode.UNSUPPORTED, "no such registry endpoint", status=404)
         target = route(postpath, request.args or {}, self._services.config)
         exchange.route = target.endpoint
         exchange.upstream = target.upstream.name
@@ -171,10 +178,11 @@ class RegistryResource(Resource):
     # -- manifests
 
     async def _manifest(self, request: Request, exchange: _Exchange, upstream: Upstream, target: Route) -> None:
-        assert target.reference is not None
-        lookup = await self._services.manifests.lookup(
-            upstream, target.repo, target.reference, _accept(request)
-        )
+        reference = target.reference
+        if reference is None:
+            raise RuntimeError("a manifest route without a reference")
+        accept = accepted_manifest_types(request.requestHeaders.getRawHeaders(b"accept", []))
+        lookup = await self._services.manifests.lookup(upstream, target.repo, reference, accept)
         exchange.result = lookup.result
         self._services.metrics.cache_requests.labels("manifest", lookup.result).inc()
         manifest = lookup.manifest
@@ -187,7 +195,8 @@ class RegistryResource(Resource):
 
     async def _blob(self, request: Request, exchange: _Exchange, upstream: Upstream, target: Route) -> None:
         digest = target.reference
-        assert isinstance(digest, Digest)
+        if not isinstance(digest, Digest):
+            raise RuntimeError("a blob route without a digest")
         services = self._services
         if request.method == b"HEAD":
             size = await services.blobs.head(upstream, target.repo, digest)
@@ -199,7 +208,8 @@ class RegistryResource(Resource):
         exchange.result = lookup.result
         services.metrics.cache_requests.labels("blob", lookup.result).inc()
         source = lookup.source
-        if getattr(request, "_disconnected", False):
+        if exchange.finished:
+            # The client went away while we looked.
             source.release()
             return
         # Only now, with the bytes in hand: an error must not carry them.
@@ -214,7 +224,7 @@ class RegistryResource(Resource):
                 source.release()
                 # RFC 9110 §15.5.17: 416 with the complete length.
                 raise RegistryError(
-                    "RANGE_INVALID", "the requested range is not satisfiable",
+                    ErrorCode.RANGE_INVALID, "the requested range is not satisfiable",
                     headers=((b"content-range", b"bytes */%d" % total),),
                 ) from None
             if wanted is not None:
@@ -222,10 +232,10 @@ class RegistryResource(Resource):
                 request.setHeader(b"content-range", wanted.content_range(total))
                 start, end = wanted.start, wanted.end
             request.setHeader(b"content-length", b"%d" % (total - start if end is None else end - start))
-        gauge = services.metrics.waiting_clients if lookup.result != "hit" else None
+        gauge = services.metrics.waiting_clients if lookup.result != CacheResult.HIT else None
         if gauge is not None:
             gauge.inc()
-        source_label = "upstream" if lookup.result == "miss" else "cache"
+        source_label = "upstream" if lookup.result == CacheResult.MISS else "cache"
         served = services.metrics.bytes_served.labels(source_label)
 
         def on_bytes(count: int) -> None:
@@ -245,12 +255,12 @@ class RegistryResource(Resource):
         args = request.args or {}
         for key in args:
             if key not in (b"n", b"last", b"ns"):
-                raise RegistryError("UNSUPPORTED", "unknown query parameter for tags/list")
+                raise RegistryError(ErrorCode.UNSUPPORTED, "unknown query parameter for tags/list")
         n_values = args.get(b"n")
         if n_values is not None:
             text = n_values[0].decode("ascii", "replace") if len(n_values) == 1 else ""
             if not text.isdigit() or not 0 < int(text) <= MAX_TAGS_PAGE:
-                raise RegistryError("PAGINATION_NUMBER_INVALID",
+                raise RegistryError(ErrorCode.PAGINATION_NUMBER_INVALID,
                                     f"n must be an integer from 1 to {MAX_TAGS_PAGE}")
             params["n"] = str(int(text))
         last_values = args.get(b"last")
@@ -260,54 +270,43 @@ class RegistryResource(Resource):
                     raise InvalidReference("give last= once")
                 params["last"] = validate_tag(last_values[0].decode("ascii"))
             except (InvalidReference, UnicodeDecodeError):
-                raise RegistryError("PAGINATION_NUMBER_INVALID", "last must be a valid tag") from None
-        try:
-            response = await upstream.tags(target.repo, params)
-            if response.code != 200:
-                await upstream.read_body(response, 0, discard=True)
-                raise error_for_response(response, "NAME_UNKNOWN", f"repository {target.repo} is not known")
-            body = await upstream.read_body(response, MAX_TAGS_BODY)
-        except UpstreamUnavailable as e:
-            raise RegistryError("UPSTREAM_UNAVAILABLE", str(e), status=502) from None
-        if body is None:
-            raise RegistryError("UPSTREAM_UNAVAILABLE", "the upstream's tag list is too large", status=502)
-        exchange.result = "miss"
-        self._services.metrics.cache_requests.labels("tags", "miss").inc()
-        link = response.headers.getRawHeaders(b"link", [None])[0]
-        if link is not None:
-            rewritten = _rewrite_link(link, target)
+                raise RegistryError(ErrorCode.PAGINATION_NUMBER_INVALID, "last must be a valid tag") from None
+        page = await self._services.tags.page(upstream, target.repo, params)
+        exchange.result = CacheResult.MISS
+        self._services.metrics.cache_requests.labels("tags", CacheResult.MISS).inc()
+        if page.link is not None:
+            rewritten = _rewrite_link(page.link, target)
             if rewritten is not None:
                 request.setHeader(b"link", rewritten)
-        exchange.bytes = _send_bytes(request, body, b"application/json")
-        self._count_bytes("miss", exchange.bytes)
+        exchange.bytes = _send_bytes(request, page.body, b"application/json")
+        self._count_bytes(CacheResult.MISS, exchange.bytes)
 
     # -- the end of a request
 
-    def _count_bytes(self, result: str, count: int) -> None:
-        source = "upstream" if result == "miss" else "cache"
+    def _count_bytes(self, result: CacheResult, count: int) -> None:
+        source = "upstream" if result == CacheResult.MISS else "cache"
         self._services.metrics.bytes_served.labels(source).inc(count)
 
-    def _failed(self, failure: Failure, request: Request) -> None:
-        if failure.check(RegistryError):
-            error: RegistryError = failure.value  # type: ignore[assignment]
-        else:
+    def _failed(self, failure: Failure, request: Request, exchange: _Exchange) -> None:
+        error = registry_error(failure.value) if failure.value is not None else None
+        if error is None:
             log.failure("Unexpected error answering {method} {uri}", failure,
                         method=request.method.decode("ascii", "replace"),
                         uri=request.uri.decode("ascii", "replace"))
-            error = RegistryError("UNKNOWN", "internal error", status=500)
+            error = internal_error()
+        if exchange.finished:
+            return  # the client went away: nobody to tell
         if request.startedWriting:
             # Too late for an error body: cut the response so the client
             # sees it incomplete.
-            if request.transport is not None:
-                request.transport.abortConnection()  # type: ignore[attr-defined]
-            return
-        if getattr(request, "_disconnected", False):
+            abort_response(request)
             return
         body = render_error(request, error)
         request.write(body)
         request.finish()
 
     def _finished(self, result: None | Failure, request: Request, exchange: _Exchange, started: float) -> None:
+        exchange.finished = True
         duration = time.monotonic() - started
         method = request.method.decode("ascii", "replace")
         code = request.code if result is None else 499
@@ -315,7 +314,7 @@ class RegistryResource(Resource):
         metrics.http_requests.labels(exchange.route, method if method in ("GET", "HEAD") else "other",
                                      str(code)).inc()
         metrics.http_duration.labels(exchange.route).observe(duration)
-        if exchange.route == "manifests" and exchange.result == "miss" and code == 200:
+        if exchange.route == Endpoint.MANIFESTS and exchange.result == CacheResult.MISS and code == 200:
             digest = request.responseHeaders.getRawHeaders(b"docker-content-digest", [None])[0]
             length = request.responseHeaders.getRawHeaders(b"content-length", [b""])[0]
             if digest is not None and length.isdigit():
@@ -351,21 +350,6 @@ def _send_bytes(request: Request, body: bytes, content_type: bytes) -> int:
         sent = len(body)
     request.finish()
     return sent
-
-
-def _accept(request: Request) -> Sequence[str]:
-    """
-    The manifest media types to ask the upstream for: the client's, or all
-    four when it names none we know.
-    """
-    values = request.requestHeaders.getRawHeaders(b"accept", [])
-    wanted: list[str] = []
-    for value in values:
-        for item in value.decode("ascii", "replace").split(","):
-            media_type = item.split(";")[0].strip()
-            if media_type in MANIFEST_MEDIA_TYPES and media_type not in wanted:
-                wanted.append(media_type)
-    return wanted or MANIFEST_MEDIA_TYPES
 
 
 def _rewrite_link(link: bytes, target: Route) -> bytes | None:

@@ -19,11 +19,12 @@ network.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from enum import StrEnum
 
 from attrs import frozen
 
 from .._ops._config import Config, UpstreamConfig
-from .._spec._errors import RegistryError
+from .._spec._errors import ErrorCode, RegistryError
 from .._spec._reference import (
     Digest,
     InvalidReference,
@@ -37,7 +38,7 @@ __all__ = ["Endpoint", "Route", "read_only_error", "route"]
 _MAX_SEGMENTS = 64
 
 
-class Endpoint:
+class Endpoint(StrEnum):
     """The distribution-spec endpoints ocicache serves (spec "Endpoints")."""
 
     MANIFESTS = "manifests"
@@ -57,12 +58,12 @@ class Route:
     upstream: UpstreamConfig
     repo: str
     client_name: str
-    endpoint: str
+    endpoint: Endpoint
     reference: Digest | str | None
     ns: str | None
 
 
-def _split_endpoint(segments: Sequence[str]) -> tuple[list[str], str, str | None]:
+def _split_endpoint(segments: Sequence[str]) -> tuple[list[str], Endpoint, str | None]:
     """
     Split C{<name>/<endpoint>/<reference>} at its end, as the spec's
     endpoint table reads: a name may itself contain a component called
@@ -75,8 +76,8 @@ def _split_endpoint(segments: Sequence[str]) -> tuple[list[str], str, str | None
     if len(parts) >= 3 and parts[-2:] == ["tags", "list"]:
         return parts[:-2], Endpoint.TAGS, None
     if len(parts) >= 3 and parts[-2] in (Endpoint.MANIFESTS, Endpoint.BLOBS):
-        return parts[:-2], parts[-2], parts[-1]
-    raise RegistryError("UNSUPPORTED", "no such registry endpoint", status=404)
+        return parts[:-2], Endpoint(parts[-2]), parts[-1]
+    raise RegistryError(ErrorCode.UNSUPPORTED, "no such registry endpoint", status=404)
 
 
 def _is_host(component: str) -> bool:
@@ -96,11 +97,11 @@ def route(raw_segments: Sequence[bytes], args: Mapping[bytes, Sequence[bytes]], 
     not configured.
     """
     if len(raw_segments) > _MAX_SEGMENTS:
-        raise RegistryError("NAME_INVALID", "the repository name is too long")
+        raise RegistryError(ErrorCode.NAME_INVALID, "the repository name is too long")
     try:
         segments = [segment.decode("ascii") for segment in raw_segments]
     except UnicodeDecodeError:
-        raise RegistryError("NAME_INVALID", "the repository name is not ASCII") from None
+        raise RegistryError(ErrorCode.NAME_INVALID, "the repository name is not ASCII") from None
     name_parts, endpoint, reference_text = _split_endpoint(segments)
     if endpoint == Endpoint.UPLOADS:
         raise read_only_error()
@@ -110,29 +111,29 @@ def route(raw_segments: Sequence[bytes], args: Mapping[bytes, Sequence[bytes]], 
         # segment of request.postpath, so "%2f" arrives as a "/" inside one.
         # (A reference is left to its own grammar: DIGEST_INVALID or
         # MANIFEST_INVALID.)
-        raise RegistryError("NAME_INVALID", "percent-encoding is not allowed in a repository name")
+        raise RegistryError(ErrorCode.NAME_INVALID, "percent-encoding is not allowed in a repository name")
     ns_values = args.get(b"ns")
     ns: str | None = None
     if ns_values is not None:
         if len(ns_values) != 1:
-            raise RegistryError("NAME_INVALID", "give ns= once")
+            raise RegistryError(ErrorCode.NAME_INVALID, "give ns= once")
         ns = ns_values[0].decode("ascii", "replace").lower()
         upstream = config.upstream_named(ns)
         if upstream is None:
-            raise RegistryError("NAME_UNKNOWN", "ocicache has no upstream for that ns",
+            raise RegistryError(ErrorCode.NAME_UNKNOWN, "ocicache has no upstream for that ns",
                                 detail={"ns": ns[:255]})
         repo_parts = name_parts
     elif name_parts and _is_host(name_parts[0]):
         prefix = name_parts[0].lower()
         upstream = config.upstream_named(prefix)
         if upstream is None:
-            raise RegistryError("NAME_UNKNOWN", "ocicache has no upstream for that registry host",
+            raise RegistryError(ErrorCode.NAME_UNKNOWN, "ocicache has no upstream for that registry host",
                                 detail={"registry": prefix[:255]})
         repo_parts = name_parts[1:]
     else:
         default = config.default_upstream
         if default is None:
-            raise RegistryError("NAME_UNKNOWN",
+            raise RegistryError(ErrorCode.NAME_UNKNOWN,
                                 "no default upstream: address a registry with ?ns= or a host prefix")
         upstream = default
         repo_parts = name_parts
@@ -159,7 +160,7 @@ def route(raw_segments: Sequence[bytes], args: Mapping[bytes, Sequence[bytes]], 
 
 def read_only_error() -> RegistryError:
     return RegistryError(
-        "UNSUPPORTED",
+        ErrorCode.UNSUPPORTED,
         "ocicache is a read-only mirror: push and delete are not supported",
         headers=((b"allow", b"GET, HEAD"),),
     )

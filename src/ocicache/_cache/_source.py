@@ -1,0 +1,95 @@
+"""
+What a client streamer reads: a L{Source} of blob bytes, either a stored
+file or a body still arriving from the upstream.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
+from twisted.python.failure import Failure
+
+__all__ = ["Reader", "Source", "StoredFile"]
+
+
+class Reader(Protocol):
+    """
+    A client of a L{Source}: how far it has read, and a way to tell it
+    that more bytes (or a failure) arrived.
+    """
+
+    @property
+    def position(self) -> int: ...
+
+    def data_arrived(self) -> None: ...
+
+
+class Source(Protocol):
+    """
+    Bytes a streamer can read: a stored file, or a download that is still
+    growing.
+    """
+
+    @property
+    def size(self) -> int | None:
+        """The final length, when known."""
+
+    @property
+    def available(self) -> int:
+        """
+        How many bytes from offset 0 can be read now.  For a body still
+        arriving, the final byte is held back until its digest is
+        verified: a client never receives a complete-looking response
+        whose bytes turn out not to match.
+        """
+
+    @property
+    def ended(self) -> bool:
+        """Whether C{available} will grow no more (complete or failed)."""
+
+    @property
+    def failure(self) -> Failure | None:
+        """Why the bytes are bad, if they are."""
+
+    def read(self, offset: int, length: int) -> bytes:
+        """
+        Up to C{length} bytes from C{offset}, which is below C{available};
+        C{b""} when those bytes are gone.
+        """
+
+    def subscribe(self, reader: Reader) -> None: ...
+
+    def unsubscribe(self, reader: Reader) -> None: ...
+
+    def release(self) -> None:
+        """The streamer is done with this source."""
+
+
+class StoredFile:
+    """
+    A committed file, opened once.  The open descriptor keeps working if
+    the file is evicted while a client reads it.
+    """
+
+    failure = None
+    ended = True
+
+    def __init__(self, fd: int, size: int) -> None:
+        self._fd = fd
+        self.size: int | None = size
+        self.available = size
+
+    def read(self, offset: int, length: int) -> bytes:
+        return os.pread(self._fd, length, offset)
+
+    def subscribe(self, reader: Reader) -> None:
+        pass
+
+    def unsubscribe(self, reader: Reader) -> None:
+        pass
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

@@ -1,0 +1,81 @@
+"""
+The one place where what went wrong becomes what a client is told: domain
+errors of the cache and the upstream client are mapped to
+distribution-spec errors (code, HTTP status, JSON body).
+"""
+
+from __future__ import annotations
+
+from twisted.web.iweb import IRequest
+
+from .._cache._errors import (
+    BlobUnknown,
+    DigestMismatch,
+    ManifestTooLarge,
+    ManifestUnknown,
+    RepositoryUnknown,
+    StoreUnavailable,
+)
+from .._spec._errors import ErrorCode, RegistryError
+from .._upstream._errors import UpstreamDenied, UpstreamRateLimited, UpstreamUnavailable
+
+__all__ = ["internal_error", "registry_error", "render_error"]
+
+_INTERNAL = RegistryError(ErrorCode.UNKNOWN, "internal error")
+
+
+def registry_error(error: BaseException) -> RegistryError | None:
+    """
+    The registry error to answer C{error} with, or C{None} when it is not
+    one we expect (a bug: the caller logs it and answers 500).
+    """
+    match error:
+        case RegistryError():
+            return error
+        case BlobUnknown():
+            return RegistryError(ErrorCode.BLOB_UNKNOWN, str(error))
+        case ManifestUnknown():
+            return RegistryError(ErrorCode.MANIFEST_UNKNOWN, str(error))
+        case RepositoryUnknown():
+            return RegistryError(ErrorCode.NAME_UNKNOWN, str(error))
+        case UpstreamDenied(status=401):
+            return RegistryError(ErrorCode.UNAUTHORIZED, str(error))
+        case UpstreamDenied():
+            return RegistryError(ErrorCode.DENIED, str(error))
+        case UpstreamRateLimited(retry_after=retry_after):
+            headers = ((b"retry-after", retry_after),) if retry_after is not None else ()
+            return RegistryError(ErrorCode.TOOMANYREQUESTS, str(error), headers=headers)
+        # The upstream's fault, never a 500 of ours: 502 Bad Gateway
+        # (RFC 9110 §15.6.3).
+        case DigestMismatch():
+            return RegistryError(ErrorCode.DIGEST_INVALID, str(error), status=502)
+        case ManifestTooLarge():
+            return RegistryError(ErrorCode.MANIFEST_INVALID, str(error), status=502)
+        case UpstreamUnavailable():
+            return RegistryError(ErrorCode.UPSTREAM_UNAVAILABLE, str(error), status=502)
+        # Ours, and passing: 503 Service Unavailable (RFC 9110 §15.6.4).
+        case StoreUnavailable():
+            return RegistryError(ErrorCode.UPSTREAM_UNAVAILABLE, str(error), status=503)
+    return None
+
+
+def internal_error() -> RegistryError:
+    """What a client is told about a bug: nothing of its details."""
+    return _INTERNAL
+
+
+def render_error(request: IRequest, error: RegistryError) -> bytes:
+    """
+    Set the status and headers for C{error} on C{request} and return the
+    body, which a HEAD request must not send (RFC 9110 §9.3.2), but whose
+    length it still announces.
+    """
+    body = error.body()
+    request.setResponseCode(error.status)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"content-length", str(len(body)).encode("ascii"))
+    for name, value in error.headers:
+        request.setHeader(name, value)
+    if request.method == b"HEAD":
+        return b""
+    return body
