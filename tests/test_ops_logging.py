@@ -16,8 +16,8 @@ from ocitest import free_port, http_request
 from ocitest.daemon import Upstream, write_config
 from ocitest.hop import Hop
 from ocitest.images import MEDIA
+from ocitest.ops import launch
 from ocitest.registry import Registry
-from test_ops_support import launch
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,8 @@ import pytest
 from ocitest import free_port, http_request
 from ocitest.daemon import Daemon, Upstream, start_daemon
 from ocitest.images import MEDIA, Image
+from ocitest.ops import AuxRegistry, TokenServer, htpasswd_line, metric_value, scrape
 from ocitest.registry import Registry
-from test_ops_support import AuxRegistry, TokenServer, htpasswd_line, metric_value, scrape
 
 pytestmark = pytest.mark.integration
 

@@ -25,7 +25,7 @@ from twisted.web.server import NOT_DONE_YET
 from ocicache._ops._logging import JSONLineObserver, event_as_dict
 from ocicache._ops._metrics import ManifestTally, Metrics
 from ocicache._web._site import DrainingSite
-from test_ops_support import metric_value
+from ocitest.ops import metric_value
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
