@@ -9,5 +9,6 @@ distribution in proxy mode, both in front of the same loopback upstream.
   - L{bench.report}: comparisons, Markdown tables, JSON
   - L{bench.main}: the command line
 
-It reuses C{tests/ocitest} (images, registry, hop, daemon, containerd).
+It reuses C{tests/ocitest} (images, registry, hop, daemon, containerd);
+C{bench/run} puts C{tests/} on C{sys.path} for it.
 """

@@ -81,7 +81,7 @@ def run(url: str, connections: int, seconds: float, method: str, accept: str) ->
         now = time.monotonic()
         if now >= deadline:
             break
-        for key, events in sel.select(min(0.1, deadline - now)):
+        for key, _events in sel.select(min(0.1, deadline - now)):
             c = key.data
             if c.sock is None:
                 continue

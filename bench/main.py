@@ -20,7 +20,7 @@ import traceback
 from datetime import UTC, datetime
 from typing import Any
 
-from ocitest.images import all_images  # noqa: E402  (rig put tests/ on sys.path)
+from ocitest.images import all_images
 
 from . import clients
 from .report import Section, render_markdown, to_json, write_json

@@ -23,17 +23,14 @@ import sys
 import time
 from collections.abc import Callable
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TESTS_DIR = os.path.join(REPO_ROOT, "tests")
-if TESTS_DIR not in sys.path:
-    sys.path.insert(0, TESTS_DIR)
+from ocitest import free_port, log_tail, wait_for
+from ocitest.containerd import Containerd
+from ocitest.daemon import Daemon, Upstream, write_config
+from ocitest.hop import Hop
+from ocitest.images import MEDIA, Blob, Image, big_layer, host_arch, sha256_digest
+from ocitest.registry import Registry
 
-from ocitest import free_port, log_tail, wait_for  # noqa: E402
-from ocitest.containerd import Containerd  # noqa: E402
-from ocitest.daemon import Daemon, Upstream, write_config  # noqa: E402
-from ocitest.hop import Hop  # noqa: E402
-from ocitest.images import MEDIA, Blob, Image, big_layer, host_arch, sha256_digest  # noqa: E402
-from ocitest.registry import Registry  # noqa: E402
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 __all__ = [
     "KINDS",

@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ocitest import http_request  # noqa: E402  (rig put tests/ on sys.path)
-from ocitest.containerd import write_hosts_dir  # noqa: E402
-from ocitest.images import MEDIA, Image  # noqa: E402
+from ocitest import http_request
+from ocitest.containerd import write_hosts_dir
+from ocitest.images import MEDIA, Image
 
 from . import clients
 from .report import Section, Target, median
@@ -272,7 +272,8 @@ def cold_blob(ctx: Context) -> Section:
                 finally:
                     ctx.rig.stop_mirror(mirror)
         who = "1 client" if n == 1 else f"{n} clients"
-        def pick(key: str) -> tuple[float, float]:
+
+        def pick(key: str, m: dict[str, dict[str, list[float]]] = m) -> tuple[float, float]:
             return median(m[key]["ocicache"]), median(m[key]["distribution"])
 
         section.add(f"wall_{n}", f"{who}: wall time until all have every byte", "s", "lower", *pick("wall"),
@@ -367,7 +368,7 @@ def warm_manifests(ctx: Context) -> Section:
                     ctx.log(f"{label} {kind}: {r['rps']:.0f} req/s, p50 {r['p50_ms']:.2f} ms, "
                             f"p99 {r['p99_ms']:.2f} ms, {r['upstream']} upstream requests, {r['errors']} errors")
 
-            def pick(field_name: str) -> tuple[float, float]:
+            def pick(field_name: str, results: dict[str, list[dict[str, Any]]] = results) -> tuple[float, float]:
                 return (median(r[field_name] for r in results["ocicache"]),
                         median(r[field_name] for r in results["distribution"]))
 
@@ -419,7 +420,7 @@ def memory(ctx: Context) -> Section:
         blob = image.layers[0]
         timeout = 3 * blob.size / plan.slow_rate + 60
         peaks: dict[str, dict[str, float]] = {k: {} for k in KINDS}
-        for rep, kind in enumerate(KINDS if size % 2 == 0 else tuple(reversed(KINDS))):
+        for kind in KINDS if size % 2 == 0 else tuple(reversed(KINDS)):
             mirror = ctx.rig.mirror(kind)
             try:
                 _settle()

@@ -121,8 +121,9 @@ def daemon_factory(
                 shutil.rmtree(d.cache_dir, ignore_errors=True)
     if died:
         d = died[0]
+        assert d.proc is not None  # as the filter above found
         pytest.fail(
-            f"ocicache (pid {d.pid}) died during the test with status {d.proc.returncode}\n"  # type: ignore[union-attr]
+            f"ocicache (pid {d.pid}) died during the test with status {d.proc.returncode}\n"
             f"--- {d.log_path} ---\n{d.log_tail()}",
             pytrace=False,
         )

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from ocicache._ops._config import (
@@ -445,7 +446,7 @@ def test_min_free_as_size_or_percentage() -> None:
 
 def test_config_is_frozen() -> None:
     config = parse_config({}, {})
-    with pytest.raises(Exception):
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
         config.server = config.server  # type: ignore[misc]
     assert isinstance(config, Config)
 

@@ -235,7 +235,9 @@ def test_hostile_get(path: str, codes: set[str], guarded: Daemon) -> None:
     _assert_json_error(status, headers, body, codes, f"GET {path}")
 
 
-@pytest.mark.parametrize("path,codes", [pytest.param(p, c, id=i) for i, p, c in NAME_CASES[:8] + DIGEST_CASES[:4] + UPSTREAM_CASES[:3]])
+@pytest.mark.parametrize(
+    "path,codes", [pytest.param(p, c, id=i) for i, p, c in NAME_CASES[:8] + DIGEST_CASES[:4] + UPSTREAM_CASES[:3]]
+)
 def test_hostile_head(path: str, codes: set[str], guarded: Daemon) -> None:
     status, headers, body = http_request(guarded.url + path, "HEAD")
     assert 400 <= status < 500, f"HEAD {path}: HTTP {status}"
@@ -243,7 +245,9 @@ def test_hostile_head(path: str, codes: set[str], guarded: Daemon) -> None:
 
 
 @pytest.mark.parametrize("method,path", [pytest.param(m, p, id=f"{m}-{i}") for i, (m, p) in enumerate(PUSH_CASES)])
-def test_push_and_delete_are_unsupported(method: str, path: str, guarded: Daemon, ocitest_images: dict[str, Image]) -> None:
+def test_push_and_delete_are_unsupported(
+    method: str, path: str, guarded: Daemon, ocitest_images: dict[str, Image]
+) -> None:
     body: bytes | None = None
     headers: dict[str, str] = {}
     if method in ("PUT", "PATCH", "POST"):

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -43,7 +43,7 @@ def _temp_files(cache_dir: str) -> list[str]:
 
 def _get_sha256(url: str, headers: dict[str, str] | None = None) -> tuple[int, str, int]:
     parts = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=120)
     try:
         conn.request("GET", parts.path, headers=headers or {})
         response = conn.getresponse()
@@ -118,14 +118,15 @@ def test_kill_9_mid_download_leaves_nothing_partial(
     daemon = daemon_factory()
     cache_dir = daemon.cache_dir
     parts = urllib.parse.urlsplit(daemon.url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
     conn.request("GET", f"/v2/ocitest-big256/blobs/{blob.digest}")
     response = conn.getresponse()
     assert response.status == 200
     assert len(response.read(1 << 20)) == 1 << 20
     assert _temp_files(cache_dir), "the download should be in progress"
-    daemon.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
-    assert daemon.proc.wait(timeout=10) == -signal.SIGKILL  # type: ignore[union-attr]
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGKILL)
+    assert daemon.proc.wait(timeout=10) == -signal.SIGKILL
     daemon.stop()  # reaped: a death this test caused, not a crash
     conn.close()
     assert blob.hex not in _blob_files(cache_dir), "a partial blob was committed"
@@ -195,7 +196,7 @@ def test_stats_and_gc_report_the_store(
 
 
 @pytest.fixture
-def small_filesystem(tmp_path: os.PathLike[str]) -> str:
+def small_filesystem(tmp_path: os.PathLike[str]) -> Iterator[str]:
     """
     A real 40 MiB tmpfs, so the disk fills for real.
     """
@@ -231,7 +232,7 @@ def test_full_disk_mid_download_streams_through(
     assert results == [(200, blob.digest, blob.size)] * 3
     assert blob.hex not in _blob_files(cache_dir)
     wait_for(lambda: _temp_files(cache_dir) == [], timeout=10, what="temp files removed")
-    assert daemon.proc.poll() is None  # type: ignore[union-attr]
+    assert daemon.proc is not None and daemon.proc.poll() is None
     with open(daemon.log_path) as f:
         log = f.read()
     assert log.count("The cache disk is failing") == 1

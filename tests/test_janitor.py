@@ -8,16 +8,19 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.interfaces import IReactorThreads
 from twisted.python.threadpool import ThreadPool
 
 from ocicache._spec._reference import Digest
-from ocicache._storage import _capacity
 from ocicache._storage._capacity import Capacity
 from ocicache._storage._disk import Disk
 from ocicache._storage._janitor import ABANDONED_AFTER, Janitor
@@ -25,8 +28,15 @@ from ocicache._storage._metadata import Metadata
 from ocicache._storage._store import Kind, Store
 
 
-def _disk(parts: Any) -> Disk:
-    return Disk(reactor, parts.store, parts.metadata, parts.pool)  # type: ignore[arg-type]
+@dataclass
+class _Parts:
+    store: Store
+    pool: ThreadPool
+    metadata: Metadata
+
+
+def _disk(parts: _Parts) -> Disk:
+    return Disk(reactor, parts.store, parts.metadata, parts.pool)
 
 
 def _blob(store: Store, seed: int, size: int) -> Digest:
@@ -37,18 +47,20 @@ def _blob(store: Store, seed: int, size: int) -> Digest:
 
 
 @pytest.fixture
-def parts(tmp_path: Any) -> Any:
+def parts(tmp_path: Path) -> Iterator[_Parts]:
     store = Store(str(tmp_path / "cache"))
     store.prepare()
     pool = ThreadPool(minthreads=0, maxthreads=2, name="test-disk")
     pool.start()
-    metadata = Metadata(os.path.join(store.root, "metadata.sqlite"), reactor)
-    yield SimpleNamespace(store=store, pool=pool, metadata=metadata)
+    # The global reactor's static type names only its common interfaces;
+    # adapting it to IReactorThreads returns the reactor itself.
+    metadata = Metadata(os.path.join(store.root, "metadata.sqlite"), IReactorThreads(reactor))
+    yield _Parts(store=store, pool=pool, metadata=metadata)
     pool.stop()
 
 
 @pytest_twisted.ensureDeferred
-async def test_recovery_drops_rows_without_files_and_adopts_or_removes_orphans(parts: Any) -> None:
+async def test_recovery_drops_rows_without_files_and_adopts_or_removes_orphans(parts: _Parts) -> None:
     store, metadata = parts.store, parts.metadata
     await metadata.open()
     try:
@@ -76,7 +88,7 @@ async def test_recovery_drops_rows_without_files_and_adopts_or_removes_orphans(p
 
 
 @pytest_twisted.ensureDeferred
-async def test_blob_ttl_expires_what_was_not_read(parts: Any) -> None:
+async def test_blob_ttl_expires_what_was_not_read(parts: _Parts) -> None:
     store, metadata = parts.store, parts.metadata
     await metadata.open()
     try:
@@ -98,7 +110,7 @@ async def test_blob_ttl_expires_what_was_not_read(parts: Any) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_make_room_keeps_min_free(parts: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_make_room_keeps_min_free(parts: _Parts, monkeypatch: pytest.MonkeyPatch) -> None:
     store, metadata = parts.store, parts.metadata
     await metadata.open()
     try:
@@ -111,7 +123,7 @@ async def test_make_room_keeps_min_free(parts: Any, monkeypatch: pytest.MonkeyPa
             # 1500 bytes free, plus whatever eviction has deleted since.
             return SimpleNamespace(f_blocks=10_000, f_frsize=1, f_bavail=1500 + (1200 - capacity.size))
 
-        monkeypatch.setattr(_capacity.os, "statvfs", statvfs)
+        monkeypatch.setattr("ocicache._storage._capacity.os.statvfs", statvfs)
         # 1500 free - 400 new = 1100 >= 1000: nothing to evict.
         assert await capacity.make_room(400) is True
         assert capacity.size == 1200
@@ -126,7 +138,7 @@ async def test_make_room_keeps_min_free(parts: Any, monkeypatch: pytest.MonkeyPa
 
 
 @pytest_twisted.ensureDeferred
-async def test_make_room_evicts_to_the_low_water_mark_and_refuses_giants(parts: Any) -> None:
+async def test_make_room_evicts_to_the_low_water_mark_and_refuses_giants(parts: _Parts) -> None:
     store, metadata = parts.store, parts.metadata
     await metadata.open()
     try:
@@ -145,7 +157,7 @@ async def test_make_room_evicts_to_the_low_water_mark_and_refuses_giants(parts: 
 
 
 @pytest_twisted.ensureDeferred
-async def test_abandoned_temp_files_go_and_live_ones_stay(parts: Any) -> None:
+async def test_abandoned_temp_files_go_and_live_ones_stay(parts: _Parts) -> None:
     store, metadata = parts.store, parts.metadata
     await metadata.open()
     try:

@@ -60,7 +60,8 @@ def test_skopeo_with_the_shipped_registries_conf(
         result = subprocess.run([skopeo, "--registries-conf", conf, "inspect", "--config",
                                  f"docker://{reference}"], capture_output=True, timeout=120, env=env)
         assert result.returncode == 0, result.stderr.decode()
-        assert json.loads(result.stdout) == json.loads(image.config.data)  # type: ignore[union-attr]
+        assert image.config is not None
+        assert json.loads(result.stdout) == json.loads(image.config.data)
     # Through the mirror's path prefixes, to the right upstream.
     log = daemon.log_text()
     assert "/v2/docker.io/library/ocitest-oci/manifests/v1" in log

@@ -19,8 +19,8 @@ import pytest
 from ocitest import free_port, http_request, wait_for
 from ocitest.daemon import Daemon
 from ocitest.hop import Hop
+from ocitest.ops import socket_refuses
 from ocitest.registry import Registry
-from test_ops_support import socket_refuses
 
 pytestmark = pytest.mark.integration
 

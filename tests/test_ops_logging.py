@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from typing import Any
 
 import pytest
 
@@ -16,15 +17,15 @@ from ocitest import free_port, http_request
 from ocitest.daemon import Upstream, write_config
 from ocitest.hop import Hop
 from ocitest.images import MEDIA
+from ocitest.ops import launch
 from ocitest.registry import Registry
-from test_ops_support import launch
 
 pytestmark = pytest.mark.integration
 
 ACCEPT = ", ".join(MEDIA.MANIFEST_TYPES)
 
 
-def _lines(text: str) -> list[dict[str, object]]:
+def _lines(text: str) -> list[dict[str, Any]]:
     lines = [line for line in text.splitlines() if line.strip()]
     assert lines
     return [json.loads(line) for line in lines]  # every line is one JSON object
@@ -58,7 +59,7 @@ def test_json_logs(tmp_path: os.PathLike[str], hop: Hop, upstream: Registry, how
             text = f.read()
         assert "Traceback" not in daemon.log_text()
     events = _lines(text)
-    assert events[0]["message"].startswith("twistd ")  # type: ignore[union-attr]
+    assert events[0]["message"].startswith("twistd ")
     access = [e for e in events if e["namespace"] == "ocicache.access"]
     assert [(e["method"], e["path"], e["status"], e["cache_result"], e["upstream"]) for e in access] == [
         ("GET", "/v2/", 200, "-", "-"),

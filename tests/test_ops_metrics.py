@@ -18,8 +18,8 @@ from ocitest import free_port, http_request, wait_for
 from ocitest.daemon import Daemon
 from ocitest.hop import Hop
 from ocitest.images import MEDIA
+from ocitest.ops import metric_value, scrape
 from ocitest.registry import Registry
-from test_ops_support import metric_value, scrape
 
 pytestmark = pytest.mark.integration
 

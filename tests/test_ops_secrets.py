@@ -18,8 +18,8 @@ import pytest
 from ocitest import free_port, http_request
 from ocitest.daemon import Daemon, Upstream, start_daemon
 from ocitest.images import MEDIA, Image
+from ocitest.ops import AuxRegistry, TokenServer, htpasswd_line, metric_value, scrape
 from ocitest.registry import Registry
-from test_ops_support import AuxRegistry, TokenServer, htpasswd_line, metric_value, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -64,8 +64,9 @@ def _pull(daemon: Daemon, image: Image) -> None:
     assert status == 200
     assert "sha256:" + hashlib.sha256(body).hexdigest() == blob.digest
     assert http_request(f"{daemon.url}/v2/{image.repo}/blobs/{image.blobs[0].digest}", method="HEAD")[0] == 200
+    assert image.tag is not None  # pulled by tag above
     status, _, body = http_request(f"{daemon.url}/v2/{image.repo}/tags/list")
-    assert status == 200 and image.tag.encode() in body  # type: ignore[union-attr]
+    assert status == 200 and image.tag.encode() in body
 
 
 def _error_bodies(daemon: Daemon, image: Image) -> list[bytes]:

@@ -18,8 +18,8 @@ from ocitest import REPO_ROOT, free_port, http_request, require_binary, wait_for
 from ocitest.daemon import Upstream, write_config
 from ocitest.hop import Hop
 from ocitest.images import MEDIA
+from ocitest.ops import launch, socket_refuses
 from ocitest.registry import Registry
-from test_ops_support import launch, socket_refuses
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,8 @@ from ocicache import __version__
 from ocitest import free_port, http_request, require_binary
 from ocitest.daemon import Daemon, Upstream
 from ocitest.images import MEDIA
+from ocitest.ops import PKI, AuxRegistry, make_pki
 from ocitest.registry import Registry
-from test_ops_support import PKI, AuxRegistry, make_pki
 
 pytestmark = pytest.mark.integration
 

@@ -10,6 +10,10 @@ suite and C{bench/run} can use it after C{sys.path.insert(0, "<repo>/tests")}:
   - L{ocitest.hop}: a counting, fault-injecting reverse proxy
   - L{ocitest.daemon}: the real ocicache daemon under C{twistd}
   - L{ocitest.containerd}: a private containerd and C{ctr} helpers
+  - L{ocitest.ops}: what the operations tests (C{test_ops_*.py}) share:
+    certificates, registries with TLS or auth, a token server, C{twistd}
+    with any command line, reading C{/metrics} (certificates and tokens
+    need the C{cryptography} package, imported only when used)
 """
 
 from __future__ import annotations

@@ -35,7 +35,17 @@ from typing import Any
 
 from . import SRC_ROOT, free_port, log_tail, spawn, stop_process, wait_for_http
 
-__all__ = ["Daemon", "DaemonPool", "Upstream", "config_text", "daemon_env", "default_upstreams", "start_daemon", "twistd_command", "write_config"]
+__all__ = [
+    "Daemon",
+    "DaemonPool",
+    "Upstream",
+    "config_text",
+    "daemon_env",
+    "default_upstreams",
+    "start_daemon",
+    "twistd_command",
+    "write_config",
+]
 
 TWISTD = "from twisted.scripts.twistd import run; run()"
 

@@ -486,7 +486,9 @@ class Hop:
                 return
 
             limit = fault.after_bytes if fault is not None else None
-            step = self.chunk_size if self.throttle is None else max(4096, min(self.chunk_size, int(self.throttle / 50)))
+            step = self.chunk_size
+            if self.throttle is not None:
+                step = max(4096, min(self.chunk_size, int(self.throttle / 50)))
             t0 = time.monotonic()
             sent = 0
             while True:

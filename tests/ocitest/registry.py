@@ -25,6 +25,7 @@ import os
 import subprocess
 import urllib.parse
 from collections.abc import Iterable
+from typing import BinaryIO
 
 from . import free_port, log_tail, require_binary, spawn, stop_process, wait_for_http
 from .images import Blob, Image
@@ -149,10 +150,10 @@ def _roundtrip(
     conn: http.client.HTTPConnection,
     method: str,
     target: str,
-    body: object = None,
+    body: bytes | BinaryIO | None = None,
     headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
-    conn.request(method, target, body=body, headers=headers or {})  # type: ignore[arg-type]
+    conn.request(method, target, body=body, headers=headers or {})
     response = conn.getresponse()
     data = response.read()
     return response.status, {k.lower(): v for k, v in response.getheaders()}, data

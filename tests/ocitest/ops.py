@@ -1,5 +1,5 @@
 """
-Helpers for the operations tests (C{test_ops_*.py}); holds no tests.
+Helpers for the operations tests (C{test_ops_*.py}).
 
   - L{make_pki}: a CA and a server certificate for 127.0.0.1 (cryptography)
   - L{AuxRegistry}: another C{docker-registry} serving an existing storage
@@ -31,12 +31,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-if TESTS_DIR not in sys.path:
-    sys.path.insert(0, TESTS_DIR)
-
-from ocitest import free_port, http_request, log_tail, require_binary, stop_process  # noqa: E402
-from ocitest.daemon import TWISTD, daemon_env  # noqa: E402
+from . import free_port, http_request, log_tail, require_binary, stop_process
+from .daemon import TWISTD, daemon_env
 
 __all__ = [
     "PKI",
@@ -153,7 +149,7 @@ def htpasswd_line(username: str, password: str) -> str:
         # Cost 2**5: these hashes guard nothing and are checked per request.
         hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=32))
         if not hashed or not hashed.startswith("$2"):
-            raise RuntimeError("crypt(3) cannot make bcrypt hashes here; pip install bcrypt")
+            raise RuntimeError("crypt(3) cannot make bcrypt hashes here; pip install bcrypt") from None
     else:
         hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode()
     return f"{username}:{hashed}\n"
