@@ -16,7 +16,7 @@ import hashlib
 import os
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from twisted.internet.address import IPv4Address
@@ -66,7 +66,8 @@ class ManualPool:
         total = 0
         for _, f, args in self.pending:
             if f is _fanout._write_batch:
-                total += sum(len(chunk) for chunk in args[2])  # type: ignore[union-attr]
+                batch = cast("list[bytes]", args[2])  # _write_batch(fd, hasher, batch)
+                total += sum(len(chunk) for chunk in batch)
         return total
 
 
@@ -98,35 +99,49 @@ class ClientTransport(StringTransport):
     """
 
     def __init__(self, window: int | None = None) -> None:
-        super().__init__()
+        # Twisted's untyped methods are called as looked up on Twisted's
+        # class, which untyped_calls_exclude covers; through this subclass
+        # they would not be.
+        StringTransport.__init__(self)
         self.window = window
         self.aborted = False
         self.blocked = False
         self._read = 0
 
+    def value(self) -> bytes:
+        """Everything written so far."""
+        data: bytes = StringTransport.value(self)
+        return data
+
+    def pushed(self) -> IPushProducer:
+        """The producer the channel registered: the request being answered."""
+        assert self.producer is not None
+        producer: IPushProducer = self.producer
+        return producer
+
     def write(self, data: bytes) -> None:
-        super().write(data)
+        StringTransport.write(self, data)
         if (self.window is not None and not self.blocked and self.producer is not None
                 and len(self.value()) - self._read >= self.window):
             self.blocked = True
-            self.producer.pauseProducing()
+            self.pushed().pauseProducing()
 
     def drain(self) -> None:
         self._read = len(self.value())
         if self.blocked:
             self.blocked = False
-            self.producer.resumeProducing()
+            self.pushed().resumeProducing()
 
     def abortConnection(self) -> None:
         self.aborted = True
-        super().abortConnection()
+        StringTransport.abortConnection(self)
 
 
 class _Hold(Resource):
     isLeaf = True
 
     def __init__(self) -> None:
-        super().__init__()
+        Resource.__init__(self)  # twisted's untyped __init__, looked up on twisted's class
         self.requests: list[Request] = []
 
     def render_GET(self, request: Request) -> object:
@@ -167,10 +182,10 @@ class Client:
 
     def pause(self) -> None:
         """The socket is full: the channel pauses the request's producer."""
-        self.transport.producer.pauseProducing()
+        self.transport.pushed().pauseProducing()
 
     def resume(self) -> None:
-        self.transport.producer.resumeProducing()
+        self.transport.pushed().resumeProducing()
 
     def hang_up(self) -> None:
         self.protocol.connectionLost(Failure(ConnectionLost("the client went away")))
@@ -214,7 +229,7 @@ class Client:
 
 
 def _dechunk(data: bytes) -> tuple[bytes, bool]:
-    out = []
+    out: list[bytes] = []
     while data:
         size_line, sep, rest = data.partition(b"\r\n")
         if not sep:
@@ -356,7 +371,7 @@ def test_consumer_hanging_up_stops_nothing_else(clock: Reactor, store: Store, ho
             if how == "connection lost":
                 leaver.hang_up()
             else:
-                leaver.transport.producer.stopProducing()
+                leaver.transport.pushed().stopProducing()
 
     feed(download, data, clock, between=between)
     download.finish()

@@ -17,9 +17,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from ocicache._cache import _download as _fanout
 from ocicache._cache._download import Download
 from ocicache._cache._passthrough import HIGH_WATER
 from ocicache._spec._reference import Digest
@@ -60,6 +61,7 @@ class _Reader:
             self.received += data
 
 
+@implementer(IPushProducer)
 class _Producer:
     def __init__(self) -> None:
         self.paused = False
@@ -93,7 +95,7 @@ def full_after(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], list[int]]:
             written[0] += count
             return count
 
-        monkeypatch.setattr(_fanout.os, "write", write)
+        monkeypatch.setattr("ocicache._cache._download.os.write", write)
         return written
 
     return install

@@ -34,13 +34,22 @@ from ocitest.fakes import Reactor, SyncPool, disk_of, run
 
 
 class Transport(StringTransport):
+    # Twisted's untyped methods are called as looked up on Twisted's class,
+    # which untyped_calls_exclude covers; through this subclass they would
+    # not be.
+
     def __init__(self) -> None:
-        super().__init__()
+        StringTransport.__init__(self)
         self.aborted = False
+
+    def value(self) -> bytes:
+        """Everything written so far."""
+        data: bytes = StringTransport.value(self)
+        return data
 
     def abortConnection(self) -> None:
         self.aborted = True
-        super().abortConnection()
+        StringTransport.abortConnection(self)
 
 
 class Response:
@@ -375,9 +384,9 @@ def test_client_gone_before_the_lookup_answers_releases_the_source(server: Serve
     gate: Deferred[None] = Deferred()
     original = server.blobs.lookup
 
-    async def slow_lookup(upstream: Any, repo: str, d: Digest) -> BlobLookup:
+    async def slow_lookup(upstream: Any, repo: str, digest: Digest) -> BlobLookup:
         await gate
-        return await original(upstream, repo, d)
+        return await original(upstream, repo, digest)
 
     server.blobs.lookup = slow_lookup  # type: ignore[method-assign]
     transport, protocol = server.request("GET", f"/v2/library/alpine/blobs/{digest}")

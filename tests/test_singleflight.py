@@ -201,7 +201,7 @@ def test_exception_in_a_coroutine_is_delivered_as_a_failure() -> None:
 
 def test_work_that_completes_at_once() -> None:
     flight: SingleFlight[str, str] = SingleFlight()
-    d, joined = flight.call("k", lambda: succeed("immediate"))  # type: ignore[arg-type, return-value]
+    d, joined = flight.call("k", lambda: succeed("immediate"))
     assert joined is False
     assert results(d) == ["immediate"]
     assert len(flight) == 0

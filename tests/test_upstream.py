@@ -16,6 +16,7 @@ import pytest
 import pytest_twisted
 from hyperlink import DecodedURL
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -37,7 +38,7 @@ class _Recorder(Resource):
     isLeaf = True
 
     def __init__(self, respond: Callable[[Any], bytes]) -> None:
-        super().__init__()
+        Resource.__init__(self)  # twisted's untyped __init__, looked up on twisted's class
         self.seen: list[tuple[bytes, dict[bytes, list[bytes]]]] = []
         self._respond = respond
 
@@ -51,9 +52,13 @@ def servers() -> Any:
     listening = []
 
     def serve(resource: Resource, interface: str = "127.0.0.1") -> str:
-        port = reactor.listenTCP(0, Site(resource), interface=interface)  # type: ignore[attr-defined]
+        # listenTCP is annotated with ServerFactory[_ProtoWithFactory], and
+        # ServerFactory is invariant, so Twisted's own Site does not match.
+        port = reactor.listenTCP(0, Site(resource), interface=interface)  # type: ignore[arg-type]
         listening.append(port)
-        return f"http://{interface}:{port.getHost().port}"
+        address = port.getHost()
+        assert isinstance(address, IPv4Address)
+        return f"http://{interface}:{address.port}"
 
     yield serve
     for port in listening:
@@ -62,7 +67,7 @@ def servers() -> Any:
 
 def _upstream(url: str, credentials: Credentials | None = None) -> Upstream:
     config = UpstreamConfig(name="registry.test", url=DecodedURL.from_text(url), credentials=credentials)
-    return Upstream(config, reactor, make_pool(reactor), TokenCache(reactor))  # type: ignore[arg-type]
+    return Upstream(config, reactor, make_pool(reactor), TokenCache(reactor))
 
 
 def _basic(request: Any) -> bool:
@@ -182,7 +187,7 @@ async def test_a_stalled_small_body_times_out(servers: Any) -> None:
 
     registry = _Recorder(answer)
     config = UpstreamConfig(name="registry.test", url=DecodedURL.from_text(servers(registry)))
-    upstream = Upstream(config, reactor, make_pool(reactor), TokenCache(reactor),  # type: ignore[arg-type]
+    upstream = Upstream(config, reactor, make_pool(reactor), TokenCache(reactor),
                         response_timeout=0.5)
     response = await upstream.manifest("GET", "team/app", "v1", ["application/vnd.oci.image.manifest.v1+json"])
     assert response.code == 200

@@ -26,6 +26,10 @@ class Reactor(MemoryReactorClock):
     C{advance(0)}, as the real reactor runs them on its next iteration.
     """
 
+    def __init__(self) -> None:
+        # Typed, so that tests may construct it under disallow_untyped_calls.
+        MemoryReactorClock.__init__(self)
+
     def callFromThread(self, f: Callable[..., object], *args: object, **kwargs: object) -> None:
         self.callLater(0, f, *args, **kwargs)
 
