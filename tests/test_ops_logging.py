@@ -1,6 +1,6 @@
 """
 JSON logs from the real daemon: twistd's C{--logger} option with
-L{ocicache._ops._logging.json_observer}, and C{log_format = "json"} honouring
+L{ocicache.json_observer}, and C{log_format = "json"} honouring
 twistd's C{--logfile}.
 """
 
@@ -40,7 +40,7 @@ def test_json_logs(tmp_path: os.PathLike[str], hop: Hop, upstream: Registry, how
                           upstreams=[Upstream("docker.io", hop.url, default=True)],
                           server_extra={"log_format": "json" if how != "--logger" else "text"})
     logfile = os.path.join(workdir, "json.log")
-    twistd_args = (["--logger", "ocicache._ops._logging.json_observer"] if how == "--logger"
+    twistd_args = (["--logger", "ocicache.json_observer"] if how == "--logger"
                    else ["--logfile", logfile])
     daemon = launch(config, workdir, twistd_args=twistd_args, wait_url=f"http://127.0.0.1:{port}/v2/")
     try:

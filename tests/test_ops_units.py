@@ -200,8 +200,8 @@ def test_upstream_ratelimit_gauge() -> None:
     from hyperlink import DecodedURL
 
     from ocicache._ops._config import UpstreamConfig
-    from ocicache._upstream._tokens import TokenCache
     from ocicache._upstream._client import Upstream, make_pool
+    from ocicache._upstream._tokens import TokenCache
 
     clock = MemoryReactorClock()
     metrics = Metrics()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from ocicache._spec._range import ByteRange, Unsatisfiable, parse_range
+from ocicache._spec._range import ByteRange, Unsatisfiable, if_range_holds, parse_range
 
 
 def test_no_header() -> None:
@@ -49,6 +49,11 @@ def test_single_ranges(header: bytes, size: int, expected: ByteRange) -> None:
     # A zero-length suffix selects nothing (RFC 9110 §14.1.1).
     (b"bytes=-0", 100),
     (b"bytes=-0", 0),
+    # Positions past any 64-bit integer are still positions (§14.1.1 puts
+    # no bound on 1*DIGIT): past the end, so 416, not a 200.
+    (b"bytes=99999999999999999999-", 100),
+    (b"bytes=99999999999999999999-99999999999999999999", 100),
+    (b"bytes=" + b"9" * 5000 + b"-", 100),
 ])
 def test_unsatisfiable(header: bytes, size: int) -> None:
     with pytest.raises(Unsatisfiable):
@@ -128,3 +133,30 @@ def test_every_range_lies_within_the_representation() -> None:
             assert wanted is not None
             assert wanted.end == size
             assert wanted.end - wanted.start == min(suffix, size)
+
+
+@pytest.mark.parametrize("header, size, expected", [
+    (b"bytes=10-99999999999999999999", 100, ByteRange(10, 100)),
+    (b"bytes=-99999999999999999999", 100, ByteRange(0, 100)),
+    (b"bytes=00000000000000000000010-", 100, ByteRange(10, 100)),
+])
+def test_long_positions(header: bytes, size: int, expected: ByteRange) -> None:
+    assert parse_range(header, size) == expected
+
+
+ETAG = b'"sha256:' + b"a" * 64 + b'"'
+
+
+@pytest.mark.parametrize("if_range, holds", [
+    (None, True),
+    (ETAG, True),
+    (b" " + ETAG + b" ", True),
+    # §13.1.5: another entity-tag, a weak one, or a date (we send no
+    # Last-Modified) means "send the whole representation".
+    (b'"sha256:' + b"b" * 64 + b'"', False),
+    (b"W/" + ETAG, False),
+    (b"Tue, 01 Dec 2026 10:00:00 GMT", False),
+    (b"", False),
+])
+def test_if_range(if_range: bytes | None, holds: bool) -> None:
+    assert if_range_holds(if_range, ETAG) is holds

@@ -3,7 +3,7 @@ JSON logs: one flat JSON object per line, for log shippers.
 
 Two ways to get them:
 
-  - C{twistd --logger ocicache._ops._logging.json_observer -n ocicache ...}:
+  - C{twistd --logger ocicache.json_observer -n ocicache ...}:
     twistd calls L{json_observer} (a factory) for its log observer; the
     lines go to standard output (the journal, under systemd).
   - C{[server] log_format = "json"} in the configuration: the service
@@ -124,7 +124,7 @@ def json_observer_for(logfile: str | None = None) -> JSONLineObserver:
 
 def json_observer() -> JSONLineObserver:
     """
-    The factory for C{twistd --logger ocicache._ops._logging.json_observer}:
+    The factory for C{twistd --logger ocicache.json_observer}:
     JSON lines on standard output.
     """
     return json_observer_for(None)

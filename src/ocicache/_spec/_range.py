@@ -13,11 +13,21 @@ import re
 
 from attrs import frozen
 
-__all__ = ["ByteRange", "Unsatisfiable", "parse_range"]
+__all__ = ["ByteRange", "Unsatisfiable", "if_range_holds", "parse_range"]
 
 # RFC 9110 §14.1.1: int-range = first-pos "-" [ last-pos ];
-# suffix-range = "-" suffix-length.
-_SINGLE = re.compile(rb"\A\s*bytes\s*=\s*(\d{0,19})\s*-\s*(\d{0,19})\s*\Z", re.IGNORECASE)
+# suffix-range = "-" suffix-length.  Positions are 1*DIGIT, of any length.
+_SINGLE = re.compile(rb"\A\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*\Z", re.IGNORECASE)
+
+_HUGE = 1 << 63
+"""Stands in for any position of more than 18 digits: past every blob."""
+
+
+def _position(digits: bytes) -> int:
+    # int() of thousands of digits is slow (and refused past 4300): no
+    # blob is that long, so all such numbers are equally "too far".
+    significant = digits.lstrip(b"0")
+    return int(significant or b"0") if len(significant) <= 18 else _HUGE
 
 
 @frozen
@@ -52,7 +62,7 @@ def parse_range(header: bytes | None, size: int) -> ByteRange | None:
         return None
     if not first:
         # A suffix range: the last N bytes.
-        length = int(last)
+        length = _position(last)
         if length == 0:
             raise Unsatisfiable()
         if size == 0:
@@ -60,9 +70,9 @@ def parse_range(header: bytes | None, size: int) -> ByteRange | None:
             # describe zero bytes: send the (empty) whole, as §14.2 allows.
             return None
         return ByteRange(max(0, size - length), size)
-    start = int(first)
+    start = _position(first)
     if last:
-        end = int(last) + 1
+        end = _position(last) + 1
         if end <= start:
             return None  # §14.1.1: last-pos < first-pos is invalid: ignore.
     else:
@@ -70,3 +80,16 @@ def parse_range(header: bytes | None, size: int) -> ByteRange | None:
     if start >= size:
         raise Unsatisfiable()
     return ByteRange(start, min(end, size))
+
+
+def if_range_holds(if_range: bytes | None, etag: bytes) -> bool:
+    """
+    Whether a Range may be honoured given C{If-Range} (RFC 9110 §13.1.5):
+    with no C{If-Range}, yes; with an entity-tag, only when it matches
+    C{etag} by strong comparison (§8.8.3.2: a weak tag never does); with a
+    date, never, since ocicache sends no C{Last-Modified} to compare it
+    with.  When it does not hold, the whole representation is sent.
+    """
+    if if_range is None:
+        return True
+    return if_range.strip() == etag and not etag.startswith(b"W/")

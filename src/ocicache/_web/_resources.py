@@ -32,7 +32,7 @@ from .._ops._logging import log_access
 from .._ops._metrics import Metrics
 from .._spec._errors import ErrorCode, RegistryError
 from .._spec._media_types import accepted_manifest_types
-from .._spec._range import Unsatisfiable, parse_range
+from .._spec._range import Unsatisfiable, if_range_holds, parse_range
 from .._spec._reference import Digest, InvalidReference, validate_tag
 from .._upstream._client import Upstream
 from .._version import __version__
@@ -157,7 +157,7 @@ class RegistryResource(Resource):
             if request.method not in _READ_METHODS:
                 raise read_only_error()
             # distribution-spec "Determining Support": 200 means the v2 API.
-            _send_bytes(request, b"{}", b"application/json")
+            _send_bytes(request, exchange, b"{}", b"application/json")
             return
         if request.method not in _READ_METHODS:
             exchange.route = "write"
@@ -188,7 +188,7 @@ class RegistryResource(Resource):
         manifest = lookup.manifest
         request.setHeader(b"docker-content-digest", str(manifest.digest).encode("ascii"))
         request.setHeader(b"etag", b'"%s"' % str(manifest.digest).encode("ascii"))
-        exchange.bytes = _send_bytes(request, manifest.body, manifest.media_type.encode("ascii"))
+        exchange.bytes = _send_bytes(request, exchange, manifest.body, manifest.media_type.encode("ascii"))
         self._count_bytes(lookup.result, exchange.bytes)
 
     # -- blobs
@@ -200,9 +200,10 @@ class RegistryResource(Resource):
         services = self._services
         if request.method == b"HEAD":
             size = await services.blobs.head(upstream, target.repo, digest)
-            _blob_headers(request, digest)
-            request.setHeader(b"content-length", b"%d" % size)
-            request.finish()
+            if not exchange.finished:
+                _blob_headers(request, digest)
+                request.setHeader(b"content-length", b"%d" % size)
+                request.finish()
             return
         lookup = await services.blobs.lookup(upstream, target.repo, digest)
         exchange.result = lookup.result
@@ -219,7 +220,8 @@ class RegistryResource(Resource):
         end: int | None = total
         if total is not None:
             try:
-                wanted = parse_range(request.getHeader(b"range"), total)
+                honoured = if_range_holds(request.getHeader(b"if-range"), _etag(digest))
+                wanted = parse_range(request.getHeader(b"range"), total) if honoured else None
             except Unsatisfiable:
                 source.release()
                 # RFC 9110 §15.5.17: 416 with the complete length.
@@ -278,7 +280,7 @@ class RegistryResource(Resource):
             rewritten = _rewrite_link(page.link, target)
             if rewritten is not None:
                 request.setHeader(b"link", rewritten)
-        exchange.bytes = _send_bytes(request, page.body, b"application/json")
+        exchange.bytes = _send_bytes(request, exchange, page.body, b"application/json")
         self._count_bytes(CacheResult.MISS, exchange.bytes)
 
     # -- the end of a request
@@ -333,15 +335,27 @@ def _decrement(result: object, gauge: Gauge) -> object:
     return result
 
 
+def _etag(digest: Digest) -> bytes:
+    # A digest names exactly one content: the strongest validator there is
+    # (RFC 9110 §8.8.3).
+    return b'"%s"' % str(digest).encode("ascii")
+
+
 def _blob_headers(request: Request, digest: Digest) -> None:
     request.setHeader(b"docker-content-digest", str(digest).encode("ascii"))
-    request.setHeader(b"etag", b'"%s"' % str(digest).encode("ascii"))
+    request.setHeader(b"etag", _etag(digest))
     # RFC 9110 §14.3: say that byte ranges are served.
     request.setHeader(b"accept-ranges", b"bytes")
     request.setHeader(b"content-type", b"application/octet-stream")
 
 
-def _send_bytes(request: Request, body: bytes, content_type: bytes) -> int:
+def _send_bytes(request: Request, exchange: _Exchange, body: bytes, content_type: bytes) -> int:
+    """
+    Answer with a small body; nothing at all when the client already went
+    away (twisted.web refuses a finish after the connection is lost).
+    """
+    if exchange.finished:
+        return 0
     request.setHeader(b"content-type", content_type)
     request.setHeader(b"content-length", b"%d" % len(body))
     sent = 0
