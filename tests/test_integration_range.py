@@ -24,9 +24,9 @@ def _target(daemon: Daemon, image: Image) -> tuple[str, str, bytes]:
 
 @pytest.mark.parametrize("state", ["warm", "cold"])
 @pytest.mark.parametrize("header", [
-    "bytes=99999999999999999999-",
-    "bytes=99999999999999999999-99999999999999999999",
-    "bytes=" + "9" * 3000 + "-",
+    pytest.param("bytes=99999999999999999999-", id="20-digits"),
+    pytest.param("bytes=99999999999999999999-99999999999999999999", id="20-digits-both"),
+    pytest.param("bytes=" + "9" * 3000 + "-", id="3000-digits"),
 ])
 def test_a_range_past_any_integer_is_unsatisfiable(
         state: str, header: str, ocitest_images: dict[str, Image], daemon: Daemon, hop: Hop) -> None:
