@@ -8,6 +8,16 @@ low-water mark (L{LOW_WATER} of the limit, minus the new blob), in the
 order the L{S3FIFO} policy chooses.  A blob larger than the whole limit is
 streamed to its clients and then not kept.
 
+Room made is reserved until the commit lands (L{Capacity.committed}) or
+fails (L{Capacity.release}), and C{make_room} calls take turns with each
+other and with evictions: so however many commits are in flight, the
+stored bytes plus the reserved ones stay within C{max_size}, a reservation
+is granted only once the files its eviction removed are gone, and
+C{min_free} is judged on the free space left after them.  A blob that
+would not fit even with every stored blob evicted, because commits in
+flight hold the room, is not kept, rather than emptying the cache for
+nothing.
+
 Reads are counted in memory, where the policy needs them, and written to
 SQLite in batches by the janitor, never once per request or chunk.
 """
@@ -17,6 +27,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 
+from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
 
 from .._spec._reference import Digest
@@ -54,10 +65,20 @@ class Capacity:
         # Without a limit the policy still orders blobs for min_free.
         self.policy = S3FIFO(max_size if max_size is not None else 1 << 62)
         self._accesses: dict[str, tuple[float, int]] = {}
+        self._reserved = 0
+        # make_room and evict take turns: a reservation is granted only
+        # after the evictions that made its room have unlinked their files.
+        self._turn = DeferredLock()
 
     @property
     def size(self) -> int:
+        """Bytes of the blobs in the store."""
         return self.policy.size
+
+    @property
+    def reserved(self) -> int:
+        """Bytes of commits in flight: room made, blob not in the store yet."""
+        return self._reserved
 
     def load(self, blobs: Iterable[tuple[Digest, int, bool]]) -> None:
         """
@@ -78,7 +99,19 @@ class Capacity:
         return accesses
 
     def committed(self, digest: Digest, size: int) -> None:
+        """
+        A blob for which L{make_room} returned C{True} is in the store: its
+        reservation becomes a stored blob.
+        """
+        self._reserved = max(0, self._reserved - size)
         self.policy.insert(digest, size)
+
+    def release(self, size: int) -> None:
+        """
+        A blob for which L{make_room} returned C{True} will not be stored
+        after all (its commit failed): give its room back.
+        """
+        self._reserved = max(0, self._reserved - size)
 
     def forget(self, digests: Iterable[Digest]) -> None:
         for digest in digests:
@@ -89,31 +122,61 @@ class Capacity:
 
     async def make_room(self, size: int, keep: Iterable[Digest] = ()) -> bool:
         """
-        Evict so that a new blob of C{size} bytes fits; C{False} when it
-        cannot be kept at all (larger than the limit, or the filesystem
-        cannot give it room above C{min_free}).
+        Evict so that a new blob of C{size} bytes fits, and reserve its room
+        until L{committed} or L{release}; C{False} (nothing reserved) when
+        it cannot be kept at all: larger than the limit, no room beside the
+        commits in flight, or the filesystem cannot give it room above
+        C{min_free}.
         """
         if not self.fits(size):
             log.info("Not keeping a {size}-byte blob: larger than max_size", size=size)
             return False
+        await self._turn.acquire()
+        try:
+            return await self._make_room(size, keep)
+        finally:
+            self._turn.release()
+
+    async def _make_room(self, size: int, keep: Iterable[Digest]) -> bool:
+        # Only this call reserves while it holds the turn; commits landing
+        # or failing meanwhile only move or lower the reserved bytes.
+        if self.max_size is not None and self._reserved + size > self.max_size:
+            log.info("Not keeping a {size}-byte blob: commits in flight hold {reserved} bytes of max_size",
+                     size=size, reserved=self._reserved)
+            return False
         target = self.policy.size
-        if self.max_size is not None and self.policy.size + size > self.max_size:
-            target = min(target, int(self.max_size * LOW_WATER) - size)
+        if self.max_size is not None and self.policy.size + self._reserved + size > self.max_size:
+            target = min(target, int(self.max_size * LOW_WATER) - self._reserved - size)
+        # min_free needs no reservation: a blob in flight is already written
+        # under tmp/, on the same filesystem, so statvfs counts it, and its
+        # commit is a rename that takes no space.  Taking turns is what it
+        # needs: the free space is read after the last eviction's unlinks.
         shortfall = self._free_shortfall(size)
         if shortfall > 0:
             target = min(target, self.policy.size - shortfall)
         if target < self.policy.size:
-            await self.evict(max(target, 0), keep)
+            await self._evict(max(target, 0), keep)
+        if self.max_size is not None and self.policy.size + self._reserved + size > self.max_size:
+            log.info("Not keeping a {size}-byte blob: no room beside the commits in flight", size=size)
+            return False
         if shortfall > 0 and self._free_shortfall(size) > 0:
             log.warn("Not keeping a {size}-byte blob: the filesystem is below min_free", size=size)
             return False
+        self._reserved += size
         return True
 
     async def evict(self, target: int, keep: Iterable[Digest] = ()) -> tuple[int, int]:
         """
         Evict blobs until the store holds at most C{target} bytes; return
-        C{(count, bytes)} evicted.
+        C{(count, bytes)} evicted.  Waits for a L{make_room} in progress.
         """
+        await self._turn.acquire()
+        try:
+            return await self._evict(target, keep)
+        finally:
+            self._turn.release()
+
+    async def _evict(self, target: int, keep: Iterable[Digest]) -> tuple[int, int]:
         victims = self.policy.evict(target, keep)
         if not victims:
             return 0, 0

@@ -110,7 +110,10 @@ class Janitor:
             if await self._disk.run(verify_file, path, digest):
                 await self._metadata.put_blob(text, size, now)
                 report.adopted += 1
-                self._capacity.committed(digest, size)
+                # Not committed(): that would take the reservation of a
+                # download whose rename this scan saw before its commit
+                # was counted (recovery runs beside the first downloads).
+                self._capacity.load([(digest, size, False)])
             else:
                 await self._disk.run(self._store.remove, Kind.BLOB, digest)
                 report.removed_unverified += 1
