@@ -78,6 +78,8 @@ class BlobService:
         self._disk_failing = False
         self._starting: SingleFlight[Digest, Download | PassThrough] = SingleFlight()
         self.inflight: dict[Digest, Download] = {}
+        self._reserved: dict[Digest, int] = {}
+        """Room reserved for commits in flight (L{Capacity.make_room})."""
 
     async def lookup(self, upstream: Upstream, repo: str, digest: Digest) -> BlobLookup:
         stored = self._store.open(Kind.BLOB, digest)
@@ -176,8 +178,11 @@ class BlobService:
     async def _before_commit(self, digest: Digest, size: int) -> bool:
         # In-flight downloads are not in the store yet, so eviction cannot
         # touch them; what it removes may still be read through open
-        # descriptors.
-        return await self._capacity.make_room(size)
+        # descriptors.  The room is reserved until the commit settles.
+        kept = await self._capacity.make_room(size)
+        if kept:
+            self._reserved[digest] = size
+        return kept
 
     def _disk_error(self, error: OSError) -> None:
         """
@@ -197,6 +202,9 @@ class BlobService:
                  upstream: str, repo: str) -> None:
         if self.inflight.get(digest) is download:
             del self.inflight[digest]
+        reserved = self._reserved.pop(digest, None)
+        if reserved is not None and not isinstance(result, str):
+            self._capacity.release(reserved)  # the commit failed: give the room back
         if isinstance(result, Failure):
             log.warn("Download of {digest} from {upstream}/{repo} failed: {error}",
                      digest=str(digest), upstream=upstream, repo=repo,

@@ -82,7 +82,8 @@ class Services:
         self.upstreams = upstreams
         self.blobs = blobs
         self.manifests = manifests
-        self.tags = tags if tags is not None else TagService()
+        self.tags = tags if tags is not None else TagService(
+            reactor, lambda upstream: config.tag_ttl_for(upstream.config))
         self.metrics = metrics
         # Told (digest, size) after a manifest miss, which stored it: keeps
         # the cache-size metrics current without a scan.
@@ -273,15 +274,16 @@ class RegistryResource(Resource):
                 params["last"] = validate_tag(last_values[0].decode("ascii"))
             except (InvalidReference, UnicodeDecodeError):
                 raise RegistryError(ErrorCode.PAGINATION_NUMBER_INVALID, "last must be a valid tag") from None
-        page = await self._services.tags.page(upstream, target.repo, params)
-        exchange.result = CacheResult.MISS
-        self._services.metrics.cache_requests.labels("tags", CacheResult.MISS).inc()
+        lookup = await self._services.tags.page(upstream, target.repo, params)
+        page = lookup.page
+        exchange.result = lookup.result
+        self._services.metrics.cache_requests.labels("tags", lookup.result).inc()
         if page.link is not None:
             rewritten = _rewrite_link(page.link, target)
             if rewritten is not None:
                 request.setHeader(b"link", rewritten)
         exchange.bytes = _send_bytes(request, exchange, page.body, b"application/json")
-        self._count_bytes(CacheResult.MISS, exchange.bytes)
+        self._count_bytes(lookup.result, exchange.bytes)
 
     # -- the end of a request
 
