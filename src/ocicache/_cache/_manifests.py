@@ -29,12 +29,25 @@ from ._errors import DigestMismatch, ManifestTooLarge, ManifestUnknown
 from ._result import CacheResult
 from ._singleflight import SingleFlight
 
-__all__ = ["MAX_MANIFEST_SIZE", "Manifest", "ManifestService"]
+__all__ = ["MAX_MANIFEST_SIZE", "Manifest", "ManifestService", "variant_key"]
 
 log = Logger()
 
 MAX_MANIFEST_SIZE = 4 << 20
 """distribution-spec "Pushing Manifests": registries accept at least 4 MiB."""
+
+
+def variant_key(tag: str, accept: Sequence[str]) -> str:
+    """
+    The key under which the metadata keeps what C{tag} resolves to for a
+    client accepting C{accept}: the tag itself for a client that accepts
+    every manifest type (nearly every client does), else the tag and the
+    sorted types, joined by spaces.  The tag grammar has no space, so no
+    variant can be taken for another tag.
+    """
+    if set(accept) >= set(MANIFEST_MEDIA_TYPES):
+        return tag
+    return " ".join([tag, *sorted(set(accept))])
 
 
 @frozen
@@ -89,7 +102,18 @@ class ManifestService:
     async def _by_tag(
         self, upstream: Upstream, repo: str, tag: str, accept: Sequence[str]
     ) -> ManifestLookup:
-        row = await self._metadata.tag(upstream.name, repo, tag)
+        # What a tag resolves to depends on what the client accepts
+        # (distribution-spec "Pulling manifests"): each Accept set is its
+        # own variant, so one client's narrow Accept never replaces what the
+        # others get.
+        key = variant_key(tag, accept)
+        row = await self._metadata.tag(upstream.name, repo, key)
+        if row is None and key != tag:
+            native = await self._fresh(upstream, repo, tag)
+            if native is not None and native.media_type in accept:
+                # The upstream answers a narrow Accept with the tag's own
+                # manifest whenever that Accept lists its type.
+                return ManifestLookup(native, CacheResult.HIT)
         stored = await self._stored(Digest.parse(row.digest)) if row is not None else None
         if row is None or stored is None:
             manifest, joined = await self._fetch(upstream, repo, tag, accept)
@@ -103,10 +127,17 @@ class ManifestService:
                      upstream=upstream.name, repo=repo, tag=tag, error=str(e))
             return ManifestLookup(stored, CacheResult.STALE)
         if current == stored.digest:
-            await self._metadata.put_tag(upstream.name, repo, tag, str(current), self._reactor.seconds())
+            await self._metadata.put_tag(upstream.name, repo, key, str(current), self._reactor.seconds())
             return ManifestLookup(stored, CacheResult.HIT)
         manifest, joined = await self._fetch(upstream, repo, tag, accept)
         return ManifestLookup(manifest, CacheResult.COALESCED if joined else CacheResult.MISS)
+
+    async def _fresh(self, upstream: Upstream, repo: str, tag: str) -> Manifest | None:
+        """What C{tag} resolves to for every media type, if known and fresh."""
+        row = await self._metadata.tag(upstream.name, repo, tag)
+        if row is None or self._reactor.seconds() - row.checked_at >= self._tag_ttl(upstream):
+            return None
+        return await self._stored(Digest.parse(row.digest))
 
     async def _revalidate(
         self, upstream: Upstream, repo: str, tag: str, accept: Sequence[str]
@@ -122,7 +153,7 @@ class ManifestService:
         if response.code >= 500 or response.code == 429:
             raise UpstreamUnavailable(f"{upstream.name} answered {response.code}")
         if response.code == 404:
-            await self._metadata.delete_tag(upstream.name, repo, tag)
+            await self._metadata.delete_tag(upstream.name, repo, variant_key(tag, accept))
         if response.code != 200:
             raise answer_error(response, ManifestUnknown(f"{repo}:{tag} is not known to {upstream.name}"))
         header = response.headers.getRawHeaders(b"docker-content-digest", [None])[0]
@@ -134,9 +165,11 @@ class ManifestService:
     async def _fetch(
         self, upstream: Upstream, repo: str, reference: Digest | str, accept: Sequence[str]
     ) -> tuple[Manifest, bool]:
-        key = (upstream.name, repo, str(reference))
+        # A digest names one content whatever the Accept; a tag's answer
+        # differs by it, so clients with different Accept never share one.
+        key = str(reference) if isinstance(reference, Digest) else variant_key(reference, accept)
         flight, joined = self._flights.call(
-            key, lambda: self._download(upstream, repo, reference, accept)
+            (upstream.name, repo, key), lambda: self._download(upstream, repo, reference, accept)
         )
         return await flight, joined
 
@@ -151,6 +184,12 @@ class ManifestService:
         body = await upstream.read_body(response, MAX_MANIFEST_SIZE)
         if body is None:
             raise ManifestTooLarge(f"the upstream manifest is over {MAX_MANIFEST_SIZE} bytes")
+        media_type = manifest_media_type(response.headers.getRawHeaders(b"content-type", [b""])[0], body)
+        if not isinstance(reference, Digest) and media_type not in accept:
+            # A client gets only a type it listed.  (distribution converts
+            # to the deprecated, signed schema 1 when the Accept lists
+            # neither a list nor schema 2: never passed on, nor kept.)
+            raise ManifestUnknown(f"{repo}:{reference} has no manifest of an accepted media type on {upstream.name}")
         # distribution-spec "Pulling manifests": the digest of a manifest is
         # the digest of its exact bytes.
         if isinstance(reference, Digest):
@@ -165,14 +204,13 @@ class ManifestService:
             claimed = header.decode("ascii", "replace") if header is not None else None
             if claimed is not None and claimed.startswith("sha256:") and claimed != str(digest):
                 raise DigestMismatch("the upstream's manifest does not match its digest header")
-        media_type = manifest_media_type(response.headers.getRawHeaders(b"content-type", [b""])[0], body)
         manifest = Manifest(digest, media_type, body)
         await self._disk.run(self._store.write_small, Kind.MANIFEST, digest, body)
         now = self._reactor.seconds()
         await self._metadata.put_manifest(str(digest), media_type, len(body), now)
         await self._access.record(upstream, repo, digest)
         if not isinstance(reference, Digest):
-            await self._metadata.put_tag(upstream.name, repo, reference, str(digest), now)
+            await self._metadata.put_tag(upstream.name, repo, variant_key(reference, accept), str(digest), now)
         return manifest
 
     def _prove(self, upstream: Upstream, repo: str, digest: Digest) -> Callable[[], Awaitable[None]]:
