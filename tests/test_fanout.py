@@ -1122,3 +1122,73 @@ def test_hanging_up_releases_the_download_for_the_last_user(clock: Reactor, stor
     assert reader.complete and reader.body() == data
     with pytest.raises(OSError):
         download.read(0, 1)
+
+
+# -- abandonment: nobody reading means nobody pays for the rest
+
+
+def _abandoning(clock: Reactor, store: Store, data: bytes, digest: Digest) -> tuple[Download, UpstreamProducer]:
+    download = Download(disk_of(clock, SyncPool(), store), digest, len(data), abandon_after=10.0,
+                        keep_fraction=0.5)
+    upstream = UpstreamProducer()
+    download.attach(upstream)
+    return download, upstream
+
+
+def test_a_download_nobody_reads_is_abandoned(clock: Reactor, store: Store) -> None:
+    data, digest = blob(10_000, seed=40)
+    download, upstream = _abandoning(clock, store, data, digest)
+    seen = outcome(download)
+    reader = Client(clock)
+    reader.stream(download, 0, len(data), length=len(data))
+    download.write(data[:2_000])
+    run(clock)
+    reader.hang_up()
+    run(clock)
+    clock.advance(9.9)
+    assert not download.ended
+    clock.advance(0.2)
+    assert download.ended and not download.committed
+    assert isinstance(seen[0], Failure) and seen[0].check(DownloadError)
+    assert "stop" in upstream.calls
+    assert not os.path.exists(download.temp_path)
+    assert store.open(Kind.BLOB, digest) is None
+
+
+def test_a_reader_back_within_the_grace_period_keeps_it(clock: Reactor, store: Store) -> None:
+    data, digest = blob(10_000, seed=41)
+    download, upstream = _abandoning(clock, store, data, digest)
+    first = Client(clock)
+    first.stream(download, 0, len(data), length=len(data))
+    download.write(data[:2_000])
+    run(clock)
+    first.hang_up()
+    run(clock)
+    clock.advance(5)
+    # containerd comes back with Range: bytes=N-.
+    second = Client(clock)
+    second.stream(download, 2_000, len(data), length=len(data) - 2_000)
+    clock.advance(20)
+    assert not download.ended
+    download.write(data[2_000:])
+    download.finish()
+    run(clock)
+    assert download.committed and second.complete and second.body() == data[2_000:]
+    assert "stop" not in upstream.calls
+
+
+def test_a_download_mostly_here_is_finished_for_the_cache(clock: Reactor, store: Store) -> None:
+    data, digest = blob(10_000, seed=42)
+    download, upstream = _abandoning(clock, store, data, digest)
+    reader = Client(clock)
+    reader.stream(download, 0, len(data), length=len(data))
+    download.write(data[:6_000])
+    run(clock)
+    reader.hang_up()
+    run(clock)
+    clock.advance(11)
+    assert not download.ended
+    download.write(data[6_000:])
+    download.finish()
+    run(clock)
+    assert download.committed and "stop" not in upstream.calls

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from twisted.internet.interfaces import IPushProducer
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -28,14 +29,11 @@ from ocicache._storage._store import Kind, Store
 from ocitest.fakes import SyncPool, disk_of
 
 
-class _Now:
+class _Now(Clock):
     """A reactor that runs 'thread' results at once: deterministic."""
 
     def callFromThread(self, f: Callable[..., Any], *args: Any) -> None:
         f(*args)
-
-    def seconds(self) -> float:
-        return 0.0
 
 
 class _Reader:

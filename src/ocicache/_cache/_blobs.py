@@ -29,11 +29,12 @@ from .._upstream._body import BodyReceiver
 from .._upstream._client import Upstream
 from .._upstream._errors import UpstreamUnavailable, answer_error
 from ._access import RepoAccess
-from ._download import Download
+from ._download import ABANDON_AFTER, KEEP_FRACTION, Download
 from ._errors import BlobUnknown
 from ._passthrough import PassThrough
 from ._result import CacheResult
 from ._singleflight import SingleFlight
+from ._slots import DEFAULT_DOWNLOADS, DEFAULT_PER_UPSTREAM, DEFAULT_QUEUE, Priority, Slot, Slots
 from ._source import Source, StoredFile
 
 __all__ = ["BlobLookup", "BlobService"]
@@ -67,8 +68,20 @@ class BlobService:
         access: RepoAccess,
         capacity: Capacity,
         on_upstream_bytes: Callable[[str, int], None] = lambda upstream, count: None,
+        slots: Slots | None = None,
+        abandon_after: float = ABANDON_AFTER,
+        keep_fraction: float = KEEP_FRACTION,
     ) -> None:
+        """
+        @param slots: the bound on concurrent upstream fetches, shared with
+            the manifest service.
+        @param abandon_after: seconds after which a download nobody reads
+            is abandoned, unless C{keep_fraction} of it has arrived.
+        """
         self._disk = disk
+        self._slots = slots if slots is not None else Slots(DEFAULT_DOWNLOADS, DEFAULT_PER_UPSTREAM, DEFAULT_QUEUE)
+        self._abandon_after = abandon_after
+        self._keep_fraction = keep_fraction
         self._reactor = disk.reactor
         self._store = disk.store
         self._metadata = disk.metadata
@@ -148,9 +161,20 @@ class BlobService:
 
     async def _start(self, upstream: Upstream, repo: str, digest: Digest) -> Download | PassThrough:
         """
-        Ask the upstream for the blob and, once it answers 200, start
-        writing its body: the returned download grows while clients read.
+        Ask the upstream for the blob, within a download slot, and once it
+        answers 200 start writing its body: the returned download grows
+        while clients read.  The slot is held until the body is in.
         """
+        slot = await self._slots.acquire(upstream.name, Priority.BLOB)
+        try:
+            started = await self._fetch(upstream, repo, digest)
+        except BaseException:
+            slot.release()
+            raise
+        started.settled.addBoth(_release, slot)
+        return started
+
+    async def _fetch(self, upstream: Upstream, repo: str, digest: Digest) -> Download | PassThrough:
         response = await upstream.blob("GET", repo, str(digest))
         if response.code != 200:
             await upstream.discard(response)
@@ -160,6 +184,7 @@ class BlobService:
         try:
             download = Download(
                 self._disk, digest, size, before_commit=self._before_commit, on_disk_error=self._disk_error,
+                abandon_after=self._abandon_after, keep_fraction=self._keep_fraction,
             )
         except OSError as e:
             # Not even a temp file: the cache dir is gone, full or
@@ -244,6 +269,11 @@ class _BodyWriter(BodyReceiver):
 
     def failed(self, reason: Failure) -> None:
         self._download.fail(reason)
+
+
+def _release(result: object, slot: Slot) -> object:
+    slot.release()
+    return result
 
 
 def _log_failure(failure: Failure, what: str) -> None:

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -36,12 +37,21 @@ from ._source import Reader
 if TYPE_CHECKING:
     from hashlib import _Hash
 
-__all__ = ["BATCH", "Download"]
+__all__ = ["ABANDON_AFTER", "BATCH", "KEEP_FRACTION", "Download"]
 
 log = Logger()
 
 BATCH = 4 << 20
 """Bytes handed to the disk thread at once; clients see progress per batch."""
+
+ABANDON_AFTER = 10.0
+"""
+Seconds a download may go without a reader before it is abandoned: long
+enough for containerd to come back with C{Range: bytes=N-}.
+"""
+
+KEEP_FRACTION = 0.5
+"""A download that has this much of its body is finished for the cache even unread."""
 
 
 class Download(Incoming):
@@ -60,6 +70,8 @@ class Download(Incoming):
         size: int | None,
         before_commit: Callable[[Digest, int], Awaitable[bool]] | None = None,
         on_disk_error: Callable[[OSError], None] = lambda error: None,
+        abandon_after: float = ABANDON_AFTER,
+        keep_fraction: float = KEEP_FRACTION,
     ) -> None:
         super().__init__(digest, size)
         self.path: str | None = None
@@ -77,6 +89,10 @@ class Download(Incoming):
         """Bytes of the batch the disk thread is writing now (0: none)."""
         self._writing = False
         self._spill: PassThrough | None = None
+        self._abandon_after = abandon_after
+        self._keep_fraction = keep_fraction
+        self._abandon: IDelayedCall | None = None
+        self._arm_abandon()  # the first reader subscribes at once
 
     @property
     def committed(self) -> bool:
@@ -125,6 +141,7 @@ class Download(Incoming):
             return
         if self.state is State.RECEIVING:
             self._stop_upstream()
+        self._disarm_abandon()
         self.state = State.FAILED
         self.failure = reason
         self._queue.clear()
@@ -181,6 +198,7 @@ class Download(Incoming):
         already here, and nothing is kept.
         """
         self._on_disk_error(error)
+        self._disarm_abandon()  # the pass-through ends when its readers leave
         body_ended = self.state is State.DRAINING
         spill = PassThrough(self.digest, self.size, self._received, self._hasher, self._readers)
         self._hand_upstream_to(spill)
@@ -216,6 +234,7 @@ class Download(Incoming):
             return
         # The length is now known even when the upstream did not say.
         self.size = self._received
+        self._disarm_abandon()
         self.state = State.COMMITTING
         self._producer = None
         self._notify()
@@ -249,6 +268,7 @@ class Download(Incoming):
         """
         log.failure("Download of {digest} broke", reason, digest=str(self.digest))
         if not self.settled.called:
+            self._disarm_abandon()
             self.state = State.FAILED
             self.failure = reason
             self._discard()
@@ -285,11 +305,36 @@ class Download(Incoming):
             return b""
         return os.pread(self._read_fd, length, offset)
 
+    def subscribe(self, reader: Reader) -> None:
+        super().subscribe(reader)
+        self._disarm_abandon()
+
     def unsubscribe(self, reader: Reader) -> None:
         if self._spill is not None:
             self._spill.unsubscribe(reader)
-        else:
-            super().unsubscribe(reader)
+            return
+        super().unsubscribe(reader)
+        if not self._readers:
+            self._arm_abandon()
+
+    # -- abandonment: no client may make the daemon fetch what nobody reads
+
+    def _arm_abandon(self) -> None:
+        if self._abandon is None and not self.ended:
+            self._abandon = self._disk.reactor.callLater(self._abandon_after, self._abandoned)
+
+    def _disarm_abandon(self) -> None:
+        if self._abandon is not None and self._abandon.active():
+            self._abandon.cancel()
+        self._abandon = None
+
+    def _abandoned(self) -> None:
+        self._abandon = None
+        if self._readers or self.state is not State.RECEIVING:
+            return
+        if self.size is not None and self._received + self._queued >= self.size * self._keep_fraction:
+            return  # most of it is here: worth keeping
+        self.fail(Failure(DownloadError(f"nobody read it for {self._abandon_after:g}s")))
 
     def acquire(self) -> Download:
         self._users += 1

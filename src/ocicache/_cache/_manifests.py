@@ -28,6 +28,7 @@ from ._access import RepoAccess
 from ._errors import DigestMismatch, ManifestTooLarge, ManifestUnknown
 from ._result import CacheResult
 from ._singleflight import SingleFlight
+from ._slots import DEFAULT_DOWNLOADS, DEFAULT_PER_UPSTREAM, DEFAULT_QUEUE, Priority, Slots
 
 __all__ = ["MAX_MANIFEST_SIZE", "Manifest", "ManifestService", "variant_key"]
 
@@ -73,6 +74,7 @@ class ManifestService:
         disk: Disk,
         access: RepoAccess,
         tag_ttl: Callable[[Upstream], float],
+        slots: Slots | None = None,
     ) -> None:
         self._disk = disk
         self._reactor = disk.reactor
@@ -80,6 +82,7 @@ class ManifestService:
         self._metadata = disk.metadata
         self._access = access
         self._tag_ttl = tag_ttl
+        self._slots = slots if slots is not None else Slots(DEFAULT_DOWNLOADS, DEFAULT_PER_UPSTREAM, DEFAULT_QUEUE)
         self._flights: SingleFlight[tuple[str, str, str], Manifest] = SingleFlight()
 
     async def lookup(
@@ -174,6 +177,17 @@ class ManifestService:
         return await flight, joined
 
     async def _download(
+        self, upstream: Upstream, repo: str, reference: Digest | str, accept: Sequence[str]
+    ) -> Manifest:
+        # Within a download slot, before any blob waiting for one: a pull
+        # needs its manifest first.
+        slot = await self._slots.acquire(upstream.name, Priority.MANIFEST)
+        try:
+            return await self._get(upstream, repo, reference, accept)
+        finally:
+            slot.release()
+
+    async def _get(
         self, upstream: Upstream, repo: str, reference: Digest | str, accept: Sequence[str]
     ) -> Manifest:
         response = await upstream.manifest("GET", repo, str(reference), accept)

@@ -16,6 +16,7 @@ from .._cache._errors import (
     RepositoryUnknown,
     StoreUnavailable,
 )
+from .._cache._slots import Busy
 from .._spec._errors import ErrorCode, RegistryError
 from .._upstream._errors import UpstreamDenied, UpstreamRateLimited, UpstreamUnavailable
 
@@ -45,6 +46,10 @@ def registry_error(error: BaseException) -> RegistryError | None:
         case UpstreamRateLimited(retry_after=retry_after):
             headers = ((b"retry-after", retry_after),) if retry_after is not None else ()
             return RegistryError(ErrorCode.TOOMANYREQUESTS, str(error), headers=headers)
+        case Busy(retry_after=seconds):
+            # Bounded work (RFC 6585 §4): come back later.
+            return RegistryError(ErrorCode.TOOMANYREQUESTS, str(error),
+                                 headers=((b"retry-after", b"%d" % seconds),))
         # The upstream's fault, never a 500 of ours: 502 Bad Gateway
         # (RFC 9110 §15.6.3).
         case DigestMismatch():

@@ -1,0 +1,80 @@
+"""
+Tests for L{ocicache._cache._slots}: the bound on concurrent upstream work.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.defer import CancelledError, Deferred
+
+from ocicache._cache._slots import Busy, Priority, Slot, Slots
+
+
+def _slot(d: Deferred[Slot]) -> Slot:
+    got: list[Slot] = []
+    d.addCallback(got.append)
+    assert got, "the slot was not granted"
+    return got[0]
+
+
+def test_at_most_total_at_once() -> None:
+    slots = Slots(total=2, per_upstream=5, queue=10)
+    first = _slot(slots.acquire("a", Priority.BLOB))
+    _slot(slots.acquire("b", Priority.BLOB))
+    third = slots.acquire("c", Priority.BLOB)
+    assert not third.called and slots.active == 2
+    first.release()
+    assert third.called and slots.active == 2
+
+
+def test_at_most_per_upstream_at_once() -> None:
+    slots = Slots(total=10, per_upstream=1, queue=10)
+    a = _slot(slots.acquire("a", Priority.BLOB))
+    waiting = slots.acquire("a", Priority.BLOB)
+    # Another upstream is not held up by a's queue.
+    _slot(slots.acquire("b", Priority.BLOB))
+    assert not waiting.called
+    a.release()
+    assert waiting.called
+
+
+def test_past_the_queue_is_busy() -> None:
+    slots = Slots(total=1, per_upstream=1, queue=2)
+    _slot(slots.acquire("a", Priority.BLOB))
+    slots.acquire("a", Priority.BLOB)
+    slots.acquire("a", Priority.BLOB)
+    with pytest.raises(Busy) as raised:
+        slots.acquire("a", Priority.BLOB)
+    assert raised.value.retry_after >= 1
+
+
+def test_manifests_go_before_blobs() -> None:
+    slots = Slots(total=1, per_upstream=1, queue=10)
+    held = _slot(slots.acquire("a", Priority.BLOB))
+    order: list[str] = []
+    blob = slots.acquire("a", Priority.BLOB)
+    blob.addCallback(lambda slot: (order.append("blob"), slot.release()))
+    manifest = slots.acquire("a", Priority.MANIFEST)
+    manifest.addCallback(lambda slot: (order.append("manifest"), slot.release()))
+    held.release()
+    assert order == ["manifest", "blob"]
+
+
+def test_a_cancelled_waiter_gives_up_its_place() -> None:
+    slots = Slots(total=1, per_upstream=1, queue=10)
+    held = _slot(slots.acquire("a", Priority.BLOB))
+    gone = slots.acquire("a", Priority.BLOB)
+    gone.addErrback(lambda f: f.trap(CancelledError))
+    gone.cancel()
+    assert slots.waiting == 0
+    after = slots.acquire("a", Priority.BLOB)
+    held.release()
+    assert after.called and slots.active == 1
+
+
+def test_release_is_idempotent() -> None:
+    slots = Slots(total=1, per_upstream=1, queue=1)
+    slot = _slot(slots.acquire("a", Priority.BLOB))
+    slot.release()
+    slot.release()
+    assert slots.active == 0
