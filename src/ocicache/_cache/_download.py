@@ -305,6 +305,14 @@ class Download(Incoming):
             return b""
         return os.pread(self._read_fd, length, offset)
 
+    def file_span(self, offset: int) -> tuple[int, int] | None:
+        spill = self._spill
+        if self._read_fd < 0 or (spill is not None and offset >= spill.start):
+            return None
+        # Only what readers may have: the held-back final byte stays back.
+        end = self.available if spill is None else spill.start
+        return self._read_fd, end - offset
+
     def subscribe(self, reader: Reader) -> None:
         super().subscribe(reader)
         self._disarm_abandon()

@@ -116,6 +116,9 @@ class PassThrough(Incoming):
         self._trim()
         return data
 
+    def file_span(self, offset: int) -> tuple[int, int] | None:
+        return None  # in memory only
+
     def unsubscribe(self, reader: Reader) -> None:
         super().unsubscribe(reader)
         if self.ended:

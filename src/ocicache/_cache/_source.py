@@ -58,6 +58,13 @@ class Source(Protocol):
         C{b""} when those bytes are gone.
         """
 
+    def file_span(self, offset: int) -> tuple[int, int] | None:
+        """
+        A descriptor holding the bytes from C{offset} on, and how many of
+        them may be sent from it now, for C{sendfile(2)}; C{None} when they
+        are not in a file (a pass-through keeps them in memory).
+        """
+
     def subscribe(self, reader: Reader) -> None: ...
 
     def unsubscribe(self, reader: Reader) -> None: ...
@@ -82,6 +89,9 @@ class StoredFile:
 
     def read(self, offset: int, length: int) -> bytes:
         return os.pread(self._fd, length, offset)
+
+    def file_span(self, offset: int) -> tuple[int, int] | None:
+        return (self._fd, self.available - offset) if self._fd >= 0 else None
 
     def subscribe(self, reader: Reader) -> None:
         pass

@@ -41,6 +41,9 @@ class Metrics:
         self.bytes_served = Counter(
             "ocicache_bytes_served", "Bytes sent to clients, by where they came from.",
             ["source"], registry=registry)
+        self.sendfile_bytes = Counter(
+            "ocicache_sendfile_bytes", "Blob bytes sent to clients by sendfile(2), never copied through Python.",
+            registry=registry)
         self.upstream_requests = Counter(
             "ocicache_upstream_requests", "Requests sent to upstream registries.",
             ["upstream", "kind", "code"], registry=registry)

@@ -38,6 +38,7 @@ from .._upstream._client import Upstream
 from .._version import __version__
 from ._errors import internal_error, registry_error, render_error
 from ._routing import Endpoint, Route, read_only_error, route
+from ._sendfile import SendfileStreamer, can_sendfile
 from ._streamer import Streamer, WriteBudget, abort_response
 
 __all__ = ["RootResource", "Services"]
@@ -76,6 +77,8 @@ class Services:
         metrics: Metrics,
         on_manifest_stored: Callable[[str, int], None] = lambda digest, size: None,
         tags: TagService | None = None,
+        sendfile: bool = True,
+        stall_timeout: float = 60.0,
     ) -> None:
         self.reactor = reactor
         self.config = config
@@ -89,6 +92,10 @@ class Services:
         # the cache-size metrics current without a scan.
         self.on_manifest_stored = on_manifest_stored
         self.write_budget = WriteBudget()
+        self.sendfile = sendfile
+        """Whether blob bodies on plain TCP go out with sendfile(2)."""
+        self.stall_timeout = stall_timeout
+        """Seconds a sendfile response waits on a client that takes nothing."""
 
 
 def _common_headers(request: IRequest) -> None:
@@ -245,8 +252,18 @@ class RegistryResource(Resource):
             exchange.bytes += count
             served.inc(count)
 
-        streamer = Streamer(request, source, start, end, services.reactor, on_bytes, services.write_budget)
-        done = streamer.start()
+        done: Deferred[int]
+        if services.sendfile and end is not None and can_sendfile(request, end):
+            by_sendfile = services.metrics.sendfile_bytes
+
+            def on_sent(count: int) -> None:
+                on_bytes(count)
+                by_sendfile.inc(count)
+
+            done = SendfileStreamer(request, source, start, end, services.reactor, on_sent,
+                                    services.stall_timeout).start()
+        else:
+            done = Streamer(request, source, start, end, services.reactor, on_bytes, services.write_budget).start()
         if gauge is not None:
             done.addBoth(_decrement, gauge)
 
