@@ -97,7 +97,7 @@ class _Parts:
 
 @pytest.fixture
 def parts(tmp_path: Path) -> Iterator[_Parts]:
-    clock = Reactor()  # type: ignore[no-untyped-call]  # MemoryReactorClock.__init__ is untyped
+    clock = Reactor()
     store = Store(str(tmp_path / "cache"))
     store.prepare()
     # Metadata wants IReactorThreads; it only calls callFromThread, which

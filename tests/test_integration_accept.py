@@ -49,7 +49,7 @@ def _check(daemon: Daemon, upstream: Registry, repo: str, tag: str, accept: str)
     ours = daemon.url + f"/v2/docker.io/{repo}/manifests/{tag}"
     theirs = upstream.url + f"/v2/{repo}/manifests/{tag}"
     expected = _answer(theirs, accept)
-    if expected[0] == 200 and expected[2] not in accept:
+    if expected[0] == 200 and (expected[2] or "") not in accept:
         # The upstream fell back to a type the client did not list
         # (distribution: signed schema 1): ocicache passes on only what
         # the client asked for, and has none of that.

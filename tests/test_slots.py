@@ -52,10 +52,13 @@ def test_manifests_go_before_blobs() -> None:
     slots = Slots(total=1, per_upstream=1, queue=10)
     held = _slot(slots.acquire("a", Priority.BLOB))
     order: list[str] = []
-    blob = slots.acquire("a", Priority.BLOB)
-    blob.addCallback(lambda slot: (order.append("blob"), slot.release()))
-    manifest = slots.acquire("a", Priority.MANIFEST)
-    manifest.addCallback(lambda slot: (order.append("manifest"), slot.release()))
+
+    def served(slot: Slot, kind: str) -> None:
+        order.append(kind)
+        slot.release()
+
+    slots.acquire("a", Priority.BLOB).addCallback(served, "blob")
+    slots.acquire("a", Priority.MANIFEST).addCallback(served, "manifest")
     held.release()
     assert order == ["manifest", "blob"]
 

@@ -11,8 +11,10 @@ the registry"), and the proof is remembered in the metadata database.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -24,15 +26,42 @@ __all__ = ["RepoAccess"]
 
 log = Logger()
 
+MAX_ENTRIES = 100_000
+"""Proofs remembered in memory; older ones are looked up in the database again."""
+
+TTL = 24 * 3600.0
+"""Seconds a proof is trusted from memory before the database is asked again."""
+
 
 class RepoAccess:
     """
     Remembers which C{(digest, upstream, repo)} triples are proven.
     """
 
-    def __init__(self, metadata: Metadata) -> None:
+    def __init__(self, metadata: Metadata, clock: IReactorTime, max_entries: int = MAX_ENTRIES,
+                 ttl: float = TTL) -> None:
         self._metadata = metadata
-        self._known: set[tuple[str, str, str]] = set()
+        self._clock = clock
+        self._max_entries = max_entries
+        self._ttl = ttl
+        # The proofs seen lately, oldest first: a bounded memo of the
+        # database, which keeps them all.
+        self._known: OrderedDict[tuple[str, str, str], float] = OrderedDict()
+
+    def _remember(self, key: tuple[str, str, str]) -> None:
+        self._known[key] = self._clock.seconds()
+        self._known.move_to_end(key)
+        while len(self._known) > self._max_entries:
+            self._known.popitem(last=False)
+
+    def _remembered(self, key: tuple[str, str, str]) -> bool:
+        seen = self._known.get(key)
+        if seen is None:
+            return False
+        if self._clock.seconds() - seen > self._ttl:
+            del self._known[key]
+            return False
+        return True
 
     def note(self, upstream: Upstream, repo: str, digest: Digest) -> None:
         """
@@ -40,13 +69,13 @@ class RepoAccess:
         disk in the background.
         """
         key = (str(digest), upstream.name, repo)
-        if key not in self._known:
-            self._known.add(key)
+        if not self._remembered(key):
+            self._remember(key)
             self._metadata.put_source(*key).addErrback(self._failed)
 
     async def record(self, upstream: Upstream, repo: str, digest: Digest) -> None:
         key = (str(digest), upstream.name, repo)
-        self._known.add(key)
+        self._remember(key)
         await self._metadata.put_source(*key)
 
     async def check(
@@ -62,12 +91,12 @@ class RepoAccess:
         error) if it may not.
         """
         key = (str(digest), upstream.name, repo)
-        if key in self._known:
+        if self._remembered(key):
             return
         if not await self._metadata.has_source(*key):
             await prove()
             self.note(upstream, repo, digest)
-        self._known.add(key)
+        self._remember(key)
 
     def _failed(self, failure: Failure) -> None:
         log.failure("Could not record a blob source", failure)

@@ -81,7 +81,7 @@ class OcicacheService(MultiService):
             upstream.name: Upstream(upstream, reactor, self.http_pool, tokens, metrics=self.metrics)
             for upstream in config.upstreams
         }
-        access = RepoAccess(self.metadata)
+        access = RepoAccess(self.metadata, reactor)
         disk = Disk(reactor, self.store, self.metadata, self.disk_pool)
         self.capacity = Capacity(disk, config.cache.max_size, config.cache.min_free, self._evicted)
         self.blobs = BlobService(
