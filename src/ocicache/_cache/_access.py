@@ -11,6 +11,7 @@ the registry"), and the proof is remembered in the metadata database.
 
 from __future__ import annotations
 
+import sqlite3
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
@@ -19,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .._spec._reference import Digest
+from .._storage._health import DiskHealth
 from .._storage._metadata import Metadata
 from .._upstream._client import Upstream
 
@@ -39,8 +41,9 @@ class RepoAccess:
     """
 
     def __init__(self, metadata: Metadata, clock: IReactorTime, max_entries: int = MAX_ENTRIES,
-                 ttl: float = TTL) -> None:
+                 ttl: float = TTL, health: DiskHealth | None = None) -> None:
         self._metadata = metadata
+        self._health = health if health is not None else DiskHealth()
         self._clock = clock
         self._max_entries = max_entries
         self._ttl = ttl
@@ -76,7 +79,7 @@ class RepoAccess:
     async def record(self, upstream: Upstream, repo: str, digest: Digest) -> None:
         key = (str(digest), upstream.name, repo)
         self._remember(key)
-        await self._metadata.put_source(*key)
+        await self._metadata.put_source(*key)  # the caller handles a failing disk
 
     async def check(
         self,
@@ -99,4 +102,9 @@ class RepoAccess:
         self._remember(key)
 
     def _failed(self, failure: Failure) -> None:
-        log.failure("Could not record a blob source", failure)
+        # The proof stays in memory; the database missing it only costs
+        # one upstream HEAD after a restart.
+        if failure.check(OSError, sqlite3.Error) and failure.value is not None:
+            self._health.failed(failure.value)
+        else:
+            log.failure("Could not record a blob source", failure)

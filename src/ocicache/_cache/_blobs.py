@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from .._spec._reference import Digest
 from .._storage._capacity import Capacity
 from .._storage._disk import Disk
+from .._storage._health import DiskHealth
 from .._storage._store import Kind
 from .._upstream._body import BodyReceiver
 from .._upstream._client import Upstream
@@ -71,6 +72,7 @@ class BlobService:
         slots: Slots | None = None,
         abandon_after: float = ABANDON_AFTER,
         keep_fraction: float = KEEP_FRACTION,
+        health: DiskHealth | None = None,
     ) -> None:
         """
         @param slots: the bound on concurrent upstream fetches, shared with
@@ -88,7 +90,7 @@ class BlobService:
         self._access = access
         self._capacity = capacity
         self._on_upstream_bytes = on_upstream_bytes
-        self._disk_failing = False
+        self._health = health if health is not None else DiskHealth()
         self._starting: SingleFlight[Digest, Download | PassThrough] = SingleFlight()
         self.inflight: dict[Digest, Download] = {}
         self._reserved: dict[Digest, int] = {}
@@ -210,14 +212,7 @@ class BlobService:
         return kept
 
     def _disk_error(self, error: OSError) -> None:
-        """
-        Log a failing disk once, not once per chunk or per download, until
-        a commit succeeds again.
-        """
-        if not self._disk_failing:
-            self._disk_failing = True
-            log.error("The cache disk is failing ({error}); serving pass-through until it recovers",
-                      error=str(error))
+        self._health.failed(error)
 
     def _passed(self, failure: Failure, digest: Digest, upstream: str, repo: str) -> None:
         log.warn("Pass-through of {digest} from {upstream}/{repo} failed: {error}",
@@ -237,9 +232,7 @@ class BlobService:
             return
         if result is None:
             return
-        if self._disk_failing:
-            log.info("The cache disk works again")
-            self._disk_failing = False
+        self._health.works()
         size = download.size or 0
         self._capacity.committed(digest, size)
         self._metadata.put_blob(str(digest), size, time.time()).addErrback(_log_failure, "record blob")

@@ -13,6 +13,7 @@ warning in the log.
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 
 from attrs import frozen
@@ -21,6 +22,7 @@ from twisted.logger import Logger
 from .._spec._media_types import MANIFEST_MEDIA_TYPES, manifest_media_type
 from .._spec._reference import Digest
 from .._storage._disk import Disk
+from .._storage._health import DiskHealth
 from .._storage._store import Kind
 from .._upstream._client import Upstream
 from .._upstream._errors import UpstreamUnavailable, answer_error
@@ -75,6 +77,7 @@ class ManifestService:
         access: RepoAccess,
         tag_ttl: Callable[[Upstream], float],
         slots: Slots | None = None,
+        health: DiskHealth | None = None,
     ) -> None:
         self._disk = disk
         self._reactor = disk.reactor
@@ -82,6 +85,7 @@ class ManifestService:
         self._metadata = disk.metadata
         self._access = access
         self._tag_ttl = tag_ttl
+        self._health = health if health is not None else DiskHealth()
         self._slots = slots if slots is not None else Slots(DEFAULT_DOWNLOADS, DEFAULT_PER_UPSTREAM, DEFAULT_QUEUE)
         self._flights: SingleFlight[tuple[str, str, str], Manifest] = SingleFlight()
 
@@ -130,7 +134,10 @@ class ManifestService:
                      upstream=upstream.name, repo=repo, tag=tag, error=str(e))
             return ManifestLookup(stored, CacheResult.STALE)
         if current == stored.digest:
-            await self._metadata.put_tag(upstream.name, repo, key, str(current), self._reactor.seconds())
+            try:
+                await self._metadata.put_tag(upstream.name, repo, key, str(current), self._reactor.seconds())
+            except sqlite3.Error as e:
+                self._health.failed(e)
             return ManifestLookup(stored, CacheResult.HIT)
         manifest, joined = await self._fetch(upstream, repo, tag, accept)
         return ManifestLookup(manifest, CacheResult.COALESCED if joined else CacheResult.MISS)
@@ -156,7 +163,10 @@ class ManifestService:
         if response.code >= 500 or response.code == 429:
             raise UpstreamUnavailable(f"{upstream.name} answered {response.code}")
         if response.code == 404:
-            await self._metadata.delete_tag(upstream.name, repo, variant_key(tag, accept))
+            try:
+                await self._metadata.delete_tag(upstream.name, repo, variant_key(tag, accept))
+            except sqlite3.Error as e:
+                self._health.failed(e)
         if response.code != 200:
             raise answer_error(response, ManifestUnknown(f"{repo}:{tag} is not known to {upstream.name}"))
         header = response.headers.getRawHeaders(b"docker-content-digest", [None])[0]
@@ -219,13 +229,25 @@ class ManifestService:
             if claimed is not None and claimed.startswith("sha256:") and claimed != str(digest):
                 raise DigestMismatch("the upstream's manifest does not match its digest header")
         manifest = Manifest(digest, media_type, body)
-        await self._disk.run(self._store.write_small, Kind.MANIFEST, digest, body)
+        try:
+            await self._keep(upstream, repo, reference, accept, manifest)
+        except (OSError, sqlite3.Error) as e:
+            # The cache directory is full, read-only or gone: the client is
+            # served all the same, and the next one asks the upstream again.
+            self._health.failed(e)
+        else:
+            self._health.works()
+        return manifest
+
+    async def _keep(self, upstream: Upstream, repo: str, reference: Digest | str, accept: Sequence[str],
+                    manifest: Manifest) -> None:
+        digest = manifest.digest
+        await self._disk.run(self._store.write_small, Kind.MANIFEST, digest, manifest.body)
         now = self._reactor.seconds()
-        await self._metadata.put_manifest(str(digest), media_type, len(body), now)
+        await self._metadata.put_manifest(str(digest), manifest.media_type, len(manifest.body), now)
         await self._access.record(upstream, repo, digest)
         if not isinstance(reference, Digest):
             await self._metadata.put_tag(upstream.name, repo, variant_key(reference, accept), str(digest), now)
-        return manifest
 
     def _prove(self, upstream: Upstream, repo: str, digest: Digest) -> Callable[[], Awaitable[None]]:
         async def prove() -> None:

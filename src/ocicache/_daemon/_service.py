@@ -34,10 +34,12 @@ from .._cache._access import RepoAccess
 from .._cache._blobs import BlobService
 from .._cache._incoming import DownloadError
 from .._cache._manifests import ManifestService
+from .._cache._slots import DEFAULT_DOWNLOADS, DEFAULT_PER_UPSTREAM, DEFAULT_QUEUE, Slots
 from .._ops._config import Config
 from .._ops._metrics import ManifestTally, Metrics
 from .._storage._capacity import Capacity
 from .._storage._disk import Disk
+from .._storage._health import DiskHealth
 from .._storage._janitor import Janitor
 from .._storage._metadata import Metadata
 from .._storage._store import Kind, Store
@@ -81,12 +83,17 @@ class OcicacheService(MultiService):
             upstream.name: Upstream(upstream, reactor, self.http_pool, tokens, metrics=self.metrics)
             for upstream in config.upstreams
         }
-        access = RepoAccess(self.metadata, reactor)
+        # One view of the disk's health, one bound on upstream fetches, for
+        # blobs and manifests alike.
+        health = DiskHealth()
+        slots = Slots(DEFAULT_DOWNLOADS, DEFAULT_PER_UPSTREAM, DEFAULT_QUEUE)
+        access = RepoAccess(self.metadata, reactor, health=health)
         disk = Disk(reactor, self.store, self.metadata, self.disk_pool)
         self.capacity = Capacity(disk, config.cache.max_size, config.cache.min_free, self._evicted)
         self.blobs = BlobService(
             disk, access, self.capacity,
             lambda upstream, count: self.metrics.upstream_bytes.labels(upstream).inc(count),
+            slots=slots, health=health,
         )
         self.janitor = Janitor(
             disk, self.capacity, config.cache.blob_ttl,
@@ -97,7 +104,7 @@ class OcicacheService(MultiService):
         )
         self._janitor_timer.setServiceParent(self)
         self.manifests = ManifestService(
-            disk, access, lambda upstream: config.tag_ttl_for(upstream.config)
+            disk, access, lambda upstream: config.tag_ttl_for(upstream.config), slots=slots, health=health,
         )
         self.manifest_tally = ManifestTally()
         services = Services(reactor, config, self.upstreams, self.blobs, self.manifests, self.metrics,
