@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 from attrs import frozen
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -25,6 +26,7 @@ from .._spec._reference import Digest
 from .._storage._capacity import Capacity
 from .._storage._disk import Disk
 from .._storage._health import DiskHealth
+from .._storage._scrub import quarantine
 from .._storage._store import Kind
 from .._upstream._body import BodyReceiver
 from .._upstream._client import Upstream
@@ -73,6 +75,7 @@ class BlobService:
         abandon_after: float = ABANDON_AFTER,
         keep_fraction: float = KEEP_FRACTION,
         health: DiskHealth | None = None,
+        on_corrupt: Callable[[Digest], None] = lambda digest: None,
     ) -> None:
         """
         @param slots: the bound on concurrent upstream fetches, shared with
@@ -91,6 +94,7 @@ class BlobService:
         self._capacity = capacity
         self._on_upstream_bytes = on_upstream_bytes
         self._health = health if health is not None else DiskHealth()
+        self._on_corrupt = on_corrupt
         self._starting: SingleFlight[Digest, Download | PassThrough] = SingleFlight()
         self.inflight: dict[Digest, Download] = {}
         self._reserved: dict[Digest, int] = {}
@@ -210,6 +214,15 @@ class BlobService:
         if kept:
             self._reserved[digest] = size
         return kept
+
+    def corrupt(self, digest: Digest) -> None:
+        """
+        A stored blob was found not to match its digest as it was read:
+        take it out of the store, so that the next client fetches it again.
+        """
+        done = Deferred.fromCoroutine(quarantine(self._disk, self._capacity, digest))
+        done.addCallback(lambda moved: self._on_corrupt(digest) if moved else None)
+        done.addErrback(_log_failure, "quarantine a corrupt blob")
 
     def _disk_error(self, error: OSError) -> None:
         self._health.failed(error)

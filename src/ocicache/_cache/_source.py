@@ -6,11 +6,14 @@ file or a body still arriving from the upstream.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Protocol
 
 from twisted.python.failure import Failure
 
-__all__ = ["Reader", "Source", "StoredFile"]
+from .._spec._reference import Digest
+
+__all__ = ["Reader", "Source", "StoredFile", "VerifiedFile"]
 
 
 class Reader(Protocol):
@@ -79,13 +82,18 @@ class StoredFile:
     the file is evicted while a client reads it.
     """
 
-    failure = None
     ended = True
 
     def __init__(self, fd: int, size: int) -> None:
         self._fd = fd
         self.size: int | None = size
         self.available = size
+        self.failure: Failure | None = None
+
+    def verified(self, digest: Digest, on_corrupt: Callable[[Digest], None]) -> VerifiedFile:
+        """This file, re-verified as it is read (its descriptor moves over)."""
+        fd, self._fd = self._fd, -1
+        return VerifiedFile(fd, self.available, digest, on_corrupt)
 
     def read(self, offset: int, length: int) -> bytes:
         return os.pread(self._fd, length, offset)
@@ -103,3 +111,41 @@ class StoredFile:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+class VerifiedFile(StoredFile):
+    """
+    A stored file re-verified as it is read whole, from the first byte:
+    for responses that pass through Python anyway (TLS, the fallback
+    streamer), bytes at rest are hashed on the way, and the final byte is
+    held back until they match, as for a download.  On a mismatch the
+    client is cut short of its C{Content-Length} and C{on_corrupt} is told.
+    """
+
+    def __init__(self, fd: int, size: int, digest: Digest, on_corrupt: Callable[[Digest], None]) -> None:
+        super().__init__(fd, size)
+        self._digest = digest
+        self._on_corrupt = on_corrupt
+        self._hasher = digest.hasher()
+        self._hashed = 0
+        self._size = size
+        self.available = max(size - 1, 0)
+        if size == 0:
+            self._check(b"")
+
+    def read(self, offset: int, length: int) -> bytes:
+        data = super().read(offset, min(length, self.available - offset))
+        if offset == self._hashed and data:
+            self._hasher.update(data)
+            self._hashed += len(data)
+            if self._hashed == self._size - 1:
+                self._check(os.pread(self._fd, 1, self._hashed))
+        return data
+
+    def _check(self, last: bytes) -> None:
+        self._hasher.update(last)
+        if len(last) == (1 if self._size else 0) and self._hasher.hexdigest() == self._digest.encoded:
+            self.available = self._size
+        else:
+            self.failure = Failure(ValueError(f"{self._digest} does not match its bytes on disk"))
+            self._on_corrupt(self._digest)

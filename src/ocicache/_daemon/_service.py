@@ -42,6 +42,7 @@ from .._storage._disk import Disk
 from .._storage._health import DiskHealth
 from .._storage._janitor import Janitor
 from .._storage._metadata import Metadata
+from .._storage._scrub import Scrubber
 from .._storage._store import Kind, Store
 from .._upstream._client import Upstream, make_pool
 from .._upstream._tokens import TokenCache
@@ -52,6 +53,9 @@ from .._web._site import DrainingSite, QuietSite
 __all__ = ["OcicacheService", "ListenError"]
 
 log = Logger()
+
+SCRUB_RATE = 16 << 20
+"""Bytes per second the background scrub re-hashes (until it is a config key)."""
 
 
 class ListenError(ValueError):
@@ -94,6 +98,11 @@ class OcicacheService(MultiService):
             disk, access, self.capacity,
             lambda upstream, count: self.metrics.upstream_bytes.labels(upstream).inc(count),
             slots=slots, health=health,
+            on_corrupt=lambda digest: self.metrics.corrupt_blobs.labels("read").inc(),
+        )
+        self.scrubber = Scrubber(
+            disk, self.capacity, SCRUB_RATE, on_scrubbed=self.metrics.scrubbed_bytes.inc,
+            on_corrupt=lambda digest: self.metrics.corrupt_blobs.labels("scrub").inc(),
         )
         self.janitor = Janitor(
             disk, self.capacity, config.cache.blob_ttl,
@@ -190,6 +199,7 @@ class OcicacheService(MultiService):
         self.metadata.open()
         # The TimerService's first pass runs now and does the recovery.
         super().startService()
+        self.scrubber.start()
         log.info("ocicache caching in {dir}; upstreams: {upstreams}",
                  dir=self.store.root, upstreams=", ".join(self.upstreams))
         for upstream in self.config.upstreams:
@@ -233,6 +243,9 @@ class OcicacheService(MultiService):
         await DeferredList([maybeDeferred(child.stopService) for child in reversed(children) if child.running])
         # 5. The disk thread (joined: commits in progress complete), the
         #    database, idle upstream connections; then no temp file stays.
+        scrubbing = self.scrubber.stop()
+        if scrubbing is not None:
+            await scrubbing
         self.disk_pool.stop()
         await DeferredList([self.metadata.close(), self.http_pool.closeCachedConnections()])
         removed = self.store.remove_temp_files()

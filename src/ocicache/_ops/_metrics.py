@@ -44,6 +44,12 @@ class Metrics:
         self.sendfile_bytes = Counter(
             "ocicache_sendfile_bytes", "Blob bytes sent to clients by sendfile(2), never copied through Python.",
             registry=registry)
+        self.scrubbed_bytes = Counter(
+            "ocicache_scrubbed_bytes", "Bytes of stored blobs re-hashed by the background scrub.",
+            registry=registry)
+        self.corrupt_blobs = Counter(
+            "ocicache_corrupt_blobs", "Stored blobs found not to match their digest, and quarantined.",
+            ["found_by"], registry=registry)
         self.upstream_requests = Counter(
             "ocicache_upstream_requests", "Requests sent to upstream registries.",
             ["upstream", "kind", "code"], registry=registry)

@@ -67,6 +67,7 @@ class Store:
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
         self.tmp_dir = os.path.join(self.root, "tmp")
+        self.quarantine_dir = os.path.join(self.root, "quarantine")
 
     def prepare(self) -> int:
         """
@@ -167,6 +168,20 @@ class Store:
         except FileNotFoundError:
             return False
         return True
+
+    def quarantine(self, kind: Kind, digest: Digest) -> str | None:
+        """
+        Move a stored file that failed its digest check out of the store,
+        into C{quarantine/}, for an operator to look at; C{None} when it
+        was gone already.  Blocking.
+        """
+        os.makedirs(self.quarantine_dir, exist_ok=True)
+        target = os.path.join(self.quarantine_dir, f"{digest.algorithm}-{digest.encoded}")
+        try:
+            os.replace(self.path(kind, digest), target)
+        except FileNotFoundError:
+            return None
+        return target
 
     def walk(self, kind: Kind) -> Iterator[tuple[Digest, str, int]]:
         """

@@ -26,6 +26,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from .._cache._blobs import BlobService
 from .._cache._manifests import ManifestService
 from .._cache._result import CacheResult
+from .._cache._source import StoredFile
 from .._cache._tags import TagService
 from .._ops._config import Config
 from .._ops._logging import log_access
@@ -263,6 +264,9 @@ class RegistryResource(Resource):
             done = SendfileStreamer(request, source, start, end, services.reactor, on_sent,
                                     services.stall_timeout).start()
         else:
+            if isinstance(source, StoredFile) and start == 0 and end == total:
+                # Through Python anyway: hash the bytes at rest on the way.
+                source = source.verified(digest, services.blobs.corrupt)
             done = Streamer(request, source, start, end, services.reactor, on_bytes, services.write_budget).start()
         if gauge is not None:
             done.addBoth(_decrement, gauge)

@@ -1,0 +1,135 @@
+"""
+The scrub: stored blobs are re-hashed in the background, at a bounded rate,
+so that a blob corrupted at rest (a bad sector, a stray write) is found and
+taken out of the store before anyone is served it again, without an
+operator running C{ocicache verify}.
+
+One blob is hashed at a time, in the disk thread; after it the scrub
+sleeps for as long as that blob's bytes take at C{rate}, so it never costs
+more than C{rate} bytes per second of disk and CPU.  A blob that does not
+hash to its name is moved to C{quarantine/}, forgotten by the eviction
+policy and the database, and counted; the next client fetches it again.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+from .._spec._reference import Digest
+from ._capacity import Capacity
+from ._disk import Disk
+from ._store import Kind
+
+__all__ = ["ROUND_PAUSE", "Scrubber", "quarantine"]
+
+log = Logger()
+
+ROUND_PAUSE = 10.0
+"""Seconds between one round over the store and the next."""
+
+
+def _hash_file(path: str, digest: Digest) -> tuple[bool, int] | None:
+    """
+    Whether the file at C{path} hashes to C{digest}, and its length;
+    C{None} when it is gone.  Blocking: the disk thread runs it.
+    """
+    hasher = digest.hasher()
+    size = 0
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                hasher.update(chunk)
+                size += len(chunk)
+    except FileNotFoundError:
+        return None
+    return hasher.hexdigest() == digest.encoded, size
+
+
+class Scrubber:
+    """
+    Start it with L{start}, stop it with L{stop}.  C{on_scrubbed(size)}
+    and C{on_corrupt(digest)} report what it did (the metrics).
+    """
+
+    def __init__(
+        self,
+        disk: Disk,
+        capacity: Capacity,
+        rate: int,
+        on_scrubbed: Callable[[int], None] = lambda size: None,
+        on_corrupt: Callable[[Digest], None] = lambda digest: None,
+    ) -> None:
+        self._disk = disk
+        self._capacity = capacity
+        self._rate = rate
+        self._on_scrubbed = on_scrubbed
+        self._on_corrupt = on_corrupt
+        self._queue: deque[tuple[Digest, str]] = deque()
+        self._next: IDelayedCall | None = None
+        self._running: Deferred[None] | None = None
+        self._stopped = True
+
+    def start(self) -> None:
+        if self._rate > 0 and self._stopped:
+            self._stopped = False
+            self._schedule(0)
+
+    def stop(self) -> Deferred[None] | None:
+        """Stop; the Deferred fires once a hash in the disk thread is done."""
+        self._stopped = True
+        if self._next is not None and self._next.active():
+            self._next.cancel()
+        self._next = None
+        return self._running
+
+    def _schedule(self, delay: float) -> None:
+        if not self._stopped:
+            self._next = self._disk.reactor.callLater(delay, self._step)
+
+    def _step(self) -> None:
+        self._next = None
+        self._running = Deferred.fromCoroutine(self._one())
+        self._running.addErrback(lambda failure: log.failure("Scrub step failed", failure))
+
+    async def _one(self) -> None:
+        if not self._queue:
+            blobs = await self._disk.run(lambda: [(d, p) for d, p, _ in self._disk.store.walk(Kind.BLOB)])
+            self._queue.extend(blobs)
+            if not self._queue:
+                self._schedule(ROUND_PAUSE)
+                return
+        digest, path = self._queue.popleft()
+        outcome = await self._disk.run(_hash_file, path, digest)
+        if outcome is None:
+            self._schedule(0)  # evicted meanwhile: costs nothing
+            return
+        good, size = outcome
+        self._on_scrubbed(size)
+        if not good:
+            await self._quarantine(digest)
+        self._schedule(size / self._rate if self._queue else max(size / self._rate, ROUND_PAUSE))
+
+    async def _quarantine(self, digest: Digest) -> None:
+        if await quarantine(self._disk, self._capacity, digest):
+            self._on_corrupt(digest)
+
+
+async def quarantine(disk: Disk, capacity: Capacity, digest: Digest) -> bool:
+    """
+    Take a blob that failed its digest check out of the store: moved to
+    C{quarantine/}, forgotten by the eviction policy and the database.
+    Whether it was still there.
+    """
+    moved = await disk.run(disk.store.quarantine, Kind.BLOB, digest)
+    if moved is None:
+        return False
+    capacity.forget([digest])
+    await disk.metadata.forget("blobs", [str(digest)])
+    log.error("Blob {digest} did not match its digest on disk: moved to {path}; it will be fetched again",
+              digest=str(digest), path=moved)
+    return True
