@@ -58,6 +58,13 @@ def test_no_file_gives_the_embedded_default(clean_environ: Path) -> None:
     assert config.server.listen == ("tcp:5000:interface=127.0.0.1",)
     assert config.server.drain_timeout == 30.0
     assert config.server.log_format == "text"
+    assert config.server.header_timeout == 10.0
+    assert config.server.idle_timeout == 60.0
+    assert config.server.stall_timeout == 60.0
+    assert config.server.max_connections is None  # derived from RLIMIT_NOFILE at start-up
+    assert config.server.max_header_bytes == 16 << 10
+    assert config.server.max_headers == 100
+    assert config.server.max_request_line == 8 << 10
     assert [u.name for u in config.upstreams] == [
         "docker.io", "ghcr.io", "quay.io", "registry.k8s.io", "gcr.io",
         "public.ecr.aws", "mcr.microsoft.com",
@@ -180,6 +187,23 @@ def test_the_example_file_loads() -> None:
     assert config.cache.max_size == 50 << 30
 
 
+def test_server_limits() -> None:
+    server = parse_config({"server": {
+        "header_timeout": "2s", "idle_timeout": "5m", "stall_timeout": 30, "max_connections": 500,
+        "max_header_bytes": "32KiB", "max_headers": 50, "max_request_line": 4096,
+    }}, {}).server
+    assert (server.header_timeout, server.idle_timeout, server.stall_timeout) == (2.0, 300.0, 30.0)
+    assert server.max_connections == 500
+    assert (server.max_header_bytes, server.max_headers, server.max_request_line) == (32 << 10, 50, 4096)
+
+
+def test_the_example_file_documents_every_server_key() -> None:
+    text = (REPO / "etc" / "ocicache.toml").read_text()
+    server = text[text.index("[server]"):text.index("[cache]")]
+    for key in attrs.fields_dict(type(parse_config({}, {}).server)):
+        assert re.search(rf"^(# )?{key} = ", server, re.M), f"[server] {key} is not in etc/ocicache.toml"
+
+
 def test_listed_upstreams_replace_the_defaults() -> None:
     config = parse_config({"upstream": [upstream()]}, {})
     assert [u.name for u in config.upstreams] == ["registry.example"]
@@ -224,6 +248,23 @@ def test_listed_upstreams_replace_the_defaults() -> None:
     ({"server": {"drain_timeout": 10 ** 400}}, "server.drain_timeout: "),
     ({"server": {"drain_timeout": "9" * 400 + "s"}}, "server.drain_timeout: "),
     ({"server": {"log_format": "xml"}}, "server.log_format: "),
+    ({"server": {"header_timeout": 0}}, "server.header_timeout: "),
+    ({"server": {"header_timeout": "soon"}}, "server.header_timeout: "),
+    ({"server": {"idle_timeout": "0s"}}, "server.idle_timeout: "),
+    ({"server": {"idle_timeout": -5}}, "server.idle_timeout: "),
+    ({"server": {"stall_timeout": 0}}, "server.stall_timeout: "),
+    ({"server": {"stall_timeout": True}}, "server.stall_timeout: "),
+    ({"server": {"max_connections": 0}}, "server.max_connections: "),
+    ({"server": {"max_connections": "100"}}, "server.max_connections: "),
+    ({"server": {"max_connections": 1.5}}, "server.max_connections: "),
+    ({"server": {"max_headers": 0}}, "server.max_headers: "),
+    ({"server": {"max_headers": 10 ** 6}}, "server.max_headers: "),
+    ({"server": {"max_headers": True}}, "server.max_headers: "),
+    ({"server": {"max_header_bytes": "100B"}}, "server.max_header_bytes: "),
+    ({"server": {"max_header_bytes": "2MiB"}}, "server.max_header_bytes: "),
+    ({"server": {"max_header_bytes": "16KB"}}, "server.max_header_bytes: "),
+    ({"server": {"max_request_line": 10}}, "server.max_request_line: "),
+    ({"server": {"max_request_line": "9" * 400 + "TiB"}}, "server.max_request_line: "),
     ({"server": "tcp:5000"}, "server: "),
     ({"cache": {"dir": 5}}, "cache.dir: "),
     ({"cache": {"tag_ttl": "5 minutes"}}, "cache.tag_ttl: "),

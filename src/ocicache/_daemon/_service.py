@@ -118,7 +118,7 @@ class OcicacheService(MultiService):
         self.manifest_tally = ManifestTally()
         services = Services(reactor, config, self.upstreams, self.blobs, self.manifests, self.metrics,
                             on_manifest_stored=self.manifest_tally.added)
-        self.site = DrainingSite(RootResource(services), reactor, self.metrics)
+        self.site = DrainingSite(RootResource(services), reactor, self.metrics, config.server)
         self.site.displayTracebacks = False
         self._registry_listeners = [
             self._listen(description, self.site) for description in config.server.listen

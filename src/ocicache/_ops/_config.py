@@ -81,9 +81,25 @@ class UpstreamConfig:
 
 @frozen
 class ServerConfig:
+    """
+    C{[server]}: the registry listeners and the bounds each client
+    connection is held to (L{ocicache._web._site}).
+    """
+
     listen: tuple[str, ...] = ("tcp:5000:interface=127.0.0.1",)
     drain_timeout: float = 30.0
     log_format: str = "text"
+    header_timeout: float = 10.0
+    """The whole request head must arrive within this (slowloris)."""
+    idle_timeout: float = 60.0
+    """An idle keep-alive connection is closed after this."""
+    stall_timeout: float = 60.0
+    """A client that takes no response bytes for this long is cut."""
+    max_connections: int | None = None
+    """Client connections at once; C{None}: derived from C{RLIMIT_NOFILE}."""
+    max_header_bytes: int = 16 << 10
+    max_headers: int = 100
+    max_request_line: int = 8 << 10
 
 
 @frozen
@@ -207,6 +223,27 @@ def parse_size(value: object) -> int:
             f"{value!r} is not a size; use a number with KiB, MiB, GiB or TiB, such as '50GiB'"
         )
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+
+
+# [server] bounds on a request head: below these no real client works,
+# above them one connection could hold megabytes of headers.
+_MIN_HEAD_SIZE = 1 << 10
+_MAX_HEAD_SIZE = 1 << 20
+_MAX_HEADERS = 10_000
+
+
+def _positive_duration(section: _Section, name: str, default: float) -> float:
+    seconds = section.convert(name, parse_duration, default)
+    if seconds <= 0:
+        raise ConfigError(f"{section.key(name)}: must be positive")
+    return seconds
+
+
+def _head_size(section: _Section, name: str, default: int) -> int:
+    size = section.convert(name, parse_size, default)
+    if not _MIN_HEAD_SIZE <= size <= _MAX_HEAD_SIZE:
+        raise ConfigError(f"{section.key(name)}: must be between 1KiB and 1MiB")
+    return size
 
 
 def _parse_min_free(value: object) -> int | float:
@@ -374,7 +411,25 @@ def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None =
     log_format = server_section.get("log_format", str, "text")
     if log_format not in ("text", "json"):
         raise ConfigError(f"server.log_format: {log_format!r} must be 'text' or 'json'")
+    defaults = ServerConfig()
+    header_timeout = _positive_duration(server_section, "header_timeout", defaults.header_timeout)
+    idle_timeout = _positive_duration(server_section, "idle_timeout", defaults.idle_timeout)
+    stall_timeout = _positive_duration(server_section, "stall_timeout", defaults.stall_timeout)
+    max_connections = server_section.get("max_connections", int, None)
+    if max_connections is not None and max_connections < 1:
+        raise ConfigError("server.max_connections: must be at least 1 (unset: derived from the descriptor limit)")
+    max_headers = server_section.get("max_headers", int, defaults.max_headers)
+    if not 1 <= max_headers <= _MAX_HEADERS:
+        raise ConfigError(f"server.max_headers: must be between 1 and {_MAX_HEADERS}")
+    max_header_bytes = _head_size(server_section, "max_header_bytes", defaults.max_header_bytes)
+    max_request_line = _head_size(server_section, "max_request_line", defaults.max_request_line)
     server_section.finish()
+    server = ServerConfig(
+        listen_tuple, drain_timeout, log_format,
+        header_timeout=header_timeout, idle_timeout=idle_timeout, stall_timeout=stall_timeout,
+        max_connections=max_connections, max_header_bytes=max_header_bytes, max_headers=max_headers,
+        max_request_line=max_request_line,
+    )
 
     cache_section = _Section(top.get("cache", dict, {}), "cache")
     cache = CacheConfig(
@@ -415,7 +470,7 @@ def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None =
         seen.add(upstream.name)
     if sum(upstream.default for upstream in upstreams) > 1:
         raise ConfigError("upstream: only one upstream may set default = true")
-    return Config(server=ServerConfig(listen_tuple, drain_timeout, log_format), cache=cache,
+    return Config(server=server, cache=cache,
                   upstreams=upstreams, metrics=metrics)
 
 
