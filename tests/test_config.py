@@ -197,6 +197,35 @@ def test_server_limits() -> None:
     assert (server.max_header_bytes, server.max_headers, server.max_request_line) == (32 << 10, 50, 4096)
 
 
+def test_download_bounds_and_scrub() -> None:
+    config = parse_config({
+        "cache": {"max_downloads": 8, "download_queue": 0, "abandon_after": "30s", "abandon_below": 1,
+                  "scrub_rate": "1MiB"},
+        "server": {"sendfile": False},
+        "upstream": [upstream(max_downloads=2)],
+    }, {})
+    cache = config.cache
+    assert (cache.max_downloads, cache.download_queue, cache.abandon_after) == (8, 0, 30.0)
+    assert (cache.abandon_below, cache.scrub_rate) == (1.0, 1 << 20)
+    assert config.server.sendfile is False
+    assert config.upstreams[0].max_downloads == 2
+
+
+def test_download_defaults() -> None:
+    config = parse_config({}, {})
+    assert (config.cache.max_downloads, config.cache.download_queue) == (32, 256)
+    assert (config.cache.abandon_after, config.cache.abandon_below) == (10.0, 0.5)
+    assert config.cache.scrub_rate == 16 << 20 and config.server.sendfile is True
+    assert all(u.max_downloads == 16 for u in config.upstreams)
+
+
+def test_the_example_file_documents_every_cache_key() -> None:
+    text = (REPO / "etc" / "ocicache.toml").read_text()
+    cache = text[text.index("[cache]"):text.index("[metrics]")]
+    for key in attrs.fields_dict(type(parse_config({}, {}).cache)):
+        assert re.search(rf"^(# )?{key} = ", cache, re.M), f"[cache] {key} is not in etc/ocicache.toml"
+
+
 def test_the_example_file_documents_every_server_key() -> None:
     text = (REPO / "etc" / "ocicache.toml").read_text()
     server = text[text.index("[server]"):text.index("[cache]")]
@@ -278,6 +307,15 @@ def test_listed_upstreams_replace_the_defaults() -> None:
     ({"cache": {"min_free": "nan%"}}, "cache.min_free: "),
     ({"cache": {"blob_ttl": True}}, "cache.blob_ttl: "),
     ({"cache": {"janitor_interval": 0}}, "cache.janitor_interval: "),
+    ({"cache": {"max_downloads": 0}}, "cache.max_downloads: "),
+    ({"cache": {"max_downloads": "8"}}, "cache.max_downloads: "),
+    ({"cache": {"download_queue": -1}}, "cache.download_queue: "),
+    ({"cache": {"abandon_after": 0}}, "cache.abandon_after: "),
+    ({"cache": {"abandon_below": 1.5}}, "cache.abandon_below: "),
+    ({"cache": {"abandon_below": "half"}}, "cache.abandon_below: "),
+    ({"cache": {"scrub_rate": "fast"}}, "cache.scrub_rate: "),
+    ({"server": {"sendfile": "yes"}}, "server.sendfile: "),
+    ({"upstream": [upstream(max_downloads=0)]}, "upstream[0].max_downloads: "),
     ({"metrics": {"listen": ["tcp:9402"]}}, "metrics.listen: "),
 ])
 def test_errors_name_the_key(data: dict[str, Any], key: str) -> None:

@@ -18,7 +18,7 @@ def _slot(d: Deferred[Slot]) -> Slot:
 
 
 def test_at_most_total_at_once() -> None:
-    slots = Slots(total=2, per_upstream=5, queue=10)
+    slots = Slots(total=2, queue=10, per_upstream=lambda name: 5)
     first = _slot(slots.acquire("a", Priority.BLOB))
     _slot(slots.acquire("b", Priority.BLOB))
     third = slots.acquire("c", Priority.BLOB)
@@ -28,7 +28,7 @@ def test_at_most_total_at_once() -> None:
 
 
 def test_at_most_per_upstream_at_once() -> None:
-    slots = Slots(total=10, per_upstream=1, queue=10)
+    slots = Slots(total=10, queue=10, per_upstream=lambda name: 1)
     a = _slot(slots.acquire("a", Priority.BLOB))
     waiting = slots.acquire("a", Priority.BLOB)
     # Another upstream is not held up by a's queue.
@@ -39,7 +39,7 @@ def test_at_most_per_upstream_at_once() -> None:
 
 
 def test_past_the_queue_is_busy() -> None:
-    slots = Slots(total=1, per_upstream=1, queue=2)
+    slots = Slots(total=1, queue=2, per_upstream=lambda name: 1)
     _slot(slots.acquire("a", Priority.BLOB))
     slots.acquire("a", Priority.BLOB)
     slots.acquire("a", Priority.BLOB)
@@ -49,7 +49,7 @@ def test_past_the_queue_is_busy() -> None:
 
 
 def test_manifests_go_before_blobs() -> None:
-    slots = Slots(total=1, per_upstream=1, queue=10)
+    slots = Slots(total=1, queue=10, per_upstream=lambda name: 1)
     held = _slot(slots.acquire("a", Priority.BLOB))
     order: list[str] = []
 
@@ -64,7 +64,7 @@ def test_manifests_go_before_blobs() -> None:
 
 
 def test_a_cancelled_waiter_gives_up_its_place() -> None:
-    slots = Slots(total=1, per_upstream=1, queue=10)
+    slots = Slots(total=1, queue=10, per_upstream=lambda name: 1)
     held = _slot(slots.acquire("a", Priority.BLOB))
     gone = slots.acquire("a", Priority.BLOB)
     gone.addErrback(lambda f: f.trap(CancelledError))
@@ -76,7 +76,7 @@ def test_a_cancelled_waiter_gives_up_its_place() -> None:
 
 
 def test_release_is_idempotent() -> None:
-    slots = Slots(total=1, per_upstream=1, queue=1)
+    slots = Slots(total=1, queue=1, per_upstream=lambda name: 1)
     slot = _slot(slots.acquire("a", Priority.BLOB))
     slot.release()
     slot.release()

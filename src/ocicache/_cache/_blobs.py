@@ -37,7 +37,7 @@ from ._errors import BlobUnknown
 from ._passthrough import PassThrough
 from ._result import CacheResult
 from ._singleflight import SingleFlight
-from ._slots import DEFAULT_DOWNLOADS, DEFAULT_PER_UPSTREAM, DEFAULT_QUEUE, Priority, Slot, Slots
+from ._slots import DEFAULT_DOWNLOADS, DEFAULT_QUEUE, Priority, Slot, Slots
 from ._source import Source, StoredFile
 
 __all__ = ["BlobLookup", "BlobService"]
@@ -84,7 +84,7 @@ class BlobService:
             is abandoned, unless C{keep_fraction} of it has arrived.
         """
         self._disk = disk
-        self._slots = slots if slots is not None else Slots(DEFAULT_DOWNLOADS, DEFAULT_PER_UPSTREAM, DEFAULT_QUEUE)
+        self._slots = slots if slots is not None else Slots(DEFAULT_DOWNLOADS, DEFAULT_QUEUE)
         self._abandon_after = abandon_after
         self._keep_fraction = keep_fraction
         self._reactor = disk.reactor

@@ -30,7 +30,7 @@ from ._access import RepoAccess
 from ._errors import DigestMismatch, ManifestTooLarge, ManifestUnknown
 from ._result import CacheResult
 from ._singleflight import SingleFlight
-from ._slots import DEFAULT_DOWNLOADS, DEFAULT_PER_UPSTREAM, DEFAULT_QUEUE, Priority, Slots
+from ._slots import DEFAULT_DOWNLOADS, DEFAULT_QUEUE, Priority, Slots
 
 __all__ = ["MAX_MANIFEST_SIZE", "Manifest", "ManifestService", "variant_key"]
 
@@ -86,7 +86,7 @@ class ManifestService:
         self._access = access
         self._tag_ttl = tag_ttl
         self._health = health if health is not None else DiskHealth()
-        self._slots = slots if slots is not None else Slots(DEFAULT_DOWNLOADS, DEFAULT_PER_UPSTREAM, DEFAULT_QUEUE)
+        self._slots = slots if slots is not None else Slots(DEFAULT_DOWNLOADS, DEFAULT_QUEUE)
         self._flights: SingleFlight[tuple[str, str, str], Manifest] = SingleFlight()
 
     async def lookup(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import heapq
 import itertools
+from collections.abc import Callable
 
 from attrs import frozen
 from twisted.internet.defer import Deferred, succeed
@@ -58,7 +59,13 @@ class Slot:
 
 
 class Slots:
-    def __init__(self, total: int, per_upstream: int, queue: int, retry_after: int = 1) -> None:
+    def __init__(self, total: int, queue: int, per_upstream: Callable[[str], int] = lambda name: DEFAULT_PER_UPSTREAM,
+                 retry_after: int = 1) -> None:
+        """
+        @param total: fetches at once, all upstreams together.
+        @param queue: requests that may wait; past that, L{Busy}.
+        @param per_upstream: fetches at once from the upstream named.
+        """
         self.total = total
         self.per_upstream = per_upstream
         self.queue = queue
@@ -90,7 +97,7 @@ class Slots:
         return waiter
 
     def _free(self, upstream: str) -> bool:
-        return self.active < self.total and self._by_upstream.get(upstream, 0) < self.per_upstream
+        return self.active < self.total and self._by_upstream.get(upstream, 0) < self.per_upstream(upstream)
 
     def _take(self, upstream: str) -> Slot:
         self.active += 1

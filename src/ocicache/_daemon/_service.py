@@ -34,7 +34,7 @@ from .._cache._access import RepoAccess
 from .._cache._blobs import BlobService
 from .._cache._incoming import DownloadError
 from .._cache._manifests import ManifestService
-from .._cache._slots import DEFAULT_DOWNLOADS, DEFAULT_PER_UPSTREAM, DEFAULT_QUEUE, Slots
+from .._cache._slots import Slots
 from .._ops._config import Config
 from .._ops._metrics import ManifestTally, Metrics
 from .._storage._capacity import Capacity
@@ -53,9 +53,6 @@ from .._web._site import DrainingSite, QuietSite
 __all__ = ["OcicacheService", "ListenError"]
 
 log = Logger()
-
-SCRUB_RATE = 16 << 20
-"""Bytes per second the background scrub re-hashes (until it is a config key)."""
 
 
 class ListenError(ValueError):
@@ -90,18 +87,21 @@ class OcicacheService(MultiService):
         # One view of the disk's health, one bound on upstream fetches, for
         # blobs and manifests alike.
         health = DiskHealth()
-        slots = Slots(DEFAULT_DOWNLOADS, DEFAULT_PER_UPSTREAM, DEFAULT_QUEUE)
+        per_upstream = {upstream.name: upstream.max_downloads for upstream in config.upstreams}
+        slots = Slots(config.cache.max_downloads, config.cache.download_queue,
+                      lambda name: per_upstream.get(name, 1))
         access = RepoAccess(self.metadata, reactor, health=health)
         disk = Disk(reactor, self.store, self.metadata, self.disk_pool)
         self.capacity = Capacity(disk, config.cache.max_size, config.cache.min_free, self._evicted)
         self.blobs = BlobService(
             disk, access, self.capacity,
             lambda upstream, count: self.metrics.upstream_bytes.labels(upstream).inc(count),
-            slots=slots, health=health,
+            slots=slots, health=health, abandon_after=config.cache.abandon_after,
+            keep_fraction=config.cache.abandon_below,
             on_corrupt=lambda digest: self.metrics.corrupt_blobs.labels("read").inc(),
         )
         self.scrubber = Scrubber(
-            disk, self.capacity, SCRUB_RATE, on_scrubbed=self.metrics.scrubbed_bytes.inc,
+            disk, self.capacity, config.cache.scrub_rate, on_scrubbed=self.metrics.scrubbed_bytes.inc,
             on_corrupt=lambda digest: self.metrics.corrupt_blobs.labels("scrub").inc(),
         )
         self.janitor = Janitor(
@@ -117,7 +117,8 @@ class OcicacheService(MultiService):
         )
         self.manifest_tally = ManifestTally()
         services = Services(reactor, config, self.upstreams, self.blobs, self.manifests, self.metrics,
-                            on_manifest_stored=self.manifest_tally.added)
+                            on_manifest_stored=self.manifest_tally.added, sendfile=config.server.sendfile,
+                            stall_timeout=config.server.stall_timeout)
         self.site = DrainingSite(RootResource(services), reactor, self.metrics, config.server)
         self.site.displayTracebacks = False
         self._registry_listeners = [

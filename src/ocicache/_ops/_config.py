@@ -70,6 +70,8 @@ class UpstreamConfig:
     tag_ttl: float | None = None
     ca_file: str | None = None
     tls_verify: bool = True
+    max_downloads: int = 16
+    """Upstream fetches at once from this upstream."""
 
     @property
     def is_docker_hub(self) -> bool:
@@ -100,6 +102,8 @@ class ServerConfig:
     max_header_bytes: int = 16 << 10
     max_headers: int = 100
     max_request_line: int = 8 << 10
+    sendfile: bool = True
+    """Blob bodies on plain TCP go out with sendfile(2)."""
 
 
 @frozen
@@ -111,6 +115,16 @@ class CacheConfig:
     """Bytes (C{int}) or a fraction of the filesystem (C{float})."""
     blob_ttl: float | None = None
     janitor_interval: float = 60.0
+    max_downloads: int = 32
+    """Upstream fetches at once, all upstreams together."""
+    download_queue: int = 256
+    """Requests that may wait for a fetch; past it they get 429."""
+    abandon_after: float = 10.0
+    """Seconds a download may go unread before it is abandoned."""
+    abandon_below: float = 0.5
+    """Only a download with less than this fraction of its body in is abandoned."""
+    scrub_rate: int = 16 << 20
+    """Bytes per second the background scrub re-hashes; 0: no scrub."""
 
 
 @frozen
@@ -377,6 +391,9 @@ def _parse_upstream(table: object, index: int, environ: Mapping[str, str]) -> Up
     if ca_file is not None and not os.path.isfile(ca_file):
         raise ConfigError(f"{path}.ca_file: {ca_file!r} is not a readable file")
     tls_verify = section.get("tls_verify", bool, True)
+    max_downloads = section.get("max_downloads", int, _UPSTREAM_DEFAULTS.max_downloads)
+    if max_downloads < 1:
+        raise ConfigError(f"{path}.max_downloads: must be at least 1")
     section.finish()
     return UpstreamConfig(
         name=name.lower(),
@@ -386,7 +403,12 @@ def _parse_upstream(table: object, index: int, environ: Mapping[str, str]) -> Up
         tag_ttl=tag_ttl,
         ca_file=ca_file,
         tls_verify=tls_verify,
+        max_downloads=max_downloads,
     )
+
+
+_CACHE_DEFAULTS = CacheConfig(dir="")
+_UPSTREAM_DEFAULTS = UpstreamConfig(name="", url=DecodedURL.from_text("http://defaults"))
 
 
 def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None = None) -> Config:
@@ -423,12 +445,13 @@ def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None =
         raise ConfigError(f"server.max_headers: must be between 1 and {_MAX_HEADERS}")
     max_header_bytes = _head_size(server_section, "max_header_bytes", defaults.max_header_bytes)
     max_request_line = _head_size(server_section, "max_request_line", defaults.max_request_line)
+    sendfile = server_section.get("sendfile", bool, defaults.sendfile)
     server_section.finish()
     server = ServerConfig(
         listen_tuple, drain_timeout, log_format,
         header_timeout=header_timeout, idle_timeout=idle_timeout, stall_timeout=stall_timeout,
         max_connections=max_connections, max_header_bytes=max_header_bytes, max_headers=max_headers,
-        max_request_line=max_request_line,
+        max_request_line=max_request_line, sendfile=sendfile,
     )
 
     cache_section = _Section(top.get("cache", dict, {}), "cache")
@@ -439,7 +462,18 @@ def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None =
         min_free=cache_section.convert("min_free", _parse_min_free, None),
         blob_ttl=cache_section.convert("blob_ttl", parse_duration, None),
         janitor_interval=cache_section.convert("janitor_interval", parse_duration, 60.0),
+        max_downloads=cache_section.get("max_downloads", int, _CACHE_DEFAULTS.max_downloads),
+        download_queue=cache_section.get("download_queue", int, _CACHE_DEFAULTS.download_queue),
+        abandon_after=_positive_duration(cache_section, "abandon_after", _CACHE_DEFAULTS.abandon_after),
+        abandon_below=float(cache_section.get("abandon_below", (int, float), _CACHE_DEFAULTS.abandon_below)),
+        scrub_rate=cache_section.convert("scrub_rate", parse_size, _CACHE_DEFAULTS.scrub_rate),
     )
+    if cache.max_downloads < 1:
+        raise ConfigError("cache.max_downloads: must be at least 1")
+    if cache.download_queue < 0:
+        raise ConfigError("cache.download_queue: must be 0 or more")
+    if not 0.0 <= cache.abandon_below <= 1.0:
+        raise ConfigError("cache.abandon_below: must be a fraction from 0 to 1")
     if cache.max_size is not None and cache.max_size < 1 << 20:
         raise ConfigError("cache.max_size: must be at least 1MiB")
     if cache.janitor_interval <= 0:
