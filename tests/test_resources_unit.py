@@ -80,6 +80,7 @@ class FakeBlobs:
         self.sizes: dict[str, int] = {}
         self.error: BaseException | None = None
         self.lookups: list[tuple[str, str]] = []
+        self.corrupted: list[str] = []
 
     async def lookup(self, upstream: Any, repo: str, digest: Digest) -> BlobLookup:
         self.lookups.append((repo, str(digest)))
@@ -90,6 +91,9 @@ class FakeBlobs:
             raise RegistryError("BLOB_UNKNOWN", "no such blob")
         source, result = make()
         return BlobLookup(source, result)
+
+    def corrupt(self, digest: Digest) -> None:
+        self.corrupted.append(str(digest))
 
     async def head(self, upstream: Any, repo: str, digest: Digest) -> int:
         if str(digest) not in self.sizes:
@@ -395,3 +399,29 @@ def test_client_gone_before_the_lookup_answers_releases_the_source(server: Serve
     run(server.clock)
     assert transport.value() == b""
     assert_closed(fds[0])
+
+
+def test_a_stored_blob_that_no_longer_matches_is_cut_short(server: Server) -> None:
+    """
+    Read through the streamer (as over TLS), a stored blob is hashed on the
+    way: bytes at rest that no longer match are never sent whole.
+    """
+    digest, _ = server.store_blob(DATA)
+    path = server.store.path(Kind.BLOB, digest)
+    with open(path, "r+b") as f:
+        f.seek(len(DATA) // 2)
+        f.write(b"\x00" if DATA[len(DATA) // 2] else b"\x01")
+    transport, _ = server.request("GET", f"/v2/library/alpine/blobs/{digest}")
+    response = Response(transport.value())
+    assert response.status == 200
+    assert response.headers[b"content-length"] == b"%d" % len(DATA)
+    assert transport.aborted
+    assert len(response.body) == len(DATA) - 1
+    assert server.blobs.corrupted == [str(digest)]
+
+
+def test_a_ranged_read_is_not_verified(server: Server) -> None:
+    digest, _ = server.store_blob(DATA)
+    transport, _ = server.request("GET", f"/v2/library/alpine/blobs/{digest}", {"Range": "bytes=10-"})
+    assert Response(transport.value()).body == DATA[10:]
+    assert not transport.aborted and server.blobs.corrupted == []
