@@ -192,8 +192,10 @@ def test_sigterm_when_idle_exits_at_once(daemon_factory: Callable[..., Daemon], 
     sock.sendall(f"GET /v2/{oci.repo}/blobs/{oci.blobs[0].digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     sock.settimeout(10)
     data = b""
-    while len(data) < oci.blobs[0].size:
+    # The whole response, headers and body: the connection is then idle.
+    while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < oci.blobs[0].size:
         data += sock.recv(65536)
+    assert data.partition(b"\r\n\r\n")[2] == oci.blobs[0].data
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGTERM)
     assert daemon.proc.wait(10) == -signal.SIGTERM
