@@ -105,7 +105,7 @@ def parts(tmp_path: Path) -> Iterator[_Parts]:
     metadata = Metadata(os.path.join(store.root, "metadata.sqlite"), clock)  # type: ignore[arg-type]
     # Its queries run at once, in this thread, in order, as on the single
     # database thread; only the disk pool's work is reordered.
-    metadata._pool = SteppingPool(immediate=True)
+    metadata._pool = SteppingPool(immediate=True)  # type: ignore[assignment]
     metadata.open()
     run(clock)
     yield _Parts(clock, store, SteppingPool(), metadata)

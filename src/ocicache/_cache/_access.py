@@ -11,7 +11,6 @@ the registry"), and the proof is remembered in the metadata database.
 
 from __future__ import annotations
 
-import sqlite3
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
@@ -21,7 +20,7 @@ from twisted.python.failure import Failure
 
 from .._spec._reference import Digest
 from .._storage._health import DiskHealth
-from .._storage._metadata import Metadata
+from .._storage._metadata import Metadata, MetadataUnavailable
 from .._upstream._client import Upstream
 
 __all__ = ["RepoAccess"]
@@ -104,7 +103,7 @@ class RepoAccess:
     def _failed(self, failure: Failure) -> None:
         # The proof stays in memory; the database missing it only costs
         # one upstream HEAD after a restart.
-        if failure.check(OSError, sqlite3.Error) and failure.value is not None:
+        if failure.check(OSError, MetadataUnavailable) and failure.value is not None:
             self._health.failed(failure.value)
         else:
             log.failure("Could not record a blob source", failure)

@@ -13,7 +13,6 @@ warning in the log.
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 
 from attrs import frozen
@@ -23,6 +22,7 @@ from .._spec._media_types import MANIFEST_MEDIA_TYPES, manifest_media_type
 from .._spec._reference import Digest
 from .._storage._disk import Disk
 from .._storage._health import DiskHealth
+from .._storage._metadata import MetadataUnavailable
 from .._storage._store import Kind
 from .._upstream._client import Upstream
 from .._upstream._errors import UpstreamUnavailable, answer_error
@@ -136,7 +136,7 @@ class ManifestService:
         if current == stored.digest:
             try:
                 await self._metadata.put_tag(upstream.name, repo, key, str(current), self._reactor.seconds())
-            except sqlite3.Error as e:
+            except MetadataUnavailable as e:
                 self._health.failed(e)
             return ManifestLookup(stored, CacheResult.HIT)
         manifest, joined = await self._fetch(upstream, repo, tag, accept)
@@ -165,7 +165,7 @@ class ManifestService:
         if response.code == 404:
             try:
                 await self._metadata.delete_tag(upstream.name, repo, variant_key(tag, accept))
-            except sqlite3.Error as e:
+            except MetadataUnavailable as e:
                 self._health.failed(e)
         if response.code != 200:
             raise answer_error(response, ManifestUnknown(f"{repo}:{tag} is not known to {upstream.name}"))
@@ -231,7 +231,7 @@ class ManifestService:
         manifest = Manifest(digest, media_type, body)
         try:
             await self._keep(upstream, repo, reference, accept, manifest)
-        except (OSError, sqlite3.Error) as e:
+        except (OSError, MetadataUnavailable) as e:
             # The cache directory is full, read-only or gone: the client is
             # served all the same, and the next one asks the upstream again.
             self._health.failed(e)

@@ -5,6 +5,12 @@ Each reads the same configuration as the daemon and works on its cache
 directory directly, so it is safe to run while the daemon runs: files are
 only ever read, or removed (which a reader holding the file open does not
 notice), and SQLite in WAL mode lets both write.
+
+None of them hangs: a corrupt or locked metadata database is said in one
+line on stderr with exit status 2 (C{verify --repair} moves a corrupt one
+aside and creates a new one, as the daemon does at start-up), and SIGINT or
+SIGTERM ends the command at once, whatever its database thread is waiting
+for.
 """
 
 from __future__ import annotations
@@ -12,9 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any, TextIO
 
 from twisted.internet.defer import Deferred
@@ -24,7 +32,7 @@ from .._spec._reference import Digest
 from .._storage._capacity import Capacity
 from .._storage._disk import Disk
 from .._storage._janitor import Janitor, verify_file
-from .._storage._metadata import Metadata
+from .._storage._metadata import Metadata, MetadataCorrupt, MetadataUnavailable
 from .._storage._store import Kind, Store
 from .._version import __version__
 
@@ -51,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _exit_on_signals()
     arguments = _parser().parse_args(argv)
     try:
         config = load_config(arguments.config)
@@ -71,16 +80,62 @@ def _react(run: Any, config: Config, arguments: argparse.Namespace) -> int:
     from twisted.internet.task import react
 
     async def body(reactor: Any) -> None:
-        metadata = Metadata(os.path.join(os.path.abspath(config.cache.dir), "metadata.sqlite"), reactor)
-        await metadata.open()
+        # react calls this before the reactor runs, and the reactor installs
+        # its own handlers (a graceful stop) as it starts: ours again after.
+        reactor.callWhenRunning(_exit_on_signals)
+        path = os.path.join(os.path.abspath(config.cache.dir), "metadata.sqlite")
+        metadata = Metadata(path, reactor)
+        repair = arguments.command == "verify" and arguments.repair
+        try:
+            rebuilt = await metadata.open(rebuild=repair)
+        except MetadataCorrupt as e:
+            _say(f"{e}; 'ocicache verify --repair', or starting the daemon, moves it aside and creates a new one")
+            raise SystemExit(2) from None
+        except MetadataUnavailable as e:
+            _say(str(e))
+            raise SystemExit(2) from None
+        if rebuilt is not None:
+            print(f"repaired: the metadata database {path} was corrupt ({rebuilt.reason}); moved it to"
+                  f" {rebuilt.moved_to} and created a new one (the daemon adopts the stored files again)")
         try:
             code = await run(reactor, config, metadata, arguments)
+        except MetadataUnavailable as e:
+            _say(str(e))
+            code = 2
         finally:
             await metadata.close()
-        raise SystemExit(code)
+        # A corrupt database was something wrong, even once repaired.
+        raise SystemExit(1 if rebuilt is not None and code == 0 else code)
 
     react(lambda reactor: Deferred.fromCoroutine(body(reactor)))
     return 1  # not reached: react exits
+
+
+def _say(line: str) -> None:
+    sys.stdout.flush()
+    sys.stderr.write(f"ocicache: {line}\n")
+    sys.stderr.flush()
+
+
+def _exit_on_signals() -> None:
+    """
+    SIGINT and SIGTERM end the command now, with status 128 + the signal:
+    not a graceful reactor stop, which would wait for the database thread
+    (busy on a lock, say).  Everything here is safe to cut: files are
+    committed by rename, and SQLite survives a process that ends in the
+    middle of a transaction.
+    """
+
+    def exit_now(signum: int, frame: FrameType | None) -> None:
+        try:
+            sys.stdout.flush()
+        except (OSError, RuntimeError, ValueError):
+            pass  # interrupted mid-write, or already closed
+        os.write(2, f"ocicache: stopped by {signal.Signals(signum).name}\n".encode())
+        os._exit(128 + signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, exit_now)
 
 
 class _Progress:

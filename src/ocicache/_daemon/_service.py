@@ -7,7 +7,10 @@ The daemon's service tree: the parts of ocicache wired together.
       └─ the janitor (a TimerService)
 
 The store and the metadata database are opened before the listeners
-start, and closed after they stop.
+start, and closed after they stop.  A corrupt database is moved aside and
+a new one created (said in one log line); one that cannot be opened or
+created stops start-up with one line on stderr and a non-zero exit, before
+anything listens.
 
 Stopping is graceful (L{ocicache._web._site}): the registry listeners close
 first, responses in progress get up to C{[server] drain_timeout} to
@@ -17,13 +20,15 @@ the other services stop, the database is closed and no temp file is left.
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 from twisted.python.failure import Failure
@@ -41,7 +46,7 @@ from .._storage._capacity import Capacity
 from .._storage._disk import Disk
 from .._storage._health import DiskHealth
 from .._storage._janitor import Janitor
-from .._storage._metadata import Metadata
+from .._storage._metadata import Metadata, MetadataUnavailable
 from .._storage._scrub import Scrubber
 from .._storage._store import Kind, Store
 from .._upstream._client import Upstream, make_pool
@@ -71,7 +76,7 @@ class OcicacheService(MultiService):
     """
 
     def __init__(self, config: Config, reactor: Any) -> None:
-        super().__init__()
+        MultiService.__init__(self)
         self.config = config
         self._reactor = reactor
         self.metrics = Metrics()
@@ -91,7 +96,7 @@ class OcicacheService(MultiService):
         slots = Slots(config.cache.max_downloads, config.cache.download_queue,
                       lambda name: per_upstream.get(name, 1))
         access = RepoAccess(self.metadata, reactor, health=health)
-        disk = Disk(reactor, self.store, self.metadata, self.disk_pool)
+        self.disk = disk = Disk(reactor, self.store, self.metadata, self.disk_pool)
         self.capacity = Capacity(disk, config.cache.max_size, config.cache.min_free, self._evicted)
         self.blobs = BlobService(
             disk, access, self.capacity,
@@ -152,7 +157,7 @@ class OcicacheService(MultiService):
         if self.log_observer is not None and isinstance(parent, Componentized):
             if parent.getComponent(ILogObserver, None) is None:
                 parent.setComponent(ILogObserver, self.log_observer)
-        super().setServiceParent(parent)
+        MultiService.setServiceParent(self, parent)
 
     def _refresh_cache_gauges(self) -> None:
         """
@@ -190,16 +195,65 @@ class OcicacheService(MultiService):
                 evicted_bytes=report.evicted_bytes, temp=report.temp_removed, tags=report.tags_removed,
             )
 
-    def startService(self) -> None:
-        # Before anything listens: a crash's leftovers go, so nothing
-        # partial can ever be served.
-        removed = self.store.prepare()
+    startup_errors_to_log = True
+    """
+    Whether a failed start-up is logged as well as said on stderr; set by
+    C{makeService} to C{False} when the log is standard output anyway
+    (C{twistd -n} without C{--logfile}), so it is said once.
+    """
+
+    open_before_binding = True
+    """
+    Whether the store and the database open in L{privilegedStartService},
+    before twistd binds the listeners there.  C{makeService} sets it to
+    C{False} when twistd will switch to another user afterwards (C{--uid},
+    C{--gid}): then they open in L{startService}, as that user, so that
+    what they create is that user's.
+    """
+
+    status_pipe: Callable[[], int | None] = staticmethod(lambda: None)
+    """
+    The daemonized twistd's status pipe, if any (set by C{makeService}):
+    its parent exits only once something is written there.
+    """
+
+    _disk_opened = False
+
+    def privilegedStartService(self) -> None:
+        # twistd binds the listeners here, before startService: open the
+        # disk first, so that a cache that cannot be used binds nothing.
+        if self.open_before_binding:
+            self._open_disk()
+        MultiService.privilegedStartService(self)
+
+    def _open_disk(self) -> None:
+        """
+        Before anything listens: a crash's leftovers go, so nothing partial
+        can ever be served; and the database opens (blocking, here: the
+        reactor does not run yet), rebuilt if corrupt, or start-up stops.
+        """
+        try:
+            removed = self.store.prepare()
+            rebuilt = self.metadata.open_now(rebuild=True)
+        except OSError as e:
+            where = f" ({e.filename})" if e.filename and e.filename != self.store.root else ""
+            self._refuse_to_start(f"cannot use the cache directory {self.store.root}: {e.strerror}{where}")
+        except MetadataUnavailable as e:
+            self._refuse_to_start(str(e))
+        self._disk_opened = True
         if removed:
             log.info("Removed {count} temp files left by an earlier run", count=removed)
+        if rebuilt is not None:
+            log.warn("The metadata database {path} was corrupt ({reason}): moved it to {moved_to} and created"
+                     " a new one; stored blobs are adopted again, tags are resolved upstream on their next pull",
+                     path=self.metadata.path, reason=rebuilt.reason, moved_to=rebuilt.moved_to)
+
+    def startService(self) -> None:
+        if not self._disk_opened:
+            self._open_disk()
         self.disk_pool.start()
-        self.metadata.open()
         # The TimerService's first pass runs now and does the recovery.
-        super().startService()
+        MultiService.startService(self)
         self.scrubber.start()
         log.info("ocicache caching in {dir}; upstreams: {upstreams}",
                  dir=self.store.root, upstreams=", ".join(self.upstreams))
@@ -207,11 +261,32 @@ class OcicacheService(MultiService):
             if not upstream.tls_verify:
                 log.warn("Upstream {upstream}: TLS certificate verification is OFF (tls_verify = false);"
                          " anyone on the path can impersonate it", upstream=upstream.name)
-        scanning = deferToThreadPool(
-            self._reactor, self.disk_pool, _scan_manifests, self.store  # type: ignore[arg-type]
-        )
+        scanning = self.disk.run(_scan_manifests, self.store)
         scanning.addCallback(self.manifest_tally.loaded)
         scanning.addErrback(lambda failure: log.failure("Could not count stored manifests", failure))
+
+    def _refuse_to_start(self, message: str) -> NoReturn:
+        """
+        Say why in one line and exit non-zero; nothing was started.  twistd
+        has already sent C{sys.stderr} to the log, so the line goes to the
+        process's own standard error; a daemonized twistd's parent waits on
+        its status pipe instead, and prints what it reads there.
+        """
+        if self.startup_errors_to_log:
+            log.critical("ocicache cannot start: {message}", message=message)
+        pipe = self.status_pipe()
+        if pipe is not None:
+            # twistd's protocol: "0" for started, else "1 <reason>", of
+            # which the parent reads 100 bytes: keep the end, the reason.
+            said = message.encode("utf-8", "replace")
+            os.write(pipe, b"1 " + (said if len(said) <= 98 else b"..." + said[-95:]))
+            os.close(pipe)
+        else:
+            stderr = sys.__stderr__
+            if stderr is not None:
+                stderr.write(f"ocicache: {message}\n")
+                stderr.flush()
+        raise SystemExit(2)
 
     def stopService(self) -> Deferred[None]:
         """

@@ -73,7 +73,26 @@ def makeService(options: Options) -> IService:
         _die(str(e))
     if config.server.log_format == "json":
         service.log_observer = _json_observer(options)
+    service.startup_errors_to_log = not _logs_to_stdout(options)
+    twistd = getattr(options, "parent", None) or {}
+    service.open_before_binding = twistd.get("uid") is None and twistd.get("gid") is None
+    # twistd puts it there when it daemonizes, after makeService.
+    service.status_pipe = lambda: twistd.get("statusPipe")
     return service
+
+
+def _logs_to_stdout(options: Options) -> bool:
+    """
+    Whether twistd's log is standard output (C{-n} without C{--logfile},
+    C{--syslog} or C{--logger}): under systemd both it and standard error
+    go to the journal, so a start-up failure is said on stderr only.
+    """
+    twistd = getattr(options, "parent", None) or {}
+    if not twistd:
+        return False
+    return bool(twistd.get("nodaemon")) and (twistd.get("logfile") or "-") == "-" and not (
+        twistd.get("logger") or twistd.get("syslog")
+    )
 
 
 def _json_observer(options: Options) -> Any:

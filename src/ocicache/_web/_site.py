@@ -553,6 +553,9 @@ class QuietSite(Site):
 
     noisy = False
 
+    def __init__(self, resource: IResource) -> None:
+        Site.__init__(self, resource)
+
     def log(self, request: Any) -> None:
         pass
 
