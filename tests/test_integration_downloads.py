@@ -27,8 +27,9 @@ from ocitest.registry import Registry, push_blob
 pytestmark = pytest.mark.integration
 
 REPO = "library/ocitest-hangups"
-COUNT = 24
-SIZE = 2 << 20
+COUNT = 40
+SIZE = 4 << 20
+CLIENTS = 200
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def blobs(upstream: Registry) -> list[Blob]:
 
 def _read_then_hang_up(daemon: Daemon, blob: Blob, want: int) -> int:
     got = 0
-    with socket.create_connection(("127.0.0.1", daemon.port), timeout=20) as conn:
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=60) as conn:
         conn.sendall(f"GET /v2/docker.io/{REPO}/blobs/{blob.digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         while got < want:
             data = conn.recv(64 << 10)
@@ -68,10 +69,11 @@ def _committed(daemon: Daemon) -> list[str]:
 def test_hang_ups_cost_bounded_upstream_work(
         blobs: list[Blob], daemon_factory: Callable[..., Daemon], hop: Hop) -> None:
     metrics_port = free_port()
-    daemon = daemon_factory(cache_extra={"max_downloads": 4, "download_queue": 64, "abandon_after": "1s"},
+    daemon = daemon_factory(cache_extra={"max_downloads": 4, "download_queue": 64, "abandon_after": "1s",
+                                         "abandon_below": 0.75},
                             extra_tables={"metrics": {"listen": f"tcp:{metrics_port}:interface=127.0.0.1"}})
     metrics = f"http://127.0.0.1:{metrics_port}/metrics"
-    hop.throttle = 512 << 10  # 4 s per blob: the downloads overlap, the clients leave early
+    hop.throttle = 1 << 20  # 4 s per blob: the downloads overlap, the clients leave after 1 MiB
     most = 0
     stop = threading.Event()
 
@@ -85,12 +87,14 @@ def test_hang_ups_cost_bounded_upstream_work(
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    clients = [threading.Thread(target=_read_then_hang_up, args=(daemon, blob, 256 << 10)) for blob in blobs]
+    # 200 connections, five for each of 40 cold blobs, each gone after 1 MiB.
+    clients = [threading.Thread(target=_read_then_hang_up, args=(daemon, blobs[i % COUNT], 1 << 20))
+               for i in range(CLIENTS)]
     try:
         for client in clients:
             client.start()
         for client in clients:
-            client.join(60)
+            client.join(120)
         hop.wait_idle(timeout=60)
     finally:
         stop.set()
@@ -111,7 +115,7 @@ def test_hang_ups_cost_bounded_upstream_work(
 def test_past_the_queue_clients_are_told_to_come_back(
         blobs: list[Blob], daemon_factory: Callable[..., Daemon], hop: Hop) -> None:
     daemon = daemon_factory(cache_extra={"max_downloads": 1, "download_queue": 2})
-    hop.throttle = 1 << 20
+    hop.throttle = 4 << 20
     statuses: list[tuple[int, dict[str, str]]] = []
 
     def fetch(blob: Blob) -> None:

@@ -359,3 +359,19 @@ def test_a_thread_busy_in_sqlite_does_not_keep_the_process_alive(db_path: Path) 
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert result.stdout.strip() == "leaving", result.stderr
     assert time.monotonic() - started < 10
+
+
+@pytest_twisted.ensureDeferred
+async def test_deleting_blobs_prunes_their_access_proofs(db_path: Path) -> None:
+    metadata = _metadata(db_path)
+    await metadata.open()
+    try:
+        kept, gone = f"sha256:{1:064x}", f"sha256:{2:064x}"
+        for digest in (kept, gone):
+            await metadata.put_blob(digest, 10, 0.0)
+            await metadata.put_source(digest, "docker.io", "library/a")
+        await metadata.delete_blobs([gone])
+        assert await metadata.has_source(kept, "docker.io", "library/a")
+        assert not await metadata.has_source(gone, "docker.io", "library/a")
+    finally:
+        await metadata.close()

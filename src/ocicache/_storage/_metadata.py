@@ -494,9 +494,20 @@ class Metadata:
         )
 
     def delete_blobs(self, digests: Iterable[str]) -> Deferred[None]:
-        return self._executemany(
-            "DELETE FROM blobs WHERE digest=?", ((digest,) for digest in digests)
-        )
+        """
+        Forget evicted or expired blobs, and the access proofs for them: a
+        repository proves it again (one upstream HEAD) if the blob comes
+        back, and the C{sources} table does not grow without end.
+        """
+        rows = [(digest,) for digest in digests]
+
+        def delete(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("BEGIN")
+                db.executemany("DELETE FROM blobs WHERE digest=?", rows)
+                db.executemany("DELETE FROM sources WHERE digest=?", rows)
+
+        return self._with_db(delete)
 
     async def blobs(self) -> list[BlobRow]:
         rows = await self._execute(
