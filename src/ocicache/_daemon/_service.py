@@ -146,6 +146,9 @@ class OcicacheService(MultiService):
             raise ListenError(f"{description!r} is not a valid listen endpoint: {e}") from None
         service = StreamServerEndpointService(endpoint, site)
         # Fail start-up, don't just log, when the port cannot be bound.
+        # Twisted offers no public switch for this: _raiseSynchronously is
+        # StreamServerEndpointService's own (documented in its source), and
+        # this is the daemon's one use of a private Twisted name.
         service._raiseSynchronously = True
         service.setServiceParent(self)
         return service
