@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 
@@ -83,3 +84,24 @@ def test_a_cache_made_read_only_is_served_by_pass_through(
         assert marker not in log, log[-3000:]
     statuses = [int(m.group(1)) for m in re.finditer(r"access#info\] \S+ \S+ (\d{3}) ", log)]
     assert statuses and not [s for s in statuses if s >= 500], statuses
+
+
+def test_a_cache_directory_that_vanishes_is_served_by_pass_through(
+        ocitest_images: dict[str, Image], daemon_factory: Callable[..., Daemon], hop: Hop) -> None:
+    metrics_port = free_port()
+    daemon = daemon_factory(extra_tables={"metrics": {"listen": f"tcp:{metrics_port}:interface=127.0.0.1"}})
+    image = ocitest_images["team"]
+    repo = f"/v2/docker.io/{image.repo}"
+    assert daemon.cache_dir is not None
+    shutil.rmtree(daemon.cache_dir)
+    for _ in range(2):
+        status, _, body = http_request(daemon.url + f"{repo}/manifests/{image.reference}", headers={"Accept": ACCEPT})
+        assert status == 200 and body == image.manifest_bytes
+        for blob in image.blobs:
+            status, _, body = http_request(daemon.url + f"{repo}/blobs/{blob.digest}")
+            assert status == 200, (status, body[:300])
+            assert "sha256:" + hashlib.sha256(body).hexdigest() == blob.digest
+    assert http_request(f"http://127.0.0.1:{metrics_port}/readyz")[0] == 503
+    log = daemon.log_text()
+    assert log.count("The cache disk is failing") == 1, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
