@@ -211,6 +211,11 @@ def test_download_bounds_and_scrub() -> None:
     assert config.upstreams[0].max_downloads == 2
 
 
+@pytest.mark.parametrize("value, seconds", [("7d", 7 * 86400.0), ("never", None), (60, 60.0)])
+def test_manifest_ttl(value: object, seconds: float | None) -> None:
+    assert parse_config({"cache": {"manifest_ttl": value}}, {}).cache.manifest_ttl == seconds
+
+
 def test_download_defaults() -> None:
     config = parse_config({}, {})
     assert (config.cache.max_downloads, config.cache.download_queue) == (32, 256)
@@ -316,6 +321,8 @@ def test_listed_upstreams_replace_the_defaults() -> None:
     ({"cache": {"scrub_rate": "fast"}}, "cache.scrub_rate: "),
     ({"server": {"sendfile": "yes"}}, "server.sendfile: "),
     ({"upstream": [upstream(max_downloads=0)]}, "upstream[0].max_downloads: "),
+    ({"cache": {"manifest_ttl": "soon"}}, "cache.manifest_ttl: "),
+    ({"cache": {"manifest_ttl": 0}}, "cache.manifest_ttl: "),
     ({"metrics": {"listen": ["tcp:9402"]}}, "metrics.listen: "),
 ])
 def test_errors_name_the_key(data: dict[str, Any], key: str) -> None:

@@ -6,6 +6,7 @@ min_free, blob_ttl, recovery after a crash, abandoned temp files.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -180,3 +181,59 @@ async def test_abandoned_temp_files_go_and_live_ones_stay(parts: _Parts) -> None
         await metadata.close()
 
 
+
+
+def _manifest(store: Store, document: dict[str, Any]) -> Digest:
+    body = json.dumps(document).encode()
+    digest = Digest("sha256", hashlib.sha256(body).hexdigest())
+    store.write_small(Kind.MANIFEST, digest, body)
+    return digest
+
+
+@pytest_twisted.ensureDeferred
+async def test_unreferenced_manifests_expire_an_index_before_its_children(parts: _Parts) -> None:
+    """
+    A manifest goes once no tag resolves to it, no stored index refers to
+    it, and it was not read for manifest_ttl; a child only after its index.
+    """
+    store, metadata = parts.store, parts.metadata
+    await metadata.open()
+    try:
+        old = time.time() - 100 * 86400
+        child = _manifest(store, {"mediaType": "application/vnd.oci.image.manifest.v1+json", "n": 1})
+        index = _manifest(store, {"mediaType": "application/vnd.oci.image.index.v1+json",
+                                  "manifests": [{"digest": str(child)}]})
+        tagged = _manifest(store, {"mediaType": "application/vnd.oci.image.manifest.v1+json", "n": 2})
+        recent = _manifest(store, {"mediaType": "application/vnd.oci.image.manifest.v1+json", "n": 3})
+        for digest in (child, index, tagged, recent):
+            await metadata.put_manifest(str(digest), "application/json", 10, old)
+        await metadata.put_children(str(index), [str(child)])
+        await metadata.put_tag("docker.io", "library/a", "v1", str(tagged), time.time())
+        removed: list[str] = []
+        janitor = Janitor(_disk(parts), Capacity(_disk(parts), None, None), None, manifest_ttl=30 * 86400,
+                          manifest_accesses=lambda: {str(recent): time.time()}, on_manifests_removed=removed.extend)
+        first = await janitor.run()
+        assert removed == [str(index)] and first.manifests_removed == 1
+        assert store.read(Kind.MANIFEST, index) is None and store.read(Kind.MANIFEST, child) is not None
+        await janitor.run()
+        assert removed == [str(index), str(child)]
+        assert store.read(Kind.MANIFEST, child) is None
+        # Still referenced by a tag, or read lately: kept.
+        assert store.read(Kind.MANIFEST, tagged) is not None
+        assert store.read(Kind.MANIFEST, recent) is not None
+    finally:
+        await metadata.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_manifests_are_kept_forever_without_a_ttl(parts: _Parts) -> None:
+    store, metadata = parts.store, parts.metadata
+    await metadata.open()
+    try:
+        lonely = _manifest(store, {"mediaType": "application/vnd.oci.image.manifest.v1+json"})
+        await metadata.put_manifest(str(lonely), "application/json", 10, 0.0)
+        janitor = Janitor(_disk(parts), Capacity(_disk(parts), None, None), None, manifest_ttl=None)
+        assert (await janitor.run()).manifests_removed == 0
+        assert store.read(Kind.MANIFEST, lonely) is not None
+    finally:
+        await metadata.close()

@@ -13,6 +13,7 @@ warning in the log.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Awaitable, Callable, Sequence
 
 from attrs import frozen
@@ -53,6 +54,29 @@ def variant_key(tag: str, accept: Sequence[str]) -> str:
     return " ".join([tag, *sorted(set(accept))])
 
 
+def _children(body: bytes) -> list[str]:
+    """
+    The manifests an index or manifest list refers to (image-spec
+    image-index.md, C{manifests[].digest}); none for anything else.
+    """
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return []
+    entries = document.get("manifests") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        return []
+    found = []
+    for entry in entries:
+        digest = entry.get("digest") if isinstance(entry, dict) else None
+        if isinstance(digest, str):
+            try:
+                found.append(str(Digest.parse(digest)))
+            except ValueError:
+                continue
+    return found
+
+
 @frozen
 class Manifest:
     digest: Digest
@@ -86,6 +110,7 @@ class ManifestService:
         self._access = access
         self._tag_ttl = tag_ttl
         self._health = health if health is not None else DiskHealth()
+        self._read: dict[str, float] = {}
         self._slots = slots if slots is not None else Slots(DEFAULT_DOWNLOADS, DEFAULT_QUEUE)
         self._flights: SingleFlight[tuple[str, str, str], Manifest] = SingleFlight()
 
@@ -93,8 +118,17 @@ class ManifestService:
         self, upstream: Upstream, repo: str, reference: Digest | str, accept: Sequence[str]
     ) -> ManifestLookup:
         if isinstance(reference, Digest):
-            return await self._by_digest(upstream, repo, reference, accept)
-        return await self._by_tag(upstream, repo, reference, accept)
+            found = await self._by_digest(upstream, repo, reference, accept)
+        else:
+            found = await self._by_tag(upstream, repo, reference, accept)
+        # Batched: the janitor writes them, never one write per request.
+        self._read[str(found.manifest.digest)] = self._reactor.seconds()
+        return found
+
+    def take_reads(self) -> dict[str, float]:
+        """The manifests read since the last call, and when."""
+        read, self._read = self._read, {}
+        return read
 
     async def _by_digest(
         self, upstream: Upstream, repo: str, digest: Digest, accept: Sequence[str]
@@ -245,6 +279,9 @@ class ManifestService:
         await self._disk.run(self._store.write_small, Kind.MANIFEST, digest, manifest.body)
         now = self._reactor.seconds()
         await self._metadata.put_manifest(str(digest), manifest.media_type, len(manifest.body), now)
+        children = await self._disk.run(_children, manifest.body)
+        if children:
+            await self._metadata.put_children(str(digest), children)
         await self._access.record(upstream, repo, digest)
         if not isinstance(reference, Digest):
             await self._metadata.put_tag(upstream.name, repo, variant_key(reference, accept), str(digest), now)

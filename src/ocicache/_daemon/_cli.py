@@ -213,7 +213,7 @@ async def _gc(reactor: Any, config: Config, metadata: Metadata, arguments: argpa
     try:
         disk = Disk(reactor, store, metadata, pool)
         capacity = Capacity(disk, config.cache.max_size, config.cache.min_free)
-        janitor = Janitor(disk, capacity, config.cache.blob_ttl)
+        janitor = Janitor(disk, capacity, config.cache.blob_ttl, manifest_ttl=config.cache.manifest_ttl)
         recovered = await janitor.recover()
         report = await janitor.run()
     finally:
@@ -221,7 +221,8 @@ async def _gc(reactor: Any, config: Config, metadata: Metadata, arguments: argpa
     print(f"expired: {report.expired} blobs, {_human(report.expired_bytes)}")
     print(f"evicted: {report.evicted} blobs, {_human(report.evicted_bytes)}")
     print(f"removed: {report.temp_removed} abandoned temp files, {report.tags_removed} old tag rows, "
-          f"{recovered.dropped_rows} rows without files, {recovered.removed_unverified} unverifiable files")
+          f"{recovered.dropped_rows} rows without files, {recovered.removed_unverified} unverifiable files, "
+          f"{report.manifests_removed} unreferenced manifests")
     print(f"freed: {_human(report.expired_bytes + report.evicted_bytes)}; "
           f"the store now holds {_human(capacity.size)}")
     return 0

@@ -109,9 +109,12 @@ class OcicacheService(MultiService):
             disk, self.capacity, config.cache.scrub_rate, on_scrubbed=self.metrics.scrubbed_bytes.inc,
             on_corrupt=lambda digest: self.metrics.corrupt_blobs.labels("scrub").inc(),
         )
+        self.manifest_tally = ManifestTally()
         self.janitor = Janitor(
             disk, self.capacity, config.cache.blob_ttl,
             lambda: [download.temp_path for download in self.blobs.inflight.values()],
+            manifest_ttl=config.cache.manifest_ttl, manifest_accesses=lambda: self.manifests.take_reads(),
+            on_manifests_removed=self._manifests_removed,
         )
         self._janitor_timer = TimerService(
             config.cache.janitor_interval, lambda: Deferred.fromCoroutine(self._janitor_pass())
@@ -120,7 +123,6 @@ class OcicacheService(MultiService):
         self.manifests = ManifestService(
             disk, access, lambda upstream: config.tag_ttl_for(upstream.config), slots=slots, health=health,
         )
-        self.manifest_tally = ManifestTally()
         services = Services(reactor, config, self.upstreams, self.blobs, self.manifests, self.metrics,
                             on_manifest_stored=self.manifest_tally.added, sendfile=config.server.sendfile,
                             stall_timeout=config.server.stall_timeout)
@@ -174,6 +176,10 @@ class OcicacheService(MultiService):
         self.metrics.cache_entries.labels("manifest").set(len(self.manifest_tally))
         self.metrics.cache_size.set(self.capacity.size + self.manifest_tally.size)
 
+    def _manifests_removed(self, digests: list[str]) -> None:
+        for digest in digests:
+            self.manifest_tally.removed(digest)
+
     def _evicted(self, count: int, size: int) -> None:
         self.metrics.evictions.inc(count)
         self.metrics.evicted_bytes.inc(size)
@@ -190,12 +196,15 @@ class OcicacheService(MultiService):
         except Exception:
             log.failure("Janitor pass failed")
             return
-        if report.expired or report.evicted or report.temp_removed or report.tags_removed:
+        if (report.expired or report.evicted or report.temp_removed or report.tags_removed
+                or report.manifests_removed):
             log.info(
                 "Janitor: expired {expired} blobs ({expired_bytes} B), evicted {evicted} ({evicted_bytes} B),"
-                " removed {temp} abandoned temp files and {tags} old tag rows",
+                " removed {temp} abandoned temp files, {tags} old tag rows and {manifests} unreferenced"
+                " manifests",
                 expired=report.expired, expired_bytes=report.expired_bytes, evicted=report.evicted,
                 evicted_bytes=report.evicted_bytes, temp=report.temp_removed, tags=report.tags_removed,
+                manifests=report.manifests_removed,
             )
 
     startup_errors_to_log = True

@@ -125,6 +125,8 @@ class CacheConfig:
     """Only a download with less than this fraction of its body in is abandoned."""
     scrub_rate: int = 16 << 20
     """Bytes per second the background scrub re-hashes; 0: no scrub."""
+    manifest_ttl: float | None = 30 * 86400.0
+    """Seconds an unreferenced manifest is kept unread; C{None}: forever."""
 
 
 @frozen
@@ -408,6 +410,21 @@ def _parse_upstream(table: object, index: int, environ: Mapping[str, str]) -> Up
 
 
 _CACHE_DEFAULTS = CacheConfig(dir="")
+
+
+def _manifest_ttl(section: _Section) -> float | None:
+    value = section.get("manifest_ttl", (str, int, float), None)
+    if value is None:
+        return _CACHE_DEFAULTS.manifest_ttl
+    if value == "never":
+        return None
+    try:
+        seconds = parse_duration(value)
+    except (ValueError, OverflowError) as e:
+        raise ConfigError(f"cache.manifest_ttl: {e}") from None
+    if seconds <= 0:
+        raise ConfigError("cache.manifest_ttl: must be positive, or \"never\"")
+    return seconds
 _UPSTREAM_DEFAULTS = UpstreamConfig(name="", url=DecodedURL.from_text("http://defaults"))
 
 
@@ -467,6 +484,7 @@ def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None =
         abandon_after=_positive_duration(cache_section, "abandon_after", _CACHE_DEFAULTS.abandon_after),
         abandon_below=float(cache_section.get("abandon_below", (int, float), _CACHE_DEFAULTS.abandon_below)),
         scrub_rate=cache_section.convert("scrub_rate", parse_size, _CACHE_DEFAULTS.scrub_rate),
+        manifest_ttl=_manifest_ttl(cache_section),
     )
     if cache.max_downloads < 1:
         raise ConfigError("cache.max_downloads: must be at least 1")

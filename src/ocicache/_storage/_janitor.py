@@ -55,6 +55,7 @@ class Report:
     evicted_bytes: int = 0
     temp_removed: int = 0
     tags_removed: int = 0
+    manifests_removed: int = 0
     dropped_rows: int = 0
     adopted: int = 0
     removed_unverified: int = 0
@@ -81,13 +82,25 @@ class Janitor:
         capacity: Capacity,
         blob_ttl: float | None,
         live_temp_files: Callable[[], Iterable[str]] = lambda: (),
+        manifest_ttl: float | None = None,
+        manifest_accesses: Callable[[], dict[str, float]] = dict,
+        on_manifests_removed: Callable[[list[str]], None] = lambda digests: None,
     ) -> None:
+        """
+        @param manifest_ttl: a manifest no tag or stored index refers to is
+            removed once unread for this long; C{None}: never.
+        @param manifest_accesses: takes the manifest reads since the last
+            pass (digest to time), to be written in a batch.
+        """
         self._disk = disk
         self._store = disk.store
         self._metadata = disk.metadata
         self._capacity = capacity
         self._blob_ttl = blob_ttl
         self._live_temp_files = live_temp_files
+        self._manifest_ttl = manifest_ttl
+        self._manifest_accesses = manifest_accesses
+        self._on_manifests_removed = on_manifests_removed
         self.recovered = False
 
     async def recover(self) -> Report:
@@ -147,6 +160,11 @@ class Janitor:
             report.expired = len(expired)
             report.expired_bytes = sum(size for _, size in expired)
         report.tags_removed = await self._metadata.expire_tags(now - TAG_RETENTION)
+        read = self._manifest_accesses()
+        if read:
+            await self._metadata.touch_manifests(read)
+        if self._manifest_ttl is not None:
+            report.manifests_removed = await self._expire_manifests(now - self._manifest_ttl)
         report.temp_removed = await self._disk.run(
             _remove_abandoned, self._store, set(self._live_temp_files()), now - ABANDONED_AFTER
         )
@@ -155,6 +173,27 @@ class Janitor:
         if target is not None and self._capacity.size > target:
             report.evicted, report.evicted_bytes = await self._capacity.evict(target)
         return report
+
+
+    async def _expire_manifests(self, before: float) -> int:
+        """
+        Manifests whose tags (kept 30 days past their last revalidation)
+        and referencing indexes are gone, unread since C{before}: nothing
+        pulls them by name any more.  An index goes first; its children
+        follow on a later pass.
+        """
+        digests = await self._metadata.unreferenced_manifests(before)
+        if not digests:
+            return 0
+        await self._disk.run(_remove_manifests, self._store, digests)
+        await self._metadata.forget("manifests", digests)
+        self._on_manifests_removed(digests)
+        return len(digests)
+
+
+def _remove_manifests(store: Store, digests: list[str]) -> None:
+    for digest in digests:
+        store.remove(Kind.MANIFEST, Digest.parse(digest))
 
 
 def _scan(store: Store) -> dict[str, int]:

@@ -74,6 +74,11 @@ CREATE TABLE IF NOT EXISTS blobs (
     last_access REAL NOT NULL,
     hits INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS manifest_children (
+    parent TEXT NOT NULL,
+    child TEXT NOT NULL,
+    PRIMARY KEY (parent, child)
+);
 CREATE TABLE IF NOT EXISTS sources (
     digest TEXT NOT NULL,
     upstream TEXT NOT NULL,
@@ -475,6 +480,35 @@ class Metadata:
     def delete_manifest(self, digest: str) -> Deferred[Any]:
         return self._execute("DELETE FROM manifests WHERE digest=?", digest)
 
+    def put_children(self, parent: str, children: Iterable[str]) -> Deferred[None]:
+        """An index or manifest list and the manifests it refers to."""
+        return self._executemany(
+            "INSERT OR IGNORE INTO manifest_children (parent, child) VALUES (?, ?)",
+            ((parent, child) for child in children),
+        )
+
+    def touch_manifests(self, accesses: dict[str, float]) -> Deferred[None]:
+        """Record a batch of manifest reads: digest to last access."""
+        return self._executemany(
+            "UPDATE manifests SET last_access=max(last_access, ?) WHERE digest=?",
+            ((when, digest) for digest, when in accesses.items()),
+        )
+
+    async def unreferenced_manifests(self, before: float) -> list[str]:
+        """
+        Manifests last read before C{before} that no tag resolves to and no
+        stored index or manifest list refers to: nothing pulls them by name
+        any more.  A child becomes one only once its index is gone.
+        """
+        rows = await self._execute(
+            "SELECT digest FROM manifests AS m WHERE m.last_access < ?"
+            " AND NOT EXISTS (SELECT 1 FROM tags AS t WHERE t.digest = m.digest)"
+            " AND NOT EXISTS (SELECT 1 FROM manifest_children AS c JOIN manifests AS p ON p.digest = c.parent"
+            " WHERE c.child = m.digest)",
+            before,
+        )
+        return [str(row[0]) for row in rows]
+
     # -- blobs
 
     def put_blob(self, digest: str, size: int, now: float) -> Deferred[Any]:
@@ -531,6 +565,7 @@ class Metadata:
                 db.execute("BEGIN")
                 for digest in digests:
                     db.execute(f"DELETE FROM {table} WHERE digest=?", (digest,))
+                    db.execute("DELETE FROM manifest_children WHERE parent=?", (digest,))
                     db.execute("DELETE FROM sources WHERE digest=?", (digest,))
                     db.execute("DELETE FROM tags WHERE digest=?", (digest,))
 
