@@ -6,6 +6,10 @@ Load generators and probes, each client in its own process:
     each hashing its body (cold blobs: first-byte times, SHA-256)
   - L{slow_readers}: one L{bench.slow_client} process pacing many sockets
   - L{run_wrk}: C{wrk} with a Lua script (method, Accept, a JSON summary)
+  - L{blob_load}: L{bench.blob_load} processes, time-bounded keep-alive
+    blob GETs at any concurrency (the scale curves)
+  - L{IdleConnections}: L{bench.idle_conns} holding many idle keep-alive
+    connections open
   - L{RssSampler}: a server's peak RSS during a phase
   - L{Profiler}: C{py-spy record} attached to a process (optional)
 
@@ -29,14 +33,18 @@ from typing import Any
 
 __all__ = [
     "CurlResult",
+    "IdleConnections",
     "Profiler",
     "RssSampler",
+    "blob_load",
     "cpu_seconds",
+    "tree_cpu_seconds",
     "curl_get",
     "curl_parallel",
     "fetch_many",
     "kill_all",
     "profile_summary",
+    "rss_mib",
     "run_head_load",
     "run_wrk",
     "wrk_handles_head",
@@ -109,8 +117,9 @@ class CurlResult:
 _CURL_FORMAT = "%{http_code} %{size_download} %{time_starttransfer} %{time_total}"
 
 
-def _curl_cmd(url: str, timeout: float) -> list[str]:
-    return ["curl", "-s", "-o", "/dev/null", "--max-time", str(int(timeout)),
+def _curl_cmd(url: str, timeout: float, cacert: str | None = None) -> list[str]:
+    tls = ["--cacert", cacert] if cacert else []
+    return ["curl", "-s", "-o", "/dev/null", "--max-time", str(int(timeout)), *tls,
             "-H", "Accept: */*", "-w", _CURL_FORMAT, url]
 
 
@@ -123,20 +132,24 @@ def _parse_curl(out: str, err: str, rc: int | None) -> CurlResult:
         return CurlResult(0, 0, 0.0, 0.0, f"curl exit {rc}: {out!r} {err.strip()!r}")
 
 
-def curl_get(url: str, timeout: float = 300.0) -> CurlResult:
-    proc = _spawn(_curl_cmd(url, timeout), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def curl_get(url: str, timeout: float = 300.0, cacert: str | None = None) -> CurlResult:
+    """
+    One C{curl -o /dev/null}; C{cacert}: the only CA it trusts for HTTPS.
+    """
+    proc = _spawn(_curl_cmd(url, timeout, cacert), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = _finish(proc, timeout + 10)
     return _parse_curl(out, err, proc.returncode)
 
 
-def curl_parallel(url: str, n: int, timeout: float = 300.0) -> tuple[float, list[CurlResult]]:
+def curl_parallel(url: str, n: int, timeout: float = 300.0,
+                  cacert: str | None = None) -> tuple[float, list[CurlResult]]:
     """
     C{n} curl processes at once; returns the wall time from the first
     start to the last exit, and each result.
     """
     started = time.monotonic()
     procs = [
-        _spawn(_curl_cmd(url, timeout), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _spawn(_curl_cmd(url, timeout, cacert), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(n)
     ]
     results = []
@@ -196,14 +209,15 @@ def fetch_many(url: str, n: int, timeout: float = 300.0) -> tuple[float, list[di
 
 
 def slow_readers(url: str, clients: int, rate: float, timeout: float,
-                 hash_every: int = 8) -> tuple[float, dict[str, Any]]:
+                 hash_every: int = 8, seconds: float = 0.0) -> tuple[float, dict[str, Any]]:
     """
-    C{clients} paced readers of C{url} in one process; returns the release
-    time and the process's report.
+    C{clients} paced readers of C{url} in one process (stopping after
+    C{seconds} if not 0); returns the release time and the process's
+    report.
     """
     script = os.path.join(BENCH_DIR, "slow_client.py")
     cmd = [sys.executable, script, url, "--clients", str(clients), "--rate", str(rate),
-           "--hash-every", str(hash_every), "--timeout", str(timeout)]
+           "--hash-every", str(hash_every), "--timeout", str(timeout), "--seconds", str(seconds)]
     procs = _start_ready([cmd], 60)
     started = _go(procs)
     out, err = _finish(procs[0], timeout + 30)
@@ -211,6 +225,82 @@ def slow_readers(url: str, clients: int, rate: float, timeout: float,
     if not lines:
         raise RuntimeError(f"slow_client gave no report (exit {procs[0].returncode}): {err[-2000:]}")
     return started, json.loads(lines[-1])
+
+
+def blob_load(url: str, connections: int, seconds: float, processes: int = 2) -> dict[str, Any]:
+    """
+    C{connections} keep-alive connections downloading C{url} over and
+    over for C{seconds}, in up to C{processes} L{bench.blob_load}
+    processes released at once; returns the body bytes, MiB/s, complete
+    responses and errors of all of them.
+    """
+    script = os.path.join(BENCH_DIR, "blob_load.py")
+    processes = max(1, min(processes, connections))
+    per = [connections // processes + (1 if i < connections % processes else 0) for i in range(processes)]
+    cmds = [[sys.executable, script, url, "--connections", str(n), "--seconds", str(seconds)] for n in per]
+    procs = _start_ready(cmds, 60)
+    _go(procs)
+    total: dict[str, Any] = {"bytes": 0, "responses": 0, "errors": 0, "bad": 0, "seconds": 0.0,
+                             "statuses": Counter(), "first_headers_max_s": 0.0, "never_answered": 0}
+    for proc in procs:
+        out, err = _finish(proc, seconds + 60)
+        lines = [line for line in out.splitlines() if line.startswith("{")]
+        if not lines:
+            raise RuntimeError(f"blob_load gave no report (exit {proc.returncode}): {err[-2000:]}")
+        report = json.loads(lines[-1])
+        for key in ("bytes", "responses", "errors", "bad"):
+            total[key] += report[key]
+        total["seconds"] = max(total["seconds"], report["seconds"])
+        total["never_answered"] += report["never_answered"]
+        total["first_headers_max_s"] = max(total["first_headers_max_s"], report["first_headers_max_s"] or 0.0)
+        total["statuses"].update(report["statuses"])
+    total["statuses"] = dict(total["statuses"])
+    total["mib_s"] = total["bytes"] / MiB / total["seconds"] if total["seconds"] else 0.0
+    return total
+
+
+class IdleConnections:
+    """
+    C{connections} idle keep-alive connections to C{url} (one small GET
+    each, then silence), held by one L{bench.idle_conns} process for the
+    duration of the C{with} block (at most C{max_seconds}).
+    """
+
+    def __init__(self, url: str, connections: int, max_seconds: float = 300.0) -> None:
+        self.url = url
+        self.connections = connections
+        self.max_seconds = max_seconds
+        self.opened = 0
+        self.report: dict[str, Any] = {}
+        self._proc: subprocess.Popen[Any] | None = None
+
+    def __enter__(self) -> IdleConnections:
+        script = os.path.join(BENCH_DIR, "idle_conns.py")
+        self._proc = _spawn([sys.executable, script, self.url, "--connections", str(self.connections),
+                             "--max-seconds", str(self.max_seconds)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline().split()
+        if len(line) != 2 or line[0] != "ready":
+            _, err = _finish(self._proc, 10)
+            raise RuntimeError(f"idle_conns did not start: {line!r} {err[-2000:]}")
+        self.opened = int(line[1])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        self._proc = None
+        try:
+            out, err = proc.communicate("stop\n", timeout=60)
+        except (subprocess.TimeoutExpired, OSError, ValueError):
+            proc.kill()
+            out, err = proc.communicate()
+        finally:
+            _reaped(proc)
+        lines = [line for line in (out or "").splitlines() if line.startswith("{")]
+        self.report = json.loads(lines[-1]) if lines else {"error": (err or "")[-2000:]}
 
 
 # --- wrk ------------------------------------------------------------------
@@ -344,6 +434,29 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return kids
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids.extend(int(k) for k in f.read().split())
+        except (OSError, ValueError):
+            continue
+    return kids
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """
+    L{cpu_seconds} of C{pid} and its child processes (nginx's workers;
+    ocicache and distribution have none, only threads).
+    """
+    return cpu_seconds(pid) + sum(tree_cpu_seconds(kid) for kid in _children(pid))
+
+
 # --- memory -----------------------------------------------------------------
 
 
@@ -356,6 +469,13 @@ def _status_kib(pid: int, field_name: str) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def rss_mib(pid: int) -> float:
+    """
+    The resident set size of C{pid} now, in MiB (0 if it is gone).
+    """
+    return round((_status_kib(pid, "VmRSS") or 0) / 1024, 1)
 
 
 class RssSampler:

@@ -1,7 +1,8 @@
 """
-C{bench/run}: ocicache against CNCF distribution in proxy mode, on
-loopback.  Markdown tables on stdout, progress on stderr, the same numbers
-as JSON in C{--json FILE} (and the Markdown next to it, C{.md}).
+C{bench/run}: ocicache against CNCF distribution in proxy mode, and nginx
+(sendfile) as the physical limit, on loopback.  Markdown tables on stdout,
+progress on stderr, the same numbers as JSON in C{--json FILE} (and the
+Markdown next to it, C{.md}); with C{--plot DIR}, PNG charts of the curves.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -22,10 +24,10 @@ from typing import Any
 
 from ocitest.images import all_images
 
-from . import clients
+from . import clients, plot
 from .report import Section, render_markdown, to_json, write_json
 from .rig import REPO_ROOT, Rig, ensure_installed, layered_image
-from .scenarios import SCENARIOS, Context, Plan, evaluate_targets, plan_for
+from .scenarios import CHOICES, SCENARIOS, THROUGHPUT_PARTS, Context, Plan, evaluate_targets, plan_for
 
 DEFAULT_JSON = os.path.join(REPO_ROOT, "bench", "results", "latest.json")
 
@@ -37,15 +39,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true",
-                      help="64 MiB blobs, 3 s load runs, 16 slow clients: under 3 minutes on 2 cores")
+                      help="64 MiB blobs (256 MiB big blob), 2-3 s load runs, 16 slow clients: "
+                           "under 4 minutes on 2 cores")
     size.add_argument("--tiny", action="store_true",
-                      help="a few MiB, 1 s runs: checks the harness end to end (the smoke test)")
+                      help="a few MiB, 1 s runs, clients 1 and 8, 50 idle connections, no big blob: "
+                           "checks the harness end to end (the smoke test)")
     p.add_argument("--size-mib", type=int, default=None, metavar="N",
                    help="blob size for scenarios 1, 2 and the largest of 4 (default: 256, --quick 64, --tiny 4)")
     p.add_argument("--slow-clients", type=int, default=None, metavar="N",
                    help="slow clients in scenario 4 (default: 64, --quick 16, --tiny 4)")
-    p.add_argument("--only", default=",".join(SCENARIOS), metavar="LIST",
-                   help=f"comma-separated scenarios to run, of: {', '.join(SCENARIOS)}")
+    p.add_argument("--only", default=",".join(CHOICES), metavar="LIST",
+                   help=f"comma-separated scenarios to run, of: {', '.join(CHOICES)} "
+                        f"({', '.join(THROUGHPUT_PARTS)} are the parts of scenario 1)")
+    p.add_argument("--plot", default=None, metavar="DIR",
+                   help="write PNG charts of the curves into DIR (needs matplotlib: pip install 'ocicache[bench]')")
     p.add_argument("--json", default=DEFAULT_JSON, metavar="FILE",
                    help="where to write the results as JSON (default: bench/results/latest.json)")
     p.add_argument("--workdir", default=None, metavar="DIR",
@@ -57,9 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.mode = "tiny" if args.tiny else ("quick" if args.quick else "full")
     args.scenarios = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = [s for s in args.scenarios if s not in SCENARIOS]
+    unknown = [s for s in args.scenarios if s not in CHOICES]
     if unknown:
-        p.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+        p.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(CHOICES)}")
     if args.size_mib is not None and args.size_mib < 1:
         p.error("--size-mib must be at least 1")
     if args.slow_clients is not None and args.slow_clients < 1:
@@ -95,7 +102,7 @@ def _cpu_model() -> str:
 
 def _ocicache_version() -> str:
     try:
-        with open(os.path.join(REPO_ROOT, "ocicache", "_version.py")) as f:
+        with open(os.path.join(REPO_ROOT, "src", "ocicache", "_version.py")) as f:
             match = re.search(r"__version__\s*=\s*['\"]([^'\"]+)", f.read())
         return match.group(1) if match else "?"
     except OSError:
@@ -129,6 +136,40 @@ def metadata(plan: Plan, args: argparse.Namespace, started: datetime, loadavg_st
     }
 
 
+def raise_fd_limit(want: int = 8192) -> int:
+    """
+    Raise this process's soft limit on open files (inherited by every
+    server and client it starts) to C{want}, or the hard limit if lower:
+    256 clients plus 1,000 idle connections need more than the usual 1024.
+    Returns the soft limit now in force.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return int(soft)
+
+
+def _sections_to_run(names: list[str]) -> list[tuple[str, frozenset[str]]]:
+    """
+    The scenarios in the order asked, the parts of scenario 1 gathered
+    into one run at the place of the first of them.
+    """
+    parts = frozenset(n for n in names if n in THROUGHPUT_PARTS)
+    runs: list[tuple[str, frozenset[str]]] = []
+    for name in names:
+        if name in THROUGHPUT_PARTS:
+            if not any(run == "throughput" for run, _ in runs):
+                runs.append(("throughput", parts))
+        elif all(run != name for run, _ in runs):
+            runs.append((name, frozenset()))
+    return runs
+
+
 class _Interrupted(BaseException):
     pass
 
@@ -160,15 +201,25 @@ def main(argv: list[str] | None = None) -> int:
             ensure_installed(log)
         if args.profile and not clients.Profiler.available():
             log("--profile: py-spy is not installed (pip install py-spy); profiles will be empty")
-        log(f"mode {plan.mode}: blob {plan.blob_mib} MiB, memory sizes {plan.memory_sizes}, work dir {workdir}")
-        images = dict(all_images(big_sizes=tuple(sorted({plan.blob_mib, *plan.memory_sizes}))))
+        nofile = raise_fd_limit()
+        log(f"mode {plan.mode}: blob {plan.blob_mib} MiB, memory sizes {plan.memory_sizes}, "
+            f"big blob {plan.big_mib or 'none'}, clients {plan.scale_clients}, open files {nofile}, "
+            f"work dir {workdir}")
+        runs = _sections_to_run(args.scenarios)
+        sizes = {plan.blob_mib}
+        if any(name == "memory" for name, _ in runs):
+            sizes.update(plan.memory_sizes)
+        if plan.big_mib and any("bigblob" in parts for _, parts in runs):
+            sizes.add(plan.big_mib)
+        images = dict(all_images(big_sizes=tuple(sorted(sizes))))
         images["layered"] = layered_image("library/ocibench-layers", "v1", plan.ctr_layers)
         rig.start(images)
         ctx = Context(rig, plan, log, workdir,
                       profile_dir=os.path.abspath(args.profile) if args.profile else None)
-        for name in args.scenarios:
+        for name, parts in runs:
             title, run = SCENARIOS[name]
-            log(f"--- {title}")
+            log(f"--- {title}" + (f" ({', '.join(p for p in THROUGHPUT_PARTS if p in parts)})" if parts else ""))
+            ctx.parts = parts
             t0 = time.monotonic()
             try:
                 section = run(ctx)
@@ -231,5 +282,16 @@ def main(argv: list[str] | None = None) -> int:
     with open(md_path, "w") as f:
         f.write(markdown)
     log(f"wrote {args.json} and {md_path}")
-    failed = failed_setup is not None or any(s.error for s in sections) or len(sections) < len(args.scenarios)
+    if args.plot:
+        try:
+            written = plot.write_charts(data, os.path.abspath(args.plot))
+        except plot.Unavailable as e:
+            log(f"--plot: {e}")
+        except Exception as e:  # a chart must not lose the run's results
+            log(f"--plot failed: {type(e).__name__}: {e}")
+        else:
+            log(f"--plot: wrote {len(written)} chart(s) to {os.path.abspath(args.plot)}: "
+                + ", ".join(os.path.basename(w) for w in written))
+    failed = failed_setup is not None or any(s.error for s in sections) or len(sections) < len(
+        _sections_to_run(args.scenarios))
     return 1 if failed else 0

@@ -10,6 +10,13 @@ A zero denominator (ocicache made 0 upstream requests) would make the
 ratio infinite; it is computed against the metric's resolution instead
 (C{floor}: one request, one byte, ...) and marked C{"ratio_bound": ">="},
 shown as C{≥ N×}: a lower bound, always a finite number.
+
+Some comparisons also carry C{nginx}: the same measurement of nginx with
+C{sendfile} serving the same file, the physical limit of this machine.
+Their C{fraction_of_limit} is ocicache/nginx (nginx/ocicache where lower
+is better): 1.0 is as good as the limit.  Tables show those rows with
+nginx and that fraction next to the ratio, the others in the usual
+two-server table.
 """
 
 from __future__ import annotations
@@ -42,6 +49,21 @@ class Comparison:
     """The metric's resolution, used instead of a zero denominator."""
     digits: int | None = None
     samples: dict[str, list[float]] = field(default_factory=dict)
+    nginx: float | None = None
+    """The same measurement of nginx (sendfile): the physical limit."""
+
+    @property
+    def fraction_of_limit(self) -> float | None:
+        """
+        ocicache as a fraction of nginx (higher is better: ocicache/nginx;
+        lower is better: nginx/ocicache); None without an nginx value.
+        """
+        if self.nginx is None:
+            return None
+        num, den = (self.ocicache, self.nginx) if self.better == "higher" else (self.nginx, self.ocicache)
+        if den == 0:
+            return 1.0 if num == 0 else num / (self.floor or 1.0)
+        return num / den
 
     @property
     def ratio_parts(self) -> tuple[float, str]:
@@ -84,6 +106,9 @@ class Comparison:
             "better": self.better,
             "label": self.label,
         }
+        if self.nginx is not None:
+            out["nginx"] = self.nginx
+            out["fraction_of_limit"] = round(self.fraction_of_limit or 0.0, 4)
         if self.samples:
             out["samples"] = self.samples
         return out
@@ -101,6 +126,8 @@ class Section:
 
     def add(self, key: str, label: str, unit: str, better: str, ocicache: float, distribution: float,
             **kwargs: Any) -> Comparison:
+        if kwargs.get("nginx") is not None:
+            kwargs["nginx"] = float(kwargs["nginx"])
         c = Comparison(key, label, unit, better, float(ocicache), float(distribution), **kwargs)
         self.comparisons.append(c)
         return c
@@ -134,12 +161,28 @@ class Target:
 
 def render_section(section: Section) -> str:
     lines = [f"### {section.title}", ""]
-    if section.comparisons:
+    with_limit = [c for c in section.comparisons if c.nginx is not None]
+    two_way = [c for c in section.comparisons if c.nginx is None]
+    if with_limit:
+        lines += [
+            "| measurement | ocicache | distribution | nginx (sendfile) | ratio (> 1: ocicache better) "
+            "| fraction of the limit (ocicache/nginx) |",
+            "|---|---:|---:|---:|---|---:|",
+        ]
+        for c in with_limit:
+            arrow = "higher is better" if c.better == "higher" else "lower is better"
+            assert c.nginx is not None
+            lines.append(
+                f"| {c.label} ({c.unit}, {arrow}) | {c.fmt(c.ocicache)} | {c.fmt(c.distribution)} "
+                f"| {c.fmt(c.nginx)} | {c.fmt_ratio()} | {c.fraction_of_limit or 0.0:.2f} |"
+            )
+        lines.append("")
+    if two_way:
         lines += [
             "| measurement | ocicache | distribution | ratio (> 1: ocicache better) |",
             "|---|---:|---:|---|",
         ]
-        for c in section.comparisons:
+        for c in two_way:
             arrow = "higher is better" if c.better == "higher" else "lower is better"
             lines.append(
                 f"| {c.label} ({c.unit}, {arrow}) | {c.fmt(c.ocicache)} | {c.fmt(c.distribution)} | {c.fmt_ratio()} |"

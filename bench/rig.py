@@ -3,7 +3,15 @@ The processes a benchmark runs against, all on 127.0.0.1:
 
     upstream (docker-registry, seeded)
       ├─ hop "ocicache"      <- ocicache (twistd -n ocicache), docker.io upstream
-      └─ hop "distribution"  <- docker-registry in proxy mode (proxy.remoteurl)
+      │                         (plain HTTP, and HTTPS too when asked)
+      ├─ hop "distribution"  <- docker-registry in proxy mode (proxy.remoteurl)
+      └─ hop "distribution-tls" <- the same over HTTPS (its own instance)
+
+    nginx (sendfile), serving the blob files ocicache stored: the
+    physical-limit reference
+
+Every HTTPS server uses one self-signed certificate for 127.0.0.1
+(L{Rig.certificate}), and the clients trust exactly that one.
 
 Each mirror gets its own counting hop (L{ocitest.hop.Hop}), so the
 upstream requests and bytes of one never mix with the other's.  Every
@@ -18,12 +26,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 
-from ocitest import free_port, log_tail, wait_for
+from ocitest import free_port, log_tail, require_binary, spawn, stop_process, wait_for, wait_for_http
 from ocitest.containerd import Containerd
 from ocitest.daemon import Daemon, Upstream, write_config
 from ocitest.hop import Hop
@@ -35,6 +46,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 __all__ = [
     "KINDS",
     "Mirror",
+    "Nginx",
     "Rig",
     "ensure_installed",
     "layered_image",
@@ -52,9 +64,55 @@ REQUIRED = {
     "containerd": "containerd",
     "ctr": "containerd",
     "curl": "curl",
+    "nginx": "nginx",
+    "openssl": "openssl",
 }
 
 Log = Callable[[str], None]
+
+
+def _which(program: str) -> str | None:
+    # nginx is in /usr/sbin, not on every user's PATH.
+    return shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin")
+
+
+def make_certificate(directory: str) -> tuple[str, str]:
+    """
+    A self-signed RSA certificate for C{IP:127.0.0.1} and its key, in
+    C{directory}; returns C{(cert.pem, key.pem)}.
+    """
+    os.makedirs(directory, exist_ok=True)
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", key, "-out", cert],
+        check=True, capture_output=True, timeout=60,
+    )
+    return cert, key
+
+
+def wait_for_https(url: str, cafile: str, timeout: float, proc: subprocess.Popen[bytes] | None,
+                   log: str, what: str) -> None:
+    """
+    Poll C{url} over HTTPS, trusting only C{cafile}, until it answers 200.
+    """
+    context = ssl.create_default_context(cafile=cafile)
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {proc.returncode}\n{log_tail(log)}")
+        try:
+            with urllib.request.urlopen(url, context=context, timeout=2) as response:
+                if response.status == 200:
+                    return
+                last = f"HTTP {response.status}"
+        except (OSError, urllib.error.URLError) as e:
+            last = f"{type(e).__name__}: {e}"
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not answer {url} within {timeout}s ({last})\n{log_tail(log)}")
+        time.sleep(0.05)
 
 
 def ensure_installed(log: Log) -> list[str]:
@@ -63,7 +121,7 @@ def ensure_installed(log: Log) -> list[str]:
     (nothing at all when every program is on PATH); returns what it
     installed.
     """
-    missing = sorted({pkg for prog, pkg in REQUIRED.items() if shutil.which(prog) is None})
+    missing = sorted({pkg for prog, pkg in REQUIRED.items() if _which(prog) is None})
     if not missing:
         return []
     if os.geteuid() != 0:
@@ -76,7 +134,7 @@ def ensure_installed(log: Log) -> list[str]:
                    stdout=sys.stderr, stderr=sys.stderr)
     subprocess.run(["apt-get", "install", "-y", *missing], check=True, env=env, timeout=1800,
                    stdout=sys.stderr, stderr=sys.stderr)
-    still = sorted(prog for prog in REQUIRED if shutil.which(prog) is None)
+    still = sorted(prog for prog in REQUIRED if _which(prog) is None)
     if still:
         raise RuntimeError(f"still missing after apt-get install: {', '.join(still)}")
     return missing
@@ -126,18 +184,143 @@ def layered_image(repo: str, tag: str, layer_mib: tuple[int, ...], seed: str = "
     )
 
 
+class TlsRegistry(Registry):
+    """
+    docker-registry (in proxy mode) serving HTTPS (C{http.tls}) with the
+    given certificate.
+    """
+
+    def __init__(self, workdir: str, proxy_remote: str, cert: str, key: str) -> None:
+        super().__init__(workdir, proxy_remote=proxy_remote)
+        self.cert = cert
+        self.key = key
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.host}"
+
+    def config_text(self) -> str:
+        addr = f"  addr: 127.0.0.1:{self.port}\n"
+        text = super().config_text()
+        assert addr in text
+        return text.replace(addr, addr + f"  tls:\n    certificate: {self.cert}\n    key: {self.key}\n")
+
+    def start(self, timeout: float = 20.0) -> TlsRegistry:
+        binary = require_binary("docker-registry")
+        os.makedirs(self.storage, exist_ok=True)
+        with open(self.config_path, "w") as f:
+            f.write(self.config_text())
+        self.proc = spawn([binary, "serve", self.config_path], self.log_path, self.workdir)
+        try:
+            wait_for_https(self.url + "/v2/", self.cert, timeout, self.proc, self.log_path, "docker-registry (TLS)")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+
+NGINX_CONF = """\
+daemon off;
+{user}worker_processes auto;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  client_body_temp_path {work}/tmp/body;
+  proxy_temp_path {work}/tmp/proxy;
+  fastcgi_temp_path {work}/tmp/fastcgi;
+  uwsgi_temp_path {work}/tmp/uwsgi;
+  scgi_temp_path {work}/tmp/scgi;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_timeout 600s;
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{port};
+    location = /v2/ {{ default_type application/json; return 200 '{{}}'; }}
+{locations}  }}
+}}
+"""
+
+
+class Nginx:
+    """
+    nginx serving files with C{sendfile on}, as the reference for what
+    this disk and this loopback can do: C{files} maps a URL path (the same
+    C{/v2/<repo>/blobs/<digest>} the mirrors answer) to a file, each an
+    exact C{location} with an C{alias}.  Its own config, pid file, logs
+    and temp paths in C{workdir}; C{daemon off}, so it is a child of the
+    bench like everything else.
+    """
+
+    def __init__(self, workdir: str, files: dict[str, str]) -> None:
+        self.workdir = os.path.abspath(workdir)
+        self.files = dict(files)
+        self.port = free_port()
+        self.config_path = os.path.join(self.workdir, "nginx.conf")
+        self.log_path = os.path.join(self.workdir, "nginx.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError("nginx is not running")
+        return self.proc.pid
+
+    def config_text(self) -> str:
+        locations = "".join(
+            f"    location = {path} {{ alias {file}; default_type application/octet-stream; }}\n"
+            for path, file in self.files.items()
+        )
+        # Started as root, nginx would switch its workers to "nobody", who
+        # cannot read the bench's private work dir.
+        user = "user root root;\n" if os.geteuid() == 0 else ""
+        return NGINX_CONF.format(user=user, work=self.workdir, port=self.port, locations=locations)
+
+    def start(self, timeout: float = 20.0) -> Nginx:
+        binary = _which("nginx")
+        if binary is None:
+            raise RuntimeError("nginx is not installed (apt-get install -y nginx)")
+        os.makedirs(os.path.join(self.workdir, "tmp"), exist_ok=True)
+        with open(self.config_path, "w") as f:
+            f.write(self.config_text())
+        # -e: the error log before the config is read (else /var/log/nginx).
+        self.proc = spawn([binary, "-e", os.path.join(self.workdir, "error.log"), "-p", self.workdir,
+                           "-c", self.config_path], self.log_path, self.workdir)
+        try:
+            wait_for_http(self.url + "/v2/", timeout=timeout, proc=self.proc,
+                          log=os.path.join(self.workdir, "error.log"), what="nginx")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        # SIGTERM: nginx's fast shutdown; the master stops its workers.
+        stop_process(self.proc, grace=10.0)
+        self.proc = None
+
+
 class Mirror:
     """
     One running mirror (ocicache or distribution) with a fresh cache, and
     the hop it pulls through.
     """
 
-    def __init__(self, kind: str, workdir: str, hop: Hop) -> None:
+    def __init__(self, kind: str, workdir: str, hop: Hop, tls: tuple[str, str] | None = None) -> None:
         self.kind = kind
         self.workdir = workdir
         self.hop = hop
+        self.tls = tls
+        """C{(cert, key)}: ocicache listens on HTTPS too (L{tls_url}); distribution on HTTPS only."""
         self._daemon: Daemon | None = None
         self._registry: Registry | None = None
+        self._tls_port = 0
         self.cache_dir = ""
 
     def start(self) -> Mirror:
@@ -145,20 +328,34 @@ class Mirror:
         if self.kind == "ocicache":
             port = free_port()
             self.cache_dir = os.path.join(self.workdir, "cache")
+            # A stop with slow clients still connected should not wait
+            # out the default 30 s drain.
+            server_extra: dict[str, object] = {"drain_timeout": "1s"}
+            if self.tls is not None:
+                self._tls_port = free_port()
+                cert, key = self.tls
+                server_extra["listen"] = [
+                    f"tcp:{port}:interface=127.0.0.1",
+                    f"ssl:{self._tls_port}:privateKey={key}:certKey={cert}:interface=127.0.0.1",
+                ]
             config = write_config(
                 os.path.join(self.workdir, "ocicache.toml"),
                 port=port,
                 cache_dir=self.cache_dir,
                 upstreams=[Upstream("docker.io", self.hop.url, default=True)],
                 tag_ttl="5m",
-                # A stop with slow clients still connected should not wait
-                # out the default 30 s drain.
-                server_extra={"drain_timeout": "1s"},
+                server_extra=server_extra,
             )
             self._daemon = Daemon(config, port=port, workdir=self.workdir, cache_dir=self.cache_dir)
             self._daemon.start(timeout=60)
+            if self.tls is not None:
+                wait_for_https(self.tls_url + "/v2/", self.tls[0], 30, self._daemon.proc, self.log_path,
+                               "ocicache (TLS)")
         elif self.kind == "distribution":
-            self._registry = Registry(self.workdir, proxy_remote=self.hop.url)
+            if self.tls is not None:
+                self._registry = TlsRegistry(self.workdir, self.hop.url, *self.tls)
+            else:
+                self._registry = Registry(self.workdir, proxy_remote=self.hop.url)
             self.cache_dir = self._registry.storage
             self._registry.start(timeout=60)
         else:
@@ -171,6 +368,18 @@ class Mirror:
             return self._daemon.url
         assert self._registry is not None
         return self._registry.url
+
+    @property
+    def tls_url(self) -> str:
+        """
+        The HTTPS address: ocicache's C{ssl:} listener, or distribution's
+        only one.
+        """
+        if self.tls is None:
+            raise RuntimeError(f"{self.kind} was started without TLS")
+        if self._daemon is not None:
+            return f"https://127.0.0.1:{self._tls_port}"
+        return self.url
 
     @property
     def pid(self) -> int:
@@ -243,6 +452,8 @@ class Rig:
         self.images: dict[str, Image] = {}
         self._mirrors: list[Mirror] = []
         self._containerds: list[Containerd] = []
+        self._nginxes: list[Nginx] = []
+        self._certificate: tuple[str, str] | None = None
         self._serial = 0
 
     def start(self, images: dict[str, Image]) -> Rig:
@@ -262,16 +473,47 @@ class Rig:
         self._serial += 1
         return os.path.join(self.workdir, f"{self._serial:03d}-{stem}")
 
-    def mirror(self, kind: str) -> Mirror:
+    def certificate(self) -> tuple[str, str]:
         """
-        A freshly started mirror of C{kind} with an empty cache.
+        The run's self-signed certificate for 127.0.0.1 and its key
+        (made on first use).
         """
-        hop = self.hops[kind]
+        if self._certificate is None:
+            self._certificate = make_certificate(os.path.join(self.workdir, "tls"))
+        return self._certificate
+
+    def mirror(self, kind: str, tls: bool = False) -> Mirror:
+        """
+        A freshly started mirror of C{kind} with an empty cache; with
+        C{tls}, ocicache also listens on HTTPS and distribution only does
+        (through its own hop, so its upstream traffic is counted apart).
+        """
+        hop_key = f"{kind}-tls" if tls and kind == "distribution" else kind
+        if hop_key not in self.hops:
+            assert self.upstream is not None
+            self.hops[hop_key] = Hop(self.upstream.url).start()
+        hop = self.hops[hop_key]
         hop.reset()
-        mirror = Mirror(kind, self._next_dir(kind), hop)
+        mirror = Mirror(kind, self._next_dir(hop_key), hop, self.certificate() if tls else None)
         self._mirrors.append(mirror)
         mirror.start()
         return mirror
+
+    def nginx(self, files: dict[str, str]) -> Nginx:
+        """
+        A started L{Nginx} serving C{files} (URL path -> file).
+        """
+        server = Nginx(self._next_dir("nginx"), files)
+        self._nginxes.append(server)
+        server.start()
+        return server
+
+    def stop_nginx(self, server: Nginx) -> None:
+        try:
+            server.stop()
+        finally:
+            if server in self._nginxes:
+                self._nginxes.remove(server)
 
     def stop_mirror(self, mirror: Mirror) -> None:
         try:
@@ -302,6 +544,11 @@ class Rig:
         Stop everything, continuing past failures; raise the first one.
         """
         errors: list[BaseException] = []
+        for server in list(self._nginxes):
+            try:
+                self.stop_nginx(server)
+            except BaseException as e:  # keep stopping the rest
+                errors.append(e)
         for ctrd in list(self._containerds):
             try:
                 self.stop_containerd(ctrd)

@@ -5,11 +5,13 @@ selector until its byte budget allows the next one), with a small socket
 receive buffer, so the server has to hold back rather than hand its bytes
 to the kernel.
 
-    python slow_client.py URL --clients 64 --rate 5000000 [--hash-every 8]
+    python slow_client.py URL --clients 64 --rate 5000000 [--hash-every 8] [--seconds 30]
 
 It prints C{ready}, waits for C{go} on stdin, connects every client at
 once and prints one JSON object when all are done (or the deadline
-passes).  Standard library only; one thread, a selector and a timer heap.
+passes).  With C{--seconds}, clients still reading then stop and close,
+marked C{cut} (not an error): a big blob's steady state without reading
+all of it at a slow pace.  Standard library only; one thread, a selector and a timer heap.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class Client:
         self.t_end: float | None = None
         self.error: str | None = None
         self.done = False
+        self.cut = False
+        """Stopped by C{--seconds}, not finished."""
         self.sent = False
         """Whether the request went out (the connection is up)."""
 
@@ -53,11 +57,12 @@ class Client:
             "t_first": self.t_first,
             "t_end": self.t_end,
             "error": self.error,
+            "cut": self.cut,
         }
 
 
 def run(url: str, clients: int, rate: float, recv_size: int, rcvbuf: int, hash_every: int,
-        timeout: float) -> dict[str, object]:
+        timeout: float, seconds: float = 0.0) -> dict[str, object]:
     parts = urllib.parse.urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     target = parts.path + ("?" + parts.query if parts.query else "")
@@ -68,6 +73,7 @@ def run(url: str, clients: int, rate: float, recv_size: int, rcvbuf: int, hash_e
     sel = selectors.DefaultSelector()
     t0 = time.monotonic()
     deadline = t0 + timeout
+    window_end = t0 + seconds if seconds > 0 else None
     timers: list[tuple[float, int]] = []
     all_clients = [Client(i, hash_every > 0 and i % hash_every == 0) for i in range(clients)]
     live = 0
@@ -171,6 +177,14 @@ def run(url: str, clients: int, rate: float, recv_size: int, rcvbuf: int, hash_e
 
     while live > 0:
         now = time.monotonic()
+        if window_end is not None and now >= window_end:
+            for c in all_clients:
+                if not c.done and c.headers_done:
+                    c.cut = True
+                    finish(c)
+                elif not c.done:
+                    finish(c, f"no headers after {seconds:g}s")
+            break
         if now > deadline:
             for c in all_clients:
                 if not c.done:
@@ -181,7 +195,8 @@ def run(url: str, clients: int, rate: float, recv_size: int, rcvbuf: int, hash_e
             c = all_clients[index]
             if not c.done and c.sock is not None:
                 sel.register(c.sock, selectors.EVENT_READ, c)
-        wait = min(timers[0][0] - now if timers else 0.5, deadline - now, 0.5)
+        wait = min(timers[0][0] - now if timers else 0.5, deadline - now, 0.5,
+                   window_end - now if window_end is not None else 0.5)
         if not sel.get_map():
             time.sleep(max(0.0, wait))
             continue
@@ -207,12 +222,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--rcvbuf", type=int, default=128 << 10, help="SO_RCVBUF")
     p.add_argument("--hash-every", type=int, default=8, help="hash every Nth client's body (0: none)")
     p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument("--seconds", type=float, default=0.0, help="stop reading after this long (0: never)")
     args = p.parse_args(argv[1:])
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     if sys.stdin.readline().strip() != "go":
         return 2
-    result = run(args.url, args.clients, args.rate, args.recv, args.rcvbuf, args.hash_every, args.timeout)
+    result = run(args.url, args.clients, args.rate, args.recv, args.rcvbuf, args.hash_every, args.timeout,
+                 args.seconds)
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
     return 0
