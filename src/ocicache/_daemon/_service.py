@@ -143,7 +143,7 @@ class OcicacheService(MultiService):
 
     def _listen(self, description: str, site: Site) -> StreamServerEndpointService:
         try:
-            endpoint = serverFromString(self._reactor, description)
+            endpoint = serverFromString(self._reactor, with_backlog(description))
         except Exception as e:
             raise ListenError(f"{description!r} is not a valid listen endpoint: {e}") from None
         service = StreamServerEndpointService(endpoint, site)
@@ -343,6 +343,23 @@ class OcicacheService(MultiService):
         # process ends "killed by SIGTERM": systemd counts that as a clean
         # stop (SuccessExitStatus includes it by default).
         log.info("ocicache stopped")
+
+
+LISTEN_BACKLOG = 1024
+"""
+The accept queue of a TCP or TLS listener that names none (Twisted's own
+default is 50): a build farm's burst of connections waits in the kernel
+rather than being refused or retried after a second (the kernel caps it at
+C{net.core.somaxconn}).
+"""
+
+
+def with_backlog(description: str) -> str:
+    """C{description} with ocicache's listen backlog, unless it sets one."""
+    kind = description.split(":", 1)[0].lower()
+    if kind in ("tcp", "tcp6", "ssl") and "backlog=" not in description:
+        return f"{description}:backlog={LISTEN_BACKLOG}"
+    return description
 
 
 def _scan_manifests(store: Store) -> list[tuple[str, int]]:
