@@ -214,6 +214,8 @@ def guarded(hostile_daemon: Daemon, hop: Hop, request: pytest.FixtureRequest) ->
     assert not evil, f"a hostile name reached the filesystem: {evil}"
     status, _, _ = http_request(daemon.url + "/v2/")
     assert status == 200
+    log = daemon.log_text()
+    assert "Traceback" not in log and "Unhandled" not in log, log[-3000:]
 
 
 def _assert_json_error(status: int, headers: dict[str, str], body: bytes, codes: set[str], what: str) -> str:

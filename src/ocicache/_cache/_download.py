@@ -41,7 +41,7 @@ __all__ = ["ABANDON_AFTER", "BATCH", "KEEP_FRACTION", "Download"]
 
 log = Logger()
 
-BATCH = 4 << 20
+BATCH = 2 << 20
 """Bytes handed to the disk thread at once; clients see progress per batch."""
 
 ABANDON_AFTER = 10.0

@@ -19,10 +19,10 @@ if TYPE_CHECKING:
 
 __all__ = ["HIGH_WATER", "LOW_WATER", "PassThrough"]
 
-HIGH_WATER = 16 << 20
+HIGH_WATER = 8 << 20
 """Bytes held for readers (in memory, or queued for the disk) at which the upstream is paused."""
 
-LOW_WATER = 4 << 20
+LOW_WATER = 2 << 20
 """Bytes held below which the upstream is resumed."""
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 from collections.abc import Callable
 from typing import cast
 
@@ -149,6 +150,7 @@ class SendfileStreamer:
             return self.done
         transport.unregisterProducer()
         self._owning = True
+        self._cork(True)
         self._writable_producer.registering = True
         # A pull producer is asked at once on registration; that ask comes
         # before the headers are out and is ignored.  The next comes when
@@ -273,11 +275,27 @@ class SendfileStreamer:
 
     # -- the end
 
+    def _cork(self, on: bool) -> None:
+        """
+        TCP_CORK while the body goes out: full segments, as nginx's
+        C{tcp_nopush}, instead of one per sendfile under twisted.web's
+        TCP_NODELAY; uncorking sends what is left at once.
+        """
+        cork = getattr(socket, "TCP_CORK", None)
+        handle = getattr(self._transport, "getHandle", None)
+        if cork is None or handle is None:
+            return
+        try:
+            handle().setsockopt(socket.IPPROTO_TCP, cork, 1 if on else 0)
+        except OSError:
+            pass  # the connection is gone: nothing to send anyway
+
     def _hand_back(self) -> None:
         """The channel is the transport's producer again."""
         if not self._owning:
             return
         self._owning = False
+        self._cork(False)
         transport = self._transport
         if transport.producer is self._writable_producer:
             transport.unregisterProducer()
