@@ -26,3 +26,22 @@ def test_a_narrow_accept_is_its_own_variant() -> None:
 def test_no_variant_is_another_tag() -> None:
     # The tag grammar has no space: a variant key is never a real tag.
     assert " " in variant_key("v1", (OCI,))
+
+
+def test_hot_manifests_are_bounded_by_bytes() -> None:
+    from ocicache._cache._manifests import Manifest, _HotManifests
+    from ocicache._spec._reference import Digest
+
+    hot = _HotManifests(max_bytes=8000)
+    manifests = [Manifest(Digest("sha256", f"{i:064x}"), OCI, bytes(1000)) for i in range(20)]
+    for manifest in manifests:
+        hot.put(manifest)
+    assert hot.get(manifests[0].digest) is None  # the oldest went first
+    assert hot.get(manifests[-1].digest) is manifests[-1]
+    assert sum(1 for m in manifests if hot.get(m.digest) is not None) == 8
+    hot.drop(manifests[-1].digest)
+    assert hot.get(manifests[-1].digest) is None
+    # One manifest of more than an eighth of the budget is not kept at all.
+    big = Manifest(Digest("sha256", "f" * 64), OCI, bytes(2000))
+    hot.put(big)
+    assert hot.get(big.digest) is None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 
 from attrs import frozen
@@ -52,6 +53,42 @@ def variant_key(tag: str, accept: Sequence[str]) -> str:
     if set(accept) >= set(MANIFEST_MEDIA_TYPES):
         return tag
     return " ".join([tag, *sorted(set(accept))])
+
+
+HOT_BYTES = 32 << 20
+"""Manifest bytes kept in memory, most recently used, so that a hit costs no disk read."""
+
+
+class _HotManifests:
+    """
+    Manifests recently served, least recently used out first, up to a byte
+    budget.  Content-addressed and verified, so a copy never goes stale.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._kept: OrderedDict[Digest, Manifest] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, digest: Digest) -> Manifest | None:
+        manifest = self._kept.get(digest)
+        if manifest is not None:
+            self._kept.move_to_end(digest)
+        return manifest
+
+    def put(self, manifest: Manifest) -> None:
+        if len(manifest.body) > self._max_bytes // 8 or manifest.digest in self._kept:
+            return
+        self._kept[manifest.digest] = manifest
+        self._bytes += len(manifest.body)
+        while self._bytes > self._max_bytes:
+            _, old = self._kept.popitem(last=False)
+            self._bytes -= len(old.body)
+
+    def drop(self, digest: Digest) -> None:
+        old = self._kept.pop(digest, None)
+        if old is not None:
+            self._bytes -= len(old.body)
 
 
 def _children(body: bytes) -> list[str]:
@@ -111,6 +148,7 @@ class ManifestService:
         self._tag_ttl = tag_ttl
         self._health = health if health is not None else DiskHealth()
         self._read: dict[str, float] = {}
+        self._hot = _HotManifests(HOT_BYTES)
         self._slots = slots if slots is not None else Slots(DEFAULT_DOWNLOADS, DEFAULT_QUEUE)
         self._flights: SingleFlight[tuple[str, str, str], Manifest] = SingleFlight()
 
@@ -263,6 +301,7 @@ class ManifestService:
             if claimed is not None and claimed.startswith("sha256:") and claimed != str(digest):
                 raise DigestMismatch("the upstream's manifest does not match its digest header")
         manifest = Manifest(digest, media_type, body)
+        self._hot.put(manifest)
         try:
             await self._keep(upstream, repo, reference, accept, manifest)
         except (OSError, MetadataUnavailable) as e:
@@ -297,6 +336,9 @@ class ManifestService:
         return prove
 
     async def _stored(self, digest: Digest) -> Manifest | None:
+        hot = self._hot.get(digest)
+        if hot is not None:
+            return hot
         # Up to 4 MiB: read in the disk thread, not on the reactor.
         body = await self._disk.run(self._store.read, Kind.MANIFEST, digest)
         if body is None:
@@ -304,4 +346,11 @@ class ManifestService:
         media_type = await self._metadata.manifest_media_type(str(digest))
         if media_type is None:
             media_type = manifest_media_type(b"", body)
-        return Manifest(digest, media_type, body)
+        manifest = Manifest(digest, media_type, body)
+        self._hot.put(manifest)
+        return manifest
+
+    def forget(self, digests: list[str]) -> None:
+        """Manifests removed from the store (the janitor's expiry)."""
+        for digest in digests:
+            self._hot.drop(Digest.parse(digest))

@@ -179,6 +179,7 @@ class OcicacheService(MultiService):
     def _manifests_removed(self, digests: list[str]) -> None:
         for digest in digests:
             self.manifest_tally.removed(digest)
+        self.manifests.forget(digests)
 
     def _evicted(self, count: int, size: int) -> None:
         self.metrics.evictions.inc(count)
