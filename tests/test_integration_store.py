@@ -206,7 +206,7 @@ def small_filesystem(tmp_path: os.PathLike[str]) -> Iterator[str]:
                             capture_output=True, text=True)
     if result.returncode != 0:
         pytest.skip(f"mounting a tmpfs is not permitted here ({result.stderr.strip()}); "
-                    "test_fanout_disk_full covers ENOSPC by injection")
+                    "test_download_disk_full covers ENOSPC by injection")
     yield mount_point
     subprocess.run(["umount", "-l", mount_point], check=False)
 

@@ -28,8 +28,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
-from ocicache._cache import _download as _fanout
-from ocicache._cache import _passthrough
+from ocicache._cache import _download, _passthrough
 from ocicache._cache._download import Download
 from ocicache._cache._incoming import DownloadError
 from ocicache._cache._source import StoredFile
@@ -65,7 +64,7 @@ class ManualPool:
         """Bytes handed to the disk thread and not yet written."""
         total = 0
         for _, f, args in self.pending:
-            if f is _fanout._write_batch:
+            if f is _download._write_batch:
                 batch = cast("list[bytes]", args[2])  # _write_batch(fd, hasher, batch)
                 total += sum(len(chunk) for chunk in batch)
         return total
@@ -256,7 +255,7 @@ def small_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
     batches.
     """
     monkeypatch.setattr(_streamer, "CHUNK", 1000)
-    monkeypatch.setattr(_fanout, "BATCH", 4000)
+    monkeypatch.setattr(_download, "BATCH", 4000)
 
 
 @pytest.fixture
@@ -856,7 +855,7 @@ def failing_disk(monkeypatch: pytest.MonkeyPatch, from_call: int, chunks_written
     of the next.
     """
     calls: list[int] = []
-    real = _fanout._write_batch
+    real = _download._write_batch
 
     def write_batch(fd: int, hasher: Any, batch: list[bytes]) -> tuple[int, OSError | None]:
         calls.append(len(batch))
@@ -868,7 +867,7 @@ def failing_disk(monkeypatch: pytest.MonkeyPatch, from_call: int, chunks_written
             os.write(fd, batch[chunks_written][:len(batch[chunks_written]) // 2])
         return chunks_written, OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(_fanout, "_write_batch", write_batch)
+    monkeypatch.setattr(_download, "_write_batch", write_batch)
     return calls
 
 
@@ -993,9 +992,9 @@ def test_pass_through_window_pauses_the_upstream_for_the_slowest_client(
 
 def test_upstream_is_paused_at_high_water_and_resumed_below_low_water(
         clock: Reactor, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_fanout, "HIGH_WATER", 1000)
-    monkeypatch.setattr(_fanout, "LOW_WATER", 300)
-    monkeypatch.setattr(_fanout, "BATCH", 200)
+    monkeypatch.setattr(_download, "HIGH_WATER", 1000)
+    monkeypatch.setattr(_download, "LOW_WATER", 300)
+    monkeypatch.setattr(_download, "BATCH", 200)
     data, digest = blob(1_500, seed=22)
     pool = ManualPool()
     download = Download(disk_of(clock, pool, store), digest, len(data))
