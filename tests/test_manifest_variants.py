@@ -29,13 +29,14 @@ def test_no_variant_is_another_tag() -> None:
 
 
 def test_hot_manifests_are_bounded_by_bytes() -> None:
-    from ocicache._cache._manifests import Manifest, _HotManifests
+    from ocicache._cache._lru import SizedLRU
+    from ocicache._cache._manifests import Manifest
     from ocicache._spec._reference import Digest
 
-    hot = _HotManifests(max_bytes=8000)
+    hot: SizedLRU[Digest, Manifest] = SizedLRU(8000, lambda m: len(m.body), 8000 // 8)
     manifests = [Manifest(Digest("sha256", f"{i:064x}"), OCI, bytes(1000)) for i in range(20)]
     for manifest in manifests:
-        hot.put(manifest)
+        hot.put(manifest.digest, manifest)
     assert hot.get(manifests[0].digest) is None  # the oldest went first
     assert hot.get(manifests[-1].digest) is manifests[-1]
     assert sum(1 for m in manifests if hot.get(m.digest) is not None) == 8
@@ -43,5 +44,5 @@ def test_hot_manifests_are_bounded_by_bytes() -> None:
     assert hot.get(manifests[-1].digest) is None
     # One manifest of more than an eighth of the budget is not kept at all.
     big = Manifest(Digest("sha256", "f" * 64), OCI, bytes(2000))
-    hot.put(big)
+    hot.put(big.digest, big)
     assert hot.get(big.digest) is None

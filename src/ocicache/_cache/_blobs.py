@@ -189,13 +189,13 @@ class BlobService:
         count = lambda n: self._on_upstream_bytes(upstream.name, n)  # noqa: E731
         try:
             download = Download(
-                self._disk, digest, size, before_commit=self._before_commit, on_disk_error=self._disk_error,
+                self._disk, digest, size, before_commit=self._before_commit, on_disk_error=self._health.failed,
                 abandon_after=self._abandon_after, keep_fraction=self._keep_fraction,
             )
         except OSError as e:
             # Not even a temp file: the cache dir is gone, full or
             # read-only.  This client is still served, from memory.
-            self._disk_error(e)
+            self._health.failed(e)
             passing = PassThrough(digest, size)
             passing.settled.addErrback(self._passed, digest, upstream.name, repo)
             response.deliverBody(_BodyWriter(passing, self._reactor, count))
@@ -223,9 +223,6 @@ class BlobService:
         done = Deferred.fromCoroutine(quarantine(self._disk, self._capacity, digest))
         done.addCallback(lambda moved: self._on_corrupt(digest) if moved else None)
         done.addErrback(_log_failure, "quarantine a corrupt blob")
-
-    def _disk_error(self, error: OSError) -> None:
-        self._health.failed(error)
 
     def _passed(self, failure: Failure, digest: Digest, upstream: str, repo: str) -> None:
         log.warn("Pass-through of {digest} from {upstream}/{repo} failed: {error}",

@@ -289,10 +289,6 @@ class Download(Incoming):
             return self._spill.available
         return super().available
 
-    @property
-    def ended(self) -> bool:
-        return self.state in (State.SETTLED, State.FAILED)
-
     def read(self, offset: int, length: int) -> bytes:
         spill = self._spill
         if spill is not None and offset >= spill.start:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 
 from attrs import frozen
@@ -30,6 +29,7 @@ from .._upstream._client import Upstream
 from .._upstream._errors import UpstreamUnavailable, answer_error
 from ._access import RepoAccess
 from ._errors import DigestMismatch, ManifestTooLarge, ManifestUnknown
+from ._lru import SizedLRU
 from ._result import CacheResult
 from ._singleflight import SingleFlight
 from ._slots import DEFAULT_DOWNLOADS, DEFAULT_QUEUE, Priority, Slots
@@ -57,38 +57,6 @@ def variant_key(tag: str, accept: Sequence[str]) -> str:
 
 HOT_BYTES = 32 << 20
 """Manifest bytes kept in memory, most recently used, so that a hit costs no disk read."""
-
-
-class _HotManifests:
-    """
-    Manifests recently served, least recently used out first, up to a byte
-    budget.  Content-addressed and verified, so a copy never goes stale.
-    """
-
-    def __init__(self, max_bytes: int) -> None:
-        self._max_bytes = max_bytes
-        self._kept: OrderedDict[Digest, Manifest] = OrderedDict()
-        self._bytes = 0
-
-    def get(self, digest: Digest) -> Manifest | None:
-        manifest = self._kept.get(digest)
-        if manifest is not None:
-            self._kept.move_to_end(digest)
-        return manifest
-
-    def put(self, manifest: Manifest) -> None:
-        if len(manifest.body) > self._max_bytes // 8 or manifest.digest in self._kept:
-            return
-        self._kept[manifest.digest] = manifest
-        self._bytes += len(manifest.body)
-        while self._bytes > self._max_bytes:
-            _, old = self._kept.popitem(last=False)
-            self._bytes -= len(old.body)
-
-    def drop(self, digest: Digest) -> None:
-        old = self._kept.pop(digest, None)
-        if old is not None:
-            self._bytes -= len(old.body)
 
 
 def _children(body: bytes) -> list[str]:
@@ -148,7 +116,8 @@ class ManifestService:
         self._tag_ttl = tag_ttl
         self._health = health if health is not None else DiskHealth()
         self._read: dict[str, float] = {}
-        self._hot = _HotManifests(HOT_BYTES)
+        # Content-addressed and verified: a copy never goes stale.
+        self._hot: SizedLRU[Digest, Manifest] = SizedLRU(HOT_BYTES, lambda m: len(m.body), HOT_BYTES // 8)
         self._slots = slots if slots is not None else Slots(DEFAULT_DOWNLOADS, DEFAULT_QUEUE)
         self._flights: SingleFlight[tuple[str, str, str], Manifest] = SingleFlight()
 
@@ -301,7 +270,7 @@ class ManifestService:
             if claimed is not None and claimed.startswith("sha256:") and claimed != str(digest):
                 raise DigestMismatch("the upstream's manifest does not match its digest header")
         manifest = Manifest(digest, media_type, body)
-        self._hot.put(manifest)
+        self._hot.put(digest, manifest)
         try:
             await self._keep(upstream, repo, reference, accept, manifest)
         except (OSError, MetadataUnavailable) as e:
@@ -347,7 +316,7 @@ class ManifestService:
         if media_type is None:
             media_type = manifest_media_type(b"", body)
         manifest = Manifest(digest, media_type, body)
-        self._hot.put(manifest)
+        self._hot.put(digest, manifest)
         return manifest
 
     def forget(self, digests: list[str]) -> None:

@@ -11,7 +11,6 @@ recently used first, up to a byte budget.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
 from attrs import frozen
@@ -21,6 +20,7 @@ from twisted.logger import Logger
 from .._upstream._client import Upstream
 from .._upstream._errors import UpstreamRateLimited, UpstreamUnavailable, answer_error
 from ._errors import RepositoryUnknown
+from ._lru import SizedLRU
 from ._result import CacheResult
 from ._singleflight import SingleFlight
 
@@ -70,10 +70,8 @@ class TagService:
         self._clock = clock
         self._ttl = ttl
         self._max_stale = max_stale
-        self._max_bytes = max_bytes
         self._flights: SingleFlight[_Key, TagPage] = SingleFlight()
-        self._kept: OrderedDict[_Key, _Kept] = OrderedDict()
-        self._bytes = 0
+        self._kept: SizedLRU[_Key, _Kept] = SizedLRU(max_bytes, lambda kept: len(kept.page.body))
 
     async def page(self, upstream: Upstream, repo: str, params: Mapping[str, str]) -> TagLookup:
         """
@@ -84,7 +82,6 @@ class TagService:
         kept = self._kept.get(key)
         now = self._clock.seconds()
         if kept is not None and now - kept.fetched_at < self._ttl(upstream):
-            self._kept.move_to_end(key)
             return TagLookup(kept.page, CacheResult.HIT)
         flight, joined = self._flights.call(key, lambda: self._fetch(upstream, repo, params, key))
         try:
@@ -108,17 +105,5 @@ class TagService:
         if body is None:
             raise UpstreamUnavailable("the upstream's tag list is too large")
         page = TagPage(body, response.headers.getRawHeaders(b"link", [None])[0])
-        self._keep(key, page)
+        self._kept.put(key, _Kept(page, self._clock.seconds()))
         return page
-
-    def _keep(self, key: _Key, page: TagPage) -> None:
-        old = self._kept.pop(key, None)
-        if old is not None:
-            self._bytes -= len(old.page.body)
-        if len(page.body) > self._max_bytes:
-            return
-        self._kept[key] = _Kept(page, self._clock.seconds())
-        self._bytes += len(page.body)
-        while self._bytes > self._max_bytes:
-            _, dropped = self._kept.popitem(last=False)
-            self._bytes -= len(dropped.page.body)

@@ -124,8 +124,7 @@ class OcicacheService(MultiService):
             disk, access, lambda upstream: config.tag_ttl_for(upstream.config), slots=slots, health=health,
         )
         services = Services(reactor, config, self.upstreams, self.blobs, self.manifests, self.metrics,
-                            on_manifest_stored=self.manifest_tally.added, sendfile=config.server.sendfile,
-                            stall_timeout=config.server.stall_timeout)
+                            on_manifest_stored=self.manifest_tally.added)
         self.site = DrainingSite(RootResource(services), reactor, self.metrics, config.server)
         self.site.displayTracebacks = False
         self._registry_listeners = [

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from .._spec._reference import Digest
 from ._capacity import Capacity
 from ._disk import Disk
+from ._janitor import verify_file
 from ._store import Kind
 
 __all__ = ["ROUND_PAUSE", "Scrubber", "quarantine"]
@@ -31,23 +32,6 @@ log = Logger()
 
 ROUND_PAUSE = 10.0
 """Seconds between one round over the store and the next."""
-
-
-def _hash_file(path: str, digest: Digest) -> tuple[bool, int] | None:
-    """
-    Whether the file at C{path} hashes to C{digest}, and its length;
-    C{None} when it is gone.  Blocking: the disk thread runs it.
-    """
-    hasher = digest.hasher()
-    size = 0
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                hasher.update(chunk)
-                size += len(chunk)
-    except FileNotFoundError:
-        return None
-    return hasher.hexdigest() == digest.encoded, size
 
 
 class Scrubber:
@@ -69,7 +53,7 @@ class Scrubber:
         self._rate = rate
         self._on_scrubbed = on_scrubbed
         self._on_corrupt = on_corrupt
-        self._queue: deque[tuple[Digest, str]] = deque()
+        self._queue: deque[tuple[Digest, str, int]] = deque()
         self._next: IDelayedCall | None = None
         self._running: Deferred[None] | None = None
         self._stopped = True
@@ -98,25 +82,25 @@ class Scrubber:
 
     async def _one(self) -> None:
         if not self._queue:
-            blobs = await self._disk.run(lambda: [(d, p) for d, p, _ in self._disk.store.walk(Kind.BLOB)])
+            blobs = await self._disk.run(lambda: list(self._disk.store.walk(Kind.BLOB)))
             self._queue.extend(blobs)
             if not self._queue:
                 self._schedule(ROUND_PAUSE)
                 return
-        digest, path = self._queue.popleft()
-        outcome = await self._disk.run(_hash_file, path, digest)
-        if outcome is None:
+        digest, path, size = self._queue.popleft()
+        good = await self._disk.run(verify_file, path, digest)
+        if not good and not await self._quarantine(digest):
             self._schedule(0)  # evicted meanwhile: costs nothing
             return
-        good, size = outcome
         self._on_scrubbed(size)
-        if not good:
-            await self._quarantine(digest)
         self._schedule(size / self._rate if self._queue else max(size / self._rate, ROUND_PAUSE))
 
-    async def _quarantine(self, digest: Digest) -> None:
-        if await quarantine(self._disk, self._capacity, digest):
+    async def _quarantine(self, digest: Digest) -> bool:
+        """Whether the corrupt blob was still there, and is now quarantined."""
+        moved = await quarantine(self._disk, self._capacity, digest)
+        if moved:
             self._on_corrupt(digest)
+        return moved
 
 
 async def quarantine(disk: Disk, capacity: Capacity, digest: Digest) -> bool:

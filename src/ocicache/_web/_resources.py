@@ -78,8 +78,6 @@ class Services:
         metrics: Metrics,
         on_manifest_stored: Callable[[str, int], None] = lambda digest, size: None,
         tags: TagService | None = None,
-        sendfile: bool = True,
-        stall_timeout: float = 60.0,
     ) -> None:
         self.reactor = reactor
         self.config = config
@@ -93,10 +91,6 @@ class Services:
         # the cache-size metrics current without a scan.
         self.on_manifest_stored = on_manifest_stored
         self.write_budget = WriteBudget()
-        self.sendfile = sendfile
-        """Whether blob bodies on plain TCP go out with sendfile(2)."""
-        self.stall_timeout = stall_timeout
-        """Seconds a sendfile response waits on a client that takes nothing."""
 
 
 def _common_headers(request: IRequest) -> None:
@@ -196,7 +190,7 @@ class RegistryResource(Resource):
         self._services.metrics.cache_requests.labels("manifest", lookup.result).inc()
         manifest = lookup.manifest
         request.setHeader(b"docker-content-digest", str(manifest.digest).encode("ascii"))
-        request.setHeader(b"etag", b'"%s"' % str(manifest.digest).encode("ascii"))
+        request.setHeader(b"etag", _etag(manifest.digest))
         exchange.bytes = _send_bytes(request, exchange, manifest.body, manifest.media_type.encode("ascii"))
         self._count_bytes(lookup.result, exchange.bytes)
 
@@ -254,7 +248,8 @@ class RegistryResource(Resource):
             served.inc(count)
 
         done: Deferred[int]
-        if services.sendfile and end is not None and can_sendfile(request, end):
+        server = services.config.server
+        if server.sendfile and end is not None and can_sendfile(request, end):
             by_sendfile = services.metrics.sendfile_bytes
 
             def on_sent(count: int) -> None:
@@ -262,7 +257,7 @@ class RegistryResource(Resource):
                 by_sendfile.inc(count)
 
             done = SendfileStreamer(request, source, start, end, services.reactor, on_sent,
-                                    services.stall_timeout).start()
+                                    server.stall_timeout).start()
         else:
             if isinstance(source, StoredFile) and start == 0 and end == total:
                 # Through Python anyway: hash the bytes at rest on the way.
