@@ -78,6 +78,16 @@ class Metrics:
             "ocicache_upstream_ratelimit_remaining",
             "Pulls left in the upstream's rate-limit window (Docker Hub's ratelimit-remaining).",
             ["upstream"], registry=registry)
+        # Warming and pinning (the daemon's own [[warm]] runs and pins).
+        self.warm_runs = Counter(
+            "ocicache_warm_runs", "Warm runs of one image by the daemon ([[warm]], pins), by result.",
+            ["result"], registry=registry)
+        self.warm_blobs = Counter(
+            "ocicache_warm_blobs", "Blobs of warm runs, by outcome: fetched, cached (already there) or failed.",
+            ["outcome"], registry=registry)
+        self.pinned_bytes = Gauge(
+            "ocicache_pinned_bytes", "Bytes of the blobs pinned closures reference (counted toward max_size).",
+            registry=registry)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
