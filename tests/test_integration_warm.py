@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 
 import pytest
+
 from ocitest import free_port, http_request, wait_for
 from ocitest.daemon import Daemon, DaemonPool, config_text, daemon_env, default_upstreams
 from ocitest.hop import Hop
