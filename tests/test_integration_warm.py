@@ -151,6 +151,13 @@ def test_warm_exit_status_names_what_failed(ocitest_images: dict[str, Image], da
     as_json = json.loads(ocicache("warm", "--config", daemon.config_path, "--json", missing).stdout)
     assert as_json["ok"] is False and as_json["images"][0]["failed"][0]["ref"] == missing
 
+    hop.reset()
+    dry = ocicache("warm", "--config", daemon.config_path, "--dry-run", "docker.io/library/ocitest-team:v9", good)
+    assert dry.returncode == 1  # the first is unknown
+    assert "would fetch" in dry.stdout
+    hop.wait_idle()
+    assert hop.count("GET", "/blobs/") == 0, "a dry run fetched blobs"
+
     for usage in (["NOT/A/REF"], [good, "--platform", "linux"], []):
         result = ocicache("warm", "--config", daemon.config_path, *usage)
         assert result.returncode == 2, (usage, result.stdout, result.stderr)

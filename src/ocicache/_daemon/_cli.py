@@ -219,7 +219,14 @@ async def _gc(reactor: Any, config: Config, metadata: Metadata, arguments: argpa
     pool.start()
     try:
         disk = Disk(reactor, store, metadata, pool)
-        capacity = Capacity(disk, config.cache.max_size, config.cache.min_free)
+        async def protected() -> list[Digest]:
+            # As the daemon protects: pins, and manifests read within
+            # protect_recent (as far as the database knows).
+            window = config.cache.protect_recent
+            since = time.time() - window if window > 0 else float("inf")
+            return [Digest.parse(text) for text in await metadata.protected_blobs(since, [])]
+
+        capacity = Capacity(disk, config.cache.max_size, config.cache.min_free, protected=protected)
         janitor = Janitor(disk, capacity, config.cache.blob_ttl, manifest_ttl=config.cache.manifest_ttl)
         recovered = await janitor.recover()
         report = await janitor.run()

@@ -101,7 +101,7 @@ def listen_url(description: str, scheme_for_tls: str = "https") -> str:
     kind = parts[0].lower()
     if kind not in ("tcp", "tcp6", "ssl") or len(parts) < 2:
         raise UsageError(f"cannot reach a {kind!r} listener ({description}); give --url")
-    options = dict(part.split("=", 1) for part in parts[2:] if "=" in part)
+    options = dict(part.split("=", 1) for part in parts[1:] if "=" in part)
     port = options.get("port", parts[1] if "=" not in parts[1] else "")
     if not port.isdigit():
         raise UsageError(f"no port in {description!r}; give --url")
