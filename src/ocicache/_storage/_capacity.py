@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from .._spec._reference import Digest
 from ._disk import Disk
 from ._eviction import S3FIFO
+from ._metadata import MetadataUnavailable
 from ._store import Kind
 
 __all__ = ["Capacity", "LOW_WATER"]
@@ -188,7 +189,13 @@ class Capacity:
         return set(await self._protected()) if self._protected is not None else set()
 
     async def _evict(self, target: int, keep: Iterable[Digest]) -> tuple[int, int]:
-        keep = set(keep) | await self.protected()
+        try:
+            keep = set(keep) | await self.protected()
+        except MetadataUnavailable as e:
+            # Not knowing what is pinned, evict nothing: the new blob is
+            # then served but not kept.
+            log.warn("Not evicting: cannot tell which blobs are pinned ({error})", error=str(e))
+            return 0, 0
         victims = self.policy.evict(target, keep)
         if not victims:
             return 0, 0

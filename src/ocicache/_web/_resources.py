@@ -364,7 +364,7 @@ def _etag(digest: Digest) -> bytes:
 def _cache_header(request: Request, result: CacheResult) -> None:
     # How the cache answered (hit, miss, coalesced, stale): what ocicache
     # warm reports as fetched or already there.
-    request.setHeader(b"ocicache-cache", result.value.encode("ascii"))
+    request.setHeader(b"ocicache-cache", str(result).encode("ascii"))
 
 
 def _blob_headers(request: Request, digest: Digest) -> None:
