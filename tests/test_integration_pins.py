@@ -101,7 +101,8 @@ def test_a_pinned_image_survives_a_fill_and_an_unpinned_one_does_not(
     [listed] = pins(daemon)
     assert listed["digest"] == kept.manifest_digest and listed["reference"] == "v1"
     assert listed["bytes"] == sum(blob.size for blob in kept.blobs)
-    assert metric_value(scrape(f"{operator}/metrics"), "ocicache_pinned_bytes") == listed["bytes"]
+    wait_for(lambda: metric_value(scrape(f"{operator}/metrics"), "ocicache_pinned_bytes") == listed["bytes"], 10,
+             what="the pinned bytes counted")
 
     fill(daemon, upstream, 6 * MiB)
     assert stored(daemon, kept), "eviction removed a pinned blob"
@@ -113,7 +114,8 @@ def test_a_pinned_image_survives_a_fill_and_an_unpinned_one_does_not(
     assert unpinned.returncode == 0, unpinned.stderr
     assert f"unpinned docker.io/{kept.repo}:v1" in unpinned.stdout
     assert pins(daemon) == []
-    assert metric_value(scrape(f"{operator}/metrics"), "ocicache_pinned_bytes") == 0
+    wait_for(lambda: metric_value(scrape(f"{operator}/metrics"), "ocicache_pinned_bytes") == 0, 10,
+             what="the released bytes uncounted")
     again = ocicache("unpin", "--config", daemon.config_path, ref(kept))
     assert again.returncode == 1 and "is not pinned" in again.stderr
 
@@ -177,3 +179,14 @@ def test_protect_recent_keeps_the_layers_of_an_image_being_pulled(
     fill(daemon, upstream, 6 * MiB)
     kept = os.path.exists(blob_path(daemon.cache_dir, layer.digest))
     assert kept is (protect_recent == "1h")
+
+
+def test_a_pinned_image_is_never_expired(daemon_factory: DaemonPool, upstream: Registry, hop: Hop) -> None:
+    daemon, _ = pinning_daemon(daemon_factory, "6MiB", blob_ttl="1s", janitor_interval="1s")
+    kept = new_image(upstream, "unexpired", 64 << 10)
+    loose = new_image(upstream, "expired", 64 << 10)
+    assert ocicache("pin", "--config", daemon.config_path, ref(kept)).returncode == 0
+    assert ocicache("warm", "--config", daemon.config_path, ref(loose)).returncode == 0
+    wait_for(lambda: not any(os.path.exists(blob_path(daemon.cache_dir, b.digest)) for b in loose.blobs), 30,
+             what="the unpinned image expired")
+    assert stored(daemon, kept), "blob_ttl expired a pinned blob"

@@ -195,22 +195,34 @@ def test_warm_table_warms_at_start_logged_and_counted(
         f'refs = ["{INDEX_REF}", "ocitest-oci:v1"]',
         f'platforms = ["linux/{arch}"]',
         'every = "1h"',
+        "[[warm]]",
+        'refs = ["ocitest-list:v1"]',
+        "pin = true",
     ], hop, extra_tables={"metrics": {"listen": f"tcp:{metrics}:interface=127.0.0.1"}})
-    wanted = [b.digest for b in child.blobs] + [b.digest for b in oci.blobs]
+    listed = ocitest_images["list"]
+    pinned = listed.for_platform(host_arch())
+    wanted = [b.digest for b in child.blobs] + [b.digest for b in oci.blobs] + [b.digest for b in pinned.blobs]
     wait_for(lambda: all(os.path.exists(blob_path(daemon.cache_dir, d)) for d in wanted), 30,
              what="the [[warm]] closure in the store")
-    wait_for(lambda: metric_value(scrape(f"http://127.0.0.1:{metrics}/metrics"), "ocicache_warm_runs_total") == 2,
-             30, what="both warm runs counted")
+    wait_for(lambda: metric_value(scrape(f"http://127.0.0.1:{metrics}/metrics"), "ocicache_warm_runs_total") == 3,
+             30, what="the three warm runs counted")
     hop.wait_idle()
     assert blob_gets(hop) == sorted(wanted), hop.summary()
-    assert hop.count("GET", "/manifests/") == 3  # the index, its one platform, the single-platform image
+    # The index and its one platform, the single-platform image, the list and this host's platform.
+    assert hop.count("GET", "/manifests/") == 5
     text = scrape(f"http://127.0.0.1:{metrics}/metrics")
-    assert metric_value(text, "ocicache_warm_runs_total", result="ok") == 2
+    assert metric_value(text, "ocicache_warm_runs_total", result="ok") == 3
     assert metric_value(text, "ocicache_warm_blobs_total", outcome="fetched") == len(wanted)
     assert metric_value(text, "ocicache_warm_blobs_total", outcome="failed") == 0
     log = daemon.log_text()
     assert f"Warmed {INDEX_REF} ({index.manifest_digest}): fetched {len(child.blobs)} blobs" in log, log
     assert f"Warmed ocitest-oci:v1 ({oci.manifest_digest}): fetched {len(oci.blobs)} blobs" in log, log
+    assert f"Pinned ocitest-list:v1 ({listed.manifest_digest}): fetched {len(pinned.blobs)} blobs" in log, log
+    wait_for(lambda: metric_value(scrape(f"http://127.0.0.1:{metrics}/metrics"), "ocicache_pinned_bytes")
+             == sum(b.size for b in pinned.blobs), 10, what="the pinned bytes counted")
+    pins = json.loads(ocicache("pins", "--config", daemon.config_path, "--json").stdout)["pins"]
+    assert [(p["repo"], p["reference"], p["digest"]) for p in pins] == [
+        ("library/ocitest-list", "v1", listed.manifest_digest)]
     # Warmed through the cache: a client now gets hits.
     status, headers, _ = http_request(f"{daemon.url}/v2/library/ocitest-oci/blobs/{oci.blobs[-1].digest}")
     assert status == 200 and headers["ocicache-cache"] == "hit"

@@ -268,24 +268,29 @@ class Warmer:
         """
         Each tag pin whose tag moved (as the manifest service sees it: a
         hit within C{tag_ttl}, else revalidated upstream) is pinned again,
-        which takes the new closure and releases the old.
+        which takes the new closure and releases the old.  A pin missing
+        some of its blobs (a fetch that failed) is fetched again.
         """
         reports = []
         for row in await self._metadata.pins():
             upstream = self._upstreams.get(row.upstream)
-            if upstream is None or ":" in row.reference:
-                continue  # an upstream no longer configured; a digest never moves
+            if upstream is None:
+                continue  # an upstream no longer configured
             try:
-                found = await self._manifests.lookup(upstream, row.repo, row.reference, MANIFEST_MEDIA_TYPES)
-                if str(found.manifest.digest) == row.digest:
-                    continue
                 platforms = [Platform.parse(text) for text in row.platforms.split(",") if text]
-                log.info("Pin {upstream}/{repo}:{tag} follows its tag from {old} to {new}",
-                         upstream=row.upstream, repo=row.repo, tag=row.reference, old=row.digest,
-                         new=str(found.manifest.digest))
-                reports.append(await self.pin(upstream, row.repo, row.reference, platforms))
+                if ":" not in row.reference:  # a tag; a digest never moves
+                    found = await self._manifests.lookup(upstream, row.repo, row.reference, MANIFEST_MEDIA_TYPES)
+                    if str(found.manifest.digest) != row.digest:
+                        log.info("Pin {upstream}/{repo}:{tag} follows its tag from {old} to {new}",
+                                 upstream=row.upstream, repo=row.repo, tag=row.reference, old=row.digest,
+                                 new=str(found.manifest.digest))
+                        reports.append(await self.pin(upstream, row.repo, row.reference, platforms))
+                        continue
+                if await self._metadata.pin_missing(row.upstream, row.repo, row.reference):
+                    reference = Digest.parse(row.reference) if ":" in row.reference else row.reference
+                    reports.append(await self.pin(upstream, row.repo, reference, platforms))
             except Exception as e:
-                log.warn("Pin {upstream}/{repo}:{tag} could not follow its tag: {error}",
+                log.warn("Pin {upstream}/{repo}:{tag} could not be followed or completed: {error}",
                          upstream=row.upstream, repo=row.repo, tag=row.reference, error=_why(e))
         return reports
 

@@ -709,6 +709,16 @@ class Metadata:
         )
         return [PinRow(*row) for row in rows]
 
+    async def pin_missing(self, upstream: str, repo: str, reference: str) -> int:
+        """How many blobs the pin holds that the store does not (a fetch that failed, or was not kept)."""
+        rows = await self._execute(
+            "SELECT count(DISTINCT b.blob) FROM pin_manifests AS m JOIN manifest_blobs AS b"
+            " ON b.manifest = m.manifest WHERE m.upstream = ? AND m.repo = ? AND m.reference = ?"
+            " AND NOT EXISTS (SELECT 1 FROM blobs WHERE blobs.digest = b.blob)",
+            upstream, repo, reference,
+        )
+        return int(rows[0][0])
+
     async def pinned_blobs(self, excluding: tuple[str, str, str] | None = None) -> dict[str, int]:
         """
         Every blob a pin holds, with its declared size; without the pin
