@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from .._spec._closure import INDEX_MEDIA_TYPES, Descriptor, Platform, image_blobs, index_manifests, select_platforms
 from .._spec._media_types import MANIFEST_MEDIA_TYPES
 from .._spec._reference import Digest, ImageReference
-from .._storage._metadata import Metadata
+from .._storage._disk import Disk
 from .._upstream._client import Upstream
 from ._blobs import BlobService
 from ._errors import ManifestUnknown, PinRefused, RepositoryUnknown
@@ -120,16 +120,17 @@ class _Drain:
 class Warmer:
     def __init__(
         self,
+        disk: Disk,
         manifests: ManifestService,
         blobs: BlobService,
-        metadata: Metadata,
         upstreams: dict[str, Upstream],
         max_size: Callable[[], int | None],
         on_blob: Callable[[str], None] = lambda outcome: None,
     ) -> None:
+        self._disk = disk
         self._manifests = manifests
         self._blobs = blobs
-        self._metadata = metadata
+        self._metadata = disk.metadata
         self._upstreams = upstreams
         self._max_size = max_size
         self._on_blob = on_blob
@@ -176,7 +177,8 @@ class Warmer:
         report.manifests.append((str(top.digest), None, str(found.result)))
         manifests: list[tuple[Manifest, str | None, CacheResult]] = [(top, None, found.result)]
         if top.media_type in INDEX_MEDIA_TYPES:
-            chosen = select_platforms(index_manifests(top.body), platforms)
+            # Up to 4 MiB of JSON: parsed in the disk thread, as the manifest service does.
+            chosen = select_platforms(await self._disk.run(index_manifests, top.body), platforms)
             if not chosen:
                 raise ManifestUnknown(f"{repo}:{reference} has no manifest for {', '.join(map(str, platforms))}")
             for entry in chosen:
@@ -188,7 +190,7 @@ class Warmer:
         for manifest, _, _ in manifests:
             if manifest.media_type in INDEX_MEDIA_TYPES:
                 continue
-            referenced = image_blobs(manifest.body)
+            referenced = await self._disk.run(image_blobs, manifest.body)
             # Recorded for manifests stored before ocicache kept this, too.
             await self._metadata.put_manifest_blobs(
                 str(manifest.digest), [(str(blob.digest), blob.size) for blob in referenced])

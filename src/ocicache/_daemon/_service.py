@@ -157,7 +157,7 @@ class OcicacheService(MultiService):
         janitor's interval.
         """
         metrics = self.metrics
-        self.warmer = Warmer(self.manifests, self.blobs, self.metadata, self.upstreams,
+        self.warmer = Warmer(self.disk, self.manifests, self.blobs, self.upstreams,
                              lambda: self.config.cache.max_size,
                              on_blob=lambda outcome: metrics.warm_blobs.labels(outcome).inc())
         for entry in self.config.warm:
