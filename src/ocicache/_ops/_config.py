@@ -72,6 +72,22 @@ class UpstreamConfig:
     tls_verify: bool = True
     max_downloads: int = 16
     """Upstream fetches at once from this upstream."""
+    kind: str = "registry"
+    """C{registry}: the registry itself; C{mirror}: a mirror (another ocicache) that takes C{?ns=}."""
+    ns: str | None = None
+    """For a mirror: the registry host sent as C{?ns=}; C{None}: this upstream's C{name}."""
+    token: str | None = field(default=None, repr=False)
+    """A static bearer token sent to this upstream up front (a mirror tier's client token)."""
+
+    @property
+    def mirror_ns(self) -> str | None:
+        """
+        The C{?ns=} value sent with every request to a mirror (containerd
+        docs/hosts.md, "ns" query parameter), or C{None} for a registry.
+        """
+        if self.kind != "mirror":
+            return None
+        return self.ns or self.name
 
     @property
     def is_docker_hub(self) -> bool:
@@ -396,6 +412,10 @@ def _parse_upstream(table: object, index: int, environ: Mapping[str, str]) -> Up
     max_downloads = section.get("max_downloads", int, _UPSTREAM_DEFAULTS.max_downloads)
     if max_downloads < 1:
         raise ConfigError(f"{path}.max_downloads: must be at least 1")
+    kind, ns = _tier(section, path)
+    token = _static_token(section, path, environ)
+    if token is not None and credentials is not None:
+        raise ConfigError(f"{path}: set token_file or token_env, or username and a password, not both")
     section.finish()
     return UpstreamConfig(
         name=name.lower(),
@@ -406,7 +426,59 @@ def _parse_upstream(table: object, index: int, environ: Mapping[str, str]) -> Up
         ca_file=ca_file,
         tls_verify=tls_verify,
         max_downloads=max_downloads,
+        kind=kind,
+        ns=ns,
+        token=token,
     )
+
+
+def _tier(section: _Section, path: str) -> tuple[str, str | None]:
+    """
+    C{kind} and C{ns}: an upstream that is itself a mirror (a regional
+    ocicache) is told which registry each request is for with C{?ns=}.
+    """
+    kind = section.get("kind", str, "registry")
+    if kind not in ("registry", "mirror"):
+        raise ConfigError(f"{path}.kind: {kind!r} must be 'registry' or 'mirror'")
+    ns = section.get("ns", str, None)
+    if ns is not None:
+        if kind != "mirror":
+            raise ConfigError(f"{path}.ns: only a kind = 'mirror' upstream takes ns")
+        if not is_registry_host(ns):
+            raise ConfigError(f"{path}.ns: {ns!r} is not a registry host name such as 'docker.io'")
+        ns = ns.lower()
+    return kind, ns
+
+
+def _static_token(section: _Section, path: str, environ: Mapping[str, str]) -> str | None:
+    """
+    C{token_file} or C{token_env}: a bearer token for the upstream, as a
+    regional ocicache's C{[auth] tokens_file} expects from an edge.
+    """
+    token_file = section.get("token_file", str, None)
+    token_env = section.get("token_env", str, None)
+    if token_file is not None and token_env is not None:
+        raise ConfigError(f"{path}: set token_file or token_env, not both")
+    if token_file is not None:
+        try:
+            with open(token_file, encoding="utf-8") as f:
+                token = next(iter(f.read().splitlines()), "").strip()
+        except OSError as e:
+            raise ConfigError(f"{path}.token_file: cannot read {token_file!r}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}.token_file: {token_file!r} is not UTF-8") from None
+        key = "token_file"
+    elif token_env is not None:
+        if token_env not in environ:
+            raise ConfigError(f"{path}.token_env: environment variable {token_env!r} is not set")
+        token = environ[token_env].strip()
+        key = "token_env"
+    else:
+        return None
+    # RFC 6750 §2.1: b64token characters only, so it cannot break the header.
+    if not token or not re.fullmatch(r"[A-Za-z0-9\-._~+/]+=*", token):
+        raise ConfigError(f"{path}.{key}: the token must be one line of RFC 6750 token characters")
+    return token
 
 
 _CACHE_DEFAULTS = CacheConfig(dir="")

@@ -106,6 +106,10 @@ class Upstream:
         # it, not as %3A: every segment has passed the spec's grammar, whose
         # characters are all safe in a path.
         url = DecodedURL(self.config.url.encoded_url.child("v2", *repo.split("/"), *segments))
+        ns = self.config.mirror_ns
+        if ns is not None:
+            # A mirror tier serves many registries: say which one this is for.
+            url = url.add("ns", ns)
         return _Target(url, f"repository:{repo}:pull", _KINDS.get(segments[0], "other"))
 
     # -- the API ocicache uses
@@ -223,6 +227,9 @@ class Upstream:
             self._metrics.upstream_duration.labels(self.name).observe(time.monotonic() - started)
 
     async def _authorization_for(self, scope: str) -> bytes | None:
+        if self.config.token is not None:
+            # RFC 6750 §2.1: a static token, sent with every request.
+            return b"Bearer " + self.config.token.encode("ascii")
         if self._bearer is not None:
             key = self._token_key(self._bearer, scope)
             token = self._tokens.get(key)
