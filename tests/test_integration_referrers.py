@@ -176,10 +176,27 @@ def test_a_stopped_upstream_gets_the_last_listing(
     api.stop()  # connections refused
     status, _, body = http_request(url)
     assert status == 200 and body == before
-    assert "Serving stale referrers" in daemon.log_text()
+    log = daemon.log_text()
+    assert "Serving stale referrers" in log and "ConnectionRefusedError" in log
     # A listing never seen has nothing to fall back on.
     status, _, body = http_request(daemon.url + f"/v2/library/app/referrers/{_digest('never')}")
     assert status == 502 and b"UPSTREAM_UNAVAILABLE" in body
+
+
+def test_an_upstream_answering_something_else_than_an_index_has_no_api(
+        daemon_factory: Callable[..., Daemon], api: ReferrersUpstream) -> None:
+    # "Unavailable Referrers API": the fallback tag is asked for, and with
+    # none there, the answer is an empty index, not an error.
+    api.listing_type = "text/html"
+    subject = _digest("subject-html")
+    api.referrers[("library/app", subject)] = [_descriptor("sig-html", SIGNATURE)]
+    daemon = _api_daemon(daemon_factory, api)
+    status, headers, body = http_request(daemon.url + f"/v2/library/app/referrers/{subject}")
+    assert status == 200, body
+    assert headers["content-type"] == IMAGE_INDEX
+    assert _manifests(body) == []
+    assert api.count("/referrers/") == 1
+    assert api.count("/manifests/sha256-" + subject.split(":", 1)[1]) == 1
 
 
 def test_an_upstream_429_without_retry_after_gets_ocicaches_own(

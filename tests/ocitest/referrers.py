@@ -1,20 +1,24 @@
 """
-A small upstream with the referrers API (distribution-spec "Listing
-Referrers"), which distribution 2.8 lacks: it answers C{/v2/} and
-C{/v2/<name>/referrers/<digest>} from what a test gives it, with C{Link}
-pagination and C{artifactType} filtering, and counts every request.
+A small upstream with the listings distribution 2.8 lacks: the referrers
+API (distribution-spec "Listing Referrers"), and tag lists paged with
+C{n} and C{last} ("Listing Tags"; 2.8 ignores both).  It answers C{/v2/},
+C{/v2/<name>/referrers/<digest>} and C{/v2/<name>/tags/list} from what a
+test gives it, with C{Link} pagination and C{artifactType} filtering, and
+counts every request.
 
     upstream = ReferrersUpstream().start()
     upstream.referrers[("library/app", subject)] = [descriptor, ...]
+    upstream.tags["library/app"] = ["a", "b", "c"]
     upstream.page_size = 2          # a Link to the next page past this
     upstream.filters = False        # ignore artifactType, as the spec allows
+    upstream.listing_type = "text/html"   # listings that are not an index
     upstream.status = 429           # answer everything with this, no Retry-After
     upstream.delay = 0.5            # seconds before each answer
     upstream.count("/referrers/")   # requests seen
     upstream.stop()                 # connections refused from now on
 
-Pages are cut after the descriptor named by C{last} (a digest), C{n} at a
-time, and the C{Link} is absolute, pointing back at this server, as
+Pages are cut after the descriptor (by digest) or tag named by C{last},
+C{n} at a time, and the C{Link} is absolute, pointing back at this server, as
 registries write it.  Standard library only, one thread per connection.
 """
 
@@ -60,10 +64,14 @@ class ReferrersUpstream:
         self.port = port or free_port()
         self.referrers: dict[tuple[str, str], list[dict[str, object]]] = {}
         """The descriptors listed for (repository, subject digest)."""
+        self.tags: dict[str, list[str]] = {}
+        """The tags of each repository, in order."""
         self.page_size = 100
         self.filters = True
         """Whether C{artifactType} is applied (and C{OCI-Filters-Applied} sent)."""
         self.status: int | None = None
+        self.listing_type = IMAGE_INDEX
+        """The C{Content-Type} of referrers listings: anything else says "no API"."""
         self.delay = 0.0
         """Seconds to wait before answering each request."""
         self._lock = threading.Lock()
@@ -115,6 +123,9 @@ class ReferrersUpstream:
         if path == "/v2/":
             self._send(handler, 200, b"{}", "application/json")
             return
+        if path.endswith("/tags/list") and path.removeprefix("/v2/")[:-len("/tags/list")] in self.tags:
+            self._tags(handler, path.removeprefix("/v2/")[:-len("/tags/list")], query)
+            return
         name, sep, subject = path.removeprefix("/v2/").rpartition("/referrers/")
         if not sep:
             self._send(handler, 404, b'{"errors":[{"code":"NAME_UNKNOWN","message":"no"}]}', "application/json")
@@ -138,7 +149,21 @@ class ReferrersUpstream:
             link = f"{self.url}/v2/{name}/referrers/{subject}?{urllib.parse.urlencode(following)}"
             headers["Link"] = f'<{link}>; rel="next"'
         body = json.dumps({"schemaVersion": 2, "mediaType": IMAGE_INDEX, "manifests": page}).encode()
-        self._send(handler, 200, body, IMAGE_INDEX, headers)
+        self._send(handler, 200, body, self.listing_type, headers)
+
+    def _tags(self, handler: _Handler, name: str, query: dict[str, list[str]]) -> None:
+        tags = self.tags[name]
+        last = query.get("last", [None])[0]
+        if last is not None:
+            tags = [tag for tag in tags if tag > last]
+        n = int(query.get("n", [str(len(tags) or 1)])[0])
+        page, rest = tags[:n], tags[n:]
+        headers = {}
+        if rest:
+            following = urllib.parse.urlencode({"n": str(n), "last": page[-1]})
+            headers["Link"] = f'<{self.url}/v2/{name}/tags/list?{following}>; rel="next"'
+        body = json.dumps({"name": name, "tags": page}).encode()
+        self._send(handler, 200, body, "application/json", headers)
 
     @staticmethod
     def _send(handler: _Handler, status: int, body: bytes, content_type: str,

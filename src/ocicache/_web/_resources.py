@@ -231,27 +231,37 @@ class RegistryResource(Resource):
             # The client went away while we looked.
             source.release()
             return
+        total = source.size
+        if total is None:
+            # The upstream streams it without a length, but every blob GET
+            # announces one (distribution-spec "Pulling blobs"): ask for it.
+            try:
+                total = await services.blobs.head(upstream, target.repo, digest)
+            except BaseException:
+                source.release()
+                raise
+            if exchange.finished:
+                source.release()
+                return
         # Only now, with the bytes in hand: an error must not carry them.
         _blob_headers(request, digest)
-        total = source.size
         start: int = 0
         end: int | None = total
-        if total is not None:
-            try:
-                honoured = if_range_holds(request.getHeader(b"if-range"), _etag(digest))
-                wanted = parse_range(request.getHeader(b"range"), total) if honoured else None
-            except Unsatisfiable:
-                source.release()
-                # RFC 9110 §15.5.17: 416 with the complete length.
-                raise RegistryError(
-                    ErrorCode.RANGE_INVALID, "the requested range is not satisfiable",
-                    headers=((b"content-range", b"bytes */%d" % total),),
-                ) from None
-            if wanted is not None:
-                request.setResponseCode(206)
-                request.setHeader(b"content-range", wanted.content_range(total))
-                start, end = wanted.start, wanted.end
-            request.setHeader(b"content-length", b"%d" % (total - start if end is None else end - start))
+        try:
+            honoured = if_range_holds(request.getHeader(b"if-range"), _etag(digest))
+            wanted = parse_range(request.getHeader(b"range"), total) if honoured else None
+        except Unsatisfiable:
+            source.release()
+            # RFC 9110 §15.5.17: 416 with the complete length.
+            raise RegistryError(
+                ErrorCode.RANGE_INVALID, "the requested range is not satisfiable",
+                headers=((b"content-range", b"bytes */%d" % total),),
+            ) from None
+        if wanted is not None:
+            request.setResponseCode(206)
+            request.setHeader(b"content-range", wanted.content_range(total))
+            start, end = wanted.start, wanted.end
+        request.setHeader(b"content-length", b"%d" % (total - start if end is None else end - start))
         gauge = services.metrics.waiting_clients if lookup.result != CacheResult.HIT else None
         if gauge is not None:
             gauge.inc()
