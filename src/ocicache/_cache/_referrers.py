@@ -42,12 +42,9 @@ from ._manifests import MAX_MANIFEST_SIZE, ManifestService
 from ._result import CacheResult
 from ._singleflight import SingleFlight
 
-__all__ = ["DEFAULT_TTL", "ReferrerService", "ReferrersLookup", "ReferrersPage"]
+__all__ = ["ReferrerService", "ReferrersLookup", "ReferrersPage"]
 
 log = Logger()
-
-DEFAULT_TTL = 60.0
-"""Seconds a listing is reused: short, since a signature may be pushed any moment."""
 
 MAX_STALE = 24 * 3600.0
 """Seconds past which a listing is not served stale when the upstream fails."""
@@ -88,9 +85,11 @@ class _Kept:
 
 
 class ReferrerService:
-    def __init__(self, clock: IReactorTime, manifests: ManifestService, ttl: float = DEFAULT_TTL,
+    def __init__(self, clock: IReactorTime, manifests: ManifestService, ttl: float,
                  disk: Disk | None = None, max_stale: float = MAX_STALE, max_bytes: int = CACHE_BYTES) -> None:
         """
+        @param ttl: how long a listing is reused: C{[cache] referrers_ttl},
+            short, since a signature may be pushed any moment.
         @param disk: where indexes are parsed and filtered, off the reactor;
             C{None} parses them in place (tests).
         """
@@ -152,8 +151,11 @@ class ReferrerService:
         link = response.headers.getRawHeaders(b"link", [None])[0]
         applied = b",".join(response.headers.getRawHeaders(b"oci-filters-applied", []))
         filtered = ARTIFACT_TYPE_FILTER.encode("ascii") in {item.strip() for item in applied.split(b",")}
-        if artifact_type is None or filtered:
-            return ReferrersPage(body, link, filtered)
+        if artifact_type is None:
+            # Nothing was asked to be filtered: nothing is said to be.
+            return ReferrersPage(body, link, False)
+        if filtered:
+            return ReferrersPage(body, link, True)
         try:
             # The spec lets a registry ignore the filter; clients are
             # served the same either way.
