@@ -39,6 +39,7 @@ from .._cache._access import RepoAccess
 from .._cache._blobs import BlobService
 from .._cache._incoming import DownloadError
 from .._cache._manifests import ManifestService
+from .._cache._referrers import ReferrerService
 from .._cache._slots import Slots
 from .._ops._config import Config
 from .._ops._metrics import ManifestTally, Metrics
@@ -123,8 +124,9 @@ class OcicacheService(MultiService):
         self.manifests = ManifestService(
             disk, access, lambda upstream: config.tag_ttl_for(upstream.config), slots=slots, health=health,
         )
+        referrers = ReferrerService(reactor, self.manifests, config.cache.referrers_ttl, disk=disk)
         services = Services(reactor, config, self.upstreams, self.blobs, self.manifests, self.metrics,
-                            on_manifest_stored=self.manifest_tally.added)
+                            on_manifest_stored=self.manifest_tally.added, referrers=referrers)
         self.site = DrainingSite(RootResource(services), reactor, self.metrics, config.server)
         self.site.displayTracebacks = False
         self._registry_listeners = [

@@ -143,6 +143,8 @@ class CacheConfig:
     """Bytes per second the background scrub re-hashes; 0: no scrub."""
     manifest_ttl: float | None = 30 * 86400.0
     """Seconds an unreferenced manifest is kept unread; C{None}: forever."""
+    referrers_ttl: float = 60.0
+    """Seconds a referrers listing is reused before the upstream is asked again."""
 
 
 @frozen
@@ -557,6 +559,7 @@ def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None =
         abandon_below=float(cache_section.get("abandon_below", (int, float), _CACHE_DEFAULTS.abandon_below)),
         scrub_rate=cache_section.convert("scrub_rate", parse_size, _CACHE_DEFAULTS.scrub_rate),
         manifest_ttl=_manifest_ttl(cache_section),
+        referrers_ttl=cache_section.convert("referrers_ttl", parse_duration, _CACHE_DEFAULTS.referrers_ttl),
     )
     if cache.max_downloads < 1:
         raise ConfigError("cache.max_downloads: must be at least 1")

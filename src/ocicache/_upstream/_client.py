@@ -27,6 +27,7 @@ from twisted.web.iweb import IResponse
 from .._ops._config import UpstreamConfig
 from .._ops._metrics import Metrics
 from .._spec._auth import Challenge, parse_token_response, parse_www_authenticate
+from .._spec._referrers import IMAGE_INDEX
 from .._version import __version__
 from ._body import discard_body, read_body
 from ._errors import UpstreamUnavailable
@@ -129,6 +130,18 @@ class Upstream:
         for key, value in params.items():
             url = url.add(key, value)
         return await self._send("GET", _Target(url, target.scope, target.kind), {})
+
+    async def referrers(self, repo: str, digest: str, params: Iterable[tuple[str, str]]) -> IResponse:
+        """
+        The referrers of C{digest} (distribution-spec "Listing Referrers"),
+        with the client's C{artifactType} filter and page.
+        """
+        target = self._target(repo, "referrers", digest)
+        url = target.url
+        for key, value in params:
+            url = url.add(key, value)
+        headers = {b"Accept": [IMAGE_INDEX.encode("ascii")]}
+        return await self._send("GET", _Target(url, target.scope, target.kind), headers)
 
     # -- the machinery
 

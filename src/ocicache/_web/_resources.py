@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from urllib.parse import quote, urlencode
 
 from attrs import define
 from hyperlink import DecodedURL
@@ -25,6 +26,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from .._cache._blobs import BlobService
 from .._cache._manifests import ManifestService
+from .._cache._referrers import ReferrerService
 from .._cache._result import CacheResult
 from .._cache._source import StoredFile
 from .._cache._tags import TagService
@@ -35,6 +37,7 @@ from .._spec._errors import ErrorCode, RegistryError
 from .._spec._media_types import accepted_manifest_types
 from .._spec._range import Unsatisfiable, if_range_holds, parse_range
 from .._spec._reference import Digest, InvalidReference, validate_tag
+from .._spec._referrers import ARTIFACT_TYPE_FILTER, IMAGE_INDEX
 from .._upstream._client import Upstream
 from .._version import __version__
 from ._errors import internal_error, registry_error, render_error
@@ -78,6 +81,7 @@ class Services:
         metrics: Metrics,
         on_manifest_stored: Callable[[str, int], None] = lambda digest, size: None,
         tags: TagService | None = None,
+        referrers: ReferrerService | None = None,
     ) -> None:
         self.reactor = reactor
         self.config = config
@@ -86,6 +90,8 @@ class Services:
         self.manifests = manifests
         self.tags = tags if tags is not None else TagService(
             reactor, lambda upstream: config.tag_ttl_for(upstream.config))
+        self.referrers = referrers if referrers is not None else ReferrerService(
+            reactor, manifests, config.cache.referrers_ttl)
         self.metrics = metrics
         # Told (digest, size) after a manifest miss, which stored it: keeps
         # the cache-size metrics current without a scan.
@@ -159,6 +165,11 @@ class RegistryResource(Resource):
             exchange.route = "base"
             if request.method not in _READ_METHODS:
                 raise read_only_error()
+            ns = (request.args or {}).get(b"ns")
+            if ns is not None and len(ns) == 1:
+                name = ns[0].decode("ascii", "replace").lower()
+                if self._services.config.upstream_named(name) is not None:
+                    _echo_namespace(request, name)
             # distribution-spec "Determining Support": 200 means the v2 API.
             _send_bytes(request, exchange, b"{}", b"application/json")
             return
@@ -168,6 +179,8 @@ class RegistryResource(Resource):
         if postpath[-1] == b"":
             raise RegistryError(ErrorCode.UNSUPPORTED, "no such registry endpoint", status=404)
         target = route(postpath, request.args or {}, self._services.config)
+        if target.ns is not None:
+            _echo_namespace(request, target.ns)
         exchange.route = target.endpoint
         exchange.upstream = target.upstream.name
         upstream = self._services.upstreams[target.upstream.name]
@@ -175,6 +188,8 @@ class RegistryResource(Resource):
             await self._manifest(request, exchange, upstream, target)
         elif target.endpoint == Endpoint.BLOBS:
             await self._blob(request, exchange, upstream, target)
+        elif target.endpoint == Endpoint.REFERRERS:
+            await self._referrers(request, exchange, upstream, target)
         else:
             await self._tags(request, exchange, upstream, target)
 
@@ -216,27 +231,37 @@ class RegistryResource(Resource):
             # The client went away while we looked.
             source.release()
             return
+        total = source.size
+        if total is None:
+            # The upstream streams it without a length, but every blob GET
+            # announces one (distribution-spec "Pulling blobs"): ask for it.
+            try:
+                total = await services.blobs.head(upstream, target.repo, digest)
+            except BaseException:
+                source.release()
+                raise
+            if exchange.finished:
+                source.release()
+                return
         # Only now, with the bytes in hand: an error must not carry them.
         _blob_headers(request, digest)
-        total = source.size
         start: int = 0
         end: int | None = total
-        if total is not None:
-            try:
-                honoured = if_range_holds(request.getHeader(b"if-range"), _etag(digest))
-                wanted = parse_range(request.getHeader(b"range"), total) if honoured else None
-            except Unsatisfiable:
-                source.release()
-                # RFC 9110 §15.5.17: 416 with the complete length.
-                raise RegistryError(
-                    ErrorCode.RANGE_INVALID, "the requested range is not satisfiable",
-                    headers=((b"content-range", b"bytes */%d" % total),),
-                ) from None
-            if wanted is not None:
-                request.setResponseCode(206)
-                request.setHeader(b"content-range", wanted.content_range(total))
-                start, end = wanted.start, wanted.end
-            request.setHeader(b"content-length", b"%d" % (total - start if end is None else end - start))
+        try:
+            honoured = if_range_holds(request.getHeader(b"if-range"), _etag(digest))
+            wanted = parse_range(request.getHeader(b"range"), total) if honoured else None
+        except Unsatisfiable:
+            source.release()
+            # RFC 9110 §15.5.17: 416 with the complete length.
+            raise RegistryError(
+                ErrorCode.RANGE_INVALID, "the requested range is not satisfiable",
+                headers=((b"content-range", b"bytes */%d" % total),),
+            ) from None
+        if wanted is not None:
+            request.setResponseCode(206)
+            request.setHeader(b"content-range", wanted.content_range(total))
+            start, end = wanted.start, wanted.end
+        request.setHeader(b"content-length", b"%d" % (total - start if end is None else end - start))
         gauge = services.metrics.waiting_clients if lookup.result != CacheResult.HIT else None
         if gauge is not None:
             gauge.inc()
@@ -295,10 +320,32 @@ class RegistryResource(Resource):
         exchange.result = lookup.result
         self._services.metrics.cache_requests.labels("tags", lookup.result).inc()
         if page.link is not None:
-            rewritten = _rewrite_link(page.link, target)
+            rewritten = _rewrite_link(page.link, target, ("tags", "list"), ("n", "last"))
             if rewritten is not None:
                 request.setHeader(b"link", rewritten)
         exchange.bytes = _send_bytes(request, exchange, page.body, b"application/json")
+        self._count_bytes(lookup.result, exchange.bytes)
+
+    # -- referrers
+
+    async def _referrers(self, request: Request, exchange: _Exchange, upstream: Upstream, target: Route) -> None:
+        # distribution-spec "Listing Referrers": always 200 and an image
+        # index, empty when there are none.
+        subject = target.reference
+        if not isinstance(subject, Digest):
+            raise RuntimeError("a referrers route without a digest")
+        lookup = await self._services.referrers.page(upstream, target.repo, subject, target.params)
+        page = lookup.page
+        exchange.result = lookup.result
+        self._services.metrics.cache_requests.labels("referrers", lookup.result).inc()
+        if page.filtered:
+            request.setHeader(b"oci-filters-applied", ARTIFACT_TYPE_FILTER.encode("ascii"))
+        if page.link is not None:
+            rewritten = _rewrite_link(page.link, target, ("referrers", str(subject)),
+                                      ("n", "last", ARTIFACT_TYPE_FILTER))
+            if rewritten is not None:
+                request.setHeader(b"link", rewritten)
+        exchange.bytes = _send_bytes(request, exchange, page.body, IMAGE_INDEX.encode("ascii"))
         self._count_bytes(lookup.result, exchange.bytes)
 
     # -- the end of a request
@@ -384,10 +431,18 @@ def _send_bytes(request: Request, exchange: _Exchange, body: bytes, content_type
     return sent
 
 
-def _rewrite_link(link: bytes, target: Route) -> bytes | None:
+def _echo_namespace(request: Request, ns: str) -> None:
+    # distribution-spec "Registry Proxying": a registry that honours ?ns=
+    # says so, naming the namespace it served.
+    request.setHeader(b"oci-namespace", ns.encode("ascii"))
+
+
+def _rewrite_link(link: bytes, target: Route, tail: tuple[str, ...], keys: tuple[str, ...]) -> bytes | None:
     """
     Point the upstream's pagination C{Link} (distribution-spec "Listing
-    Tags", RFC 8288) back at ocicache, under the name the client used.
+    Tags", "Listing Referrers"; RFC 8288) back at ocicache, under the name
+    the client used: C{/v2/<name>/<tail>}, keeping only the query C{keys}
+    ocicache validates and passes on.
     """
     text = link.decode("ascii", "replace")
     start, end = text.find("<"), text.find(">")
@@ -397,11 +452,14 @@ def _rewrite_link(link: bytes, target: Route) -> bytes | None:
         upstream_url = DecodedURL.from_text(text[start + 1:end])
     except Exception:
         return None
-    ours = DecodedURL.from_text("/").child("v2", *target.client_name.split("/"), "tags", "list")
-    for key, value in upstream_url.query:
-        if key in ("n", "last") and value is not None:
-            ours = ours.add(key, value)
+    # The path by hand: every segment has passed the spec's grammar, whose
+    # characters are all safe in a path, and a digest's ":" must stay one
+    # (an encoded %3A is refused, as clients never send it).
+    path = "/".join(("", "v2", target.client_name, *tail))
+    query = [(key, value) for key, value in upstream_url.query if key in keys and value is not None]
     if target.ns is not None:
-        ours = ours.add("ns", target.ns)
-    return f"<{ours.to_uri().to_text()}>{text[end + 1:]}".encode("ascii")
+        query.append(("ns", target.ns))
+    if query:
+        path += "?" + urlencode(query, quote_via=quote)
+    return f"<{path}>{text[end + 1:]}".encode("ascii")
 
