@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from hyperlink import DecodedURL
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
+from zope.interface import implementer
 
 from ocicache._ops._config import CredentialCommand, Credentials, parse_config
 from ocicache._upstream._credentials import CredentialHelper, CredentialsUnavailable, StaticCredentials
@@ -29,15 +29,22 @@ SECRET = "helper-secret-7f3a"
 
 @pytest.fixture
 def warnings() -> Iterator[list[str]]:
-    seen: list[str] = []
+    observer = _Warnings()
+    globalLogPublisher.addObserver(observer)
+    yield observer.seen
+    globalLogPublisher.removeObserver(observer)
 
-    def observe(event: LogEvent) -> None:
+
+@implementer(ILogObserver)
+class _Warnings:
+    """The credential module's log lines, formatted."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def __call__(self, event: LogEvent) -> None:
         if event.get("log_namespace") == "ocicache._upstream._credentials":
-            seen.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observe)
-    yield seen
-    globalLogPublisher.removeObserver(observe)
+            self.seen.append(formatEvent(event))
 
 
 def script(directory: str, name: str, body: str) -> str:
@@ -51,7 +58,7 @@ def script(directory: str, name: str, body: str) -> str:
 def helper(argv: tuple[str, ...], ttl: float = 60.0, timeout: float = 5.0,
            environ: dict[str, str] | None = None) -> CredentialHelper:
     command = CredentialCommand(argv=argv, ttl=ttl, server_url="https://registry.example")
-    return CredentialHelper(command, "registry.example", reactor, reactor,  # type: ignore[arg-type]
+    return CredentialHelper(command, "registry.example", reactor, reactor,
                             environ=environ, timeout=timeout)
 
 
@@ -210,4 +217,3 @@ def test_credential_keys_are_validated(keys: dict[str, Any], message: str) -> No
     with pytest.raises(ConfigError) as raised:
         parse_config({"upstream": [_upstream(**keys)]}, {})
     assert str(raised.value).startswith(message), str(raised.value)
-    assert DecodedURL  # the URL type the config keeps

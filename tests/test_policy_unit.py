@@ -155,7 +155,7 @@ def test_an_upstream_the_policy_does_not_know_is_refused() -> None:
 # -- identity rules
 
 
-RULES = [
+RULES: list[dict[str, Any]] = [
     {"name": "ci pulls org", "user": "ci", "upstreams": ["docker.io"], "repositories": ["org/**"]},
     {"token": "deploy", "repositories": ["prod/*"]},
     {"claims": {"repository": "org/*", "ref": "refs/heads/main"}, "repositories": ["org/**", "library/*"]},
@@ -243,8 +243,8 @@ def test_order_decides_between_an_allow_and_a_deny(
     identity: Identity, repository: str, kind: ReferenceKind, deny_first: bool, scoped: bool
 ) -> None:
     scope = {"repositories": [repository]} if scoped else {}
-    allow = {"identity": "**", **scope}
-    deny = {"identity": "**", "action": "deny", **scope}
+    allow: dict[str, Any] = {"identity": "**", **scope}
+    deny: dict[str, Any] = {"identity": "**", "action": "deny", **scope}
     p = policy([hub()], [deny, allow] if deny_first else [allow, deny])
     decision = decide(p, identity, "docker.io", repository, kind, "v1")
     assert decision.allowed is not deny_first
