@@ -295,3 +295,25 @@ def test_rule_labels_and_defaults() -> None:
                                                                                 None, None)
     assert second.label == "rule[1]"
     assert parse_config({"upstream": [hub()]}, {}).rules == ()
+
+
+def test_the_readme_example_loads() -> None:
+    import re
+    import tomllib
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### Who may pull what", 1)[1].split("\n### ", 1)[0]
+    example = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert example is not None
+    config = parse_config(tomllib.loads(example.group(1)), {})
+    p = Policy.from_config(config)
+    main = Identity(IdentityKind.OIDC, "x", {"repository": "ourorg/app", "ref": "refs/heads/main"})
+    assert decide(p, main, "docker.io", "ourorg/app", TAG, "v2").rule == "rule[0] (main of ourorg/app)"
+    assert decide(p, main, "registry.internal:5000", "ourorg/base", DIGEST).rule == "rule[0] (main of ourorg/app)"
+    assert not decide(p, main, "registry.internal:5000", "ourorg/base", TAG, "v1").allowed
+    assert decide(p, Identity(IdentityKind.USER, "ci-7"), "docker.io", "ourorg/x", TAG, "v1").rule == "rule[1]"
+    assert decide(p, ANONYMOUS, "docker.io", "library/alpine", TAG, "latest").rule == "rule[2]"
+    assert not decide(p, ANONYMOUS, "docker.io", "library/alpine", TAG, "edge").allowed
+    assert not decide(p, ANONYMOUS, "docker.io", "ourorg/x", DIGEST).allowed
+    assert not decide(p, Identity(IdentityKind.USER, "ci-7"), "registry.internal:5000", "a/b", TAG, "v1").allowed
