@@ -138,19 +138,15 @@ def test_a_credential_helper_whose_secret_rotates(
         f.write(first)
     tokens = TokenServer(os.path.join(work, "tokens"), USERNAME, first).start()
     registry = AuxRegistry(os.path.join(work, "registry"), upstream.storage, auth_yaml=tokens.registry_auth_yaml())
-    metrics_port = free_port()
-    port = free_port()
-    config = write_config(
-        os.path.join(work, "daemon", "ocicache.toml"), port=port, cache_dir=os.path.join(work, "cache"),
-        upstreams=[Upstream("docker.io", "", default=True)], tag_ttl="5m",
-        extra_tables={"metrics": {"listen": f"tcp:{metrics_port}:interface=127.0.0.1"}},
-    )
+    metrics_port, port = free_port(), free_port()
     oci, team = ocitest_images["oci"], ocitest_images["team"]
     with registry:
-        write_config(config, port=port, cache_dir=os.path.join(work, "cache"), tag_ttl="5m",
-                     upstreams=[Upstream("docker.io", registry.url, default=True,
-                                         extra={"credential_helper": "test", "credential_ttl": "1s"})],
-                     extra_tables={"metrics": {"listen": f"tcp:{metrics_port}:interface=127.0.0.1"}})
+        config = write_config(
+            os.path.join(work, "daemon", "ocicache.toml"), port=port, cache_dir=os.path.join(work, "cache"),
+            upstreams=[Upstream("docker.io", registry.url, default=True,
+                                extra={"credential_helper": "test", "credential_ttl": "1s"})],
+            extra_tables={"metrics": {"listen": f"tcp:{metrics_port}:interface=127.0.0.1"}},
+        )
         env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
         daemon = Daemon(config, port=port, workdir=os.path.join(work, "daemon"), env=env).start()
         try:
@@ -180,6 +176,19 @@ def test_a_credential_helper_whose_secret_rotates(
             for _ in range(3):
                 status, _, body = http_request(f"{daemon.url}/v2/{team.repo}/manifests/{team.tag}", headers=ACCEPT)
                 assert status == 502 and json.loads(body)["errors"][0]["code"] == "UPSTREAM_UNAVAILABLE"
+
+            # SIGHUP to a password file holding the second secret: used at
+            # once, though the helper's failure was still being waited out.
+            password_file = os.path.join(work, "password")
+            with open(password_file, "w") as f:
+                f.write(second + "\n")
+            write_config(config, port=port, cache_dir=os.path.join(work, "cache"),
+                         upstreams=[Upstream("docker.io", registry.url, default=True,
+                                             extra={"username": USERNAME, "password_file": password_file})],
+                         extra_tables={"metrics": {"listen": f"tcp:{metrics_port}:interface=127.0.0.1"}})
+            sighup(daemon, "Config reloaded")
+            status, _, body = http_request(f"{daemon.url}/v2/{team.repo}/manifests/{team.tag}", headers=ACCEPT)
+            assert status == 200 and body == team.manifest_bytes
             metrics = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
             assert metric_value(metrics, "ocicache_upstream_requests_total", kind="token", code="200") >= 2
         finally:

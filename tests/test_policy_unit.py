@@ -71,6 +71,7 @@ def allowed(p: Policy, repository: str, kind: ReferenceKind = TAG, tag: str | No
     ("v?.*", "v1.2", True),
     ("v?.*", "v10.2", False),
     ("a.b", "axb", False),  # a dot is a dot, not a regex
+    ("CI *", "CI build", True),  # a claim such as GitHub's workflow may hold spaces
     ("refs/heads/*", "refs/heads/feature/x", False),
     ("refs/heads/**", "refs/heads/feature/x", True),
 ])
@@ -283,6 +284,10 @@ def test_rules_are_validated_at_load() -> None:
     assert error([hub()], [{"claims": {"ref": 1}}]) == "rule[0].claims.ref: expected a string pattern"
     assert error([hub()], [{"claims": {}}]) == "rule[0].claims: must not be empty"
     assert error([hub()], [{"identity": ""}]) == "rule[0].identity: a pattern must not be empty"
+    assert error([hub()], [{"claims": {"ref": "a\nb"}}]) == (
+        "rule[0].claims.ref: 'a\\nb': a pattern holds no control characters")
+    assert error([hub()], [{"user": "ci", "name": "two\nlines"}]) == (
+        "rule[0].name: one line of at most 64 characters, for log lines")
     assert error([hub()], [{"user": "ci", "repository": ["a"]}]) == "rule[0]: unknown key(s): repository"
     assert error([hub()], [{"user": "ci"}, {"token": "x", "repositories": ["UP"]}]).startswith(
         "rule[1].repositories[0]: 'UP' can never match")

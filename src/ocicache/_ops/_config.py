@@ -570,7 +570,9 @@ def _parse_rule(table: object, index: int, upstream_names: frozenset[str]) -> Ru
     path = f"rule[{index}]"
     section = _Section(table, path)
     name = section.get("name", str, None)
-    label = f"{path} ({name[:64]})" if name else path
+    if name is not None and not (name and name.isprintable() and len(name) <= 64):
+        raise ConfigError(f"{path}.name: one line of at most 64 characters, for log lines")
+    label = f"{path} ({name})" if name else path
     action = section.get("action", str, "allow")
     if action not in _RULE_ACTIONS:
         raise ConfigError(f"{path}.action: {action[:40]!r} must be 'allow' or 'deny'")
