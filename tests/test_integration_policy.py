@@ -16,10 +16,11 @@ from collections.abc import Callable
 
 import pytest
 
-from ocitest import http_request
+from ocitest import free_port, http_request
 from ocitest.daemon import Daemon, Upstream
 from ocitest.hop import Hop
 from ocitest.images import MEDIA, Image
+from ocitest.ops import metric_value, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -58,8 +59,14 @@ def assert_manifest(daemon: Daemon, path: str, image: Image) -> None:
 
 
 @pytest.fixture
-def guarded(daemon_factory: Callable[..., Daemon], hop: Hop) -> Daemon:
-    return daemon_factory(upstreams=[
+def metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def guarded(daemon_factory: Callable[..., Daemon], hop: Hop, metrics_port: int) -> Daemon:
+    metrics = {"metrics": {"listen": f"tcp:{metrics_port}:interface=127.0.0.1"}}
+    return daemon_factory(extra_tables=metrics, upstreams=[
         Upstream("docker.io", hop.url, default=True, extra={
             "include": ["ocitest-*", "team/**"],
             "exclude": ["library/ocitest-list"],
@@ -70,7 +77,7 @@ def guarded(daemon_factory: Callable[..., Daemon], hop: Hop) -> Daemon:
 
 
 def test_an_excluded_repository_is_denied_on_every_route_and_spelling(
-    guarded: Daemon, hop: Hop, ocitest_images: dict[str, Image]
+    guarded: Daemon, hop: Hop, ocitest_images: dict[str, Image], metrics_port: int
 ) -> None:
     image = ocitest_images["list"]
     # "ocitest-list" and "library/ocitest-list" are one repository.
@@ -79,6 +86,9 @@ def test_an_excluded_repository_is_denied_on_every_route_and_spelling(
     for method, path in spellings:
         assert_denied(guarded, method, path)
     assert hop.count() == 0, hop.summary()
+    metrics = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+    assert metric_value(metrics, "ocicache_policy_denied_total", upstream="docker.io",
+                        rule="upstream[docker.io].exclude") == len(spellings)
     log = guarded.log_text()
     assert "upstream[docker.io].exclude" in log
     assert "Traceback" not in log

@@ -85,8 +85,9 @@ def test_a_reload_applies_to_new_requests_while_a_pull_completes(
 def test_a_bad_config_is_refused_and_the_old_one_stays(
     daemon_factory: Callable[..., Daemon], hop: Hop, ocitest_images: dict[str, Image]
 ) -> None:
-    daemon = daemon_factory(upstreams=[Upstream("docker.io", hop.url, default=True,
-                                                extra={"exclude": ["team/*"]})])
+    metrics_port = free_port()
+    daemon = daemon_factory(upstreams=[Upstream("docker.io", hop.url, default=True, extra={"exclude": ["team/*"]})],
+                            extra_tables={"metrics": {"listen": f"tcp:{metrics_port}:interface=127.0.0.1"}})
     oci, team = ocitest_images["oci"], ocitest_images["team"]
     assert status_of(daemon, f"/v2/{team.repo}/manifests/{team.tag}") == 403
     assert status_of(daemon, f"/v2/{oci.repo}/manifests/{oci.tag}") == 200
@@ -107,6 +108,9 @@ def test_a_bad_config_is_refused_and_the_old_one_stays(
     sighup(daemon, "Config reloaded")
     assert status_of(daemon, f"/v2/{team.repo}/manifests/{team.tag}") == 200
     assert status_of(daemon, f"/v2/{oci.repo}/manifests/{oci.tag}") == 403
+    metrics = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+    assert metric_value(metrics, "ocicache_config_reloads_total", result="refused") == 2
+    assert metric_value(metrics, "ocicache_config_reloads_total", result="applied") == 1
     assert "Traceback" not in daemon.log_text()
 
 

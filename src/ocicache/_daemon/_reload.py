@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from .._ops._config import Config, ConfigError, UpstreamConfig, load_config
+from .._ops._metrics import Metrics
 from .._policy import Policy
 from .._upstream._client import Upstream
 from .._upstream._credentials import CredentialSource, credentials_for
@@ -95,6 +96,7 @@ class Reloader:
         reactor: Any,
         pool: ThreadPool,
         adjust: Callable[[Config], Config] = lambda config: config,
+        metrics: Metrics | None = None,
     ) -> None:
         self._path = path
         self._running = running
@@ -103,6 +105,7 @@ class Reloader:
         self._reactor = reactor
         self._pool = pool
         self._adjust = adjust
+        self._metrics = metrics
         self._busy = False
         self._again = False
         self._previous: Any = None
@@ -154,6 +157,7 @@ class Reloader:
             new = await deferToThreadPool(self._reactor, self._pool, load_config, self._path)
         except ConfigError as e:
             log.error("Config reload refused, the running config stays in force: {error}", error=str(e))
+            self._count("refused")
             return
         new = self._adjust(new)
         try:
@@ -171,14 +175,20 @@ class Reloader:
                 self._upstreams[name].credentials = source
         except Exception:
             log.failure("Config reload failed, the running config stays in force")
+            self._count("refused")
             return
         self.reloads += 1
+        self._count("applied")
         log.info("Config reloaded from {path}: policy, client authentication and upstream credentials replaced",
                  path=self._path)
         waiting = restart_only_changes(self._running, new)
         if waiting:
             log.warn("Config reload: {keys} changed, which needs a restart; the running values stay until then",
                      keys=", ".join(waiting))
+
+    def _count(self, result: str) -> None:
+        if self._metrics is not None:
+            self._metrics.config_reloads.labels(result).inc()
 
 
 async def _nothing() -> None:

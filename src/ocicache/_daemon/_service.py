@@ -281,7 +281,7 @@ class OcicacheService(MultiService):
         MultiService.startService(self)
         self.scrubber.start()
         self.reloader = Reloader(self.config_path, self.config, self.registry, self.upstreams, self._reactor,
-                                 self.disk_pool, self.adjust_config)
+                                 self.disk_pool, self.adjust_config, self.metrics)
         self.reloader.install()
         log.info("ocicache caching in {dir}; upstreams: {upstreams}",
                  dir=self.store.root, upstreams=", ".join(self.upstreams))

@@ -207,6 +207,7 @@ class RegistryResource(Resource):
                      identity=_identity_text(exchange.identity), kind=kind or target.endpoint,
                      upstream=target.upstream.name, repository=target.repo,
                      rule=decision.rule, reason=decision.reason)
+            self._services.metrics.policy_denied.labels(target.upstream.name, decision.rule).inc()
             raise AccessDenied(decision)
 
     # -- manifests
