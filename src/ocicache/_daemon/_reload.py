@@ -20,7 +20,7 @@ from types import FrameType
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -135,7 +135,7 @@ class Reloader:
         """Reload now (or once the reload in progress has finished)."""
         if self._busy:
             self._again = True
-            return Deferred.fromCoroutine(_nothing())
+            return succeed(None)
         self._busy = True
         return Deferred.fromCoroutine(self._reload())
 
@@ -168,9 +168,11 @@ class Reloader:
                 fresh = new.upstream_named(name)
                 if fresh is not None:
                     credentials[name] = credentials_for(fresh, clock)
-            # Everything is built: swap it all in one reactor turn.
-            self._services.policy = policy
+            # The one step that may still fail goes first, so a failure
+            # swaps nothing; the rest are assignments, in this one
+            # reactor turn.
             swap_authenticator(self._services, new)
+            self._services.policy = policy
             for name, source in credentials.items():
                 self._upstreams[name].credentials = source
         except Exception:
@@ -190,6 +192,3 @@ class Reloader:
         if self._metrics is not None:
             self._metrics.config_reloads.labels(result).inc()
 
-
-async def _nothing() -> None:
-    return None
