@@ -10,6 +10,6 @@ May import: L{ocicache._spec}, L{ocicache._ops}, L{ocicache._identity}.
 """
 
 from ._errors import AccessDenied
-from ._policy import Decision, Policy, ReferenceKind, decide
+from ._policy import Decision, Policy, ReferenceKind, decide, identity_text
 
-__all__ = ["AccessDenied", "Decision", "Policy", "ReferenceKind", "decide"]
+__all__ = ["AccessDenied", "Decision", "Policy", "ReferenceKind", "decide", "identity_text"]

@@ -30,7 +30,7 @@ from .._identity import Identity, IdentityKind
 from .._ops._config import Config, RuleConfig, UpstreamConfig
 from .._ops._patterns import Pattern
 
-__all__ = ["Decision", "Policy", "ReferenceKind", "decide"]
+__all__ = ["Decision", "Policy", "ReferenceKind", "decide", "identity_text"]
 
 
 class ReferenceKind(StrEnum):
@@ -88,7 +88,8 @@ def _first_match(patterns: Iterable[Pattern], names: tuple[str, ...]) -> Pattern
     return None
 
 
-def _identity_text(identity: Identity) -> str:
+def identity_text(identity: Identity) -> str:
+    """What a rule's C{identity} pattern is matched against, and log lines say."""
     if identity.kind is IdentityKind.ANONYMOUS:
         return "anonymous"
     return f"{identity.kind}:{identity.name}"
@@ -96,7 +97,7 @@ def _identity_text(identity: Identity) -> str:
 
 def _is_for(rule: RuleConfig, identity: Identity) -> bool:
     """Whether every matcher of C{rule} holds for C{identity}."""
-    if rule.identity is not None and not rule.identity.matches(_identity_text(identity)):
+    if rule.identity is not None and not rule.identity.matches(identity_text(identity)):
         return False
     if rule.user is not None and not (identity.kind is IdentityKind.USER and rule.user.matches(identity.name)):
         return False

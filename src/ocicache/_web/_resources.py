@@ -32,7 +32,7 @@ from .._identity import ANONYMOUS, Identity
 from .._ops._config import Config
 from .._ops._logging import log_access
 from .._ops._metrics import Metrics
-from .._policy import AccessDenied, Decision, Policy, ReferenceKind, decide
+from .._policy import AccessDenied, Decision, Policy, ReferenceKind, decide, identity_text
 from .._spec._errors import ErrorCode, RegistryError
 from .._spec._media_types import accepted_manifest_types
 from .._spec._range import Unsatisfiable, if_range_holds, parse_range
@@ -204,7 +204,7 @@ class RegistryResource(Resource):
                               kind, tag)
         if not decision.allowed:
             log.info("Denied {identity} {kind} of {upstream}/{repository}: {rule}: {reason}",
-                     identity=_identity_text(exchange.identity), kind=kind or target.endpoint,
+                     identity=identity_text(exchange.identity), kind=kind or target.endpoint,
                      upstream=target.upstream.name, repository=target.repo,
                      rule=decision.rule, reason=decision.reason)
             self._services.metrics.policy_denied.labels(target.upstream.name, decision.rule).inc()
@@ -393,10 +393,6 @@ def _reference_kind(target: Route) -> ReferenceKind | None:
     if target.endpoint == Endpoint.MANIFESTS:
         return ReferenceKind.DIGEST if isinstance(target.reference, Digest) else ReferenceKind.TAG
     return _KINDS.get(target.endpoint)
-
-
-def _identity_text(identity: Identity) -> str:
-    return "anonymous" if identity == ANONYMOUS else str(identity)
 
 
 def _decrement(result: object, gauge: Gauge) -> object:
