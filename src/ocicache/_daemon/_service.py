@@ -12,6 +12,8 @@ a new one created (said in one log line); one that cannot be opened or
 created stops start-up with one line on stderr and a non-zero exit, before
 anything listens.
 
+Once started, C{SIGHUP} reloads the config file (L{ocicache._daemon._reload}).
+
 Stopping is graceful (L{ocicache._web._site}): the registry listeners close
 first, responses in progress get up to C{[server] drain_timeout} to
 finish, the rest are cut; then downloads nobody waits for are abandoned,
@@ -55,6 +57,7 @@ from .._upstream._tokens import TokenCache
 from .._web._operator import OperatorResource
 from .._web._resources import RootResource, Services
 from .._web._site import DrainingSite, QuietSite
+from ._reload import Reloader
 
 __all__ = ["OcicacheService", "ListenError"]
 
@@ -127,6 +130,8 @@ class OcicacheService(MultiService):
         referrers = ReferrerService(reactor, self.manifests, config.cache.referrers_ttl, disk=disk)
         services = Services(reactor, config, self.upstreams, self.blobs, self.manifests, self.metrics,
                             on_manifest_stored=self.manifest_tally.added, referrers=referrers)
+        # What the resources read, and a reload swaps parts of.
+        self.registry = services
         self.site = DrainingSite(RootResource(services), reactor, self.metrics, config.server)
         self.site.displayTracebacks = False
         self._registry_listeners = [
@@ -231,6 +236,14 @@ class OcicacheService(MultiService):
     its parent exits only once something is written there.
     """
 
+    config_path: str | None = None
+    """The file C{SIGHUP} reloads (set by C{makeService}); C{None}: the embedded default."""
+
+    adjust_config: Callable[[Config], Config] = staticmethod(lambda config: config)
+    """What the command line changes in a config (C{--listen}), applied to a reloaded one too."""
+
+    reloader: Reloader | None = None
+
     _disk_opened = False
 
     def privilegedStartService(self) -> None:
@@ -269,6 +282,9 @@ class OcicacheService(MultiService):
         # The TimerService's first pass runs now and does the recovery.
         MultiService.startService(self)
         self.scrubber.start()
+        self.reloader = Reloader(self.config_path, self.config, self.registry, self.upstreams, self._reactor,
+                                 self.disk_pool, self.adjust_config, self.metrics)
+        self.reloader.install()
         log.info("ocicache caching in {dir}; upstreams: {upstreams}",
                  dir=self.store.root, upstreams=", ".join(self.upstreams))
         for upstream in self.config.upstreams:
@@ -311,6 +327,8 @@ class OcicacheService(MultiService):
 
     async def _stop(self) -> None:
         Service.stopService(self)
+        if self.reloader is not None:
+            self.reloader.uninstall()
         # 1. No new connections: the registry listeners close first.
         await DeferredList([maybeDeferred(listener.stopService) for listener in self._registry_listeners])
         # 2. Responses in progress finish, up to drain_timeout; then cut.

@@ -24,12 +24,13 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
-from .._ops._config import UpstreamConfig
+from .._ops._config import Credentials, UpstreamConfig
 from .._ops._metrics import Metrics
 from .._spec._auth import Challenge, parse_token_response, parse_www_authenticate
 from .._spec._referrers import IMAGE_INDEX
 from .._version import __version__
 from ._body import discard_body, read_body
+from ._credentials import CredentialSource, credentials_for
 from ._errors import UpstreamUnavailable
 from ._tls import UpstreamTLSPolicy
 from ._tokens import TokenCache, TokenKey
@@ -85,6 +86,8 @@ class Upstream:
     ) -> None:
         self.config = config
         self.name = config.name
+        self.credentials: CredentialSource = credentials_for(config, reactor)
+        """Read on every use, so a reload may replace it."""
         self._reactor = reactor
         self._metrics = metrics
         self._tokens = tokens
@@ -244,7 +247,7 @@ class Upstream:
             # RFC 6750 §2.1: a static token, sent with every request.
             return b"Bearer " + self.config.token.encode("ascii")
         if self._bearer is not None:
-            key = self._token_key(self._bearer, scope)
+            key = self._token_key(self._bearer, scope, await self.credentials.get())
             token = self._tokens.get(key)
             if token is None:
                 token = await self._fetch_token(self._bearer, key)
@@ -256,25 +259,25 @@ class Upstream:
         """
         Credentials answering a 401's challenges, or C{None} when none can.
         """
+        credentials = await self.credentials.get()
         for challenge in challenges:
             if challenge.scheme == "bearer" and challenge.params.get("realm"):
                 self._bearer = challenge
-                key = self._token_key(challenge, challenge.params.get("scope") or scope)
+                key = self._token_key(challenge, challenge.params.get("scope") or scope, credentials)
                 token = await self._fetch_token(challenge, key)
                 if token is not None:
                     return b"Bearer " + token.encode("ascii")
-        credentials = self.config.credentials
         if credentials is not None and any(c.scheme == "basic" for c in challenges):
             return _basic(credentials.username, credentials.password)
         return None
 
-    def _token_key(self, challenge: Challenge, scope: str) -> TokenKey:
-        credentials = self.config.credentials
+    def _token_key(self, challenge: Challenge, scope: str, credentials: Credentials | None) -> TokenKey:
         return TokenKey(
             realm=challenge.params["realm"],
             service=challenge.params.get("service"),
             scope=scope,
             username=credentials.username if credentials else None,
+            credentials=credentials,
         )
 
     async def _fetch_token(self, challenge: Challenge, key: TokenKey) -> str | None:
@@ -294,7 +297,7 @@ class Upstream:
             realm = realm.add("service", key.service)
         if key.scope:
             realm = realm.add("scope", key.scope)
-        credentials = self.config.credentials
+        credentials = key.credentials
         authorization = _basic(credentials.username, credentials.password) if credentials else None
         response = await self._request("GET", realm, {}, authorization, "token")
         body = await self.read_body(response, 1 << 20)

@@ -19,6 +19,7 @@ from .._cache._errors import (
     StoreUnavailable,
 )
 from .._cache._slots import Busy
+from .._policy import AccessDenied
 from .._spec._errors import ErrorCode, RegistryError
 from .._upstream._errors import UpstreamDenied, UpstreamRateLimited, UpstreamUnavailable
 
@@ -53,6 +54,9 @@ def registry_error(error: BaseException) -> RegistryError | None:
             return RegistryError(ErrorCode.MANIFEST_UNKNOWN, str(error))
         case RepositoryUnknown():
             return RegistryError(ErrorCode.NAME_UNKNOWN, str(error))
+        case AccessDenied():
+            # The mirror's own policy (README "Who may pull what").
+            return RegistryError(ErrorCode.DENIED, str(error))
         case UpstreamDenied(status=401):
             return RegistryError(ErrorCode.UNAUTHORIZED, str(error))
         case UpstreamDenied():

@@ -30,9 +30,11 @@ from .._cache._referrers import ReferrerService
 from .._cache._result import CacheResult
 from .._cache._source import StoredFile
 from .._cache._tags import TagService
+from .._identity import ANONYMOUS, Identity
 from .._ops._config import Config
 from .._ops._logging import log_access
 from .._ops._metrics import Metrics
+from .._policy import AccessDenied, Decision, Policy, ReferenceKind, decide, identity_text
 from .._spec._errors import ErrorCode, RegistryError
 from .._spec._media_types import accepted_manifest_types
 from .._spec._range import Unsatisfiable, if_range_holds, parse_range
@@ -64,11 +66,14 @@ class _Exchange:
     bytes: int = 0
     finished: bool = False
     """Whether the response ended, or the client went away."""
+    identity: Identity = ANONYMOUS
 
 
 class Services:
     """
-    Everything the resources need, wired once by the service.
+    Everything the resources need, wired once by the service.  It is
+    also the one holder of what a reload swaps (C{policy}): the resources
+    read it from here on every request, never keep a copy.
     """
 
     def __init__(
@@ -97,6 +102,7 @@ class Services:
         # the cache-size metrics current without a scan.
         self.on_manifest_stored = on_manifest_stored
         self.write_budget = WriteBudget()
+        self.policy = Policy.from_config(config)
 
 
 def _common_headers(request: IRequest) -> None:
@@ -183,6 +189,8 @@ class RegistryResource(Resource):
             _echo_namespace(request, target.ns)
         exchange.route = target.endpoint
         exchange.upstream = target.upstream.name
+        # Before any cache lookup or upstream request, for every endpoint.
+        self._authorize(exchange, target)
         upstream = self._services.upstreams[target.upstream.name]
         if target.endpoint == Endpoint.MANIFESTS:
             await self._manifest(request, exchange, upstream, target)
@@ -192,6 +200,30 @@ class RegistryResource(Resource):
             await self._referrers(request, exchange, upstream, target)
         else:
             await self._tags(request, exchange, upstream, target)
+
+    # -- who may pull what
+
+    def _authorize(self, exchange: _Exchange, target: Route) -> None:
+        """
+        Raise L{AccessDenied} unless the policy lets C{exchange.identity}
+        read the routed target.  A blob is authorized through the
+        repository it is asked under; the cache then still requires that
+        repository's proof that it holds the digest (L{RepoAccess}).
+        """
+        kind = _reference_kind(target)
+        if kind is None:
+            decision = Decision(False, "endpoint", "no policy covers this endpoint")
+        else:
+            tag = target.reference if kind is ReferenceKind.TAG and isinstance(target.reference, str) else None
+            decision = decide(self._services.policy, exchange.identity, target.upstream.name, target.repo,
+                              kind, tag)
+        if not decision.allowed:
+            log.info("Denied {identity} {kind} of {upstream}/{repository}: {rule}: {reason}",
+                     identity=identity_text(exchange.identity), kind=kind or target.endpoint,
+                     upstream=target.upstream.name, repository=target.repo,
+                     rule=decision.rule, reason=decision.reason)
+            self._services.metrics.policy_denied.labels(target.upstream.name, decision.rule).inc()
+            raise AccessDenied(decision)
 
     # -- manifests
 
@@ -393,6 +425,21 @@ class RegistryResource(Resource):
             max(exchange.bytes, request.sentLength),
             duration, exchange.result, exchange.upstream,
         )
+
+
+_KINDS: dict[str, ReferenceKind] = {
+    Endpoint.BLOBS: ReferenceKind.BLOB,
+    Endpoint.TAGS: ReferenceKind.TAGS_LIST,
+    "referrers": ReferenceKind.REFERRERS,
+}
+"""The policy's name for what each endpoint reads; manifests depend on the reference."""
+
+
+def _reference_kind(target: Route) -> ReferenceKind | None:
+    """What C{target} reads, or C{None} for an endpoint the policy has no kind for."""
+    if target.endpoint == Endpoint.MANIFESTS:
+        return ReferenceKind.DIGEST if isinstance(target.reference, Digest) else ReferenceKind.TAG
+    return _KINDS.get(target.endpoint)
 
 
 def _decrement(result: object, gauge: Gauge) -> object:
