@@ -560,3 +560,14 @@ def test_environ_is_only_read_for_passwords(monkeypatch: pytest.MonkeyPatch) -> 
                     {"OTHER": "y"})
     assert message.startswith("upstream[0].password_env: ")
     assert os.environ["OCICACHE_TEST_PW"] == "x"
+
+
+@pytest.mark.parametrize("value, seconds", [(None, 60.0), ("5m", 300.0), ("0s", 0.0), (30, 30.0)])
+def test_referrers_ttl(value: object, seconds: float) -> None:
+    data = {} if value is None else {"cache": {"referrers_ttl": value}}
+    assert parse_config(data, {}).cache.referrers_ttl == seconds
+
+
+@pytest.mark.parametrize("value", ["-1s", "soon", True, -5])
+def test_a_bad_referrers_ttl_names_its_key(value: object) -> None:
+    assert error({"cache": {"referrers_ttl": value}}).startswith("cache.referrers_ttl: ")

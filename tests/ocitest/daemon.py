@@ -83,6 +83,8 @@ def _toml_value(value: object) -> str:
         return json.dumps(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
@@ -104,10 +106,12 @@ def config_text(
     cache_extra: Mapping[str, object] | None = None,
     server_extra: Mapping[str, object] | None = None,
     extra_tables: Mapping[str, Mapping[str, object]] | None = None,
+    rules: Sequence[Mapping[str, object]] = (),
 ) -> str:
     """
     The daemon's TOML configuration (see C{ocicache/_config.py}).
-    C{extra_tables} adds whole tables, e.g. C{{"metrics": {"listen": ...}}}.
+    C{extra_tables} adds whole tables, e.g. C{{"metrics": {"listen": ...}}};
+    C{rules} one C{[[rule]]} each.
     """
     lines: list[str] = []
     _table(lines, "[server]", {"listen": [f"tcp:{port}:interface=127.0.0.1"], **(server_extra or {})})
@@ -130,6 +134,8 @@ def config_text(
                 **upstream.extra,
             },
         )
+    for rule in rules:
+        _table(lines, "[[rule]]", rule)
     return "\n".join(lines)
 
 

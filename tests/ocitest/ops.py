@@ -140,7 +140,7 @@ def htpasswd_line(username: str, password: str) -> str:
     else with the C library's crypt(3) (glibc's libxcrypt does C{$2b$}).
     """
     try:
-        import bcrypt  # type: ignore[import-not-found]
+        import bcrypt
     except ImportError:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -270,7 +270,8 @@ class TokenServer:
     docker-registry's C{auth.token}: checks Basic credentials and issues an
     RS256 JWT (x5c: its self-signed certificate, which is the registry's
     C{rootcertbundle}) granting the requested C{repository:...:pull}
-    scopes.  Every token issued is kept in L{issued}.
+    scopes.  Every token issued is kept in L{issued}.  C{password} may be
+    changed while it runs (a rotation): it is read on every request.
     """
 
     issuer = "ocitest-issuer"
@@ -345,7 +346,6 @@ class TokenServer:
 
     def start(self) -> TokenServer:
         server_self = self
-        expected = "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
@@ -354,6 +354,9 @@ class TokenServer:
             def do_GET(self) -> None:
                 parts = urllib.parse.urlsplit(self.path)
                 query = urllib.parse.parse_qs(parts.query)
+                # Read per request: a test may rotate the password.
+                expected = "Basic " + base64.b64encode(
+                    f"{server_self.username}:{server_self.password}".encode()).decode()
                 authorized = self.headers.get("Authorization") == expected
                 server_self.requests.append({"path": parts.path, "query": query, "authorized": authorized})
                 if parts.path != "/token" or not authorized:

@@ -14,6 +14,8 @@ a new one created (said in one log line); one that cannot be opened or
 created stops start-up with one line on stderr and a non-zero exit, before
 anything listens.
 
+Once started, C{SIGHUP} reloads the config file (L{ocicache._daemon._reload}).
+
 Stopping is graceful (L{ocicache._web._site}): the registry listeners close
 first, responses in progress get up to C{[server] drain_timeout} to
 finish, the rest are cut; then downloads nobody waits for are abandoned,
@@ -41,6 +43,7 @@ from .._cache._access import RepoAccess
 from .._cache._blobs import BlobService
 from .._cache._incoming import DownloadError
 from .._cache._manifests import ManifestService
+from .._cache._referrers import ReferrerService
 from .._cache._slots import Slots
 from .._cache._warm import Warmer, WarmReport
 from .._ops._config import Config, WarmConfig
@@ -59,6 +62,7 @@ from .._web._operator import OperatorResource
 from .._web._pins import PinsResource
 from .._web._resources import RootResource, Services
 from .._web._site import DrainingSite, QuietSite
+from ._reload import Reloader
 
 __all__ = ["OcicacheService", "ListenError"]
 
@@ -130,8 +134,11 @@ class OcicacheService(MultiService):
             disk, access, lambda upstream: config.tag_ttl_for(upstream.config), slots=slots, health=health,
         )
         self._wire_warming()
+        referrers = ReferrerService(reactor, self.manifests, config.cache.referrers_ttl, disk=disk)
         services = Services(reactor, config, self.upstreams, self.blobs, self.manifests, self.metrics,
-                            on_manifest_stored=self.manifest_tally.added)
+                            on_manifest_stored=self.manifest_tally.added, referrers=referrers)
+        # What the resources read, and a reload swaps parts of.
+        self.registry = services
         self.site = DrainingSite(RootResource(services), reactor, self.metrics, config.server)
         self.site.displayTracebacks = False
         self._registry_listeners = [
@@ -322,6 +329,14 @@ class OcicacheService(MultiService):
     its parent exits only once something is written there.
     """
 
+    config_path: str | None = None
+    """The file C{SIGHUP} reloads (set by C{makeService}); C{None}: the embedded default."""
+
+    adjust_config: Callable[[Config], Config] = staticmethod(lambda config: config)
+    """What the command line changes in a config (C{--listen}), applied to a reloaded one too."""
+
+    reloader: Reloader | None = None
+
     _disk_opened = False
 
     def privilegedStartService(self) -> None:
@@ -360,6 +375,9 @@ class OcicacheService(MultiService):
         # The TimerService's first pass runs now and does the recovery.
         MultiService.startService(self)
         self.scrubber.start()
+        self.reloader = Reloader(self.config_path, self.config, self.registry, self.upstreams, self._reactor,
+                                 self.disk_pool, self.adjust_config, self.metrics)
+        self.reloader.install()
         log.info("ocicache caching in {dir}; upstreams: {upstreams}",
                  dir=self.store.root, upstreams=", ".join(self.upstreams))
         for upstream in self.config.upstreams:
@@ -405,6 +423,8 @@ class OcicacheService(MultiService):
 
     async def _stop(self) -> None:
         Service.stopService(self)
+        if self.reloader is not None:
+            self.reloader.uninstall()
         # 1. No new connections: the registry listeners close first.
         await DeferredList([maybeDeferred(listener.stopService) for listener in self._registry_listeners])
         # 2. Responses in progress finish, up to drain_timeout; then cut.

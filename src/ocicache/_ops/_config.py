@@ -20,13 +20,16 @@ from hyperlink import DecodedURL
 
 from .._spec._closure import Platform, host_platform
 from .._spec._reference import InvalidReference, is_registry_host, parse_image_reference
+from ._patterns import Pattern
 
 __all__ = [
     "CacheConfig",
     "Config",
     "ConfigError",
+    "CredentialCommand",
     "Credentials",
     "MetricsConfig",
+    "RuleConfig",
     "ServerConfig",
     "UpstreamConfig",
     "WarmConfig",
@@ -59,6 +62,21 @@ class Credentials:
 
 
 @frozen
+class CredentialCommand:
+    """
+    A program that prints an upstream's credentials as the
+    docker-credential-helpers protocol's C{get} answers
+    (C{{"Username": ..., "Secret": ...}}), run again after C{ttl} seconds.
+    C{argv[0]} is a path, or a name looked up on C{$PATH} when it runs.
+    """
+
+    argv: tuple[str, ...]
+    ttl: float
+    server_url: str
+    """What the program reads on its standard input: the upstream's URL."""
+
+
+@frozen
 class UpstreamConfig:
     """
     One upstream registry.  C{name} is the registry host that clients ask
@@ -74,6 +92,32 @@ class UpstreamConfig:
     tls_verify: bool = True
     max_downloads: int = 16
     """Upstream fetches at once from this upstream."""
+    include: tuple[Pattern, ...] = ()
+    """Repositories that may be pulled; empty: every one."""
+    exclude: tuple[Pattern, ...] = ()
+    """Repositories that may not be pulled, whatever C{include} says."""
+    tags: tuple[Pattern, ...] = ()
+    """Tags that may be pulled by tag; empty: every one."""
+    digest_only: bool = False
+    """Manifests by digest only: tags and tag lists are refused."""
+    credential_command: CredentialCommand | None = None
+    """Where C{credentials} come from when a program gives them."""
+    kind: str = "registry"
+    """C{registry}: the registry itself; C{mirror}: a mirror (another ocicache) that takes C{?ns=}."""
+    ns: str | None = None
+    """For a mirror: the registry host sent as C{?ns=}; C{None}: this upstream's C{name}."""
+    token: str | None = field(default=None, repr=False)
+    """A static bearer token sent to this upstream up front (a mirror tier's client token)."""
+
+    @property
+    def mirror_ns(self) -> str | None:
+        """
+        The C{?ns=} value sent with every request to a mirror (containerd
+        docs/hosts.md, "ns" query parameter), or C{None} for a registry.
+        """
+        if self.kind != "mirror":
+            return None
+        return self.ns or self.name
 
     @property
     def is_docker_hub(self) -> bool:
@@ -129,6 +173,8 @@ class CacheConfig:
     """Bytes per second the background scrub re-hashes; 0: no scrub."""
     manifest_ttl: float | None = 30 * 86400.0
     """Seconds an unreferenced manifest is kept unread; C{None}: forever."""
+    referrers_ttl: float = 60.0
+    """Seconds a referrers listing is reused before the upstream is asked again."""
     protect_recent: float = 3600.0
     """Blobs of a manifest read this recently are never evicted (a pull in progress)."""
 
@@ -136,6 +182,27 @@ class CacheConfig:
 @frozen
 class MetricsConfig:
     listen: str | None = None
+
+
+@frozen
+class RuleConfig:
+    """
+    One C{[[rule]]}: who it is for (every matcher given must hold), and
+    what it allows or denies them (L{ocicache._policy}).
+    """
+
+    label: str
+    """C{rule[N]}, or C{rule[N] (name)}: what log lines call it."""
+    action: str = "allow"
+    identity: Pattern | None = None
+    """Matched against C{anonymous}, C{user:NAME}, C{token:NAME} or C{oidc:SUB}."""
+    user: Pattern | None = None
+    token: Pattern | None = None
+    claims: tuple[tuple[str, Pattern], ...] = ()
+    upstreams: tuple[str, ...] | None = None
+    """Upstream names; C{None}: every upstream."""
+    repositories: tuple[Pattern, ...] | None = None
+    """Repository patterns; C{None}: every repository."""
 
 
 @frozen
@@ -158,6 +225,8 @@ class Config:
     cache: CacheConfig
     upstreams: tuple[UpstreamConfig, ...]
     metrics: MetricsConfig = MetricsConfig()
+    rules: tuple[RuleConfig, ...] = ()
+    """The C{[[rule]]} list, in order: the first that matches decides."""
     warm: tuple[WarmConfig, ...] = ()
 
     @property
@@ -305,6 +374,8 @@ class _Section:
             raise ConfigError(f"{path}: expected a table")
         self._table = dict(table)
         self._path = path
+        self.given = frozenset(self._table)
+        """Every key the table has, read or not."""
 
     def key(self, name: str) -> str:
         return f"{self._path}.{name}" if self._path else name
@@ -380,6 +451,12 @@ def _parse_upstream(table: object, index: int, environ: Mapping[str, str]) -> Up
             f"{path}.password: a literal password is not accepted; use password_file or password_env"
         )
     credentials = None
+    credential_command = _parse_credential_command(section, path, url)
+    if credential_command is not None and (username, password_file, password_env) != (None, None, None):
+        raise ConfigError(
+            f"{path}: credential_helper or credential_command gives the username too;"
+            " drop username, password_file and password_env"
+        )
     if password_file is not None and password_env is not None:
         raise ConfigError(f"{path}: set password_file or password_env, not both")
     if username is not None:
@@ -415,6 +492,11 @@ def _parse_upstream(table: object, index: int, environ: Mapping[str, str]) -> Up
     max_downloads = section.get("max_downloads", int, _UPSTREAM_DEFAULTS.max_downloads)
     if max_downloads < 1:
         raise ConfigError(f"{path}.max_downloads: must be at least 1")
+    kind, ns = _tier(section, path)
+    token = _static_token(section, path, environ)
+    if token is not None and (credentials is not None or credential_command is not None):
+        raise ConfigError(f"{path}: set token_file or token_env, or credentials, not both")
+    include, exclude, tags, digest_only = _parse_upstream_policy(section, path)
     section.finish()
     return UpstreamConfig(
         name=name.lower(),
@@ -425,7 +507,209 @@ def _parse_upstream(table: object, index: int, environ: Mapping[str, str]) -> Up
         ca_file=ca_file,
         tls_verify=tls_verify,
         max_downloads=max_downloads,
+        include=include,
+        exclude=exclude,
+        tags=tags,
+        digest_only=digest_only,
+        credential_command=credential_command,
+        kind=kind,
+        ns=ns,
+        token=token,
     )
+
+
+def _tier(section: _Section, path: str) -> tuple[str, str | None]:
+    """
+    C{kind} and C{ns}: an upstream that is itself a mirror (a regional
+    ocicache) is told which registry each request is for with C{?ns=}.
+    """
+    kind = section.get("kind", str, "registry")
+    if kind not in ("registry", "mirror"):
+        raise ConfigError(f"{path}.kind: {kind!r} must be 'registry' or 'mirror'")
+    ns = section.get("ns", str, None)
+    if ns is not None:
+        if kind != "mirror":
+            raise ConfigError(f"{path}.ns: only a kind = 'mirror' upstream takes ns")
+        if not is_registry_host(ns):
+            raise ConfigError(f"{path}.ns: {ns!r} is not a registry host name such as 'docker.io'")
+        ns = ns.lower()
+    return kind, ns
+
+
+def _static_token(section: _Section, path: str, environ: Mapping[str, str]) -> str | None:
+    """
+    C{token_file} or C{token_env}: a bearer token for the upstream, as a
+    regional ocicache's C{[auth] tokens_file} expects from an edge.
+    """
+    token_file = section.get("token_file", str, None)
+    token_env = section.get("token_env", str, None)
+    if token_file is not None and token_env is not None:
+        raise ConfigError(f"{path}: set token_file or token_env, not both")
+    if token_file is not None:
+        try:
+            with open(token_file, encoding="utf-8") as f:
+                token = next(iter(f.read().splitlines()), "").strip()
+        except OSError as e:
+            raise ConfigError(f"{path}.token_file: cannot read {token_file!r}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}.token_file: {token_file!r} is not UTF-8") from None
+        key = "token_file"
+    elif token_env is not None:
+        if token_env not in environ:
+            raise ConfigError(f"{path}.token_env: environment variable {token_env!r} is not set")
+        token = environ[token_env].strip()
+        key = "token_env"
+    else:
+        return None
+    # RFC 6750 §2.1: b64token characters only, so it cannot break the header.
+    if not token or not re.fullmatch(r"[A-Za-z0-9\-._~+/]+=*", token):
+        raise ConfigError(f"{path}.{key}: the token must be one line of RFC 6750 token characters")
+    return token
+
+
+# -- who may pull what (L{ocicache._policy})
+
+# The characters of the reference grammar's names and tags, plus the
+# glob's own: a pattern holding anything else could never match.
+_REPOSITORY_PATTERN = re.compile(r"^[a-z0-9._/*?-]+$")
+_TAG_PATTERN = re.compile(r"^[A-Za-z0-9._*?-]+$")
+
+
+def _pattern_list(section: _Section, name: str, alphabet: re.Pattern[str] | None) -> tuple[Pattern, ...] | None:
+    """
+    A non-empty list of glob patterns, each compiled; C{None} when unset.
+    """
+    values = section.get(name, list, None)
+    if values is None:
+        return None
+    if not values:
+        raise ConfigError(f"{section.key(name)}: must not be empty (leave it out to match everything)")
+    patterns = []
+    for index, value in enumerate(values):
+        key = f"{section.key(name)}[{index}]"
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string")
+        if alphabet is not None and not alphabet.match(value):
+            raise ConfigError(f"{key}: {value[:80]!r} can never match: names are lower-case letters,"
+                              " digits, '.', '_', '-' and '/', tags also upper-case letters")
+        patterns.append(_pattern(key, value))
+    return tuple(patterns)
+
+
+def _pattern(key: str, value: str) -> Pattern:
+    try:
+        return Pattern(value)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
+def _parse_upstream_policy(
+    section: _Section, path: str
+) -> tuple[tuple[Pattern, ...], tuple[Pattern, ...], tuple[Pattern, ...], bool]:
+    """
+    An upstream's C{include}, C{exclude}, C{tags} and C{digest_only}.
+    """
+    include = _pattern_list(section, "include", _REPOSITORY_PATTERN) or ()
+    exclude = _pattern_list(section, "exclude", _REPOSITORY_PATTERN) or ()
+    tags = _pattern_list(section, "tags", _TAG_PATTERN) or ()
+    digest_only = section.get("digest_only", bool, False)
+    if digest_only and tags:
+        raise ConfigError(f"{path}.tags: digest_only refuses every tag; set one or the other")
+    return include, exclude, tags, digest_only
+
+
+_HELPER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_DEFAULT_CREDENTIAL_TTL = 15 * 60.0
+
+
+def _parse_credential_command(section: _Section, path: str, url: DecodedURL) -> CredentialCommand | None:
+    """
+    C{credential_helper} (C{docker-credential-<name> get}) or
+    C{credential_command}, with C{credential_ttl}.
+    """
+    helper = section.get("credential_helper", str, None)
+    command = section.get("credential_command", list, None)
+    ttl = _positive_duration(section, "credential_ttl", _DEFAULT_CREDENTIAL_TTL)
+    if helper is not None and command is not None:
+        raise ConfigError(f"{path}: set credential_helper or credential_command, not both")
+    if helper is not None:
+        if not _HELPER_NAME.match(helper):
+            raise ConfigError(f"{path}.credential_helper: {helper[:80]!r} is not a helper name such as 'ecr-login'"
+                              " (ocicache runs docker-credential-<name>)")
+        argv: tuple[str, ...] = (f"docker-credential-{helper}", "get")
+    elif command is not None:
+        if not command or not all(isinstance(arg, str) and arg for arg in command):
+            raise ConfigError(f"{path}.credential_command: expected a non-empty list of non-empty strings")
+        if "/" in command[0] and not os.path.isabs(command[0]):
+            raise ConfigError(f"{path}.credential_command: {command[0][:80]!r} must be an absolute path"
+                              " or a name on $PATH")
+        argv = tuple(command)
+    else:
+        if "credential_ttl" in section.given:
+            raise ConfigError(f"{path}.credential_ttl: needs credential_helper or credential_command")
+        return None
+    server_url = url.replace(path=()).to_uri().to_text()
+    return CredentialCommand(argv=argv, ttl=ttl, server_url=server_url)
+
+
+_RULE_ACTIONS = ("allow", "deny")
+_CLAIM_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def _parse_rule(table: object, index: int, upstream_names: frozenset[str]) -> RuleConfig:
+    """
+    One C{[[rule]]}; see README "Who may pull what".
+    """
+    path = f"rule[{index}]"
+    section = _Section(table, path)
+    name = section.get("name", str, None)
+    if name is not None and not (name and name.isprintable() and len(name) <= 64):
+        raise ConfigError(f"{path}.name: one line of at most 64 characters, for log lines")
+    label = f"{path} ({name})" if name else path
+    action = section.get("action", str, "allow")
+    if action not in _RULE_ACTIONS:
+        raise ConfigError(f"{path}.action: {action[:40]!r} must be 'allow' or 'deny'")
+    matchers: dict[str, Pattern | None] = {}
+    for key in ("identity", "user", "token"):
+        value = section.get(key, str, None)
+        matchers[key] = None if value is None else _pattern(section.key(key), value)
+    claims: list[tuple[str, Pattern]] = []
+    raw_claims = section.get("claims", dict, None)
+    if raw_claims is not None:
+        if not raw_claims:
+            raise ConfigError(f"{path}.claims: must not be empty")
+        for claim, value in sorted(raw_claims.items()):
+            if not _CLAIM_NAME.match(claim):
+                raise ConfigError(f"{path}.claims: {claim[:40]!r} is not a claim name")
+            if not isinstance(value, str):
+                raise ConfigError(f"{path}.claims.{claim}: expected a string pattern")
+            claims.append((claim, _pattern(f"{path}.claims.{claim}", value)))
+    if all(matcher is None for matcher in matchers.values()) and not claims:
+        raise ConfigError(f"{path}: say who it is for: identity, user, token or claims"
+                          " (identity = \"**\" for everyone)")
+    upstreams = section.get("upstreams", list, None)
+    if upstreams is not None:
+        if not upstreams:
+            raise ConfigError(f"{path}.upstreams: must not be empty (leave it out for every upstream)")
+        for position, upstream in enumerate(upstreams):
+            if not isinstance(upstream, str) or upstream.lower() not in upstream_names:
+                raise ConfigError(f"{path}.upstreams[{position}]: {str(upstream)[:80]!r} is not a configured upstream")
+        upstreams = tuple(upstream.lower() for upstream in upstreams)
+    repositories = _pattern_list(section, "repositories", _REPOSITORY_PATTERN)
+    section.finish()
+    return RuleConfig(
+        label=label, action=action, identity=matchers["identity"], user=matchers["user"],
+        token=matchers["token"], claims=tuple(claims), upstreams=upstreams, repositories=repositories,
+    )
+
+
+def _parse_rules(raw: object, upstreams: tuple[UpstreamConfig, ...]) -> tuple[RuleConfig, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError("rule: expected an array of tables ([[rule]])")
+    names = frozenset(upstream.name for upstream in upstreams)
+    return tuple(_parse_rule(table, index, names) for index, table in enumerate(raw))
 
 
 _CACHE_DEFAULTS = CacheConfig(dir="")
@@ -504,6 +788,7 @@ def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None =
         abandon_below=float(cache_section.get("abandon_below", (int, float), _CACHE_DEFAULTS.abandon_below)),
         scrub_rate=cache_section.convert("scrub_rate", parse_size, _CACHE_DEFAULTS.scrub_rate),
         manifest_ttl=_manifest_ttl(cache_section),
+        referrers_ttl=cache_section.convert("referrers_ttl", parse_duration, _CACHE_DEFAULTS.referrers_ttl),
         protect_recent=cache_section.convert("protect_recent", parse_duration, _CACHE_DEFAULTS.protect_recent),
     )
     if cache.max_downloads < 1:
@@ -523,6 +808,7 @@ def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None =
     metrics_section.finish()
 
     raw_upstreams = top.get("upstream", list, None)
+    raw_rules = top.get("rule", list, None)
     raw_warm = top.get("warm", list, [])
     top.finish()
     if raw_upstreams is None:
@@ -543,9 +829,10 @@ def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None =
         seen.add(upstream.name)
     if sum(upstream.default for upstream in upstreams) > 1:
         raise ConfigError("upstream: only one upstream may set default = true")
+    rules = _parse_rules(raw_rules, upstreams)
     warm = _parse_warm_tables(raw_warm, upstreams)
     return Config(server=server, cache=cache,
-                  upstreams=upstreams, metrics=metrics, warm=warm)
+                  upstreams=upstreams, metrics=metrics, rules=rules, warm=warm)
 
 
 # -- [[warm]]: images fetched, and perhaps pinned, by the daemon itself

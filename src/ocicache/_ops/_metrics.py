@@ -78,6 +78,12 @@ class Metrics:
             "ocicache_upstream_ratelimit_remaining",
             "Pulls left in the upstream's rate-limit window (Docker Hub's ratelimit-remaining).",
             ["upstream"], registry=registry)
+        self.policy_denied = Counter(
+            "ocicache_policy_denied", "Requests the policy refused (403), by upstream and the rule that decided.",
+            ["upstream", "rule"], registry=registry)
+        self.config_reloads = Counter(
+            "ocicache_config_reloads", "SIGHUP reloads of the config file: applied or refused.",
+            ["result"], registry=registry)
         # Warming and pinning (the daemon's own [[warm]] runs and pins).
         self.warm_runs = Counter(
             "ocicache_warm_runs", "Warm runs of one image by the daemon ([[warm]], pins), by result.",

@@ -24,11 +24,13 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
-from .._ops._config import UpstreamConfig
+from .._ops._config import Credentials, UpstreamConfig
 from .._ops._metrics import Metrics
 from .._spec._auth import Challenge, parse_token_response, parse_www_authenticate
+from .._spec._referrers import IMAGE_INDEX
 from .._version import __version__
 from ._body import discard_body, read_body
+from ._credentials import CredentialSource, credentials_for
 from ._errors import UpstreamUnavailable
 from ._tls import UpstreamTLSPolicy
 from ._tokens import TokenCache, TokenKey
@@ -84,6 +86,8 @@ class Upstream:
     ) -> None:
         self.config = config
         self.name = config.name
+        self.credentials: CredentialSource = credentials_for(config, reactor)
+        """Read on every use, so a reload may replace it."""
         self._reactor = reactor
         self._metrics = metrics
         self._tokens = tokens
@@ -106,6 +110,10 @@ class Upstream:
         # it, not as %3A: every segment has passed the spec's grammar, whose
         # characters are all safe in a path.
         url = DecodedURL(self.config.url.encoded_url.child("v2", *repo.split("/"), *segments))
+        ns = self.config.mirror_ns
+        if ns is not None:
+            # A mirror tier serves many registries: say which one this is for.
+            url = url.add("ns", ns)
         return _Target(url, f"repository:{repo}:pull", _KINDS.get(segments[0], "other"))
 
     # -- the API ocicache uses
@@ -125,6 +133,18 @@ class Upstream:
         for key, value in params.items():
             url = url.add(key, value)
         return await self._send("GET", _Target(url, target.scope, target.kind), {})
+
+    async def referrers(self, repo: str, digest: str, params: Iterable[tuple[str, str]]) -> IResponse:
+        """
+        The referrers of C{digest} (distribution-spec "Listing Referrers"),
+        with the client's C{artifactType} filter and page.
+        """
+        target = self._target(repo, "referrers", digest)
+        url = target.url
+        for key, value in params:
+            url = url.add(key, value)
+        headers = {b"Accept": [IMAGE_INDEX.encode("ascii")]}
+        return await self._send("GET", _Target(url, target.scope, target.kind), headers)
 
     # -- the machinery
 
@@ -223,8 +243,11 @@ class Upstream:
             self._metrics.upstream_duration.labels(self.name).observe(time.monotonic() - started)
 
     async def _authorization_for(self, scope: str) -> bytes | None:
+        if self.config.token is not None:
+            # RFC 6750 §2.1: a static token, sent with every request.
+            return b"Bearer " + self.config.token.encode("ascii")
         if self._bearer is not None:
-            key = self._token_key(self._bearer, scope)
+            key = self._token_key(self._bearer, scope, await self.credentials.get())
             token = self._tokens.get(key)
             if token is None:
                 token = await self._fetch_token(self._bearer, key)
@@ -236,25 +259,25 @@ class Upstream:
         """
         Credentials answering a 401's challenges, or C{None} when none can.
         """
+        credentials = await self.credentials.get()
         for challenge in challenges:
             if challenge.scheme == "bearer" and challenge.params.get("realm"):
                 self._bearer = challenge
-                key = self._token_key(challenge, challenge.params.get("scope") or scope)
+                key = self._token_key(challenge, challenge.params.get("scope") or scope, credentials)
                 token = await self._fetch_token(challenge, key)
                 if token is not None:
                     return b"Bearer " + token.encode("ascii")
-        credentials = self.config.credentials
         if credentials is not None and any(c.scheme == "basic" for c in challenges):
             return _basic(credentials.username, credentials.password)
         return None
 
-    def _token_key(self, challenge: Challenge, scope: str) -> TokenKey:
-        credentials = self.config.credentials
+    def _token_key(self, challenge: Challenge, scope: str, credentials: Credentials | None) -> TokenKey:
         return TokenKey(
             realm=challenge.params["realm"],
             service=challenge.params.get("service"),
             scope=scope,
             username=credentials.username if credentials else None,
+            credentials=credentials,
         )
 
     async def _fetch_token(self, challenge: Challenge, key: TokenKey) -> str | None:
@@ -274,7 +297,7 @@ class Upstream:
             realm = realm.add("service", key.service)
         if key.scope:
             realm = realm.add("scope", key.scope)
-        credentials = self.config.credentials
+        credentials = key.credentials
         authorization = _basic(credentials.username, credentials.password) if credentials else None
         response = await self._request("GET", realm, {}, authorization, "token")
         body = await self.read_body(response, 1 << 20)

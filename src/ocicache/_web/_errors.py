@@ -6,6 +6,8 @@ distribution-spec errors (code, HTTP status, JSON body).
 
 from __future__ import annotations
 
+import re
+
 from twisted.web.iweb import IRequest
 
 from .._cache._errors import (
@@ -18,12 +20,25 @@ from .._cache._errors import (
     StoreUnavailable,
 )
 from .._cache._slots import Busy
+from .._policy import AccessDenied
 from .._spec._errors import ErrorCode, RegistryError
 from .._upstream._errors import UpstreamDenied, UpstreamRateLimited, UpstreamUnavailable
 
-__all__ = ["internal_error", "registry_error", "render_error"]
+__all__ = ["DEFAULT_RETRY_AFTER", "internal_error", "registry_error", "render_error"]
 
 _INTERNAL = RegistryError(ErrorCode.UNKNOWN, "internal error")
+
+DEFAULT_RETRY_AFTER = b"10"
+"""Seconds a 429 asks a client to wait when its cause named no time."""
+
+# RFC 9110 §10.2.3: Retry-After = HTTP-date / delay-seconds.  An upstream's
+# value is passed on only when it is one of them (IMF-fixdate, the form
+# senders must generate, RFC 9110 §5.6.7).
+_RETRY_AFTER = re.compile(
+    rb"[0-9]{1,10}"
+    rb"|(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-9]{2} "
+    rb"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [0-9]{4} [0-9]{2}:[0-9]{2}:[0-9]{2} GMT"
+)
 
 
 def registry_error(error: BaseException) -> RegistryError | None:
@@ -40,12 +55,17 @@ def registry_error(error: BaseException) -> RegistryError | None:
             return RegistryError(ErrorCode.MANIFEST_UNKNOWN, str(error))
         case RepositoryUnknown():
             return RegistryError(ErrorCode.NAME_UNKNOWN, str(error))
+        case AccessDenied():
+            # The mirror's own policy (README "Who may pull what").
+            return RegistryError(ErrorCode.DENIED, str(error))
         case UpstreamDenied(status=401):
             return RegistryError(ErrorCode.UNAUTHORIZED, str(error))
         case UpstreamDenied():
             return RegistryError(ErrorCode.DENIED, str(error))
         case UpstreamRateLimited(retry_after=retry_after):
-            headers = ((b"retry-after", retry_after),) if retry_after is not None else ()
+            # The upstream's own wait, when it gave a well-formed one;
+            # render_error supplies the default otherwise.
+            headers = ((b"retry-after", retry_after.strip()),) if retry_after is not None else ()
             return RegistryError(ErrorCode.TOOMANYREQUESTS, str(error), headers=headers)
         case Busy(retry_after=seconds):
             # Bounded work (RFC 6585 §4): come back later.
@@ -84,8 +104,21 @@ def render_error(request: IRequest, error: RegistryError) -> bytes:
     request.setResponseCode(error.status)
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"content-length", str(len(body)).encode("ascii"))
+    limited = error.status == 429
     for name, value in error.headers:
-        request.setHeader(name, value)
+        if not (limited and name.lower() == b"retry-after"):
+            request.setHeader(name, value)
+    if limited:
+        # distribution-spec "Error Codes" and RFC 6585 §4: every 429 says
+        # when to come back, whatever raised it (RFC 9110 §10.2.3).
+        request.setHeader(b"retry-after", _retry_after(error))
     if request.method == b"HEAD":
         return b""
     return body
+
+
+def _retry_after(error: RegistryError) -> bytes:
+    for name, value in error.headers:
+        if name.lower() == b"retry-after" and _RETRY_AFTER.fullmatch(value) is not None:
+            return value
+    return DEFAULT_RETRY_AFTER

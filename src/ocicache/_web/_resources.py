@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from urllib.parse import quote, urlencode
 
 from attrs import define
 from hyperlink import DecodedURL
@@ -25,16 +26,20 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from .._cache._blobs import BlobService
 from .._cache._manifests import ManifestService
+from .._cache._referrers import ReferrerService
 from .._cache._result import CacheResult
 from .._cache._source import StoredFile
 from .._cache._tags import TagService
+from .._identity import ANONYMOUS, Identity
 from .._ops._config import Config
 from .._ops._logging import log_access
 from .._ops._metrics import Metrics
+from .._policy import AccessDenied, Decision, Policy, ReferenceKind, decide, identity_text
 from .._spec._errors import ErrorCode, RegistryError
 from .._spec._media_types import accepted_manifest_types
 from .._spec._range import Unsatisfiable, if_range_holds, parse_range
 from .._spec._reference import Digest, InvalidReference, validate_tag
+from .._spec._referrers import ARTIFACT_TYPE_FILTER, IMAGE_INDEX
 from .._upstream._client import Upstream
 from .._version import __version__
 from ._errors import internal_error, registry_error, render_error
@@ -61,11 +66,14 @@ class _Exchange:
     bytes: int = 0
     finished: bool = False
     """Whether the response ended, or the client went away."""
+    identity: Identity = ANONYMOUS
 
 
 class Services:
     """
-    Everything the resources need, wired once by the service.
+    Everything the resources need, wired once by the service.  It is
+    also the one holder of what a reload swaps (C{policy}): the resources
+    read it from here on every request, never keep a copy.
     """
 
     def __init__(
@@ -78,6 +86,7 @@ class Services:
         metrics: Metrics,
         on_manifest_stored: Callable[[str, int], None] = lambda digest, size: None,
         tags: TagService | None = None,
+        referrers: ReferrerService | None = None,
     ) -> None:
         self.reactor = reactor
         self.config = config
@@ -86,11 +95,14 @@ class Services:
         self.manifests = manifests
         self.tags = tags if tags is not None else TagService(
             reactor, lambda upstream: config.tag_ttl_for(upstream.config))
+        self.referrers = referrers if referrers is not None else ReferrerService(
+            reactor, manifests, config.cache.referrers_ttl)
         self.metrics = metrics
         # Told (digest, size) after a manifest miss, which stored it: keeps
         # the cache-size metrics current without a scan.
         self.on_manifest_stored = on_manifest_stored
         self.write_budget = WriteBudget()
+        self.policy = Policy.from_config(config)
 
 
 def _common_headers(request: IRequest) -> None:
@@ -159,6 +171,11 @@ class RegistryResource(Resource):
             exchange.route = "base"
             if request.method not in _READ_METHODS:
                 raise read_only_error()
+            ns = (request.args or {}).get(b"ns")
+            if ns is not None and len(ns) == 1:
+                name = ns[0].decode("ascii", "replace").lower()
+                if self._services.config.upstream_named(name) is not None:
+                    _echo_namespace(request, name)
             # distribution-spec "Determining Support": 200 means the v2 API.
             _send_bytes(request, exchange, b"{}", b"application/json")
             return
@@ -168,15 +185,45 @@ class RegistryResource(Resource):
         if postpath[-1] == b"":
             raise RegistryError(ErrorCode.UNSUPPORTED, "no such registry endpoint", status=404)
         target = route(postpath, request.args or {}, self._services.config)
+        if target.ns is not None:
+            _echo_namespace(request, target.ns)
         exchange.route = target.endpoint
         exchange.upstream = target.upstream.name
+        # Before any cache lookup or upstream request, for every endpoint.
+        self._authorize(exchange, target)
         upstream = self._services.upstreams[target.upstream.name]
         if target.endpoint == Endpoint.MANIFESTS:
             await self._manifest(request, exchange, upstream, target)
         elif target.endpoint == Endpoint.BLOBS:
             await self._blob(request, exchange, upstream, target)
+        elif target.endpoint == Endpoint.REFERRERS:
+            await self._referrers(request, exchange, upstream, target)
         else:
             await self._tags(request, exchange, upstream, target)
+
+    # -- who may pull what
+
+    def _authorize(self, exchange: _Exchange, target: Route) -> None:
+        """
+        Raise L{AccessDenied} unless the policy lets C{exchange.identity}
+        read the routed target.  A blob is authorized through the
+        repository it is asked under; the cache then still requires that
+        repository's proof that it holds the digest (L{RepoAccess}).
+        """
+        kind = _reference_kind(target)
+        if kind is None:
+            decision = Decision(False, "endpoint", "no policy covers this endpoint")
+        else:
+            tag = target.reference if kind is ReferenceKind.TAG and isinstance(target.reference, str) else None
+            decision = decide(self._services.policy, exchange.identity, target.upstream.name, target.repo,
+                              kind, tag)
+        if not decision.allowed:
+            log.info("Denied {identity} {kind} of {upstream}/{repository}: {rule}: {reason}",
+                     identity=identity_text(exchange.identity), kind=kind or target.endpoint,
+                     upstream=target.upstream.name, repository=target.repo,
+                     rule=decision.rule, reason=decision.reason)
+            self._services.metrics.policy_denied.labels(target.upstream.name, decision.rule).inc()
+            raise AccessDenied(decision)
 
     # -- manifests
 
@@ -217,28 +264,38 @@ class RegistryResource(Resource):
             # The client went away while we looked.
             source.release()
             return
+        total = source.size
+        if total is None:
+            # The upstream streams it without a length, but every blob GET
+            # announces one (distribution-spec "Pulling blobs"): ask for it.
+            try:
+                total = await services.blobs.head(upstream, target.repo, digest)
+            except BaseException:
+                source.release()
+                raise
+            if exchange.finished:
+                source.release()
+                return
         # Only now, with the bytes in hand: an error must not carry them.
         _blob_headers(request, digest)
         _cache_header(request, lookup.result)
-        total = source.size
         start: int = 0
         end: int | None = total
-        if total is not None:
-            try:
-                honoured = if_range_holds(request.getHeader(b"if-range"), _etag(digest))
-                wanted = parse_range(request.getHeader(b"range"), total) if honoured else None
-            except Unsatisfiable:
-                source.release()
-                # RFC 9110 §15.5.17: 416 with the complete length.
-                raise RegistryError(
-                    ErrorCode.RANGE_INVALID, "the requested range is not satisfiable",
-                    headers=((b"content-range", b"bytes */%d" % total),),
-                ) from None
-            if wanted is not None:
-                request.setResponseCode(206)
-                request.setHeader(b"content-range", wanted.content_range(total))
-                start, end = wanted.start, wanted.end
-            request.setHeader(b"content-length", b"%d" % (total - start if end is None else end - start))
+        try:
+            honoured = if_range_holds(request.getHeader(b"if-range"), _etag(digest))
+            wanted = parse_range(request.getHeader(b"range"), total) if honoured else None
+        except Unsatisfiable:
+            source.release()
+            # RFC 9110 §15.5.17: 416 with the complete length.
+            raise RegistryError(
+                ErrorCode.RANGE_INVALID, "the requested range is not satisfiable",
+                headers=((b"content-range", b"bytes */%d" % total),),
+            ) from None
+        if wanted is not None:
+            request.setResponseCode(206)
+            request.setHeader(b"content-range", wanted.content_range(total))
+            start, end = wanted.start, wanted.end
+        request.setHeader(b"content-length", b"%d" % (total - start if end is None else end - start))
         gauge = services.metrics.waiting_clients if lookup.result != CacheResult.HIT else None
         if gauge is not None:
             gauge.inc()
@@ -297,10 +354,32 @@ class RegistryResource(Resource):
         exchange.result = lookup.result
         self._services.metrics.cache_requests.labels("tags", lookup.result).inc()
         if page.link is not None:
-            rewritten = _rewrite_link(page.link, target)
+            rewritten = _rewrite_link(page.link, target, ("tags", "list"), ("n", "last"))
             if rewritten is not None:
                 request.setHeader(b"link", rewritten)
         exchange.bytes = _send_bytes(request, exchange, page.body, b"application/json")
+        self._count_bytes(lookup.result, exchange.bytes)
+
+    # -- referrers
+
+    async def _referrers(self, request: Request, exchange: _Exchange, upstream: Upstream, target: Route) -> None:
+        # distribution-spec "Listing Referrers": always 200 and an image
+        # index, empty when there are none.
+        subject = target.reference
+        if not isinstance(subject, Digest):
+            raise RuntimeError("a referrers route without a digest")
+        lookup = await self._services.referrers.page(upstream, target.repo, subject, target.params)
+        page = lookup.page
+        exchange.result = lookup.result
+        self._services.metrics.cache_requests.labels("referrers", lookup.result).inc()
+        if page.filtered:
+            request.setHeader(b"oci-filters-applied", ARTIFACT_TYPE_FILTER.encode("ascii"))
+        if page.link is not None:
+            rewritten = _rewrite_link(page.link, target, ("referrers", str(subject)),
+                                      ("n", "last", ARTIFACT_TYPE_FILTER))
+            if rewritten is not None:
+                request.setHeader(b"link", rewritten)
+        exchange.bytes = _send_bytes(request, exchange, page.body, IMAGE_INDEX.encode("ascii"))
         self._count_bytes(lookup.result, exchange.bytes)
 
     # -- the end of a request
@@ -350,6 +429,21 @@ class RegistryResource(Resource):
         )
 
 
+_KINDS: dict[str, ReferenceKind] = {
+    Endpoint.BLOBS: ReferenceKind.BLOB,
+    Endpoint.TAGS: ReferenceKind.TAGS_LIST,
+    "referrers": ReferenceKind.REFERRERS,
+}
+"""The policy's name for what each endpoint reads; manifests depend on the reference."""
+
+
+def _reference_kind(target: Route) -> ReferenceKind | None:
+    """What C{target} reads, or C{None} for an endpoint the policy has no kind for."""
+    if target.endpoint == Endpoint.MANIFESTS:
+        return ReferenceKind.DIGEST if isinstance(target.reference, Digest) else ReferenceKind.TAG
+    return _KINDS.get(target.endpoint)
+
+
 def _decrement(result: object, gauge: Gauge) -> object:
     gauge.dec()
     return result
@@ -392,10 +486,18 @@ def _send_bytes(request: Request, exchange: _Exchange, body: bytes, content_type
     return sent
 
 
-def _rewrite_link(link: bytes, target: Route) -> bytes | None:
+def _echo_namespace(request: Request, ns: str) -> None:
+    # distribution-spec "Registry Proxying": a registry that honours ?ns=
+    # says so, naming the namespace it served.
+    request.setHeader(b"oci-namespace", ns.encode("ascii"))
+
+
+def _rewrite_link(link: bytes, target: Route, tail: tuple[str, ...], keys: tuple[str, ...]) -> bytes | None:
     """
     Point the upstream's pagination C{Link} (distribution-spec "Listing
-    Tags", RFC 8288) back at ocicache, under the name the client used.
+    Tags", "Listing Referrers"; RFC 8288) back at ocicache, under the name
+    the client used: C{/v2/<name>/<tail>}, keeping only the query C{keys}
+    ocicache validates and passes on.
     """
     text = link.decode("ascii", "replace")
     start, end = text.find("<"), text.find(">")
@@ -405,11 +507,14 @@ def _rewrite_link(link: bytes, target: Route) -> bytes | None:
         upstream_url = DecodedURL.from_text(text[start + 1:end])
     except Exception:
         return None
-    ours = DecodedURL.from_text("/").child("v2", *target.client_name.split("/"), "tags", "list")
-    for key, value in upstream_url.query:
-        if key in ("n", "last") and value is not None:
-            ours = ours.add(key, value)
+    # The path by hand: every segment has passed the spec's grammar, whose
+    # characters are all safe in a path, and a digest's ":" must stay one
+    # (an encoded %3A is refused, as clients never send it).
+    path = "/".join(("", "v2", target.client_name, *tail))
+    query = [(key, value) for key, value in upstream_url.query if key in keys and value is not None]
     if target.ns is not None:
-        ours = ours.add("ns", target.ns)
-    return f"<{ours.to_uri().to_text()}>{text[end + 1:]}".encode("ascii")
+        query.append(("ns", target.ns))
+    if query:
+        path += "?" + urlencode(query, quote_via=quote)
+    return f"<{path}>{text[end + 1:]}".encode("ascii")
 
