@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from attrs import frozen
 from twisted.logger import Logger
 
+from .._spec._closure import image_blobs
 from .._spec._media_types import MANIFEST_MEDIA_TYPES, manifest_media_type
 from .._spec._reference import Digest
 from .._storage._disk import Disk
@@ -131,6 +132,10 @@ class ManifestService:
         # Batched: the janitor writes them, never one write per request.
         self._read[str(found.manifest.digest)] = self._reactor.seconds()
         return found
+
+    def recent_reads(self, since: float) -> list[str]:
+        """The manifests read at or after C{since} and not yet taken by L{take_reads}."""
+        return [digest for digest, when in self._read.items() if when >= since]
 
     def take_reads(self) -> dict[str, float]:
         """The manifests read since the last call, and when."""
@@ -290,6 +295,10 @@ class ManifestService:
         children = await self._disk.run(_children, manifest.body)
         if children:
             await self._metadata.put_children(str(digest), children)
+        blobs = await self._disk.run(image_blobs, manifest.body)
+        if blobs:
+            # What eviction protects for a pull in progress, and what a pin holds.
+            await self._metadata.put_manifest_blobs(str(digest), [(str(b.digest), b.size) for b in blobs])
         await self._access.record(upstream, repo, digest)
         if not isinstance(reference, Digest):
             await self._metadata.put_tag(upstream.name, repo, variant_key(reference, accept), str(digest), now)

@@ -1,5 +1,7 @@
 """
-The C{ocicache} operator command: C{verify}, C{gc}, C{stats}, C{--version}.
+The C{ocicache} operator command: C{verify}, C{gc}, C{stats}, C{--version};
+and C{warm}, C{pin}, C{unpin}, C{pins}, which talk to the running daemon
+(L{ocicache._daemon._warm_cli}).
 
 Each reads the same configuration as the daemon and works on its cache
 directory directly, so it is safe to run while the daemon runs: files are
@@ -35,6 +37,7 @@ from .._storage._janitor import Janitor, verify_file
 from .._storage._metadata import Metadata, MetadataCorrupt, MetadataUnavailable
 from .._storage._store import Kind, Store
 from .._version import __version__
+from ._warm_cli import add_commands, run_command
 
 __all__ = ["main"]
 
@@ -55,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     command("gc", "run expiry and eviction now, and print what was freed")
     stats = command("stats", "print the store's size, entries, biggest repositories and oldest entry")
     stats.add_argument("--json", action="store_true", help="print JSON")
+    add_commands(command)
     return parser
 
 
@@ -66,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         sys.stderr.write(f"ocicache: {e}\n")
         return 2
+    if arguments.command in ("warm", "pin", "unpin", "pins"):
+        # Through the running daemon: never the store behind its back.
+        return run_command(config, arguments)
     if not os.path.isdir(config.cache.dir):
         sys.stderr.write(f"ocicache: no cache at {config.cache.dir}\n")
         return 2
@@ -212,7 +219,14 @@ async def _gc(reactor: Any, config: Config, metadata: Metadata, arguments: argpa
     pool.start()
     try:
         disk = Disk(reactor, store, metadata, pool)
-        capacity = Capacity(disk, config.cache.max_size, config.cache.min_free)
+        async def protected() -> list[Digest]:
+            # As the daemon protects: pins, and manifests read within
+            # protect_recent (as far as the database knows).
+            window = config.cache.protect_recent
+            since = time.time() - window if window > 0 else float("inf")
+            return [Digest.parse(text) for text in await metadata.protected_blobs(since, [])]
+
+        capacity = Capacity(disk, config.cache.max_size, config.cache.min_free, protected=protected)
         janitor = Janitor(disk, capacity, config.cache.blob_ttl, manifest_ttl=config.cache.manifest_ttl)
         recovered = await janitor.recover()
         report = await janitor.run()

@@ -3,8 +3,10 @@ The daemon's service tree: the parts of ocicache wired together.
 
     OcicacheService (MultiService)
       ├─ one StreamServerEndpointService per registry listen address
-      ├─ a StreamServerEndpointService for the operator listener (metrics)
-      └─ the janitor (a TimerService)
+      ├─ a StreamServerEndpointService for the operator listener (metrics, /pins)
+      ├─ the janitor (a TimerService)
+      ├─ a TimerService per [[warm]] entry with `every` (the others run once at start)
+      └─ the pins' tag-following (a TimerService, on the janitor's interval)
 
 The store and the metadata database are opened before the listeners
 start, and closed after they stop.  A corrupt database is moved aside and
@@ -43,8 +45,10 @@ from .._cache._incoming import DownloadError
 from .._cache._manifests import ManifestService
 from .._cache._referrers import ReferrerService
 from .._cache._slots import Slots
-from .._ops._config import Config
+from .._cache._warm import Warmer, WarmReport
+from .._ops._config import Config, WarmConfig
 from .._ops._metrics import ManifestTally, Metrics
+from .._spec._reference import Digest, parse_image_reference
 from .._storage._capacity import Capacity
 from .._storage._disk import Disk
 from .._storage._health import DiskHealth
@@ -55,6 +59,7 @@ from .._storage._store import Kind, Store
 from .._upstream._client import Upstream, make_pool
 from .._upstream._tokens import TokenCache
 from .._web._operator import OperatorResource
+from .._web._pins import PinsResource
 from .._web._resources import RootResource, Services
 from .._web._site import DrainingSite, QuietSite
 from ._reload import Reloader
@@ -101,7 +106,8 @@ class OcicacheService(MultiService):
                       lambda name: per_upstream.get(name, 1))
         access = RepoAccess(self.metadata, reactor, health=health)
         self.disk = disk = Disk(reactor, self.store, self.metadata, self.disk_pool)
-        self.capacity = Capacity(disk, config.cache.max_size, config.cache.min_free, self._evicted)
+        self.capacity = Capacity(disk, config.cache.max_size, config.cache.min_free, self._evicted,
+                                 protected=self._protected)
         self.blobs = BlobService(
             disk, access, self.capacity,
             lambda upstream, count: self.metrics.upstream_bytes.labels(upstream).inc(count),
@@ -127,6 +133,7 @@ class OcicacheService(MultiService):
         self.manifests = ManifestService(
             disk, access, lambda upstream: config.tag_ttl_for(upstream.config), slots=slots, health=health,
         )
+        self._wire_warming()
         referrers = ReferrerService(reactor, self.manifests, config.cache.referrers_ttl, disk=disk)
         services = Services(reactor, config, self.upstreams, self.blobs, self.manifests, self.metrics,
                             on_manifest_stored=self.manifest_tally.added, referrers=referrers)
@@ -143,9 +150,95 @@ class OcicacheService(MultiService):
                 self.metrics, self.store.root, lambda: self.metadata.is_open,
                 before_scrape=self._refresh_cache_gauges, draining=lambda: self.site.draining,
             )
+            operator.putChild(b"pins", PinsResource(self.warmer, on_changed=self._pins_changed))
             operator_site = QuietSite(operator)
             operator_site.displayTracebacks = False
             self._listen(config.metrics.listen, operator_site)
+
+    # -- warming and pinning ([[warm]], ocicache pin)
+
+    def _wire_warming(self) -> None:
+        """
+        The warmer; a timer for each C{[[warm]]} entry with C{every} (the
+        others run once at start); and the pins' tag-following, on the
+        janitor's interval.
+        """
+        metrics = self.metrics
+        self.warmer = Warmer(self.disk, self.manifests, self.blobs, self.upstreams,
+                             lambda: self.config.cache.max_size,
+                             on_blob=lambda outcome: metrics.warm_blobs.labels(outcome).inc())
+        for entry in self.config.warm:
+            if entry.every is not None:
+                TimerService(entry.every, self._warm_soon, entry).setServiceParent(self)
+        follow = TimerService(self.config.cache.janitor_interval, self._follow_pins_soon)
+        follow.setServiceParent(self)
+
+    def _warm_soon(self, entry: WarmConfig) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._warm_entry(entry))
+
+    async def _warm_entry(self, entry: WarmConfig) -> None:
+        """One run of a C{[[warm]]} entry: each reference warmed (or pinned), one log line each."""
+        for text in entry.refs:
+            image = parse_image_reference(text)  # validated with the config
+            report: WarmReport | None = None
+            try:
+                upstream, repo = self.warmer.target(image)
+                if entry.pin:
+                    report = await self.warmer.pin(upstream, repo, image.reference, entry.platforms)
+                    self._pins_changed()
+                else:
+                    report = await self.warmer.warm(upstream, repo, image.reference, entry.platforms)
+                error = report.error or ("; ".join(f"{b.digest}: {b.error}" for b in report.failed) or None)
+            except Exception as e:
+                error = str(e) or type(e).__name__
+            self.metrics.warm_runs.labels("ok" if error is None else "failed").inc()
+            fetched, fetched_bytes = report.count("fetched") if report is not None else (0, 0)
+            cached, cached_bytes = report.count("cached") if report is not None else (0, 0)
+            failed = len(report.failed) if report is not None else 0
+            line = ("{verb} {ref} ({digest}): fetched {fetched} blobs ({fetched_bytes} B), {cached} already"
+                    " cached ({cached_bytes} B), {failed} failed")
+            fields = dict(verb="Pinned" if entry.pin else "Warmed", ref=text,
+                          digest=report.digest if report is not None else "-", fetched=fetched,
+                          fetched_bytes=fetched_bytes, cached=cached, cached_bytes=cached_bytes, failed=failed)
+            if error is None:
+                log.info(line, **fields)
+            else:
+                log.warn(line + ": {error}", error=error, **fields)
+
+    def _follow_pins_soon(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._follow_pins())
+
+    async def _follow_pins(self) -> None:
+        try:
+            moved = await self.warmer.follow_pins()
+        except Exception:
+            log.failure("Following pinned tags failed")
+            return
+        if moved:
+            self._pins_changed()
+        await self._count_pinned()
+
+    def _pins_changed(self) -> None:
+        Deferred.fromCoroutine(self._count_pinned()).addErrback(
+            lambda failure: log.failure("Could not count pinned bytes", failure))
+
+    async def _count_pinned(self) -> None:
+        try:
+            pinned = await self.metadata.pinned_blobs()
+        except MetadataUnavailable:
+            return
+        self.metrics.pinned_bytes.set(sum(pinned.values()))
+
+    async def _protected(self) -> list[Digest]:
+        """
+        What eviction and expiry must leave: pinned closures, and the blobs
+        of every manifest read within C{[cache] protect_recent} (an image
+        being pulled keeps its layers until the pull is done).
+        """
+        window = self.config.cache.protect_recent
+        since = self._reactor.seconds() - window if window > 0 else float("inf")
+        recent = self.manifests.recent_reads(since)
+        return [Digest.parse(text) for text in await self.metadata.protected_blobs(since, recent)]
 
     def _listen(self, description: str, site: Site) -> StreamServerEndpointService:
         try:
@@ -291,6 +384,9 @@ class OcicacheService(MultiService):
             if not upstream.tls_verify:
                 log.warn("Upstream {upstream}: TLS certificate verification is OFF (tls_verify = false);"
                          " anyone on the path can impersonate it", upstream=upstream.name)
+        for entry in self.config.warm:
+            if entry.every is None:
+                self._reactor.callLater(0, self._warm_soon, entry)
         scanning = self.disk.run(_scan_manifests, self.store)
         scanning.addCallback(self.manifest_tally.loaded)
         scanning.addErrback(lambda failure: log.failure("Could not count stored manifests", failure))

@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 from attrs import field, frozen
 from hyperlink import DecodedURL
 
-from .._spec._reference import is_registry_host
+from .._spec._closure import Platform, host_platform
+from .._spec._reference import InvalidReference, is_registry_host, parse_image_reference
 from ._patterns import Pattern
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "RuleConfig",
     "ServerConfig",
     "UpstreamConfig",
+    "WarmConfig",
     "default_cache_dir",
     "load_config",
     "parse_config",
@@ -173,6 +175,8 @@ class CacheConfig:
     """Seconds an unreferenced manifest is kept unread; C{None}: forever."""
     referrers_ttl: float = 60.0
     """Seconds a referrers listing is reused before the upstream is asked again."""
+    protect_recent: float = 3600.0
+    """Blobs of a manifest read this recently are never evicted (a pull in progress)."""
 
 
 @frozen
@@ -202,6 +206,20 @@ class RuleConfig:
 
 
 @frozen
+class WarmConfig:
+    """
+    One C{[[warm]]} table: images the daemon fetches at start and every
+    C{every} seconds (C{None}: at start only), for C{platforms} only;
+    C{pin} keeps their closures from eviction and expiry.
+    """
+
+    refs: tuple[str, ...]
+    platforms: tuple[Platform, ...]
+    every: float | None = None
+    pin: bool = False
+
+
+@frozen
 class Config:
     server: ServerConfig
     cache: CacheConfig
@@ -209,6 +227,7 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     rules: tuple[RuleConfig, ...] = ()
     """The C{[[rule]]} list, in order: the first that matches decides."""
+    warm: tuple[WarmConfig, ...] = ()
 
     @property
     def default_upstream(self) -> UpstreamConfig | None:
@@ -770,6 +789,7 @@ def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None =
         scrub_rate=cache_section.convert("scrub_rate", parse_size, _CACHE_DEFAULTS.scrub_rate),
         manifest_ttl=_manifest_ttl(cache_section),
         referrers_ttl=cache_section.convert("referrers_ttl", parse_duration, _CACHE_DEFAULTS.referrers_ttl),
+        protect_recent=cache_section.convert("protect_recent", parse_duration, _CACHE_DEFAULTS.protect_recent),
     )
     if cache.max_downloads < 1:
         raise ConfigError("cache.max_downloads: must be at least 1")
@@ -789,6 +809,7 @@ def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None =
 
     raw_upstreams = top.get("upstream", list, None)
     raw_rules = top.get("rule", list, None)
+    raw_warm = top.get("warm", list, [])
     top.finish()
     if raw_upstreams is None:
         upstreams = tuple(
@@ -809,8 +830,59 @@ def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None =
     if sum(upstream.default for upstream in upstreams) > 1:
         raise ConfigError("upstream: only one upstream may set default = true")
     rules = _parse_rules(raw_rules, upstreams)
+    warm = _parse_warm_tables(raw_warm, upstreams)
     return Config(server=server, cache=cache,
-                  upstreams=upstreams, metrics=metrics, rules=rules)
+                  upstreams=upstreams, metrics=metrics, rules=rules, warm=warm)
+
+
+# -- [[warm]]: images fetched, and perhaps pinned, by the daemon itself
+
+
+def _parse_warm_tables(tables: list[object], upstreams: tuple[UpstreamConfig, ...]) -> tuple[WarmConfig, ...]:
+    return tuple(_parse_warm(table, index, upstreams) for index, table in enumerate(tables))
+
+
+def _parse_warm(table: object, index: int, upstreams: tuple[UpstreamConfig, ...]) -> WarmConfig:
+    path = f"warm[{index}]"
+    section = _Section(table, path)
+    refs = section.get("refs", list, None)
+    if not refs:
+        raise ConfigError(f"{path}.refs: required, a non-empty list of images such as 'docker.io/library/alpine:3.20'")
+    names = {upstream.name for upstream in upstreams}
+    has_default = any(upstream.default for upstream in upstreams)
+    for number, ref in enumerate(refs):
+        key = f"{path}.refs[{number}]"
+        if not isinstance(ref, str):
+            raise ConfigError(f"{key}: expected a string")
+        try:
+            parsed = parse_image_reference(ref)
+        except InvalidReference as e:
+            raise ConfigError(f"{key}: {ref!r} is not an image reference ({e.message})") from None
+        if parsed.registry is None and not has_default:
+            raise ConfigError(f"{key}: {ref!r} names no registry and no upstream is the default")
+        if parsed.registry is not None and parsed.registry not in names:
+            raise ConfigError(f"{key}: no [[upstream]] is named {parsed.registry!r}")
+    raw_platforms = section.get("platforms", list, None)
+    if raw_platforms is None:
+        platforms: tuple[Platform, ...] = (host_platform(),)
+    else:
+        if not raw_platforms:
+            raise ConfigError(f"{path}.platforms: expected a non-empty list such as ['linux/amd64']")
+        parsed_platforms = []
+        for number, text in enumerate(raw_platforms):
+            if not isinstance(text, str):
+                raise ConfigError(f"{path}.platforms[{number}]: expected a string")
+            try:
+                parsed_platforms.append(Platform.parse(text))
+            except ValueError as e:
+                raise ConfigError(f"{path}.platforms[{number}]: {e}") from None
+        platforms = tuple(parsed_platforms)
+    every = section.convert("every", parse_duration, None)
+    if every is not None and every <= 0:
+        raise ConfigError(f"{path}.every: must be positive (unset: at start only)")
+    pin = section.get("pin", bool, False)
+    section.finish()
+    return WarmConfig(tuple(refs), platforms, every, pin)
 
 
 def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> Config:

@@ -84,6 +84,16 @@ class Metrics:
         self.config_reloads = Counter(
             "ocicache_config_reloads", "SIGHUP reloads of the config file: applied or refused.",
             ["result"], registry=registry)
+        # Warming and pinning (the daemon's own [[warm]] runs and pins).
+        self.warm_runs = Counter(
+            "ocicache_warm_runs", "Warm runs of one image by the daemon ([[warm]], pins), by result.",
+            ["result"], registry=registry)
+        self.warm_blobs = Counter(
+            "ocicache_warm_blobs", "Blobs of warm runs, by outcome: fetched, cached (already there) or failed.",
+            ["outcome"], registry=registry)
+        self.pinned_bytes = Gauge(
+            "ocicache_pinned_bytes", "Bytes of the blobs pinned closures reference (counted toward max_size).",
+            registry=registry)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -15,6 +15,7 @@ from .._cache._errors import (
     DigestMismatch,
     ManifestTooLarge,
     ManifestUnknown,
+    PinRefused,
     RepositoryUnknown,
     StoreUnavailable,
 )
@@ -79,6 +80,10 @@ def registry_error(error: BaseException) -> RegistryError | None:
         case UpstreamUnavailable():
             return RegistryError(ErrorCode.UPSTREAM_UNAVAILABLE, str(error), status=502)
         # Ours, and passing: 503 Service Unavailable (RFC 9110 §15.6.4).
+        # A pin that cannot fit: the operator's request conflicts with the
+        # store's limit (RFC 9110 §15.5.10).
+        case PinRefused():
+            return RegistryError(ErrorCode.DENIED, str(error), status=409)
         case StoreUnavailable():
             return RegistryError(ErrorCode.UPSTREAM_UNAVAILABLE, str(error), status=503)
     return None

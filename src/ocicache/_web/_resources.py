@@ -236,6 +236,7 @@ class RegistryResource(Resource):
         exchange.result = lookup.result
         self._services.metrics.cache_requests.labels("manifest", lookup.result).inc()
         manifest = lookup.manifest
+        _cache_header(request, lookup.result)
         request.setHeader(b"docker-content-digest", str(manifest.digest).encode("ascii"))
         request.setHeader(b"etag", _etag(manifest.digest))
         exchange.bytes = _send_bytes(request, exchange, manifest.body, manifest.media_type.encode("ascii"))
@@ -277,6 +278,7 @@ class RegistryResource(Resource):
                 return
         # Only now, with the bytes in hand: an error must not carry them.
         _blob_headers(request, digest)
+        _cache_header(request, lookup.result)
         start: int = 0
         end: int | None = total
         try:
@@ -451,6 +453,12 @@ def _etag(digest: Digest) -> bytes:
     # A digest names exactly one content: the strongest validator there is
     # (RFC 9110 §8.8.3).
     return b'"%s"' % str(digest).encode("ascii")
+
+
+def _cache_header(request: Request, result: CacheResult) -> None:
+    # How the cache answered (hit, miss, coalesced, stale): what ocicache
+    # warm reports as fetched or already there.
+    request.setHeader(b"ocicache-cache", str(result).encode("ascii"))
 
 
 def _blob_headers(request: Request, digest: Digest) -> None:
