@@ -120,3 +120,6 @@ def test_what_needs_a_restart(files: tuple[str, str], tmp_path: Any) -> None:
     assert restart_only_changes(running, load_config(other, {})) == [
         "server.listen", "upstream[docker.io].max_downloads", "upstream[ghcr.io] (added)"]
     assert restart_only_changes(running, running) == []
+    with open(other, "a") as f:
+        f.write('[[warm]]\nrefs = ["docker.io/library/alpine:3"]\n')
+    assert "warm" in restart_only_changes(running, load_config(other, {}))

@@ -77,6 +77,9 @@ def restart_only_changes(running: Config, new: Config) -> list[str]:
                 continue
             if getattr(old_upstream, field.name) != getattr(new_upstream, field.name):
                 changed.append(f"upstream[{name}].{field.name}")
+    if running.warm != new.warm:
+        # The warm timers are set up at start.
+        changed.append("warm")
     return sorted(changed)
 
 
