@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 
 import pytest
 
-from ocitest import SRC_ROOT, free_port, http_request
+from ocitest import SRC_ROOT, free_port, http_request, wait_for
 from ocitest.daemon import Daemon, Upstream
 from ocitest.hop import Hop, HopRequest
 from ocitest.images import MEDIA, Image, sha256_digest
@@ -36,10 +36,11 @@ _ACCEPT = {"Accept": ", ".join(MEDIA.MANIFEST_TYPES)}
 
 
 def _start(daemon_factory: Callable[..., Daemon], hop: Hop, tag_ttl: str = "1s",
-           **upstream: object) -> tuple[Daemon, str]:
+           cache_extra: Mapping[str, object] | None = None, **upstream: object) -> tuple[Daemon, str]:
     port = free_port()
     daemon = daemon_factory(
         tag_ttl=tag_ttl,
+        cache_extra=cache_extra,
         upstreams=[Upstream("docker.io", hop.url, default=True, extra=dict(upstream))],
         extra_tables={"metrics": {"listen": f"tcp:{port}:interface=127.0.0.1"}},
     )
@@ -190,7 +191,7 @@ def test_pull_equivalents_made_and_saved(
         ocitest_images: dict[str, Image], daemon_factory: Callable[..., Daemon], hop: Hop) -> None:
     image = ocitest_images["oci"]
     hop.response_headers = _docker_hub({"n": 76})
-    daemon, metrics = _start(daemon_factory, hop)
+    daemon, metrics = _start(daemon_factory, hop, cache_extra={"janitor_interval": "1s"})
     assert _manifest(daemon, image)[0] == 200  # made: the upstream GET
     for _ in range(3):
         assert _manifest(daemon, image)[0] == 200  # saved: hits
@@ -203,7 +204,15 @@ def test_pull_equivalents_made_and_saved(
     assert metric_value(text, "ocicache_pull_equivalents_total", upstream="docker.io", outcome="made") == 1
     assert metric_value(text, "ocicache_pull_equivalents_total", upstream="docker.io", outcome="saved") == 5
 
-    # Written to the metadata at stop, read offline by ocicache stats.
+    # Written to the metadata by the janitor's passes, and at stop, each
+    # pull counted once; read offline by ocicache stats.
+    def counted() -> tuple[int, int] | None:
+        stats = _ocicache("stats", "--json", "--config", daemon.config_path)
+        assert stats.returncode == 0, stats.stderr
+        entries = json.loads(stats.stdout)["upstreams"]
+        return (entries[0]["pulls_made"], entries[0]["pulls_saved"]) if entries else None
+
+    wait_for(lambda: counted() == (1, 5), timeout=15, what="a janitor pass to write the pull counts")
     daemon.stop()
     stats = _ocicache("stats", "--json", "--config", daemon.config_path)
     assert stats.returncode == 0, stats.stderr

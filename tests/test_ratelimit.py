@@ -1,24 +1,30 @@
 """
 Docker Hub's rate-limit headers and Retry-After (L{ocicache._upstream._ratelimit}),
-and what the upstream client does with them: gauges, no request while
-limited, the tag TTL stretched below the quota floor.
+what the upstream client does with them (gauges, no request while limited,
+the tag TTL stretched below the quota floor), and the per-upstream counts
+the metadata database keeps for C{ocicache stats}.
 """
 
 from __future__ import annotations
 
 from email.utils import formatdate
+from pathlib import Path
 
 import pytest
+import pytest_twisted
 from hyperlink import DecodedURL
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
 from ocicache._ops._config import UpstreamConfig
 from ocicache._ops._metrics import Metrics
+from ocicache._storage._metadata import Metadata, QuotaRow
 from ocicache._upstream._client import Upstream, make_pool
 from ocicache._upstream._errors import UpstreamRateLimited
 from ocicache._upstream._ratelimit import (
@@ -197,3 +203,24 @@ def test_the_tag_ttl_stretches_below_the_floor() -> None:
     assert upstream.tag_ttl(300.0) == 3600.0
     upstream.note_quota(_Response(200, {b"ratelimit-remaining": [b"10;w=21600"]}))  # type: ignore[arg-type]
     assert upstream.tag_ttl(300.0) == 300.0
+
+
+# --- kept for ocicache stats --------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_pull_counts_add_up_and_rate_limit_values_are_kept(tmp_path: Path) -> None:
+    metadata = Metadata(str(tmp_path / "metadata.sqlite"), IReactorThreads(reactor))
+    await metadata.open()
+    try:
+        seen = Quota(100, 76, 21600.0, "192.0.2.1", observed_at=10.0)
+        await metadata.add_quota("docker.io", 3, 7, seen)
+        # A flush with no new headers keeps the last values; counts add up.
+        await metadata.add_quota("docker.io", 1, 2, Quota(limited_until=99.0))
+        await metadata.add_quota("ghcr.io", 0, 1, Quota())
+        assert await metadata.quota() == [
+            QuotaRow("docker.io", 4, 9, 100, 76, 21600.0, "192.0.2.1", 10.0, 99.0),
+            QuotaRow("ghcr.io", 0, 1, None, None, None, None, None, None),
+        ]
+    finally:
+        await metadata.close()

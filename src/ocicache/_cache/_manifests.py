@@ -202,8 +202,6 @@ class ManifestService:
         """
         response = await upstream.manifest("HEAD", repo, tag, accept)
         await upstream.discard(response)
-        if response.code == 429:
-            raise answer_error(response, UpstreamUnavailable(f"{upstream.name} answered 429"))
         if response.code >= 500:
             raise UpstreamUnavailable(f"{upstream.name} answered {response.code}")
         if response.code == 404:
