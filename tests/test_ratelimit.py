@@ -224,3 +224,15 @@ async def test_pull_counts_add_up_and_rate_limit_values_are_kept(tmp_path: Path)
         ]
     finally:
         await metadata.close()
+
+
+def test_the_last_run_state_is_taken_up_unless_newer_is_known() -> None:
+    clock = MemoryReactorClock()
+    clock.advance(1000)
+    upstream = _upstream(clock, Metrics())
+    upstream.restore(Quota(100, 0, 21600.0, None, observed_at=900.0, limited_until=1100.0))
+    assert upstream.quota.limited_for(clock.seconds()) == 100.0
+    fresh = _upstream(clock, Metrics())
+    fresh.note_quota(_Response(200, {b"ratelimit-remaining": [b"50;w=21600"]}))  # type: ignore[arg-type]
+    fresh.restore(Quota(100, 0, 21600.0, None, observed_at=900.0, limited_until=1100.0))
+    assert fresh.quota.remaining == 50 and fresh.quota.limited_for(clock.seconds()) == 0

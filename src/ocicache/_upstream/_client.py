@@ -396,7 +396,12 @@ class Upstream:
             self._below_floor = below
 
     def restore(self, quota: Quota) -> None:
-        """Take up the quota state of the last run (from the metadata database)."""
+        """
+        Take up the quota state of the last run (from the metadata
+        database), unless this run has heard from the upstream already.
+        """
+        if self.quota != Quota():
+            return
         now = self._reactor.seconds()
         self.quota = quota
         self._limited = quota.limited_for(now) > 0
