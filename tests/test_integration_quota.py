@@ -11,6 +11,8 @@ and canned 429s.
   - Below quota_floor, tags are revalidated only every quota_stretch; the
     gauges show what the upstream said.
   - Pull-equivalents made and saved, in /metrics and in ocicache stats.
+  - A mirror tier's 429 is passed on per request: a limited regional still
+    serves its edges what it holds.
 """
 
 from __future__ import annotations
@@ -227,3 +229,27 @@ def test_pull_equivalents_made_and_saved(
     assert text_stats.returncode == 0, text_stats.stderr
     assert "docker.io: 1 made upstream, 5 saved" in text_stats.stdout
     assert "rate limit: 76 of 100 left per 6.0h for 192.0.2.1" in text_stats.stdout
+
+
+def test_a_limited_regional_still_serves_its_edges_what_it_holds(
+        ocitest_images: dict[str, Image], daemon_factory: Callable[..., Daemon], hop: Hop) -> None:
+    held, lacking = ocitest_images["oci"], ocitest_images["team"]
+    regional, _ = _start(daemon_factory, hop)
+    assert _manifest(regional, held)[0] == 200
+    for blob in held.blobs:
+        assert _blob(regional, held, blob.digest)[0] == 200
+    hop.reset()
+    hop.answer(429, {"Retry-After": "30"})
+    edge = daemon_factory(tag_ttl="1s", upstreams=[
+        Upstream("docker.io", regional.url, default=True, extra={"kind": "mirror"})])
+    # The regional lacks it: its 429 reaches the edge's client, Retry-After and all.
+    status, headers, _ = _manifest(edge, lacking)
+    assert status == 429 and 25 <= int(headers["retry-after"]) <= 30, headers
+    # The edge does not leave the regional alone for it: what the regional
+    # holds still comes through, though the registry is not asked.
+    status, _, body = _manifest(edge, held)
+    assert status == 200 and body == held.manifest_bytes
+    for blob in held.blobs:
+        status, _, body = _blob(edge, held, blob.digest)
+        assert status == 200 and sha256_digest(body) == blob.digest
+    assert hop.count() == 1, hop.summary()

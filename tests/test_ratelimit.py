@@ -117,43 +117,43 @@ _PULL_LIMIT = RateLimit(100, 0, 21600.0, "192.0.2.1")
 
 
 def test_a_pull_limit_without_retry_after_waits_the_window() -> None:
-    quota = Quota().observed(429, RateLimit(100, 0, 600.0, None), None, 1000.0)
+    quota = Quota().observed(RateLimit(100, 0, 600.0, None), 1000.0, refused=True)
     assert quota.pull_limit
     assert quota.limited_for(1000.0) == 600.0
     assert quota.limited_for(1600.0) == 0.0
     # No window named, ever: Docker Hub's.
-    assert Quota().observed(429, RateLimit(None, 0, None, None), None, 0.0).limited_for(0.0) == DEFAULT_WINDOW
+    assert Quota().observed(RateLimit(None, 0, None, None), 0.0, refused=True).limited_for(0.0) == DEFAULT_WINDOW
 
 
 def test_another_429_without_retry_after_backs_off_a_little() -> None:
-    quota = Quota().observed(429, None, None, 1000.0)
+    quota = Quota().observed(None, 1000.0, refused=True)
     assert not quota.pull_limit
     assert quota.limited_for(1000.0) == DEFAULT_BACKOFF
 
 
 def test_retry_after_wins_and_is_bounded() -> None:
-    assert Quota().observed(429, _PULL_LIMIT, b"30", 0.0).limited_for(0.0) == 30.0
-    assert Quota().observed(429, None, b"30", 0.0).limited_for(0.0) == 30.0
-    assert Quota().observed(429, None, b"99999999", 0.0).limited_for(0.0) == MAX_BACKOFF
+    assert Quota().observed(_PULL_LIMIT, 0.0, refused=True, retry_after=b"30").limited_for(0.0) == 30.0
+    assert Quota().observed(None, 0.0, refused=True, retry_after=b"30").limited_for(0.0) == 30.0
+    assert Quota().observed(None, 0.0, refused=True, retry_after=b"99999999").limited_for(0.0) == MAX_BACKOFF
 
 
 def test_headers_are_kept_across_responses_without_them() -> None:
-    quota = Quota().observed(200, RateLimit(100, 76, 21600.0, "192.0.2.1"), None, 10.0)
-    quota = quota.observed(200, RateLimit(None, 75, None, None), None, 20.0)
+    quota = Quota().observed(RateLimit(100, 76, 21600.0, "192.0.2.1"), 10.0)
+    quota = quota.observed(RateLimit(None, 75, None, None), 20.0)
     assert (quota.limit, quota.remaining, quota.window, quota.source, quota.observed_at) == (
         100, 75, 21600.0, "192.0.2.1", 20.0)
-    assert quota.observed(200, None, None, 30.0) == quota
+    assert quota.observed(None, 30.0) == quota
     assert quota.limited_for(30.0) == 0.0
 
 
 def test_below_the_floor() -> None:
-    quota = Quota().observed(200, RateLimit(100, 9, 600.0, None), None, 0.0)
+    quota = Quota().observed(RateLimit(100, 9, 600.0, None), 0.0)
     assert quota.below(10, 0.0) and not quota.below(9, 0.0)
     assert quota.below(0.1, 0.0) and not quota.below(0.05, 0.0)
     # A whole window later, every pull it counted has left the window.
     assert not quota.below(10, 600.0)
     # A fraction of an unknown limit: never below.
-    assert not Quota().observed(200, RateLimit(None, 0, None, None), None, 0.0).below(0.1, 0.0)
+    assert not Quota().observed(RateLimit(None, 0, None, None), 0.0).below(0.1, 0.0)
 
 
 # --- the client ---------------------------------------------------------------

@@ -33,7 +33,7 @@ from .._version import __version__
 from ._body import discard_body, read_body
 from ._credentials import CredentialSource, credentials_for
 from ._errors import UpstreamRateLimited, UpstreamUnavailable
-from ._ratelimit import Quota, parse_ratelimit
+from ._ratelimit import Quota, parse_ratelimit, parse_retry_after
 from ._tls import UpstreamTLSPolicy
 from ._tokens import TokenCache, TokenKey
 
@@ -182,7 +182,7 @@ class Upstream:
             response = await self._follow(method, target.url, response, headers, authorization, target.kind)
         if response.code == 429:
             await self.discard(response)
-            raise self._rate_limited()
+            raise self._rate_limited(response)
         if target.kind == "manifest" and method == "GET":
             # Docker Hub counts a pull per manifest GET; HEADs are free.
             self._made += 1
@@ -325,7 +325,7 @@ class Upstream:
         response = await self._request("GET", realm, {}, authorization, "token")
         if response.code == 429:
             await self.discard(response)
-            raise self._rate_limited()
+            raise self._rate_limited(response)
         body = await self.read_body(response, 1 << 20)
         if response.code != 200 or body is None:
             log.warn("{upstream}: token request answered {code}", upstream=self.name, code=response.code)
@@ -363,10 +363,14 @@ class Upstream:
             _first(headers, b"ratelimit-limit"), _first(headers, b"ratelimit-remaining"),
             _first(headers, b"docker-ratelimit-source"),
         )
-        if ratelimit is None and response.code != 429 and not self._limited:
+        # A mirror tier (another ocicache) answers 429 only for what it
+        # lacks while its own upstream limits it, and serves the rest: its
+        # 429s are passed on one by one, and it is never left alone.
+        refused = response.code == 429 and self.config.mirror_ns is None
+        if ratelimit is None and not refused and not self._limited:
             return
         now = self._reactor.seconds()
-        self.quota = quota = self.quota.observed(response.code, ratelimit, _first(headers, b"retry-after"), now)
+        self.quota = quota = self.quota.observed(ratelimit, now, refused, _first(headers, b"retry-after"))
         if self._metrics is not None and ratelimit is not None:
             if quota.limit is not None:
                 self._metrics.ratelimit_limit.labels(self.name).set(quota.limit)
@@ -420,9 +424,18 @@ class Upstream:
             return max(normal, self.config.quota_stretch)
         return normal
 
-    def _rate_limited(self) -> UpstreamRateLimited:
-        seconds = max(1, math.ceil(self.quota.limited_for(self._reactor.seconds())))
-        return UpstreamRateLimited(f"{self.name} is rate limiting ocicache", b"%d" % seconds)
+    def _rate_limited(self, response: IResponse | None = None) -> UpstreamRateLimited:
+        """
+        The error for a request refused, or not sent, while the upstream
+        is left alone: its C{Retry-After} is the seconds left (or, for a
+        mirror's 429, the mirror's own).
+        """
+        now = self._reactor.seconds()
+        seconds = self.quota.limited_for(now)
+        retry_after = _first(response.headers, b"retry-after") if response is not None else None
+        if not seconds and retry_after is not None:
+            seconds = parse_retry_after(retry_after, now) or 0.0
+        return UpstreamRateLimited(f"{self.name} is rate limiting ocicache", b"%d" % max(1, math.ceil(seconds)))
 
     def saved_pull(self) -> None:
         """A client's manifest GET was answered without one upstream."""

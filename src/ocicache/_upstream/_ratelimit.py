@@ -189,13 +189,13 @@ class Quota:
             return self.remaining < floor * self.limit
         return self.remaining < floor
 
-    def observed(self, status: int, ratelimit: RateLimit | None, retry_after: bytes | None,
-                 now: float) -> Quota:
+    def observed(self, ratelimit: RateLimit | None, now: float, refused: bool = False,
+                 retry_after: bytes | None = None) -> Quota:
         """
-        The quota after a response with C{status} and these headers.  A 429
-        leaves the upstream alone for its C{Retry-After}; without one, for
-        the window of a pull limit, or L{DEFAULT_BACKOFF} for any other
-        kind, and never longer than L{MAX_BACKOFF}.
+        The quota after a response with these rate-limit headers; C{refused}
+        for a 429, which leaves the upstream alone for its C{Retry-After}:
+        without one, for the window of a pull limit, or L{DEFAULT_BACKOFF}
+        for any other kind, and never longer than L{MAX_BACKOFF}.
         """
         quota = self
         if ratelimit is not None:
@@ -207,7 +207,7 @@ class Quota:
                 source=ratelimit.source if ratelimit.source is not None else quota.source,
                 observed_at=now,
             )
-        if status != 429:
+        if not refused:
             return quota
         pull_limit = ratelimit is not None
         wait = parse_retry_after(retry_after, now) if retry_after is not None else None
