@@ -164,7 +164,9 @@ def test_every_429_says_when_to_come_back(
         assert status == 429
         assert headers["retry-after"].isdigit() and int(headers["retry-after"]) > 0, headers
     hop.down = False
-    # ocicache's own 429: its download queue is full.
+    # ocicache's own 429: its download queue is full.  (A fresh daemon: the
+    # first leaves the upstream alone for a while after its 429s.)
+    daemon = daemon_factory(cache_extra={"max_downloads": 1, "download_queue": 0})
     hop.throttle = 256 << 10
     big = ocitest_images["big1"]
     slow = subprocess.Popen(_curl_command(daemon.url + f"/v2/{big.repo}/blobs/{big.layers[0].digest}"),

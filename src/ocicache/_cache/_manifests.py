@@ -27,7 +27,7 @@ from .._storage._health import DiskHealth
 from .._storage._metadata import MetadataUnavailable
 from .._storage._store import Kind
 from .._upstream._client import Upstream
-from .._upstream._errors import UpstreamUnavailable, answer_error
+from .._upstream._errors import UpstreamRateLimited, UpstreamUnavailable, answer_error
 from ._access import RepoAccess
 from ._errors import DigestMismatch, ManifestTooLarge, ManifestUnknown
 from ._lru import SizedLRU
@@ -175,7 +175,7 @@ class ManifestService:
             return ManifestLookup(stored, CacheResult.HIT)
         try:
             current = await self._revalidate(upstream, repo, tag, accept)
-        except UpstreamUnavailable as e:
+        except (UpstreamUnavailable, UpstreamRateLimited) as e:
             log.warn("Serving stale {upstream}/{repo}:{tag}: {error}",
                      upstream=upstream.name, repo=repo, tag=tag, error=str(e))
             return ManifestLookup(stored, CacheResult.STALE)
@@ -201,12 +201,13 @@ class ManifestService:
         """
         The digest the upstream's tag points at now, from a C{HEAD}, or
         C{None} when the upstream did not say.  Raises
-        L{UpstreamUnavailable} when the upstream cannot answer, which the
-        caller turns into a stale hit.
+        L{UpstreamUnavailable} when the upstream cannot answer, and
+        L{UpstreamRateLimited} when it is rate limiting, which the caller
+        turns into a stale hit.
         """
         response = await upstream.manifest("HEAD", repo, tag, accept)
         await upstream.discard(response)
-        if response.code >= 500 or response.code == 429:
+        if response.code >= 500:
             raise UpstreamUnavailable(f"{upstream.name} answered {response.code}")
         if response.code == 404:
             try:

@@ -45,6 +45,7 @@ from .._cache._incoming import DownloadError
 from .._cache._manifests import ManifestService
 from .._cache._referrers import ReferrerService
 from .._cache._slots import Slots
+from .._cache._tags import TagService
 from .._cache._warm import Warmer, WarmReport
 from .._ops._config import Config, WarmConfig
 from .._ops._metrics import ManifestTally, Metrics
@@ -57,6 +58,7 @@ from .._storage._metadata import Metadata, MetadataUnavailable
 from .._storage._scrub import Scrubber
 from .._storage._store import Kind, Store
 from .._upstream._client import Upstream, make_pool
+from .._upstream._ratelimit import Quota
 from .._upstream._tokens import TokenCache
 from .._web._operator import OperatorResource
 from .._web._pins import PinsResource
@@ -120,6 +122,7 @@ class OcicacheService(MultiService):
             on_corrupt=lambda digest: self.metrics.corrupt_blobs.labels("scrub").inc(),
         )
         self.manifest_tally = ManifestTally()
+        self._flushed_quota: dict[str, Quota] = {}
         self.janitor = Janitor(
             disk, self.capacity, config.cache.blob_ttl,
             lambda: [download.temp_path for download in self.blobs.inflight.values()],
@@ -131,12 +134,13 @@ class OcicacheService(MultiService):
         )
         self._janitor_timer.setServiceParent(self)
         self.manifests = ManifestService(
-            disk, access, lambda upstream: config.tag_ttl_for(upstream.config), slots=slots, health=health,
+            disk, access, self._tag_ttl, slots=slots, health=health,
         )
         self._wire_warming()
         referrers = ReferrerService(reactor, self.manifests, config.cache.referrers_ttl, disk=disk)
         services = Services(reactor, config, self.upstreams, self.blobs, self.manifests, self.metrics,
-                            on_manifest_stored=self.manifest_tally.added, referrers=referrers)
+                            on_manifest_stored=self.manifest_tally.added, referrers=referrers,
+                            tags=TagService(reactor, self._tag_ttl))
         # What the resources read, and a reload swaps parts of.
         self.registry = services
         self.site = DrainingSite(RootResource(services), reactor, self.metrics, config.server)
@@ -263,6 +267,45 @@ class OcicacheService(MultiService):
                 parent.setComponent(ILogObserver, self.log_observer)
         MultiService.setServiceParent(self, parent)
 
+    def _tag_ttl(self, upstream: Upstream) -> float:
+        """
+        How long C{upstream}'s tags (and tag lists) are trusted: its
+        C{tag_ttl}, stretched while its pull quota runs low.
+        """
+        return upstream.tag_ttl(self.config.tag_ttl_for(upstream.config))
+
+    async def _flush_quota(self) -> None:
+        """
+        Write each upstream's pull-equivalents since the last flush and its
+        last rate-limit values, for C{ocicache stats} and the next start.
+        """
+        for upstream in self.upstreams.values():
+            made, saved = upstream.pulls()
+            quota = upstream.quota
+            if not made and not saved and quota == self._flushed_quota.get(upstream.name, Quota()):
+                continue
+            try:
+                await self.metadata.add_quota(upstream.name, made, saved, quota)
+            except MetadataUnavailable as e:
+                log.warn("Could not record the pull counts of {upstream}: {error}",
+                         upstream=upstream.name, error=str(e))
+                return
+            upstream.flushed(made, saved)
+            self._flushed_quota[upstream.name] = quota
+
+    async def _restore_quota(self) -> None:
+        """
+        The rate-limit state of the last run: an upstream that was left
+        alone is still left alone until its window passes, restart or not.
+        """
+        for row in await self.metadata.quota():
+            upstream = self.upstreams.get(row.upstream)
+            if upstream is not None:
+                quota = Quota(limit=row.limit, remaining=row.remaining, window=row.window, source=row.source,
+                              observed_at=row.observed_at, limited_until=row.limited_until)
+                self._flushed_quota[row.upstream] = quota
+                upstream.restore(quota)
+
     def _refresh_cache_gauges(self) -> None:
         """
         Before each scrape: the cache's size and entries, from running
@@ -296,6 +339,8 @@ class OcicacheService(MultiService):
         except Exception:
             log.failure("Janitor pass failed")
             return
+        finally:
+            await self._flush_quota()
         if (report.expired or report.evicted or report.temp_removed or report.tags_removed
                 or report.manifests_removed):
             log.info(
@@ -387,6 +432,8 @@ class OcicacheService(MultiService):
         for entry in self.config.warm:
             if entry.every is None:
                 self._reactor.callLater(0, self._warm_soon, entry)
+        restoring = Deferred.fromCoroutine(self._restore_quota())
+        restoring.addErrback(lambda failure: log.failure("Could not read the last rate-limit state", failure))
         scanning = self.disk.run(_scan_manifests, self.store)
         scanning.addCallback(self.manifest_tally.loaded)
         scanning.addErrback(lambda failure: log.failure("Could not count stored manifests", failure))
@@ -450,6 +497,7 @@ class OcicacheService(MultiService):
         scrubbing = self.scrubber.stop()
         if scrubbing is not None:
             await scrubbing
+        await self._flush_quota()
         self.disk_pool.stop()
         await DeferredList([self.metadata.close(), self.http_pool.closeCachedConnections()])
         removed = self.store.remove_temp_files()

@@ -108,6 +108,14 @@ class UpstreamConfig:
     """For a mirror: the registry host sent as C{?ns=}; C{None}: this upstream's C{name}."""
     token: str | None = field(default=None, repr=False)
     """A static bearer token sent to this upstream up front (a mirror tier's client token)."""
+    quota_floor: int | float = 0.1
+    """
+    Pulls left (an C{int}) or the fraction of the limit left (a C{float})
+    below which the upstream's tags are revalidated only every
+    C{quota_stretch}.
+    """
+    quota_stretch: float = 21600.0
+    """The tag TTL while the upstream's remaining pulls are below C{quota_floor}."""
 
     @property
     def mirror_ns(self) -> str | None:
@@ -363,6 +371,26 @@ def _parse_min_free(value: object) -> int | float:
     return parse_size(value)
 
 
+def _parse_quota_floor(value: object) -> int | float:
+    """A count of pulls (C{10}) or a percentage of the limit (C{"10%"})."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"{value!r} is not a number of pulls (10) or a percentage of the limit ('10%')")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    number = value.strip()
+    if not number.endswith("%"):
+        raise ValueError(f"{value!r} is not a number of pulls (10) or a percentage of the limit ('10%')")
+    try:
+        percent = float(number[:-1])
+    except ValueError:
+        raise ValueError(f"{value!r} is not a percentage such as '10%'") from None
+    if not 0 <= percent <= 100:
+        raise ValueError("a percentage must be between 0% and 100%")
+    return percent / 100
+
+
 class _Section:
     """
     Reads typed keys out of one TOML table and refuses keys it does not
@@ -497,6 +525,8 @@ def _parse_upstream(table: object, index: int, environ: Mapping[str, str]) -> Up
     if token is not None and (credentials is not None or credential_command is not None):
         raise ConfigError(f"{path}: set token_file or token_env, or credentials, not both")
     include, exclude, tags, digest_only = _parse_upstream_policy(section, path)
+    quota_floor = section.convert("quota_floor", _parse_quota_floor, _UPSTREAM_DEFAULTS.quota_floor)
+    quota_stretch = _positive_duration(section, "quota_stretch", _UPSTREAM_DEFAULTS.quota_stretch)
     section.finish()
     return UpstreamConfig(
         name=name.lower(),
@@ -515,6 +545,8 @@ def _parse_upstream(table: object, index: int, environ: Mapping[str, str]) -> Up
         kind=kind,
         ns=ns,
         token=token,
+        quota_floor=quota_floor,
+        quota_stretch=quota_stretch,
     )
 
 

@@ -94,6 +94,23 @@ class Metrics:
         self.pinned_bytes = Gauge(
             "ocicache_pinned_bytes", "Bytes of the blobs pinned closures reference (counted toward max_size).",
             registry=registry)
+        self.ratelimit_limit = Gauge(
+            "ocicache_upstream_ratelimit_limit",
+            "Pulls allowed in the upstream's rate-limit window (Docker Hub's ratelimit-limit).",
+            ["upstream"], registry=registry)
+        self.ratelimit_window = Gauge(
+            "ocicache_upstream_ratelimit_window_seconds",
+            "The upstream's rate-limit window (the ;w= of its rate-limit headers).",
+            ["upstream"], registry=registry)
+        self.ratelimit_limited = Gauge(
+            "ocicache_upstream_ratelimited",
+            "1 while the upstream is left alone after a 429, until its Retry-After or window passes.",
+            ["upstream"], registry=registry)
+        self.pull_equivalents = Counter(
+            "ocicache_pull_equivalents",
+            "Manifest GETs, as Docker Hub counts pulls: made upstream, or saved (a client's GET answered"
+            " without one).",
+            ["upstream", "outcome"], registry=registry)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

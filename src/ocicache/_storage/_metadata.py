@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from attrs import frozen
 from twisted.internet.defer import Deferred, fail, succeed
@@ -41,6 +41,8 @@ __all__ = [
     "MetadataLocked",
     "MetadataUnavailable",
     "PinRow",
+    "QuotaRow",
+    "QuotaValues",
     "Rebuilt",
     "TagRow",
 ]
@@ -108,6 +110,17 @@ CREATE TABLE IF NOT EXISTS pin_manifests (
     reference TEXT NOT NULL,
     manifest TEXT NOT NULL,
     PRIMARY KEY (upstream, repo, reference, manifest)
+);
+CREATE TABLE IF NOT EXISTS quota (
+    upstream TEXT PRIMARY KEY,
+    pulls_made INTEGER NOT NULL DEFAULT 0,
+    pulls_saved INTEGER NOT NULL DEFAULT 0,
+    ratelimit_limit INTEGER,
+    ratelimit_remaining INTEGER,
+    ratelimit_window REAL,
+    ratelimit_source TEXT,
+    observed_at REAL,
+    limited_until REAL
 );
 """
 
@@ -273,6 +286,38 @@ class PinRow:
     digest: str
     pinned_at: float
     size: int
+
+
+@frozen
+class QuotaRow:
+    """One upstream's pull-equivalents and the rate-limit values it last sent."""
+
+    upstream: str
+    pulls_made: int
+    pulls_saved: int
+    limit: int | None
+    remaining: int | None
+    window: float | None
+    source: str | None
+    observed_at: float | None
+    limited_until: float | None
+
+
+class QuotaValues(Protocol):
+    """The rate-limit values kept (the upstream client's C{Quota})."""
+
+    @property
+    def limit(self) -> int | None: ...
+    @property
+    def remaining(self) -> int | None: ...
+    @property
+    def window(self) -> float | None: ...
+    @property
+    def source(self) -> str | None: ...
+    @property
+    def observed_at(self) -> float | None: ...
+    @property
+    def limited_until(self) -> float | None: ...
 
 
 @frozen
@@ -636,6 +681,36 @@ class Metadata:
             return {"tags": tags, "repositories": repositories, "oldest": oldest}
 
         return await self._with_db(summary)
+
+    # -- each upstream's pull quota, for ocicache stats
+
+    def add_quota(self, upstream: str, made: int, saved: int, quota: QuotaValues) -> Deferred[Any]:
+        """
+        Add C{made} and C{saved} pull-equivalents to C{upstream}'s totals,
+        and keep the rate-limit values it last sent.
+        """
+        return self._execute(
+            "INSERT INTO quota (upstream, pulls_made, pulls_saved, ratelimit_limit, ratelimit_remaining,"
+            " ratelimit_window, ratelimit_source, observed_at, limited_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (upstream) DO UPDATE SET pulls_made = pulls_made + excluded.pulls_made,"
+            " pulls_saved = pulls_saved + excluded.pulls_saved,"
+            " ratelimit_limit = coalesce(excluded.ratelimit_limit, ratelimit_limit),"
+            " ratelimit_remaining = coalesce(excluded.ratelimit_remaining, ratelimit_remaining),"
+            " ratelimit_window = coalesce(excluded.ratelimit_window, ratelimit_window),"
+            " ratelimit_source = coalesce(excluded.ratelimit_source, ratelimit_source),"
+            " observed_at = coalesce(excluded.observed_at, observed_at),"
+            " limited_until = coalesce(excluded.limited_until, limited_until)",
+            upstream, made, saved, quota.limit, quota.remaining, quota.window, quota.source,
+            quota.observed_at, quota.limited_until,
+        )
+
+    async def quota(self) -> list[QuotaRow]:
+        """Every upstream's pull-equivalents and last rate-limit values, by name."""
+        rows = await self._execute(
+            "SELECT upstream, pulls_made, pulls_saved, ratelimit_limit, ratelimit_remaining, ratelimit_window,"
+            " ratelimit_source, observed_at, limited_until FROM quota ORDER BY upstream"
+        )
+        return [QuotaRow(*row) for row in rows]
 
     # -- which upstream has shown us which blob
 

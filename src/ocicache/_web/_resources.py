@@ -235,6 +235,10 @@ class RegistryResource(Resource):
         lookup = await self._services.manifests.lookup(upstream, target.repo, reference, accept)
         exchange.result = lookup.result
         self._services.metrics.cache_requests.labels("manifest", lookup.result).inc()
+        if request.method == b"GET" and lookup.result != CacheResult.MISS:
+            # A pull the upstream did not count (hit, coalesced, stale, or
+            # revalidated with a free HEAD).
+            upstream.saved_pull()
         manifest = lookup.manifest
         _cache_header(request, lookup.result)
         request.setHeader(b"docker-content-digest", str(manifest.digest).encode("ascii"))
