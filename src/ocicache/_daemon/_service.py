@@ -25,14 +25,17 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from treq.client import HTTPClient
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.threads import deferToThread
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
+from twisted.web.client import Agent
 from twisted.web.server import Site
 
 from .._cache._access import RepoAccess
@@ -40,6 +43,8 @@ from .._cache._blobs import BlobService
 from .._cache._incoming import DownloadError
 from .._cache._manifests import ManifestService
 from .._cache._slots import Slots
+from .._identity._authenticator import Authenticator, build_authenticator
+from .._identity._oidc import fetch_with
 from .._ops._config import Config
 from .._ops._metrics import ManifestTally, Metrics
 from .._storage._capacity import Capacity
@@ -124,7 +129,8 @@ class OcicacheService(MultiService):
             disk, access, lambda upstream: config.tag_ttl_for(upstream.config), slots=slots, health=health,
         )
         services = Services(reactor, config, self.upstreams, self.blobs, self.manifests, self.metrics,
-                            on_manifest_stored=self.manifest_tally.added)
+                            on_manifest_stored=self.manifest_tally.added,
+                            authenticator=self.authenticator_for(config))
         self.site = DrainingSite(RootResource(services), reactor, self.metrics, config.server)
         self.site.displayTracebacks = False
         self._registry_listeners = [
@@ -139,6 +145,16 @@ class OcicacheService(MultiService):
             operator_site = QuietSite(operator)
             operator_site.displayTracebacks = False
             self._listen(config.metrics.listen, operator_site)
+
+    def authenticator_for(self, config: Config) -> Authenticator:
+        """
+        The authenticator for C{config}'s C{[auth]}: bcrypt in the
+        reactor's threads, OIDC keys fetched through the upstream
+        connection pool (an issuer's JWKS URL is verified HTTPS, or plain
+        HTTP where configured so).  A reload builds a new one with this.
+        """
+        fetch = fetch_with(HTTPClient(Agent(self._reactor, pool=self.http_pool)))
+        return build_authenticator(config.auth, self._reactor, deferToThread, fetch, self.metrics)
 
     def _listen(self, description: str, site: Site) -> StreamServerEndpointService:
         try:

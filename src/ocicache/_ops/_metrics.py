@@ -78,6 +78,13 @@ class Metrics:
             "ocicache_upstream_ratelimit_remaining",
             "Pulls left in the upstream's rate-limit window (Docker Hub's ratelimit-remaining).",
             ["upstream"], registry=registry)
+        self.client_auth = Counter(
+            "ocicache_client_auth", "Client credentials checked, by how they came (basic, bearer,"
+            " none, other) and whether they proved an identity (ok, refused).",
+            ["method", "result"], registry=registry)
+        self.password_checks = Counter(
+            "ocicache_password_checks", "bcrypt checks of htpasswd passwords run (a memo spares the rest).",
+            registry=registry)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -5,5 +5,5 @@ operator listener, and the one place where domain errors become
 distribution-spec error responses.
 
 May import: L{ocicache._spec}, L{ocicache._ops}, L{ocicache._upstream},
-L{ocicache._cache}.  Nothing below imports it.
+L{ocicache._cache}, L{ocicache._identity}.  Nothing below imports it.
 """

@@ -1,7 +1,10 @@
 """
 The twisted.web resources: the distribution-spec pull API under C{/v2/}.
 
-Each request is routed and validated (L{ocicache._web._routing}), then answered
+Each request is first authenticated (L{ocicache._identity}: before any
+routing, cache lookup or upstream request; C{/v2/} itself too, since a
+401 there is how clients discover that they must log in), then routed
+and validated (L{ocicache._web._routing}), then answered
 from the manifest or blob service.  Blob bodies are streamed by a
 L{Streamer} registered as the request's push producer, so a response sends
 bytes as they arrive and as fast as its own client reads.
@@ -17,6 +20,7 @@ from hyperlink import DecodedURL
 from prometheus_client import Gauge
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -28,21 +32,25 @@ from .._cache._manifests import ManifestService
 from .._cache._result import CacheResult
 from .._cache._source import StoredFile
 from .._cache._tags import TagService
+from .._identity import ANONYMOUS, Identity
+from .._identity._authenticator import Authenticator, build_authenticator
+from .._identity._errors import Unauthenticated
 from .._ops._config import Config
 from .._ops._logging import log_access
 from .._ops._metrics import Metrics
 from .._spec._errors import ErrorCode, RegistryError
 from .._spec._media_types import accepted_manifest_types
 from .._spec._range import Unsatisfiable, if_range_holds, parse_range
-from .._spec._reference import Digest, InvalidReference, validate_tag
+from .._spec._reference import Digest, InvalidReference, is_registry_host, validate_tag
 from .._upstream._client import Upstream
 from .._version import __version__
-from ._errors import internal_error, registry_error, render_error
+from ._errors import challenged, internal_error, registry_error, render_error
 from ._routing import Endpoint, Route, read_only_error, route
 from ._sendfile import SendfileStreamer, can_sendfile
 from ._streamer import Streamer, WriteBudget, abort_response
+from ._token import TokenResource
 
-__all__ = ["RootResource", "Services"]
+__all__ = ["RootResource", "Services", "origin"]
 
 log = Logger()
 
@@ -61,6 +69,8 @@ class _Exchange:
     bytes: int = 0
     finished: bool = False
     """Whether the response ended, or the client went away."""
+    identity: Identity = ANONYMOUS
+    """Who the client proved to be; what the policy decides on."""
 
 
 class Services:
@@ -78,6 +88,7 @@ class Services:
         metrics: Metrics,
         on_manifest_stored: Callable[[str, int], None] = lambda digest, size: None,
         tags: TagService | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self.reactor = reactor
         self.config = config
@@ -91,6 +102,12 @@ class Services:
         # the cache-size metrics current without a scan.
         self.on_manifest_stored = on_manifest_stored
         self.write_budget = WriteBudget()
+        self.authenticator = authenticator if authenticator is not None else build_authenticator(
+            config.auth, reactor, deferToThread, metrics=metrics)
+        """
+        Read afresh for each request, never kept elsewhere: a reload
+        replaces it with one built from the new configuration.
+        """
 
 
 def _common_headers(request: IRequest) -> None:
@@ -122,6 +139,7 @@ class RootResource(Resource):
     def __init__(self, services: Services) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
         self.putChild(b"v2", RegistryResource(services))
+        self.putChild(b"token", TokenResource(services))
 
     def getChild(self, path: bytes, request: IRequest) -> Resource:
         return _ErrorResource(RegistryError(ErrorCode.UNSUPPORTED, "not a registry endpoint", status=404))
@@ -157,6 +175,8 @@ class RegistryResource(Resource):
         postpath = request.path[1:].split(b"/")[len(request.prepath or []):]
         if postpath in ([], [b""]):
             exchange.route = "base"
+        await self._authenticate(request, exchange, postpath)
+        if postpath in ([], [b""]):
             if request.method not in _READ_METHODS:
                 raise read_only_error()
             # distribution-spec "Determining Support": 200 means the v2 API.
@@ -177,6 +197,28 @@ class RegistryResource(Resource):
             await self._blob(request, exchange, upstream, target)
         else:
             await self._tags(request, exchange, upstream, target)
+
+    async def _authenticate(self, request: Request, exchange: _Exchange, postpath: list[bytes]) -> None:
+        # Read once: a reload may replace it while this request waits.
+        authenticator = self._services.authenticator
+        try:
+            exchange.identity = await authenticator.authenticate(request.getHeader(b"authorization"))
+        except Unauthenticated as e:
+            raise challenged(e, authenticator.challenge(origin(request), self._scope(request, postpath))) from None
+
+    def _scope(self, request: Request, postpath: list[bytes]) -> str | None:
+        """
+        The scope a client needs for this request (token spec, "Requesting
+        a Token": C{repository:<name>:pull}, the name as the client wrote
+        it), if the request routes at all.
+        """
+        if postpath in ([], [b""]) or request.method not in _READ_METHODS:
+            return None
+        try:
+            target = route(postpath, request.args or {}, self._services.config)
+        except RegistryError:
+            return None
+        return f"repository:{target.client_name}:pull"
 
     # -- manifests
 
@@ -344,8 +386,27 @@ class RegistryResource(Resource):
             # A small body is finished (and this called) before the handler
             # records its size; the request itself counted the bytes.
             max(exchange.bytes, request.sentLength),
-            duration, exchange.result, exchange.upstream,
+            duration, exchange.result, exchange.upstream, str(exchange.identity),
         )
+
+
+def origin(request: IRequest) -> str:
+    """
+    C{http(s)://host[:port]}, where the client reached ocicache: its
+    C{Host} (RFC 9110 §7.2) when that is a plain host name, else the
+    listening address.  What it builds (a realm) goes only back to the
+    client that sent it.
+    """
+    scheme = "https" if request.isSecure() else "http"
+    host = (request.getHeader(b"host") or b"").decode("ascii", "replace")
+    if is_registry_host(host):
+        return f"{scheme}://{host}"
+    address = request.getHost()
+    text = getattr(address, "host", "localhost")
+    if ":" in text:
+        text = f"[{text}]"
+    port = getattr(address, "port", None)
+    return f"{scheme}://{text}" + (f":{port}" if port is not None else "")
 
 
 def _decrement(result: object, gauge: Gauge) -> object:
