@@ -20,8 +20,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from attrs import field, frozen
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from joserfc import jwt
-from joserfc.jwk import ECKey, Key, RSAKey, import_key
+from joserfc.jwk import ECKey, Key, RSAKey
 from twisted.internet.interfaces import IReactorTime
 
 from ._errors import Unauthenticated
@@ -51,7 +53,11 @@ class TokenIssuer:
         if key_pem is None:
             key = ECKey.generate_key("P-256", auto_kid=True)
         else:
-            key = import_key(key_pem)
+            # Checked at load (RSA or EC P-256): say which, as joserfc asks.
+            if isinstance(load_pem_private_key(key_pem, password=None), rsa.RSAPrivateKey):
+                key = RSAKey.import_key(key_pem)
+            else:
+                key = ECKey.import_key(key_pem)
             key.ensure_kid()
         self._key = key
         self._algorithm = "RS256" if isinstance(key, RSAKey) else "ES256"
