@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 import attrs
 import bcrypt
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from joserfc.jwk import ECKey, RSAKey
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
@@ -38,6 +40,7 @@ from ocicache._spec._auth import (
     InvalidAuthorization,
     format_challenge,
     parse_authorization,
+    parse_www_authenticate,
 )
 from ocicache._storage._store import Store
 from ocitest import REPO_ROOT
@@ -87,6 +90,13 @@ def test_parse_authorization() -> None:
 def test_credentials_keep_secrets_out_of_repr() -> None:
     assert "pw" not in repr(BasicCredentials("alice", "pw"))
     assert "tok" not in repr(BearerCredentials("tok"))
+
+
+@given(st.dictionaries(st.sampled_from(["realm", "service", "scope", "error"]),
+                       st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=40), min_size=1))
+def test_our_challenges_parse_back(params: dict[str, str]) -> None:
+    header = format_challenge(Challenge("Bearer", params)).decode("utf-8")
+    assert parse_www_authenticate([header]) == [Challenge("bearer", params)]
 
 
 def test_format_challenge_quotes() -> None:

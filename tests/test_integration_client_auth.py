@@ -107,9 +107,9 @@ class Mirror:
 
 @pytest.fixture
 def mirror(daemon_factory: Callable[..., Daemon]) -> Callable[..., Mirror]:
-    def start(**auth: Any) -> Mirror:
+    def start(log_format: str = "text", **auth: Any) -> Mirror:
         port = free_port()
-        daemon = daemon_factory(extra_tables={
+        daemon = daemon_factory(server_extra={"log_format": log_format}, extra_tables={
             "auth": auth, "metrics": {"listen": f"tcp:{port}:interface=127.0.0.1"},
         })
         return Mirror(daemon, f"http://127.0.0.1:{port}/metrics")
@@ -316,7 +316,9 @@ def test_oidc_workload_tokens(
     mirror: Callable[..., Mirror], oidc_issuer: OIDCIssuer, ocitest_images: dict[str, Image],
     hop: Hop, tmp_path: Path,
 ) -> None:
-    m = mirror(oidc=[{"issuer": oidc_issuer.issuer, "audience": AUDIENCE, "jwks_url": oidc_issuer.jwks_url}])
+    # JSON log lines here: their fields are checked for secrets too.
+    m = mirror(log_format="json",
+               oidc=[{"issuer": oidc_issuer.issuer, "audience": AUDIENCE, "jwks_url": oidc_issuer.jwks_url}])
     image = ocitest_images["oci"]
     path = f"/v2/{image.repo}/manifests/{image.tag}?ns=docker.io"
     good = oidc_issuer.mint(sub="repo:org/app:ref:refs/heads/main", aud=[AUDIENCE, "other"],
@@ -355,8 +357,9 @@ def test_oidc_workload_tokens(
         assert status == 401
     assert oidc_issuer.fetches == 2
 
-    log = m.daemon.log_text().splitlines()
-    assert any(line.rstrip().endswith(" oidc:repo:org/app:ref:refs/heads/main") for line in log)
+    events = [json.loads(line) for line in m.daemon.log_text().splitlines() if line.startswith("{")]
+    identities = {e.get("identity") for e in events if e.get("namespace") == "ocicache.access"}
+    assert "oidc:repo:org/app:ref:refs/heads/main" in identities
     m.assert_no_secrets(good, *refused.values(), good.split(".")[2])
 
 

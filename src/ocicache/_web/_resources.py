@@ -176,6 +176,8 @@ class RegistryResource(Resource):
         if postpath in ([], [b""]):
             exchange.route = "base"
         await self._authenticate(request, exchange, postpath)
+        if exchange.finished:
+            return  # gone while its password was checked: nothing to fetch for it
         if postpath in ([], [b""]):
             if request.method not in _READ_METHODS:
                 raise read_only_error()
