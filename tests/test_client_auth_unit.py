@@ -24,11 +24,12 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from ocicache._identity import ANONYMOUS, Identity, IdentityKind, _htpasswd, _oidc
-from ocicache._identity._authenticator import Authenticator, build_authenticator
+from ocicache._identity import ANONYMOUS, Identity, IdentityKind, _htpasswd, _issuer, _oidc
+from ocicache._identity._authenticator import PROOF_SECONDS, Authenticator, build_authenticator
 from ocicache._identity._errors import Denied, Unauthenticated
 from ocicache._identity._htpasswd import MEMO_SECONDS, Htpasswd
 from ocicache._identity._issuer import TokenIssuer
+from ocicache._identity._jwt import decode as jwt_decode
 from ocicache._identity._jwt import peek
 from ocicache._identity._oidc import MIN_REFRESH, RETRY, OIDCIssuer
 from ocicache._ops._config import ConfigError, OIDCIssuerConfig, load_config, parse_config
@@ -331,7 +332,7 @@ def test_issued_tokens_verify_until_they_expire() -> None:
     identity = Identity(IdentityKind.OIDC, "repo:org/app", {"repository": "org/app"})
     issued = issuer.issue(identity, [{"type": "repository", "name": "library/alpine", "actions": ["pull"]}])
     assert issued.expires_in == 300 and issued.issued_at == "2027-01-15T08:00:00Z"
-    assert issuer.verify(issued.token) == identity
+    assert issuer.verify(issued.token) == (identity, 1_800_000_300.0)
     assert "token" not in repr(issued).replace("IssuedToken", "")
     clock.advance(300 + 61)
     with pytest.raises(Unauthenticated, match="expired"):
@@ -351,7 +352,7 @@ def test_tokens_signed_with_a_key_file(tmp_path: Path) -> None:
     token = one.issue(Identity(IdentityKind.USER, "alice"), []).token
     assert peek(token) is not None and peek(token).header["alg"] == "RS256"  # type: ignore[union-attr]
     # Another process (or a reload) with the same key accepts it.
-    assert two.verify(token) == Identity(IdentityKind.USER, "alice")
+    assert two.verify(token)[0] == Identity(IdentityKind.USER, "alice")
 
 
 # -- OIDC: the JWKS, fetched, cached, refreshed within bounds
@@ -444,13 +445,14 @@ def test_oidc_refusals(claims: dict[str, Any], message: str) -> None:
 # -- the authenticator
 
 
-def authenticator(tmp_path: Path, **keys: object) -> Authenticator:
+def authenticator(tmp_path: Path, clock: Clock | None = None, **keys: object) -> Authenticator:
     (tmp_path / "htpasswd").write_text(htpasswd_line("alice", PASSWORD))
     (tmp_path / "tokens").write_text(f"ci:{TOKEN}\n")
     config = parse_config(auth(htpasswd_file=str(tmp_path / "htpasswd"), tokens_file=str(tmp_path / "tokens"),
                                **keys), {}).auth
-    clock = Clock()
-    clock.advance(1_800_000_000)
+    if clock is None:
+        clock = Clock()
+        clock.advance(1_800_000_000)
     return build_authenticator(config, clock, run_now, metrics=Metrics())
 
 
@@ -526,3 +528,35 @@ def test_the_resource_refuses_before_any_lookup(tmp_path: Path) -> None:
     assert server.get("/v2/", bearer).status == 200
     assert server.get(f"/v2/library/alpine/blobs/{digest}", bearer).error_code() == "BLOB_UNKNOWN"
     assert server.blobs.lookups == [("library/alpine", digest)]
+
+
+def test_a_verified_jwt_is_checked_once_a_minute_and_never_past_its_expiry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    a = authenticator(tmp_path, clock, issue_tokens=True, token_ttl="90s")
+    identity, _ = result_of(a.authenticate_for_token(basic("alice", PASSWORD)))
+    header = b"Bearer " + a.issue(identity, []).token.encode()
+    decoded: list[str] = []
+    real_decode = jwt_decode
+
+    def counting(token: str, key: Any) -> Any:
+        decoded.append(token)
+        return real_decode(token, key)
+
+    monkeypatch.setattr(_issuer, "decode", counting)
+    for _ in range(50):
+        assert result_of(a.authenticate(header)) == identity
+    assert len(decoded) == 1
+    clock.advance(PROOF_SECONDS)
+    assert result_of(a.authenticate(header)) == identity
+    assert len(decoded) == 2
+    # The memo holds it to min(exp, a minute on): past its expiry (and the
+    # leeway), it is checked again, and refused.
+    clock.advance(30 + 61)
+    with pytest.raises(Unauthenticated, match="expired"):
+        result_of(a.authenticate(header))
+    # The token endpoint never takes it from the memo.
+    with pytest.raises(Denied):
+        result_of(a.authenticate_for_token(header))

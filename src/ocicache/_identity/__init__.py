@@ -13,6 +13,7 @@ layer maps them to C{401 UNAUTHORIZED} or C{403 DENIED}.
     _issuer.py         ocicache's own tokens for the registry token flow
     _oidc.py           OIDC workload JWTs and the issuers' JWKS
     _jwt.py            what the JWT verifiers share
+    _memo.py           the bounded, expiring memo of credentials already proven
     _errors.py         Unauthenticated, Denied
 
 May import: L{ocicache._spec}, L{ocicache._ops}.

@@ -14,10 +14,16 @@ What a request may present (any combination the configuration allows):
 
 Credentials that are presented and wrong are refused even when anonymous
 requests are allowed: a typo must not quietly turn into anonymous.
+
+A JWT that verified (ocicache's own, or an OIDC one) is remembered by the
+SHA-256 of its header for up to L{PROOF_SECONDS}, never past its expiry,
+so the requests of one pull check its signature once; htpasswd has its
+own memo (L{ocicache._identity._htpasswd}), and static tokens cost a hash.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,10 +44,14 @@ from ._htpasswd import Htpasswd, RunInThread
 from ._identity import ANONYMOUS, Identity
 from ._issuer import IssuedToken, TokenIssuer
 from ._jwt import peek
+from ._memo import Memo
 from ._oidc import Fetch, OIDCIssuer
 from ._static import StaticTokens
 
-__all__ = ["Authenticator", "build_authenticator"]
+__all__ = ["PROOF_MEMO_SIZE", "PROOF_SECONDS", "Authenticator", "build_authenticator"]
+
+PROOF_SECONDS = 60.0
+PROOF_MEMO_SIZE = 4096
 
 
 class Authenticator:
@@ -59,7 +69,9 @@ class Authenticator:
         metrics: Metrics | None = None,
     ) -> None:
         self.config = config
+        self._clock = clock
         self._metrics = metrics
+        self._proven: Memo[tuple[Identity, float | None]] = Memo(clock, PROOF_MEMO_SIZE)
         on_check = metrics.password_checks.inc if metrics is not None else (lambda: None)
         self._tokens = StaticTokens(config.tokens if config is not None else ())
         self._users = Htpasswd(config.users if config is not None else {}, clock, run_in_thread, on_check)
@@ -117,16 +129,27 @@ class Authenticator:
             self._count("other", False)
             raise Unauthenticated(str(e)) from None
         method = "basic" if isinstance(credentials, BasicCredentials) else "bearer"
+        # Only where ocicache's own tokens are welcome: the token endpoint
+        # must see each one to refuse it.
+        key = hashlib.sha256(authorization).digest() if allow_ours else None
+        proven = self._proven.get(key) if key is not None else None
+        if proven is not None:
+            self._count(method, True)
+            return proven
         try:
             if isinstance(credentials, BasicCredentials):
-                identity = await self._basic(credentials)
+                identity, expires = await self._basic(credentials)
             else:
-                identity = await self._bearer(credentials, allow_ours)
+                identity, expires = await self._bearer(credentials, allow_ours)
         except (Unauthenticated, Denied):
             self._count(method, False)
             raise
         self._count(method, True)
-        return identity
+        if key is not None and expires is not None:
+            # A JWT's signature check costs about 0.2 ms: once per token
+            # and minute, not once per request.
+            self._proven.put(key, (identity, expires), min(expires, self._clock.seconds() + PROOF_SECONDS))
+        return identity, expires
 
     async def _basic(self, credentials: BasicCredentials) -> tuple[Identity, float | None]:
         password = credentials.password
@@ -151,7 +174,7 @@ class Authenticator:
         if self.issuer is not None and unverified.issuer == self.issuer.service:
             if not allow_ours:
                 raise Denied("a token of this mirror's cannot be swapped for another; send your credentials")
-            return self.issuer.verify(token), None
+            return self.issuer.verify(token)
         issuer = self._oidc.get(unverified.issuer or "")
         if issuer is None:
             raise Unauthenticated("the token is not from a configured issuer")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -27,6 +26,7 @@ from twisted.python.failure import Failure
 
 from ._errors import Unauthenticated
 from ._identity import Identity, IdentityKind
+from ._memo import Memo
 
 __all__ = ["MAX_CONCURRENT", "MEMO_SECONDS", "MEMO_SIZE", "Htpasswd", "RunInThread"]
 
@@ -61,7 +61,7 @@ class Htpasswd:
         self._run = run_in_thread
         self._on_check = on_check
         self._key = os.urandom(32)
-        self._memo: OrderedDict[bytes, float] = OrderedDict()
+        self._memo: Memo[bool] = Memo(clock, MEMO_SIZE)
         self._checking: dict[bytes, list[Deferred[bool]]] = {}
         self._bound = DeferredSemaphore(MAX_CONCURRENT)
 
@@ -83,10 +83,7 @@ class Htpasswd:
             raise Unauthenticated("invalid username or password")
         key = hmac.new(self._key, f"{username}\0{password}".encode("utf-8", "surrogatepass"),
                        hashlib.sha256).digest()
-        now = self._clock.seconds()
-        expires = self._memo.get(key)
-        if expires is not None and expires > now:
-            self._memo.move_to_end(key)
+        if self._memo.get(key):
             return Identity(IdentityKind.USER, username)
         waiting: Deferred[bool] = Deferred()
         waiters = self._checking.get(key)
@@ -114,10 +111,7 @@ class Htpasswd:
         """One bcrypt's result, for everyone who waited on it."""
         waiters = self._checking.pop(key)
         if result is True:
-            self._memo[key] = self._clock.seconds() + MEMO_SECONDS
-            self._memo.move_to_end(key)
-            while len(self._memo) > MEMO_SIZE:
-                self._memo.popitem(last=False)
+            self._memo.put(key, True, self._clock.seconds() + MEMO_SECONDS)
         for waiting in waiters:
             if isinstance(result, Failure):
                 waiting.errback(result)

@@ -86,9 +86,9 @@ class TokenIssuer:
         issued_at = datetime.fromtimestamp(now, tz=UTC).isoformat().replace("+00:00", "Z")
         return IssuedToken(token, max(0, expires - now), issued_at)
 
-    def verify(self, token: str) -> Identity:
+    def verify(self, token: str) -> tuple[Identity, float]:
         """
-        The identity a token of ours names.
+        The identity a token of ours names, and when the token expires.
 
         @raise Unauthenticated: If it is not ours, is for another service,
             or has expired.
@@ -110,4 +110,4 @@ class TokenIssuer:
         named = ours.get("claims")
         kept = {k: v for k, v in named.items() if isinstance(k, str) and isinstance(v, str)} \
             if isinstance(named, dict) else {}
-        return Identity(kind, subject, kept)
+        return Identity(kind, subject, kept), float(claims["exp"])
