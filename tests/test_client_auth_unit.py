@@ -24,6 +24,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
+from ocicache._daemon._service import _plain_and_reachable
 from ocicache._identity import ANONYMOUS, Identity, IdentityKind, _htpasswd, _issuer, _oidc
 from ocicache._identity._authenticator import PROOF_SECONDS, Authenticator, build_authenticator
 from ocicache._identity._errors import Denied, Unauthenticated
@@ -560,3 +561,35 @@ def test_a_verified_jwt_is_checked_once_a_minute_and_never_past_its_expiry(
     # The token endpoint never takes it from the memo.
     with pytest.raises(Denied):
         result_of(a.authenticate_for_token(header))
+
+
+# -- the token endpoint
+
+
+def test_the_token_endpoint(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "cache"))
+    store.prepare()
+    server = Server(store)
+    assert server.get("/token").error_code() == "UNSUPPORTED"  # no [auth]: no endpoint
+    server.services.authenticator = authenticator(tmp_path, issue_tokens=True)
+    credentials = {"Authorization": basic("alice", PASSWORD).decode()}
+    answer = server.get("/token?service=ocicache&scope=repository:library/alpine:pull", credentials)
+    assert answer.status == 200 and answer.headers[b"cache-control"] == b"no-store"
+    body = answer.json()
+    assert set(body) == {"token", "access_token", "expires_in", "issued_at"}
+    assert body["expires_in"] == 300
+    refused = server.get("/token", {"Authorization": basic("alice", "wrong").decode()})
+    assert refused.status == 401 and refused.headers[b"www-authenticate"] == b'Basic realm="ocicache"'
+    assert PASSWORD not in refused.body.decode() and "wrong" not in refused.body.decode()
+    assert server.get("/token/more", credentials).status == 404
+    head = server.get("/token", credentials, method="HEAD")
+    assert head.status == 405 and head.headers[b"allow"] == b"GET"
+
+
+@pytest.mark.parametrize("listen, warned", [
+    ("tcp:5000:interface=127.0.0.1", False), ("tcp6:5000:interface=\\:\\:1", False),
+    ("tcp:5000", True), ("tcp:5000:interface=0.0.0.0", True), ("tcp6:5000:interface=\\:\\:", True),
+    ("ssl:5443:privateKey=k.pem:certKey=c.pem", False), ("systemd:domain=INET:index=0", False),
+])
+def test_clear_text_listeners_are_warned_about(listen: str, warned: bool) -> None:
+    assert _plain_and_reachable(listen) is warned

@@ -167,7 +167,10 @@ def test_skopeo_with_basic_credentials_and_one_bcrypt_per_pull(
     assert m.metric("ocicache_client_auth_total", method="basic", result="refused") == 3
     assert m.metric("ocicache_client_auth_total", method="none", result="refused") >= 2
 
-    access = [line for line in m.daemon.log_text().splitlines() if f"/v2/docker.io/{image.repo}/" in line]
+    log = m.daemon.log_text()
+    assert "Client authentication: 1 htpasswd user(s), anonymous refused" in log
+    assert "clear text" not in log  # loopback only
+    access = [line for line in log.splitlines() if f"/v2/docker.io/{image.repo}/" in line]
     assert any(line.rstrip().endswith(" user:alice") for line in access), access[-3:]
     m.assert_no_secrets()
 

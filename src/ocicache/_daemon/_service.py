@@ -21,6 +21,7 @@ the other services stop, the database is closed and no temp file is left.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -128,9 +129,12 @@ class OcicacheService(MultiService):
         self.manifests = ManifestService(
             disk, access, lambda upstream: config.tag_ttl_for(upstream.config), slots=slots, health=health,
         )
-        services = Services(reactor, config, self.upstreams, self.blobs, self.manifests, self.metrics,
-                            on_manifest_stored=self.manifest_tally.added,
-                            authenticator=self.authenticator_for(config))
+        # What the registry resources read on each request (not
+        # MultiService's "services", the children): a reload replaces its
+        # authenticator with authenticator_for(new config).
+        self.web_services = services = Services(
+            reactor, config, self.upstreams, self.blobs, self.manifests, self.metrics,
+            on_manifest_stored=self.manifest_tally.added, authenticator=self.authenticator_for(config))
         self.site = DrainingSite(RootResource(services), reactor, self.metrics, config.server)
         self.site.displayTracebacks = False
         self._registry_listeners = [
@@ -285,6 +289,12 @@ class OcicacheService(MultiService):
         self.scrubber.start()
         log.info("ocicache caching in {dir}; upstreams: {upstreams}",
                  dir=self.store.root, upstreams=", ".join(self.upstreams))
+        if self.config.auth is not None:
+            log.info("Client authentication: {accepts}", accepts=self.web_services.authenticator.describe())
+            for description in self.config.server.listen:
+                if _plain_and_reachable(description):
+                    log.warn("Client credentials travel in clear text on {listen}: serve HTTPS (ssl:) or"
+                             " put TLS in front", listen=description)
         for upstream in self.config.upstreams:
             if not upstream.tls_verify:
                 log.warn("Upstream {upstream}: TLS certificate verification is OFF (tls_verify = false);"
@@ -376,6 +386,22 @@ def with_backlog(description: str) -> str:
     if kind in ("tcp", "tcp6", "ssl") and "backlog=" not in description:
         return f"{description}:backlog={LISTEN_BACKLOG}"
     return description
+
+
+def _plain_and_reachable(description: str) -> bool:
+    """
+    Whether a listener is plain TCP on more than loopback (no
+    C{interface=}, or one outside 127.0.0.0/8 and ::1).  A socket from
+    systemd is not judged: its address is the unit's.
+    """
+    kind = description.split(":", 1)[0].lower()
+    if kind not in ("tcp", "tcp6"):
+        return False
+    match = re.search(r"(?:^|:)interface=((?:\\:|[^:])*)", description)
+    if match is None:
+        return True
+    interface = match.group(1).replace("\\:", ":")
+    return not (interface.startswith("127.") or interface in ("::1", "localhost"))
 
 
 def _scan_manifests(store: Store) -> list[tuple[str, int]]:

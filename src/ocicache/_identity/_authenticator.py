@@ -83,6 +83,22 @@ class Authenticator:
     def __repr__(self) -> str:
         return f"<Authenticator {'on' if self.enabled else 'off'}>"
 
+    def describe(self) -> str:
+        """What it accepts, for the start-up log line: names and counts, no secret."""
+        config = self.config
+        if config is None:
+            return "off (no [auth]: every request is anonymous)"
+        parts = []
+        if config.tokens:
+            parts.append(f"{len(config.tokens)} static token(s)")
+        if config.users:
+            parts.append(f"{len(config.users)} htpasswd user(s)")
+        parts += [f"OIDC from {entry.issuer}" for entry in config.oidc]
+        if self.issuer is not None:
+            parts.append(f"the token flow (service {config.token_service!r})")
+        parts.append("anonymous allowed" if config.anonymous else "anonymous refused")
+        return ", ".join(parts)
+
     @property
     def enabled(self) -> bool:
         """Whether there is an C{[auth]} section at all."""
