@@ -114,6 +114,7 @@ class Server:
             self.clock, config, {"docker.io": object(), "ghcr.io": object()},  # type: ignore[dict-item]
             self.blobs, object(), Metrics(),  # type: ignore[arg-type]
         )
+        self.services = services
         self.site = Site(RootResource(services), timeout=None, reactor=self.clock)
 
     def request(self, method: str, path: str, headers: dict[str, str] | None = None,

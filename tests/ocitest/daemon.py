@@ -178,13 +178,16 @@ class Daemon:
         env: Mapping[str, str] | None = None,
         cache_dir: str | None = None,
     ) -> None:
+        try:
+            with open(config_path, "rb") as f:
+                document = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError):
+            document = {}
         if cache_dir is None:
-            try:
-                with open(config_path, "rb") as f:
-                    cache_dir = str(tomllib.load(f).get("cache", {}).get("dir", ""))
-            except (OSError, tomllib.TOMLDecodeError):
-                cache_dir = ""
+            cache_dir = str(document.get("cache", {}).get("dir", ""))
         self.cache_dir: str = cache_dir
+        self.ready_statuses = (200, 401) if "auth" in document else (200,)
+        """What C{GET /v2/} answers once it serves: 401 when [auth] wants credentials."""
         """The config's C{cache.dir} ("" if it has none)."""
         self.config_path = os.path.abspath(config_path)
         self.port = port
@@ -235,6 +238,7 @@ class Daemon:
             wait_for_http(
                 self.url + "/v2/",
                 timeout=max(1.0, deadline - time.monotonic()),
+                expect=self.ready_statuses,
                 proc=self.proc,
                 log=self.log_path,
                 what="ocicache",

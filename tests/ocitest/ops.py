@@ -26,7 +26,6 @@ import threading
 import time
 import urllib.parse
 import uuid
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -136,22 +135,12 @@ def make_pki(directory: str, name: str = "ocitest") -> PKI:
 def htpasswd_line(username: str, password: str) -> str:
     """
     One htpasswd line with a bcrypt hash, as docker-registry's
-    C{auth.htpasswd} wants: with the C{bcrypt} package when installed,
-    else with the C library's crypt(3) (glibc's libxcrypt does C{$2b$}).
+    C{auth.htpasswd} and ocicache's C{[auth] htpasswd_file} want.
     """
-    try:
-        import bcrypt
-    except ImportError:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            import crypt
+    import bcrypt
 
-        # Cost 2**5: these hashes guard nothing and are checked per request.
-        hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=32))
-        if not hashed or not hashed.startswith("$2"):
-            raise RuntimeError("crypt(3) cannot make bcrypt hashes here; pip install bcrypt") from None
-    else:
-        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode()
+    # Cost 2**5: these hashes guard nothing and are checked per request.
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode()
     return f"{username}:{hashed}\n"
 
 

@@ -26,6 +26,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from .._identity._authenticator import Authenticator
 from .._ops._config import Config, ConfigError, UpstreamConfig, load_config
 from .._ops._metrics import Metrics
 from .._policy import Policy
@@ -33,24 +34,13 @@ from .._upstream._client import Upstream
 from .._upstream._credentials import CredentialSource, credentials_for
 from .._web._resources import Services
 
-__all__ = ["Reloader", "restart_only_changes", "swap_authenticator"]
+__all__ = ["Reloader", "restart_only_changes"]
 
 log = Logger()
 
 RELOADABLE_UPSTREAM_KEYS = frozenset({"credentials", "credential_command", "include", "exclude", "tags",
                                       "digest_only"})
 """The L{UpstreamConfig} fields a reload swaps; every other field waits for a restart."""
-
-
-def swap_authenticator(services: Services, config: Config) -> None:
-    """
-    Put client authentication as C{config} says it on C{services}.
-
-    MERGE HOOK: client authentication (issue 12, part 1) is built on
-    another branch; at the merge this becomes
-    C{services.authenticator = <its factory>(config)}.  Until then there
-    is nothing to swap.
-    """
 
 
 def restart_only_changes(running: Config, new: Config) -> list[str]:
@@ -100,7 +90,13 @@ class Reloader:
         pool: ThreadPool,
         adjust: Callable[[Config], Config] = lambda config: config,
         metrics: Metrics | None = None,
+        authenticator_for: Callable[[Config], Authenticator] | None = None,
     ) -> None:
+        """
+        @param authenticator_for: builds client authentication for a new
+            config (L{OcicacheService.authenticator_for}); C{None}: it is
+            left as it is.
+        """
         self._path = path
         self._running = running
         self._services = services
@@ -109,6 +105,7 @@ class Reloader:
         self._pool = pool
         self._adjust = adjust
         self._metrics = metrics
+        self._authenticator_for = authenticator_for
         self._busy = False
         self._again = False
         self._previous: Any = None
@@ -171,10 +168,12 @@ class Reloader:
                 fresh = new.upstream_named(name)
                 if fresh is not None:
                     credentials[name] = credentials_for(fresh, clock)
-            # The one step that may still fail goes first, so a failure
-            # swaps nothing; the rest are assignments, in this one
-            # reactor turn.
-            swap_authenticator(self._services, new)
+            # Everything that may still fail is built first, so a failure
+            # swaps nothing; the rest are assignments, in this one reactor
+            # turn.
+            authenticator = self._authenticator_for(new) if self._authenticator_for is not None else None
+            if authenticator is not None:
+                self._services.authenticator = authenticator
             self._services.policy = policy
             for name, source in credentials.items():
                 self._upstreams[name].credentials = source

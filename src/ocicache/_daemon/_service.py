@@ -25,18 +25,22 @@ the other services stop, the database is closed and no temp file is left.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from treq.client import HTTPClient
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.threads import deferToThread
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
+from twisted.web.client import Agent
 from twisted.web.server import Site
 
 from .._cache._access import RepoAccess
@@ -47,6 +51,8 @@ from .._cache._referrers import ReferrerService
 from .._cache._slots import Slots
 from .._cache._tags import TagService
 from .._cache._warm import Warmer, WarmReport
+from .._identity._authenticator import Authenticator, build_authenticator
+from .._identity._oidc import fetch_with
 from .._ops._config import Config, WarmConfig
 from .._ops._metrics import ManifestTally, Metrics
 from .._spec._reference import Digest, parse_image_reference
@@ -138,11 +144,14 @@ class OcicacheService(MultiService):
         )
         self._wire_warming()
         referrers = ReferrerService(reactor, self.manifests, config.cache.referrers_ttl, disk=disk)
-        services = Services(reactor, config, self.upstreams, self.blobs, self.manifests, self.metrics,
-                            on_manifest_stored=self.manifest_tally.added, referrers=referrers,
-                            tags=TagService(reactor, self._tag_ttl))
-        # What the resources read, and a reload swaps parts of.
-        self.registry = services
+        # What the registry resources read on each request (not
+        # MultiService's "services", the children), and what a reload swaps
+        # parts of: the policy, the upstream credentials, and the
+        # authenticator (authenticator_for the new config).
+        self.registry = services = Services(
+            reactor, config, self.upstreams, self.blobs, self.manifests, self.metrics,
+            on_manifest_stored=self.manifest_tally.added, referrers=referrers,
+            tags=TagService(reactor, self._tag_ttl), authenticator=self.authenticator_for(config))
         self.site = DrainingSite(RootResource(services), reactor, self.metrics, config.server)
         self.site.displayTracebacks = False
         self._registry_listeners = [
@@ -243,6 +252,16 @@ class OcicacheService(MultiService):
         since = self._reactor.seconds() - window if window > 0 else float("inf")
         recent = self.manifests.recent_reads(since)
         return [Digest.parse(text) for text in await self.metadata.protected_blobs(since, recent)]
+
+    def authenticator_for(self, config: Config) -> Authenticator:
+        """
+        The authenticator for C{config}'s C{[auth]}: bcrypt in the
+        reactor's threads, OIDC keys fetched through the upstream
+        connection pool (an issuer's JWKS URL is verified HTTPS, or plain
+        HTTP where configured so).  A reload builds a new one with this.
+        """
+        fetch = fetch_with(HTTPClient(Agent(self._reactor, pool=self.http_pool)))
+        return build_authenticator(config.auth, self._reactor, deferToThread, fetch, self.metrics)
 
     def _listen(self, description: str, site: Site) -> StreamServerEndpointService:
         try:
@@ -421,10 +440,16 @@ class OcicacheService(MultiService):
         MultiService.startService(self)
         self.scrubber.start()
         self.reloader = Reloader(self.config_path, self.config, self.registry, self.upstreams, self._reactor,
-                                 self.disk_pool, self.adjust_config, self.metrics)
+                                 self.disk_pool, self.adjust_config, self.metrics, self.authenticator_for)
         self.reloader.install()
         log.info("ocicache caching in {dir}; upstreams: {upstreams}",
                  dir=self.store.root, upstreams=", ".join(self.upstreams))
+        if self.config.auth is not None:
+            log.info("Client authentication: {accepts}", accepts=self.registry.authenticator.describe())
+            for description in self.config.server.listen:
+                if _plain_and_reachable(description):
+                    log.warn("Client credentials travel in clear text on {listen}: serve HTTPS (ssl:) or"
+                             " put TLS in front", listen=description)
         for upstream in self.config.upstreams:
             if not upstream.tls_verify:
                 log.warn("Upstream {upstream}: TLS certificate verification is OFF (tls_verify = false);"
@@ -524,6 +549,22 @@ def with_backlog(description: str) -> str:
     if kind in ("tcp", "tcp6", "ssl") and "backlog=" not in description:
         return f"{description}:backlog={LISTEN_BACKLOG}"
     return description
+
+
+def _plain_and_reachable(description: str) -> bool:
+    """
+    Whether a listener is plain TCP on more than loopback (no
+    C{interface=}, or one outside 127.0.0.0/8 and ::1).  A socket from
+    systemd is not judged: its address is the unit's.
+    """
+    kind = description.split(":", 1)[0].lower()
+    if kind not in ("tcp", "tcp6"):
+        return False
+    match = re.search(r"(?:^|:)interface=((?:\\:|[^:])*)", description)
+    if match is None:
+        return True
+    interface = match.group(1).replace("\\:", ":")
+    return not (interface.startswith("127.") or interface in ("::1", "localhost"))
 
 
 def _scan_manifests(store: Store) -> list[tuple[str, int]]:

@@ -20,15 +20,18 @@ from hyperlink import DecodedURL
 
 from .._spec._closure import Platform, host_platform
 from .._spec._reference import InvalidReference, is_registry_host, parse_image_reference
+from ._auth_files import StaticToken, read_htpasswd, read_jwks, read_signing_key, read_tokens_file
 from ._patterns import Pattern
 
 __all__ = [
+    "AuthConfig",
     "CacheConfig",
     "Config",
     "ConfigError",
     "CredentialCommand",
     "Credentials",
     "MetricsConfig",
+    "OIDCIssuerConfig",
     "RuleConfig",
     "ServerConfig",
     "UpstreamConfig",
@@ -228,6 +231,45 @@ class WarmConfig:
 
 
 @frozen
+class OIDCIssuerConfig:
+    """
+    One C{[[auth.oidc]]}: workload tokens (JWTs) this issuer signs, for
+    this audience, are accepted.  Its keys come from C{jwks_url}, fetched
+    and cached, or from C{jwks_file}, read at load.
+    """
+
+    issuer: str
+    audience: str
+    jwks_url: str | None = None
+    jwks: Mapping[str, Any] | None = field(default=None, repr=False)
+    """The parsed C{jwks_file}, when there is one."""
+
+
+@frozen
+class AuthConfig:
+    """
+    C{[auth]}: how clients prove who they are.  Without the section,
+    nobody has to (loopback stays zero-config).  Secrets never show in
+    C{repr()}.
+    """
+
+    anonymous: bool = False
+    """Whether a request without credentials is served (as anonymous)."""
+    tokens: tuple[StaticToken, ...] = field(default=(), repr=False)
+    users: Mapping[str, bytes] = field(factory=dict, repr=False)
+    """htpasswd: user -> bcrypt hash."""
+    issue_tokens: bool = False
+    """The registry token flow: a Bearer challenge and ocicache's C{/token}."""
+    token_realm: str | None = None
+    """The realm in the challenge; C{None}: C{/token} on the host the client asked."""
+    token_service: str = "ocicache"
+    token_ttl: float = 300.0
+    token_key: bytes | None = field(default=None, repr=False)
+    """PEM of C{token_key_file}; C{None}: a key generated at start."""
+    oidc: tuple[OIDCIssuerConfig, ...] = ()
+
+
+@frozen
 class Config:
     server: ServerConfig
     cache: CacheConfig
@@ -236,6 +278,8 @@ class Config:
     rules: tuple[RuleConfig, ...] = ()
     """The C{[[rule]]} list, in order: the first that matches decides."""
     warm: tuple[WarmConfig, ...] = ()
+    auth: AuthConfig | None = None
+    """C{None}: no C{[auth]} section, every request is anonymous."""
 
     @property
     def default_upstream(self) -> UpstreamConfig | None:
@@ -761,6 +805,85 @@ def _manifest_ttl(section: _Section) -> float | None:
         raise ConfigError("cache.manifest_ttl: must be positive, or \"never\"")
     return seconds
 _UPSTREAM_DEFAULTS = UpstreamConfig(name="", url=DecodedURL.from_text("http://defaults"))
+_AUTH_DEFAULTS = AuthConfig()
+# ocicache's own tokens live minutes: long enough for one pull, short
+# enough that a leaked one soon stops working.
+_MAX_TOKEN_TTL = 86400.0
+
+
+def _read_file(section: _Section, name: str, read: Callable[[str], T]) -> T | None:
+    path = section.get(name, str, None)
+    if path is None:
+        return None
+    try:
+        return read(path)
+    except ValueError as e:
+        raise ConfigError(f"{section.key(name)}: {e}") from None
+
+
+def _http_url(section: _Section, name: str) -> str | None:
+    text: str | None = section.get(name, str, None)
+    if text is None:
+        return None
+    try:
+        url = DecodedURL.from_text(text)
+    except Exception:
+        raise ConfigError(f"{section.key(name)}: {text!r} is not a URL") from None
+    if url.scheme not in ("http", "https") or not url.host or any(url.userinfo):
+        raise ConfigError(f"{section.key(name)}: {text!r} must be an http:// or https:// URL with a host"
+                          " and no credentials")
+    return text
+
+
+def _parse_oidc(table: object, index: int) -> OIDCIssuerConfig:
+    section = _Section(table, f"auth.oidc[{index}]")
+    issuer = section.get("issuer", str, None)
+    if not issuer:
+        raise ConfigError(f"{section.key('issuer')}: required (the tokens' iss, e.g."
+                          " 'https://token.actions.githubusercontent.com')")
+    audience = section.get("audience", str, None)
+    if not audience:
+        raise ConfigError(f"{section.key('audience')}: required (the aud the tokens are issued for)")
+    jwks_url = _http_url(section, "jwks_url")
+    jwks = _read_file(section, "jwks_file", read_jwks)
+    if (jwks_url is None) == (jwks is None):
+        raise ConfigError(f"{section.key('jwks_url')}: set jwks_url or jwks_file, one of them")
+    section.finish()
+    return OIDCIssuerConfig(issuer=issuer, audience=audience, jwks_url=jwks_url, jwks=jwks)
+
+
+def _parse_auth(table: object) -> AuthConfig:
+    section = _Section(table, "auth")
+    anonymous = section.get("anonymous", bool, _AUTH_DEFAULTS.anonymous)
+    tokens = _read_file(section, "tokens_file", read_tokens_file) or ()
+    users = _read_file(section, "htpasswd_file", read_htpasswd) or {}
+    issue_tokens = section.get("issue_tokens", bool, _AUTH_DEFAULTS.issue_tokens)
+    token_realm = _http_url(section, "token_realm")
+    token_service = section.get("token_service", str, _AUTH_DEFAULTS.token_service)
+    if not token_service or not token_service.isprintable():
+        raise ConfigError("auth.token_service: must be a non-empty printable string")
+    token_ttl = _positive_duration(section, "token_ttl", _AUTH_DEFAULTS.token_ttl)
+    if token_ttl > _MAX_TOKEN_TTL:
+        raise ConfigError("auth.token_ttl: must be at most 1d")
+    token_key = _read_file(section, "token_key_file", read_signing_key)
+    raw_oidc = section.get("oidc", list, [])
+    oidc = tuple(_parse_oidc(entry, index) for index, entry in enumerate(raw_oidc))
+    section.finish()
+    issuers = [entry.issuer for entry in oidc]
+    for index, issuer in enumerate(issuers):
+        if issuer in issuers[:index]:
+            raise ConfigError(f"auth.oidc[{index}].issuer: {issuer!r} is configured twice")
+        if issue_tokens and issuer == token_service:
+            raise ConfigError(f"auth.oidc[{index}].issuer: {issuer!r} is ocicache's own token_service")
+    if not (tokens or users or oidc):
+        raise ConfigError("auth: set tokens_file, htpasswd_file or [[auth.oidc]] (or remove [auth])")
+    if (token_realm is not None or token_key is not None) and not issue_tokens:
+        raise ConfigError("auth.issue_tokens: token_realm and token_key_file need issue_tokens = true")
+    return AuthConfig(
+        anonymous=anonymous, tokens=tokens, users=users, issue_tokens=issue_tokens,
+        token_realm=token_realm, token_service=token_service, token_ttl=token_ttl,
+        token_key=token_key, oidc=oidc,
+    )
 
 
 def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None = None) -> Config:
@@ -839,6 +962,9 @@ def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None =
     metrics = MetricsConfig(listen=metrics_section.get("listen", str, None))
     metrics_section.finish()
 
+    raw_auth = top.get("auth", dict, None)
+    auth = _parse_auth(raw_auth) if raw_auth is not None else None
+
     raw_upstreams = top.get("upstream", list, None)
     raw_rules = top.get("rule", list, None)
     raw_warm = top.get("warm", list, [])
@@ -864,7 +990,7 @@ def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None =
     rules = _parse_rules(raw_rules, upstreams)
     warm = _parse_warm_tables(raw_warm, upstreams)
     return Config(server=server, cache=cache,
-                  upstreams=upstreams, metrics=metrics, rules=rules, warm=warm)
+                  upstreams=upstreams, metrics=metrics, rules=rules, warm=warm, auth=auth)
 
 
 # -- [[warm]]: images fetched, and perhaps pinned, by the daemon itself

@@ -111,6 +111,13 @@ class Metrics:
             "Manifest GETs, as Docker Hub counts pulls: made upstream, or saved (a client's GET answered"
             " without one).",
             ["upstream", "outcome"], registry=registry)
+        self.client_auth = Counter(
+            "ocicache_client_auth", "Client credentials checked, by how they came (basic, bearer,"
+            " none, other) and whether they proved an identity (ok, refused).",
+            ["method", "result"], registry=registry)
+        self.password_checks = Counter(
+            "ocicache_password_checks", "bcrypt checks of htpasswd passwords run (a memo spares the rest).",
+            registry=registry)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

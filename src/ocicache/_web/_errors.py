@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+from attrs import evolve
 from twisted.web.iweb import IRequest
 
 from .._cache._errors import (
@@ -20,11 +21,13 @@ from .._cache._errors import (
     StoreUnavailable,
 )
 from .._cache._slots import Busy
+from .._identity._errors import Denied, Unauthenticated
 from .._policy import AccessDenied
+from .._spec._auth import Challenge, format_challenge
 from .._spec._errors import ErrorCode, RegistryError
 from .._upstream._errors import UpstreamDenied, UpstreamRateLimited, UpstreamUnavailable
 
-__all__ = ["DEFAULT_RETRY_AFTER", "internal_error", "registry_error", "render_error"]
+__all__ = ["DEFAULT_RETRY_AFTER", "challenged", "internal_error", "registry_error", "render_error"]
 
 _INTERNAL = RegistryError(ErrorCode.UNKNOWN, "internal error")
 
@@ -55,8 +58,12 @@ def registry_error(error: BaseException) -> RegistryError | None:
             return RegistryError(ErrorCode.MANIFEST_UNKNOWN, str(error))
         case RepositoryUnknown():
             return RegistryError(ErrorCode.NAME_UNKNOWN, str(error))
-        case AccessDenied():
-            # The mirror's own policy (README "Who may pull what").
+        # distribution-spec "Error Codes": 401 UNAUTHORIZED, 403 DENIED.
+        case Unauthenticated():
+            return RegistryError(ErrorCode.UNAUTHORIZED, str(error))
+        case AccessDenied() | Denied():
+            # The mirror's own policy (README "Who may pull what"), or
+            # credentials that prove an identity this request may not use.
             return RegistryError(ErrorCode.DENIED, str(error))
         case UpstreamDenied(status=401):
             return RegistryError(ErrorCode.UNAUTHORIZED, str(error))
@@ -87,6 +94,18 @@ def registry_error(error: BaseException) -> RegistryError | None:
         case StoreUnavailable():
             return RegistryError(ErrorCode.UPSTREAM_UNAVAILABLE, str(error), status=503)
     return None
+
+
+def challenged(error: Unauthenticated, challenge: Challenge) -> RegistryError:
+    """
+    The 401 for C{error}, with the C{WWW-Authenticate} challenge that
+    tells the client how to authenticate (RFC 9110 §15.5.2: a 401 must
+    carry one).
+    """
+    answer = registry_error(error)
+    if answer is None:
+        raise TypeError("not an authentication error")
+    return evolve(answer, headers=(*answer.headers, (b"www-authenticate", format_challenge(challenge))))
 
 
 def internal_error() -> RegistryError:

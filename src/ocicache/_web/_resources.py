@@ -1,7 +1,10 @@
 """
 The twisted.web resources: the distribution-spec pull API under C{/v2/}.
 
-Each request is routed and validated (L{ocicache._web._routing}), then answered
+Each request is first authenticated (L{ocicache._identity}: before any
+routing, cache lookup or upstream request; C{/v2/} itself too, since a
+401 there is how clients discover that they must log in), then routed
+and validated (L{ocicache._web._routing}), then answered
 from the manifest or blob service.  Blob bodies are streamed by a
 L{Streamer} registered as the request's push producer, so a response sends
 bytes as they arrive and as fast as its own client reads.
@@ -18,6 +21,7 @@ from hyperlink import DecodedURL
 from prometheus_client import Gauge
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -31,6 +35,8 @@ from .._cache._result import CacheResult
 from .._cache._source import StoredFile
 from .._cache._tags import TagService
 from .._identity import ANONYMOUS, Identity
+from .._identity._authenticator import Authenticator, build_authenticator
+from .._identity._errors import Unauthenticated
 from .._ops._config import Config
 from .._ops._logging import log_access
 from .._ops._metrics import Metrics
@@ -38,16 +44,17 @@ from .._policy import AccessDenied, Decision, Policy, ReferenceKind, decide, ide
 from .._spec._errors import ErrorCode, RegistryError
 from .._spec._media_types import accepted_manifest_types
 from .._spec._range import Unsatisfiable, if_range_holds, parse_range
-from .._spec._reference import Digest, InvalidReference, validate_tag
+from .._spec._reference import Digest, InvalidReference, is_registry_host, validate_tag
 from .._spec._referrers import ARTIFACT_TYPE_FILTER, IMAGE_INDEX
 from .._upstream._client import Upstream
 from .._version import __version__
-from ._errors import internal_error, registry_error, render_error
+from ._errors import challenged, internal_error, registry_error, render_error
 from ._routing import Endpoint, Route, read_only_error, route
 from ._sendfile import SendfileStreamer, can_sendfile
 from ._streamer import Streamer, WriteBudget, abort_response
+from ._token import TokenResource
 
-__all__ = ["RootResource", "Services"]
+__all__ = ["RootResource", "Services", "origin"]
 
 log = Logger()
 
@@ -67,6 +74,7 @@ class _Exchange:
     finished: bool = False
     """Whether the response ended, or the client went away."""
     identity: Identity = ANONYMOUS
+    """Who the client proved to be; what the policy decides on."""
 
 
 class Services:
@@ -87,6 +95,7 @@ class Services:
         on_manifest_stored: Callable[[str, int], None] = lambda digest, size: None,
         tags: TagService | None = None,
         referrers: ReferrerService | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self.reactor = reactor
         self.config = config
@@ -103,6 +112,12 @@ class Services:
         self.on_manifest_stored = on_manifest_stored
         self.write_budget = WriteBudget()
         self.policy = Policy.from_config(config)
+        self.authenticator = authenticator if authenticator is not None else build_authenticator(
+            config.auth, reactor, deferToThread, metrics=metrics)
+        """
+        Read afresh for each request, never kept elsewhere: a reload
+        replaces it with one built from the new configuration.
+        """
 
 
 def _common_headers(request: IRequest) -> None:
@@ -134,6 +149,7 @@ class RootResource(Resource):
     def __init__(self, services: Services) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
         self.putChild(b"v2", RegistryResource(services))
+        self.putChild(b"token", TokenResource(services))
 
     def getChild(self, path: bytes, request: IRequest) -> Resource:
         return _ErrorResource(RegistryError(ErrorCode.UNSUPPORTED, "not a registry endpoint", status=404))
@@ -169,6 +185,10 @@ class RegistryResource(Resource):
         postpath = request.path[1:].split(b"/")[len(request.prepath or []):]
         if postpath in ([], [b""]):
             exchange.route = "base"
+        await self._authenticate(request, exchange, postpath)
+        if exchange.finished:
+            return  # gone while its password was checked: nothing to fetch for it
+        if postpath in ([], [b""]):
             if request.method not in _READ_METHODS:
                 raise read_only_error()
             ns = (request.args or {}).get(b"ns")
@@ -190,7 +210,7 @@ class RegistryResource(Resource):
         exchange.route = target.endpoint
         exchange.upstream = target.upstream.name
         # Before any cache lookup or upstream request, for every endpoint.
-        self._authorize(exchange, target)
+        self._authorize(request, exchange, target)
         upstream = self._services.upstreams[target.upstream.name]
         if target.endpoint == Endpoint.MANIFESTS:
             await self._manifest(request, exchange, upstream, target)
@@ -203,12 +223,15 @@ class RegistryResource(Resource):
 
     # -- who may pull what
 
-    def _authorize(self, exchange: _Exchange, target: Route) -> None:
+    def _authorize(self, request: Request, exchange: _Exchange, target: Route) -> None:
         """
         Raise L{AccessDenied} unless the policy lets C{exchange.identity}
         read the routed target.  A blob is authorized through the
         repository it is asked under; the cache then still requires that
         repository's proof that it holds the digest (L{RepoAccess}).
+
+        An anonymous client denied where clients can log in is challenged
+        instead (a 401), so that docker and podman ask for credentials.
         """
         kind = _reference_kind(target)
         if kind is None:
@@ -223,7 +246,33 @@ class RegistryResource(Resource):
                      upstream=target.upstream.name, repository=target.repo,
                      rule=decision.rule, reason=decision.reason)
             self._services.metrics.policy_denied.labels(target.upstream.name, decision.rule).inc()
+            authenticator = self._services.authenticator
+            if exchange.identity is ANONYMOUS and authenticator.enabled:
+                raise challenged(Unauthenticated("log in to pull this repository"),
+                                 authenticator.challenge(origin(request), f"repository:{target.client_name}:pull"))
             raise AccessDenied(decision)
+
+    async def _authenticate(self, request: Request, exchange: _Exchange, postpath: list[bytes]) -> None:
+        # Read once: a reload may replace it while this request waits.
+        authenticator = self._services.authenticator
+        try:
+            exchange.identity = await authenticator.authenticate(request.getHeader(b"authorization"))
+        except Unauthenticated as e:
+            raise challenged(e, authenticator.challenge(origin(request), self._scope(request, postpath))) from None
+
+    def _scope(self, request: Request, postpath: list[bytes]) -> str | None:
+        """
+        The scope a client needs for this request (token spec, "Requesting
+        a Token": C{repository:<name>:pull}, the name as the client wrote
+        it), if the request routes at all.
+        """
+        if postpath in ([], [b""]) or request.method not in _READ_METHODS:
+            return None
+        try:
+            target = route(postpath, request.args or {}, self._services.config)
+        except RegistryError:
+            return None
+        return f"repository:{target.client_name}:pull"
 
     # -- manifests
 
@@ -429,7 +478,7 @@ class RegistryResource(Resource):
             # A small body is finished (and this called) before the handler
             # records its size; the request itself counted the bytes.
             max(exchange.bytes, request.sentLength),
-            duration, exchange.result, exchange.upstream,
+            duration, exchange.result, exchange.upstream, str(exchange.identity),
         )
 
 
@@ -446,6 +495,25 @@ def _reference_kind(target: Route) -> ReferenceKind | None:
     if target.endpoint == Endpoint.MANIFESTS:
         return ReferenceKind.DIGEST if isinstance(target.reference, Digest) else ReferenceKind.TAG
     return _KINDS.get(target.endpoint)
+
+
+def origin(request: IRequest) -> str:
+    """
+    C{http(s)://host[:port]}, where the client reached ocicache: its
+    C{Host} (RFC 9110 §7.2) when that is a plain host name, else the
+    listening address.  What it builds (a realm) goes only back to the
+    client that sent it.
+    """
+    scheme = "https" if request.isSecure() else "http"
+    host = (request.getHeader(b"host") or b"").decode("ascii", "replace")
+    if is_registry_host(host):
+        return f"{scheme}://{host}"
+    address = request.getHost()
+    text = getattr(address, "host", "localhost")
+    if ":" in text:
+        text = f"[{text}]"
+    port = getattr(address, "port", None)
+    return f"{scheme}://{text}" + (f":{port}" if port is not None else "")
 
 
 def _decrement(result: object, gauge: Gauge) -> object:
