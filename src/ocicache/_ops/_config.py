@@ -26,7 +26,9 @@ __all__ = [
     "ConfigError",
     "Credentials",
     "MetricsConfig",
+    "STALE_FAILURES",
     "ServerConfig",
+    "StalePolicy",
     "UpstreamConfig",
     "default_cache_dir",
     "load_config",
@@ -56,6 +58,32 @@ class Credentials:
     password: str = field(repr=False)
 
 
+STALE_FAILURES = ("connect", "timeout", "5xx", "protocol", "429", "401", "403")
+"""
+The upstream failures a tag may be served stale for: no connection, no
+answer in time, a server error, an unusable answer (a bad redirect, a body
+cut short), rate limiting, and refused credentials or access.
+"""
+
+MAX_STALE_LIMIT = 30 * 86400.0
+"""Tag rows are kept this long past their last revalidation (the janitor's TAG_RETENTION)."""
+
+
+@frozen
+class StalePolicy:
+    """
+    When an upstream's tags and tag lists are served stale (RFC 5861 §4,
+    stale-if-error) rather than the upstream's failure passed on.
+    """
+
+    stale_on: frozenset[str] = frozenset({"connect", "timeout", "5xx", "protocol", "429"})
+    """The failures that serve stale (L{STALE_FAILURES}); 401 and 403 do not by default."""
+    max_stale: float = MAX_STALE_LIMIT
+    """Seconds past its last revalidation after which a tag is not served stale."""
+    on_404: str = "keep"
+    """C{keep}: an upstream 404 for a cached tag serves it stale; C{forget}: drops it, answers 404."""
+
+
 @frozen
 class UpstreamConfig:
     """
@@ -78,6 +106,7 @@ class UpstreamConfig:
     """For a mirror: the registry host sent as C{?ns=}; C{None}: this upstream's C{name}."""
     token: str | None = field(default=None, repr=False)
     """A static bearer token sent to this upstream up front (a mirror tier's client token)."""
+    stale: StalePolicy = StalePolicy()
 
     @property
     def mirror_ns(self) -> str | None:
@@ -143,6 +172,10 @@ class CacheConfig:
     """Bytes per second the background scrub re-hashes; 0: no scrub."""
     manifest_ttl: float | None = 30 * 86400.0
     """Seconds an unreferenced manifest is kept unread; C{None}: forever."""
+    negative_ttl: float = 30.0
+    """Seconds an upstream 404 for a tag or repository is remembered; 0: not at all."""
+    negative_digest_ttl: float = 5.0
+    """Seconds an upstream 404 for a digest is remembered (a push may bring it); 0: not at all."""
 
 
 @frozen
@@ -416,6 +449,7 @@ def _parse_upstream(table: object, index: int, environ: Mapping[str, str]) -> Up
     token = _static_token(section, path, environ)
     if token is not None and credentials is not None:
         raise ConfigError(f"{path}: set token_file or token_env, or username and a password, not both")
+    stale = _parse_stale_policy(section)
     section.finish()
     return UpstreamConfig(
         name=name.lower(),
@@ -429,6 +463,7 @@ def _parse_upstream(table: object, index: int, environ: Mapping[str, str]) -> Up
         kind=kind,
         ns=ns,
         token=token,
+        stale=stale,
     )
 
 
@@ -479,6 +514,26 @@ def _static_token(section: _Section, path: str, environ: Mapping[str, str]) -> s
     if not token or not re.fullmatch(r"[A-Za-z0-9\-._~+/]+=*", token):
         raise ConfigError(f"{path}.{key}: the token must be one line of RFC 6750 token characters")
     return token
+
+
+def _parse_stale_policy(section: _Section) -> StalePolicy:
+    """An upstream's C{stale_on}, C{max_stale} and C{on_404}."""
+    defaults = StalePolicy()
+    stale_on = section.get("stale_on", list, None)
+    if stale_on is None:
+        failures = defaults.stale_on
+    else:
+        for value in stale_on:
+            if value not in STALE_FAILURES:
+                raise ConfigError(f"{section.key('stale_on')}: {value!r} is not one of {', '.join(STALE_FAILURES)}")
+        failures = frozenset(stale_on)
+    max_stale = section.convert("max_stale", parse_duration, defaults.max_stale)
+    if max_stale > MAX_STALE_LIMIT:
+        raise ConfigError(f"{section.key('max_stale')}: must be at most 30d (tag rows are kept 30 days)")
+    on_404 = section.get("on_404", str, defaults.on_404)
+    if on_404 not in ("keep", "forget"):
+        raise ConfigError(f"{section.key('on_404')}: {on_404!r} must be 'keep' or 'forget'")
+    return StalePolicy(stale_on=failures, max_stale=max_stale, on_404=on_404)
 
 
 _CACHE_DEFAULTS = CacheConfig(dir="")
@@ -557,6 +612,9 @@ def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None =
         abandon_below=float(cache_section.get("abandon_below", (int, float), _CACHE_DEFAULTS.abandon_below)),
         scrub_rate=cache_section.convert("scrub_rate", parse_size, _CACHE_DEFAULTS.scrub_rate),
         manifest_ttl=_manifest_ttl(cache_section),
+        negative_ttl=cache_section.convert("negative_ttl", parse_duration, _CACHE_DEFAULTS.negative_ttl),
+        negative_digest_ttl=cache_section.convert(
+            "negative_digest_ttl", parse_duration, _CACHE_DEFAULTS.negative_digest_ttl),
     )
     if cache.max_downloads < 1:
         raise ConfigError("cache.max_downloads: must be at least 1")

@@ -29,7 +29,7 @@ from .._ops._metrics import Metrics
 from .._spec._auth import Challenge, parse_token_response, parse_www_authenticate
 from .._version import __version__
 from ._body import discard_body, read_body
-from ._errors import UpstreamUnavailable
+from ._errors import UpstreamUnavailable, unavailability_of
 from ._tls import UpstreamTLSPolicy
 from ._tokens import TokenCache, TokenKey
 
@@ -213,7 +213,8 @@ class Upstream:
         except Exception as e:
             self._observe(kind, "error", started)
             # The message names the host but never the headers we sent.
-            raise UpstreamUnavailable(f"{self.name}: {type(e).__name__}: {_describe(e)}") from None
+            raise UpstreamUnavailable(f"{self.name}: {type(e).__name__}: {_describe(e)}",
+                                      unavailability_of(e)) from None
         self._observe(kind, str(response.code), started)
         return response
 
