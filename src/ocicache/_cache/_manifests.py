@@ -64,6 +64,9 @@ def variant_key(tag: str, accept: Sequence[str]) -> str:
 HOT_BYTES = 32 << 20
 """Manifest bytes kept in memory, most recently used, so that a hit costs no disk read."""
 
+CONFIRMED_ENTRIES = 4096
+"""Tag revalidations remembered in memory, most recent first."""
+
 
 def _children(body: bytes) -> list[str]:
     """
@@ -133,6 +136,11 @@ class ManifestService:
         self._slots = slots if slots is not None else Slots(DEFAULT_DOWNLOADS, DEFAULT_QUEUE)
         self._flights: SingleFlight[tuple[str, str, str], Manifest] = SingleFlight()
         self._revalidations: SingleFlight[tuple[str, str, str], Digest | None] = SingleFlight()
+        # What each revalidation just confirmed, set as its flight lands:
+        # a client that read the tag's row before then finds it here
+        # rather than starting another HEAD.
+        self._confirmed: SizedLRU[tuple[str, str, str], tuple[Digest, float]] = SizedLRU(
+            CONFIRMED_ENTRIES, lambda confirmed: 1)
         self._negative = negative if negative is not None else NegativeCache(self._reactor)
 
     async def lookup(
@@ -227,8 +235,12 @@ class ManifestService:
         """
         key = variant_key(tag, accept)
         self._negative.check(_negative_key(upstream, repo, key))
+        flight_key = (upstream.name, repo, key)
+        confirmed = self._confirmed.get(flight_key)
+        if confirmed is not None and self._reactor.seconds() - confirmed[1] < self._tag_ttl(upstream):
+            return confirmed[0]
         flight, _ = self._revalidations.call(
-            (upstream.name, repo, key), lambda: self._revalidate(upstream, repo, tag, accept, known))
+            flight_key, lambda: self._revalidate(upstream, repo, tag, accept, known))
         return await flight
 
     async def _revalidate(
@@ -254,13 +266,14 @@ class ManifestService:
             current = Digest.parse(header.decode("ascii")) if header else None
         except ValueError:
             return None
+        now = self._reactor.seconds()
         if current == known:
-            # Fresh again for tag_ttl, before the flight lands: a client
-            # arriving right after it finds the tag fresh.
             try:
-                await self._metadata.put_tag(upstream.name, repo, key, str(current), self._reactor.seconds())
+                await self._metadata.put_tag(upstream.name, repo, key, str(current), now)
             except MetadataUnavailable as e:
                 self._health.failed(e)
+        if current is not None:
+            self._confirmed.put((upstream.name, repo, key), (current, now))
         return current
 
     async def _fetch(
