@@ -200,7 +200,7 @@ class ManifestService:
         # The tag moved: its new manifest, or the old one if that fails.
         try:
             manifest, joined = await self._fetch(upstream, repo, tag, accept)
-        except UpstreamError as e:
+        except (UpstreamError, ManifestUnknown) as e:
             return self._stale(upstream, repo, tag, stored, e, age)
         return ManifestLookup(manifest, CacheResult.COALESCED if joined else CacheResult.MISS)
 
