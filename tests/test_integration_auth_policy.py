@@ -80,7 +80,7 @@ def test_an_edge_pulls_through_a_token_protected_regional(
     regional = daemon_factory(extra_tables={"auth": {"tokens_file": str(tokens)}})
     token_file = tmp_path / "edge.token"
     token_file.write_text(token + "\n")
-    mirror = {"kind": "mirror", "token_file": str(token_file)}
+    mirror: dict[str, object] = {"kind": "mirror", "token_file": str(token_file)}
     edge = daemon_factory(upstreams=[Upstream("docker.io", regional.url, default=True, extra=mirror)])
     status, _, body = http_request(edge.url + f"/v2/{image.repo}/manifests/{image.tag}", headers=ACCEPT)
     assert status == 200 and body == image.manifest_bytes

@@ -8,7 +8,9 @@ though: otherwise anyone could read a private layer through a public
 repository's name.  A repository proves it with an upstream C{HEAD}
 (distribution-spec "Checking if content exists in the registry"), which
 Docker Hub does not count against the pull rate limit, and the proof is
-remembered.
+remembered.  So is an upstream 404 for a digest, briefly (L{NegativeCache}):
+a client asking for a missing blob in a loop costs one upstream request
+per C{negative_digest_ttl}.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from .._upstream._errors import UpstreamUnavailable, answer_error
 from ._access import RepoAccess
 from ._download import ABANDON_AFTER, KEEP_FRACTION, Download
 from ._errors import BlobUnknown
+from ._negative import NegativeCache, NegativeKey
 from ._passthrough import PassThrough
 from ._result import CacheResult
 from ._singleflight import SingleFlight
@@ -76,6 +79,7 @@ class BlobService:
         keep_fraction: float = KEEP_FRACTION,
         health: DiskHealth | None = None,
         on_corrupt: Callable[[Digest], None] = lambda digest: None,
+        negative: NegativeCache | None = None,
     ) -> None:
         """
         @param slots: the bound on concurrent upstream fetches, shared with
@@ -95,6 +99,7 @@ class BlobService:
         self._on_upstream_bytes = on_upstream_bytes
         self._health = health if health is not None else DiskHealth()
         self._on_corrupt = on_corrupt
+        self._negative = negative if negative is not None else NegativeCache(self._reactor)
         self._starting: SingleFlight[Digest, Download | PassThrough] = SingleFlight()
         self.inflight: dict[Digest, Download] = {}
         self._reserved: dict[Digest, int] = {}
@@ -120,6 +125,7 @@ class BlobService:
                 download.release()
                 raise
             return BlobLookup(download, CacheResult.COALESCED)
+        self._negative.check(_negative_key(upstream, repo, digest))
         starting, joined = self._starting.call(
             digest, lambda: self._start(upstream, repo, digest)
         )
@@ -154,16 +160,21 @@ class BlobService:
         await self._access.check(upstream, repo, digest, prove)
 
     async def _upstream_head(self, upstream: Upstream, repo: str, digest: Digest) -> int:
+        self._negative.check(_negative_key(upstream, repo, digest))
         response = await upstream.blob("HEAD", repo, str(digest))
         if response.code != 200:
-            raise answer_error(response, self._unknown(upstream, repo, digest))
+            raise answer_error(response, self._missing(response.code, upstream, repo, digest))
         length = response.headers.getRawHeaders(b"content-length", [None])[0]
         if length is None or not length.isdigit():
             raise UpstreamUnavailable(f"{upstream.name} sent no blob length")
         return int(length)
 
-    def _unknown(self, upstream: Upstream, repo: str, digest: Digest) -> BlobUnknown:
-        return BlobUnknown(f"blob {digest} is unknown to {upstream.name}/{repo}")
+    def _missing(self, code: int, upstream: Upstream, repo: str, digest: Digest) -> BlobUnknown:
+        """What an upstream answer of C{code} says is missing; a 404 is remembered."""
+        missing = BlobUnknown(f"blob {digest} is unknown to {upstream.name}/{repo}")
+        if code == 404:
+            self._negative.remember(_negative_key(upstream, repo, digest), missing, by_digest=True)
+        return missing
 
     async def _start(self, upstream: Upstream, repo: str, digest: Digest) -> Download | PassThrough:
         """
@@ -184,7 +195,7 @@ class BlobService:
         response = await upstream.blob("GET", repo, str(digest))
         if response.code != 200:
             await upstream.discard(response)
-            raise answer_error(response, self._unknown(upstream, repo, digest))
+            raise answer_error(response, self._missing(response.code, upstream, repo, digest))
         size = response.length if isinstance(response.length, int) else None
         count = lambda n: self._on_upstream_bytes(upstream.name, n)  # noqa: E731
         try:
@@ -272,6 +283,10 @@ class _BodyWriter(BodyReceiver):
 
     def failed(self, reason: Failure) -> None:
         self._download.fail(reason)
+
+
+def _negative_key(upstream: Upstream, repo: str, digest: Digest) -> NegativeKey:
+    return (upstream.name, repo, "blob", str(digest))
 
 
 def _release(result: object, slot: Slot) -> object:

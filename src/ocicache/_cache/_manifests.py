@@ -5,9 +5,13 @@ A manifest by digest is immutable: once verified against its digest it is
 kept and served without asking anyone.  A tag is a pointer that moves, so
 its tag-to-digest mapping is trusted for C{tag_ttl}, then revalidated with
 an upstream C{HEAD}: Docker Hub does not count HEADs against its pull rate
-limit and does count GETs.  When the upstream is unreachable or failing,
-the last known manifest is served (stale-if-error, RFC 5861 §4) with a
-warning in the log.
+limit and does count GETs.  However many clients ask for an expired tag at
+once, one C{HEAD} revalidates it (and one C{GET} fetches it, if it moved).
+When the upstream fails, the last known manifest is served stale
+(stale-if-error, RFC 5861 §4) as the upstream's L{StalePolicy} allows,
+with a warning in the log.  An upstream 404 is remembered for a while
+(L{NegativeCache}), so a client asking for a missing tag or digest in a
+loop costs one upstream request per negative TTL.
 """
 
 from __future__ import annotations
@@ -27,13 +31,15 @@ from .._storage._health import DiskHealth
 from .._storage._metadata import MetadataUnavailable
 from .._storage._store import Kind
 from .._upstream._client import Upstream
-from .._upstream._errors import UpstreamRateLimited, UpstreamUnavailable, answer_error
+from .._upstream._errors import UpstreamError, answer_error
 from ._access import RepoAccess
 from ._errors import DigestMismatch, ManifestTooLarge, ManifestUnknown
 from ._lru import SizedLRU
+from ._negative import NegativeCache, NegativeKey
 from ._result import CacheResult
 from ._singleflight import SingleFlight
 from ._slots import DEFAULT_DOWNLOADS, DEFAULT_QUEUE, Priority, Slots
+from ._stale import serves_stale
 
 __all__ = ["MAX_MANIFEST_SIZE", "Manifest", "ManifestService", "variant_key"]
 
@@ -59,6 +65,9 @@ def variant_key(tag: str, accept: Sequence[str]) -> str:
 HOT_BYTES = 32 << 20
 """Manifest bytes kept in memory, most recently used, so that a hit costs no disk read."""
 
+CONFIRMED_ENTRIES = 4096
+"""Tag revalidations remembered in memory, most recent first."""
+
 
 def _children(body: bytes) -> list[str]:
     """
@@ -81,6 +90,11 @@ def _children(body: bytes) -> list[str]:
             except ValueError:
                 continue
     return found
+
+
+def _negative_key(upstream: Upstream, repo: str, key: str) -> NegativeKey:
+    """Where a manifest 404 is remembered: C{key} is a digest or a tag's L{variant_key}."""
+    return (upstream.name, repo, "manifest", key)
 
 
 @frozen
@@ -108,6 +122,7 @@ class ManifestService:
         tag_ttl: Callable[[Upstream], float],
         slots: Slots | None = None,
         health: DiskHealth | None = None,
+        negative: NegativeCache | None = None,
     ) -> None:
         self._disk = disk
         self._reactor = disk.reactor
@@ -121,6 +136,13 @@ class ManifestService:
         self._hot: SizedLRU[Digest, Manifest] = SizedLRU(HOT_BYTES, lambda m: len(m.body), HOT_BYTES // 8)
         self._slots = slots if slots is not None else Slots(DEFAULT_DOWNLOADS, DEFAULT_QUEUE)
         self._flights: SingleFlight[tuple[str, str, str], Manifest] = SingleFlight()
+        self._revalidations: SingleFlight[tuple[str, str, str], Digest | None] = SingleFlight()
+        # What each revalidation just confirmed, set as its flight lands:
+        # a client that read the tag's row before then finds it here
+        # rather than starting another HEAD.
+        self._confirmed: SizedLRU[tuple[str, str, str], tuple[Digest, float]] = SizedLRU(
+            CONFIRMED_ENTRIES, lambda confirmed: 1)
+        self._negative = negative if negative is not None else NegativeCache(self._reactor)
 
     async def lookup(
         self, upstream: Upstream, repo: str, reference: Digest | str, accept: Sequence[str]
@@ -171,22 +193,33 @@ class ManifestService:
         if row is None or stored is None:
             manifest, joined = await self._fetch(upstream, repo, tag, accept)
             return ManifestLookup(manifest, CacheResult.COALESCED if joined else CacheResult.MISS)
-        if self._reactor.seconds() - row.checked_at < self._tag_ttl(upstream):
+        age = self._reactor.seconds() - row.checked_at
+        if age < self._tag_ttl(upstream):
             return ManifestLookup(stored, CacheResult.HIT)
         try:
-            current = await self._revalidate(upstream, repo, tag, accept)
-        except (UpstreamUnavailable, UpstreamRateLimited) as e:
-            log.warn("Serving stale {upstream}/{repo}:{tag}: {error}",
-                     upstream=upstream.name, repo=repo, tag=tag, error=str(e))
-            return ManifestLookup(stored, CacheResult.STALE)
+            current = await self._revalidated(upstream, repo, tag, accept, stored.digest)
+        except (UpstreamError, ManifestUnknown) as e:
+            return self._stale(upstream, repo, tag, stored, e, age)
         if current == stored.digest:
-            try:
-                await self._metadata.put_tag(upstream.name, repo, key, str(current), self._reactor.seconds())
-            except MetadataUnavailable as e:
-                self._health.failed(e)
             return ManifestLookup(stored, CacheResult.HIT)
-        manifest, joined = await self._fetch(upstream, repo, tag, accept)
+        # The tag moved: its new manifest, or the old one if that fails.
+        try:
+            manifest, joined = await self._fetch(upstream, repo, tag, accept)
+        except (UpstreamError, ManifestUnknown) as e:
+            return self._stale(upstream, repo, tag, stored, e, age)
         return ManifestLookup(manifest, CacheResult.COALESCED if joined else CacheResult.MISS)
+
+    def _stale(self, upstream: Upstream, repo: str, tag: str, stored: Manifest, error: Exception,
+               age: float) -> ManifestLookup:
+        """
+        C{stored}, the last known manifest of C{tag}, if the upstream's
+        stale policy allows serving it after C{error}; else C{error}.
+        """
+        if not serves_stale(upstream.config.stale, error, age):
+            raise error
+        log.warn("Serving stale {upstream}/{repo}:{tag}: {error}",
+                 upstream=upstream.name, repo=repo, tag=tag, error=str(error))
+        return ManifestLookup(stored, CacheResult.STALE)
 
     async def _fresh(self, upstream: Upstream, repo: str, tag: str) -> Manifest | None:
         """What C{tag} resolves to for every media type, if known and fresh."""
@@ -195,32 +228,58 @@ class ManifestService:
             return None
         return await self._stored(Digest.parse(row.digest))
 
-    async def _revalidate(
-        self, upstream: Upstream, repo: str, tag: str, accept: Sequence[str]
+    async def _revalidated(
+        self, upstream: Upstream, repo: str, tag: str, accept: Sequence[str], known: Digest
     ) -> Digest | None:
         """
-        The digest the upstream's tag points at now, from a C{HEAD}, or
-        C{None} when the upstream did not say.  Raises
-        L{UpstreamUnavailable} when the upstream cannot answer, and
-        L{UpstreamRateLimited} when it is rate limiting, which the caller
-        turns into a stale hit.
+        The digest the upstream's tag points at now, or C{None} when the
+        upstream did not say: one C{HEAD} for every client asking at once
+        (per upstream, repository, tag and C{Accept} variant).  Raises
+        L{ManifestUnknown} when the upstream has no such tag, and an
+        L{UpstreamError} when it cannot answer.
         """
+        key = variant_key(tag, accept)
+        self._negative.check(_negative_key(upstream, repo, key))
+        flight_key = (upstream.name, repo, key)
+        confirmed = self._confirmed.get(flight_key)
+        if confirmed is not None and self._reactor.seconds() - confirmed[1] < self._tag_ttl(upstream):
+            return confirmed[0]
+        flight, _ = self._revalidations.call(
+            flight_key, lambda: self._revalidate(upstream, repo, tag, accept, known))
+        return await flight
+
+    async def _revalidate(
+        self, upstream: Upstream, repo: str, tag: str, accept: Sequence[str], known: Digest
+    ) -> Digest | None:
+        key = variant_key(tag, accept)
         response = await upstream.manifest("HEAD", repo, tag, accept)
         await upstream.discard(response)
-        if response.code >= 500:
-            raise UpstreamUnavailable(f"{upstream.name} answered {response.code}")
-        if response.code == 404:
-            try:
-                await self._metadata.delete_tag(upstream.name, repo, variant_key(tag, accept))
-            except MetadataUnavailable as e:
-                self._health.failed(e)
         if response.code != 200:
-            raise answer_error(response, ManifestUnknown(f"{repo}:{tag} is not known to {upstream.name}"))
+            # answer_error: a 429 is UpstreamRateLimited with its
+            # Retry-After, a 5xx UpstreamUnavailable, 401 and 403 denied.
+            missing = ManifestUnknown(f"{repo}:{tag} is not known to {upstream.name}")
+            if response.code == 404:
+                self._negative.remember(_negative_key(upstream, repo, key), missing, by_digest=False)
+                if upstream.config.stale.on_404 == "forget":
+                    try:
+                        await self._metadata.delete_tag(upstream.name, repo, key)
+                    except MetadataUnavailable as e:
+                        self._health.failed(e)
+            raise answer_error(response, missing)
         header = response.headers.getRawHeaders(b"docker-content-digest", [None])[0]
         try:
-            return Digest.parse(header.decode("ascii")) if header else None
+            current = Digest.parse(header.decode("ascii")) if header else None
         except ValueError:
             return None
+        now = self._reactor.seconds()
+        if current == known:
+            try:
+                await self._metadata.put_tag(upstream.name, repo, key, str(current), now)
+            except MetadataUnavailable as e:
+                self._health.failed(e)
+        if current is not None:
+            self._confirmed.put((upstream.name, repo, key), (current, now))
+        return current
 
     async def _fetch(
         self, upstream: Upstream, repo: str, reference: Digest | str, accept: Sequence[str]
@@ -228,6 +287,7 @@ class ManifestService:
         # A digest names one content whatever the Accept; a tag's answer
         # differs by it, so clients with different Accept never share one.
         key = str(reference) if isinstance(reference, Digest) else variant_key(reference, accept)
+        self._negative.check(_negative_key(upstream, repo, key))
         flight, joined = self._flights.call(
             (upstream.name, repo, key), lambda: self._download(upstream, repo, reference, accept)
         )
@@ -250,8 +310,12 @@ class ManifestService:
         response = await upstream.manifest("GET", repo, str(reference), accept)
         if response.code != 200:
             await upstream.discard(response)
-            raise answer_error(response, ManifestUnknown(
-                f"manifest {repo}:{reference} is not known to {upstream.name}"))
+            missing = ManifestUnknown(f"manifest {repo}:{reference} is not known to {upstream.name}")
+            if response.code == 404:
+                key = str(reference) if isinstance(reference, Digest) else variant_key(reference, accept)
+                self._negative.remember(_negative_key(upstream, repo, key), missing,
+                                        by_digest=isinstance(reference, Digest))
+            raise answer_error(response, missing)
         body = await upstream.read_body(response, MAX_MANIFEST_SIZE)
         if body is None:
             raise ManifestTooLarge(f"the upstream manifest is over {MAX_MANIFEST_SIZE} bytes")
@@ -306,11 +370,15 @@ class ManifestService:
 
     def _prove(self, upstream: Upstream, repo: str, digest: Digest) -> Callable[[], Awaitable[None]]:
         async def prove() -> None:
+            key = _negative_key(upstream, repo, str(digest))
+            self._negative.check(key)
             response = await upstream.manifest("HEAD", repo, str(digest), MANIFEST_MEDIA_TYPES)
             await upstream.discard(response)
             if response.code != 200:
-                raise answer_error(response, ManifestUnknown(
-                    f"manifest {digest} is not known to {upstream.name}/{repo}"))
+                missing = ManifestUnknown(f"manifest {digest} is not known to {upstream.name}/{repo}")
+                if response.code == 404:
+                    self._negative.remember(key, missing, by_digest=True)
+                raise answer_error(response, missing)
 
         return prove
 

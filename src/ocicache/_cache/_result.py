@@ -18,4 +18,7 @@ class CacheResult(StrEnum):
     COALESCED = "coalesced"
     """This request joined a fetch already in flight."""
     STALE = "stale"
-    """The upstream failed, so a tag's last known manifest was served."""
+    """
+    The upstream failed (or no longer has it), so a tag's last known
+    manifest, or a tag list's last page, was served as its stale policy allows.
+    """

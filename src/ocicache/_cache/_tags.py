@@ -4,9 +4,10 @@ never answers with only the tags it happens to hold.
 
 A page is fetched once for every client that asks at the same time
 (singleflight), reused for the upstream's C{tag_ttl}, and served stale when the upstream
-fails, so a build farm's tag listings cost one upstream request per page
-per TTL and survive an outage.  Memory is bounded: pages are kept least
-recently used first, up to a byte budget.
+fails, as its L{StalePolicy} allows, so a build farm's tag listings cost one upstream
+request per page per TTL and survive an outage.  A repository the upstream
+does not have is remembered for C{negative_ttl} (L{NegativeCache}).  Memory
+is bounded: pages are kept least recently used first, up to a byte budget.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from .._upstream._client import Upstream
-from .._upstream._errors import UpstreamRateLimited, UpstreamUnavailable, answer_error
+from .._upstream._errors import UpstreamError, UpstreamUnavailable, answer_error
 from ._errors import RepositoryUnknown
 from ._lru import SizedLRU
+from ._negative import NegativeCache, NegativeKey
 from ._result import CacheResult
 from ._singleflight import SingleFlight
+from ._stale import serves_stale
 
 __all__ = ["MAX_TAGS_BODY", "TagLookup", "TagPage", "TagService"]
 
@@ -30,9 +33,6 @@ log = Logger()
 
 MAX_TAGS_BODY = 16 << 20
 """The largest tag list accepted from an upstream."""
-
-MAX_STALE = 24 * 3600.0
-"""Seconds past which a page is not served stale when the upstream fails."""
 
 CACHE_BYTES = 64 << 20
 """The most bytes of tag lists kept in memory."""
@@ -61,15 +61,15 @@ class _Kept:
 
 
 class TagService:
-    def __init__(self, clock: IReactorTime, ttl: Callable[[Upstream], float], max_stale: float = MAX_STALE,
-                 max_bytes: int = CACHE_BYTES) -> None:
+    def __init__(self, clock: IReactorTime, ttl: Callable[[Upstream], float], max_bytes: int = CACHE_BYTES,
+                 negative: NegativeCache | None = None) -> None:
         """
         @param ttl: how long an upstream's pages are reused: its
             C{tag_ttl}, the same trust as in its tags' digests.
         """
         self._clock = clock
         self._ttl = ttl
-        self._max_stale = max_stale
+        self._negative = negative if negative is not None else NegativeCache(clock)
         self._flights: SingleFlight[_Key, TagPage] = SingleFlight()
         self._kept: SizedLRU[_Key, _Kept] = SizedLRU(max_bytes, lambda kept: len(kept.page.body))
 
@@ -83,13 +83,17 @@ class TagService:
         now = self._clock.seconds()
         if kept is not None and now - kept.fetched_at < self._ttl(upstream):
             return TagLookup(kept.page, CacheResult.HIT)
-        flight, joined = self._flights.call(key, lambda: self._fetch(upstream, repo, params, key))
         try:
+            self._negative.check(_negative_key(upstream, repo, params))
+            flight, joined = self._flights.call(key, lambda: self._fetch(upstream, repo, params, key))
             page = await flight
-        except (UpstreamUnavailable, UpstreamRateLimited) as e:
-            # RFC 5861 §4, stale-if-error: the last page we had beats none.
+        except (UpstreamError, RepositoryUnknown) as e:
+            # RFC 5861 §4, stale-if-error: the last page we had beats none,
+            # as the upstream's stale policy allows.
             kept = self._kept.get(key)
-            if kept is None or now - kept.fetched_at > self._max_stale:
+            if kept is None or not serves_stale(upstream.config.stale, e, now - kept.fetched_at):
+                if isinstance(e, RepositoryUnknown):
+                    self._kept.drop(key)
                 raise
             log.warn("Serving a stale tag list of {upstream}/{repo}: {error}",
                      upstream=upstream.name, repo=repo, error=str(e))
@@ -100,10 +104,18 @@ class TagService:
         response = await upstream.tags(repo, params)
         if response.code != 200:
             await upstream.discard(response)
-            raise answer_error(response, RepositoryUnknown(f"repository {repo} is not known"))
+            missing = RepositoryUnknown(f"repository {repo} is not known")
+            if response.code == 404:
+                self._negative.remember(_negative_key(upstream, repo, params), missing, by_digest=False)
+            raise answer_error(response, missing)
         body = await upstream.read_body(response, MAX_TAGS_BODY)
         if body is None:
             raise UpstreamUnavailable("the upstream's tag list is too large")
         page = TagPage(body, response.headers.getRawHeaders(b"link", [None])[0])
         self._kept.put(key, _Kept(page, self._clock.seconds()))
         return page
+
+
+def _negative_key(upstream: Upstream, repo: str, params: Mapping[str, str]) -> NegativeKey:
+    # The parameters passed the spec's grammar (an integer, a tag): no "&" or "=".
+    return (upstream.name, repo, "tags", "&".join(f"{name}={value}" for name, value in sorted(params.items())))

@@ -47,6 +47,7 @@ from .._cache._access import RepoAccess
 from .._cache._blobs import BlobService
 from .._cache._incoming import DownloadError
 from .._cache._manifests import ManifestService
+from .._cache._negative import NegativeCache
 from .._cache._referrers import ReferrerService
 from .._cache._slots import Slots
 from .._cache._tags import TagService
@@ -113,6 +114,8 @@ class OcicacheService(MultiService):
         slots = Slots(config.cache.max_downloads, config.cache.download_queue,
                       lambda name: per_upstream.get(name, 1))
         access = RepoAccess(self.metadata, reactor, health=health)
+        # Upstream 404s, remembered for blobs, manifests and tag lists alike.
+        negative = NegativeCache(reactor, config.cache.negative_ttl, config.cache.negative_digest_ttl)
         self.disk = disk = Disk(reactor, self.store, self.metadata, self.disk_pool)
         self.capacity = Capacity(disk, config.cache.max_size, config.cache.min_free, self._evicted,
                                  protected=self._protected)
@@ -122,6 +125,7 @@ class OcicacheService(MultiService):
             slots=slots, health=health, abandon_after=config.cache.abandon_after,
             keep_fraction=config.cache.abandon_below,
             on_corrupt=lambda digest: self.metrics.corrupt_blobs.labels("read").inc(),
+            negative=negative,
         )
         self.scrubber = Scrubber(
             disk, self.capacity, config.cache.scrub_rate, on_scrubbed=self.metrics.scrubbed_bytes.inc,
@@ -140,7 +144,7 @@ class OcicacheService(MultiService):
         )
         self._janitor_timer.setServiceParent(self)
         self.manifests = ManifestService(
-            disk, access, self._tag_ttl, slots=slots, health=health,
+            disk, access, self._tag_ttl, slots=slots, health=health, negative=negative,
         )
         self._wire_warming()
         referrers = ReferrerService(reactor, self.manifests, config.cache.referrers_ttl, disk=disk)
@@ -151,7 +155,8 @@ class OcicacheService(MultiService):
         self.registry = services = Services(
             reactor, config, self.upstreams, self.blobs, self.manifests, self.metrics,
             on_manifest_stored=self.manifest_tally.added, referrers=referrers,
-            tags=TagService(reactor, self._tag_ttl), authenticator=self.authenticator_for(config))
+            tags=TagService(reactor, self._tag_ttl, negative=negative),
+            authenticator=self.authenticator_for(config))
         self.site = DrainingSite(RootResource(services), reactor, self.metrics, config.server)
         self.site.displayTracebacks = False
         self._registry_listeners = [

@@ -33,7 +33,9 @@ __all__ = [
     "MetricsConfig",
     "OIDCIssuerConfig",
     "RuleConfig",
+    "STALE_FAILURES",
     "ServerConfig",
+    "StalePolicy",
     "UpstreamConfig",
     "WarmConfig",
     "default_cache_dir",
@@ -62,6 +64,32 @@ class Credentials:
 
     username: str
     password: str = field(repr=False)
+
+
+STALE_FAILURES = ("connect", "timeout", "5xx", "protocol", "429", "401", "403")
+"""
+The upstream failures a tag may be served stale for: no connection, no
+answer in time, a server error, an unusable answer (a bad redirect, a body
+cut short), rate limiting, and refused credentials or access.
+"""
+
+MAX_STALE_LIMIT = 30 * 86400.0
+"""Tag rows are kept this long past their last revalidation (the janitor's TAG_RETENTION)."""
+
+
+@frozen
+class StalePolicy:
+    """
+    When an upstream's tags and tag lists are served stale (RFC 5861 §4,
+    stale-if-error) rather than the upstream's failure passed on.
+    """
+
+    stale_on: frozenset[str] = frozenset({"connect", "timeout", "5xx", "protocol", "429"})
+    """The failures that serve stale (L{STALE_FAILURES}); 401 and 403 do not by default."""
+    max_stale: float = MAX_STALE_LIMIT
+    """Seconds past its last revalidation after which a tag is not served stale."""
+    on_404: str = "keep"
+    """C{keep}: an upstream 404 for a cached tag serves it stale; C{forget}: drops it, answers 404."""
 
 
 @frozen
@@ -119,6 +147,7 @@ class UpstreamConfig:
     """
     quota_stretch: float = 21600.0
     """The tag TTL while the upstream's remaining pulls are below C{quota_floor}."""
+    stale: StalePolicy = StalePolicy()
 
     @property
     def mirror_ns(self) -> str | None:
@@ -188,6 +217,10 @@ class CacheConfig:
     """Seconds a referrers listing is reused before the upstream is asked again."""
     protect_recent: float = 3600.0
     """Blobs of a manifest read this recently are never evicted (a pull in progress)."""
+    negative_ttl: float = 30.0
+    """Seconds an upstream 404 for a tag or repository is remembered; 0: not at all."""
+    negative_digest_ttl: float = 5.0
+    """Seconds an upstream 404 for a digest is remembered (a push may bring it); 0: not at all."""
 
 
 @frozen
@@ -571,6 +604,7 @@ def _parse_upstream(table: object, index: int, environ: Mapping[str, str]) -> Up
     include, exclude, tags, digest_only = _parse_upstream_policy(section, path)
     quota_floor = section.convert("quota_floor", _parse_quota_floor, _UPSTREAM_DEFAULTS.quota_floor)
     quota_stretch = _positive_duration(section, "quota_stretch", _UPSTREAM_DEFAULTS.quota_stretch)
+    stale = _parse_stale_policy(section)
     section.finish()
     return UpstreamConfig(
         name=name.lower(),
@@ -591,6 +625,7 @@ def _parse_upstream(table: object, index: int, environ: Mapping[str, str]) -> Up
         token=token,
         quota_floor=quota_floor,
         quota_stretch=quota_stretch,
+        stale=stale,
     )
 
 
@@ -788,6 +823,26 @@ def _parse_rules(raw: object, upstreams: tuple[UpstreamConfig, ...]) -> tuple[Ru
     return tuple(_parse_rule(table, index, names) for index, table in enumerate(raw))
 
 
+def _parse_stale_policy(section: _Section) -> StalePolicy:
+    """An upstream's C{stale_on}, C{max_stale} and C{on_404}."""
+    defaults = StalePolicy()
+    stale_on = section.get("stale_on", list, None)
+    if stale_on is None:
+        failures = defaults.stale_on
+    else:
+        for value in stale_on:
+            if value not in STALE_FAILURES:
+                raise ConfigError(f"{section.key('stale_on')}: {value!r} is not one of {', '.join(STALE_FAILURES)}")
+        failures = frozenset(stale_on)
+    max_stale = section.convert("max_stale", parse_duration, defaults.max_stale)
+    if max_stale > MAX_STALE_LIMIT:
+        raise ConfigError(f"{section.key('max_stale')}: must be at most 30d (tag rows are kept 30 days)")
+    on_404 = section.get("on_404", str, defaults.on_404)
+    if on_404 not in ("keep", "forget"):
+        raise ConfigError(f"{section.key('on_404')}: {on_404!r} must be 'keep' or 'forget'")
+    return StalePolicy(stale_on=failures, max_stale=max_stale, on_404=on_404)
+
+
 _CACHE_DEFAULTS = CacheConfig(dir="")
 
 
@@ -945,6 +1000,9 @@ def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None =
         manifest_ttl=_manifest_ttl(cache_section),
         referrers_ttl=cache_section.convert("referrers_ttl", parse_duration, _CACHE_DEFAULTS.referrers_ttl),
         protect_recent=cache_section.convert("protect_recent", parse_duration, _CACHE_DEFAULTS.protect_recent),
+        negative_ttl=cache_section.convert("negative_ttl", parse_duration, _CACHE_DEFAULTS.negative_ttl),
+        negative_digest_ttl=cache_section.convert(
+            "negative_digest_ttl", parse_duration, _CACHE_DEFAULTS.negative_digest_ttl),
     )
     if cache.max_downloads < 1:
         raise ConfigError("cache.max_downloads: must be at least 1")

@@ -17,7 +17,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 
-from ._errors import UpstreamUnavailable
+from ._errors import Unavailability, UpstreamUnavailable
 
 __all__ = ["BodyReceiver", "discard_body", "read_body"]
 
@@ -66,7 +66,8 @@ class BodyReceiver(Protocol):
 
     def _timed_out(self) -> None:
         self._timer = None
-        self.failed(Failure(UpstreamUnavailable(f"upstream body stalled: no data for {self._idle:g}s")))
+        self.failed(Failure(UpstreamUnavailable(f"upstream body stalled: no data for {self._idle:g}s",
+                                                Unavailability.TIMEOUT)))
         self.stop()
 
     def _cancel_timer(self) -> None:

@@ -32,7 +32,7 @@ from .._spec._referrers import IMAGE_INDEX
 from .._version import __version__
 from ._body import discard_body, read_body
 from ._credentials import CredentialSource, credentials_for
-from ._errors import UpstreamRateLimited, UpstreamUnavailable
+from ._errors import UpstreamRateLimited, UpstreamUnavailable, unavailability_of
 from ._ratelimit import Quota, parse_ratelimit, parse_retry_after
 from ._tls import UpstreamTLSPolicy
 from ._tokens import TokenCache, TokenKey
@@ -251,7 +251,8 @@ class Upstream:
         except Exception as e:
             self._observe(kind, "error", started)
             # The message names the host but never the headers we sent.
-            raise UpstreamUnavailable(f"{self.name}: {type(e).__name__}: {_describe(e)}") from None
+            raise UpstreamUnavailable(f"{self.name}: {type(e).__name__}: {_describe(e)}",
+                                      unavailability_of(e)) from None
         self._observe(kind, str(response.code), started)
         self.note_quota(response)
         return response

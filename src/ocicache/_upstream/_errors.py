@@ -5,15 +5,22 @@ safe to show: they name the upstream, never the credentials sent to it.
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from attrs import frozen
+from twisted.internet.defer import CancelledError
+from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
+from twisted.web.client import ResponseNeverReceived
 from twisted.web.iweb import IResponse
 
 __all__ = [
+    "Unavailability",
     "UpstreamDenied",
     "UpstreamError",
     "UpstreamRateLimited",
     "UpstreamUnavailable",
     "answer_error",
+    "unavailability_of",
 ]
 
 
@@ -21,11 +28,32 @@ class UpstreamError(Exception):
     """The upstream did not give what was asked for."""
 
 
+class Unavailability(StrEnum):
+    """
+    How an upstream was unavailable: what an upstream's C{stale_on}
+    (L{ocicache._ops._config.StalePolicy}) chooses among.
+    """
+
+    CONNECT = "connect"
+    """No connection: refused, no such host, the connect timed out."""
+    TIMEOUT = "timeout"
+    """Connected, but the answer or its body did not come in time."""
+    SERVER = "5xx"
+    """The upstream answered with a server error (RFC 9110 §15.6)."""
+    PROTOCOL = "protocol"
+    """An answer ocicache cannot use: a bad redirect, a body cut short, another status."""
+
+
 class UpstreamUnavailable(UpstreamError):
     """
     The upstream could not be reached, timed out, failed at the protocol
     level, or answered with a server error: worth serving stale for.
+    C{kind} says which.
     """
+
+    def __init__(self, message: str, kind: Unavailability = Unavailability.PROTOCOL) -> None:
+        UpstreamError.__init__(self, message)
+        self.kind = kind
 
 
 @frozen
@@ -69,4 +97,23 @@ def answer_error(response: IResponse, not_found: Exception) -> Exception:
     if code == 429:
         retry_after = response.headers.getRawHeaders(b"retry-after", [None])[0]
         return UpstreamRateLimited("the upstream registry is rate limiting", retry_after)
-    return UpstreamUnavailable(f"the upstream registry answered {code}")
+    kind = Unavailability.SERVER if 500 <= code < 600 else Unavailability.PROTOCOL
+    return UpstreamUnavailable(f"the upstream registry answered {code}", kind)
+
+
+def unavailability_of(error: BaseException) -> Unavailability:
+    """
+    How a request that got no answer failed: C{error} is what Twisted's
+    HTTP client raised.
+    """
+    # Refused, unreachable, no such host, or the connect timeout
+    # (twisted.internet.error.TimeoutError is a ConnectError).
+    if isinstance(error, (ConnectError, DNSLookupError)):
+        return Unavailability.CONNECT
+    # The response timeout cancels the request: while connecting, or once
+    # it was sent and no answer came.
+    reasons = error.reasons if isinstance(error, ResponseNeverReceived) else []
+    if isinstance(error, (CancelledError, ConnectingCancelledError)) or any(
+            reason.check(CancelledError) for reason in reasons):
+        return Unavailability.TIMEOUT
+    return Unavailability.PROTOCOL

@@ -59,6 +59,8 @@ __all__ = ["RootResource", "Services", "origin"]
 log = Logger()
 
 SERVER = f"ocicache/{__version__}".encode("ascii")
+STALE_WARNING = b'110 - "Response is Stale"'
+"""RFC 7234 §5.5.1: warn-code 110, on every answer served stale."""
 MAX_TAGS_PAGE = 10000
 _READ_METHODS = (b"GET", b"HEAD")
 
@@ -290,6 +292,7 @@ class RegistryResource(Resource):
             upstream.saved_pull()
         manifest = lookup.manifest
         _cache_header(request, lookup.result)
+        _warn_if_stale(request, lookup.result)
         request.setHeader(b"docker-content-digest", str(manifest.digest).encode("ascii"))
         request.setHeader(b"etag", _etag(manifest.digest))
         exchange.bytes = _send_bytes(request, exchange, manifest.body, manifest.media_type.encode("ascii"))
@@ -406,6 +409,7 @@ class RegistryResource(Resource):
         page = lookup.page
         exchange.result = lookup.result
         self._services.metrics.cache_requests.labels("tags", lookup.result).inc()
+        _warn_if_stale(request, lookup.result)
         if page.link is not None:
             rewritten = _rewrite_link(page.link, target, ("tags", "list"), ("n", "last"))
             if rewritten is not None:
@@ -519,6 +523,11 @@ def origin(request: IRequest) -> str:
 def _decrement(result: object, gauge: Gauge) -> object:
     gauge.dec()
     return result
+
+
+def _warn_if_stale(request: Request, result: CacheResult) -> None:
+    if result == CacheResult.STALE:
+        request.setHeader(b"warning", STALE_WARNING)
 
 
 def _etag(digest: Digest) -> bytes:
