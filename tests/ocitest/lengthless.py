@@ -17,84 +17,46 @@ from __future__ import annotations
 import http.server
 import threading
 import urllib.parse
-from typing import Any
 
-from . import free_port
+from .serving import LoopbackServer, send
 
 __all__ = ["LengthlessUpstream"]
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    upstream: LengthlessUpstream
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.0"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        pass
-
-    def do_GET(self) -> None:
-        self.server.upstream._answer(self)
-
-    do_HEAD = do_GET
-
-
 class LengthlessUpstream:
     def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
         self.blobs: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self._seen: list[tuple[str, str]] = []
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        # HTTP/1.0: a body may end with its connection.
+        self._server = LoopbackServer(self._answer, port, one_request_per_connection=True, name="lengthless")
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self._server.url
 
     def start(self) -> LengthlessUpstream:
-        server = _Server(("127.0.0.1", self.port), _Handler)
-        server.upstream = self
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
+        self._server.stop()
 
     def count(self, method: str, path_contains: str = "") -> int:
         with self._lock:
             return sum(1 for seen, path in self._seen if seen == method and path_contains in path)
 
-    def _answer(self, handler: _Handler) -> None:
+    def _answer(self, handler: http.server.BaseHTTPRequestHandler) -> None:
         path = urllib.parse.unquote(urllib.parse.urlsplit(handler.path).path)
         with self._lock:
             self._seen.append((handler.command, path))
         if path == "/v2/":
-            handler.send_response(200)
-            handler.send_header("Content-Type", "application/json")
-            handler.send_header("Content-Length", "2")
-            handler.end_headers()
-            if handler.command == "GET":
-                handler.wfile.write(b"{}")
+            send(handler, 200, b"{}")
             return
         _, sep, digest = path.rpartition("/blobs/")
         data = self.blobs.get(digest) if sep else None
         if data is None:
-            handler.send_response(404)
-            handler.send_header("Content-Length", "0")
-            handler.end_headers()
+            send(handler, 404, content_type=None)
             return
         handler.send_response(200)
         handler.send_header("Content-Type", "application/octet-stream")

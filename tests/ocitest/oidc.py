@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import threading
 import time
 import uuid
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
-from . import free_port
+from .serving import LoopbackServer, send
 
 __all__ = ["OIDCIssuer"]
 
@@ -31,11 +30,11 @@ class OIDCIssuer:
     """Mints RS256 JWTs; serves the public keys at C{/jwks}."""
 
     def __init__(self, issuer: str | None = None) -> None:
-        self.port = free_port()
-        self.issuer = issuer or f"http://127.0.0.1:{self.port}"
+        self._server = LoopbackServer(self._answer, name="oidc-issuer")
+        self.port = self._server.port
+        self.issuer = issuer or self._server.url
         self.key = RSAKey.generate_key(2048, auto_kid=True)
         self.fetches = 0
-        self._server: http.server.ThreadingHTTPServer | None = None
 
     @property
     def jwks_url(self) -> str:
@@ -60,37 +59,18 @@ class OIDCIssuer:
         return jwt.encode(header, body, signer, algorithms=["RS256"])
 
     def start(self) -> OIDCIssuer:
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                pass
-
-            def do_GET(self) -> None:
-                if self.path != "/jwks":
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                outer.fetches += 1
-                body = json.dumps(outer.jwks()).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True, name="oidc-issuer").start()
+        self._server.start()
         return self
 
+    def _answer(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        if handler.path != "/jwks":
+            send(handler, 404, content_type=None)
+            return
+        self.fetches += 1
+        send(handler, 200, json.dumps(self.jwks()).encode())
+
     def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
+        self._server.stop()
 
     def __enter__(self) -> OIDCIssuer:
         return self.start()

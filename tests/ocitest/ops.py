@@ -22,7 +22,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 import uuid
@@ -32,6 +31,7 @@ from typing import Any
 
 from . import free_port, http_request, log_tail, require_binary, stop_process
 from .daemon import TWISTD, daemon_env
+from .serving import LoopbackServer, send
 
 __all__ = [
     "PKI",
@@ -275,7 +275,8 @@ class TokenServer:
         os.makedirs(workdir, exist_ok=True)
         self.username = username
         self.password = password
-        self.port = free_port()
+        self._server = LoopbackServer(self._answer, name="token-server")
+        self.port = self._server.port
         self.issued: list[str] = []
         self.requests: list[dict[str, Any]] = []
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -295,7 +296,6 @@ class TokenServer:
         self.bundle = os.path.join(workdir, "token-signer.pem")
         with open(self.bundle, "wb") as f:
             f.write(cert.public_bytes(serialization.Encoding.PEM))
-        self._server: http.server.ThreadingHTTPServer | None = None
 
     @property
     def realm(self) -> str:
@@ -334,44 +334,25 @@ class TokenServer:
         return f"{signing_input}.{_b64url(signature)}"
 
     def start(self) -> TokenServer:
-        server_self = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                pass
-
-            def do_GET(self) -> None:
-                parts = urllib.parse.urlsplit(self.path)
-                query = urllib.parse.parse_qs(parts.query)
-                # Read per request: a test may rotate the password.
-                expected = "Basic " + base64.b64encode(
-                    f"{server_self.username}:{server_self.password}".encode()).decode()
-                authorized = self.headers.get("Authorization") == expected
-                server_self.requests.append({"path": parts.path, "query": query, "authorized": authorized})
-                if parts.path != "/token" or not authorized:
-                    body = b'{"details": "unauthorized"}'
-                    self.send_response(401)
-                else:
-                    token = server_self._token(query.get("scope", []))
-                    server_self.issued.append(token)
-                    body = json.dumps({"token": token, "access_token": token, "expires_in": 300}).encode()
-                    self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True, name="token-server").start()
+        self._server.start()
         return self
 
+    def _answer(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        parts = urllib.parse.urlsplit(handler.path)
+        query = urllib.parse.parse_qs(parts.query)
+        # Read per request: a test may rotate the password.
+        expected = "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+        authorized = handler.headers.get("Authorization") == expected
+        self.requests.append({"path": parts.path, "query": query, "authorized": authorized})
+        if parts.path != "/token" or not authorized:
+            send(handler, 401, b'{"details": "unauthorized"}')
+            return
+        token = self._token(query.get("scope", []))
+        self.issued.append(token)
+        send(handler, 200, json.dumps({"token": token, "access_token": token, "expires_in": 300}).encode())
+
     def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
+        self._server.stop()
 
 
 # --- the daemon with any command line -----------------------------------------

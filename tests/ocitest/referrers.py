@@ -29,39 +29,16 @@ import json
 import threading
 import time
 import urllib.parse
-from typing import Any
 
-from . import free_port
+from .serving import LoopbackServer, send
 
 __all__ = ["IMAGE_INDEX", "ReferrersUpstream"]
 
 IMAGE_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    upstream: ReferrersUpstream
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    # HTTP/1.0: one request per connection, so that once stopped nothing
-    # is answered, not even on a connection kept open.
-    protocol_version = "HTTP/1.0"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        pass
-
-    def do_GET(self) -> None:
-        self.server.upstream._answer(self)
-
-    do_HEAD = do_GET
-
-
 class ReferrersUpstream:
     def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
         self.referrers: dict[tuple[str, str], list[dict[str, object]]] = {}
         """The descriptors listed for (repository, subject digest)."""
         self.tags: dict[str, list[str]] = {}
@@ -76,29 +53,20 @@ class ReferrersUpstream:
         """Seconds to wait before answering each request."""
         self._lock = threading.Lock()
         self._seen: list[tuple[str, dict[str, list[str]]]] = []
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        # HTTP/1.0: once stopped nothing is answered, not even on a
+        # connection kept open.
+        self._server = LoopbackServer(self._answer, port, one_request_per_connection=True, name="referrers")
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self._server.url
 
     def start(self) -> ReferrersUpstream:
-        server = _Server(("127.0.0.1", self.port), _Handler)
-        server.upstream = self
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
+        self._server.stop()
 
     def count(self, path_contains: str = "") -> int:
         with self._lock:
@@ -109,7 +77,7 @@ class ReferrersUpstream:
         with self._lock:
             return [query for path, query in self._seen if path_contains in path]
 
-    def _answer(self, handler: _Handler) -> None:
+    def _answer(self, handler: http.server.BaseHTTPRequestHandler) -> None:
         parts = urllib.parse.urlsplit(handler.path)
         path = urllib.parse.unquote(parts.path)
         query = urllib.parse.parse_qs(parts.query)
@@ -117,18 +85,18 @@ class ReferrersUpstream:
             self._seen.append((path, query))
         time.sleep(self.delay)
         if self.status is not None:
-            self._send(handler, self.status, b'{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}',
+            send(handler, self.status, b'{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}',
                        "application/json")
             return
         if path == "/v2/":
-            self._send(handler, 200, b"{}", "application/json")
+            send(handler, 200, b"{}", "application/json")
             return
         if path.endswith("/tags/list") and path.removeprefix("/v2/")[:-len("/tags/list")] in self.tags:
             self._tags(handler, path.removeprefix("/v2/")[:-len("/tags/list")], query)
             return
         name, sep, subject = path.removeprefix("/v2/").rpartition("/referrers/")
         if not sep:
-            self._send(handler, 404, b'{"errors":[{"code":"NAME_UNKNOWN","message":"no"}]}', "application/json")
+            send(handler, 404, b'{"errors":[{"code":"NAME_UNKNOWN","message":"no"}]}', "application/json")
             return
         entries = list(self.referrers.get((name, subject), []))
         headers: dict[str, str] = {}
@@ -149,9 +117,9 @@ class ReferrersUpstream:
             link = f"{self.url}/v2/{name}/referrers/{subject}?{urllib.parse.urlencode(following)}"
             headers["Link"] = f'<{link}>; rel="next"'
         body = json.dumps({"schemaVersion": 2, "mediaType": IMAGE_INDEX, "manifests": page}).encode()
-        self._send(handler, 200, body, self.listing_type, headers)
+        send(handler, 200, body, self.listing_type, headers)
 
-    def _tags(self, handler: _Handler, name: str, query: dict[str, list[str]]) -> None:
+    def _tags(self, handler: http.server.BaseHTTPRequestHandler, name: str, query: dict[str, list[str]]) -> None:
         tags = self.tags[name]
         last = query.get("last", [None])[0]
         if last is not None:
@@ -163,16 +131,5 @@ class ReferrersUpstream:
             following = urllib.parse.urlencode({"n": str(n), "last": page[-1]})
             headers["Link"] = f'<{self.url}/v2/{name}/tags/list?{following}>; rel="next"'
         body = json.dumps({"name": name, "tags": page}).encode()
-        self._send(handler, 200, body, "application/json", headers)
+        send(handler, 200, body, "application/json", headers)
 
-    @staticmethod
-    def _send(handler: _Handler, status: int, body: bytes, content_type: str,
-              headers: dict[str, str] | None = None) -> None:
-        handler.send_response(status)
-        handler.send_header("Content-Type", content_type)
-        handler.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            handler.send_header(name, value)
-        handler.end_headers()
-        if handler.command != "HEAD":
-            handler.wfile.write(body)
