@@ -6,9 +6,9 @@ radosgw, ceph-common; bookworm ships 16.2, pacific).
     with Radosgw(workdir).start() as s3:
         s3.url, s3.access_key, s3.secret_key
 
-Everything binds to 127.0.0.1.  The OSD takes ports from a range of its
-own, so one cluster runs per machine at a time (the tests start one per
-session).  The pitfalls met on a 2-core Debian machine, each handled below:
+Everything binds to 127.0.0.1, on free ports: the OSD's from a free range
+of its own, so that two test runs on one machine keep apart.  The
+pitfalls met on a 2-core Debian machine, each handled below:
 
   - SIGTERM skips the OSD's unmount unless C{osd_fast_shutdown = false};
   - pacific's OSD may send mon commands before it has the monmap ("wrong
@@ -23,8 +23,10 @@ session).  The pitfalls met on a 2-core Debian machine, each handled below:
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -72,6 +74,8 @@ class Radosgw:
         self.secret_key = secret_key
         self.mon_port = free_port()
         self.port = free_port()
+        self.osd_ports = _free_range(100)
+        """The OSD's own ports: a range no other cluster on this machine uses."""
         self.conf = os.path.join(self.workdir, "ceph.conf")
 
     @property
@@ -242,8 +246,8 @@ public_addr = 127.0.0.1
 cluster_addr = 127.0.0.1
 ms_bind_msgr2 = false
 ms_bind_ipv6 = false
-ms_bind_port_min = 6800
-ms_bind_port_max = 6899
+ms_bind_port_min = {self.osd_ports}
+ms_bind_port_max = {self.osd_ports + 99}
 auth_cluster_required = none
 auth_service_required = none
 auth_client_required = none
@@ -294,6 +298,28 @@ rgw_thread_pool_size = 32
 rgw_enable_usage_log = false
 rgw_max_chunk_size = 4194304
 """
+
+
+def _free_range(width: int) -> int:
+    """
+    The first of C{width} consecutive loopback ports that are free now:
+    Ceph's default (6800-6899) would make two clusters on one machine
+    (two test runs) take each other's OSD for their own.
+    """
+    for _ in range(200):
+        base = random.randrange(20000, 60000 - width, width)
+        if all(_port_free(port) for port in range(base, base + width, 10)):
+            return base
+    raise RuntimeError(f"no {width} free ports in a row on 127.0.0.1")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _alive(pid: int) -> bool:
