@@ -82,8 +82,9 @@ class _Exchange:
 class Services:
     """
     Everything the resources need, wired once by the service.  It is
-    also the one holder of what a reload swaps (C{policy}): the resources
-    read it from here on every request, never keep a copy.
+    also the one holder of what a reload swaps (C{policy} and
+    C{authenticator}): the resources read them from here on every
+    request, never keep a copy.
     """
 
     def __init__(
