@@ -156,9 +156,13 @@ def test_a_tag_pin_follows_the_tag(daemon_factory: DaemonPool, upstream: Registr
     wait_for(lambda: stored(daemon, new), 30, what="the new closure fetched")
     assert "follows its tag from " + old.manifest_digest in daemon.log_text()
 
+    # The old closure is released: the pin holds exactly the new one's bytes.
+    [listed] = pins(daemon)
+    assert listed["bytes"] == sum(blob.size for blob in new.blobs)
     fill(daemon, upstream, 6 * MiB)
     assert stored(daemon, new), "the tag's new closure was not pinned"
-    assert not os.path.exists(blob_path(daemon.cache_dir, old.layers[0].digest)), "the old closure stayed pinned"
+    # (Whether the old one is evicted now is eviction's choice: S3-FIFO may
+    # keep a blob that reached its main queue while fills pass through.)
 
 
 @pytest.mark.parametrize("protect_recent", ["1h", "0s"])
