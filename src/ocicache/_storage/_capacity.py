@@ -25,7 +25,7 @@ SQLite in batches by the janitor, never once per request or chunk.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
@@ -54,8 +54,18 @@ class Capacity:
         max_size: int | None,
         min_free: int | float | None,
         on_evicted: Callable[[int, int], None] = lambda count, size: None,
+        remove: Callable[[list[Digest]], Awaitable[None]] | None = None,
+        table: str = "blobs",
     ) -> None:
+        """
+        @param remove: removes blobs from where they are kept; by default
+            unlinks their files in the store (an S3 bucket gives its own).
+        @param table: the metadata table that indexes them
+            (L{ocicache._storage._metadata.BLOB_TABLES}).
+        """
         self._disk = disk
+        self._remove = remove if remove is not None else self._unlink
+        self.table = table
         self._reactor = disk.reactor
         self._store = disk.store
         self._metadata = disk.metadata
@@ -193,14 +203,16 @@ class Capacity:
         """
         if not digests:
             return
+        await self._remove(digests)
+        self.forget(digests)
+        await self._metadata.delete_blobs((str(digest) for digest in digests), table=self.table)
 
+    async def _unlink(self, digests: list[Digest]) -> None:
         def unlink_all() -> None:
             for digest in digests:
                 self._store.remove(Kind.BLOB, digest)
 
         await self._disk.run(unlink_all)
-        self.forget(digests)
-        await self._metadata.delete_blobs(str(digest) for digest in digests)
 
     def _free_shortfall(self, size: int) -> int:
         """
