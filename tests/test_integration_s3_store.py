@@ -171,6 +171,28 @@ def test_a_second_node_serves_the_bucket_without_the_upstream(
     assert _upstream_gets(hop, blob) == gets, hop.summary()
 
 
+def _local_file(daemon: Daemon, blob: Blob) -> str:
+    return os.path.join(daemon.cache_dir, "blobs", "sha256", blob.hex[:2], blob.hex)
+
+
+def test_the_local_tier_is_filled_from_the_bucket(
+        daemon_factory: Callable[..., Daemon], store: Store, ocitest_images: dict[str, Image], hop: Hop) -> None:
+    image = ocitest_images["oci"]
+    blob = _layer(image)
+    without = _node(daemon_factory, store)
+    assert http_request(_url(without, image, blob))[0] == 200
+    wait_for(lambda: store.objects() == [store.key(blob)], timeout=30, what="the object completed")
+    # local_max_size unset: no local tier, nothing kept beside the bucket.
+    assert not os.path.exists(_local_file(without, blob))
+    with_tier = _node(daemon_factory, store, local_max_size="100MiB")
+    status, _, body = http_request(_url(with_tier, image, blob))
+    assert status == 200 and body == blob.data
+    wait_for(lambda: os.path.exists(_local_file(with_tier, blob)), timeout=10, what="the local copy")
+    with open(_local_file(with_tier, blob), "rb") as f:
+        assert f.read() == blob.data
+    assert _upstream_gets(hop, blob) == 1
+
+
 def test_redirect_sends_clients_to_a_presigned_url(
         daemon_factory: Callable[..., Daemon], store: Store, ocitest_images: dict[str, Image], hop: Hop) -> None:
     image = ocitest_images["oci"]

@@ -81,6 +81,11 @@ class FakeBlobs:
         self.error: BaseException | None = None
         self.lookups: list[tuple[str, str]] = []
         self.corrupted: list[str] = []
+        self.redirects = False
+        self.presigned_urls: dict[str, str] = {}
+
+    async def presigned(self, upstream: Any, repo: str, digest: Digest) -> str | None:
+        return self.presigned_urls.get(str(digest))
 
     async def lookup(self, upstream: Any, repo: str, digest: Digest) -> BlobLookup:
         self.lookups.append((repo, str(digest)))
@@ -278,6 +283,23 @@ def test_blob_get(server: Server) -> None:
     assert response.headers[b"etag"] == b'"%s"' % str(digest).encode()
     assert response.headers[b"accept-ranges"] == b"bytes"
     assert response.headers[b"content-type"] == b"application/octet-stream"
+    assert_closed(fds[0])
+
+
+def test_blob_redirect(server: Server) -> None:
+    """[storage] redirect = true: a blob the bucket holds gets a 307 to its presigned URL."""
+    digest, fds = server.store_blob(DATA)
+    server.blobs.redirects = True
+    server.blobs.presigned_urls[str(digest)] = "http://s3.internal/b/blobs/x?X-Amz-Signature=abc"
+    response = server.get(f"/v2/alpine/blobs/{digest}")
+    assert response.status == 307 and response.body == b""
+    assert response.headers[b"location"] == b"http://s3.internal/b/blobs/x?X-Amz-Signature=abc"
+    assert response.headers[b"docker-content-digest"] == str(digest).encode()
+    assert server.blobs.lookups == []
+    # One the bucket lacks is served here.
+    del server.blobs.presigned_urls[str(digest)]
+    response = server.get(f"/v2/alpine/blobs/{digest}")
+    assert response.status == 200 and response.body == DATA
     assert_closed(fds[0])
 
 

@@ -29,7 +29,7 @@ from .._storage._bucket import Bucket
 from .._storage._capacity import Capacity
 from .._storage._disk import Disk
 from .._storage._health import DiskHealth
-from .._storage._s3 import S3Unavailable
+from .._storage._s3 import S3Error, S3Unavailable
 from .._storage._scrub import quarantine
 from .._storage._store import Kind
 from .._upstream._body import BodyReceiver
@@ -192,7 +192,7 @@ class BlobService:
             return None
         try:
             return await self._bucket.size(digest)
-        except S3Unavailable:
+        except (S3Unavailable, S3Error):
             return None
 
     async def _bucket_lookup(self, upstream: Upstream, repo: str, digest: Digest) -> BlobLookup | None:

@@ -18,6 +18,7 @@ clients are served from the upstream meanwhile without waiting on it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TypeVar
@@ -42,6 +43,10 @@ RETRY_AFTER = 5.0
 
 PRESIGN_EXPIRES = 1200
 """Seconds a redirect's presigned URL is valid: distribution's default (20 minutes)."""
+
+
+_ANSWERS = frozenset({"NoSuchKey", "NoSuchUpload"})
+"""S3 errors that are answers about one object, not about the store."""
 
 
 class BucketHealth:
@@ -89,6 +94,7 @@ class Bucket:
         self.client = client
         self.prefix = prefix
         self.capacity = Capacity(disk, max_size, None, on_evicted, remove=self.remove, table="bucket_blobs")
+        self._metadata = disk.metadata
         self.redirect = redirect
         self.name = f"{client.bucket}/{prefix}"
         self.health = BucketHealth(disk.reactor, self.name)
@@ -119,6 +125,13 @@ class Bucket:
         except S3Unavailable as e:
             self.health.failed(e)
             raise
+        except S3Error as e:
+            # A missing object or upload is an answer; any other refusal
+            # (AccessDenied, NoSuchBucket, a bad signature) means the store
+            # cannot be used as configured.
+            if e.code not in _ANSWERS:
+                self.health.failed(S3Unavailable(str(e)))
+            raise
         self.health.works()
         return result
 
@@ -126,7 +139,8 @@ class Bucket:
         """
         The size of the stored blob, or C{None}: the index first (loaded
         from the metadata), else an S3 C{HEAD}, for objects another node
-        completed since the index was loaded.  Raises L{S3Unavailable}.
+        completed since the index was loaded.  Raises L{S3Unavailable} or
+        L{S3Error}.
         """
         size = self.capacity.policy.size_of(digest)
         if size is not None:
@@ -134,7 +148,10 @@ class Bucket:
         info = await self.guarded(lambda: self.client.head(self.key(digest)))
         if info is None:
             return None
+        # Stored by another node since the index was loaded: index it here
+        # too, so that expiry and eviction see it.
         self.capacity.load([(digest, info.size, False)])
+        await self._metadata.put_blob(str(digest), info.size, time.time(), table=self.capacity.table)
         return info.size
 
     async def open(self, digest: Digest) -> IResponse | None:
@@ -148,6 +165,7 @@ class Bucket:
             if e.code != "NoSuchKey":
                 raise S3Unavailable(f"GET answered {e.status} {e.code}") from None
         self.capacity.forget([digest])
+        await self._metadata.delete_blobs([str(digest)], table=self.capacity.table)
         return None
 
     def presigned(self, digest: Digest) -> str:
