@@ -148,7 +148,8 @@ def test_a_body_cut_mid_stream_leaves_no_object_and_no_upload(
 
 
 def test_a_second_node_serves_the_bucket_without_the_upstream(
-        daemon_factory: Callable[..., Daemon], store: Store, ocitest_images: dict[str, Image], hop: Hop) -> None:
+        daemon_factory: Callable[..., Daemon], store: Store, radosgw: Radosgw,
+        ocitest_images: dict[str, Image], hop: Hop) -> None:
     image = ocitest_images["big64"]
     blob = _layer(image)
     first = _node(daemon_factory, store)
@@ -166,6 +167,12 @@ def test_a_second_node_serves_the_bucket_without_the_upstream(
     assert status == 206
     assert headers["content-range"] == f"bytes 40000000-40000999/{blob.size}"
     assert body == blob.read_range(40000000, 40001000)
+    # The range was passed through: S3 was asked from the client's offset.
+    ranged = [line for line in radosgw.access_log()
+              if f'"GET /{store.bucket}/{store.key(blob)} HTTP/1.1" 206' in line and "bytes=40000000-" in line]
+    assert len(ranged) == 1, radosgw.access_log()[-5:]
+    status, headers, body = http_request(_url(second, image, blob), headers={"Range": "bytes=-100"})
+    assert status == 206 and body == blob.read_range(blob.size - 100, blob.size)
     status, headers, _ = http_request(_url(second, image, blob), method="HEAD")
     assert status == 200 and headers["content-length"] == str(blob.size)
     assert _upstream_gets(hop, blob) == gets, hop.summary()

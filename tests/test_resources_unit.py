@@ -87,7 +87,7 @@ class FakeBlobs:
     async def presigned(self, upstream: Any, repo: str, digest: Digest) -> str | None:
         return self.presigned_urls.get(str(digest))
 
-    async def lookup(self, upstream: Any, repo: str, digest: Digest) -> BlobLookup:
+    async def lookup(self, upstream: Any, repo: str, digest: Digest, ranged: bool = False) -> BlobLookup:
         self.lookups.append((repo, str(digest)))
         if self.error is not None:
             raise self.error
@@ -410,9 +410,9 @@ def test_client_gone_before_the_lookup_answers_releases_the_source(server: Serve
     gate: Deferred[None] = Deferred()
     original = server.blobs.lookup
 
-    async def slow_lookup(upstream: Any, repo: str, digest: Digest) -> BlobLookup:
+    async def slow_lookup(upstream: Any, repo: str, digest: Digest, ranged: bool = False) -> BlobLookup:
         await gate
-        return await original(upstream, repo, digest)
+        return await original(upstream, repo, digest, ranged)
 
     server.blobs.lookup = slow_lookup  # type: ignore[method-assign]
     transport, protocol = server.request("GET", f"/v2/library/alpine/blobs/{digest}")

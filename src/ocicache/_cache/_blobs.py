@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -39,6 +39,7 @@ from ._access import RepoAccess
 from ._download import ABANDON_AFTER, KEEP_FRACTION, Download
 from ._errors import BlobUnknown
 from ._passthrough import PassThrough
+from ._ranged import BucketRange
 from ._replicate import Replicator
 from ._result import CacheResult
 from ._singleflight import SingleFlight
@@ -112,7 +113,12 @@ class BlobService:
         self._reserved: dict[Digest, int] = {}
         """Room reserved for commits in flight (L{Capacity.make_room})."""
 
-    async def lookup(self, upstream: Upstream, repo: str, digest: Digest) -> BlobLookup:
+    async def lookup(self, upstream: Upstream, repo: str, digest: Digest, ranged: bool = False) -> BlobLookup:
+        """
+        @param ranged: the client asked for a C{Range}: a blob found only
+            in the S3 store is then streamed from the offset the client
+            reads first (L{BucketRange}), not downloaded from its start.
+        """
         stored = self._store.open(Kind.BLOB, digest)
         if stored is not None:
             source = StoredFile(*stored)
@@ -134,7 +140,7 @@ class BlobService:
                 download.release()
                 raise
             return BlobLookup(download, CacheResult.COALESCED)
-        from_bucket = await self._bucket_lookup(upstream, repo, digest)
+        from_bucket = await self._bucket_lookup(upstream, repo, digest, ranged)
         if from_bucket is not None:
             return from_bucket
         starting, joined = self._starting.call(
@@ -195,18 +201,22 @@ class BlobService:
         except (S3Unavailable, S3Error):
             return None
 
-    async def _bucket_lookup(self, upstream: Upstream, repo: str, digest: Digest) -> BlobLookup | None:
+    async def _bucket_lookup(self, upstream: Upstream, repo: str, digest: Digest,
+                             ranged: bool) -> BlobLookup | None:
         """
         The lookup step after the local store and the downloads in flight:
         a blob in the bucket is streamed from it through a L{Download}, so
         it is verified again on the way, joins the singleflight, and fills
-        the local tier.  C{None}: not there, or the store failed before
-        sending a byte (then the upstream serves).
+        the local tier; or, for a C{Range}, from the client's offset.
+        C{None}: not there, or the store failed before sending a byte
+        (then the upstream serves).
         """
         size = await self._bucket_size(digest)
         if size is None:
             return None
         await self._authorize(upstream, repo, digest)
+        if ranged:
+            return BlobLookup(BucketRange(digest, size, self._open_range), CacheResult.HIT)
         starting, joined = self._starting.call(digest, lambda: self._start_from_bucket(digest, size))
         try:
             started = await starting
@@ -216,6 +226,26 @@ class BlobService:
         if self._bucket is not None:
             self._bucket.capacity.accessed(digest)
         return BlobLookup(started, CacheResult.COALESCED if joined else CacheResult.HIT)
+
+    def _open_range(self, source: BucketRange, offset: int) -> None:
+        """Start the S3 C{GET} of C{source} from C{offset} to the object's end."""
+        async def open_range() -> None:
+            bucket = self._bucket
+            if bucket is None:
+                raise RuntimeError("a bucket range without a bucket")
+            try:
+                response = await bucket.guarded(lambda: bucket.client.get(bucket.key(source.digest), offset))
+            except (S3Unavailable, S3Error) as e:
+                log.warn("Could not read {digest} from the S3 store: {error}", digest=str(source.digest),
+                         error=str(e))
+                source.fail(Failure(e))
+                return
+            if source.ended:
+                response.deliverBody(_Discard())  # the client left meanwhile
+                return
+            response.deliverBody(_BodyWriter(source, self._reactor, lambda count: None))
+
+        Deferred.fromCoroutine(open_range()).addErrback(_log_failure, "read a range from the S3 store")
 
     async def _start_from_bucket(self, digest: Digest, size: int) -> Download | PassThrough:
         bucket = self._bucket
@@ -351,7 +381,12 @@ class _NotInBucket(Exception):
 
 
 class _Discard(Protocol):
-    """Reads a response body nobody will use, so its connection is freed."""
+    """Stops a response body nobody will read."""
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        if IPushProducer.providedBy(transport):
+            transport.stopProducing()
 
 
 class _BodyWriter(BodyReceiver):

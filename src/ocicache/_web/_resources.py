@@ -210,7 +210,8 @@ class RegistryResource(Resource):
             return
         if services.blobs.redirects and await self._redirect_to_bucket(request, exchange, upstream, target, digest):
             return
-        lookup = await services.blobs.lookup(upstream, target.repo, digest)
+        lookup = await services.blobs.lookup(upstream, target.repo, digest,
+                                             ranged=request.getHeader(b"range") is not None)
         exchange.result = lookup.result
         services.metrics.cache_requests.labels("blob", lookup.result).inc()
         source = lookup.source
