@@ -233,6 +233,33 @@ def test_the_janitor_aborts_abandoned_uploads(
     assert [item["UploadId"] for item in others] == [outside]
 
 
+def test_a_node_killed_mid_download_leaves_an_upload_the_janitor_aborts(
+        daemon_factory: Callable[..., Daemon], store: Store, ocitest_images: dict[str, Image], hop: Hop) -> None:
+    image = ocitest_images["big64"]
+    blob = _layer(image)
+    filler = _node(daemon_factory, store)
+    hop.throttle = 16 * MiB
+    parts = urllib.parse.urlsplit(filler.url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
+    conn.request("GET", urllib.parse.urlsplit(_url(filler, image, blob)).path)
+    assert conn.getresponse().status == 200
+    wait_for(lambda: hop.bytes_sent_for(blob.digest) >= 12 * MiB, timeout=30, what="parts on their way")
+    assert filler.proc is not None
+    filler.proc.kill()
+    filler.proc.wait(timeout=10)
+    filler.stop()  # reaped: a death this test caused
+    conn.close()
+    hop.throttle = None
+    assert store.uploads() == [store.key(blob)] and store.objects() == []
+    other = _node(daemon_factory, store, cache={"janitor_interval": "1s"}, abandon_uploads_after="2s")
+    wait_for(lambda: store.uploads() == [], timeout=30, what="the dead node's upload aborted")
+    assert store.objects() == []
+    # Clients retrying get the right bytes, and this time it is stored.
+    status, _, body = http_request(_url(other, image, blob), timeout=60)
+    assert status == 200 and hashlib.sha256(body).hexdigest() == blob.hex
+    wait_for(lambda: store.objects() == [store.key(blob)], timeout=30, what="the object completed")
+
+
 def test_eviction_and_expiry_delete_objects(
         daemon_factory: Callable[..., Daemon], store: Store, ocitest_images: dict[str, Image], hop: Hop) -> None:
     oci, big1 = ocitest_images["oci"], ocitest_images["big1"]
