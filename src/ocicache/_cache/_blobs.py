@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
@@ -243,7 +244,7 @@ class BlobService:
             if source.ended:
                 response.deliverBody(_Discard())  # the client left meanwhile
                 return
-            response.deliverBody(_BodyWriter(source, self._reactor, lambda count: None))
+            response.deliverBody(_BodyWriter(source, self._reactor, partial(bucket.on_bytes, "downloaded")))
 
         Deferred.fromCoroutine(open_range()).addErrback(_log_failure, "read a range from the S3 store")
 
@@ -268,7 +269,7 @@ class BlobService:
             raise _NotInBucket() from None
         self.inflight[digest] = download
         download.settled.addBoth(self._settled, digest, download, "the S3 store", bucket.name)
-        response.deliverBody(_BodyWriter(download, self._reactor, lambda count: None))
+        response.deliverBody(_BodyWriter(download, self._reactor, partial(bucket.on_bytes, "downloaded")))
         return download
 
     async def _authorize(self, upstream: Upstream, repo: str, digest: Digest) -> None:

@@ -135,10 +135,12 @@ class _Replication:
         await self._replicator._parts.acquire()
         try:
             data = await self._replicator._disk.run(_read_exactly, span[0], length, offset)
-            return await self._bucket.guarded(
+            etag = await self._bucket.guarded(
                 lambda: self._bucket.client.upload_part(self._key, upload_id, number, data))
         finally:
             self._replicator._parts.release()
+        self._bucket.on_bytes("uploaded", length)
+        return etag
 
     async def _complete(self, upload_id: str, etags: list[str]) -> None:
         digest, size = self._download.digest, self.position
@@ -152,12 +154,13 @@ class _Replication:
                 await self._bucket.guarded(lambda: self._bucket.client.complete_upload(self._key, upload_id, etags))
             else:
                 # S3 refuses a multipart upload of no parts: an empty blob is a PUT.
-                await self._abort(upload_id)
+                await self._bucket.guarded(lambda: self._bucket.client.abort_upload(self._key, upload_id))
                 await self._bucket.guarded(lambda: self._bucket.client.put(self._key, b""))
         except BaseException:
             capacity.release(size)
             raise
         self._replicator.live.discard(upload_id)
+        self._bucket.on_upload("completed")
         capacity.committed(digest, size)
         await self._replicator._disk.metadata.put_blob(str(digest), size, time.time(), table=capacity.table)
 
@@ -167,6 +170,7 @@ class _Replication:
         except (S3Unavailable, S3Error) as e:
             log.info("Could not abort the upload of {key} ({error}); the janitor will", key=self._key, error=str(e))
         self._replicator.live.discard(upload_id)
+        self._bucket.on_upload("aborted")
 
 
 def _read_exactly(fd: int, length: int, offset: int) -> bytes:

@@ -116,8 +116,11 @@ class OcicacheService(MultiService):
         self.s3_pool: HTTPConnectionPool | None = None
         if s3 is not None:
             self.s3_pool = make_pool(reactor)
-            self.bucket = Bucket(_s3_client(s3, reactor, self.s3_pool, disk), s3.prefix, disk,
-                                 config.cache.max_size, s3.redirect, self._evicted)
+            self.bucket = Bucket(
+                _s3_client(s3, reactor, self.s3_pool, disk), s3.prefix, disk, config.cache.max_size, s3.redirect,
+                self._evicted, on_bytes=lambda direction, count: self.metrics.s3_bytes.labels(direction).inc(count),
+                on_upload=lambda outcome: self.metrics.s3_uploads.labels(outcome).inc(),
+            )
             self.replicator = Replicator(self.bucket, disk, s3.upload_part_size, s3.max_part_uploads)
             replicator = self.replicator
             self.bucket_janitor = BucketJanitor(self.bucket, self.metadata, config.cache.blob_ttl,

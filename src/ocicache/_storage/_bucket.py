@@ -85,12 +85,27 @@ class Bucket:
     eviction policy (C{capacity}, over the C{bucket_blobs} table).
     """
 
-    def __init__(self, client: S3Client, prefix: str, disk: Disk, max_size: int | None,
-                 redirect: bool = False, on_evicted: Callable[[int, int], None] = lambda count, size: None) -> None:
+    def __init__(
+        self,
+        client: S3Client,
+        prefix: str,
+        disk: Disk,
+        max_size: int | None,
+        redirect: bool = False,
+        on_evicted: Callable[[int, int], None] = lambda count, size: None,
+        on_bytes: Callable[[str, int], None] = lambda direction, count: None,
+        on_upload: Callable[[str], None] = lambda outcome: None,
+    ) -> None:
         """
         @param max_size: the bucket's byte budget (C{[cache] max_size}),
             kept by evicting objects; C{None}: no limit.
+        @param on_bytes: told C{("uploaded" | "downloaded", count)} as blob
+            bytes go to or come from the store.
+        @param on_upload: told C{"completed"} or C{"aborted"} as each
+            multipart upload ends.
         """
+        self.on_bytes = on_bytes
+        self.on_upload = on_upload
         self.client = client
         self.prefix = prefix
         self.capacity = Capacity(disk, max_size, None, on_evicted, remove=self.remove, table="bucket_blobs")
