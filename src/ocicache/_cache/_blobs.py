@@ -20,8 +20,7 @@ from functools import partial
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -33,7 +32,7 @@ from .._storage._health import DiskHealth
 from .._storage._s3 import S3Error, S3Unavailable
 from .._storage._scrub import quarantine
 from .._storage._store import Kind
-from .._upstream._body import BodyReceiver
+from .._upstream._body import BodyReceiver, stop_body
 from .._upstream._client import Upstream
 from .._upstream._errors import UpstreamUnavailable, answer_error
 from ._access import RepoAccess
@@ -212,46 +211,23 @@ class BlobService:
         C{None}: not there, or the store failed before sending a byte
         (then the upstream serves).
         """
+        bucket = self._bucket
         size = await self._bucket_size(digest)
-        if size is None:
+        if bucket is None or size is None:
             return None
         await self._authorize(upstream, repo, digest)
+        bucket.capacity.accessed(digest)
         if ranged:
-            return BlobLookup(BucketRange(digest, size, self._open_range), CacheResult.HIT)
-        starting, joined = self._starting.call(digest, lambda: self._start_from_bucket(digest, size))
+            return BlobLookup(BucketRange(digest, size, bucket, self._from_bucket), CacheResult.HIT)
+        starting, joined = self._starting.call(digest, lambda: self._start_from_bucket(bucket, digest, size))
         try:
             started = await starting
         except _NotInBucket:
             return None
         started.acquire()
-        if self._bucket is not None:
-            self._bucket.capacity.accessed(digest)
         return BlobLookup(started, CacheResult.COALESCED if joined else CacheResult.HIT)
 
-    def _open_range(self, source: BucketRange, offset: int) -> None:
-        """Start the S3 C{GET} of C{source} from C{offset} to the object's end."""
-        async def open_range() -> None:
-            bucket = self._bucket
-            if bucket is None:
-                raise RuntimeError("a bucket range without a bucket")
-            try:
-                response = await bucket.guarded(lambda: bucket.client.get(bucket.key(source.digest), offset))
-            except (S3Unavailable, S3Error) as e:
-                log.warn("Could not read {digest} from the S3 store: {error}", digest=str(source.digest),
-                         error=str(e))
-                source.fail(Failure(e))
-                return
-            if source.ended:
-                response.deliverBody(_Discard())  # the client left meanwhile
-                return
-            response.deliverBody(_BodyWriter(source, self._reactor, partial(bucket.on_bytes, "downloaded")))
-
-        Deferred.fromCoroutine(open_range()).addErrback(_log_failure, "read a range from the S3 store")
-
-    async def _start_from_bucket(self, digest: Digest, size: int) -> Download | PassThrough:
-        bucket = self._bucket
-        if bucket is None:
-            raise _NotInBucket()
+    async def _start_from_bucket(self, bucket: Bucket, digest: Digest, size: int) -> Download | PassThrough:
         try:
             response = await bucket.open(digest)
         except S3Unavailable:
@@ -265,12 +241,18 @@ class BlobService:
             )
         except OSError as e:
             self._health.failed(e)
-            response.deliverBody(_Discard())
+            stop_body(response)
             raise _NotInBucket() from None
         self.inflight[digest] = download
         download.settled.addBoth(self._settled, digest, download, "the S3 store", bucket.name)
-        response.deliverBody(_BodyWriter(download, self._reactor, partial(bucket.on_bytes, "downloaded")))
+        response.deliverBody(self._from_bucket(download))
         return download
+
+    def _from_bucket(self, incoming: Download | PassThrough) -> _BodyWriter:
+        """The protocol that feeds an S3 body into a download or a range."""
+        bucket = self._bucket
+        counted = partial(bucket.on_bytes, "downloaded") if bucket is not None else (lambda count: None)
+        return _BodyWriter(incoming, self._reactor, counted)
 
     async def _authorize(self, upstream: Upstream, repo: str, digest: Digest) -> None:
         async def prove() -> None:
@@ -379,15 +361,6 @@ class BlobService:
 
 class _NotInBucket(Exception):
     """The bucket cannot serve this blob after all: the upstream will."""
-
-
-class _Discard(Protocol):
-    """Stops a response body nobody will read."""
-
-    def connectionMade(self) -> None:
-        transport = self.transport
-        if IPushProducer.providedBy(transport):
-            transport.stopProducing()
 
 
 class _BodyWriter(BodyReceiver):

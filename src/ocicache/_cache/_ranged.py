@@ -18,23 +18,35 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
 from .._spec._reference import Digest
+from .._storage._bucket import Bucket
+from .._storage._s3 import S3Error, S3Unavailable
+from .._upstream._body import stop_body
 from ._incoming import DownloadError
 from ._passthrough import PassThrough
 from ._source import Reader
 
 __all__ = ["BucketRange"]
 
+log = Logger()
+
 
 class BucketRange(PassThrough):
     """
-    @param open_at: starts the S3 C{GET} from an offset, feeding this
-        source (L{write}, L{finish}, L{fail}).
+    @param receiver: makes the protocol that feeds an S3 body into this
+        source (L{write}, L{finish}, L{fail}), with its idle timeout.
     """
 
-    def __init__(self, digest: Digest, size: int, open_at: Callable[[BucketRange, int], None]) -> None:
+    def __init__(self, digest: Digest, size: int, bucket: Bucket,
+                 receiver: Callable[[PassThrough], IProtocol]) -> None:
         super().__init__(digest, size)
-        self._open_at = open_at
+        self._bucket = bucket
+        self._receiver = receiver
         self.origin: int | None = None
         """The offset the S3 body starts at, once requested."""
         # A client leaving early ends it as a failure: nobody waits on that.
@@ -44,7 +56,23 @@ class BucketRange(PassThrough):
         super().subscribe(reader)
         if self.origin is None:
             self.origin = self._received = self.start = reader.position
-            self._open_at(self, reader.position)
+            opening = Deferred.fromCoroutine(self._open(reader.position))
+            opening.addErrback(lambda failure: log.failure("Reading {digest} from the S3 store broke", failure,
+                                                           digest=str(self.digest)))
+
+    async def _open(self, offset: int) -> None:
+        """The S3 C{GET} from C{offset} to the object's end."""
+        bucket = self._bucket
+        try:
+            response = await bucket.guarded(lambda: bucket.client.get(bucket.key(self.digest), offset))
+        except (S3Unavailable, S3Error) as e:
+            log.warn("Could not read {digest} from the S3 store: {error}", digest=str(self.digest), error=str(e))
+            self.fail(Failure(e))
+            return
+        if self.ended:
+            stop_body(response)  # the client left meanwhile
+            return
+        response.deliverBody(self._receiver(self))
 
     def _check(self) -> DownloadError | None:
         if self.origin == 0:
