@@ -215,6 +215,29 @@ def test_the_local_tier_is_filled_from_the_bucket(
     assert _upstream_gets(hop, blob) == 1
 
 
+def test_an_object_that_does_not_match_its_digest_is_cut_and_deleted(
+        daemon_factory: Callable[..., Daemon], store: Store, ocitest_images: dict[str, Image], hop: Hop) -> None:
+    image = ocitest_images["oci"]
+    blob = _layer(image)
+    # Corrupt at rest: the right length, other bytes.
+    store.client.put_object(Bucket=store.bucket, Key=store.key(blob), Body=bytes(blob.size))
+    daemon = _node(daemon_factory, store)
+    parts = urllib.parse.urlsplit(_url(daemon, image, blob))
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
+    conn.request("GET", parts.path)
+    response = conn.getresponse()
+    assert response.status == 200
+    with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+        response.read()
+    conn.close()
+    assert _upstream_gets(hop, blob) == 0
+    wait_for(lambda: store.objects() == [], timeout=10, what="the corrupt object deleted")
+    status, _, body = http_request(_url(daemon, image, blob))
+    assert status == 200 and body == blob.data
+    wait_for(lambda: store.objects() == [store.key(blob)], timeout=30, what="the object stored again")
+    assert store.sha256(store.key(blob)) == blob.digest
+
+
 def test_redirect_sends_clients_to_a_presigned_url(
         daemon_factory: Callable[..., Daemon], store: Store, ocitest_images: dict[str, Image], hop: Hop) -> None:
     image = ocitest_images["oci"]

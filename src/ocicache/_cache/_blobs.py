@@ -38,6 +38,7 @@ from .._upstream._errors import UpstreamUnavailable, answer_error
 from ._access import RepoAccess
 from ._download import ABANDON_AFTER, KEEP_FRACTION, Download
 from ._errors import BlobUnknown
+from ._incoming import DownloadError
 from ._passthrough import PassThrough
 from ._ranged import BucketRange
 from ._replicate import Replicator
@@ -244,9 +245,21 @@ class BlobService:
             stop_body(response)
             raise _NotInBucket() from None
         self.inflight[digest] = download
+        download.settled.addErrback(self._bad_in_bucket, bucket, digest)
         download.settled.addBoth(self._settled, digest, download, "the S3 store", bucket.name)
         response.deliverBody(self._from_bucket(download))
         return download
+
+    def _bad_in_bucket(self, failure: Failure, bucket: Bucket, digest: Digest) -> Failure:
+        """
+        An object whose body is not its blob (the digest or the length do
+        not match) is deleted, so that the next client fetches it again.
+        """
+        if failure.check(DownloadError):
+            self._on_corrupt(digest)
+            removing = Deferred.fromCoroutine(bucket.capacity.delete([digest]))
+            removing.addErrback(_log_failure, "delete a corrupt object from the S3 store")
+        return failure
 
     def _from_bucket(self, incoming: Download | PassThrough) -> _BodyWriter:
         """The protocol that feeds an S3 body into a download or a range."""
