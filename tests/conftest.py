@@ -8,6 +8,8 @@ Session-wide, started once:
     C{upstream.images} is C{ocitest_images})
   - C{hop_server}: the counting hop in front of it (L{ocitest.hop.Hop})
   - C{containerd}: one private containerd (L{ocitest.containerd.Containerd})
+  - C{radosgw}: one single-node Ceph with radosgw (L{ocitest.ceph.Radosgw}),
+    shared by every S3 test module: each test uses a bucket of its own
 
 Per test:
   - C{hop}: C{hop_server}, reset (no requests recorded, up, no faults)
@@ -24,9 +26,11 @@ that needs it, with the package to install; nothing is skipped.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -37,6 +41,7 @@ if TESTS_DIR not in sys.path:
     sys.path.insert(0, TESTS_DIR)
 
 from ocitest import REPO_ROOT, MissingBinary, require_binary  # noqa: E402
+from ocitest.ceph import Radosgw  # noqa: E402
 from ocitest.containerd import Containerd  # noqa: E402
 from ocitest.daemon import Daemon, DaemonPool, default_upstreams  # noqa: E402
 from ocitest.hop import Hop  # noqa: E402
@@ -157,6 +162,37 @@ def containerd_factory(tmp_path: os.PathLike[str]) -> Iterator[Callable[[], Cont
     yield make
     for c in started:
         c.stop()
+
+
+@pytest.fixture(scope="session")
+def radosgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Radosgw]:
+    """
+    Started once per session: the OSD takes ports from a shared range, so
+    a start that fails (another cluster on the machine holding them) is
+    retried after a pause rather than failing every S3 test.
+    """
+    gateway: Radosgw | None = None
+    for attempt in range(3):
+        gateway = Radosgw(str(tmp_path_factory.mktemp("ceph")))
+        try:
+            gateway.start()
+            break
+        except RuntimeError:
+            gateway.wipe()
+            if attempt == 2:
+                raise
+            time.sleep(10)
+    assert gateway is not None
+    try:
+        yield gateway
+    finally:
+        gateway.wipe()
+
+
+@pytest.fixture
+def bucket_name(request: pytest.FixtureRequest) -> str:
+    """A bucket name of the test's own (S3 bucket naming rules)."""
+    return "t-" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:20]
 
 
 @pytest.fixture(scope="session")

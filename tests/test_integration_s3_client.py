@@ -28,19 +28,10 @@ pytestmark = pytest.mark.integration
 PART = 5 << 20
 
 
-@pytest.fixture(scope="module")
-def radosgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Radosgw]:
-    gateway = Radosgw(str(tmp_path_factory.mktemp("ceph"))).start()
-    try:
-        yield gateway
-    finally:
-        gateway.wipe()
-
-
 @pytest.fixture
-def s3(radosgw: Radosgw, request: pytest.FixtureRequest) -> Iterator[S3Client]:
+def s3(radosgw: Radosgw, bucket_name: str) -> Iterator[S3Client]:
     pool = HTTPConnectionPool(reactor, persistent=False)
-    bucket = "t-" + hashlib.sha256(request.node.name.encode()).hexdigest()[:16]
+    bucket = bucket_name
     client = S3Client(HTTPClient(Agent(reactor, pool=pool)), DecodedURL.from_text(radosgw.url), bucket,
                       S3Credentials(radosgw.access_key, radosgw.secret_key))
     pytest_twisted.blockon(Deferred.fromCoroutine(client.create_bucket()))

@@ -81,8 +81,13 @@ class FakeBlobs:
         self.error: BaseException | None = None
         self.lookups: list[tuple[str, str]] = []
         self.corrupted: list[str] = []
+        self.redirects = False
+        self.presigned_urls: dict[str, str] = {}
 
-    async def lookup(self, upstream: Any, repo: str, digest: Digest) -> BlobLookup:
+    async def presigned(self, upstream: Any, repo: str, digest: Digest) -> str | None:
+        return self.presigned_urls.get(str(digest))
+
+    async def lookup(self, upstream: Any, repo: str, digest: Digest, ranged: bool = False) -> BlobLookup:
         self.lookups.append((repo, str(digest)))
         if self.error is not None:
             raise self.error
@@ -282,6 +287,23 @@ def test_blob_get(server: Server) -> None:
     assert_closed(fds[0])
 
 
+def test_blob_redirect(server: Server) -> None:
+    """[storage] redirect = true: a blob the bucket holds gets a 307 to its presigned URL."""
+    digest, fds = server.store_blob(DATA)
+    server.blobs.redirects = True
+    server.blobs.presigned_urls[str(digest)] = "http://s3.internal/b/blobs/x?X-Amz-Signature=abc"
+    response = server.get(f"/v2/alpine/blobs/{digest}")
+    assert response.status == 307 and response.body == b""
+    assert response.headers[b"location"] == b"http://s3.internal/b/blobs/x?X-Amz-Signature=abc"
+    assert response.headers[b"docker-content-digest"] == str(digest).encode()
+    assert server.blobs.lookups == []
+    # One the bucket lacks is served here.
+    del server.blobs.presigned_urls[str(digest)]
+    response = server.get(f"/v2/alpine/blobs/{digest}")
+    assert response.status == 200 and response.body == DATA
+    assert_closed(fds[0])
+
+
 def test_blob_head(server: Server) -> None:
     digest, fds = server.store_blob(DATA)
     response = server.get(f"/v2/library/alpine/blobs/{digest}", method="HEAD")
@@ -397,9 +419,9 @@ def test_client_gone_before_the_lookup_answers_releases_the_source(server: Serve
     gate: Deferred[None] = Deferred()
     original = server.blobs.lookup
 
-    async def slow_lookup(upstream: Any, repo: str, digest: Digest) -> BlobLookup:
+    async def slow_lookup(upstream: Any, repo: str, digest: Digest, ranged: bool = False) -> BlobLookup:
         await gate
-        return await original(upstream, repo, digest)
+        return await original(upstream, repo, digest, ranged)
 
     server.blobs.lookup = slow_lookup  # type: ignore[method-assign]
     transport, protocol = server.request("GET", f"/v2/library/alpine/blobs/{digest}")

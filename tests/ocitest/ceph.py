@@ -137,6 +137,18 @@ class Radosgw:
         except OSError:
             return ""
 
+    def access_log(self) -> list[str]:
+        """
+        radosgw's access lines (beast, at debug_rgw 1): method, path,
+        status, bytes and the Range asked for, one request each.
+        """
+        path = os.path.join(self.workdir, "log", "client.rgw.a.log")
+        try:
+            with open(path, errors="replace") as f:
+                return [line for line in f if " beast: " in line]
+        except OSError:
+            return []
+
     # -- the parts
 
     def _run(self, *args: str, timeout: float = 60.0) -> str:

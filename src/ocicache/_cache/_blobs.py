@@ -1,6 +1,7 @@
 """
-Blob lookups: the store first, then a download in flight, then one new
-upstream fetch per digest, however many clients ask at once.
+Blob lookups: the store first, then a download in flight, then (with the
+S3 backend) the bucket, then one new upstream fetch per digest, however
+many clients ask at once.
 
 A blob is content-addressed, so one stored copy serves every repository.
 It is not served to a repository that has not shown it holds that blob,
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
@@ -25,19 +27,24 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .._spec._reference import Digest
+from .._storage._bucket import Bucket
 from .._storage._capacity import Capacity
 from .._storage._disk import Disk
 from .._storage._health import DiskHealth
+from .._storage._s3 import S3Error, S3Unavailable
 from .._storage._scrub import quarantine
 from .._storage._store import Kind
-from .._upstream._body import BodyReceiver
+from .._upstream._body import BodyReceiver, stop_body
 from .._upstream._client import Upstream
 from .._upstream._errors import UpstreamUnavailable, answer_error
 from ._access import RepoAccess
 from ._download import ABANDON_AFTER, KEEP_FRACTION, Download
 from ._errors import BlobUnknown
+from ._incoming import DownloadError
 from ._negative import NegativeCache, NegativeKey
 from ._passthrough import PassThrough
+from ._ranged import BucketRange
+from ._replicate import Replicator
 from ._result import CacheResult
 from ._singleflight import SingleFlight
 from ._slots import DEFAULT_DOWNLOADS, DEFAULT_QUEUE, Priority, Slot, Slots
@@ -80,12 +87,17 @@ class BlobService:
         health: DiskHealth | None = None,
         on_corrupt: Callable[[Digest], None] = lambda digest: None,
         negative: NegativeCache | None = None,
+        bucket: Bucket | None = None,
+        replicator: Replicator | None = None,
     ) -> None:
         """
         @param slots: the bound on concurrent upstream fetches, shared with
             the manifest service.
         @param abandon_after: seconds after which a download nobody reads
             is abandoned, unless C{keep_fraction} of it has arrived.
+        @param bucket: the S3 store, when blobs live there; C{capacity} is
+            then the local disk tier's (C{max_size} 0: nothing kept locally).
+        @param replicator: copies each upstream download into C{bucket}.
         """
         self._disk = disk
         self._slots = slots if slots is not None else Slots(DEFAULT_DOWNLOADS, DEFAULT_QUEUE)
@@ -100,12 +112,19 @@ class BlobService:
         self._health = health if health is not None else DiskHealth()
         self._on_corrupt = on_corrupt
         self._negative = negative if negative is not None else NegativeCache(self._reactor)
+        self._bucket = bucket
+        self._replicator = replicator
         self._starting: SingleFlight[Digest, Download | PassThrough] = SingleFlight()
         self.inflight: dict[Digest, Download] = {}
         self._reserved: dict[Digest, int] = {}
         """Room reserved for commits in flight (L{Capacity.make_room})."""
 
-    async def lookup(self, upstream: Upstream, repo: str, digest: Digest) -> BlobLookup:
+    async def lookup(self, upstream: Upstream, repo: str, digest: Digest, ranged: bool = False) -> BlobLookup:
+        """
+        @param ranged: the client asked for a C{Range}: a blob found only
+            in the S3 store is then streamed from the offset the client
+            reads first (L{BucketRange}), not downloaded from its start.
+        """
         stored = self._store.open(Kind.BLOB, digest)
         if stored is not None:
             source = StoredFile(*stored)
@@ -115,6 +134,8 @@ class BlobService:
                 source.release()
                 raise
             self._capacity.accessed(digest)
+            if self._bucket is not None:
+                self._bucket.capacity.accessed(digest)
             return BlobLookup(source, CacheResult.HIT)
         download = self.inflight.get(digest)
         if download is not None and not download.passthrough:
@@ -125,6 +146,9 @@ class BlobService:
                 download.release()
                 raise
             return BlobLookup(download, CacheResult.COALESCED)
+        from_bucket = await self._bucket_lookup(upstream, repo, digest, ranged)
+        if from_bucket is not None:
+            return from_bucket
         self._negative.check(_negative_key(upstream, repo, digest))
         starting, joined = self._starting.call(
             digest, lambda: self._start(upstream, repo, digest)
@@ -151,7 +175,103 @@ class BlobService:
         if download is not None and download.size is not None:
             await self._authorize(upstream, repo, digest)
             return download.size
+        size = await self._bucket_size(digest)
+        if size is not None:
+            await self._authorize(upstream, repo, digest)
+            return size
         return await self._upstream_head(upstream, repo, digest)
+
+    # -- the S3 store
+
+    @property
+    def redirects(self) -> bool:
+        """Whether blob GETs are answered with a redirect to the S3 store when it has them."""
+        return self._bucket is not None and self._bucket.redirect
+
+    async def presigned(self, upstream: Upstream, repo: str, digest: Digest) -> str | None:
+        """
+        A presigned URL of the blob in the bucket, for a C{307}, or C{None}
+        when the bucket does not have it (or cannot be reached).
+        """
+        if self._bucket is None or await self._bucket_size(digest) is None:
+            return None
+        await self._authorize(upstream, repo, digest)
+        self._bucket.capacity.accessed(digest)
+        return self._bucket.presigned(digest)
+
+    async def _bucket_size(self, digest: Digest) -> int | None:
+        """The blob's size in the bucket; C{None} when it is not there or the store is down."""
+        if self._bucket is None or not self._bucket.usable:
+            return None
+        try:
+            return await self._bucket.size(digest)
+        except (S3Unavailable, S3Error):
+            return None
+
+    async def _bucket_lookup(self, upstream: Upstream, repo: str, digest: Digest,
+                             ranged: bool) -> BlobLookup | None:
+        """
+        The lookup step after the local store and the downloads in flight:
+        a blob in the bucket is streamed from it through a L{Download}, so
+        it is verified again on the way, joins the singleflight, and fills
+        the local tier; or, for a C{Range}, from the client's offset.
+        C{None}: not there, or the store failed before sending a byte
+        (then the upstream serves).
+        """
+        bucket = self._bucket
+        size = await self._bucket_size(digest)
+        if bucket is None or size is None:
+            return None
+        await self._authorize(upstream, repo, digest)
+        bucket.capacity.accessed(digest)
+        if ranged:
+            return BlobLookup(BucketRange(digest, size, bucket, self._from_bucket), CacheResult.HIT)
+        starting, joined = self._starting.call(digest, lambda: self._start_from_bucket(bucket, digest, size))
+        try:
+            started = await starting
+        except _NotInBucket:
+            return None
+        started.acquire()
+        return BlobLookup(started, CacheResult.COALESCED if joined else CacheResult.HIT)
+
+    async def _start_from_bucket(self, bucket: Bucket, digest: Digest, size: int) -> Download | PassThrough:
+        try:
+            response = await bucket.open(digest)
+        except S3Unavailable:
+            raise _NotInBucket() from None
+        if response is None:
+            raise _NotInBucket()
+        try:
+            download = Download(
+                self._disk, digest, size, before_commit=self._before_commit, on_disk_error=self._health.failed,
+                abandon_after=self._abandon_after, keep_fraction=self._keep_fraction,
+            )
+        except OSError as e:
+            self._health.failed(e)
+            stop_body(response)
+            raise _NotInBucket() from None
+        self.inflight[digest] = download
+        download.settled.addErrback(self._bad_in_bucket, bucket, digest)
+        download.settled.addBoth(self._settled, digest, download, "the S3 store", bucket.name)
+        response.deliverBody(self._from_bucket(download))
+        return download
+
+    def _bad_in_bucket(self, failure: Failure, bucket: Bucket, digest: Digest) -> Failure:
+        """
+        An object whose body is not its blob (the digest or the length do
+        not match) is deleted, so that the next client fetches it again.
+        """
+        if failure.check(DownloadError):
+            self._on_corrupt(digest)
+            removing = Deferred.fromCoroutine(bucket.capacity.delete([digest]))
+            removing.addErrback(_log_failure, "delete a corrupt object from the S3 store")
+        return failure
+
+    def _from_bucket(self, incoming: Download | PassThrough) -> _BodyWriter:
+        """The protocol that feeds an S3 body into a download or a range."""
+        bucket = self._bucket
+        counted = partial(bucket.on_bytes, "downloaded") if bucket is not None else (lambda count: None)
+        return _BodyWriter(incoming, self._reactor, counted)
 
     async def _authorize(self, upstream: Upstream, repo: str, digest: Digest) -> None:
         async def prove() -> None:
@@ -214,6 +334,8 @@ class BlobService:
         self.inflight[digest] = download
         self._access.note(upstream, repo, digest)
         download.settled.addBoth(self._settled, digest, download, upstream.name, repo)
+        if self._replicator is not None:
+            self._replicator.replicate(download)
         response.deliverBody(_BodyWriter(download, self._reactor, count))
         return download
 
@@ -221,6 +343,8 @@ class BlobService:
         # In-flight downloads are not in the store yet, so eviction cannot
         # touch them; what it removes may still be read through open
         # descriptors.  The room is reserved until the commit settles.
+        if self._bucket is not None and self._capacity.max_size == 0:
+            return False  # the S3 store without a local tier: nothing kept here
         kept = await self._capacity.make_room(size)
         if kept:
             self._reserved[digest] = size
@@ -257,6 +381,10 @@ class BlobService:
         size = download.size or 0
         self._capacity.committed(digest, size)
         self._metadata.put_blob(str(digest), size, time.time()).addErrback(_log_failure, "record blob")
+
+
+class _NotInBucket(Exception):
+    """The bucket cannot serve this blob after all: the upstream will."""
 
 
 class _BodyWriter(BodyReceiver):

@@ -65,6 +65,7 @@ class Incoming:
         self._hasher = hasher if hasher is not None else digest.hasher()
         self._received = 0
         self._readers: list[Reader] = []
+        self._followers: list[Reader] = []
         self._producer: IPushProducer | None = None
         self._producer_paused = False
 
@@ -130,6 +131,20 @@ class Incoming:
         except ValueError:
             pass
 
+    def follow(self, follower: Reader) -> None:
+        """
+        Tell C{follower} of progress like a reader, but without keeping the
+        body wanted: a download every client left is still abandoned (the
+        copy to the S3 store follows this way).
+        """
+        self._followers.append(follower)
+
+    def unfollow(self, follower: Reader) -> None:
+        try:
+            self._followers.remove(follower)
+        except ValueError:
+            pass
+
     def _notify(self) -> None:
-        for reader in list(self._readers):
+        for reader in [*self._readers, *self._followers]:
             reader.data_arrived()

@@ -227,7 +227,11 @@ async def _gc(reactor: Any, config: Config, metadata: Metadata, arguments: argpa
             since = time.time() - window if window > 0 else float("inf")
             return [Digest.parse(text) for text in await metadata.protected_blobs(since, [])]
 
-        capacity = Capacity(disk, config.cache.max_size, config.cache.min_free, protected=protected)
+        # With the S3 backend the disk holds only the local tier; the
+        # bucket is kept by the running daemon's janitor.
+        s3 = config.storage.s3
+        capacity = Capacity(disk, config.cache.max_size if s3 is None else s3.local_max_size, config.cache.min_free,
+                            protected=protected)
         janitor = Janitor(disk, capacity, config.cache.blob_ttl, manifest_ttl=config.cache.manifest_ttl)
         recovered = await janitor.recover()
         report = await janitor.run()

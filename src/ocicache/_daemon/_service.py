@@ -4,7 +4,7 @@ The daemon's service tree: the parts of ocicache wired together.
     OcicacheService (MultiService)
       ├─ one StreamServerEndpointService per registry listen address
       ├─ a StreamServerEndpointService for the operator listener (metrics, /pins)
-      ├─ the janitor (a TimerService)
+      ├─ the janitor (a TimerService; with the S3 backend, the bucket's too)
       ├─ a TimerService per [[warm]] entry with `every` (the others run once at start)
       └─ the pins' tag-following (a TimerService, on the janitor's interval)
 
@@ -24,6 +24,7 @@ the other services stop, the database is closed and no temp file is left.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import sys
@@ -40,7 +41,7 @@ from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-from twisted.web.client import Agent
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
 from .._cache._access import RepoAccess
@@ -49,23 +50,28 @@ from .._cache._incoming import DownloadError
 from .._cache._manifests import ManifestService
 from .._cache._negative import NegativeCache
 from .._cache._referrers import ReferrerService
+from .._cache._replicate import Replicator
 from .._cache._slots import Slots
 from .._cache._tags import TagService
 from .._cache._warm import Warmer, WarmReport
 from .._identity._authenticator import Authenticator, build_authenticator
 from .._identity._oidc import fetch_with
-from .._ops._config import Config, WarmConfig
+from .._ops._config import Config, S3Config, WarmConfig
 from .._ops._metrics import ManifestTally, Metrics
 from .._spec._reference import Digest, parse_image_reference
+from .._storage._bucket import Bucket
+from .._storage._bucket_janitor import BucketJanitor
 from .._storage._capacity import Capacity
 from .._storage._disk import Disk
 from .._storage._health import DiskHealth
 from .._storage._janitor import Janitor
 from .._storage._metadata import Metadata, MetadataUnavailable
+from .._storage._s3 import S3Client, S3Credentials, S3Error, S3Unavailable
 from .._storage._scrub import Scrubber
 from .._storage._store import Kind, Store
 from .._upstream._client import Upstream, make_pool
 from .._upstream._ratelimit import Quota
+from .._upstream._tls import UpstreamTLSPolicy
 from .._upstream._tokens import TokenCache
 from .._web._operator import OperatorResource
 from .._web._pins import PinsResource
@@ -117,8 +123,28 @@ class OcicacheService(MultiService):
         # Upstream 404s, remembered for blobs, manifests and tag lists alike.
         negative = NegativeCache(reactor, config.cache.negative_ttl, config.cache.negative_digest_ttl)
         self.disk = disk = Disk(reactor, self.store, self.metadata, self.disk_pool)
-        self.capacity = Capacity(disk, config.cache.max_size, config.cache.min_free, self._evicted,
+        # With the S3 backend, [cache] max_size is the bucket's, and the
+        # disk holds a tier of hot blobs of its own size.
+        s3 = config.storage.s3
+        local_max_size = config.cache.max_size if s3 is None else s3.local_max_size
+        self.capacity = Capacity(disk, local_max_size, config.cache.min_free, self._evicted,
                                  protected=self._protected)
+        self.bucket: Bucket | None = None
+        self.replicator: Replicator | None = None
+        self.bucket_janitor: BucketJanitor | None = None
+        self.s3_pool: HTTPConnectionPool | None = None
+        if s3 is not None:
+            self.s3_pool = make_pool(reactor)
+            self.bucket = Bucket(
+                _s3_client(s3, reactor, self.s3_pool, disk), s3.prefix, disk, config.cache.max_size, s3.redirect,
+                self._evicted, on_bytes=lambda direction, count: self.metrics.s3_bytes.labels(direction).inc(count),
+                on_upload=lambda outcome: self.metrics.s3_uploads.labels(outcome).inc(),
+                protected=self._protected,
+            )
+            self.replicator = Replicator(self.bucket, disk, s3.upload_part_size, s3.max_part_uploads)
+            replicator = self.replicator
+            self.bucket_janitor = BucketJanitor(self.bucket, self.metadata, config.cache.blob_ttl,
+                                                s3.abandon_uploads_after, lambda: set(replicator.live))
         self.blobs = BlobService(
             disk, access, self.capacity,
             lambda upstream, count: self.metrics.upstream_bytes.labels(upstream).inc(count),
@@ -126,6 +152,7 @@ class OcicacheService(MultiService):
             keep_fraction=config.cache.abandon_below,
             on_corrupt=lambda digest: self.metrics.corrupt_blobs.labels("read").inc(),
             negative=negative,
+            bucket=self.bucket, replicator=self.replicator,
         )
         self.scrubber = Scrubber(
             disk, self.capacity, config.cache.scrub_rate, on_scrubbed=self.metrics.scrubbed_bytes.inc,
@@ -167,6 +194,7 @@ class OcicacheService(MultiService):
             operator = OperatorResource(
                 self.metrics, self.store.root, lambda: self.metadata.is_open,
                 before_scrape=self._refresh_cache_gauges, draining=lambda: self.site.draining,
+                problems=self._store_problems,
             )
             operator.putChild(b"pins", PinsResource(self.warmer, on_changed=self._pins_changed))
             operator_site = QuietSite(operator)
@@ -342,6 +370,11 @@ class OcicacheService(MultiService):
         self.metrics.cache_entries.labels("manifest").set(len(self.manifest_tally))
         self.metrics.cache_size.set(self.capacity.size + self.manifest_tally.size)
 
+    def _store_problems(self) -> list[str]:
+        """For C{/readyz}: the S3 store, when it cannot be reached."""
+        problem = self.bucket.health.problem if self.bucket is not None else None
+        return [f"{problem}; passing blobs through from the upstream"] if problem is not None else []
+
     def _manifests_removed(self, digests: list[str]) -> None:
         for digest in digests:
             self.manifest_tally.removed(digest)
@@ -375,6 +408,23 @@ class OcicacheService(MultiService):
                 evicted_bytes=report.evicted_bytes, temp=report.temp_removed, tags=report.tags_removed,
                 manifests=report.manifests_removed,
             )
+        if self.bucket_janitor is not None:
+            await self._bucket_pass(self.bucket_janitor)
+
+    async def _bucket_pass(self, janitor: BucketJanitor) -> None:
+        """The bucket's pass: an unreachable store is said once (its health), not per pass."""
+        try:
+            if not janitor.recovered:
+                await janitor.recover()
+            report = await janitor.run()
+        except (S3Unavailable, S3Error):
+            return
+        except Exception:
+            log.failure("S3 store janitor pass failed")
+            return
+        if report.expired or report.evicted or report.uploads_aborted:
+            log.info("S3 store janitor: expired {expired} blobs, evicted {evicted}, aborted {aborted} abandoned"
+                     " uploads", expired=report.expired, evicted=report.evicted, aborted=report.uploads_aborted)
 
     startup_errors_to_log = True
     """
@@ -455,6 +505,8 @@ class OcicacheService(MultiService):
                 if _plain_and_reachable(description):
                     log.warn("Client credentials travel in clear text on {listen}: serve HTTPS (ssl:) or"
                              " put TLS in front", listen=description)
+        if self.bucket is not None:
+            log.info("Blobs are stored in the S3 bucket {bucket}", bucket=self.bucket.name)
         for upstream in self.config.upstreams:
             if not upstream.tls_verify:
                 log.warn("Upstream {upstream}: TLS certificate verification is OFF (tls_verify = false);"
@@ -519,6 +571,9 @@ class OcicacheService(MultiService):
             # Verified bytes: let the commit and its metadata row land
             # before the disk thread and the database go.
             await DeferredList(settling)
+        if self.replicator is not None:
+            # Their uploads complete or abort while S3 is still reachable.
+            await DeferredList(self.replicator.settling())
         # 4. Everything else: the operator listener, the janitor.
         children: list[IService] = list(self)
         await DeferredList([maybeDeferred(child.stopService) for child in reversed(children) if child.running])
@@ -529,7 +584,10 @@ class OcicacheService(MultiService):
             await scrubbing
         await self._flush_quota()
         self.disk_pool.stop()
-        await DeferredList([self.metadata.close(), self.http_pool.closeCachedConnections()])
+        closing = [self.metadata.close(), self.http_pool.closeCachedConnections()]
+        if self.s3_pool is not None:
+            closing.append(self.s3_pool.closeCachedConnections())
+        await DeferredList(closing)
         removed = self.store.remove_temp_files()
         if removed:
             log.info("Removed {count} temp files of downloads cut by the stop", count=removed)
@@ -570,6 +628,23 @@ def _plain_and_reachable(description: str) -> bool:
         return True
     interface = match.group(1).replace("\\:", ":")
     return not (interface.startswith("127.") or interface in ("::1", "localhost"))
+
+
+def _s3_client(config: S3Config, reactor: Any, pool: HTTPConnectionPool, disk: Disk) -> S3Client:
+    """
+    The S3 store's client: botocore's SigV4 signer, treq's transport, and
+    each part's payload hash in the disk pool.
+    """
+    tls = UpstreamTLSPolicy.for_host(config.endpoint.host, config.tls_verify, config.ca_file)
+    return S3Client(
+        HTTPClient(Agent(reactor, contextFactory=tls, pool=pool)), config.endpoint, config.bucket,
+        S3Credentials(config.keys.access_key, config.keys.secret_key), region=config.region,
+        path_style=config.path_style, hasher=lambda body: disk.run(_sha256_hex, body),
+    )
+
+
+def _sha256_hex(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
 
 
 def _scan_manifests(store: Store) -> list[tuple[str, int]]:

@@ -33,9 +33,12 @@ __all__ = [
     "MetricsConfig",
     "OIDCIssuerConfig",
     "RuleConfig",
+    "S3Config",
+    "S3Keys",
     "STALE_FAILURES",
     "ServerConfig",
     "StalePolicy",
+    "StorageConfig",
     "UpstreamConfig",
     "WarmConfig",
     "default_cache_dir",
@@ -303,6 +306,48 @@ class AuthConfig:
 
 
 @frozen
+class S3Keys:
+    """An S3 access key pair; the secret never appears in C{repr()}."""
+
+    access_key: str = field(repr=False)
+    secret_key: str = field(repr=False)
+
+
+@frozen
+class S3Config:
+    """
+    C{[storage]} with C{backend = "s3"}: where blobs live, and how the
+    local disk tier and the multipart uploads behave.
+    """
+
+    endpoint: DecodedURL
+    bucket: str
+    keys: S3Keys
+    region: str = "us-east-1"
+    prefix: str = ""
+    """Prepended to every key: empty, or ending with C{/}."""
+    path_style: bool = True
+    tls_verify: bool = True
+    ca_file: str | None = None
+    local_max_size: int = 0
+    """Bytes of hot blobs kept on the local disk too; 0: none kept."""
+    redirect: bool = False
+    """Blob GETs get a C{307} to a presigned URL."""
+    upload_part_size: int = 16 << 20
+    max_part_uploads: int = 4
+    """Parts being uploaded at once, all downloads together."""
+    abandon_uploads_after: float = 3600.0
+
+
+@frozen
+class StorageConfig:
+    """C{[storage]}: C{s3} is C{None} for the default filesystem backend."""
+
+    backend: str = "filesystem"
+    s3: S3Config | None = None
+
+
+@frozen
 class Config:
     server: ServerConfig
     cache: CacheConfig
@@ -313,6 +358,7 @@ class Config:
     warm: tuple[WarmConfig, ...] = ()
     auth: AuthConfig | None = None
     """C{None}: no C{[auth]} section, every request is anonymous."""
+    storage: StorageConfig = StorageConfig()
 
     @property
     def default_upstream(self) -> UpstreamConfig | None:
@@ -859,6 +905,119 @@ def _manifest_ttl(section: _Section) -> float | None:
     if seconds <= 0:
         raise ConfigError("cache.manifest_ttl: must be positive, or \"never\"")
     return seconds
+_MIN_PART = 5 << 20
+"""S3's smallest part but the last (UploadPart)."""
+
+_MAX_PART = 5 << 30
+"""S3's largest part."""
+
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+"""S3's bucket naming rules (3 to 63 lowercase letters, digits, dots, hyphens)."""
+
+
+def _parse_storage(table: object, environ: Mapping[str, str]) -> StorageConfig:
+    """
+    C{[storage]}: the filesystem backend (the default; no other keys), or
+    C{backend = "s3"} with its endpoint, bucket and credentials.
+    """
+    section = _Section(table, "storage")
+    backend = section.get("backend", str, "filesystem")
+    if backend == "filesystem":
+        section.finish()
+        return StorageConfig()
+    if backend != "s3":
+        raise ConfigError(f"storage.backend: {backend!r} must be 'filesystem' or 's3'")
+    endpoint_text = section.get("endpoint", str)
+    if endpoint_text is None:
+        raise ConfigError("storage.endpoint: required for backend = 's3' (e.g. 'https://s3.example.com')")
+    try:
+        endpoint = DecodedURL.from_text(endpoint_text)
+    except Exception:
+        raise ConfigError(f"storage.endpoint: {endpoint_text!r} is not a URL") from None
+    if any(endpoint.userinfo):
+        raise ConfigError("storage.endpoint: must not contain credentials; use access_key_file or access_key_env")
+    if endpoint.scheme not in ("http", "https") or not endpoint.host or endpoint.query or endpoint.fragment:
+        raise ConfigError(f"storage.endpoint: {endpoint_text!r} must be an http:// or https:// URL with a host")
+    endpoint = endpoint.replace(path=tuple(segment for segment in endpoint.path if segment))
+    bucket = section.get("bucket", str)
+    if bucket is None:
+        raise ConfigError("storage.bucket: required for backend = 's3'")
+    if not _BUCKET_NAME.match(bucket) or ".." in bucket:
+        raise ConfigError(f"storage.bucket: {bucket!r} is not an S3 bucket name")
+    region = section.get("region", str, "us-east-1")
+    if not re.fullmatch(r"[a-z0-9-]{1,64}", region):
+        raise ConfigError(f"storage.region: {region!r} is not a region name such as 'us-east-1'")
+    prefix = section.get("prefix", str, "").strip("/")
+    if any(not part or part in (".", "..") for part in prefix.split("/")) and prefix:
+        raise ConfigError("storage.prefix: must be key segments separated by '/', such as 'ocicache/eu'")
+    keys = _s3_keys(section, environ)
+    path_style = section.get("path_style", bool, True)
+    tls_verify = section.get("tls_verify", bool, True)
+    ca_file = section.get("ca_file", str)
+    if ca_file is not None and not os.path.isfile(ca_file):
+        raise ConfigError(f"storage.ca_file: {ca_file!r} is not a readable file")
+    defaults = S3Config(endpoint, "", S3Keys("", ""))
+    local_max_size = section.convert("local_max_size", parse_size, 0)
+    if 0 < local_max_size < 1 << 20:
+        raise ConfigError("storage.local_max_size: must be 0 (no local tier) or at least 1MiB")
+    redirect = section.get("redirect", bool, False)
+    part_size = section.convert("upload_part_size", parse_size, defaults.upload_part_size)
+    if not _MIN_PART <= part_size <= _MAX_PART:
+        raise ConfigError("storage.upload_part_size: must be between 5MiB and 5GiB (S3's part limits)")
+    max_part_uploads = section.get("max_part_uploads", int, defaults.max_part_uploads)
+    if not 1 <= max_part_uploads <= 64:
+        raise ConfigError("storage.max_part_uploads: must be between 1 and 64")
+    abandon = _positive_duration(section, "abandon_uploads_after", defaults.abandon_uploads_after)
+    section.finish()
+    return StorageConfig("s3", S3Config(
+        endpoint=endpoint, bucket=bucket, keys=keys, region=region, prefix=f"{prefix}/" if prefix else "",
+        path_style=path_style, tls_verify=tls_verify, ca_file=ca_file, local_max_size=local_max_size,
+        redirect=redirect, upload_part_size=part_size, max_part_uploads=max_part_uploads,
+        abandon_uploads_after=abandon,
+    ))
+
+
+def _s3_keys(section: _Section, environ: Mapping[str, str]) -> S3Keys:
+    """
+    The access key pair, from two files (the first line of each) or two
+    environment variables; never literal in the config, never echoed.
+    """
+    by_file = (section.get("access_key_file", str), section.get("secret_key_file", str))
+    by_env = (section.get("access_key_env", str), section.get("secret_key_env", str))
+    for name in ("access_key", "secret_key"):
+        if name in section._table:
+            raise ConfigError(f"storage.{name}: a literal key is not accepted; use {name}_file or {name}_env")
+    if any(by_file) and any(by_env):
+        raise ConfigError("storage: set access_key_file and secret_key_file, or the _env pair, not both")
+    values = []
+    if any(by_file):
+        for name, path in zip(("access_key_file", "secret_key_file"), by_file, strict=True):
+            if path is None:
+                raise ConfigError(f"storage.{name}: required with the other key file")
+            try:
+                with open(path, encoding="utf-8") as f:
+                    value = next(iter(f.read().splitlines()), "").strip()
+            except OSError as e:
+                raise ConfigError(f"storage.{name}: cannot read {path!r}: {e.strerror}") from None
+            except UnicodeDecodeError:
+                raise ConfigError(f"storage.{name}: {path!r} is not UTF-8") from None
+            if not value:
+                raise ConfigError(f"storage.{name}: {path!r} has no key on its first line")
+            values.append(value)
+    elif any(by_env):
+        for name, variable in zip(("access_key_env", "secret_key_env"), by_env, strict=True):
+            if variable is None:
+                raise ConfigError(f"storage.{name}: required with the other key variable")
+            value = environ.get(variable, "").strip()
+            if not value:
+                raise ConfigError(f"storage.{name}: environment variable {variable!r} is not set")
+            values.append(value)
+    else:
+        raise ConfigError("storage: backend = 's3' needs access_key_file and secret_key_file,"
+                          " or access_key_env and secret_key_env")
+    return S3Keys(values[0], values[1])
+
+
 _UPSTREAM_DEFAULTS = UpstreamConfig(name="", url=DecodedURL.from_text("http://defaults"))
 _AUTH_DEFAULTS = AuthConfig()
 # ocicache's own tokens live minutes: long enough for one pull, short
@@ -1022,6 +1181,7 @@ def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None =
 
     raw_auth = top.get("auth", dict, None)
     auth = _parse_auth(raw_auth) if raw_auth is not None else None
+    storage = _parse_storage(top.get("storage", dict, {}), environ)
 
     raw_upstreams = top.get("upstream", list, None)
     raw_rules = top.get("rule", list, None)
@@ -1048,7 +1208,7 @@ def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None =
     rules = _parse_rules(raw_rules, upstreams)
     warm = _parse_warm_tables(raw_warm, upstreams)
     return Config(server=server, cache=cache,
-                  upstreams=upstreams, metrics=metrics, rules=rules, warm=warm, auth=auth)
+                  upstreams=upstreams, metrics=metrics, rules=rules, warm=warm, auth=auth, storage=storage)
 
 
 # -- [[warm]]: images fetched, and perhaps pinned, by the daemon itself

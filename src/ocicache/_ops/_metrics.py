@@ -74,6 +74,12 @@ class Metrics:
             "ocicache_evictions", "Blobs evicted or expired.", registry=registry)
         self.evicted_bytes = Counter(
             "ocicache_evicted_bytes", "Bytes evicted or expired.", registry=registry)
+        self.s3_uploads = Counter(
+            "ocicache_s3_uploads", "Multipart uploads of downloads into the S3 store, by outcome.",
+            ["outcome"], registry=registry)
+        self.s3_bytes = Counter(
+            "ocicache_s3_bytes", "Blob bytes sent to (uploaded) or read from (downloaded) the S3 store.",
+            ["direction"], registry=registry)
         self.ratelimit_remaining = Gauge(
             "ocicache_upstream_ratelimit_remaining",
             "Pulls left in the upstream's rate-limit window (Docker Hub's ratelimit-remaining).",

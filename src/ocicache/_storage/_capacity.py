@@ -56,13 +56,21 @@ class Capacity:
         min_free: int | float | None,
         on_evicted: Callable[[int, int], None] = lambda count, size: None,
         protected: Callable[[], Awaitable[Iterable[Digest]]] | None = None,
+        remove: Callable[[list[Digest]], Awaitable[None]] | None = None,
+        table: str = "blobs",
     ) -> None:
         """
         @param protected: the blobs eviction must never choose, asked for
             each time it runs: pinned closures, and the blobs of images
             being pulled (C{[cache] protect_recent}).
+        @param remove: removes blobs from where they are kept; by default
+            unlinks their files in the store (an S3 bucket gives its own).
+        @param table: the metadata table that indexes them
+            (L{ocicache._storage._metadata.BLOB_TABLES}).
         """
         self._disk = disk
+        self._remove = remove if remove is not None else self._unlink
+        self.table = table
         self._reactor = disk.reactor
         self._store = disk.store
         self._metadata = disk.metadata
@@ -212,14 +220,16 @@ class Capacity:
         """
         if not digests:
             return
+        await self._remove(digests)
+        self.forget(digests)
+        await self._metadata.delete_blobs((str(digest) for digest in digests), table=self.table)
 
+    async def _unlink(self, digests: list[Digest]) -> None:
         def unlink_all() -> None:
             for digest in digests:
                 self._store.remove(Kind.BLOB, digest)
 
         await self._disk.run(unlink_all)
-        self.forget(digests)
-        await self._metadata.delete_blobs(str(digest) for digest in digests)
 
     def _free_shortfall(self, size: int) -> int:
         """

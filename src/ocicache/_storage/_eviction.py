@@ -52,6 +52,10 @@ class S3FIFO:
     def keys(self) -> list[Hashable]:
         return list(self._sizes)
 
+    def size_of(self, key: Hashable) -> int | None:
+        """The size of an entry, or C{None} when it is not here."""
+        return self._sizes.get(key)
+
     def insert(self, key: Hashable, size: int, hot: bool = False) -> None:
         """
         Add a newly stored entry.  C{hot} puts it straight into the main

@@ -34,6 +34,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 __all__ = [
+    "BLOB_TABLES",
     "BUSY_TIMEOUT",
     "BlobRow",
     "Metadata",
@@ -72,6 +73,13 @@ CREATE TABLE IF NOT EXISTS manifests (
     last_access REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS blobs (
+    digest TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    last_access REAL NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS bucket_blobs (
     digest TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
     created_at REAL NOT NULL,
@@ -122,6 +130,12 @@ CREATE TABLE IF NOT EXISTS quota (
     observed_at REAL,
     limited_until REAL
 );
+"""
+
+BLOB_TABLES = frozenset({"blobs", "bucket_blobs"})
+"""
+Where blob rows live: C{blobs} for the files on this disk, C{bucket_blobs}
+for the objects in an S3 bucket (the S3 backend's index).
 """
 
 # SQLite's primary result codes (https://sqlite.org/rescode.html).
@@ -214,6 +228,13 @@ def _schema_problem(db: sqlite3.Connection) -> str | None:
             if name not in expected and row[3] and row[4] is None:
                 return f"wrong schema: table {table} has a required column {name} this version cannot fill"
     return None
+
+
+def _blob_table(table: str) -> str:
+    """A blob table's name, checked: it goes into SQL text, not a parameter."""
+    if table not in BLOB_TABLES:
+        raise ValueError(f"no blob table {table!r}")
+    return table
 
 
 def _looks_like_sqlite(path: str) -> bool:
@@ -598,41 +619,47 @@ class Metadata:
 
     # -- blobs
 
-    def put_blob(self, digest: str, size: int, now: float) -> Deferred[Any]:
+    def put_blob(self, digest: str, size: int, now: float, table: str = "blobs") -> Deferred[Any]:
         return self._execute(
-            "INSERT INTO blobs (digest, size, created_at, last_access) VALUES (?, ?, ?, ?)"
+            f"INSERT INTO {_blob_table(table)} (digest, size, created_at, last_access) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (digest) DO UPDATE SET size=excluded.size",
             digest, size, now, now,
         )
 
-    def touch_blobs(self, accesses: dict[str, tuple[float, int]]) -> Deferred[None]:
+    def touch_blobs(self, accesses: dict[str, tuple[float, int]], table: str = "blobs") -> Deferred[None]:
         """
         Record a batch of accesses: digest to (last access, new hits).
         """
         return self._executemany(
-            "UPDATE blobs SET last_access=max(last_access, ?), hits=hits+? WHERE digest=?",
+            f"UPDATE {_blob_table(table)} SET last_access=max(last_access, ?), hits=hits+? WHERE digest=?",
             ((when, hits, digest) for digest, (when, hits) in accesses.items()),
         )
 
-    def delete_blobs(self, digests: Iterable[str]) -> Deferred[None]:
+    def delete_blobs(self, digests: Iterable[str], table: str = "blobs") -> Deferred[None]:
         """
         Forget evicted or expired blobs, and the access proofs for them: a
         repository proves it again (one upstream HEAD) if the blob comes
-        back, and the C{sources} table does not grow without end.
+        back, and the C{sources} table does not grow without end.  A blob
+        leaving only this disk, while the bucket still has it
+        (C{table="blobs"} beside a C{bucket_blobs} row), keeps its proofs.
         """
         rows = [(digest,) for digest in digests]
+        table = _blob_table(table)
+        other = "bucket_blobs" if table == "blobs" else "blobs"
 
         def delete(db: sqlite3.Connection) -> None:
             with db:
                 db.execute("BEGIN")
-                db.executemany("DELETE FROM blobs WHERE digest=?", rows)
-                db.executemany("DELETE FROM sources WHERE digest=?", rows)
+                db.executemany(f"DELETE FROM {table} WHERE digest=?", rows)
+                db.executemany(
+                    f"DELETE FROM sources WHERE digest=? AND NOT EXISTS"
+                    f" (SELECT 1 FROM {other} WHERE {other}.digest = sources.digest)", rows)
 
         return self._with_db(delete)
 
-    async def blobs(self) -> list[BlobRow]:
+    async def blobs(self, table: str = "blobs") -> list[BlobRow]:
         rows = await self._execute(
-            "SELECT digest, size, created_at, last_access, hits FROM blobs"
+            f"SELECT digest, size, created_at, last_access, hits FROM {_blob_table(table)}"
         )
         return [BlobRow(*row) for row in rows]
 

@@ -19,7 +19,7 @@ from twisted.web.iweb import IResponse
 
 from ._errors import Unavailability, UpstreamUnavailable
 
-__all__ = ["BodyReceiver", "discard_body", "read_body"]
+__all__ = ["BodyReceiver", "discard_body", "read_body", "stop_body"]
 
 
 class BodyReceiver(Protocol):
@@ -141,3 +141,18 @@ async def discard_body(response: IResponse, clock: IReactorTime, idle: float) ->
         await collector.done
     except UpstreamUnavailable:
         pass
+
+
+def stop_body(response: IResponse) -> None:
+    """
+    Stop a body nobody will read, closing its connection rather than
+    reading a blob-sized body to its end.
+    """
+    response.deliverBody(_Stop())
+
+
+class _Stop(Protocol):
+    def connectionMade(self) -> None:
+        transport = self.transport
+        if IPushProducer.providedBy(transport):
+            transport.stopProducing()

@@ -22,12 +22,22 @@ class UpstreamTLSPolicy:
     """The C{contextFactory} of one upstream's L{Agent}."""
 
     def __init__(self, config: UpstreamConfig) -> None:
-        self._host = config.url.host
+        self._setup(config.url.host, config.tls_verify, config.ca_file)
+
+    @classmethod
+    def for_host(cls, host: str, tls_verify: bool, ca_file: str | None) -> UpstreamTLSPolicy:
+        """The same policy for another service's host (the S3 store's endpoint)."""
+        policy = cls.__new__(cls)
+        policy._setup(host, tls_verify, ca_file)
+        return policy
+
+    def _setup(self, host: str, tls_verify: bool, ca_file: str | None) -> None:
+        self._host = host
         self._default = BrowserLikePolicyForHTTPS()
-        self._verify = config.tls_verify
+        self._verify = tls_verify
         self._trust: ssl.Certificate | None = None
-        if config.ca_file is not None:
-            with open(config.ca_file, "rb") as f:
+        if ca_file is not None:
+            with open(ca_file, "rb") as f:
                 self._trust = ssl.Certificate.loadPEM(f.read())
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:

@@ -1,8 +1,8 @@
 """
 The operator's listener: C{/metrics} for Prometheus, C{/healthz} (the
 process is alive) and C{/readyz} (it can serve: the cache directory is
-writable, the metadata database is open, and it is not draining for a
-stop).  Every answer is plain text or the Prometheus text format, and
+writable, the metadata database is open, the S3 store (if any) answers,
+and it is not draining for a stop).  Every answer is plain text or the Prometheus text format, and
 none carries configuration: no upstream URL, username or credential.
 
 A plain Resource around C{generate_latest}: prometheus-client's own
@@ -39,13 +39,19 @@ class _Leaf(Resource):
 class OperatorResource(Resource):
     def __init__(self, metrics: Metrics, cache_dir: str, db_open: Callable[[], bool],
                  before_scrape: Callable[[], None] = lambda: None,
-                 draining: Callable[[], bool] = lambda: False) -> None:
+                 draining: Callable[[], bool] = lambda: False,
+                 problems: Callable[[], list[str]] = list) -> None:
+        """
+        @param problems: what else keeps it from serving from its store
+            (the S3 store unreachable), one line each.
+        """
         super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
         self._metrics = metrics
         self._cache_dir = cache_dir
         self._db_open = db_open
         self._before_scrape = before_scrape
         self._draining = draining
+        self._problems = problems
         self.putChild(b"metrics", _Leaf(self._scrape))
         self.putChild(b"healthz", _Leaf(self._healthz))
         self.putChild(b"readyz", _Leaf(self._readyz))
@@ -68,6 +74,7 @@ class OperatorResource(Resource):
             problems.append(b"cache directory is not writable")
         if not self._db_open():
             problems.append(b"metadata database is not open")
+        problems.extend(problem.encode("utf-8", "replace") for problem in self._problems())
         if problems:
             request.setResponseCode(503)
             return b"\n".join(problems) + b"\n"

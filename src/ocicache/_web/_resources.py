@@ -313,7 +313,10 @@ class RegistryResource(Resource):
                 request.setHeader(b"content-length", b"%d" % size)
                 request.finish()
             return
-        lookup = await services.blobs.lookup(upstream, target.repo, digest)
+        if services.blobs.redirects and await self._redirect_to_bucket(request, exchange, upstream, target, digest):
+            return
+        lookup = await services.blobs.lookup(upstream, target.repo, digest,
+                                             ranged=request.getHeader(b"range") is not None)
         exchange.result = lookup.result
         services.metrics.cache_requests.labels("blob", lookup.result).inc()
         source = lookup.source
@@ -381,6 +384,27 @@ class RegistryResource(Resource):
             done = Streamer(request, source, start, end, services.reactor, on_bytes, services.write_budget).start()
         if gauge is not None:
             done.addBoth(_decrement, gauge)
+
+    async def _redirect_to_bucket(self, request: Request, exchange: _Exchange, upstream: Upstream,
+                                  target: Route, digest: Digest) -> bool:
+        """
+        C{[storage] redirect = true}: a blob the S3 store holds is answered
+        with a C{307} to a presigned URL (RFC 9110 §15.4.8), as
+        distribution's S3 driver does, so its bytes go from the store to
+        the client directly.  C{False}: the store lacks it; serve it here.
+        """
+        location = await self._services.blobs.presigned(upstream, target.repo, digest)
+        if location is None:
+            return False
+        exchange.result = CacheResult.HIT
+        self._services.metrics.cache_requests.labels("blob", CacheResult.HIT).inc()
+        if not exchange.finished:
+            request.setHeader(b"docker-content-digest", str(digest).encode("ascii"))
+            request.setResponseCode(307)
+            request.setHeader(b"location", location.encode("ascii"))
+            request.setHeader(b"content-length", b"0")
+            request.finish()
+        return True
 
     # -- tags
 

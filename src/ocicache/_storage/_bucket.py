@@ -1,0 +1,205 @@
+"""
+Blobs in an S3 bucket: the S3 backend's store.
+
+The layout mirrors the disk's, under the configured prefix:
+
+    <prefix>blobs/sha256/<hex>
+
+An object exists only once its bytes were verified: it is written by a
+multipart upload that is completed only after the download's SHA-256 and
+length matched (L{ocicache._cache._replicate}), so it appears whole or not
+at all.  Its index is the C{bucket_blobs} table of the metadata, loaded
+into the bucket's L{Capacity} policy, which also orders its evictions.
+
+Every call goes through L{Bucket}, which keeps L{BucketHealth}: when the
+store cannot be reached it is skipped for L{RETRY_AFTER} seconds, so
+clients are served from the upstream meanwhile without waiting on it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
+from typing import TypeVar
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.iweb import IResponse
+
+from .._spec._reference import Digest
+from ._capacity import Capacity
+from ._disk import Disk
+from ._s3 import ObjectInfo, S3Client, S3Error, S3Unavailable, Upload
+
+__all__ = ["Bucket", "BucketHealth", "RETRY_AFTER"]
+
+log = Logger()
+
+T = TypeVar("T")
+
+RETRY_AFTER = 5.0
+"""Seconds the bucket is skipped after it could not be reached."""
+
+PRESIGN_EXPIRES = 1200
+"""Seconds a redirect's presigned URL is valid: distribution's default (20 minutes)."""
+
+
+_ANSWERS = frozenset({"NoSuchKey", "NoSuchUpload"})
+"""S3 errors that are answers about one object, not about the store."""
+
+
+class BucketHealth:
+    """
+    Whether the object store answers: one warning when it stops, one line
+    when it is back, and the reason for C{/readyz}.
+    """
+
+    def __init__(self, reactor: IReactorTime, where: str) -> None:
+        self._reactor = reactor
+        self._where = where
+        self.problem: str | None = None
+        self._failed_at = 0.0
+
+    @property
+    def usable(self) -> bool:
+        """Worth trying now: it works, or it failed long enough ago."""
+        return self.problem is None or self._reactor.seconds() - self._failed_at >= RETRY_AFTER
+
+    def failed(self, error: S3Unavailable) -> None:
+        self._failed_at = self._reactor.seconds()
+        if self.problem is None:
+            log.error("The S3 store {where} is unavailable ({error}); serving from the upstream until it is back",
+                      where=self._where, error=str(error))
+        self.problem = f"S3 store {self._where} is unavailable: {error}"
+
+    def works(self) -> None:
+        if self.problem is not None:
+            self.problem = None
+            log.info("The S3 store {where} works again", where=self._where)
+
+
+class Bucket:
+    """
+    The blobs of one bucket under one prefix, with their index and
+    eviction policy (C{capacity}, over the C{bucket_blobs} table).
+    """
+
+    def __init__(
+        self,
+        client: S3Client,
+        prefix: str,
+        disk: Disk,
+        max_size: int | None,
+        redirect: bool = False,
+        on_evicted: Callable[[int, int], None] = lambda count, size: None,
+        on_bytes: Callable[[str, int], None] = lambda direction, count: None,
+        on_upload: Callable[[str], None] = lambda outcome: None,
+        protected: Callable[[], Awaitable[Iterable[Digest]]] | None = None,
+    ) -> None:
+        """
+        @param protected: the blobs eviction and expiry must leave (pins,
+            images being pulled), as for the disk (L{Capacity}).
+        @param max_size: the bucket's byte budget (C{[cache] max_size}),
+            kept by evicting objects; C{None}: no limit.
+        @param on_bytes: told C{("uploaded" | "downloaded", count)} as blob
+            bytes go to or come from the store.
+        @param on_upload: told C{"completed"} or C{"aborted"} as each
+            multipart upload ends.
+        """
+        self.on_bytes = on_bytes
+        self.on_upload = on_upload
+        self.client = client
+        self.prefix = prefix
+        self.capacity = Capacity(disk, max_size, None, on_evicted, protected=protected, remove=self.remove,
+                                 table="bucket_blobs")
+        self._metadata = disk.metadata
+        self.redirect = redirect
+        self.name = f"{client.bucket}/{prefix}"
+        self.health = BucketHealth(disk.reactor, self.name)
+
+    @property
+    def usable(self) -> bool:
+        return self.health.usable
+
+    def key(self, digest: Digest) -> str:
+        # Digest.parse checked the algorithm and the hex: no key can escape the prefix.
+        return f"{self.prefix}blobs/{digest.algorithm}/{digest.encoded}"
+
+    def digest_of(self, key: str) -> Digest | None:
+        """The digest an object's key names, or C{None} for a key that is not ours."""
+        head = f"{self.prefix}blobs/"
+        if not key.startswith(head):
+            return None
+        algorithm, _, encoded = key[len(head):].partition("/")
+        try:
+            return Digest.parse(f"{algorithm}:{encoded}")
+        except ValueError:
+            return None
+
+    async def guarded(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run one S3 call, keeping the health: an unreachable store is said once."""
+        try:
+            result = await call()
+        except S3Unavailable as e:
+            self.health.failed(e)
+            raise
+        except S3Error as e:
+            # A missing object or upload is an answer; any other refusal
+            # (AccessDenied, NoSuchBucket, a bad signature) means the store
+            # cannot be used as configured.
+            if e.code not in _ANSWERS:
+                self.health.failed(S3Unavailable(str(e)))
+            raise
+        self.health.works()
+        return result
+
+    async def size(self, digest: Digest) -> int | None:
+        """
+        The size of the stored blob, or C{None}: the index first (loaded
+        from the metadata), else an S3 C{HEAD}, for objects another node
+        completed since the index was loaded.  Raises L{S3Unavailable} or
+        L{S3Error}.
+        """
+        size = self.capacity.policy.size_of(digest)
+        if size is not None:
+            return size
+        info = await self.guarded(lambda: self.client.head(self.key(digest)))
+        if info is None:
+            return None
+        # Stored by another node since the index was loaded: index it here
+        # too, so that expiry and eviction see it.
+        self.capacity.load([(digest, info.size, False)])
+        await self._metadata.put_blob(str(digest), info.size, time.time(), table=self.capacity.table)
+        return info.size
+
+    async def open(self, digest: Digest) -> IResponse | None:
+        """
+        The object's C{GET} response, unread; C{None} when it is gone
+        (another node evicted it): then it leaves the index.
+        """
+        try:
+            return await self.guarded(lambda: self.client.get(self.key(digest)))
+        except S3Error as e:
+            if e.code != "NoSuchKey":
+                raise S3Unavailable(f"GET answered {e.status} {e.code}") from None
+        self.capacity.forget([digest])
+        await self._metadata.delete_blobs([str(digest)], table=self.capacity.table)
+        return None
+
+    def presigned(self, digest: Digest) -> str:
+        return self.client.presigned_get(self.key(digest), PRESIGN_EXPIRES)
+
+    async def remove(self, digests: list[Digest]) -> None:
+        """Delete objects (the capacity's remover): eviction and expiry over the bucket."""
+        for digest in digests:
+            await self.guarded(partial(self.client.delete, self.key(digest)))
+
+    async def objects(self) -> list[ObjectInfo]:
+        return await self.guarded(lambda: self.client.objects(f"{self.prefix}blobs/"))
+
+    async def uploads(self) -> list[Upload]:
+        return await self.guarded(lambda: self.client.uploads(f"{self.prefix}blobs/"))
+
+    async def abort(self, key: str, upload_id: str) -> None:
+        await self.guarded(lambda: self.client.abort_upload(key, upload_id))

@@ -1,0 +1,345 @@
+"""
+The S3 backend (C{[storage] backend = "s3"}) against a real radosgw, with
+distribution behind the counting hop as the upstream and the real daemon:
+a download streams into a multipart upload completed only once verified;
+a failed one leaves nothing; a second node serves from the bucket alone;
+redirects; the janitor aborts abandoned uploads; eviction deletes
+objects; and with radosgw stopped, pulls pass through from the upstream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ocitest import free_port, http_request, wait_for
+from ocitest.ceph import Radosgw
+from ocitest.daemon import Daemon
+from ocitest.hop import Hop
+from ocitest.images import Blob, Image
+
+pytestmark = pytest.mark.integration
+
+MiB = 1 << 20
+
+
+class Store:
+    """The test's bucket, seen through botocore (a real S3 client), and the daemon's [storage] table."""
+
+    def __init__(self, radosgw: Radosgw, bucket: str, key_dir: str) -> None:
+        import botocore.session
+
+        self.bucket = bucket
+        self.client: Any = botocore.session.get_session().create_client(
+            "s3", endpoint_url=radosgw.url, region_name="us-east-1",
+            aws_access_key_id=radosgw.access_key, aws_secret_access_key=radosgw.secret_key,
+        )
+        self.client.create_bucket(Bucket=bucket)
+        os.makedirs(key_dir, exist_ok=True)
+        access, secret = os.path.join(key_dir, "access"), os.path.join(key_dir, "secret")
+        with open(access, "w") as f:
+            f.write(radosgw.access_key + "\n")
+        with open(secret, "w") as f:
+            f.write(radosgw.secret_key + "\n")
+        self.table: dict[str, object] = {
+            "backend": "s3", "endpoint": radosgw.url, "bucket": bucket, "prefix": "oci",
+            "access_key_file": access, "secret_key_file": secret, "upload_part_size": "5MiB",
+        }
+
+    def key(self, blob: Blob) -> str:
+        return f"oci/blobs/sha256/{blob.hex}"
+
+    def objects(self) -> list[str]:
+        listing = self.client.list_objects_v2(Bucket=self.bucket, Prefix="oci/")
+        return [item["Key"] for item in listing.get("Contents", [])]
+
+    def uploads(self) -> list[str]:
+        listing = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix="oci/")
+        return [item["Key"] for item in listing.get("Uploads", [])]
+
+    def sha256(self, key: str) -> str:
+        body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        hasher = hashlib.sha256()
+        while chunk := body.read(MiB):
+            hasher.update(chunk)
+        return "sha256:" + hasher.hexdigest()
+
+
+@pytest.fixture
+def store(radosgw: Radosgw, bucket_name: str, tmp_path: os.PathLike[str]) -> Store:
+    return Store(radosgw, bucket_name, os.path.join(str(tmp_path), "keys"))
+
+
+def _node(daemon_factory: Callable[..., Daemon], store: Store, cache: dict[str, object] | None = None,
+          metrics_port: int | None = None, **storage: object) -> Daemon:
+    tables: dict[str, dict[str, object]] = {"storage": {**store.table, **storage}}
+    if metrics_port is not None:
+        tables["metrics"] = {"listen": f"tcp:{metrics_port}:interface=127.0.0.1"}
+    return daemon_factory(cache_extra=cache, extra_tables=tables)
+
+
+def _layer(image: Image) -> Blob:
+    return max(image.layers, key=lambda b: b.size)
+
+
+def _url(daemon: Daemon, image: Image, blob: Blob) -> str:
+    return f"{daemon.url}/v2/docker.io/{image.repo}/blobs/{blob.digest}"
+
+
+def _upstream_gets(hop: Hop, blob: Blob) -> int:
+    return hop.count("GET", blob.digest)
+
+
+def test_a_cold_pull_appears_in_the_bucket_only_once_verified(
+        daemon_factory: Callable[..., Daemon], store: Store, ocitest_images: dict[str, Image], hop: Hop) -> None:
+    image = ocitest_images["big64"]
+    blob = _layer(image)
+    daemon = _node(daemon_factory, store)
+    hop.throttle = 16 * MiB  # about 4 s: long enough to look at the bucket meanwhile
+    parts = urllib.parse.urlsplit(daemon.url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
+    conn.request("GET", urllib.parse.urlsplit(_url(daemon, image, blob)).path)
+    response = conn.getresponse()
+    assert response.status == 200
+    hasher = hashlib.sha256(response.read(MiB))
+    wait_for(lambda: hop.bytes_sent_for(blob.digest) >= 24 * MiB, timeout=30, what="half the body upstream")
+    # Parts are going up while the client reads, but nothing is an object yet.
+    assert store.uploads() == [store.key(blob)]
+    assert store.objects() == []
+    while chunk := response.read(MiB):
+        hasher.update(chunk)
+    conn.close()
+    assert "sha256:" + hasher.hexdigest() == blob.digest
+    wait_for(lambda: store.objects() == [store.key(blob)], timeout=30, what="the object completed")
+    assert store.uploads() == []
+    assert store.sha256(store.key(blob)) == blob.digest
+    assert _upstream_gets(hop, blob) == 1
+
+
+def test_a_body_cut_mid_stream_leaves_no_object_and_no_upload(
+        daemon_factory: Callable[..., Daemon], store: Store, ocitest_images: dict[str, Image], hop: Hop) -> None:
+    image = ocitest_images["big64"]
+    blob = _layer(image)
+    metrics_port = free_port()
+    daemon = _node(daemon_factory, store, metrics_port=metrics_port)
+    hop.fail_mid_stream(after_bytes=20 * MiB, path_contains=blob.digest, times=1)
+    parts = urllib.parse.urlsplit(daemon.url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
+    conn.request("GET", urllib.parse.urlsplit(_url(daemon, image, blob)).path)
+    response = conn.getresponse()
+    received = 0
+    with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+        while chunk := response.read(MiB):
+            received += len(chunk)
+    conn.close()
+    assert received < blob.size
+    wait_for(lambda: store.uploads() == [], timeout=30, what="the upload aborted")
+    assert store.objects() == []
+    # The next pull fetches it again, and this time it is stored.
+    status, _, body = http_request(_url(daemon, image, blob), timeout=60)
+    assert status == 200 and hashlib.sha256(body).hexdigest() == blob.hex
+    wait_for(lambda: store.objects() == [store.key(blob)], timeout=30, what="the object completed")
+    def metrics() -> str:
+        return http_request(f"http://127.0.0.1:{metrics_port}/metrics")[2].decode()
+
+    wait_for(lambda: 'ocicache_s3_uploads_total{outcome="completed"} 1.0' in metrics(), timeout=10,
+             what="the completed upload counted")
+    text = metrics()
+    assert 'ocicache_s3_uploads_total{outcome="aborted"} 1.0' in text
+    uploaded = [float(line.split()[-1]) for line in text.splitlines()
+                if line.startswith('ocicache_s3_bytes_total{direction="uploaded"}')]
+    # The whole blob, plus the parts of the failed attempt (whole 5 MiB parts of its 20 MiB).
+    assert uploaded and blob.size <= uploaded[0] <= blob.size + 20 * MiB
+
+
+def test_a_second_node_serves_the_bucket_without_the_upstream(
+        daemon_factory: Callable[..., Daemon], store: Store, radosgw: Radosgw,
+        ocitest_images: dict[str, Image], hop: Hop) -> None:
+    image = ocitest_images["big64"]
+    blob = _layer(image)
+    first = _node(daemon_factory, store)
+    status, _, body = http_request(_url(first, image, blob), timeout=60)
+    assert status == 200 and hashlib.sha256(body).hexdigest() == blob.hex
+    wait_for(lambda: store.objects() == [store.key(blob)], timeout=30, what="the object completed")
+    first.stop()
+    gets = _upstream_gets(hop, blob)
+
+    second = _node(daemon_factory, store)  # an empty cache directory of its own
+    status, headers, body = http_request(_url(second, image, blob), timeout=60)
+    assert status == 200 and headers["content-length"] == str(blob.size)
+    assert hashlib.sha256(body).hexdigest() == blob.hex
+    status, headers, body = http_request(_url(second, image, blob), headers={"Range": "bytes=40000000-40000999"})
+    assert status == 206
+    assert headers["content-range"] == f"bytes 40000000-40000999/{blob.size}"
+    assert body == blob.read_range(40000000, 40001000)
+    # The range was passed through: S3 was asked from the client's offset
+    # (radosgw logs a request once it is done: the stopped body, soon).
+    def ranged() -> list[str]:
+        return [line for line in radosgw.access_log()
+                if f'"GET /{store.bucket}/{store.key(blob)} HTTP/1.1" 206' in line and "bytes=40000000-" in line]
+
+    wait_for(lambda: len(ranged()) == 1, timeout=20, what="radosgw's log of the ranged GET")
+    status, headers, body = http_request(_url(second, image, blob), headers={"Range": "bytes=-100"})
+    assert status == 206 and body == blob.read_range(blob.size - 100, blob.size)
+    status, headers, _ = http_request(_url(second, image, blob), method="HEAD")
+    assert status == 200 and headers["content-length"] == str(blob.size)
+    assert _upstream_gets(hop, blob) == gets, hop.summary()
+
+
+def _local_file(daemon: Daemon, blob: Blob) -> str:
+    return os.path.join(daemon.cache_dir, "blobs", "sha256", blob.hex[:2], blob.hex)
+
+
+def test_the_local_tier_is_filled_from_the_bucket(
+        daemon_factory: Callable[..., Daemon], store: Store, ocitest_images: dict[str, Image], hop: Hop) -> None:
+    image = ocitest_images["oci"]
+    blob = _layer(image)
+    without = _node(daemon_factory, store)
+    assert http_request(_url(without, image, blob))[0] == 200
+    wait_for(lambda: store.objects() == [store.key(blob)], timeout=30, what="the object completed")
+    # local_max_size unset: no local tier, nothing kept beside the bucket.
+    assert not os.path.exists(_local_file(without, blob))
+    with_tier = _node(daemon_factory, store, local_max_size="100MiB")
+    status, _, body = http_request(_url(with_tier, image, blob))
+    assert status == 200 and body == blob.data
+    wait_for(lambda: os.path.exists(_local_file(with_tier, blob)), timeout=10, what="the local copy")
+    with open(_local_file(with_tier, blob), "rb") as f:
+        assert f.read() == blob.data
+    assert _upstream_gets(hop, blob) == 1
+
+
+def test_an_object_that_does_not_match_its_digest_is_cut_and_deleted(
+        daemon_factory: Callable[..., Daemon], store: Store, ocitest_images: dict[str, Image], hop: Hop) -> None:
+    image = ocitest_images["oci"]
+    blob = _layer(image)
+    # Corrupt at rest: the right length, other bytes.
+    store.client.put_object(Bucket=store.bucket, Key=store.key(blob), Body=bytes(blob.size))
+    daemon = _node(daemon_factory, store)
+    parts = urllib.parse.urlsplit(_url(daemon, image, blob))
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
+    conn.request("GET", parts.path)
+    response = conn.getresponse()
+    assert response.status == 200
+    with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+        response.read()
+    conn.close()
+    assert _upstream_gets(hop, blob) == 0
+    wait_for(lambda: store.objects() == [], timeout=10, what="the corrupt object deleted")
+    status, _, body = http_request(_url(daemon, image, blob))
+    assert status == 200 and body == blob.data
+    wait_for(lambda: store.objects() == [store.key(blob)], timeout=30, what="the object stored again")
+    assert store.sha256(store.key(blob)) == blob.digest
+
+
+def test_redirect_sends_clients_to_a_presigned_url(
+        daemon_factory: Callable[..., Daemon], store: Store, ocitest_images: dict[str, Image], hop: Hop) -> None:
+    image = ocitest_images["oci"]
+    blob = _layer(image)
+    daemon = _node(daemon_factory, store, redirect=True)
+    # Not in the bucket yet: served here, and stored.
+    status, _, body = http_request(_url(daemon, image, blob))
+    assert status == 200 and body == blob.data
+    wait_for(lambda: store.objects() == [store.key(blob)], timeout=30, what="the object completed")
+    status, headers, body = http_request(_url(daemon, image, blob))
+    assert status == 307 and body == b""
+    location = headers["location"]
+    assert location.startswith(store.client.meta.endpoint_url) and "X-Amz-Signature=" in location
+    with urllib.request.urlopen(location, timeout=10) as answer:
+        assert answer.read() == blob.data
+    assert _upstream_gets(hop, blob) == 1
+
+
+def test_the_janitor_aborts_abandoned_uploads(
+        daemon_factory: Callable[..., Daemon], store: Store) -> None:
+    # What a node killed mid-download leaves: an upload with a part, never completed.
+    key = "oci/blobs/sha256/" + hashlib.sha256(b"never completed").hexdigest()
+    upload = store.client.create_multipart_upload(Bucket=store.bucket, Key=key)["UploadId"]
+    store.client.upload_part(Bucket=store.bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"x" * (5 * MiB))
+    outside = store.client.create_multipart_upload(Bucket=store.bucket, Key="elsewhere/not-ours")["UploadId"]
+    assert store.uploads() == [key]
+    _node(daemon_factory, store, cache={"janitor_interval": "1s"}, abandon_uploads_after="1s")
+    wait_for(lambda: store.uploads() == [], timeout=30, what="the abandoned upload aborted")
+    # Only under the prefix: another user of the bucket is left alone.
+    others = store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])
+    assert [item["UploadId"] for item in others] == [outside]
+
+
+def test_a_node_killed_mid_download_leaves_an_upload_the_janitor_aborts(
+        daemon_factory: Callable[..., Daemon], store: Store, ocitest_images: dict[str, Image], hop: Hop) -> None:
+    image = ocitest_images["big64"]
+    blob = _layer(image)
+    filler = _node(daemon_factory, store)
+    hop.throttle = 16 * MiB
+    parts = urllib.parse.urlsplit(filler.url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
+    conn.request("GET", urllib.parse.urlsplit(_url(filler, image, blob)).path)
+    assert conn.getresponse().status == 200
+    wait_for(lambda: hop.bytes_sent_for(blob.digest) >= 12 * MiB, timeout=30, what="parts on their way")
+    assert filler.proc is not None
+    filler.proc.kill()
+    filler.proc.wait(timeout=10)
+    filler.stop()  # reaped: a death this test caused
+    conn.close()
+    hop.throttle = None
+    assert store.uploads() == [store.key(blob)] and store.objects() == []
+    other = _node(daemon_factory, store, cache={"janitor_interval": "1s"}, abandon_uploads_after="2s")
+    wait_for(lambda: store.uploads() == [], timeout=30, what="the dead node's upload aborted")
+    assert store.objects() == []
+    # Clients retrying get the right bytes, and this time it is stored.
+    status, _, body = http_request(_url(other, image, blob), timeout=60)
+    assert status == 200 and hashlib.sha256(body).hexdigest() == blob.hex
+    wait_for(lambda: store.objects() == [store.key(blob)], timeout=30, what="the object completed")
+
+
+def test_eviction_and_expiry_delete_objects(
+        daemon_factory: Callable[..., Daemon], store: Store, ocitest_images: dict[str, Image], hop: Hop) -> None:
+    oci, big1 = ocitest_images["oci"], ocitest_images["big1"]
+    first, second = _layer(oci), _layer(big1)
+    daemon = _node(daemon_factory, store, cache={"max_size": "1200KiB"})
+    assert http_request(_url(daemon, oci, first))[0] == 200
+    wait_for(lambda: store.objects() == [store.key(first)], timeout=30, what="the first object")
+    # The second does not fit beside the first in max_size: the first goes.
+    assert http_request(_url(daemon, big1, second))[0] == 200
+    wait_for(lambda: store.objects() == [store.key(second)], timeout=30, what="the first object evicted")
+    daemon.stop()
+
+    expiring = _node(daemon_factory, store, cache={"janitor_interval": "1s", "blob_ttl": "2s"})
+    wait_for(lambda: store.objects() == [], timeout=30, what="the unread object expired")
+    assert expiring.running
+
+
+def test_with_radosgw_stopped_pulls_pass_through_and_readyz_says_why(
+        daemon_factory: Callable[..., Daemon], store: Store, radosgw: Radosgw,
+        ocitest_images: dict[str, Image], hop: Hop) -> None:
+    image = ocitest_images["oci"]
+    stored, other = _layer(image), image.layers[0]
+    metrics_port = free_port()
+    daemon = _node(daemon_factory, store, metrics_port=metrics_port)
+    ready = f"http://127.0.0.1:{metrics_port}/readyz"
+    assert http_request(_url(daemon, image, stored))[0] == 200
+    wait_for(lambda: store.objects() == [store.key(stored)], timeout=30, what="the object completed")
+    assert http_request(ready)[0] == 200
+    radosgw.stop_gateway()
+    try:
+        # In the bucket's index, but the bucket is gone: the upstream serves it.
+        status, _, body = http_request(_url(daemon, image, stored))
+        assert status == 200 and body == stored.data
+        status, _, body = http_request(_url(daemon, image, other))
+        assert status == 200 and body == other.data
+        status, _, said = http_request(ready)
+        assert status == 503 and b"S3 store" in said and store.bucket.encode() in said
+        assert _upstream_gets(hop, stored) == 2
+    finally:
+        radosgw.start_gateway()
+    wait_for(lambda: http_request(_url(daemon, image, other))[0] == 200 and http_request(ready)[0] == 200,
+             timeout=30, interval=1.0, what="ready again once radosgw is back")
+    log = daemon.log_text()
+    assert "Traceback" not in log
+    assert log.count("is unavailable") == 1
