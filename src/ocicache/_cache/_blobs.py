@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.iweb import IResponse
 
 from .._spec._reference import Digest
 from .._storage._capacity import Capacity
@@ -40,7 +42,7 @@ from ._singleflight import SingleFlight
 from ._slots import DEFAULT_DOWNLOADS, DEFAULT_QUEUE, Priority, Slot, Slots
 from ._source import Source, StoredFile
 
-__all__ = ["BlobLookup", "BlobService"]
+__all__ = ["BlobLookup", "BlobService", "FleetClaim", "FleetStep"]
 
 log = Logger()
 
@@ -60,6 +62,41 @@ class BlobLookup:
     result: CacheResult
 
 
+class FleetClaim(Protocol):
+    """
+    What the fleet step decided for one miss: where its body comes from.
+    """
+
+    @property
+    def peer(self) -> IResponse | None:
+        """Another node's 200 response with the body, or C{None}: fetch it upstream."""
+
+    def done(self, committed: bool) -> None:
+        """This node's download of the digest settled (and was committed, or not)."""
+
+
+class FleetStep(Protocol):
+    """
+    The fleet's step in the lookup chain (L{ocicache._fleet}): before a
+    node fetches a digest upstream, it asks whether another node already
+    does.
+    """
+
+    async def claim(self, digest: Digest) -> FleetClaim: ...
+
+
+class _Alone:
+    """A single node: every miss is fetched upstream."""
+
+    peer = None
+
+    def done(self, committed: bool) -> None:
+        pass
+
+    async def claim(self, digest: Digest) -> FleetClaim:
+        return self
+
+
 class BlobService:
     """
     Finds or fetches blobs, and keeps the map of downloads in flight.
@@ -76,6 +113,7 @@ class BlobService:
         keep_fraction: float = KEEP_FRACTION,
         health: DiskHealth | None = None,
         on_corrupt: Callable[[Digest], None] = lambda digest: None,
+        fleet: FleetStep | None = None,
     ) -> None:
         """
         @param slots: the bound on concurrent upstream fetches, shared with
@@ -95,6 +133,7 @@ class BlobService:
         self._on_upstream_bytes = on_upstream_bytes
         self._health = health if health is not None else DiskHealth()
         self._on_corrupt = on_corrupt
+        self._fleet: FleetStep = fleet if fleet is not None else _Alone()
         self._starting: SingleFlight[Digest, Download | PassThrough] = SingleFlight()
         self.inflight: dict[Digest, Download] = {}
         self._reserved: dict[Digest, int] = {}
@@ -181,12 +220,32 @@ class BlobService:
         return started
 
     async def _fetch(self, upstream: Upstream, repo: str, digest: Digest) -> Download | PassThrough:
-        response = await upstream.blob("GET", repo, str(digest))
+        # The fleet step: when another node is filling this digest, its
+        # body comes from that node (and is verified here again), not from
+        # the upstream.  The repository still has to show it holds it.
+        claim = await self._fleet.claim(digest)
+        try:
+            if claim.peer is not None:
+                try:
+                    await self._authorize(upstream, repo, digest)
+                except BaseException:
+                    await upstream.discard(claim.peer)
+                    raise
+            started = await self._fill(upstream, repo, digest, claim.peer)
+        except BaseException:
+            claim.done(False)
+            raise
+        started.settled.addBoth(_tell_fleet, claim, started)
+        return started
+
+    async def _fill(self, upstream: Upstream, repo: str, digest: Digest,
+                    peer: IResponse | None) -> Download | PassThrough:
+        response = peer if peer is not None else await upstream.blob("GET", repo, str(digest))
         if response.code != 200:
             await upstream.discard(response)
             raise answer_error(response, self._unknown(upstream, repo, digest))
         size = response.length if isinstance(response.length, int) else None
-        count = lambda n: self._on_upstream_bytes(upstream.name, n)  # noqa: E731
+        count = (lambda n: None) if peer is not None else lambda n: self._on_upstream_bytes(upstream.name, n)
         try:
             download = Download(
                 self._disk, digest, size, before_commit=self._before_commit, on_disk_error=self._health.failed,
@@ -272,6 +331,11 @@ class _BodyWriter(BodyReceiver):
 
     def failed(self, reason: Failure) -> None:
         self._download.fail(reason)
+
+
+def _tell_fleet(result: object, claim: FleetClaim, started: Download | PassThrough) -> object:
+    claim.done(isinstance(started, Download) and started.committed)
+    return result
 
 
 def _release(result: object, slot: Slot) -> object:

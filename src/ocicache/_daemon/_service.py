@@ -40,6 +40,10 @@ from .._cache._blobs import BlobService
 from .._cache._incoming import DownloadError
 from .._cache._manifests import ManifestService
 from .._cache._slots import Slots
+from .._fleet._fleet import Fleet
+from .._fleet._internal import InternalResource
+from .._fleet._peer import PeerClient
+from .._fleet._redis import Redis
 from .._ops._config import Config
 from .._ops._metrics import ManifestTally, Metrics
 from .._storage._capacity import Capacity
@@ -96,6 +100,7 @@ class OcicacheService(MultiService):
         slots = Slots(config.cache.max_downloads, config.cache.download_queue,
                       lambda name: per_upstream.get(name, 1))
         access = RepoAccess(self.metadata, reactor, health=health)
+        self.fleet = self._join_fleet(config)
         self.disk = disk = Disk(reactor, self.store, self.metadata, self.disk_pool)
         self.capacity = Capacity(disk, config.cache.max_size, config.cache.min_free, self._evicted)
         self.blobs = BlobService(
@@ -104,6 +109,7 @@ class OcicacheService(MultiService):
             slots=slots, health=health, abandon_after=config.cache.abandon_after,
             keep_fraction=config.cache.abandon_below,
             on_corrupt=lambda digest: self.metrics.corrupt_blobs.labels("read").inc(),
+            fleet=self.fleet,
         )
         self.scrubber = Scrubber(
             disk, self.capacity, config.cache.scrub_rate, on_scrubbed=self.metrics.scrubbed_bytes.inc,
@@ -131,6 +137,11 @@ class OcicacheService(MultiService):
             self._listen(description, self.site) for description in config.server.listen
         ]
         self.metrics.inflight_downloads.set_function(lambda: len(self.blobs.inflight))
+        if config.fleet is not None and self.fleet is not None:
+            internal = QuietSite(InternalResource(self.blobs, self.store, config.fleet.secret, reactor,
+                                                  self.fleet.filling))
+            internal.displayTracebacks = False
+            self._listen(config.fleet.internal_listen, internal)
         if config.metrics.listen is not None:
             operator = OperatorResource(
                 self.metrics, self.store.root, lambda: self.metadata.is_open,
@@ -139,6 +150,18 @@ class OcicacheService(MultiService):
             operator_site = QuietSite(operator)
             operator_site.displayTracebacks = False
             self._listen(config.metrics.listen, operator_site)
+
+    def _join_fleet(self, config: Config) -> Fleet | None:
+        """With C{[fleet]}: this node's part in the fleet (L{ocicache._fleet})."""
+        fleet = config.fleet
+        if fleet is None:
+            return None
+        redis = Redis(self._reactor, fleet.redis_host, fleet.redis_port, fleet.redis_db, fleet.redis_password)
+        return Fleet(
+            self._reactor, fleet, redis, PeerClient(self._reactor, self.http_pool, fleet.secret),
+            on_claim=lambda outcome: self.metrics.fleet_claims.labels(outcome).inc(),
+            on_redis=lambda up: self.metrics.fleet_redis_up.set(1 if up else 0),
+        )
 
     def _listen(self, description: str, site: Site) -> StreamServerEndpointService:
         try:
@@ -267,6 +290,8 @@ class OcicacheService(MultiService):
         # The TimerService's first pass runs now and does the recovery.
         MultiService.startService(self)
         self.scrubber.start()
+        if self.fleet is not None:
+            self.fleet.start()
         log.info("ocicache caching in {dir}; upstreams: {upstreams}",
                  dir=self.store.root, upstreams=", ".join(self.upstreams))
         for upstream in self.config.upstreams:
@@ -331,6 +356,8 @@ class OcicacheService(MultiService):
         await DeferredList([maybeDeferred(child.stopService) for child in reversed(children) if child.running])
         # 5. The disk thread (joined: commits in progress complete), the
         #    database, idle upstream connections; then no temp file stays.
+        if self.fleet is not None:
+            await self.fleet.stop()
         scrubbing = self.scrubber.stop()
         if scrubbing is not None:
             await scrubbing

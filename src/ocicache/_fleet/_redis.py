@@ -1,0 +1,75 @@
+"""
+The one place that speaks to Redis: a typed wrapper around txredisapi
+(which has no annotations), with every command bounded in time.
+
+txredisapi queues a command until its connection is back, however long
+Redis is gone; here a command that takes longer than L{COMMAND_TIMEOUT}
+fails with L{RedisUnavailable}, so that a node never waits on Redis to
+serve a client: it falls back to local singleflight instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import txredisapi  # type: ignore[import-untyped]
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.interfaces import IReactorTime
+
+__all__ = ["COMMAND_TIMEOUT", "Redis", "RedisUnavailable", "text"]
+
+COMMAND_TIMEOUT = 2.0
+"""Seconds a command may take, queued or on the wire, before Redis counts as gone."""
+
+Reply = bytes | str | int | list[Any] | None
+"""What a command answers (RESP2: bulk string, integer, array, nil)."""
+
+
+def text(reply: Reply) -> str | None:
+    """A bulk-string reply as text (txredisapi decodes UTF-8 already), or C{None} for nil."""
+    if isinstance(reply, bytes):
+        return reply.decode("utf-8", "replace")
+    if isinstance(reply, (str, int)):
+        return str(reply)
+    return None
+
+
+class RedisUnavailable(Exception):
+    """Redis did not answer: down, unreachable, or too slow.  The message is safe to log."""
+
+
+class Redis:
+    """
+    One lazy, reconnecting connection to a Redis server.
+    """
+
+    def __init__(self, reactor: IReactorTime, host: str, port: int, db: int, password: str | None,
+                 timeout: float = COMMAND_TIMEOUT) -> None:
+        self._reactor = reactor
+        self._timeout = timeout
+        self.where = f"{host}:{port}/{db}"
+        """Where Redis is, for log lines (never the password)."""
+        self._handler = txredisapi.lazyConnection(
+            host=host, port=port, dbid=db, password=password, reconnect=True,
+            connectTimeout=timeout, replyTimeout=timeout, convertNumbers=False,
+        )
+
+    async def command(self, *args: str | int) -> Reply:
+        """
+        Run one command; raise L{RedisUnavailable} if Redis does not answer
+        within the timeout, and txredisapi's C{ResponseError} if it refuses.
+        """
+        sent: Deferred[Reply] = self._handler.execute_command(*args)
+        sent.addTimeout(self._timeout, self._reactor)
+        try:
+            return await sent
+        except (TimeoutError, txredisapi.ConnectionError) as e:
+            raise RedisUnavailable(f"Redis at {self.where} did not answer ({type(e).__name__})") from None
+
+    async def script(self, source: str, keys: list[str], args: list[str | int]) -> Reply:
+        """C{EVAL} a Lua script (run atomically by Redis)."""
+        return await self.command("EVAL", source, len(keys), *keys, *args)
+
+    def close(self) -> Deferred[None]:
+        closed: Deferred[None] = self._handler.disconnect()
+        return closed

@@ -1,0 +1,244 @@
+"""
+A fleet of real daemons (twistd) sharing one real Redis (redis-server),
+each with its own cache directory, in front of the real distribution
+behind the counting hop: one upstream GET per digest across the nodes,
+the right bytes to every client, a filler killed with SIGKILL taken over,
+and Redis stopped and started again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ocitest import free_port, wait_for
+from ocitest.daemon import Daemon
+from ocitest.hop import Hop
+from ocitest.images import Blob, Image
+from ocitest.redis import RedisServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.fleet]
+
+CLIENTS_PER_NODE = 16
+LOCK_TTL = "3s"
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(str(tmp_path / "redis")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class Pull:
+    node: int
+    status: int
+    sha256: str
+    length: int
+    first_byte_at: float | None
+    ended_at: float
+
+
+def _pull(daemon: Daemon, node: int, repo: str, blob: Blob, timeout: float = 60.0) -> Pull:
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=timeout)
+    hasher = hashlib.sha256()
+    length = 0
+    first: float | None = None
+    try:
+        conn.request("GET", f"/v2/{repo}/blobs/{blob.digest}")
+        response = conn.getresponse()
+        try:
+            while chunk := response.read1(1 << 20):
+                if first is None:
+                    first = time.monotonic()
+                hasher.update(chunk)
+                length += len(chunk)
+        except (OSError, http.client.HTTPException):
+            pass  # cut short: the digest below says so
+        return Pull(node, response.status, hasher.hexdigest(), length, first, time.monotonic())
+    except (OSError, http.client.HTTPException):
+        return Pull(node, 0, hasher.hexdigest(), length, first, time.monotonic())
+    finally:
+        conn.close()
+
+
+def _pull_until_right(daemons: list[Daemon], node: int, repo: str, blob: Blob, attempts: int = 20) -> Pull:
+    """A client that retries (on the next node, as behind a load balancer) until its bytes are right."""
+    pull = _pull(daemons[node], node, repo, blob)
+    for attempt in range(attempts):
+        if pull.sha256 == blob.hex:
+            return pull
+        time.sleep(0.5)
+        target = (node + 1 + attempt) % len(daemons) if not daemons[node].running else node
+        pull = _pull(daemons[target], target, repo, blob)
+    return pull
+
+
+def _logged(daemon: Daemon, text: str) -> Callable[[], bool]:
+    return lambda: text in daemon.log_text()
+
+
+def _committed(daemon: Daemon, blob: Blob) -> Callable[[], bool]:
+    return lambda: len(_blob_files(daemon, blob)) == 1
+
+
+def _blob_files(daemon: Daemon, blob: Blob) -> list[str]:
+    root = Path(daemon.cache_dir)
+    return [str(p) for p in (root / "blobs").rglob(blob.hex)]
+
+
+def _sha256_of(path: str) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def _fleet(daemon_factory: Callable[..., Daemon], redis: RedisServer, tmp_path: Path, count: int) -> list[Daemon]:
+    secret = tmp_path / "fleet.secret"
+    secret.write_text("a-fleet-secret-of-some-length\n")
+    nodes = []
+    for index in range(count):
+        port = free_port()
+        nodes.append(daemon_factory(extra_tables={"fleet": {
+            "redis": redis.url, "node": f"node{index}", "internal_listen": f"tcp:{port}:interface=127.0.0.1",
+            "peer_url": f"http://127.0.0.1:{port}", "secret_file": str(secret), "lock_ttl": LOCK_TTL,
+        }}))
+    for node in nodes:
+        wait_for(_logged(node, "is in the fleet"), 15, what="the node to join the fleet")
+    return nodes
+
+
+def _blob_get(hop: Hop, blob: Blob) -> list[float]:
+    return [r.finished or 0.0 for r in hop.matching("GET", blob.digest)]
+
+
+def test_three_nodes_one_upstream_get(
+    daemon_factory: Callable[..., Daemon], redis: RedisServer, hop: Hop, tmp_path: Path,
+    ocitest_images: dict[str, Image],
+) -> None:
+    image = ocitest_images["big256"]
+    blob = image.layers[0]
+    daemons = _fleet(daemon_factory, redis, tmp_path, 3)
+    hop.throttle = 64 << 20  # 4 s for the blob: every node's clients arrive while it is downloading
+    start = threading.Barrier(3 * CLIENTS_PER_NODE)
+
+    def client(node: int) -> Pull:
+        start.wait()
+        return _pull(daemons[node], node, image.repo, blob)
+
+    with ThreadPoolExecutor(3 * CLIENTS_PER_NODE) as pool:
+        pulls = list(pool.map(client, [n for n in range(3) for _ in range(CLIENTS_PER_NODE)]))
+    hop.wait_idle()
+
+    assert hop.count("GET", blob.digest) == 1, hop.summary()
+    assert [(p.status, p.length, p.sha256) for p in pulls] == [(200, blob.size, blob.hex)] * len(pulls)
+    (upstream_ended,) = _blob_get(hop, blob)
+    for node in range(3):
+        firsts = [p.first_byte_at for p in pulls if p.node == node and p.first_byte_at is not None]
+        assert min(firsts) < upstream_ended, f"node{node} sent nothing before the upstream body ended"
+    # Every node verified and committed its own copy.
+    for daemon in daemons:
+        wait_for(_committed(daemon, blob), 20, what="the commit")
+        assert [_sha256_of(path) for path in _blob_files(daemon, blob)] == [blob.hex]
+
+
+def test_a_blob_stored_on_one_node_comes_from_there(
+    daemon_factory: Callable[..., Daemon], redis: RedisServer, hop: Hop, tmp_path: Path,
+    ocitest_images: dict[str, Image],
+) -> None:
+    image = ocitest_images["big1"]
+    blob = image.layers[0]
+    daemons = _fleet(daemon_factory, redis, tmp_path, 2)
+    first = _pull(daemons[0], 0, image.repo, blob)
+    wait_for(_committed(daemons[0], blob), 20, what="the commit")
+    # The lock released, and node0 recorded as holding the blob.
+    wait_for(lambda: redis.command("EXISTS", f"fleet:lock:{blob.digest}") == b":0\r\n"
+             and redis.command("SISMEMBER", f"fleet:have:{blob.digest}", "node0") == b":1\r\n",
+             10, what="node0's holding in Redis")
+    second = _pull(daemons[1], 1, image.repo, blob)
+    assert (first.sha256, second.sha256) == (blob.hex, blob.hex)
+    # One GET (node0's); node1 streamed node0's stored copy, after one
+    # HEAD proving its repository holds the blob.
+    assert hop.count("GET", blob.digest) == 1, hop.summary()
+    assert hop.count("HEAD", blob.digest) == 1, hop.summary()
+
+
+def test_filler_killed_mid_download(
+    daemon_factory: Callable[..., Daemon], redis: RedisServer, hop: Hop, tmp_path: Path,
+    ocitest_images: dict[str, Image],
+) -> None:
+    image = ocitest_images["big64"]
+    blob = image.layers[0]
+    daemons = _fleet(daemon_factory, redis, tmp_path, 3)
+    hop.throttle = 8 << 20  # 8 s for the blob
+    with ThreadPoolExecutor(12) as pool:
+        first = [pool.submit(_pull_until_right, daemons, 0, image.repo, blob) for _ in range(4)]
+        wait_for(lambda: hop.bytes_sent_for(blob.digest) > 4 << 20, 30, what="node0 to be filling")
+        others = [pool.submit(_pull_until_right, daemons, node, image.repo, blob)
+                  for node in (1, 2) for _ in range(4)]
+        wait_for(lambda: hop.bytes_sent_for(blob.digest) > 12 << 20, 30, what="the download to go on")
+        filler = daemons[0].proc
+        assert filler is not None
+        filler.kill()  # SIGKILL: no cleanup, its lock is left to expire
+        daemons[0].stop()  # reaps it: it died on purpose
+        hop.throttle = None
+        pulls = [future.result() for future in [*first, *others]]
+    hop.wait_idle()
+
+    assert [(p.status, p.length, p.sha256) for p in pulls] == [(200, blob.size, blob.hex)] * len(pulls)
+    # The killed node's GET, then exactly one node took over.
+    assert hop.count("GET", blob.digest) == 2, hop.summary()
+    # Nothing partial anywhere: the killed node committed nothing, the others the verified blob.
+    assert _blob_files(daemons[0], blob) == []
+    for daemon in daemons[1:]:
+        wait_for(_committed(daemon, blob), 20, what="the commit")
+        assert [_sha256_of(path) for path in _blob_files(daemon, blob)] == [blob.hex]
+
+
+def test_redis_stopped_falls_back_to_local_singleflight(
+    daemon_factory: Callable[..., Daemon], redis: RedisServer, hop: Hop, tmp_path: Path,
+    ocitest_images: dict[str, Image],
+) -> None:
+    image = ocitest_images["oci"]
+    alone, back = image.layers[0], image.layers[1]
+    daemons = _fleet(daemon_factory, redis, tmp_path, 2)
+    redis.stop()
+    for daemon in daemons:
+        wait_for(_logged(daemon, "falling back to local singleflight"), 20,
+                 what="the fallback to be logged")
+    hop.throttle = 1 << 20
+
+    def pull_everywhere(blob: Blob) -> list[Pull]:
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(lambda node: _pull(daemons[node], node, image.repo, blob), [0, 1] * 4))
+
+    pulls = pull_everywhere(alone)
+    hop.wait_idle()
+    assert [(p.status, p.sha256) for p in pulls] == [(200, alone.hex)] * len(pulls)
+    assert hop.count("GET", alone.digest) == 2  # one per node: each node's own singleflight
+
+    redis.start()
+    for daemon in daemons:
+        wait_for(_logged(daemon, "resumes fleet mode"), 40, what="fleet mode again")
+    pulls = pull_everywhere(back)
+    hop.wait_idle()
+    assert [(p.status, p.sha256) for p in pulls] == [(200, back.hex)] * len(pulls)
+    assert hop.count("GET", back.digest) == 1
+    for daemon in daemons:
+        text = daemon.log_text()
+        assert text.count("falling back to local singleflight") == 1
+        assert text.count("resumes fleet mode") == 1
+
