@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from ocitest import free_port, wait_for
+from ocitest import free_port, http_request, wait_for
 from ocitest.daemon import Daemon
 from ocitest.hop import Hop
 from ocitest.images import Blob, Image
@@ -106,12 +107,17 @@ def _sha256_of(path: str) -> str:
     return hasher.hexdigest()
 
 
-def _fleet(daemon_factory: Callable[..., Daemon], redis: RedisServer, tmp_path: Path, count: int) -> list[Daemon]:
+SECRET = "a-fleet-secret-of-some-length"
+
+
+def _fleet(daemon_factory: Callable[..., Daemon], redis: RedisServer, tmp_path: Path, count: int,
+           ports: list[int] | None = None) -> list[Daemon]:
+    """C{count} nodes; C{ports} are their internal endpoints' (default: free ones)."""
     secret = tmp_path / "fleet.secret"
-    secret.write_text("a-fleet-secret-of-some-length\n")
+    secret.write_text(SECRET + "\n")
     nodes = []
     for index in range(count):
-        port = free_port()
+        port = ports[index] if ports else free_port()
         nodes.append(daemon_factory(extra_tables={"fleet": {
             "redis": redis.url, "node": f"node{index}", "internal_listen": f"tcp:{port}:interface=127.0.0.1",
             "peer_url": f"http://127.0.0.1:{port}", "secret_file": str(secret), "lock_ttl": LOCK_TTL,
@@ -170,10 +176,37 @@ def test_a_blob_stored_on_one_node_comes_from_there(
              10, what="node0's holding in Redis")
     second = _pull(daemons[1], 1, image.repo, blob)
     assert (first.sha256, second.sha256) == (blob.hex, blob.hex)
-    # One GET (node0's); node1 streamed node0's stored copy, after one
-    # HEAD proving its repository holds the blob.
+    # One GET (node0's); node1 streamed node0's stored copy, and took
+    # node0's proof that the repository holds the blob: no HEAD.
     assert hop.count("GET", blob.digest) == 1, hop.summary()
+    assert hop.count("HEAD", blob.digest) == 0, hop.summary()
+    # A proof is per repository: another one must show it holds the blob.
+    status, _, body = http_request(f"{daemons[1].url}/v2/library/ocitest-oci/blobs/{blob.digest}")
+    assert (status, json.loads(body)["errors"][0]["code"]) == (404, "BLOB_UNKNOWN")
     assert hop.count("HEAD", blob.digest) == 1, hop.summary()
+
+
+def test_the_internal_endpoint_wants_the_secret_and_serves_ranges(
+    daemon_factory: Callable[..., Daemon], redis: RedisServer, hop: Hop, tmp_path: Path,
+    ocitest_images: dict[str, Image],
+) -> None:
+    image = ocitest_images["big1"]
+    blob = image.layers[0]
+    port = free_port()
+    (daemon,) = _fleet(daemon_factory, redis, tmp_path, 1, ports=[port])
+    assert _pull(daemon, 0, image.repo, blob).sha256 == blob.hex
+    wait_for(_committed(daemon, blob), 20, what="the commit")
+    internal = f"http://127.0.0.1:{port}/blobs/{blob.digest}"
+    for headers in ({}, {"Authorization": "Bearer not-the-secret"}, {"Authorization": SECRET}):
+        status, _, body = http_request(internal, headers=headers)
+        assert (status, json.loads(body)["errors"][0]["code"]) == (401, "UNAUTHORIZED")
+    bearer = {"Authorization": f"Bearer {SECRET}"}
+    status, headers, body = http_request(internal, headers={**bearer, "Range": "bytes=100-199"})
+    assert (status, headers["content-range"], body) == (206, f"bytes 100-199/{blob.size}", blob.read_range(100, 200))
+    status, _, body = http_request(f"http://127.0.0.1:{port}/blobs/sha256:{'0' * 64}", headers=bearer)
+    assert (status, json.loads(body)["errors"][0]["code"]) == (404, "BLOB_UNKNOWN")
+    status, _, body = http_request(f"http://127.0.0.1:{port}/blobs/sha256:..%2f", headers=bearer)
+    assert (status, json.loads(body)["errors"][0]["code"]) == (400, "DIGEST_INVALID")
 
 
 def test_filler_killed_mid_download(

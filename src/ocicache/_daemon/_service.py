@@ -43,6 +43,7 @@ from .._cache._slots import Slots
 from .._fleet._fleet import Fleet
 from .._fleet._internal import InternalResource
 from .._fleet._peer import PeerClient
+from .._fleet._proofs import RedisProofs
 from .._fleet._redis import Redis
 from .._ops._config import Config
 from .._ops._metrics import ManifestTally, Metrics
@@ -99,8 +100,8 @@ class OcicacheService(MultiService):
         per_upstream = {upstream.name: upstream.max_downloads for upstream in config.upstreams}
         slots = Slots(config.cache.max_downloads, config.cache.download_queue,
                       lambda name: per_upstream.get(name, 1))
-        access = RepoAccess(self.metadata, reactor, health=health)
         self.fleet = self._join_fleet(config)
+        access = RepoAccess(self.metadata, reactor, health=health, shared=self._shared_proofs())
         self.disk = disk = Disk(reactor, self.store, self.metadata, self.disk_pool)
         self.capacity = Capacity(disk, config.cache.max_size, config.cache.min_free, self._evicted)
         self.blobs = BlobService(
@@ -162,6 +163,11 @@ class OcicacheService(MultiService):
             on_claim=lambda outcome: self.metrics.fleet_claims.labels(outcome).inc(),
             on_redis=lambda up: self.metrics.fleet_redis_up.set(1 if up else 0),
         )
+
+    def _shared_proofs(self) -> RedisProofs | None:
+        """In a fleet, access proofs are shared through Redis."""
+        fleet = self.fleet
+        return None if fleet is None else RedisProofs(fleet.redis, lambda: fleet.up)
 
     def _listen(self, description: str, site: Site) -> StreamServerEndpointService:
         try:

@@ -78,7 +78,7 @@ class Fleet:
                  on_claim: Callable[[str], None] = lambda outcome: None,
                  on_redis: Callable[[bool], None] = lambda up: None) -> None:
         self._reactor = reactor
-        self._redis = redis
+        self.redis = redis
         self._peers = peers
         self._ttl = config.lock_ttl
         self.node = config.node
@@ -104,7 +104,7 @@ class Fleet:
         for lease in list(self._leases.values()):
             await lease.release()
         self._leases.clear()
-        await self._redis.close()
+        await self.redis.close()
 
     async def _beat(self) -> None:
         try:
@@ -122,12 +122,17 @@ class Fleet:
 
     def _came_up(self) -> None:
         if self._up is not True:
-            log.info("Fleet: Redis at {where} answers: node {node} {what}", where=self._redis.where,
+            log.info("Fleet: Redis at {where} answers: node {node} {what}", where=self.redis.where,
                      node=self.node, what="resumes fleet mode" if self._up is False else "is in the fleet")
             self._up = True
             self._on_redis(True)
 
     # -- the step
+
+    @property
+    def up(self) -> bool:
+        """Whether Redis answers (as the last heartbeat or command found)."""
+        return self._up is True
 
     def filling(self, digest: Digest) -> bool:
         """Whether this node holds C{digest}'s fill lock."""
