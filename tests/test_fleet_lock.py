@@ -97,3 +97,19 @@ async def test_a_stopped_redis_is_unavailable_within_the_timeout(server: RedisSe
     with pytest.raises(RedisUnavailable) as raised:
         await client.command("GET", "x")
     assert str(server.port) in str(raised.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_password_opens_redis_and_a_wrong_one_is_unavailable(tmp_path: Path) -> None:
+    server = RedisServer(str(tmp_path / "redis"), password="right-horse-battery").start()
+    right = Redis(reactor, "127.0.0.1", server.port, 0, "right-horse-battery", timeout=1.0)
+    wrong = Redis(reactor, "127.0.0.1", server.port, 0, "wrong-staple", timeout=1.0)
+    try:
+        assert await right.command("SET", "k", "v") == "OK"
+        with pytest.raises(RedisUnavailable) as raised:
+            await wrong.command("GET", "k")
+        assert "wrong-staple" not in str(raised.value)
+    finally:
+        await right.close()
+        await wrong.close()
+        server.stop()

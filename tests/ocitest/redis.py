@@ -20,8 +20,9 @@ __all__ = ["RedisServer"]
 
 
 class RedisServer:
-    def __init__(self, workdir: str, port: int | None = None) -> None:
+    def __init__(self, workdir: str, port: int | None = None, password: str | None = None) -> None:
         self.workdir = os.path.abspath(workdir)
+        self.password = password
         self.port = port or free_port()
         self.log_path = os.path.join(self.workdir, "redis.log")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -32,10 +33,11 @@ class RedisServer:
 
     def command(self, *args: str) -> bytes:
         """One command in RESP, for the tests' own checks; returns the raw reply."""
-        payload = f"*{len(args)}\r\n".encode() + b"".join(
-            f"${len(arg.encode())}\r\n{arg}\r\n".encode() for arg in args)
         with socket.create_connection(("127.0.0.1", self.port), timeout=2.0) as conn:
-            conn.sendall(payload)
+            if self.password is not None:
+                conn.sendall(_resp("AUTH", self.password))
+                conn.recv(65536)
+            conn.sendall(_resp(*args))
             reply = b""
             while not reply.endswith(b"\r\n"):
                 chunk = conn.recv(65536)
@@ -55,7 +57,7 @@ class RedisServer:
         os.makedirs(self.workdir, exist_ok=True)
         self.proc = spawn(
             [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
-             "--dir", self.workdir],
+             "--dir", self.workdir, *(["--requirepass", self.password] if self.password else [])],
             self.log_path, self.workdir,
         )
         deadline = time.monotonic() + timeout
@@ -75,3 +77,7 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _resp(*args: str) -> bytes:
+    return f"*{len(args)}\r\n".encode() + b"".join(f"${len(arg.encode())}\r\n{arg}\r\n".encode() for arg in args)

@@ -158,11 +158,13 @@ class Fleet:
             if isinstance(taken, Lease):
                 self._leases[digest] = taken
                 # Ours to fill: from a node that holds it whole, if any.
-                for node in await self._nodes.holders(digest):
-                    body = await self._ask(node, digest)
-                    if body is not None:
-                        return _Claim(self, digest, taken, body)
-                return _Claim(self, digest, taken, None)
+                try:
+                    body = await self._from_holders(digest)
+                except RedisUnavailable as e:
+                    # Held, so nobody else fetches it: the upstream it is.
+                    self._went_down(e)
+                    body = None
+                return _Claim(self, digest, taken, body)
             if taken.node != self.node:  # our own is a previous run's: it expires
                 body = await self._ask(taken.node, digest)
                 if body is not None:
@@ -172,6 +174,13 @@ class Fleet:
                          " fetching it upstream", holder=taken.node, digest=str(digest))
                 return _Claim(self, digest, None, None)
             await deferLater(self._reactor, POLL, lambda: None)
+
+    async def _from_holders(self, digest: Digest) -> IResponse | None:
+        for node in await self._nodes.holders(digest):
+            body = await self._ask(node, digest)
+            if body is not None:
+                return body
+        return None
 
     async def _ask(self, node: str, digest: Digest) -> IResponse | None:
         url = await self._nodes.peer_url(node)

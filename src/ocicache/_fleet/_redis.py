@@ -15,8 +15,12 @@ from typing import Any
 import txredisapi  # type: ignore[import-untyped]
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 __all__ = ["COMMAND_TIMEOUT", "Redis", "RedisUnavailable", "text"]
+
+log = Logger()
 
 COMMAND_TIMEOUT = 2.0
 """Seconds a command may take, queued or on the wire, before Redis counts as gone."""
@@ -53,11 +57,20 @@ class Redis:
             host=host, port=port, dbid=db, password=password, reconnect=True,
             connectTimeout=timeout, replyTimeout=timeout, convertNumbers=False,
         )
+        # The lazy handler keeps the Deferred of its first connection, which
+        # a refused AUTH fails and nobody else waits on: say it once here
+        # rather than as an unhandled error.
+        first = getattr(self._handler, "_connected", None)
+        if isinstance(first, Deferred):
+            first.addErrback(self._refused)
+
+    def _refused(self, failure: Failure) -> None:
+        log.warn("Redis at {where} refused this node: {error}", where=self.where, error=failure.getErrorMessage())
 
     async def command(self, *args: str | int) -> Reply:
         """
         Run one command; raise L{RedisUnavailable} if Redis does not answer
-        within the timeout, and txredisapi's C{ResponseError} if it refuses.
+        within the timeout, or refuses it.
         """
         sent: Deferred[Reply] = self._handler.execute_command(*args)
         sent.addTimeout(self._timeout, self._reactor)
@@ -65,6 +78,10 @@ class Redis:
             return await sent
         except (TimeoutError, txredisapi.ConnectionError) as e:
             raise RedisUnavailable(f"Redis at {self.where} did not answer ({type(e).__name__})") from None
+        except txredisapi.RedisError as e:
+            # Refused (NOAUTH, OOM, ...): for a node, as good as gone.  Redis's
+            # error text never holds the password.
+            raise RedisUnavailable(f"Redis at {self.where} refused {args[0]}: {e}") from None
 
     async def script(self, source: str, keys: list[str], args: list[str | int]) -> Reply:
         """C{EVAL} a Lua script (run atomically by Redis)."""
