@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -111,8 +112,11 @@ SECRET = "a-fleet-secret-of-some-length"
 
 
 def _fleet(daemon_factory: Callable[..., Daemon], redis: RedisServer, tmp_path: Path, count: int,
-           ports: list[int] | None = None) -> list[Daemon]:
-    """C{count} nodes; C{ports} are their internal endpoints' (default: free ones)."""
+           ports: list[int] | None = None, peer_urls: dict[int, str] | None = None) -> list[Daemon]:
+    """
+    C{count} nodes; C{ports} are their internal endpoints' (default: free
+    ones); C{peer_urls} overrides where the others are told a node is.
+    """
     secret = tmp_path / "fleet.secret"
     secret.write_text(SECRET + "\n")
     nodes = []
@@ -120,7 +124,8 @@ def _fleet(daemon_factory: Callable[..., Daemon], redis: RedisServer, tmp_path: 
         port = ports[index] if ports else free_port()
         nodes.append(daemon_factory(extra_tables={"fleet": {
             "redis": redis.url, "node": f"node{index}", "internal_listen": f"tcp:{port}:interface=127.0.0.1",
-            "peer_url": f"http://127.0.0.1:{port}", "secret_file": str(secret), "lock_ttl": LOCK_TTL,
+            "peer_url": (peer_urls or {}).get(index, f"http://127.0.0.1:{port}"), "secret_file": str(secret),
+            "lock_ttl": LOCK_TTL,
         }}))
     for node in nodes:
         wait_for(_logged(node, "is in the fleet"), 15, what="the node to join the fleet")
@@ -239,6 +244,28 @@ def test_filler_killed_mid_download(
     for daemon in daemons[1:]:
         wait_for(_committed(daemon, blob), 20, what="the commit")
         assert [_sha256_of(path) for path in _blob_files(daemon, blob)] == [blob.hex]
+        assert os.listdir(os.path.join(daemon.cache_dir, "tmp")) == []
+
+
+def test_an_unreachable_holder_is_given_up_on(
+    daemon_factory: Callable[..., Daemon], redis: RedisServer, hop: Hop, tmp_path: Path,
+    ocitest_images: dict[str, Image],
+) -> None:
+    image = ocitest_images["big64"]
+    blob = image.layers[0]
+    # node0 tells the fleet a wrong address: it fills, renews its lock, and
+    # nobody can reach it (a partition).
+    daemons = _fleet(daemon_factory, redis, tmp_path, 2, peer_urls={0: f"http://127.0.0.1:{free_port()}"})
+    hop.throttle = 4 << 20  # 16 s: node1 gives up on node0 (after twice the lock TTL) long before
+    with ThreadPoolExecutor(2) as pool:
+        filling = pool.submit(_pull, daemons[0], 0, image.repo, blob)
+        wait_for(lambda: hop.bytes_sent_for(blob.digest) > 0, 30, what="node0 to be filling")
+        asking = pool.submit(_pull, daemons[1], 1, image.repo, blob)
+        wait_for(lambda: hop.count("GET", blob.digest) == 2, 30, what="node1 to fetch it itself")
+        hop.throttle = None
+        pulls = [filling.result(), asking.result()]
+    assert [(p.status, p.sha256) for p in pulls] == [(200, blob.hex)] * 2
+    assert "does not serve it; fetching it upstream" in daemons[1].log_text()
 
 
 def test_redis_stopped_falls_back_to_local_singleflight(
