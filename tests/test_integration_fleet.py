@@ -166,13 +166,13 @@ def test_three_nodes_one_upstream_get(
         assert [_sha256_of(path) for path in _blob_files(daemon, blob)] == [blob.hex]
 
 
-def test_a_blob_stored_on_one_node_comes_from_there(
+def test_a_blob_one_node_stored_spares_the_others_the_upstream(
     daemon_factory: Callable[..., Daemon], redis: RedisServer, hop: Hop, tmp_path: Path,
     ocitest_images: dict[str, Image],
 ) -> None:
     image = ocitest_images["big1"]
     blob = image.layers[0]
-    daemons = _fleet(daemon_factory, redis, tmp_path, 2)
+    daemons = _fleet(daemon_factory, redis, tmp_path, 3)
     first = _pull(daemons[0], 0, image.repo, blob)
     wait_for(_committed(daemons[0], blob), 20, what="the commit")
     # The lock released, and node0 recorded as holding the blob.
@@ -184,6 +184,10 @@ def test_a_blob_stored_on_one_node_comes_from_there(
     # One GET (node0's); node1 streamed node0's stored copy, and took
     # node0's proof that the repository holds the blob: no HEAD.
     assert hop.count("GET", blob.digest) == 1, hop.summary()
+    assert hop.count("HEAD", blob.digest) == 0, hop.summary()
+    # A HEAD on a third node: the size node0 verified, node0's proof, no upstream request.
+    status, headers, _ = http_request(f"{daemons[2].url}/v2/{image.repo}/blobs/{blob.digest}", method="HEAD")
+    assert (status, headers["content-length"]) == (200, str(blob.size))
     assert hop.count("HEAD", blob.digest) == 0, hop.summary()
     # A proof is per repository: another one must show it holds the blob.
     status, _, body = http_request(f"{daemons[1].url}/v2/library/ocitest-oci/blobs/{blob.digest}")

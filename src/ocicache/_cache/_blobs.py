@@ -71,18 +71,21 @@ class FleetClaim(Protocol):
     def peer(self) -> IResponse | None:
         """Another node's 200 response with the body, or C{None}: fetch it upstream."""
 
-    def done(self, committed: bool) -> None:
-        """This node's download of the digest settled (and was committed, or not)."""
+    def done(self, committed: int | None) -> None:
+        """This node's download of the digest settled: committed with this size, or not (C{None})."""
 
 
 class FleetStep(Protocol):
     """
     The fleet's step in the lookup chain (L{ocicache._fleet}): before a
     node fetches a digest upstream, it asks whether another node already
-    does.
+    does; before it asks the upstream for a size, whether another node
+    verified it.
     """
 
     async def claim(self, digest: Digest) -> FleetClaim: ...
+
+    async def size(self, digest: Digest) -> int | None: ...
 
 
 class _Alone:
@@ -90,11 +93,14 @@ class _Alone:
 
     peer = None
 
-    def done(self, committed: bool) -> None:
+    def done(self, committed: int | None) -> None:
         pass
 
     async def claim(self, digest: Digest) -> FleetClaim:
         return self
+
+    async def size(self, digest: Digest) -> int | None:
+        return None
 
 
 class BlobService:
@@ -184,6 +190,11 @@ class BlobService:
         if download is not None and download.size is not None:
             await self._authorize(upstream, repo, digest)
             return download.size
+        # The fleet step: a size another node verified.
+        shared = await self._fleet.size(digest)
+        if shared is not None:
+            await self._authorize(upstream, repo, digest)
+            return shared
         return await self._upstream_head(upstream, repo, digest)
 
     async def _authorize(self, upstream: Upstream, repo: str, digest: Digest) -> None:
@@ -233,7 +244,7 @@ class BlobService:
                     raise
             started = await self._fill(upstream, repo, digest, claim.peer)
         except BaseException:
-            claim.done(False)
+            claim.done(None)
             raise
         started.settled.addBoth(_tell_fleet, claim, started)
         return started
@@ -334,7 +345,7 @@ class _BodyWriter(BodyReceiver):
 
 
 def _tell_fleet(result: object, claim: FleetClaim, started: Download | PassThrough) -> object:
-    claim.done(isinstance(started, Download) and started.committed)
+    claim.done(started.size if isinstance(started, Download) and started.committed else None)
     return result
 
 

@@ -53,7 +53,7 @@ class _Claim:
         self._lease = lease
         self.peer = peer
 
-    def done(self, committed: bool) -> None:
+    def done(self, committed: int | None) -> None:
         self._fleet._done(self._digest, self._lease, committed)
 
 
@@ -62,7 +62,7 @@ class _Local:
 
     peer = None
 
-    def done(self, committed: bool) -> None:
+    def done(self, committed: int | None) -> None:
         pass
 
 
@@ -189,15 +189,25 @@ class Fleet:
         answer = await self._peers.blob(url, digest)
         return answer if not isinstance(answer, int) else None
 
-    def _done(self, digest: Digest, lease: Lease | None, committed: bool) -> None:
+    async def size(self, digest: Digest) -> int | None:
+        """The size a node of the fleet verified C{digest} has, if one did."""
+        if not self._up:
+            return None
+        try:
+            return await self._nodes.size(digest)
+        except RedisUnavailable as e:
+            self._went_down(e)
+            return None
+
+    def _done(self, digest: Digest, lease: Lease | None, committed: int | None) -> None:
         if lease is not None and self._leases.get(digest) is lease:
             del self._leases[digest]
         Deferred.fromCoroutine(self._settle(digest, lease, committed)).addErrback(_log_failure)
 
-    async def _settle(self, digest: Digest, lease: Lease | None, committed: bool) -> None:
+    async def _settle(self, digest: Digest, lease: Lease | None, committed: int | None) -> None:
         try:
-            if committed:
-                await self._nodes.holding(digest)
+            if committed is not None:
+                await self._nodes.holding(digest, committed)
         except RedisUnavailable as e:
             self._went_down(e)
         if lease is not None:

@@ -1,6 +1,6 @@
 """
 The fleet's directory in Redis: where each node's internal endpoint is,
-and which nodes hold a digest in their store.
+which nodes hold a digest in their store, and the size they verified.
 
 Each node announces itself (C{fleet:node:<name>} = its peer URL) every
 heartbeat, with a TTL of a few heartbeats, so a node that is gone drops
@@ -41,7 +41,13 @@ class NodeDirectory:
         names = [text(member) for member in members] if isinstance(members, list) else []
         return [name for name in names if name is not None and name != self.node]
 
-    async def holding(self, digest: Digest) -> None:
-        """This node committed C{digest}."""
+    async def holding(self, digest: Digest, size: int) -> None:
+        """This node committed C{digest}, verified to have C{size} bytes."""
         await self._redis.command("SADD", f"fleet:have:{digest}", self.node)
         await self._redis.command("EXPIRE", f"fleet:have:{digest}", HAVE_TTL)
+        await self._redis.command("SET", f"fleet:size:{digest}", size, "EX", HAVE_TTL)
+
+    async def size(self, digest: Digest) -> int | None:
+        """The size a node verified C{digest} has, if one did lately."""
+        size = text(await self._redis.command("GET", f"fleet:size:{digest}"))
+        return int(size) if size is not None and size.isdigit() else None
