@@ -211,6 +211,17 @@ def test_download_bounds_and_scrub() -> None:
     assert config.upstreams[0].max_downloads == 2
 
 
+@pytest.mark.parametrize("value, floor", [(10, 10), ("10%", 0.1), (" 0% ", 0.0), (0, 0)])
+def test_quota_floor(value: object, floor: int | float) -> None:
+    config = parse_config({"upstream": [upstream(quota_floor=value, quota_stretch="2h")]}, {})
+    assert config.upstreams[0].quota_floor == floor and type(config.upstreams[0].quota_floor) is type(floor)
+    assert config.upstreams[0].quota_stretch == 7200.0
+
+
+def test_quota_defaults() -> None:
+    assert all((u.quota_floor, u.quota_stretch) == (0.1, 21600.0) for u in parse_config({}, {}).upstreams)
+
+
 @pytest.mark.parametrize("value, seconds", [("7d", 7 * 86400.0), ("never", None), (60, 60.0)])
 def test_manifest_ttl(value: object, seconds: float | None) -> None:
     assert parse_config({"cache": {"manifest_ttl": value}}, {}).cache.manifest_ttl == seconds
@@ -321,6 +332,13 @@ def test_listed_upstreams_replace_the_defaults() -> None:
     ({"cache": {"scrub_rate": "fast"}}, "cache.scrub_rate: "),
     ({"server": {"sendfile": "yes"}}, "server.sendfile: "),
     ({"upstream": [upstream(max_downloads=0)]}, "upstream[0].max_downloads: "),
+    ({"upstream": [upstream(quota_floor=-1)]}, "upstream[0].quota_floor: "),
+    ({"upstream": [upstream(quota_floor="ten")]}, "upstream[0].quota_floor: "),
+    ({"upstream": [upstream(quota_floor="150%")]}, "upstream[0].quota_floor: "),
+    ({"upstream": [upstream(quota_floor=1.5)]}, "upstream[0].quota_floor: "),
+    ({"upstream": [upstream(quota_floor=True)]}, "upstream[0].quota_floor: "),
+    ({"upstream": [upstream(quota_stretch=0)]}, "upstream[0].quota_stretch: "),
+    ({"upstream": [upstream(quota_stretch="later")]}, "upstream[0].quota_stretch: "),
     ({"cache": {"manifest_ttl": "soon"}}, "cache.manifest_ttl: "),
     ({"cache": {"manifest_ttl": 0}}, "cache.manifest_ttl: "),
     ({"metrics": {"listen": ["tcp:9402"]}}, "metrics.listen: "),
@@ -560,3 +578,14 @@ def test_environ_is_only_read_for_passwords(monkeypatch: pytest.MonkeyPatch) -> 
                     {"OTHER": "y"})
     assert message.startswith("upstream[0].password_env: ")
     assert os.environ["OCICACHE_TEST_PW"] == "x"
+
+
+@pytest.mark.parametrize("value, seconds", [(None, 60.0), ("5m", 300.0), ("0s", 0.0), (30, 30.0)])
+def test_referrers_ttl(value: object, seconds: float) -> None:
+    data = {} if value is None else {"cache": {"referrers_ttl": value}}
+    assert parse_config(data, {}).cache.referrers_ttl == seconds
+
+
+@pytest.mark.parametrize("value", ["-1s", "soon", True, -5])
+def test_a_bad_referrers_ttl_names_its_key(value: object) -> None:
+    assert error({"cache": {"referrers_ttl": value}}).startswith("cache.referrers_ttl: ")

@@ -192,8 +192,9 @@ def test_requests_outside_v2_are_logged_and_counted() -> None:
 
 
 class _Response:
-    def __init__(self, headers: dict[bytes, list[bytes]]) -> None:
+    def __init__(self, headers: dict[bytes, list[bytes]], code: int = 200) -> None:
         self.headers = Headers(headers)
+        self.code = code
 
 
 def test_upstream_ratelimit_gauge() -> None:
@@ -207,11 +208,12 @@ def test_upstream_ratelimit_gauge() -> None:
     metrics = Metrics()
     upstream = Upstream(UpstreamConfig("docker.io", DecodedURL.from_text("https://registry-1.docker.io")),
                         clock, make_pool(clock), TokenCache(clock), metrics=metrics)
-    upstream._note_ratelimit(_Response({b"ratelimit-remaining": [b"76;w=21600"]}))  # type: ignore[arg-type]
-    upstream._note_ratelimit(_Response({}))  # type: ignore[arg-type]
-    assert upstream.ratelimit_remaining == 76
+    upstream.note_quota(_Response({b"ratelimit-remaining": [b"76;w=21600"]}))  # type: ignore[arg-type]
+    upstream.note_quota(_Response({}))  # type: ignore[arg-type]
+    assert upstream.quota.remaining == 76
     text = metrics.exposition().decode()
     assert metric_value(text, "ocicache_upstream_ratelimit_remaining", upstream="docker.io") == 76
+    assert metric_value(text, "ocicache_upstream_ratelimit_window_seconds", upstream="docker.io") == 21600
 
 
 # --- the manifest tally ---------------------------------------------------------

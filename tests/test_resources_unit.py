@@ -114,6 +114,7 @@ class Server:
             self.clock, config, {"docker.io": object(), "ghcr.io": object()},  # type: ignore[dict-item]
             self.blobs, object(), Metrics(),  # type: ignore[arg-type]
         )
+        self.services = services
         self.site = Site(RootResource(services), timeout=None, reactor=self.clock)
 
     def request(self, method: str, path: str, headers: dict[str, str] | None = None,
@@ -356,30 +357,38 @@ def test_blob_from_a_download_that_fails_is_cut(server: Server) -> None:
     assert len(seen) == 1 and isinstance(seen[0], Failure)
 
 
-def test_blob_from_a_download_of_unknown_size_is_chunked(server: Server) -> None:
+def test_blob_from_a_download_of_unknown_size_announces_the_upstreams_length(server: Server) -> None:
+    # The upstream streams it without a Content-Length; its HEAD says how
+    # long it is, and the client is told (distribution-spec "Pulling blobs").
     data = DATA
     digest = Digest("sha256", hashlib.sha256(data).hexdigest())
     download = Download(disk_of(server.clock, SyncPool(), server.store), digest, None)
     server.blobs.sources[str(digest)] = lambda: (download.acquire(), "miss")
-    # A Range cannot be honoured without the length: the whole blob, 200.
+    server.blobs.sizes[str(digest)] = len(data)
     transport, _ = server.request("GET", f"/v2/library/alpine/blobs/{digest}", {"Range": "bytes=5-"})
     download.write(data)
     download.finish()
     run(server.clock)
     response = Response(transport.value())
-    assert response.status == 200
-    assert response.headers[b"transfer-encoding"] == b"chunked"
-    assert b"content-length" not in response.headers
+    assert response.status == 206
+    assert response.headers[b"content-length"] == b"%d" % (len(data) - 5)
+    assert response.headers[b"content-range"] == b"bytes 5-%d/%d" % (len(data) - 1, len(data))
+    assert response.headers[b"docker-content-digest"] == str(digest).encode()
+    assert b"transfer-encoding" not in response.headers
     assert not transport.aborted
-    body, rest = b"", response.body
-    while True:
-        size_line, _, rest = rest.partition(b"\r\n")
-        size = int(size_line, 16)
-        if size == 0:
-            break
-        body, rest = body + rest[:size], rest[size + 2:]
-    assert body == data
+    assert response.body == data[5:]
     assert download.committed
+
+
+def test_blob_of_unknown_size_whose_head_fails_is_an_error_and_releases_the_source(server: Server) -> None:
+    data = DATA
+    digest = Digest("sha256", hashlib.sha256(data).hexdigest())
+    download = Download(disk_of(server.clock, SyncPool(), server.store), digest, None)
+    server.blobs.sources[str(digest)] = lambda: (download.acquire(), "miss")
+    response = server.get(f"/v2/library/alpine/blobs/{digest}")
+    assert response.status == 404 and response.error_code() == "BLOB_UNKNOWN"
+    assert b"docker-content-digest" not in response.headers
+    assert download._users == 0
 
 
 def test_client_gone_before_the_lookup_answers_releases_the_source(server: Server) -> None:

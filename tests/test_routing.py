@@ -184,7 +184,6 @@ def test_uploads_are_unsupported(path: str) -> None:
     "alpine",
     "alpine/manifests",
     "manifests/latest",
-    "alpine/referrers/" + SHA,
     "alpine/tags/lists",
     "alpine/manifests/latest/",
 ])
@@ -354,3 +353,44 @@ def test_uppercase_tags_and_digest_with_sha512() -> None:
     assert go("library/alpine/manifests/V1.2_RC-3").reference == "V1.2_RC-3"
     sha512 = "sha512:" + "cd" * 64
     assert go("library/alpine/blobs/" + sha512).reference == Digest.parse(sha512)
+
+
+# -- referrers (distribution-spec "Listing Referrers")
+
+
+def test_referrers_route_by_subject_digest() -> None:
+    r = go("docker.io/alpine/referrers/" + SHA, {b"artifactType": [b"application/spdx+json"]})
+    assert r.endpoint == Endpoint.REFERRERS
+    assert (r.upstream.name, r.repo, r.client_name) == ("docker.io", "library/alpine", "docker.io/alpine")
+    assert r.reference == Digest.parse(SHA)
+    assert r.params == (("artifactType", "application/spdx+json"),)
+
+
+def test_referrers_pagination_is_kept_and_ns_is_not_a_filter() -> None:
+    r = go("alpine/referrers/" + SHA, {b"ns": [b"docker.io"], b"n": [b"010"], b"last": [SHA.encode()]})
+    assert r.ns == "docker.io"
+    assert r.params == (("last", SHA), ("n", "10"))
+
+
+def test_a_repository_may_have_a_component_called_referrers() -> None:
+    r = go("team/referrers/manifests/latest")
+    assert (r.endpoint, r.repo) == (Endpoint.MANIFESTS, "team/referrers")
+
+
+@pytest.mark.parametrize(("path", "args", "code"), [
+    ("alpine/referrers/latest", {}, "DIGEST_INVALID"),
+    ("alpine/referrers/sha256:abc", {}, "DIGEST_INVALID"),
+    ("alpine/referrers/" + SHA, {b"artifactType": [b"sbom"]}, "UNSUPPORTED"),
+    ("alpine/referrers/" + SHA, {b"artifactType": [b"a/b; charset=utf-8"]}, "UNSUPPORTED"),
+    ("alpine/referrers/" + SHA, {b"artifactType": [b"a/b\r\nx: y"]}, "UNSUPPORTED"),
+    ("alpine/referrers/" + SHA, {b"artifactType": [b"a/b", b"c/d"]}, "UNSUPPORTED"),
+    ("alpine/referrers/" + SHA, {b"artifactType": [b"a/" + b"b" * 200]}, "UNSUPPORTED"),
+    ("alpine/referrers/" + SHA, {b"filter": [b"x"]}, "UNSUPPORTED"),
+    ("alpine/referrers/" + SHA, {b"n": [b"0"]}, "PAGINATION_NUMBER_INVALID"),
+    ("alpine/referrers/" + SHA, {b"n": [b"-1"]}, "PAGINATION_NUMBER_INVALID"),
+    ("alpine/referrers/" + SHA, {b"last": [b"../x"]}, "PAGINATION_NUMBER_INVALID"),
+    ("alpine/referrers/" + SHA, {b"last": [b"a" * 300]}, "PAGINATION_NUMBER_INVALID"),
+])
+def test_a_malformed_referrers_request_is_a_400(path: str, args: dict[bytes, list[bytes]], code: str) -> None:
+    e = refused(path, args)
+    assert (e.code, e.status) == (code, 400)

@@ -22,6 +22,7 @@ instead of leaving the machine.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -46,14 +47,24 @@ class CtrError(RuntimeError):
 
 
 def hosts_toml(mirror_url: str, server: str = "http://127.0.0.1:1",
-               capabilities: tuple[str, ...] = ("pull", "resolve")) -> str:
+               capabilities: tuple[str, ...] = ("pull", "resolve"),
+               header: dict[str, str] | None = None) -> str:
+    """
+    A hosts.toml for one mirror host; C{header} adds its
+    C{[host."…".header]} table (sent with every request to the mirror,
+    e.g. C{{"Authorization": "Bearer …"}}).
+    """
     caps = ", ".join(f'"{c}"' for c in capabilities)
-    return (
+    text = (
         f'server = "{server}"\n'
         "\n"
         f'[host."{mirror_url.rstrip("/")}"]\n'
         f"  capabilities = [{caps}]\n"
     )
+    if header:
+        text += f'\n[host."{mirror_url.rstrip("/")}".header]\n'
+        text += "".join(f"  {name} = {json.dumps(value)}\n" for name, value in header.items())
+    return text
 
 
 def write_hosts_dir(directory: str, registry_host: str, mirror_url: str, **kwargs: object) -> str:

@@ -83,6 +83,8 @@ def _toml_value(value: object) -> str:
         return json.dumps(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
@@ -104,10 +106,12 @@ def config_text(
     cache_extra: Mapping[str, object] | None = None,
     server_extra: Mapping[str, object] | None = None,
     extra_tables: Mapping[str, Mapping[str, object]] | None = None,
+    rules: Sequence[Mapping[str, object]] = (),
 ) -> str:
     """
     The daemon's TOML configuration (see C{ocicache/_config.py}).
-    C{extra_tables} adds whole tables, e.g. C{{"metrics": {"listen": ...}}}.
+    C{extra_tables} adds whole tables, e.g. C{{"metrics": {"listen": ...}}};
+    C{rules} one C{[[rule]]} each.
     """
     lines: list[str] = []
     _table(lines, "[server]", {"listen": [f"tcp:{port}:interface=127.0.0.1"], **(server_extra or {})})
@@ -130,6 +134,8 @@ def config_text(
                 **upstream.extra,
             },
         )
+    for rule in rules:
+        _table(lines, "[[rule]]", rule)
     return "\n".join(lines)
 
 
@@ -172,13 +178,16 @@ class Daemon:
         env: Mapping[str, str] | None = None,
         cache_dir: str | None = None,
     ) -> None:
+        try:
+            with open(config_path, "rb") as f:
+                document = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError):
+            document = {}
         if cache_dir is None:
-            try:
-                with open(config_path, "rb") as f:
-                    cache_dir = str(tomllib.load(f).get("cache", {}).get("dir", ""))
-            except (OSError, tomllib.TOMLDecodeError):
-                cache_dir = ""
+            cache_dir = str(document.get("cache", {}).get("dir", ""))
         self.cache_dir: str = cache_dir
+        self.ready_statuses = (200, 401) if "auth" in document else (200,)
+        """What C{GET /v2/} answers once it serves: 401 when [auth] wants credentials."""
         """The config's C{cache.dir} ("" if it has none)."""
         self.config_path = os.path.abspath(config_path)
         self.port = port
@@ -229,6 +238,7 @@ class Daemon:
             wait_for_http(
                 self.url + "/v2/",
                 timeout=max(1.0, deadline - time.monotonic()),
+                expect=self.ready_statuses,
                 proc=self.proc,
                 log=self.log_path,
                 what="ocicache",

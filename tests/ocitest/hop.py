@@ -12,6 +12,10 @@ request the daemon makes upstream.
     hop.stop(); hop.start()            # refuse connections, then come back
     hop.fail_mid_stream(4096, path_contains=digest)  # cut a body short
     hop.throttle = 64 << 20            # bytes/s per response body
+    hop.response_headers = lambda rec: {"ratelimit-remaining": "76;w=21600"}
+                                       # headers added to every response
+    hop.answer(429, {"Retry-After": "5"}, path_contains="/manifests/")
+                                       # a canned answer, never forwarded
     hop.reset()                        # forget requests, clear faults
 
 Standard library only (C{http.server.ThreadingHTTPServer} + C{http.client}),
@@ -34,12 +38,13 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import free_port
 
-__all__ = ["Hop", "HopRequest", "Fault"]
+__all__ = ["Canned", "Hop", "HopRequest", "Fault"]
 
 CHUNK = 1 << 20
 
@@ -79,7 +84,7 @@ class HopRequest:
     finished: float | None = None
     error: str | None = None
     injected: str | None = None
-    """C{"down"} or C{"cut"} if the hop answered or broke it on purpose."""
+    """C{"down"}, C{"canned"} or C{"cut"} if the hop answered or broke it on purpose."""
 
     @property
     def target(self) -> str:
@@ -123,6 +128,31 @@ class Fault:
         if self.path_contains is not None and self.path_contains not in path:
             return False
         return True
+
+
+@dataclass
+class Canned:
+    """
+    Answer matching requests with C{status}, C{headers} and a
+    distribution-spec error body of C{code}, C{times} times (C{None}:
+    always), instead of forwarding them.
+    """
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    code: str = "TOOMANYREQUESTS"
+    message: str = "hop: canned answer"
+    path_contains: str | None = None
+    method: str | None = None
+    times: int | None = None
+    hits: int = 0
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.times is not None and self.hits >= self.times:
+            return False
+        if self.method is not None and method != self.method:
+            return False
+        return self.path_contains is None or self.path_contains in urllib.parse.unquote(path)
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -185,6 +215,9 @@ class Hop:
         """Bytes per second per response body, or C{None} for full speed."""
         self.delay: float = 0.0
         """Seconds to wait before forwarding each request."""
+        self._canned: list[Canned] = []
+        self.response_headers: Callable[[HopRequest], Mapping[str, str]] | None = None
+        """Headers added to every response (forwarded, canned or down), given the request."""
 
     # --- lifecycle ------------------------------------------------------
 
@@ -321,6 +354,37 @@ class Hop:
             self._faults.append(fault)
         return fault
 
+    def answer(
+        self,
+        status: int,
+        headers: Mapping[str, str] | None = None,
+        path_contains: str | None = None,
+        method: str | None = None,
+        times: int | None = None,
+        code: str = "TOOMANYREQUESTS",
+        message: str = "hop: canned answer",
+    ) -> Canned:
+        """
+        Answer matching requests with C{status} and C{headers} (counted like
+        any request, never forwarded) until L{clear_answers} or L{reset}.
+        """
+        canned = Canned(status, dict(headers or {}), code, message, path_contains, method, times)
+        with self._lock:
+            self._canned.append(canned)
+        return canned
+
+    def clear_answers(self) -> None:
+        with self._lock:
+            self._canned = []
+
+    def _take_canned(self, method: str, path: str) -> Canned | None:
+        with self._lock:
+            for canned in self._canned:
+                if canned.matches(method, path):
+                    canned.hits += 1
+                    return canned
+        return None
+
     def reset(self) -> None:
         """
         Forget recorded requests and counters, clear every fault, come back
@@ -330,7 +394,9 @@ class Hop:
             self._requests = []
             self._bytes_sent = 0
             self._faults = []
+            self._canned = []
         self.down = False
+        self.response_headers = None
         self.down_status = 503
         self.throttle = None
         self.delay = 0.0
@@ -405,7 +471,8 @@ class Hop:
         finally:
             rec.finished = time.monotonic()
 
-    def _send_simple(self, handler: _Handler, rec: HopRequest, status: int, code: str, message: str) -> None:
+    def _send_simple(self, handler: _Handler, rec: HopRequest, status: int, code: str, message: str,
+                     headers: Mapping[str, str] | None = None) -> None:
         body = json.dumps({"errors": [{"code": code, "message": message, "detail": None}]}).encode()
         _, length = self._read_request_body(handler)
         if length:
@@ -421,6 +488,8 @@ class Hop:
         handler.send_response_only(status)
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Content-Length", str(len(body)))
+        for name, value in {**(headers or {}), **self._added_headers(rec)}.items():
+            handler.send_header(name, value)
         handler.end_headers()
         if handler.command != "HEAD":
             handler.wfile.write(body)
@@ -433,6 +502,11 @@ class Hop:
         if self.down:
             rec.injected = "down"
             self._send_simple(handler, rec, self.down_status, "UNAVAILABLE", "hop: upstream is down")
+            return
+        canned = self._take_canned(handler.command, handler.path)
+        if canned is not None:
+            rec.injected = "canned"
+            self._send_simple(handler, rec, canned.status, canned.code, canned.message, canned.headers)
             return
 
         method = handler.command
@@ -470,9 +544,13 @@ class Hop:
             fault = self._take_fault(method, handler.path) if has_body else None
 
             handler.send_response_only(response.status, response.reason)
+            added = self._added_headers(rec)
+            lowered = {name.lower() for name in added}
             for name, value in response.getheaders():
-                if name.lower() in _HOP_BY_HOP:
+                if name.lower() in _HOP_BY_HOP or name.lower() in lowered:
                     continue
+                handler.send_header(name, value)
+            for name, value in added.items():
                 handler.send_header(name, value)
             if chunked:
                 handler.send_header("Transfer-Encoding", "chunked")
@@ -521,6 +599,10 @@ class Hop:
             handler.wfile.flush()
         finally:
             conn.close()
+
+    def _added_headers(self, rec: HopRequest) -> Mapping[str, str]:
+        add = self.response_headers
+        return add(rec) if add is not None else {}
 
     @staticmethod
     def _write(handler: _Handler, piece: bytes, chunked: bool) -> None:

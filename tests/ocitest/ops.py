@@ -26,7 +26,6 @@ import threading
 import time
 import urllib.parse
 import uuid
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -136,22 +135,12 @@ def make_pki(directory: str, name: str = "ocitest") -> PKI:
 def htpasswd_line(username: str, password: str) -> str:
     """
     One htpasswd line with a bcrypt hash, as docker-registry's
-    C{auth.htpasswd} wants: with the C{bcrypt} package when installed,
-    else with the C library's crypt(3) (glibc's libxcrypt does C{$2b$}).
+    C{auth.htpasswd} and ocicache's C{[auth] htpasswd_file} want.
     """
-    try:
-        import bcrypt  # type: ignore[import-not-found]
-    except ImportError:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            import crypt
+    import bcrypt
 
-        # Cost 2**5: these hashes guard nothing and are checked per request.
-        hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=32))
-        if not hashed or not hashed.startswith("$2"):
-            raise RuntimeError("crypt(3) cannot make bcrypt hashes here; pip install bcrypt") from None
-    else:
-        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode()
+    # Cost 2**5: these hashes guard nothing and are checked per request.
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode()
     return f"{username}:{hashed}\n"
 
 
@@ -270,7 +259,8 @@ class TokenServer:
     docker-registry's C{auth.token}: checks Basic credentials and issues an
     RS256 JWT (x5c: its self-signed certificate, which is the registry's
     C{rootcertbundle}) granting the requested C{repository:...:pull}
-    scopes.  Every token issued is kept in L{issued}.
+    scopes.  Every token issued is kept in L{issued}.  C{password} may be
+    changed while it runs (a rotation): it is read on every request.
     """
 
     issuer = "ocitest-issuer"
@@ -345,7 +335,6 @@ class TokenServer:
 
     def start(self) -> TokenServer:
         server_self = self
-        expected = "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
@@ -354,6 +343,9 @@ class TokenServer:
             def do_GET(self) -> None:
                 parts = urllib.parse.urlsplit(self.path)
                 query = urllib.parse.parse_qs(parts.query)
+                # Read per request: a test may rotate the password.
+                expected = "Basic " + base64.b64encode(
+                    f"{server_self.username}:{server_self.password}".encode()).decode()
                 authorized = self.headers.get("Authorization") == expected
                 server_self.requests.append({"path": parts.path, "query": query, "authorized": authorized})
                 if parts.path != "/token" or not authorized:

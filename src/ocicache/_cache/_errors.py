@@ -10,6 +10,7 @@ from __future__ import annotations
 from attrs import frozen
 
 __all__ = [
+    "PinRefused",
     "BlobUnknown",
     "CacheError",
     "DigestMismatch",
@@ -54,3 +55,7 @@ class ManifestTooLarge(_Described):
 
 class StoreUnavailable(_Described):
     """The cache directory cannot take a download now (gone, full, read-only)."""
+
+
+class PinRefused(_Described):
+    """A pin's closure cannot fit within C{max_size} beside the other pins."""

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from attrs import frozen
 from twisted.logger import Logger
 
+from .._spec._closure import image_blobs
 from .._spec._media_types import MANIFEST_MEDIA_TYPES, manifest_media_type
 from .._spec._reference import Digest
 from .._storage._disk import Disk
@@ -26,7 +27,7 @@ from .._storage._health import DiskHealth
 from .._storage._metadata import MetadataUnavailable
 from .._storage._store import Kind
 from .._upstream._client import Upstream
-from .._upstream._errors import UpstreamUnavailable, answer_error
+from .._upstream._errors import UpstreamRateLimited, UpstreamUnavailable, answer_error
 from ._access import RepoAccess
 from ._errors import DigestMismatch, ManifestTooLarge, ManifestUnknown
 from ._lru import SizedLRU
@@ -132,6 +133,10 @@ class ManifestService:
         self._read[str(found.manifest.digest)] = self._reactor.seconds()
         return found
 
+    def recent_reads(self, since: float) -> list[str]:
+        """The manifests read at or after C{since} and not yet taken by L{take_reads}."""
+        return [digest for digest, when in self._read.items() if when >= since]
+
     def take_reads(self) -> dict[str, float]:
         """The manifests read since the last call, and when."""
         read, self._read = self._read, {}
@@ -170,7 +175,7 @@ class ManifestService:
             return ManifestLookup(stored, CacheResult.HIT)
         try:
             current = await self._revalidate(upstream, repo, tag, accept)
-        except UpstreamUnavailable as e:
+        except (UpstreamUnavailable, UpstreamRateLimited) as e:
             log.warn("Serving stale {upstream}/{repo}:{tag}: {error}",
                      upstream=upstream.name, repo=repo, tag=tag, error=str(e))
             return ManifestLookup(stored, CacheResult.STALE)
@@ -196,12 +201,13 @@ class ManifestService:
         """
         The digest the upstream's tag points at now, from a C{HEAD}, or
         C{None} when the upstream did not say.  Raises
-        L{UpstreamUnavailable} when the upstream cannot answer, which the
-        caller turns into a stale hit.
+        L{UpstreamUnavailable} when the upstream cannot answer, and
+        L{UpstreamRateLimited} when it is rate limiting, which the caller
+        turns into a stale hit.
         """
         response = await upstream.manifest("HEAD", repo, tag, accept)
         await upstream.discard(response)
-        if response.code >= 500 or response.code == 429:
+        if response.code >= 500:
             raise UpstreamUnavailable(f"{upstream.name} answered {response.code}")
         if response.code == 404:
             try:
@@ -290,6 +296,10 @@ class ManifestService:
         children = await self._disk.run(_children, manifest.body)
         if children:
             await self._metadata.put_children(str(digest), children)
+        blobs = await self._disk.run(image_blobs, manifest.body)
+        if blobs:
+            # What eviction protects for a pull in progress, and what a pin holds.
+            await self._metadata.put_manifest_blobs(str(digest), [(str(b.digest), b.size) for b in blobs])
         await self._access.record(upstream, repo, digest)
         if not isinstance(reference, Digest):
             await self._metadata.put_tag(upstream.name, repo, variant_key(reference, accept), str(digest), now)

@@ -1,5 +1,7 @@
 """
-The C{ocicache} operator command: C{verify}, C{gc}, C{stats}, C{--version}.
+The C{ocicache} operator command: C{verify}, C{gc}, C{stats}, C{--version};
+and C{warm}, C{pin}, C{unpin}, C{pins}, which talk to the running daemon
+(L{ocicache._daemon._warm_cli}).
 
 Each reads the same configuration as the daemon and works on its cache
 directory directly, so it is safe to run while the daemon runs: files are
@@ -32,9 +34,10 @@ from .._spec._reference import Digest
 from .._storage._capacity import Capacity
 from .._storage._disk import Disk
 from .._storage._janitor import Janitor, verify_file
-from .._storage._metadata import Metadata, MetadataCorrupt, MetadataUnavailable
+from .._storage._metadata import Metadata, MetadataCorrupt, MetadataUnavailable, QuotaRow
 from .._storage._store import Kind, Store
 from .._version import __version__
+from ._warm_cli import add_commands, run_command
 
 __all__ = ["main"]
 
@@ -53,8 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--repair", action="store_true",
                         help="remove bad entries so they are fetched again on the next request")
     command("gc", "run expiry and eviction now, and print what was freed")
-    stats = command("stats", "print the store's size, entries, biggest repositories and oldest entry")
+    stats = command("stats", "print the store's size, entries, biggest repositories, oldest entry"
+                             " and pulls per upstream")
     stats.add_argument("--json", action="store_true", help="print JSON")
+    add_commands(command)
     return parser
 
 
@@ -66,6 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         sys.stderr.write(f"ocicache: {e}\n")
         return 2
+    if arguments.command in ("warm", "pin", "unpin", "pins"):
+        # Through the running daemon: never the store behind its back.
+        return run_command(config, arguments)
     if not os.path.isdir(config.cache.dir):
         sys.stderr.write(f"ocicache: no cache at {config.cache.dir}\n")
         return 2
@@ -212,7 +220,14 @@ async def _gc(reactor: Any, config: Config, metadata: Metadata, arguments: argpa
     pool.start()
     try:
         disk = Disk(reactor, store, metadata, pool)
-        capacity = Capacity(disk, config.cache.max_size, config.cache.min_free)
+        async def protected() -> list[Digest]:
+            # As the daemon protects: pins, and manifests read within
+            # protect_recent (as far as the database knows).
+            window = config.cache.protect_recent
+            since = time.time() - window if window > 0 else float("inf")
+            return [Digest.parse(text) for text in await metadata.protected_blobs(since, [])]
+
+        capacity = Capacity(disk, config.cache.max_size, config.cache.min_free, protected=protected)
         janitor = Janitor(disk, capacity, config.cache.blob_ttl, manifest_ttl=config.cache.manifest_ttl)
         recovered = await janitor.recover()
         report = await janitor.run()
@@ -232,6 +247,8 @@ async def _stats(reactor: Any, config: Config, metadata: Metadata, arguments: ar
     store = Store(config.cache.dir)
     sizes = {kind: [size for _, _, size in store.walk(kind)] for kind in Kind}
     summary = await metadata.summary()
+    quota = await metadata.quota()
+    now = time.time()
     oldest = summary["oldest"]
     result = {
         "dir": store.root,
@@ -241,7 +258,8 @@ async def _stats(reactor: Any, config: Config, metadata: Metadata, arguments: ar
                     "tag": summary["tags"]},
         "bytes": {"blob": sum(sizes[Kind.BLOB]), "manifest": sum(sizes[Kind.MANIFEST])},
         "biggest_repositories": summary["repositories"],
-        "oldest_entry_age_seconds": None if oldest is None else max(0.0, time.time() - oldest),
+        "oldest_entry_age_seconds": None if oldest is None else max(0.0, now - oldest),
+        "upstreams": [_quota_entry(row, now) for row in quota],
     }
     if arguments.json:
         print(json.dumps(result, indent=2))
@@ -256,7 +274,38 @@ async def _stats(reactor: Any, config: Config, metadata: Metadata, arguments: ar
     print("biggest repositories:")
     for repository in summary["repositories"]:
         print(f"  {_human(repository['bytes']):>10}  {repository['upstream']}/{repository['repo']}")
+    if quota:
+        print("pulls (manifest GETs, as Docker Hub counts them):")
+    for row in quota:
+        print(f"  {row.upstream}: {row.pulls_made} made upstream, {row.pulls_saved} saved")
+        if row.remaining is not None or row.limit is not None:
+            window = f" per {_age(row.window)}" if row.window is not None else ""
+            source = f" for {row.source}" if row.source is not None else ""
+            seen = f", {_age(max(0.0, now - row.observed_at))} ago" if row.observed_at is not None else ""
+            print(f"    rate limit: {_or_dash(row.remaining)} of {_or_dash(row.limit)} left{window}{source}{seen}")
+        if row.limited_until is not None and row.limited_until > now:
+            print(f"    rate limited for {_age(row.limited_until - now)} more")
     return 0
+
+
+def _quota_entry(row: QuotaRow, now: float) -> dict[str, Any]:
+    return {
+        "upstream": row.upstream,
+        "pulls_made": row.pulls_made,
+        "pulls_saved": row.pulls_saved,
+        "ratelimit": {
+            "limit": row.limit,
+            "remaining": row.remaining,
+            "window_seconds": row.window,
+            "source": row.source,
+            "observed_age_seconds": None if row.observed_at is None else max(0.0, now - row.observed_at),
+            "limited_for_seconds": max(0.0, row.limited_until - now) if row.limited_until is not None else 0.0,
+        },
+    }
+
+
+def _or_dash(value: int | None) -> str:
+    return "-" if value is None else str(value)
 
 
 def _human(count: int | float) -> str:

@@ -3,14 +3,19 @@ The daemon's service tree: the parts of ocicache wired together.
 
     OcicacheService (MultiService)
       ├─ one StreamServerEndpointService per registry listen address
-      ├─ a StreamServerEndpointService for the operator listener (metrics)
-      └─ the janitor (a TimerService)
+      ├─ a StreamServerEndpointService for the operator listener (metrics, /pins)
+      ├─ with [fleet], a StreamServerEndpointService for the internal peer endpoint
+      ├─ the janitor (a TimerService)
+      ├─ a TimerService per [[warm]] entry with `every` (the others run once at start)
+      └─ the pins' tag-following (a TimerService, on the janitor's interval)
 
 The store and the metadata database are opened before the listeners
 start, and closed after they stop.  A corrupt database is moved aside and
 a new one created (said in one log line); one that cannot be opened or
 created stops start-up with one line on stderr and a non-zero exit, before
 anything listens.
+
+Once started, C{SIGHUP} reloads the config file (L{ocicache._daemon._reload}).
 
 Stopping is graceful (L{ocicache._web._site}): the registry listeners close
 first, responses in progress get up to C{[server] drain_timeout} to
@@ -21,32 +26,42 @@ the other services stop, the database is closed and no temp file is left.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from treq.client import HTTPClient
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.threads import deferToThread
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
+from twisted.web.client import Agent
 from twisted.web.server import Site
 
 from .._cache._access import RepoAccess
 from .._cache._blobs import BlobService
 from .._cache._incoming import DownloadError
 from .._cache._manifests import ManifestService
+from .._cache._referrers import ReferrerService
 from .._cache._slots import Slots
+from .._cache._tags import TagService
+from .._cache._warm import Warmer, WarmReport
 from .._fleet._fleet import Fleet
 from .._fleet._internal import InternalResource
 from .._fleet._peer import PeerClient
 from .._fleet._proofs import RedisProofs
 from .._fleet._redis import Redis
-from .._ops._config import Config
+from .._identity._authenticator import Authenticator, build_authenticator
+from .._identity._oidc import fetch_with
+from .._ops._config import Config, WarmConfig
 from .._ops._metrics import ManifestTally, Metrics
+from .._spec._reference import Digest, parse_image_reference
 from .._storage._capacity import Capacity
 from .._storage._disk import Disk
 from .._storage._health import DiskHealth
@@ -55,10 +70,13 @@ from .._storage._metadata import Metadata, MetadataUnavailable
 from .._storage._scrub import Scrubber
 from .._storage._store import Kind, Store
 from .._upstream._client import Upstream, make_pool
+from .._upstream._ratelimit import Quota
 from .._upstream._tokens import TokenCache
 from .._web._operator import OperatorResource
+from .._web._pins import PinsResource
 from .._web._resources import RootResource, Services
 from .._web._site import DrainingSite, QuietSite
+from ._reload import Reloader
 
 __all__ = ["OcicacheService", "ListenError"]
 
@@ -103,7 +121,8 @@ class OcicacheService(MultiService):
         self.fleet = self._join_fleet(config)
         access = RepoAccess(self.metadata, reactor, health=health, shared=self._shared_proofs())
         self.disk = disk = Disk(reactor, self.store, self.metadata, self.disk_pool)
-        self.capacity = Capacity(disk, config.cache.max_size, config.cache.min_free, self._evicted)
+        self.capacity = Capacity(disk, config.cache.max_size, config.cache.min_free, self._evicted,
+                                 protected=self._protected)
         self.blobs = BlobService(
             disk, access, self.capacity,
             lambda upstream, count: self.metrics.upstream_bytes.labels(upstream).inc(count),
@@ -117,6 +136,7 @@ class OcicacheService(MultiService):
             on_corrupt=lambda digest: self.metrics.corrupt_blobs.labels("scrub").inc(),
         )
         self.manifest_tally = ManifestTally()
+        self._flushed_quota: dict[str, Quota] = {}
         self.janitor = Janitor(
             disk, self.capacity, config.cache.blob_ttl,
             lambda: [download.temp_path for download in self.blobs.inflight.values()],
@@ -128,10 +148,18 @@ class OcicacheService(MultiService):
         )
         self._janitor_timer.setServiceParent(self)
         self.manifests = ManifestService(
-            disk, access, lambda upstream: config.tag_ttl_for(upstream.config), slots=slots, health=health,
+            disk, access, self._tag_ttl, slots=slots, health=health,
         )
-        services = Services(reactor, config, self.upstreams, self.blobs, self.manifests, self.metrics,
-                            on_manifest_stored=self.manifest_tally.added)
+        self._wire_warming()
+        referrers = ReferrerService(reactor, self.manifests, config.cache.referrers_ttl, disk=disk)
+        # What the registry resources read on each request (not
+        # MultiService's "services", the children), and what a reload swaps
+        # parts of: the policy, the upstream credentials, and the
+        # authenticator (authenticator_for the new config).
+        self.registry = services = Services(
+            reactor, config, self.upstreams, self.blobs, self.manifests, self.metrics,
+            on_manifest_stored=self.manifest_tally.added, referrers=referrers,
+            tags=TagService(reactor, self._tag_ttl), authenticator=self.authenticator_for(config))
         self.site = DrainingSite(RootResource(services), reactor, self.metrics, config.server)
         self.site.displayTracebacks = False
         self._registry_listeners = [
@@ -148,6 +176,7 @@ class OcicacheService(MultiService):
                 self.metrics, self.store.root, lambda: self.metadata.is_open,
                 before_scrape=self._refresh_cache_gauges, draining=lambda: self.site.draining,
             )
+            operator.putChild(b"pins", PinsResource(self.warmer, on_changed=self._pins_changed))
             operator_site = QuietSite(operator)
             operator_site.displayTracebacks = False
             self._listen(config.metrics.listen, operator_site)
@@ -168,6 +197,101 @@ class OcicacheService(MultiService):
         """In a fleet, access proofs are shared through Redis."""
         fleet = self.fleet
         return None if fleet is None else RedisProofs(fleet.redis, lambda: fleet.up)
+
+    # -- warming and pinning ([[warm]], ocicache pin)
+
+    def _wire_warming(self) -> None:
+        """
+        The warmer; a timer for each C{[[warm]]} entry with C{every} (the
+        others run once at start); and the pins' tag-following, on the
+        janitor's interval.
+        """
+        metrics = self.metrics
+        self.warmer = Warmer(self.disk, self.manifests, self.blobs, self.upstreams,
+                             lambda: self.config.cache.max_size,
+                             on_blob=lambda outcome: metrics.warm_blobs.labels(outcome).inc())
+        for entry in self.config.warm:
+            if entry.every is not None:
+                TimerService(entry.every, self._warm_soon, entry).setServiceParent(self)
+        follow = TimerService(self.config.cache.janitor_interval, self._follow_pins_soon)
+        follow.setServiceParent(self)
+
+    def _warm_soon(self, entry: WarmConfig) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._warm_entry(entry))
+
+    async def _warm_entry(self, entry: WarmConfig) -> None:
+        """One run of a C{[[warm]]} entry: each reference warmed (or pinned), one log line each."""
+        for text in entry.refs:
+            image = parse_image_reference(text)  # validated with the config
+            report: WarmReport | None = None
+            try:
+                upstream, repo = self.warmer.target(image)
+                if entry.pin:
+                    report = await self.warmer.pin(upstream, repo, image.reference, entry.platforms)
+                    self._pins_changed()
+                else:
+                    report = await self.warmer.warm(upstream, repo, image.reference, entry.platforms)
+                error = report.error or ("; ".join(f"{b.digest}: {b.error}" for b in report.failed) or None)
+            except Exception as e:
+                error = str(e) or type(e).__name__
+            self.metrics.warm_runs.labels("ok" if error is None else "failed").inc()
+            fetched, fetched_bytes = report.count("fetched") if report is not None else (0, 0)
+            cached, cached_bytes = report.count("cached") if report is not None else (0, 0)
+            failed = len(report.failed) if report is not None else 0
+            line = ("{verb} {ref} ({digest}): fetched {fetched} blobs ({fetched_bytes} B), {cached} already"
+                    " cached ({cached_bytes} B), {failed} failed")
+            fields = dict(verb="Pinned" if entry.pin else "Warmed", ref=text,
+                          digest=report.digest if report is not None else "-", fetched=fetched,
+                          fetched_bytes=fetched_bytes, cached=cached, cached_bytes=cached_bytes, failed=failed)
+            if error is None:
+                log.info(line, **fields)
+            else:
+                log.warn(line + ": {error}", error=error, **fields)
+
+    def _follow_pins_soon(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._follow_pins())
+
+    async def _follow_pins(self) -> None:
+        try:
+            moved = await self.warmer.follow_pins()
+        except Exception:
+            log.failure("Following pinned tags failed")
+            return
+        if moved:
+            self._pins_changed()
+        await self._count_pinned()
+
+    def _pins_changed(self) -> None:
+        Deferred.fromCoroutine(self._count_pinned()).addErrback(
+            lambda failure: log.failure("Could not count pinned bytes", failure))
+
+    async def _count_pinned(self) -> None:
+        try:
+            pinned = await self.metadata.pinned_blobs()
+        except MetadataUnavailable:
+            return
+        self.metrics.pinned_bytes.set(sum(pinned.values()))
+
+    async def _protected(self) -> list[Digest]:
+        """
+        What eviction and expiry must leave: pinned closures, and the blobs
+        of every manifest read within C{[cache] protect_recent} (an image
+        being pulled keeps its layers until the pull is done).
+        """
+        window = self.config.cache.protect_recent
+        since = self._reactor.seconds() - window if window > 0 else float("inf")
+        recent = self.manifests.recent_reads(since)
+        return [Digest.parse(text) for text in await self.metadata.protected_blobs(since, recent)]
+
+    def authenticator_for(self, config: Config) -> Authenticator:
+        """
+        The authenticator for C{config}'s C{[auth]}: bcrypt in the
+        reactor's threads, OIDC keys fetched through the upstream
+        connection pool (an issuer's JWKS URL is verified HTTPS, or plain
+        HTTP where configured so).  A reload builds a new one with this.
+        """
+        fetch = fetch_with(HTTPClient(Agent(self._reactor, pool=self.http_pool)))
+        return build_authenticator(config.auth, self._reactor, deferToThread, fetch, self.metrics)
 
     def _listen(self, description: str, site: Site) -> StreamServerEndpointService:
         try:
@@ -191,6 +315,45 @@ class OcicacheService(MultiService):
             if parent.getComponent(ILogObserver, None) is None:
                 parent.setComponent(ILogObserver, self.log_observer)
         MultiService.setServiceParent(self, parent)
+
+    def _tag_ttl(self, upstream: Upstream) -> float:
+        """
+        How long C{upstream}'s tags (and tag lists) are trusted: its
+        C{tag_ttl}, stretched while its pull quota runs low.
+        """
+        return upstream.tag_ttl(self.config.tag_ttl_for(upstream.config))
+
+    async def _flush_quota(self) -> None:
+        """
+        Write each upstream's pull-equivalents since the last flush and its
+        last rate-limit values, for C{ocicache stats} and the next start.
+        """
+        for upstream in self.upstreams.values():
+            made, saved = upstream.pulls()
+            quota = upstream.quota
+            if not made and not saved and quota == self._flushed_quota.get(upstream.name, Quota()):
+                continue
+            try:
+                await self.metadata.add_quota(upstream.name, made, saved, quota)
+            except MetadataUnavailable as e:
+                log.warn("Could not record the pull counts of {upstream}: {error}",
+                         upstream=upstream.name, error=str(e))
+                return
+            upstream.flushed(made, saved)
+            self._flushed_quota[upstream.name] = quota
+
+    async def _restore_quota(self) -> None:
+        """
+        The rate-limit state of the last run: an upstream that was left
+        alone is still left alone until its window passes, restart or not.
+        """
+        for row in await self.metadata.quota():
+            upstream = self.upstreams.get(row.upstream)
+            if upstream is not None:
+                quota = Quota(limit=row.limit, remaining=row.remaining, window=row.window, source=row.source,
+                              observed_at=row.observed_at, limited_until=row.limited_until)
+                self._flushed_quota[row.upstream] = quota
+                upstream.restore(quota)
 
     def _refresh_cache_gauges(self) -> None:
         """
@@ -225,6 +388,8 @@ class OcicacheService(MultiService):
         except Exception:
             log.failure("Janitor pass failed")
             return
+        finally:
+            await self._flush_quota()
         if (report.expired or report.evicted or report.temp_removed or report.tags_removed
                 or report.manifests_removed):
             log.info(
@@ -257,6 +422,14 @@ class OcicacheService(MultiService):
     The daemonized twistd's status pipe, if any (set by C{makeService}):
     its parent exits only once something is written there.
     """
+
+    config_path: str | None = None
+    """The file C{SIGHUP} reloads (set by C{makeService}); C{None}: the embedded default."""
+
+    adjust_config: Callable[[Config], Config] = staticmethod(lambda config: config)
+    """What the command line changes in a config (C{--listen}), applied to a reloaded one too."""
+
+    reloader: Reloader | None = None
 
     _disk_opened = False
 
@@ -298,12 +471,26 @@ class OcicacheService(MultiService):
         self.scrubber.start()
         if self.fleet is not None:
             self.fleet.start()
+        self.reloader = Reloader(self.config_path, self.config, self.registry, self.upstreams, self._reactor,
+                                 self.disk_pool, self.adjust_config, self.metrics, self.authenticator_for)
+        self.reloader.install()
         log.info("ocicache caching in {dir}; upstreams: {upstreams}",
                  dir=self.store.root, upstreams=", ".join(self.upstreams))
+        if self.config.auth is not None:
+            log.info("Client authentication: {accepts}", accepts=self.registry.authenticator.describe())
+            for description in self.config.server.listen:
+                if _plain_and_reachable(description):
+                    log.warn("Client credentials travel in clear text on {listen}: serve HTTPS (ssl:) or"
+                             " put TLS in front", listen=description)
         for upstream in self.config.upstreams:
             if not upstream.tls_verify:
                 log.warn("Upstream {upstream}: TLS certificate verification is OFF (tls_verify = false);"
                          " anyone on the path can impersonate it", upstream=upstream.name)
+        for entry in self.config.warm:
+            if entry.every is None:
+                self._reactor.callLater(0, self._warm_soon, entry)
+        restoring = Deferred.fromCoroutine(self._restore_quota())
+        restoring.addErrback(lambda failure: log.failure("Could not read the last rate-limit state", failure))
         scanning = self.disk.run(_scan_manifests, self.store)
         scanning.addCallback(self.manifest_tally.loaded)
         scanning.addErrback(lambda failure: log.failure("Could not count stored manifests", failure))
@@ -340,6 +527,8 @@ class OcicacheService(MultiService):
 
     async def _stop(self) -> None:
         Service.stopService(self)
+        if self.reloader is not None:
+            self.reloader.uninstall()
         # 1. No new connections: the registry listeners close first.
         await DeferredList([maybeDeferred(listener.stopService) for listener in self._registry_listeners])
         # 2. Responses in progress finish, up to drain_timeout; then cut.
@@ -367,6 +556,7 @@ class OcicacheService(MultiService):
         scrubbing = self.scrubber.stop()
         if scrubbing is not None:
             await scrubbing
+        await self._flush_quota()
         self.disk_pool.stop()
         await DeferredList([self.metadata.close(), self.http_pool.closeCachedConnections()])
         removed = self.store.remove_temp_files()
@@ -393,6 +583,22 @@ def with_backlog(description: str) -> str:
     if kind in ("tcp", "tcp6", "ssl") and "backlog=" not in description:
         return f"{description}:backlog={LISTEN_BACKLOG}"
     return description
+
+
+def _plain_and_reachable(description: str) -> bool:
+    """
+    Whether a listener is plain TCP on more than loopback (no
+    C{interface=}, or one outside 127.0.0.0/8 and ::1).  A socket from
+    systemd is not judged: its address is the unit's.
+    """
+    kind = description.split(":", 1)[0].lower()
+    if kind not in ("tcp", "tcp6"):
+        return False
+    match = re.search(r"(?:^|:)interface=((?:\\:|[^:])*)", description)
+    if match is None:
+        return True
+    interface = match.group(1).replace("\\:", ":")
+    return not (interface.startswith("127.") or interface in ("::1", "localhost"))
 
 
 def _scan_manifests(store: Store) -> list[tuple[str, int]]:

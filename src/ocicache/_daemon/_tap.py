@@ -65,12 +65,17 @@ def makeService(options: Options) -> IService:
         config = load_config(options["config"])
     except ConfigError as e:
         _die(str(e))
-    if options["listen"]:
-        config = _with_listen(config, tuple(options["listen"]))
+    listen = tuple(options["listen"])
+    if listen:
+        config = _with_listen(config, listen)
     try:
         service = OcicacheService(config, reactor)
     except ListenError as e:
         _die(str(e))
+    # SIGHUP reads the same file again, with the same command line applied.
+    service.config_path = options["config"]
+    if listen:
+        service.adjust_config = lambda reloaded: _with_listen(reloaded, listen)
     if config.server.log_format == "json":
         service.log_observer = _json_observer(options)
     service.startup_errors_to_log = not _logs_to_stdout(options)

@@ -19,17 +19,25 @@ from typing import Any, TypeVar
 from attrs import field, frozen
 from hyperlink import DecodedURL
 
-from .._spec._reference import is_registry_host
+from .._spec._closure import Platform, host_platform
+from .._spec._reference import InvalidReference, is_registry_host, parse_image_reference
+from ._auth_files import StaticToken, read_htpasswd, read_jwks, read_signing_key, read_tokens_file
+from ._patterns import Pattern
 
 __all__ = [
+    "AuthConfig",
     "CacheConfig",
     "Config",
     "ConfigError",
+    "CredentialCommand",
     "Credentials",
     "FleetConfig",
     "MetricsConfig",
+    "OIDCIssuerConfig",
+    "RuleConfig",
     "ServerConfig",
     "UpstreamConfig",
+    "WarmConfig",
     "default_cache_dir",
     "load_config",
     "parse_config",
@@ -59,6 +67,21 @@ class Credentials:
 
 
 @frozen
+class CredentialCommand:
+    """
+    A program that prints an upstream's credentials as the
+    docker-credential-helpers protocol's C{get} answers
+    (C{{"Username": ..., "Secret": ...}}), run again after C{ttl} seconds.
+    C{argv[0]} is a path, or a name looked up on C{$PATH} when it runs.
+    """
+
+    argv: tuple[str, ...]
+    ttl: float
+    server_url: str
+    """What the program reads on its standard input: the upstream's URL."""
+
+
+@frozen
 class UpstreamConfig:
     """
     One upstream registry.  C{name} is the registry host that clients ask
@@ -74,12 +97,30 @@ class UpstreamConfig:
     tls_verify: bool = True
     max_downloads: int = 16
     """Upstream fetches at once from this upstream."""
+    include: tuple[Pattern, ...] = ()
+    """Repositories that may be pulled; empty: every one."""
+    exclude: tuple[Pattern, ...] = ()
+    """Repositories that may not be pulled, whatever C{include} says."""
+    tags: tuple[Pattern, ...] = ()
+    """Tags that may be pulled by tag; empty: every one."""
+    digest_only: bool = False
+    """Manifests by digest only: tags and tag lists are refused."""
+    credential_command: CredentialCommand | None = None
+    """Where C{credentials} come from when a program gives them."""
     kind: str = "registry"
     """C{registry}: the registry itself; C{mirror}: a mirror (another ocicache) that takes C{?ns=}."""
     ns: str | None = None
     """For a mirror: the registry host sent as C{?ns=}; C{None}: this upstream's C{name}."""
     token: str | None = field(default=None, repr=False)
     """A static bearer token sent to this upstream up front (a mirror tier's client token)."""
+    quota_floor: int | float = 0.1
+    """
+    Pulls left (an C{int}) or the fraction of the limit left (a C{float})
+    below which the upstream's tags are revalidated only every
+    C{quota_stretch}.
+    """
+    quota_stretch: float = 21600.0
+    """The tag TTL while the upstream's remaining pulls are below C{quota_floor}."""
 
     @property
     def mirror_ns(self) -> str | None:
@@ -145,6 +186,10 @@ class CacheConfig:
     """Bytes per second the background scrub re-hashes; 0: no scrub."""
     manifest_ttl: float | None = 30 * 86400.0
     """Seconds an unreferenced manifest is kept unread; C{None}: forever."""
+    referrers_ttl: float = 60.0
+    """Seconds a referrers listing is reused before the upstream is asked again."""
+    protect_recent: float = 3600.0
+    """Blobs of a manifest read this recently are never evicted (a pull in progress)."""
 
 
 @frozen
@@ -177,6 +222,80 @@ class FleetConfig:
 
 
 @frozen
+class RuleConfig:
+    """
+    One C{[[rule]]}: who it is for (every matcher given must hold), and
+    what it allows or denies them (L{ocicache._policy}).
+    """
+
+    label: str
+    """C{rule[N]}, or C{rule[N] (name)}: what log lines call it."""
+    action: str = "allow"
+    identity: Pattern | None = None
+    """Matched against C{anonymous}, C{user:NAME}, C{token:NAME} or C{oidc:SUB}."""
+    user: Pattern | None = None
+    token: Pattern | None = None
+    claims: tuple[tuple[str, Pattern], ...] = ()
+    upstreams: tuple[str, ...] | None = None
+    """Upstream names; C{None}: every upstream."""
+    repositories: tuple[Pattern, ...] | None = None
+    """Repository patterns; C{None}: every repository."""
+
+
+@frozen
+class WarmConfig:
+    """
+    One C{[[warm]]} table: images the daemon fetches at start and every
+    C{every} seconds (C{None}: at start only), for C{platforms} only;
+    C{pin} keeps their closures from eviction and expiry.
+    """
+
+    refs: tuple[str, ...]
+    platforms: tuple[Platform, ...]
+    every: float | None = None
+    pin: bool = False
+
+
+@frozen
+class OIDCIssuerConfig:
+    """
+    One C{[[auth.oidc]]}: workload tokens (JWTs) this issuer signs, for
+    this audience, are accepted.  Its keys come from C{jwks_url}, fetched
+    and cached, or from C{jwks_file}, read at load.
+    """
+
+    issuer: str
+    audience: str
+    jwks_url: str | None = None
+    jwks: Mapping[str, Any] | None = field(default=None, repr=False)
+    """The parsed C{jwks_file}, when there is one."""
+
+
+@frozen
+class AuthConfig:
+    """
+    C{[auth]}: how clients prove who they are.  Without the section,
+    nobody has to (loopback stays zero-config).  Secrets never show in
+    C{repr()}.
+    """
+
+    anonymous: bool = False
+    """Whether a request without credentials is served (as anonymous)."""
+    tokens: tuple[StaticToken, ...] = field(default=(), repr=False)
+    users: Mapping[str, bytes] = field(factory=dict, repr=False)
+    """htpasswd: user -> bcrypt hash."""
+    issue_tokens: bool = False
+    """The registry token flow: a Bearer challenge and ocicache's C{/token}."""
+    token_realm: str | None = None
+    """The realm in the challenge; C{None}: C{/token} on the host the client asked."""
+    token_service: str = "ocicache"
+    token_ttl: float = 300.0
+    token_key: bytes | None = field(default=None, repr=False)
+    """PEM of C{token_key_file}; C{None}: a key generated at start."""
+    oidc: tuple[OIDCIssuerConfig, ...] = ()
+
+
+@frozen
 class Config:
     server: ServerConfig
     cache: CacheConfig
@@ -184,6 +303,11 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     fleet: FleetConfig | None = None
     """C{None}: a single node, as without a C{[fleet]} table."""
+    rules: tuple[RuleConfig, ...] = ()
+    """The C{[[rule]]} list, in order: the first that matches decides."""
+    warm: tuple[WarmConfig, ...] = ()
+    auth: AuthConfig | None = None
+    """C{None}: no C{[auth]} section, every request is anonymous."""
 
     @property
     def default_upstream(self) -> UpstreamConfig | None:
@@ -319,6 +443,26 @@ def _parse_min_free(value: object) -> int | float:
     return parse_size(value)
 
 
+def _parse_quota_floor(value: object) -> int | float:
+    """A count of pulls (C{10}) or a percentage of the limit (C{"10%"})."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"{value!r} is not a number of pulls (10) or a percentage of the limit ('10%')")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    number = value.strip()
+    if not number.endswith("%"):
+        raise ValueError(f"{value!r} is not a number of pulls (10) or a percentage of the limit ('10%')")
+    try:
+        percent = float(number[:-1])
+    except ValueError:
+        raise ValueError(f"{value!r} is not a percentage such as '10%'") from None
+    if not 0 <= percent <= 100:
+        raise ValueError("a percentage must be between 0% and 100%")
+    return percent / 100
+
+
 class _Section:
     """
     Reads typed keys out of one TOML table and refuses keys it does not
@@ -330,6 +474,8 @@ class _Section:
             raise ConfigError(f"{path}: expected a table")
         self._table = dict(table)
         self._path = path
+        self.given = frozenset(self._table)
+        """Every key the table has, read or not."""
 
     def key(self, name: str) -> str:
         return f"{self._path}.{name}" if self._path else name
@@ -405,6 +551,12 @@ def _parse_upstream(table: object, index: int, environ: Mapping[str, str]) -> Up
             f"{path}.password: a literal password is not accepted; use password_file or password_env"
         )
     credentials = None
+    credential_command = _parse_credential_command(section, path, url)
+    if credential_command is not None and (username, password_file, password_env) != (None, None, None):
+        raise ConfigError(
+            f"{path}: credential_helper or credential_command gives the username too;"
+            " drop username, password_file and password_env"
+        )
     if password_file is not None and password_env is not None:
         raise ConfigError(f"{path}: set password_file or password_env, not both")
     if username is not None:
@@ -442,8 +594,11 @@ def _parse_upstream(table: object, index: int, environ: Mapping[str, str]) -> Up
         raise ConfigError(f"{path}.max_downloads: must be at least 1")
     kind, ns = _tier(section, path)
     token = _static_token(section, path, environ)
-    if token is not None and credentials is not None:
-        raise ConfigError(f"{path}: set token_file or token_env, or username and a password, not both")
+    if token is not None and (credentials is not None or credential_command is not None):
+        raise ConfigError(f"{path}: set token_file or token_env, or credentials, not both")
+    include, exclude, tags, digest_only = _parse_upstream_policy(section, path)
+    quota_floor = section.convert("quota_floor", _parse_quota_floor, _UPSTREAM_DEFAULTS.quota_floor)
+    quota_stretch = _positive_duration(section, "quota_stretch", _UPSTREAM_DEFAULTS.quota_stretch)
     section.finish()
     return UpstreamConfig(
         name=name.lower(),
@@ -454,9 +609,16 @@ def _parse_upstream(table: object, index: int, environ: Mapping[str, str]) -> Up
         ca_file=ca_file,
         tls_verify=tls_verify,
         max_downloads=max_downloads,
+        include=include,
+        exclude=exclude,
+        tags=tags,
+        digest_only=digest_only,
+        credential_command=credential_command,
         kind=kind,
         ns=ns,
         token=token,
+        quota_floor=quota_floor,
+        quota_stretch=quota_stretch,
     )
 
 
@@ -509,6 +671,151 @@ def _static_token(section: _Section, path: str, environ: Mapping[str, str]) -> s
     return token
 
 
+# -- who may pull what (L{ocicache._policy})
+
+# The characters of the reference grammar's names and tags, plus the
+# glob's own: a pattern holding anything else could never match.
+_REPOSITORY_PATTERN = re.compile(r"^[a-z0-9._/*?-]+$")
+_TAG_PATTERN = re.compile(r"^[A-Za-z0-9._*?-]+$")
+
+
+def _pattern_list(section: _Section, name: str, alphabet: re.Pattern[str] | None) -> tuple[Pattern, ...] | None:
+    """
+    A non-empty list of glob patterns, each compiled; C{None} when unset.
+    """
+    values = section.get(name, list, None)
+    if values is None:
+        return None
+    if not values:
+        raise ConfigError(f"{section.key(name)}: must not be empty (leave it out to match everything)")
+    patterns = []
+    for index, value in enumerate(values):
+        key = f"{section.key(name)}[{index}]"
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string")
+        if alphabet is not None and not alphabet.match(value):
+            raise ConfigError(f"{key}: {value[:80]!r} can never match: names are lower-case letters,"
+                              " digits, '.', '_', '-' and '/', tags also upper-case letters")
+        patterns.append(_pattern(key, value))
+    return tuple(patterns)
+
+
+def _pattern(key: str, value: str) -> Pattern:
+    try:
+        return Pattern(value)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
+def _parse_upstream_policy(
+    section: _Section, path: str
+) -> tuple[tuple[Pattern, ...], tuple[Pattern, ...], tuple[Pattern, ...], bool]:
+    """
+    An upstream's C{include}, C{exclude}, C{tags} and C{digest_only}.
+    """
+    include = _pattern_list(section, "include", _REPOSITORY_PATTERN) or ()
+    exclude = _pattern_list(section, "exclude", _REPOSITORY_PATTERN) or ()
+    tags = _pattern_list(section, "tags", _TAG_PATTERN) or ()
+    digest_only = section.get("digest_only", bool, False)
+    if digest_only and tags:
+        raise ConfigError(f"{path}.tags: digest_only refuses every tag; set one or the other")
+    return include, exclude, tags, digest_only
+
+
+_HELPER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_DEFAULT_CREDENTIAL_TTL = 15 * 60.0
+
+
+def _parse_credential_command(section: _Section, path: str, url: DecodedURL) -> CredentialCommand | None:
+    """
+    C{credential_helper} (C{docker-credential-<name> get}) or
+    C{credential_command}, with C{credential_ttl}.
+    """
+    helper = section.get("credential_helper", str, None)
+    command = section.get("credential_command", list, None)
+    ttl = _positive_duration(section, "credential_ttl", _DEFAULT_CREDENTIAL_TTL)
+    if helper is not None and command is not None:
+        raise ConfigError(f"{path}: set credential_helper or credential_command, not both")
+    if helper is not None:
+        if not _HELPER_NAME.match(helper):
+            raise ConfigError(f"{path}.credential_helper: {helper[:80]!r} is not a helper name such as 'ecr-login'"
+                              " (ocicache runs docker-credential-<name>)")
+        argv: tuple[str, ...] = (f"docker-credential-{helper}", "get")
+    elif command is not None:
+        if not command or not all(isinstance(arg, str) and arg for arg in command):
+            raise ConfigError(f"{path}.credential_command: expected a non-empty list of non-empty strings")
+        if "/" in command[0] and not os.path.isabs(command[0]):
+            raise ConfigError(f"{path}.credential_command: {command[0][:80]!r} must be an absolute path"
+                              " or a name on $PATH")
+        argv = tuple(command)
+    else:
+        if "credential_ttl" in section.given:
+            raise ConfigError(f"{path}.credential_ttl: needs credential_helper or credential_command")
+        return None
+    server_url = url.replace(path=()).to_uri().to_text()
+    return CredentialCommand(argv=argv, ttl=ttl, server_url=server_url)
+
+
+_RULE_ACTIONS = ("allow", "deny")
+_CLAIM_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def _parse_rule(table: object, index: int, upstream_names: frozenset[str]) -> RuleConfig:
+    """
+    One C{[[rule]]}; see README "Who may pull what".
+    """
+    path = f"rule[{index}]"
+    section = _Section(table, path)
+    name = section.get("name", str, None)
+    if name is not None and not (name and name.isprintable() and len(name) <= 64):
+        raise ConfigError(f"{path}.name: one line of at most 64 characters, for log lines")
+    label = f"{path} ({name})" if name else path
+    action = section.get("action", str, "allow")
+    if action not in _RULE_ACTIONS:
+        raise ConfigError(f"{path}.action: {action[:40]!r} must be 'allow' or 'deny'")
+    matchers: dict[str, Pattern | None] = {}
+    for key in ("identity", "user", "token"):
+        value = section.get(key, str, None)
+        matchers[key] = None if value is None else _pattern(section.key(key), value)
+    claims: list[tuple[str, Pattern]] = []
+    raw_claims = section.get("claims", dict, None)
+    if raw_claims is not None:
+        if not raw_claims:
+            raise ConfigError(f"{path}.claims: must not be empty")
+        for claim, value in sorted(raw_claims.items()):
+            if not _CLAIM_NAME.match(claim):
+                raise ConfigError(f"{path}.claims: {claim[:40]!r} is not a claim name")
+            if not isinstance(value, str):
+                raise ConfigError(f"{path}.claims.{claim}: expected a string pattern")
+            claims.append((claim, _pattern(f"{path}.claims.{claim}", value)))
+    if all(matcher is None for matcher in matchers.values()) and not claims:
+        raise ConfigError(f"{path}: say who it is for: identity, user, token or claims"
+                          " (identity = \"**\" for everyone)")
+    upstreams = section.get("upstreams", list, None)
+    if upstreams is not None:
+        if not upstreams:
+            raise ConfigError(f"{path}.upstreams: must not be empty (leave it out for every upstream)")
+        for position, upstream in enumerate(upstreams):
+            if not isinstance(upstream, str) or upstream.lower() not in upstream_names:
+                raise ConfigError(f"{path}.upstreams[{position}]: {str(upstream)[:80]!r} is not a configured upstream")
+        upstreams = tuple(upstream.lower() for upstream in upstreams)
+    repositories = _pattern_list(section, "repositories", _REPOSITORY_PATTERN)
+    section.finish()
+    return RuleConfig(
+        label=label, action=action, identity=matchers["identity"], user=matchers["user"],
+        token=matchers["token"], claims=tuple(claims), upstreams=upstreams, repositories=repositories,
+    )
+
+
+def _parse_rules(raw: object, upstreams: tuple[UpstreamConfig, ...]) -> tuple[RuleConfig, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError("rule: expected an array of tables ([[rule]])")
+    names = frozenset(upstream.name for upstream in upstreams)
+    return tuple(_parse_rule(table, index, names) for index, table in enumerate(raw))
+
+
 _CACHE_DEFAULTS = CacheConfig(dir="")
 
 
@@ -526,6 +833,86 @@ def _manifest_ttl(section: _Section) -> float | None:
         raise ConfigError("cache.manifest_ttl: must be positive, or \"never\"")
     return seconds
 _UPSTREAM_DEFAULTS = UpstreamConfig(name="", url=DecodedURL.from_text("http://defaults"))
+_AUTH_DEFAULTS = AuthConfig()
+# ocicache's own tokens live minutes: long enough for one pull, short
+# enough that a leaked one soon stops working.
+_MAX_TOKEN_TTL = 86400.0
+
+
+def _read_file(section: _Section, name: str, read: Callable[[str], T]) -> T | None:
+    path = section.get(name, str, None)
+    if path is None:
+        return None
+    try:
+        return read(path)
+    except ValueError as e:
+        raise ConfigError(f"{section.key(name)}: {e}") from None
+
+
+def _http_url(section: _Section, name: str) -> str | None:
+    text: str | None = section.get(name, str, None)
+    if text is None:
+        return None
+    try:
+        url = DecodedURL.from_text(text)
+    except Exception:
+        raise ConfigError(f"{section.key(name)}: {text!r} is not a URL") from None
+    if url.scheme not in ("http", "https") or not url.host or any(url.userinfo):
+        raise ConfigError(f"{section.key(name)}: {text!r} must be an http:// or https:// URL with a host"
+                          " and no credentials")
+    return text
+
+
+def _parse_oidc(table: object, index: int) -> OIDCIssuerConfig:
+    section = _Section(table, f"auth.oidc[{index}]")
+    issuer = section.get("issuer", str, None)
+    if not issuer:
+        raise ConfigError(f"{section.key('issuer')}: required (the tokens' iss, e.g."
+                          " 'https://token.actions.githubusercontent.com')")
+    audience = section.get("audience", str, None)
+    if not audience:
+        raise ConfigError(f"{section.key('audience')}: required (the aud the tokens are issued for)")
+    jwks_url = _http_url(section, "jwks_url")
+    jwks = _read_file(section, "jwks_file", read_jwks)
+    if (jwks_url is None) == (jwks is None):
+        raise ConfigError(f"{section.key('jwks_url')}: set jwks_url or jwks_file, one of them")
+    section.finish()
+    return OIDCIssuerConfig(issuer=issuer, audience=audience, jwks_url=jwks_url, jwks=jwks)
+
+
+def _parse_auth(table: object) -> AuthConfig:
+    section = _Section(table, "auth")
+    anonymous = section.get("anonymous", bool, _AUTH_DEFAULTS.anonymous)
+    tokens = _read_file(section, "tokens_file", read_tokens_file) or ()
+    users = _read_file(section, "htpasswd_file", read_htpasswd) or {}
+    issue_tokens = section.get("issue_tokens", bool, _AUTH_DEFAULTS.issue_tokens)
+    token_realm = _http_url(section, "token_realm")
+    token_service = section.get("token_service", str, _AUTH_DEFAULTS.token_service)
+    if not token_service or not token_service.isprintable():
+        raise ConfigError("auth.token_service: must be a non-empty printable string")
+    token_ttl = _positive_duration(section, "token_ttl", _AUTH_DEFAULTS.token_ttl)
+    if token_ttl > _MAX_TOKEN_TTL:
+        raise ConfigError("auth.token_ttl: must be at most 1d")
+    token_key = _read_file(section, "token_key_file", read_signing_key)
+    raw_oidc = section.get("oidc", list, [])
+    oidc = tuple(_parse_oidc(entry, index) for index, entry in enumerate(raw_oidc))
+    section.finish()
+    issuers = [entry.issuer for entry in oidc]
+    for index, issuer in enumerate(issuers):
+        if issuer in issuers[:index]:
+            raise ConfigError(f"auth.oidc[{index}].issuer: {issuer!r} is configured twice")
+        if issue_tokens and issuer == token_service:
+            raise ConfigError(f"auth.oidc[{index}].issuer: {issuer!r} is ocicache's own token_service")
+    if not (tokens or users or oidc):
+        raise ConfigError("auth: set tokens_file, htpasswd_file or [[auth.oidc]] (or remove [auth])")
+    if (token_realm is not None or token_key is not None) and not issue_tokens:
+        raise ConfigError("auth.issue_tokens: token_realm and token_key_file need issue_tokens = true")
+    return AuthConfig(
+        anonymous=anonymous, tokens=tokens, users=users, issue_tokens=issue_tokens,
+        token_realm=token_realm, token_service=token_service, token_ttl=token_ttl,
+        token_key=token_key, oidc=oidc,
+    )
+
 
 _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
@@ -673,6 +1060,8 @@ def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None =
         abandon_below=float(cache_section.get("abandon_below", (int, float), _CACHE_DEFAULTS.abandon_below)),
         scrub_rate=cache_section.convert("scrub_rate", parse_size, _CACHE_DEFAULTS.scrub_rate),
         manifest_ttl=_manifest_ttl(cache_section),
+        referrers_ttl=cache_section.convert("referrers_ttl", parse_duration, _CACHE_DEFAULTS.referrers_ttl),
+        protect_recent=cache_section.convert("protect_recent", parse_duration, _CACHE_DEFAULTS.protect_recent),
     )
     if cache.max_downloads < 1:
         raise ConfigError("cache.max_downloads: must be at least 1")
@@ -691,7 +1080,12 @@ def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None =
     metrics_section.finish()
 
     fleet = _parse_fleet(top.get("fleet", dict, None), environ)
+    raw_auth = top.get("auth", dict, None)
+    auth = _parse_auth(raw_auth) if raw_auth is not None else None
+
     raw_upstreams = top.get("upstream", list, None)
+    raw_rules = top.get("rule", list, None)
+    raw_warm = top.get("warm", list, [])
     top.finish()
     if raw_upstreams is None:
         upstreams = tuple(
@@ -711,8 +1105,60 @@ def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None =
         seen.add(upstream.name)
     if sum(upstream.default for upstream in upstreams) > 1:
         raise ConfigError("upstream: only one upstream may set default = true")
+    rules = _parse_rules(raw_rules, upstreams)
+    warm = _parse_warm_tables(raw_warm, upstreams)
     return Config(server=server, cache=cache,
-                  upstreams=upstreams, metrics=metrics, fleet=fleet)
+                  upstreams=upstreams, metrics=metrics, rules=rules, warm=warm, auth=auth, fleet=fleet)
+
+
+# -- [[warm]]: images fetched, and perhaps pinned, by the daemon itself
+
+
+def _parse_warm_tables(tables: list[object], upstreams: tuple[UpstreamConfig, ...]) -> tuple[WarmConfig, ...]:
+    return tuple(_parse_warm(table, index, upstreams) for index, table in enumerate(tables))
+
+
+def _parse_warm(table: object, index: int, upstreams: tuple[UpstreamConfig, ...]) -> WarmConfig:
+    path = f"warm[{index}]"
+    section = _Section(table, path)
+    refs = section.get("refs", list, None)
+    if not refs:
+        raise ConfigError(f"{path}.refs: required, a non-empty list of images such as 'docker.io/library/alpine:3.20'")
+    names = {upstream.name for upstream in upstreams}
+    has_default = any(upstream.default for upstream in upstreams)
+    for number, ref in enumerate(refs):
+        key = f"{path}.refs[{number}]"
+        if not isinstance(ref, str):
+            raise ConfigError(f"{key}: expected a string")
+        try:
+            parsed = parse_image_reference(ref)
+        except InvalidReference as e:
+            raise ConfigError(f"{key}: {ref!r} is not an image reference ({e.message})") from None
+        if parsed.registry is None and not has_default:
+            raise ConfigError(f"{key}: {ref!r} names no registry and no upstream is the default")
+        if parsed.registry is not None and parsed.registry not in names:
+            raise ConfigError(f"{key}: no [[upstream]] is named {parsed.registry!r}")
+    raw_platforms = section.get("platforms", list, None)
+    if raw_platforms is None:
+        platforms: tuple[Platform, ...] = (host_platform(),)
+    else:
+        if not raw_platforms:
+            raise ConfigError(f"{path}.platforms: expected a non-empty list such as ['linux/amd64']")
+        parsed_platforms = []
+        for number, text in enumerate(raw_platforms):
+            if not isinstance(text, str):
+                raise ConfigError(f"{path}.platforms[{number}]: expected a string")
+            try:
+                parsed_platforms.append(Platform.parse(text))
+            except ValueError as e:
+                raise ConfigError(f"{path}.platforms[{number}]: {e}") from None
+        platforms = tuple(parsed_platforms)
+    every = section.convert("every", parse_duration, None)
+    if every is not None and every <= 0:
+        raise ConfigError(f"{path}.every: must be positive (unset: at start only)")
+    pin = section.get("pin", bool, False)
+    section.finish()
+    return WarmConfig(tuple(refs), platforms, every, pin)
 
 
 def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> Config:

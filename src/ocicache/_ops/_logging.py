@@ -14,7 +14,7 @@ Two ways to get them:
 Each line has C{time} (ISO 8601, UTC), C{level}, C{namespace}, C{message}
 (the event formatted as the text log shows it), then the event's own
 fields, e.g. for an C{ocicache.access} event C{method}, C{path}, C{status},
-C{bytes}, C{duration}, C{cache_result} and C{upstream}.  Only fields that
+C{bytes}, C{duration}, C{cache_result}, C{upstream} and C{identity}.  Only fields that
 are JSON scalars are copied: objects are left to C{message}, so no
 C{repr()} of a configuration object can slip into a line.  A logged
 failure adds C{error} (its message) and C{traceback}.
@@ -38,13 +38,15 @@ _access = Logger(namespace="ocicache.access")
 
 def log_access(
     method: str, path: str, status: int, sent: int, duration: float,
-    cache_result: str | None = None, upstream: str | None = None,
+    cache_result: str | None = None, upstream: str | None = None, identity: str = "-",
 ) -> None:
     """
-    The one structured access event every request emits.
+    The one structured access event every request emits.  C{identity} is
+    who the client proved to be (C{user:alice}, C{token:ci},
+    C{oidc:<sub>}; C{-}: anonymous): a name, never a credential.
     """
     _access.info(
-        "{method} {path} {status} {bytes}B {duration:.3f}s {cache_result} {upstream}",
+        "{method} {path} {status} {bytes}B {duration:.3f}s {cache_result} {upstream} {identity}",
         method=method,
         path=path[:1024],
         status=status,
@@ -52,6 +54,7 @@ def log_access(
         duration=duration,
         cache_result=cache_result or "-",
         upstream=upstream or "-",
+        identity=identity[:256],
     )
 
 # Keys of old-style (twisted.python.log) events that carry no information

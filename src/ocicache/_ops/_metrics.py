@@ -84,6 +84,46 @@ class Metrics:
             "ocicache_upstream_ratelimit_remaining",
             "Pulls left in the upstream's rate-limit window (Docker Hub's ratelimit-remaining).",
             ["upstream"], registry=registry)
+        self.policy_denied = Counter(
+            "ocicache_policy_denied", "Requests the policy refused (403), by upstream and the rule that decided.",
+            ["upstream", "rule"], registry=registry)
+        self.config_reloads = Counter(
+            "ocicache_config_reloads", "SIGHUP reloads of the config file: applied or refused.",
+            ["result"], registry=registry)
+        # Warming and pinning (the daemon's own [[warm]] runs and pins).
+        self.warm_runs = Counter(
+            "ocicache_warm_runs", "Warm runs of one image by the daemon ([[warm]], pins), by result.",
+            ["result"], registry=registry)
+        self.warm_blobs = Counter(
+            "ocicache_warm_blobs", "Blobs of warm runs, by outcome: fetched, cached (already there) or failed.",
+            ["outcome"], registry=registry)
+        self.pinned_bytes = Gauge(
+            "ocicache_pinned_bytes", "Bytes of the blobs pinned closures reference (counted toward max_size).",
+            registry=registry)
+        self.ratelimit_limit = Gauge(
+            "ocicache_upstream_ratelimit_limit",
+            "Pulls allowed in the upstream's rate-limit window (Docker Hub's ratelimit-limit).",
+            ["upstream"], registry=registry)
+        self.ratelimit_window = Gauge(
+            "ocicache_upstream_ratelimit_window_seconds",
+            "The upstream's rate-limit window (the ;w= of its rate-limit headers).",
+            ["upstream"], registry=registry)
+        self.ratelimit_limited = Gauge(
+            "ocicache_upstream_ratelimited",
+            "1 while the upstream is left alone after a 429, until its Retry-After or window passes.",
+            ["upstream"], registry=registry)
+        self.pull_equivalents = Counter(
+            "ocicache_pull_equivalents",
+            "Manifest GETs, as Docker Hub counts pulls: made upstream, or saved (a client's GET answered"
+            " without one).",
+            ["upstream", "outcome"], registry=registry)
+        self.client_auth = Counter(
+            "ocicache_client_auth", "Client credentials checked, by how they came (basic, bearer,"
+            " none, other) and whether they proved an identity (ok, refused).",
+            ["method", "result"], registry=registry)
+        self.password_checks = Counter(
+            "ocicache_password_checks", "bcrypt checks of htpasswd passwords run (a memo spares the rest).",
+            registry=registry)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,5 +1,5 @@
 """
-HTTP authentication challenges and registry token responses.
+HTTP authentication challenges, credentials, and registry token responses.
 
 An upstream registry answers an unauthenticated request with C{401} and a
 C{WWW-Authenticate} challenge (RFC 9110 §11.6.1).  Registries send two
@@ -9,19 +9,34 @@ C{Basic realm="..."}.  The parser covers those: a scheme, then
 comma-separated C{name=value} auth-params whose values are tokens or
 quoted strings.  The header comes from upstreams we do not control, so
 it never raises and drops what it cannot understand.
+
+The other way round, ocicache itself challenges its clients
+(L{format_challenge}) and reads the credentials they send
+(L{parse_authorization}: RFC 7617 Basic, RFC 6750 Bearer).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import re
 from collections.abc import Sequence
 from typing import Any
 
-from attrs import Factory, frozen
+from attrs import Factory, field, frozen
 
-__all__ = ["Challenge", "parse_token_response", "parse_www_authenticate"]
+__all__ = [
+    "BasicCredentials",
+    "BearerCredentials",
+    "Challenge",
+    "InvalidAuthorization",
+    "format_challenge",
+    "parse_authorization",
+    "parse_token_response",
+    "parse_www_authenticate",
+]
 
 
 @frozen
@@ -153,3 +168,78 @@ def parse_token_response(body: bytes) -> tuple[str, float | None]:
             raise ValueError("token response has a malformed token")
         raise ValueError("token response has no token")
     return token, _expires_in(document.get("expires_in"))
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _quoted(value: str) -> str:
+    """RFC 9110 §5.6.4: a quoted-string, with C{"} and C{\\} escaped."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def format_challenge(challenge: Challenge) -> bytes:
+    """
+    A C{WWW-Authenticate} field value for C{challenge} (RFC 9110 §11.6.1):
+    the scheme, then its auth-params as quoted strings, in order.  Control
+    characters cannot be written into a header and are dropped.
+    """
+    params = ",".join(
+        f"{name}={_quoted(_CONTROL.sub('', value))}" for name, value in challenge.params.items()
+    )
+    text = f"{challenge.scheme} {params}" if params else challenge.scheme
+    return text.encode("utf-8")
+
+
+class InvalidAuthorization(ValueError):
+    """
+    An C{Authorization} header that is neither Basic nor Bearer, or is
+    malformed.  The message never includes the header.
+    """
+
+
+@frozen
+class BasicCredentials:
+    """RFC 7617: a user-id and a password.  The password never shows in C{repr()}."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+@frozen
+class BearerCredentials:
+    """RFC 6750 §2.1: a bearer token.  It never shows in C{repr()}."""
+
+    token: str = field(repr=False)
+
+
+# RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+
+def parse_authorization(value: bytes) -> BasicCredentials | BearerCredentials:
+    """
+    The credentials in an C{Authorization} header value: C{Basic} (RFC 7617
+    §2: base64 of C{user-id ":" password}, UTF-8) or C{Bearer} (RFC 6750
+    §2.1).  Schemes are case-insensitive (RFC 9110 §11.1).
+
+    @raise InvalidAuthorization: For any other scheme or a malformed value.
+    """
+    scheme, _, rest = value.strip().partition(b" ")
+    rest = rest.strip()
+    kind = scheme.lower()
+    if kind == b"basic":
+        try:
+            decoded = base64.b64decode(rest, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            raise InvalidAuthorization("malformed Basic credentials") from None
+        username, colon, password = decoded.partition(":")
+        if not colon or _CONTROL.search(decoded):
+            raise InvalidAuthorization("malformed Basic credentials")
+        return BasicCredentials(username, password)
+    if kind == b"bearer":
+        token = rest.decode("ascii", "replace")
+        if _B64TOKEN.fullmatch(token) is None:
+            raise InvalidAuthorization("malformed Bearer token")
+        return BearerCredentials(token)
+    raise InvalidAuthorization("unsupported authorization scheme; use Basic or Bearer")

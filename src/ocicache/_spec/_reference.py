@@ -25,8 +25,10 @@ __all__ = [
     "InvalidDigest",
     "InvalidName",
     "InvalidReference",
+    "ImageReference",
     "InvalidTag",
     "is_registry_host",
+    "parse_image_reference",
     "parse_reference",
     "validate_name",
     "validate_tag",
@@ -242,3 +244,47 @@ def is_registry_host(text: str) -> bool:
     C{registry.internal:5000}.
     """
     return len(text) <= 253 and _HOST.fullmatch(text) is not None
+
+
+@frozen
+class ImageReference:
+    """
+    An image as people write it: C{[registry/]repository[:tag][@digest]}.
+    C{registry} is C{None} when the text names none (the default upstream,
+    as docker reads C{alpine}); C{reference} is the digest when one is
+    given, else the tag (C{latest} when neither is).
+    """
+
+    registry: str | None
+    repository: str
+    reference: Digest | str
+
+    def __str__(self) -> str:
+        name = self.repository if self.registry is None else f"{self.registry}/{self.repository}"
+        separator = "@" if isinstance(self.reference, Digest) else ":"
+        return f"{name}{separator}{self.reference}"
+
+
+def parse_image_reference(text: str) -> ImageReference:
+    """
+    Parse C{[registry/]repository[:tag][@digest]} (distribution's
+    reference grammar).  The first component is a registry when it has a
+    C{.} or a C{:}, or is C{localhost}, as docker decides; a digest wins
+    over a tag given beside it.
+
+    @raise InvalidReference: If any part does not match the grammar.
+    """
+    name, _, digest_text = text.partition("@")
+    digest = Digest.parse(digest_text) if digest_text else None
+    registry: str | None = None
+    first, slash, rest = name.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        if not is_registry_host(first):
+            raise InvalidName("invalid registry host")
+        registry, name = first.lower(), rest
+    repository, colon, tag = name.rpartition(":") if ":" in name else (name, "", "")
+    if colon:
+        validate_tag(tag)
+    validate_name(repository)
+    reference: Digest | str = digest if digest is not None else (tag or "latest")
+    return ImageReference(registry, repository, reference)

@@ -25,7 +25,7 @@ SQLite in batches by the janitor, never once per request or chunk.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from .._spec._reference import Digest
 from ._disk import Disk
 from ._eviction import S3FIFO
+from ._metadata import MetadataUnavailable
 from ._store import Kind
 
 __all__ = ["Capacity", "LOW_WATER"]
@@ -54,7 +55,13 @@ class Capacity:
         max_size: int | None,
         min_free: int | float | None,
         on_evicted: Callable[[int, int], None] = lambda count, size: None,
+        protected: Callable[[], Awaitable[Iterable[Digest]]] | None = None,
     ) -> None:
+        """
+        @param protected: the blobs eviction must never choose, asked for
+            each time it runs: pinned closures, and the blobs of images
+            being pulled (C{[cache] protect_recent}).
+        """
         self._disk = disk
         self._reactor = disk.reactor
         self._store = disk.store
@@ -62,6 +69,7 @@ class Capacity:
         self.max_size = max_size
         self._min_free = min_free
         self._on_evicted = on_evicted
+        self._protected = protected
         # Without a limit the policy still orders blobs for min_free.
         self.policy = S3FIFO(max_size if max_size is not None else 1 << 62)
         self._accesses: dict[str, tuple[float, int]] = {}
@@ -176,7 +184,18 @@ class Capacity:
         finally:
             self._turn.release()
 
+    async def protected(self) -> set[Digest]:
+        """The blobs no eviction or expiry may remove now."""
+        return set(await self._protected()) if self._protected is not None else set()
+
     async def _evict(self, target: int, keep: Iterable[Digest]) -> tuple[int, int]:
+        try:
+            keep = set(keep) | await self.protected()
+        except MetadataUnavailable as e:
+            # Not knowing what is pinned, evict nothing: the new blob is
+            # then served but not kept.
+            log.warn("Not evicting: cannot tell which blobs are pinned ({error})", error=str(e))
+            return 0, 0
         victims = self.policy.evict(target, keep)
         if not victims:
             return 0, 0

@@ -151,10 +151,13 @@ class Janitor:
             await self._metadata.touch_blobs(accesses)
         now = time.time()
         if self._blob_ttl is not None:
+            # A pinned closure, or an image being pulled, is never expired.
+            protected = await self._capacity.protected()
             expired = [
                 (Digest.parse(row.digest), row.size)
                 for row in await self._metadata.blobs()
                 if now - max(row.last_access, accesses.get(row.digest, (0.0, 0))[0]) > self._blob_ttl
+                and Digest.parse(row.digest) not in protected
             ]
             await self._capacity.delete([digest for digest, _ in expired])
             report.expired = len(expired)

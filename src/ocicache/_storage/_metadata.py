@@ -18,13 +18,14 @@ closed, or impossible to create.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import sqlite3
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from attrs import frozen
 from twisted.internet.defer import Deferred, fail, succeed
@@ -39,6 +40,9 @@ __all__ = [
     "MetadataCorrupt",
     "MetadataLocked",
     "MetadataUnavailable",
+    "PinRow",
+    "QuotaRow",
+    "QuotaValues",
     "Rebuilt",
     "TagRow",
 ]
@@ -84,6 +88,39 @@ CREATE TABLE IF NOT EXISTS sources (
     upstream TEXT NOT NULL,
     repo TEXT NOT NULL,
     PRIMARY KEY (digest, upstream, repo)
+);
+CREATE TABLE IF NOT EXISTS manifest_blobs (
+    manifest TEXT NOT NULL,
+    blob TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (manifest, blob)
+);
+CREATE TABLE IF NOT EXISTS pins (
+    upstream TEXT NOT NULL,
+    repo TEXT NOT NULL,
+    reference TEXT NOT NULL,
+    platforms TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    pinned_at REAL NOT NULL,
+    PRIMARY KEY (upstream, repo, reference)
+);
+CREATE TABLE IF NOT EXISTS pin_manifests (
+    upstream TEXT NOT NULL,
+    repo TEXT NOT NULL,
+    reference TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    PRIMARY KEY (upstream, repo, reference, manifest)
+);
+CREATE TABLE IF NOT EXISTS quota (
+    upstream TEXT PRIMARY KEY,
+    pulls_made INTEGER NOT NULL DEFAULT 0,
+    pulls_saved INTEGER NOT NULL DEFAULT 0,
+    ratelimit_limit INTEGER,
+    ratelimit_remaining INTEGER,
+    ratelimit_window REAL,
+    ratelimit_source TEXT,
+    observed_at REAL,
+    limited_until REAL
 );
 """
 
@@ -232,6 +269,55 @@ def _unavailable(path: str, error: sqlite3.Error) -> MetadataUnavailable:
 class TagRow:
     digest: str
     checked_at: float
+
+
+@frozen
+class PinRow:
+    """
+    A pin: C{reference} (a tag, followed as it moves, or a digest) of
+    C{upstream}/C{repo}, for C{platforms} (comma-separated), last resolved
+    to C{digest}; C{size} is the declared bytes of the blobs it holds.
+    """
+
+    upstream: str
+    repo: str
+    reference: str
+    platforms: str
+    digest: str
+    pinned_at: float
+    size: int
+
+
+@frozen
+class QuotaRow:
+    """One upstream's pull-equivalents and the rate-limit values it last sent."""
+
+    upstream: str
+    pulls_made: int
+    pulls_saved: int
+    limit: int | None
+    remaining: int | None
+    window: float | None
+    source: str | None
+    observed_at: float | None
+    limited_until: float | None
+
+
+class QuotaValues(Protocol):
+    """The rate-limit values kept (the upstream client's C{Quota})."""
+
+    @property
+    def limit(self) -> int | None: ...
+    @property
+    def remaining(self) -> int | None: ...
+    @property
+    def window(self) -> float | None: ...
+    @property
+    def source(self) -> str | None: ...
+    @property
+    def observed_at(self) -> float | None: ...
+    @property
+    def limited_until(self) -> float | None: ...
 
 
 @frozen
@@ -503,6 +589,7 @@ class Metadata:
         rows = await self._execute(
             "SELECT digest FROM manifests AS m WHERE m.last_access < ?"
             " AND NOT EXISTS (SELECT 1 FROM tags AS t WHERE t.digest = m.digest)"
+            " AND NOT EXISTS (SELECT 1 FROM pin_manifests AS p WHERE p.manifest = m.digest)"
             " AND NOT EXISTS (SELECT 1 FROM manifest_children AS c JOIN manifests AS p ON p.digest = c.parent"
             " WHERE c.child = m.digest)",
             before,
@@ -566,6 +653,7 @@ class Metadata:
                 for digest in digests:
                     db.execute(f"DELETE FROM {table} WHERE digest=?", (digest,))
                     db.execute("DELETE FROM manifest_children WHERE parent=?", (digest,))
+                    db.execute("DELETE FROM manifest_blobs WHERE manifest=?", (digest,))
                     db.execute("DELETE FROM sources WHERE digest=?", (digest,))
                     db.execute("DELETE FROM tags WHERE digest=?", (digest,))
 
@@ -594,6 +682,36 @@ class Metadata:
 
         return await self._with_db(summary)
 
+    # -- each upstream's pull quota, for ocicache stats
+
+    def add_quota(self, upstream: str, made: int, saved: int, quota: QuotaValues) -> Deferred[Any]:
+        """
+        Add C{made} and C{saved} pull-equivalents to C{upstream}'s totals,
+        and keep the rate-limit values it last sent.
+        """
+        return self._execute(
+            "INSERT INTO quota (upstream, pulls_made, pulls_saved, ratelimit_limit, ratelimit_remaining,"
+            " ratelimit_window, ratelimit_source, observed_at, limited_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (upstream) DO UPDATE SET pulls_made = pulls_made + excluded.pulls_made,"
+            " pulls_saved = pulls_saved + excluded.pulls_saved,"
+            " ratelimit_limit = coalesce(excluded.ratelimit_limit, ratelimit_limit),"
+            " ratelimit_remaining = coalesce(excluded.ratelimit_remaining, ratelimit_remaining),"
+            " ratelimit_window = coalesce(excluded.ratelimit_window, ratelimit_window),"
+            " ratelimit_source = coalesce(excluded.ratelimit_source, ratelimit_source),"
+            " observed_at = coalesce(excluded.observed_at, observed_at),"
+            " limited_until = coalesce(excluded.limited_until, limited_until)",
+            upstream, made, saved, quota.limit, quota.remaining, quota.window, quota.source,
+            quota.observed_at, quota.limited_until,
+        )
+
+    async def quota(self) -> list[QuotaRow]:
+        """Every upstream's pull-equivalents and last rate-limit values, by name."""
+        rows = await self._execute(
+            "SELECT upstream, pulls_made, pulls_saved, ratelimit_limit, ratelimit_remaining, ratelimit_window,"
+            " ratelimit_source, observed_at, limited_until FROM quota ORDER BY upstream"
+        )
+        return [QuotaRow(*row) for row in rows]
+
     # -- which upstream has shown us which blob
 
     async def has_source(self, digest: str, upstream: str, repo: str) -> bool:
@@ -608,3 +726,97 @@ class Metadata:
             "INSERT OR IGNORE INTO sources (digest, upstream, repo) VALUES (?, ?, ?)",
             digest, upstream, repo,
         )
+
+    # -- what an image manifest references, and the pins that hold closures
+
+    def put_manifest_blobs(self, manifest: str, blobs: Iterable[tuple[str, int]]) -> Deferred[None]:
+        """An image manifest and the blobs (config, layers) it refers to, with their declared sizes."""
+        return self._executemany(
+            "INSERT OR IGNORE INTO manifest_blobs (manifest, blob, size) VALUES (?, ?, ?)",
+            ((manifest, blob, size) for blob, size in blobs),
+        )
+
+    def put_pin(self, upstream: str, repo: str, reference: str, platforms: str, digest: str,
+                manifests: Iterable[str], now: float) -> Deferred[None]:
+        """
+        Pin C{reference}, resolved to C{digest}, holding C{manifests} (the
+        top manifest and the platforms' ones): replaces what the pin held
+        before, in one transaction, so a pin that follows its tag releases
+        the old closure as it takes the new one.
+        """
+        members = [(upstream, repo, reference, manifest) for manifest in manifests]
+
+        def put(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("BEGIN")
+                db.execute(
+                    "INSERT INTO pins (upstream, repo, reference, platforms, digest, pinned_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (upstream, repo, reference) DO UPDATE SET"
+                    " platforms=excluded.platforms, digest=excluded.digest",
+                    (upstream, repo, reference, platforms, digest, now))
+                db.execute("DELETE FROM pin_manifests WHERE upstream=? AND repo=? AND reference=?",
+                           (upstream, repo, reference))
+                db.executemany("INSERT OR IGNORE INTO pin_manifests (upstream, repo, reference, manifest)"
+                               " VALUES (?, ?, ?, ?)", members)
+
+        return self._with_db(put)
+
+    def delete_pin(self, upstream: str, repo: str, reference: str) -> Deferred[bool]:
+        """Release a pin; C{True} if there was one."""
+
+        def delete(db: sqlite3.Connection) -> bool:
+            with db:
+                db.execute("BEGIN")
+                db.execute("DELETE FROM pin_manifests WHERE upstream=? AND repo=? AND reference=?",
+                           (upstream, repo, reference))
+                return db.execute("DELETE FROM pins WHERE upstream=? AND repo=? AND reference=?",
+                                  (upstream, repo, reference)).rowcount > 0
+
+        return self._with_db(delete)
+
+    async def pins(self) -> list[PinRow]:
+        rows = await self._execute(
+            "SELECT p.upstream, p.repo, p.reference, p.platforms, p.digest, p.pinned_at,"
+            " (SELECT coalesce(sum(size), 0) FROM (SELECT DISTINCT b.blob, b.size FROM pin_manifests AS m"
+            "  JOIN manifest_blobs AS b ON b.manifest = m.manifest WHERE m.upstream = p.upstream"
+            "  AND m.repo = p.repo AND m.reference = p.reference))"
+            " FROM pins AS p ORDER BY p.upstream, p.repo, p.reference"
+        )
+        return [PinRow(*row) for row in rows]
+
+    async def pin_missing(self, upstream: str, repo: str, reference: str) -> int:
+        """How many blobs the pin holds that the store does not (a fetch that failed, or was not kept)."""
+        rows = await self._execute(
+            "SELECT count(DISTINCT b.blob) FROM pin_manifests AS m JOIN manifest_blobs AS b"
+            " ON b.manifest = m.manifest WHERE m.upstream = ? AND m.repo = ? AND m.reference = ?"
+            " AND NOT EXISTS (SELECT 1 FROM blobs WHERE blobs.digest = b.blob)",
+            upstream, repo, reference,
+        )
+        return int(rows[0][0])
+
+    async def pinned_blobs(self, excluding: tuple[str, str, str] | None = None) -> dict[str, int]:
+        """
+        Every blob a pin holds, with its declared size; without the pin
+        C{excluding} (upstream, repo, reference) when given.
+        """
+        rows = await self._execute(
+            "SELECT DISTINCT b.blob, b.size FROM pin_manifests AS m JOIN manifest_blobs AS b"
+            " ON b.manifest = m.manifest WHERE NOT (m.upstream = ? AND m.repo = ? AND m.reference = ?)",
+            *(excluding or ("", "", "")),
+        )
+        return {str(blob): int(size) for blob, size in rows}
+
+    async def protected_blobs(self, since: float, recent: Iterable[str]) -> list[str]:
+        """
+        The blobs eviction and expiry must leave: those a pin holds, and
+        those of a manifest read at or after C{since}, by the database's
+        last access or in C{recent} (reads not written to it yet).
+        """
+        rows = await self._execute(
+            "SELECT DISTINCT blob FROM manifest_blobs WHERE manifest IN ("
+            " SELECT manifest FROM pin_manifests"
+            " UNION SELECT digest FROM manifests WHERE last_access >= ?"
+            " UNION SELECT value FROM json_each(?))",
+            since, json.dumps(list(recent)),
+        )
+        return [str(row[0]) for row in rows]

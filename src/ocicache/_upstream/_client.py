@@ -11,6 +11,7 @@ decide whether to read a small manifest or stream a 2 GiB layer.
 from __future__ import annotations
 
 import base64
+import math
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
@@ -24,12 +25,15 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
-from .._ops._config import UpstreamConfig
+from .._ops._config import Credentials, UpstreamConfig
 from .._ops._metrics import Metrics
 from .._spec._auth import Challenge, parse_token_response, parse_www_authenticate
+from .._spec._referrers import IMAGE_INDEX
 from .._version import __version__
 from ._body import discard_body, read_body
-from ._errors import UpstreamUnavailable
+from ._credentials import CredentialSource, credentials_for
+from ._errors import UpstreamRateLimited, UpstreamUnavailable
+from ._ratelimit import Quota, parse_ratelimit, parse_retry_after
 from ._tls import UpstreamTLSPolicy
 from ._tokens import TokenCache, TokenKey
 
@@ -84,6 +88,8 @@ class Upstream:
     ) -> None:
         self.config = config
         self.name = config.name
+        self.credentials: CredentialSource = credentials_for(config, reactor)
+        """Read on every use, so a reload may replace it."""
         self._reactor = reactor
         self._metrics = metrics
         self._tokens = tokens
@@ -98,7 +104,17 @@ class Upstream:
         # The last Bearer challenge seen: lets later requests fetch their
         # token up front instead of paying a 401 round trip each.
         self._bearer: Challenge | None = None
-        self.ratelimit_remaining: int | None = None
+        self.quota = Quota()
+        """What the upstream's responses said of its pull quota (L{note_quota})."""
+        self._below_floor = False
+        self._limited = False
+        # Pull-equivalents (manifest GETs, as Docker Hub counts them) not
+        # yet written to the metadata database: see pulls and flushed.
+        self._made = 0
+        self._saved = 0
+        if metrics is not None:
+            metrics.ratelimit_limited.labels(self.name).set_function(
+                lambda: 1 if self.quota.limited_for(self._reactor.seconds()) > 0 else 0)
 
     def _target(self, repo: str, *segments: str) -> _Target:
         # distribution-spec "Endpoints": /v2/<name>/... under the URL's path.
@@ -130,6 +146,18 @@ class Upstream:
             url = url.add(key, value)
         return await self._send("GET", _Target(url, target.scope, target.kind), {})
 
+    async def referrers(self, repo: str, digest: str, params: Iterable[tuple[str, str]]) -> IResponse:
+        """
+        The referrers of C{digest} (distribution-spec "Listing Referrers"),
+        with the client's C{artifactType} filter and page.
+        """
+        target = self._target(repo, "referrers", digest)
+        url = target.url
+        for key, value in params:
+            url = url.add(key, value)
+        headers = {b"Accept": [IMAGE_INDEX.encode("ascii")]}
+        return await self._send("GET", _Target(url, target.scope, target.kind), headers)
+
     # -- the machinery
 
     async def _send(
@@ -152,7 +180,14 @@ class Upstream:
                 authorization = retry
         if follow_redirects:
             response = await self._follow(method, target.url, response, headers, authorization, target.kind)
-        self._note_ratelimit(response)
+        if response.code == 429:
+            await self.discard(response)
+            raise self._rate_limited(response)
+        if target.kind == "manifest" and method == "GET":
+            # Docker Hub counts a pull per manifest GET; HEADs are free.
+            self._made += 1
+            if self._metrics is not None:
+                self._metrics.pull_equivalents.labels(self.name, "made").inc()
         return response
 
     async def _follow(
@@ -196,6 +231,9 @@ class Upstream:
         authorization: bytes | None,
         kind: RequestKind = "other",
     ) -> IResponse:
+        if self.quota.limited_for(self._reactor.seconds()) > 0:
+            # Not before the window allows: asking again only prolongs it.
+            raise self._rate_limited()
         all_headers = Headers(dict(headers))
         all_headers.setRawHeaders(b"user-agent", [USER_AGENT])
         if authorization is not None:
@@ -215,6 +253,7 @@ class Upstream:
             # The message names the host but never the headers we sent.
             raise UpstreamUnavailable(f"{self.name}: {type(e).__name__}: {_describe(e)}") from None
         self._observe(kind, str(response.code), started)
+        self.note_quota(response)
         return response
 
     def _observe(self, kind: RequestKind, code: str, started: float) -> None:
@@ -231,7 +270,7 @@ class Upstream:
             # RFC 6750 §2.1: a static token, sent with every request.
             return b"Bearer " + self.config.token.encode("ascii")
         if self._bearer is not None:
-            key = self._token_key(self._bearer, scope)
+            key = self._token_key(self._bearer, scope, await self.credentials.get())
             token = self._tokens.get(key)
             if token is None:
                 token = await self._fetch_token(self._bearer, key)
@@ -243,25 +282,25 @@ class Upstream:
         """
         Credentials answering a 401's challenges, or C{None} when none can.
         """
+        credentials = await self.credentials.get()
         for challenge in challenges:
             if challenge.scheme == "bearer" and challenge.params.get("realm"):
                 self._bearer = challenge
-                key = self._token_key(challenge, challenge.params.get("scope") or scope)
+                key = self._token_key(challenge, challenge.params.get("scope") or scope, credentials)
                 token = await self._fetch_token(challenge, key)
                 if token is not None:
                     return b"Bearer " + token.encode("ascii")
-        credentials = self.config.credentials
         if credentials is not None and any(c.scheme == "basic" for c in challenges):
             return _basic(credentials.username, credentials.password)
         return None
 
-    def _token_key(self, challenge: Challenge, scope: str) -> TokenKey:
-        credentials = self.config.credentials
+    def _token_key(self, challenge: Challenge, scope: str, credentials: Credentials | None) -> TokenKey:
         return TokenKey(
             realm=challenge.params["realm"],
             service=challenge.params.get("service"),
             scope=scope,
             username=credentials.username if credentials else None,
+            credentials=credentials,
         )
 
     async def _fetch_token(self, challenge: Challenge, key: TokenKey) -> str | None:
@@ -281,9 +320,12 @@ class Upstream:
             realm = realm.add("service", key.service)
         if key.scope:
             realm = realm.add("scope", key.scope)
-        credentials = self.config.credentials
+        credentials = key.credentials
         authorization = _basic(credentials.username, credentials.password) if credentials else None
         response = await self._request("GET", realm, {}, authorization, "token")
+        if response.code == 429:
+            await self.discard(response)
+            raise self._rate_limited(response)
         body = await self.read_body(response, 1 << 20)
         if response.code != 200 or body is None:
             log.warn("{upstream}: token request answered {code}", upstream=self.name, code=response.code)
@@ -307,16 +349,113 @@ class Upstream:
         """Drain a body nobody wants, so that its connection is reused."""
         await discard_body(response, self._reactor, self._response_timeout)
 
-    def _note_ratelimit(self, response: IResponse) -> None:
-        # Docker Hub: "ratelimit-remaining: 76;w=21600".
-        value = response.headers.getRawHeaders(b"ratelimit-remaining", [None])[0]
-        if value is not None:
-            try:
-                self.ratelimit_remaining = int(value.split(b";")[0])
-            except ValueError:
-                return
-            if self._metrics is not None:
-                self._metrics.ratelimit_remaining.labels(self.name).set(self.ratelimit_remaining)
+    # -- the quota
+
+    def note_quota(self, response: IResponse) -> None:
+        """
+        Take in what C{response} says of the upstream's quota: its
+        rate-limit headers, and a 429's C{Retry-After}.  Each change of
+        state is logged once: limited, recovered, below and above the
+        C{quota_floor}.
+        """
+        headers = response.headers
+        ratelimit = parse_ratelimit(
+            _first(headers, b"ratelimit-limit"), _first(headers, b"ratelimit-remaining"),
+            _first(headers, b"docker-ratelimit-source"),
+        )
+        # A mirror tier (another ocicache) answers 429 only for what it
+        # lacks while its own upstream limits it, and serves the rest: its
+        # 429s are passed on one by one, and it is never left alone.
+        refused = response.code == 429 and self.config.mirror_ns is None
+        if ratelimit is None and not refused and not self._limited:
+            return
+        now = self._reactor.seconds()
+        self.quota = quota = self.quota.observed(ratelimit, now, refused, _first(headers, b"retry-after"))
+        if self._metrics is not None and ratelimit is not None:
+            if quota.limit is not None:
+                self._metrics.ratelimit_limit.labels(self.name).set(quota.limit)
+            if quota.remaining is not None:
+                self._metrics.ratelimit_remaining.labels(self.name).set(quota.remaining)
+            if quota.window is not None:
+                self._metrics.ratelimit_window.labels(self.name).set(quota.window)
+        limited = quota.limited_for(now) > 0
+        if limited and not self._limited:
+            log.warn("{upstream}: {kind}; not asking it again for {seconds:.0f}s",
+                     upstream=self.name, seconds=quota.limited_for(now),
+                     kind="pull rate limit reached" if quota.pull_limit
+                     else "rate limited (429 without rate-limit headers)")
+        elif not limited and self._limited:
+            log.info("{upstream}: no longer rate limited", upstream=self.name)
+        self._limited = limited
+        below = quota.below(self.config.quota_floor, now)
+        if below != self._below_floor:
+            if below:
+                log.warn("{upstream}: {remaining} of {limit} pulls left, below quota_floor: tags are"
+                         " revalidated every {stretch:.0f}s", upstream=self.name, remaining=quota.remaining,
+                         limit=quota.limit if quota.limit is not None else "?",
+                         stretch=self.config.quota_stretch)
+            else:
+                log.info("{upstream}: {remaining} pulls left, above quota_floor again", upstream=self.name,
+                         remaining=quota.remaining)
+            self._below_floor = below
+
+    def restore(self, quota: Quota) -> None:
+        """
+        Take up the quota state of the last run (from the metadata
+        database), unless this run has heard from the upstream already.
+        """
+        if self.quota != Quota():
+            return
+        now = self._reactor.seconds()
+        self.quota = quota
+        self._limited = quota.limited_for(now) > 0
+        self._below_floor = quota.below(self.config.quota_floor, now)
+        if self._limited:
+            log.warn("{upstream}: still rate limited from the last run; not asking it again for {seconds:.0f}s",
+                     upstream=self.name, seconds=quota.limited_for(now))
+
+    def tag_ttl(self, normal: float) -> float:
+        """
+        How long this upstream's tags are trusted: C{normal}, stretched to
+        C{quota_stretch} while its remaining pulls are below C{quota_floor},
+        so that cached tags stop spending the quota.
+        """
+        if self.quota.below(self.config.quota_floor, self._reactor.seconds()):
+            return max(normal, self.config.quota_stretch)
+        return normal
+
+    def _rate_limited(self, response: IResponse | None = None) -> UpstreamRateLimited:
+        """
+        The error for a request refused, or not sent, while the upstream
+        is left alone: its C{Retry-After} is the seconds left (or, for a
+        mirror's 429, the mirror's own).
+        """
+        now = self._reactor.seconds()
+        seconds = self.quota.limited_for(now)
+        retry_after = _first(response.headers, b"retry-after") if response is not None else None
+        if not seconds and retry_after is not None:
+            seconds = parse_retry_after(retry_after, now) or 0.0
+        return UpstreamRateLimited(f"{self.name} is rate limiting ocicache", b"%d" % max(1, math.ceil(seconds)))
+
+    def saved_pull(self) -> None:
+        """A client's manifest GET was answered without one upstream."""
+        self._saved += 1
+        if self._metrics is not None:
+            self._metrics.pull_equivalents.labels(self.name, "saved").inc()
+
+    def pulls(self) -> tuple[int, int]:
+        """Pull-equivalents made and saved since the last L{flushed}."""
+        return self._made, self._saved
+
+    def flushed(self, made: int, saved: int) -> None:
+        """C{made} and C{saved} of L{pulls} are in the metadata database."""
+        self._made -= made
+        self._saved -= saved
+
+
+def _first(headers: Headers, name: bytes) -> bytes | None:
+    values = headers.getRawHeaders(name)
+    return values[0] if values else None
 
 
 def _basic(username: str, password: str) -> bytes:

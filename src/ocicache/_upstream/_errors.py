@@ -41,7 +41,10 @@ class UpstreamDenied(UpstreamError):
 
 @frozen
 class UpstreamRateLimited(UpstreamError):
-    """The upstream answered 429; C{retry_after} is its C{Retry-After}."""
+    """
+    The upstream answered 429, or is left alone after one; C{retry_after}
+    is the C{Retry-After} to give clients (delta-seconds).
+    """
 
     message: str
     retry_after: bytes | None

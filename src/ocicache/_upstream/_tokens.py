@@ -14,6 +14,8 @@ from typing import Protocol
 from attrs import field, frozen
 from twisted.internet.interfaces import IReactorTime
 
+from .._ops._config import Credentials
+
 __all__ = ["TokenCache", "TokenKey"]
 
 
@@ -23,13 +25,16 @@ class TokenKey:
     What a bearer token was issued for: the token server (C{realm}), the
     C{service} and C{scope} asked for, and the user who asked (L{None} for
     an anonymous token).  Tokens for different keys must never be mixed up,
-    so the cache is keyed on all four.
+    so the cache is keyed on all four, and on the C{credentials} they were
+    asked with: when a credential helper or a reload rotates the password
+    of the same user, a token the old one got is not handed out again.
     """
 
     realm: str
     service: str | None
     scope: str | None
     username: str | None
+    credentials: Credentials | None = field(default=None, repr=False)
 
 
 class _Clock(Protocol):

@@ -6,6 +6,9 @@ distribution-spec errors (code, HTTP status, JSON body).
 
 from __future__ import annotations
 
+import re
+
+from attrs import evolve
 from twisted.web.iweb import IRequest
 
 from .._cache._errors import (
@@ -13,16 +16,32 @@ from .._cache._errors import (
     DigestMismatch,
     ManifestTooLarge,
     ManifestUnknown,
+    PinRefused,
     RepositoryUnknown,
     StoreUnavailable,
 )
 from .._cache._slots import Busy
+from .._identity._errors import Denied, Unauthenticated
+from .._policy import AccessDenied
+from .._spec._auth import Challenge, format_challenge
 from .._spec._errors import ErrorCode, RegistryError
 from .._upstream._errors import UpstreamDenied, UpstreamRateLimited, UpstreamUnavailable
 
-__all__ = ["internal_error", "registry_error", "render_error"]
+__all__ = ["DEFAULT_RETRY_AFTER", "challenged", "internal_error", "registry_error", "render_error"]
 
 _INTERNAL = RegistryError(ErrorCode.UNKNOWN, "internal error")
+
+DEFAULT_RETRY_AFTER = b"10"
+"""Seconds a 429 asks a client to wait when its cause named no time."""
+
+# RFC 9110 §10.2.3: Retry-After = HTTP-date / delay-seconds.  An upstream's
+# value is passed on only when it is one of them (IMF-fixdate, the form
+# senders must generate, RFC 9110 §5.6.7).
+_RETRY_AFTER = re.compile(
+    rb"[0-9]{1,10}"
+    rb"|(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-9]{2} "
+    rb"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [0-9]{4} [0-9]{2}:[0-9]{2}:[0-9]{2} GMT"
+)
 
 
 def registry_error(error: BaseException) -> RegistryError | None:
@@ -39,12 +58,21 @@ def registry_error(error: BaseException) -> RegistryError | None:
             return RegistryError(ErrorCode.MANIFEST_UNKNOWN, str(error))
         case RepositoryUnknown():
             return RegistryError(ErrorCode.NAME_UNKNOWN, str(error))
+        # distribution-spec "Error Codes": 401 UNAUTHORIZED, 403 DENIED.
+        case Unauthenticated():
+            return RegistryError(ErrorCode.UNAUTHORIZED, str(error))
+        case AccessDenied() | Denied():
+            # The mirror's own policy (README "Who may pull what"), or
+            # credentials that prove an identity this request may not use.
+            return RegistryError(ErrorCode.DENIED, str(error))
         case UpstreamDenied(status=401):
             return RegistryError(ErrorCode.UNAUTHORIZED, str(error))
         case UpstreamDenied():
             return RegistryError(ErrorCode.DENIED, str(error))
         case UpstreamRateLimited(retry_after=retry_after):
-            headers = ((b"retry-after", retry_after),) if retry_after is not None else ()
+            # The upstream's own wait, when it gave a well-formed one;
+            # render_error supplies the default otherwise.
+            headers = ((b"retry-after", retry_after.strip()),) if retry_after is not None else ()
             return RegistryError(ErrorCode.TOOMANYREQUESTS, str(error), headers=headers)
         case Busy(retry_after=seconds):
             # Bounded work (RFC 6585 §4): come back later.
@@ -59,9 +87,25 @@ def registry_error(error: BaseException) -> RegistryError | None:
         case UpstreamUnavailable():
             return RegistryError(ErrorCode.UPSTREAM_UNAVAILABLE, str(error), status=502)
         # Ours, and passing: 503 Service Unavailable (RFC 9110 §15.6.4).
+        # A pin that cannot fit: the operator's request conflicts with the
+        # store's limit (RFC 9110 §15.5.10).
+        case PinRefused():
+            return RegistryError(ErrorCode.DENIED, str(error), status=409)
         case StoreUnavailable():
             return RegistryError(ErrorCode.UPSTREAM_UNAVAILABLE, str(error), status=503)
     return None
+
+
+def challenged(error: Unauthenticated, challenge: Challenge) -> RegistryError:
+    """
+    The 401 for C{error}, with the C{WWW-Authenticate} challenge that
+    tells the client how to authenticate (RFC 9110 §15.5.2: a 401 must
+    carry one).
+    """
+    answer = registry_error(error)
+    if answer is None:
+        raise TypeError("not an authentication error")
+    return evolve(answer, headers=(*answer.headers, (b"www-authenticate", format_challenge(challenge))))
 
 
 def internal_error() -> RegistryError:
@@ -79,8 +123,21 @@ def render_error(request: IRequest, error: RegistryError) -> bytes:
     request.setResponseCode(error.status)
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"content-length", str(len(body)).encode("ascii"))
+    limited = error.status == 429
     for name, value in error.headers:
-        request.setHeader(name, value)
+        if not (limited and name.lower() == b"retry-after"):
+            request.setHeader(name, value)
+    if limited:
+        # distribution-spec "Error Codes" and RFC 6585 §4: every 429 says
+        # when to come back, whatever raised it (RFC 9110 §10.2.3).
+        request.setHeader(b"retry-after", _retry_after(error))
     if request.method == b"HEAD":
         return b""
     return body
+
+
+def _retry_after(error: RegistryError) -> bytes:
+    for name, value in error.headers:
+        if name.lower() == b"retry-after" and _RETRY_AFTER.fullmatch(value) is not None:
+            return value
+    return DEFAULT_RETRY_AFTER

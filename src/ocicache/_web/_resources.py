@@ -1,7 +1,10 @@
 """
 The twisted.web resources: the distribution-spec pull API under C{/v2/}.
 
-Each request is routed and validated (L{ocicache._web._routing}), then answered
+Each request is first authenticated (L{ocicache._identity}: before any
+routing, cache lookup or upstream request; C{/v2/} itself too, since a
+401 there is how clients discover that they must log in), then routed
+and validated (L{ocicache._web._routing}), then answered
 from the manifest or blob service.  Blob bodies are streamed by a
 L{Streamer} registered as the request's push producer, so a response sends
 bytes as they arrive and as fast as its own client reads.
@@ -11,12 +14,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from urllib.parse import quote, urlencode
 
 from attrs import define
 from hyperlink import DecodedURL
 from prometheus_client import Gauge
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -25,24 +30,31 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from .._cache._blobs import BlobService
 from .._cache._manifests import ManifestService
+from .._cache._referrers import ReferrerService
 from .._cache._result import CacheResult
 from .._cache._source import StoredFile
 from .._cache._tags import TagService
+from .._identity import ANONYMOUS, Identity
+from .._identity._authenticator import Authenticator, build_authenticator
+from .._identity._errors import Unauthenticated
 from .._ops._config import Config
 from .._ops._logging import log_access
 from .._ops._metrics import Metrics
+from .._policy import AccessDenied, Decision, Policy, ReferenceKind, decide, identity_text
 from .._spec._errors import ErrorCode, RegistryError
 from .._spec._media_types import accepted_manifest_types
 from .._spec._range import Unsatisfiable, if_range_holds, parse_range
-from .._spec._reference import Digest, InvalidReference, validate_tag
+from .._spec._reference import Digest, InvalidReference, is_registry_host, validate_tag
+from .._spec._referrers import ARTIFACT_TYPE_FILTER, IMAGE_INDEX
 from .._upstream._client import Upstream
 from .._version import __version__
-from ._errors import internal_error, registry_error, render_error
+from ._errors import challenged, internal_error, registry_error, render_error
 from ._routing import Endpoint, Route, read_only_error, route
 from ._sendfile import SendfileStreamer, can_sendfile
 from ._streamer import Streamer, WriteBudget, abort_response
+from ._token import TokenResource
 
-__all__ = ["RootResource", "Services"]
+__all__ = ["RootResource", "Services", "origin"]
 
 log = Logger()
 
@@ -61,11 +73,15 @@ class _Exchange:
     bytes: int = 0
     finished: bool = False
     """Whether the response ended, or the client went away."""
+    identity: Identity = ANONYMOUS
+    """Who the client proved to be; what the policy decides on."""
 
 
 class Services:
     """
-    Everything the resources need, wired once by the service.
+    Everything the resources need, wired once by the service.  It is
+    also the one holder of what a reload swaps (C{policy}): the resources
+    read it from here on every request, never keep a copy.
     """
 
     def __init__(
@@ -78,6 +94,8 @@ class Services:
         metrics: Metrics,
         on_manifest_stored: Callable[[str, int], None] = lambda digest, size: None,
         tags: TagService | None = None,
+        referrers: ReferrerService | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self.reactor = reactor
         self.config = config
@@ -86,11 +104,20 @@ class Services:
         self.manifests = manifests
         self.tags = tags if tags is not None else TagService(
             reactor, lambda upstream: config.tag_ttl_for(upstream.config))
+        self.referrers = referrers if referrers is not None else ReferrerService(
+            reactor, manifests, config.cache.referrers_ttl)
         self.metrics = metrics
         # Told (digest, size) after a manifest miss, which stored it: keeps
         # the cache-size metrics current without a scan.
         self.on_manifest_stored = on_manifest_stored
         self.write_budget = WriteBudget()
+        self.policy = Policy.from_config(config)
+        self.authenticator = authenticator if authenticator is not None else build_authenticator(
+            config.auth, reactor, deferToThread, metrics=metrics)
+        """
+        Read afresh for each request, never kept elsewhere: a reload
+        replaces it with one built from the new configuration.
+        """
 
 
 def _common_headers(request: IRequest) -> None:
@@ -122,6 +149,7 @@ class RootResource(Resource):
     def __init__(self, services: Services) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
         self.putChild(b"v2", RegistryResource(services))
+        self.putChild(b"token", TokenResource(services))
 
     def getChild(self, path: bytes, request: IRequest) -> Resource:
         return _ErrorResource(RegistryError(ErrorCode.UNSUPPORTED, "not a registry endpoint", status=404))
@@ -157,8 +185,17 @@ class RegistryResource(Resource):
         postpath = request.path[1:].split(b"/")[len(request.prepath or []):]
         if postpath in ([], [b""]):
             exchange.route = "base"
+        await self._authenticate(request, exchange, postpath)
+        if exchange.finished:
+            return  # gone while its password was checked: nothing to fetch for it
+        if postpath in ([], [b""]):
             if request.method not in _READ_METHODS:
                 raise read_only_error()
+            ns = (request.args or {}).get(b"ns")
+            if ns is not None and len(ns) == 1:
+                name = ns[0].decode("ascii", "replace").lower()
+                if self._services.config.upstream_named(name) is not None:
+                    _echo_namespace(request, name)
             # distribution-spec "Determining Support": 200 means the v2 API.
             _send_bytes(request, exchange, b"{}", b"application/json")
             return
@@ -168,15 +205,74 @@ class RegistryResource(Resource):
         if postpath[-1] == b"":
             raise RegistryError(ErrorCode.UNSUPPORTED, "no such registry endpoint", status=404)
         target = route(postpath, request.args or {}, self._services.config)
+        if target.ns is not None:
+            _echo_namespace(request, target.ns)
         exchange.route = target.endpoint
         exchange.upstream = target.upstream.name
+        # Before any cache lookup or upstream request, for every endpoint.
+        self._authorize(request, exchange, target)
         upstream = self._services.upstreams[target.upstream.name]
         if target.endpoint == Endpoint.MANIFESTS:
             await self._manifest(request, exchange, upstream, target)
         elif target.endpoint == Endpoint.BLOBS:
             await self._blob(request, exchange, upstream, target)
+        elif target.endpoint == Endpoint.REFERRERS:
+            await self._referrers(request, exchange, upstream, target)
         else:
             await self._tags(request, exchange, upstream, target)
+
+    # -- who may pull what
+
+    def _authorize(self, request: Request, exchange: _Exchange, target: Route) -> None:
+        """
+        Raise L{AccessDenied} unless the policy lets C{exchange.identity}
+        read the routed target.  A blob is authorized through the
+        repository it is asked under; the cache then still requires that
+        repository's proof that it holds the digest (L{RepoAccess}).
+
+        An anonymous client denied where clients can log in is challenged
+        instead (a 401), so that docker and podman ask for credentials.
+        """
+        kind = _reference_kind(target)
+        if kind is None:
+            decision = Decision(False, "endpoint", "no policy covers this endpoint")
+        else:
+            tag = target.reference if kind is ReferenceKind.TAG and isinstance(target.reference, str) else None
+            decision = decide(self._services.policy, exchange.identity, target.upstream.name, target.repo,
+                              kind, tag)
+        if not decision.allowed:
+            log.info("Denied {identity} {kind} of {upstream}/{repository}: {rule}: {reason}",
+                     identity=identity_text(exchange.identity), kind=kind or target.endpoint,
+                     upstream=target.upstream.name, repository=target.repo,
+                     rule=decision.rule, reason=decision.reason)
+            self._services.metrics.policy_denied.labels(target.upstream.name, decision.rule).inc()
+            authenticator = self._services.authenticator
+            if exchange.identity is ANONYMOUS and authenticator.enabled:
+                raise challenged(Unauthenticated("log in to pull this repository"),
+                                 authenticator.challenge(origin(request), f"repository:{target.client_name}:pull"))
+            raise AccessDenied(decision)
+
+    async def _authenticate(self, request: Request, exchange: _Exchange, postpath: list[bytes]) -> None:
+        # Read once: a reload may replace it while this request waits.
+        authenticator = self._services.authenticator
+        try:
+            exchange.identity = await authenticator.authenticate(request.getHeader(b"authorization"))
+        except Unauthenticated as e:
+            raise challenged(e, authenticator.challenge(origin(request), self._scope(request, postpath))) from None
+
+    def _scope(self, request: Request, postpath: list[bytes]) -> str | None:
+        """
+        The scope a client needs for this request (token spec, "Requesting
+        a Token": C{repository:<name>:pull}, the name as the client wrote
+        it), if the request routes at all.
+        """
+        if postpath in ([], [b""]) or request.method not in _READ_METHODS:
+            return None
+        try:
+            target = route(postpath, request.args or {}, self._services.config)
+        except RegistryError:
+            return None
+        return f"repository:{target.client_name}:pull"
 
     # -- manifests
 
@@ -188,7 +284,12 @@ class RegistryResource(Resource):
         lookup = await self._services.manifests.lookup(upstream, target.repo, reference, accept)
         exchange.result = lookup.result
         self._services.metrics.cache_requests.labels("manifest", lookup.result).inc()
+        if request.method == b"GET" and lookup.result != CacheResult.MISS:
+            # A pull the upstream did not count (hit, coalesced, stale, or
+            # revalidated with a free HEAD).
+            upstream.saved_pull()
         manifest = lookup.manifest
+        _cache_header(request, lookup.result)
         request.setHeader(b"docker-content-digest", str(manifest.digest).encode("ascii"))
         request.setHeader(b"etag", _etag(manifest.digest))
         exchange.bytes = _send_bytes(request, exchange, manifest.body, manifest.media_type.encode("ascii"))
@@ -216,27 +317,38 @@ class RegistryResource(Resource):
             # The client went away while we looked.
             source.release()
             return
+        total = source.size
+        if total is None:
+            # The upstream streams it without a length, but every blob GET
+            # announces one (distribution-spec "Pulling blobs"): ask for it.
+            try:
+                total = await services.blobs.head(upstream, target.repo, digest)
+            except BaseException:
+                source.release()
+                raise
+            if exchange.finished:
+                source.release()
+                return
         # Only now, with the bytes in hand: an error must not carry them.
         _blob_headers(request, digest)
-        total = source.size
+        _cache_header(request, lookup.result)
         start: int = 0
         end: int | None = total
-        if total is not None:
-            try:
-                honoured = if_range_holds(request.getHeader(b"if-range"), _etag(digest))
-                wanted = parse_range(request.getHeader(b"range"), total) if honoured else None
-            except Unsatisfiable:
-                source.release()
-                # RFC 9110 §15.5.17: 416 with the complete length.
-                raise RegistryError(
-                    ErrorCode.RANGE_INVALID, "the requested range is not satisfiable",
-                    headers=((b"content-range", b"bytes */%d" % total),),
-                ) from None
-            if wanted is not None:
-                request.setResponseCode(206)
-                request.setHeader(b"content-range", wanted.content_range(total))
-                start, end = wanted.start, wanted.end
-            request.setHeader(b"content-length", b"%d" % (total - start if end is None else end - start))
+        try:
+            honoured = if_range_holds(request.getHeader(b"if-range"), _etag(digest))
+            wanted = parse_range(request.getHeader(b"range"), total) if honoured else None
+        except Unsatisfiable:
+            source.release()
+            # RFC 9110 §15.5.17: 416 with the complete length.
+            raise RegistryError(
+                ErrorCode.RANGE_INVALID, "the requested range is not satisfiable",
+                headers=((b"content-range", b"bytes */%d" % total),),
+            ) from None
+        if wanted is not None:
+            request.setResponseCode(206)
+            request.setHeader(b"content-range", wanted.content_range(total))
+            start, end = wanted.start, wanted.end
+        request.setHeader(b"content-length", b"%d" % (total - start if end is None else end - start))
         gauge = services.metrics.waiting_clients if lookup.result != CacheResult.HIT else None
         if gauge is not None:
             gauge.inc()
@@ -295,10 +407,32 @@ class RegistryResource(Resource):
         exchange.result = lookup.result
         self._services.metrics.cache_requests.labels("tags", lookup.result).inc()
         if page.link is not None:
-            rewritten = _rewrite_link(page.link, target)
+            rewritten = _rewrite_link(page.link, target, ("tags", "list"), ("n", "last"))
             if rewritten is not None:
                 request.setHeader(b"link", rewritten)
         exchange.bytes = _send_bytes(request, exchange, page.body, b"application/json")
+        self._count_bytes(lookup.result, exchange.bytes)
+
+    # -- referrers
+
+    async def _referrers(self, request: Request, exchange: _Exchange, upstream: Upstream, target: Route) -> None:
+        # distribution-spec "Listing Referrers": always 200 and an image
+        # index, empty when there are none.
+        subject = target.reference
+        if not isinstance(subject, Digest):
+            raise RuntimeError("a referrers route without a digest")
+        lookup = await self._services.referrers.page(upstream, target.repo, subject, target.params)
+        page = lookup.page
+        exchange.result = lookup.result
+        self._services.metrics.cache_requests.labels("referrers", lookup.result).inc()
+        if page.filtered:
+            request.setHeader(b"oci-filters-applied", ARTIFACT_TYPE_FILTER.encode("ascii"))
+        if page.link is not None:
+            rewritten = _rewrite_link(page.link, target, ("referrers", str(subject)),
+                                      ("n", "last", ARTIFACT_TYPE_FILTER))
+            if rewritten is not None:
+                request.setHeader(b"link", rewritten)
+        exchange.bytes = _send_bytes(request, exchange, page.body, IMAGE_INDEX.encode("ascii"))
         self._count_bytes(lookup.result, exchange.bytes)
 
     # -- the end of a request
@@ -344,8 +478,42 @@ class RegistryResource(Resource):
             # A small body is finished (and this called) before the handler
             # records its size; the request itself counted the bytes.
             max(exchange.bytes, request.sentLength),
-            duration, exchange.result, exchange.upstream,
+            duration, exchange.result, exchange.upstream, str(exchange.identity),
         )
+
+
+_KINDS: dict[str, ReferenceKind] = {
+    Endpoint.BLOBS: ReferenceKind.BLOB,
+    Endpoint.TAGS: ReferenceKind.TAGS_LIST,
+    "referrers": ReferenceKind.REFERRERS,
+}
+"""The policy's name for what each endpoint reads; manifests depend on the reference."""
+
+
+def _reference_kind(target: Route) -> ReferenceKind | None:
+    """What C{target} reads, or C{None} for an endpoint the policy has no kind for."""
+    if target.endpoint == Endpoint.MANIFESTS:
+        return ReferenceKind.DIGEST if isinstance(target.reference, Digest) else ReferenceKind.TAG
+    return _KINDS.get(target.endpoint)
+
+
+def origin(request: IRequest) -> str:
+    """
+    C{http(s)://host[:port]}, where the client reached ocicache: its
+    C{Host} (RFC 9110 §7.2) when that is a plain host name, else the
+    listening address.  What it builds (a realm) goes only back to the
+    client that sent it.
+    """
+    scheme = "https" if request.isSecure() else "http"
+    host = (request.getHeader(b"host") or b"").decode("ascii", "replace")
+    if is_registry_host(host):
+        return f"{scheme}://{host}"
+    address = request.getHost()
+    text = getattr(address, "host", "localhost")
+    if ":" in text:
+        text = f"[{text}]"
+    port = getattr(address, "port", None)
+    return f"{scheme}://{text}" + (f":{port}" if port is not None else "")
 
 
 def _decrement(result: object, gauge: Gauge) -> object:
@@ -357,6 +525,12 @@ def _etag(digest: Digest) -> bytes:
     # A digest names exactly one content: the strongest validator there is
     # (RFC 9110 §8.8.3).
     return b'"%s"' % str(digest).encode("ascii")
+
+
+def _cache_header(request: Request, result: CacheResult) -> None:
+    # How the cache answered (hit, miss, coalesced, stale): what ocicache
+    # warm reports as fetched or already there.
+    request.setHeader(b"ocicache-cache", str(result).encode("ascii"))
 
 
 def _blob_headers(request: Request, digest: Digest) -> None:
@@ -384,10 +558,18 @@ def _send_bytes(request: Request, exchange: _Exchange, body: bytes, content_type
     return sent
 
 
-def _rewrite_link(link: bytes, target: Route) -> bytes | None:
+def _echo_namespace(request: Request, ns: str) -> None:
+    # distribution-spec "Registry Proxying": a registry that honours ?ns=
+    # says so, naming the namespace it served.
+    request.setHeader(b"oci-namespace", ns.encode("ascii"))
+
+
+def _rewrite_link(link: bytes, target: Route, tail: tuple[str, ...], keys: tuple[str, ...]) -> bytes | None:
     """
     Point the upstream's pagination C{Link} (distribution-spec "Listing
-    Tags", RFC 8288) back at ocicache, under the name the client used.
+    Tags", "Listing Referrers"; RFC 8288) back at ocicache, under the name
+    the client used: C{/v2/<name>/<tail>}, keeping only the query C{keys}
+    ocicache validates and passes on.
     """
     text = link.decode("ascii", "replace")
     start, end = text.find("<"), text.find(">")
@@ -397,11 +579,14 @@ def _rewrite_link(link: bytes, target: Route) -> bytes | None:
         upstream_url = DecodedURL.from_text(text[start + 1:end])
     except Exception:
         return None
-    ours = DecodedURL.from_text("/").child("v2", *target.client_name.split("/"), "tags", "list")
-    for key, value in upstream_url.query:
-        if key in ("n", "last") and value is not None:
-            ours = ours.add(key, value)
+    # The path by hand: every segment has passed the spec's grammar, whose
+    # characters are all safe in a path, and a digest's ":" must stay one
+    # (an encoded %3A is refused, as clients never send it).
+    path = "/".join(("", "v2", target.client_name, *tail))
+    query = [(key, value) for key, value in upstream_url.query if key in keys and value is not None]
     if target.ns is not None:
-        ours = ours.add("ns", target.ns)
-    return f"<{ours.to_uri().to_text()}>{text[end + 1:]}".encode("ascii")
+        query.append(("ns", target.ns))
+    if query:
+        path += "?" + urlencode(query, quote_via=quote)
+    return f"<{path}>{text[end + 1:]}".encode("ascii")
 

@@ -18,6 +18,7 @@ network.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 
@@ -32,10 +33,18 @@ from .._spec._reference import (
     parse_reference,
     validate_name,
 )
+from .._spec._referrers import ARTIFACT_TYPE_FILTER, is_media_type
 
 __all__ = ["Endpoint", "Route", "read_only_error", "route"]
 
 _MAX_SEGMENTS = 64
+
+MAX_REFERRERS_PAGE = 10000
+"""The largest C{n} a referrers listing may ask for."""
+
+# A referrers page cursor is the upstream's to define (the spec says only
+# that the next page is in the Link header): a bounded, URL-safe token.
+_CURSOR = re.compile(r"[A-Za-z0-9._:+=-]{1,256}")
 
 
 class Endpoint(StrEnum):
@@ -44,6 +53,7 @@ class Endpoint(StrEnum):
     MANIFESTS = "manifests"
     BLOBS = "blobs"
     TAGS = "tags"
+    REFERRERS = "referrers"
     UPLOADS = "uploads"
 
 
@@ -61,6 +71,8 @@ class Route:
     endpoint: Endpoint
     reference: Digest | str | None
     ns: str | None
+    params: tuple[tuple[str, str], ...] = ()
+    """The validated query a referrers listing passes upstream, sorted."""
 
 
 def _split_endpoint(segments: Sequence[str]) -> tuple[list[str], Endpoint, str | None]:
@@ -75,7 +87,7 @@ def _split_endpoint(segments: Sequence[str]) -> tuple[list[str], Endpoint, str |
             return parts[:index], Endpoint.UPLOADS, None
     if len(parts) >= 3 and parts[-2:] == ["tags", "list"]:
         return parts[:-2], Endpoint.TAGS, None
-    if len(parts) >= 3 and parts[-2] in (Endpoint.MANIFESTS, Endpoint.BLOBS):
+    if len(parts) >= 3 and parts[-2] in (Endpoint.MANIFESTS, Endpoint.BLOBS, Endpoint.REFERRERS):
         return parts[:-2], Endpoint(parts[-2]), parts[-1]
     raise RegistryError(ErrorCode.UNSUPPORTED, "no such registry endpoint", status=404)
 
@@ -149,13 +161,42 @@ def route(raw_segments: Sequence[bytes], args: Mapping[bytes, Sequence[bytes]], 
     reference: Digest | str | None = None
     if reference_text is not None:
         try:
-            if endpoint == Endpoint.BLOBS:
+            if endpoint in (Endpoint.BLOBS, Endpoint.REFERRERS):
+                # "Listing Referrers": the subject is named by digest; any
+                # other syntax is a 400 (DIGEST_INVALID).
                 reference = Digest.parse(reference_text)
             else:
                 reference = parse_reference(reference_text)
         except InvalidReference as e:
             raise RegistryError(e.code, e.message) from None
-    return Route(upstream, repo, client_name, endpoint, reference, ns)
+    params = _referrers_params(args) if endpoint == Endpoint.REFERRERS else ()
+    return Route(upstream, repo, client_name, endpoint, reference, ns, params)
+
+
+def _referrers_params(args: Mapping[bytes, Sequence[bytes]]) -> tuple[tuple[str, str], ...]:
+    """
+    The query of a referrers listing (distribution-spec "Listing
+    Referrers"): C{artifactType}, a media type (RFC 6838 §4.2), and the
+    C{n} and C{last} of pagination links.  Anything else, or a value given
+    twice, is a 400.
+    """
+    params: dict[str, str] = {}
+    for key, values in args.items():
+        if key == b"ns":
+            continue
+        name = key.decode("ascii", "replace")
+        if name not in (ARTIFACT_TYPE_FILTER, "n", "last"):
+            raise RegistryError(ErrorCode.UNSUPPORTED, "unknown query parameter for referrers", status=400)
+        value = values[0].decode("ascii", "replace") if len(values) == 1 else ""
+        if name == ARTIFACT_TYPE_FILTER and not is_media_type(value):
+            raise RegistryError(ErrorCode.UNSUPPORTED, "artifactType must be one media type", status=400)
+        if name == "n" and not (value.isdigit() and 0 < int(value) <= MAX_REFERRERS_PAGE):
+            raise RegistryError(ErrorCode.PAGINATION_NUMBER_INVALID,
+                                f"n must be an integer from 1 to {MAX_REFERRERS_PAGE}")
+        if name == "last" and _CURSOR.fullmatch(value) is None:
+            raise RegistryError(ErrorCode.PAGINATION_NUMBER_INVALID, "last is not a valid page cursor")
+        params[name] = str(int(value)) if name == "n" else value
+    return tuple(sorted(params.items()))
 
 
 def read_only_error() -> RegistryError:

@@ -692,8 +692,8 @@ class DrainingSite(Site):
 
     def log(self, request: Any) -> None:
         prepath = getattr(request, "prepath", None) or []
-        if prepath[:1] == [b"v2"]:
-            return  # the registry resource logs and counts it
+        if prepath[:1] in ([b"v2"], [b"token"]):
+            return  # the registry (or token) resource logs and counts it
         method = request.method.decode("ascii", "replace")
         duration = time.monotonic() - getattr(request, "received_at", time.monotonic())
         if self._metrics is not None:
