@@ -17,7 +17,6 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable
 
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -97,12 +96,11 @@ class InternalResource(Resource):
             request.setHeader(b"content-length", b"%d" % ((total if end is None else end) - start))
         request.setHeader(b"content-type", b"application/octet-stream")
         request.setHeader(b"docker-content-digest", str(digest).encode("ascii"))
-        done: Deferred[int]
+        # The streamer finishes the request and releases the source.
         if end is not None and can_sendfile(request, end):
-            done = SendfileStreamer(request, source, start, end, self._reactor).start()
+            SendfileStreamer(request, source, start, end, self._reactor).start()
         else:
-            done = Streamer(request, source, start, end, self._reactor, budget=self._budget).start()
-        del done  # the streamer finishes the request and releases the source
+            Streamer(request, source, start, end, self._reactor, budget=self._budget).start()
         return NOT_DONE_YET
 
     def _source(self, digest: Digest) -> Source | None:
