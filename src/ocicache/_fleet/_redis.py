@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import txredisapi  # type: ignore[import-untyped]
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -49,6 +48,13 @@ class Redis:
 
     def __init__(self, reactor: IReactorTime, host: str, port: int, db: int, password: str | None,
                  timeout: float = COMMAND_TIMEOUT) -> None:
+        # Imported here, not at the top: txredisapi imports the global
+        # reactor, which must not happen before twistd has installed the
+        # one it was asked for (the plugin and the tap import this module).
+        import txredisapi  # type: ignore[import-untyped]
+
+        self._lost: tuple[type[Exception], ...] = (TimeoutError, txredisapi.ConnectionError)
+        self._refused_error: type[Exception] = txredisapi.RedisError
         self._reactor = reactor
         self._timeout = timeout
         self.where = f"{host}:{port}/{db}"
@@ -76,9 +82,9 @@ class Redis:
         sent.addTimeout(self._timeout, self._reactor)
         try:
             return await sent
-        except (TimeoutError, txredisapi.ConnectionError) as e:
+        except self._lost as e:
             raise RedisUnavailable(f"Redis at {self.where} did not answer ({type(e).__name__})") from None
-        except txredisapi.RedisError as e:
+        except self._refused_error as e:
             # Refused (NOAUTH, OOM, ...): for a node, as good as gone.  Redis's
             # error text never holds the password.
             raise RedisUnavailable(f"Redis at {self.where} refused {args[0]}: {e}") from None
