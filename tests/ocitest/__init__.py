@@ -60,6 +60,7 @@ _PACKAGES = {
     "containerd": "containerd",
     "ctr": "containerd",
     "wrk": "wrk",
+    "redis-server": "redis-server",
 }
 
 

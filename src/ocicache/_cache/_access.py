@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -23,7 +24,7 @@ from .._storage._health import DiskHealth
 from .._storage._metadata import Metadata, MetadataUnavailable
 from .._upstream._client import Upstream
 
-__all__ = ["RepoAccess"]
+__all__ = ["RepoAccess", "SharedProofs"]
 
 log = Logger()
 
@@ -34,14 +35,27 @@ TTL = 24 * 3600.0
 """Seconds a proof is trusted from memory before the database is asked again."""
 
 
+class SharedProofs(Protocol):
+    """
+    Proofs shared by a fleet of nodes (L{ocicache._fleet}): one node's
+    upstream C{HEAD} or C{GET} spares the others theirs.  Best effort:
+    C{has} answers C{False} when the shared store cannot be asked.
+    """
+
+    async def has(self, digest: str, upstream: str, repo: str) -> bool: ...
+
+    def put(self, digest: str, upstream: str, repo: str) -> None: ...
+
+
 class RepoAccess:
     """
     Remembers which C{(digest, upstream, repo)} triples are proven.
     """
 
     def __init__(self, metadata: Metadata, clock: IReactorTime, max_entries: int = MAX_ENTRIES,
-                 ttl: float = TTL, health: DiskHealth | None = None) -> None:
+                 ttl: float = TTL, health: DiskHealth | None = None, shared: SharedProofs | None = None) -> None:
         self._metadata = metadata
+        self._shared = shared
         self._health = health if health is not None else DiskHealth()
         self._clock = clock
         self._max_entries = max_entries
@@ -74,10 +88,14 @@ class RepoAccess:
         if not self._remembered(key):
             self._remember(key)
             self._metadata.put_source(*key).addErrback(self._failed)
+            if self._shared is not None:
+                self._shared.put(*key)
 
     async def record(self, upstream: Upstream, repo: str, digest: Digest) -> None:
         key = (str(digest), upstream.name, repo)
         self._remember(key)
+        if self._shared is not None:
+            self._shared.put(*key)
         await self._metadata.put_source(*key)  # the caller handles a failing disk
 
     async def check(
@@ -96,8 +114,13 @@ class RepoAccess:
         if self._remembered(key):
             return
         if not await self._metadata.has_source(*key):
-            await prove()
-            self.note(upstream, repo, digest)
+            if self._shared is not None and await self._shared.has(*key):
+                # Another node of the fleet proved it: keep it here too.
+                self._metadata.put_source(*key).addErrback(self._failed)
+            else:
+                await prove()
+                self.note(upstream, repo, digest)
+                return
         self._remember(key)
 
     def _failed(self, failure: Failure) -> None:

@@ -19,12 +19,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from functools import partial
+from typing import Protocol
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.iweb import IResponse
 
 from .._spec._reference import Digest
 from .._storage._bucket import Bucket
@@ -50,7 +52,7 @@ from ._singleflight import SingleFlight
 from ._slots import DEFAULT_DOWNLOADS, DEFAULT_QUEUE, Priority, Slot, Slots
 from ._source import Source, StoredFile
 
-__all__ = ["BlobLookup", "BlobService"]
+__all__ = ["BlobLookup", "BlobService", "FleetClaim", "FleetStep"]
 
 log = Logger()
 
@@ -68,6 +70,47 @@ class BlobLookup:
 
     source: Source
     result: CacheResult
+
+
+class FleetClaim(Protocol):
+    """
+    What the fleet step decided for one miss: where its body comes from.
+    """
+
+    @property
+    def peer(self) -> IResponse | None:
+        """Another node's 200 response with the body, or C{None}: fetch it upstream."""
+
+    def done(self, committed: int | None) -> None:
+        """This node's download of the digest settled: committed with this size, or not (C{None})."""
+
+
+class FleetStep(Protocol):
+    """
+    The fleet's step in the lookup chain (L{ocicache._fleet}): before a
+    node fetches a digest upstream, it asks whether another node already
+    does; before it asks the upstream for a size, whether another node
+    verified it.
+    """
+
+    async def claim(self, digest: Digest) -> FleetClaim: ...
+
+    async def size(self, digest: Digest) -> int | None: ...
+
+
+class _Alone:
+    """A single node: every miss is fetched upstream."""
+
+    peer = None
+
+    def done(self, committed: int | None) -> None:
+        pass
+
+    async def claim(self, digest: Digest) -> FleetClaim:
+        return self
+
+    async def size(self, digest: Digest) -> int | None:
+        return None
 
 
 class BlobService:
@@ -89,6 +132,7 @@ class BlobService:
         negative: NegativeCache | None = None,
         bucket: Bucket | None = None,
         replicator: Replicator | None = None,
+        fleet: FleetStep | None = None,
     ) -> None:
         """
         @param slots: the bound on concurrent upstream fetches, shared with
@@ -114,6 +158,7 @@ class BlobService:
         self._negative = negative if negative is not None else NegativeCache(self._reactor)
         self._bucket = bucket
         self._replicator = replicator
+        self._fleet: FleetStep = fleet if fleet is not None else _Alone()
         self._starting: SingleFlight[Digest, Download | PassThrough] = SingleFlight()
         self.inflight: dict[Digest, Download] = {}
         self._reserved: dict[Digest, int] = {}
@@ -179,6 +224,11 @@ class BlobService:
         if size is not None:
             await self._authorize(upstream, repo, digest)
             return size
+        # The fleet step: a size another node verified.
+        shared = await self._fleet.size(digest)
+        if shared is not None:
+            await self._authorize(upstream, repo, digest)
+            return shared
         return await self._upstream_head(upstream, repo, digest)
 
     # -- the S3 store
@@ -312,12 +362,32 @@ class BlobService:
         return started
 
     async def _fetch(self, upstream: Upstream, repo: str, digest: Digest) -> Download | PassThrough:
-        response = await upstream.blob("GET", repo, str(digest))
+        # The fleet step: when another node is filling this digest, its
+        # body comes from that node (and is verified here again), not from
+        # the upstream.  The repository still has to show it holds it.
+        claim = await self._fleet.claim(digest)
+        try:
+            if claim.peer is not None:
+                try:
+                    await self._authorize(upstream, repo, digest)
+                except BaseException:
+                    await upstream.discard(claim.peer)
+                    raise
+            started = await self._fill(upstream, repo, digest, claim.peer)
+        except BaseException:
+            claim.done(None)
+            raise
+        started.settled.addBoth(_tell_fleet, claim, started)
+        return started
+
+    async def _fill(self, upstream: Upstream, repo: str, digest: Digest,
+                    peer: IResponse | None) -> Download | PassThrough:
+        response = peer if peer is not None else await upstream.blob("GET", repo, str(digest))
         if response.code != 200:
             await upstream.discard(response)
             raise answer_error(response, self._missing(response.code, upstream, repo, digest))
         size = response.length if isinstance(response.length, int) else None
-        count = lambda n: self._on_upstream_bytes(upstream.name, n)  # noqa: E731
+        count = (lambda n: None) if peer is not None else lambda n: self._on_upstream_bytes(upstream.name, n)
         try:
             download = Download(
                 self._disk, digest, size, before_commit=self._before_commit, on_disk_error=self._health.failed,
@@ -415,6 +485,11 @@ class _BodyWriter(BodyReceiver):
 
 def _negative_key(upstream: Upstream, repo: str, digest: Digest) -> NegativeKey:
     return (upstream.name, repo, "blob", str(digest))
+
+
+def _tell_fleet(result: object, claim: FleetClaim, started: Download | PassThrough) -> object:
+    claim.done(started.size if isinstance(started, Download) and started.committed else None)
+    return result
 
 
 def _release(result: object, slot: Slot) -> object:

@@ -4,6 +4,7 @@ The daemon's service tree: the parts of ocicache wired together.
     OcicacheService (MultiService)
       ├─ one StreamServerEndpointService per registry listen address
       ├─ a StreamServerEndpointService for the operator listener (metrics, /pins)
+      ├─ with [fleet], a StreamServerEndpointService for the internal peer endpoint
       ├─ the janitor (a TimerService; with the S3 backend, the bucket's too)
       ├─ a TimerService per [[warm]] entry with `every` (the others run once at start)
       └─ the pins' tag-following (a TimerService, on the janitor's interval)
@@ -54,6 +55,11 @@ from .._cache._replicate import Replicator
 from .._cache._slots import Slots
 from .._cache._tags import TagService
 from .._cache._warm import Warmer, WarmReport
+from .._fleet._fleet import Fleet
+from .._fleet._internal import InternalResource
+from .._fleet._peer import PeerClient
+from .._fleet._proofs import RedisProofs
+from .._fleet._redis import Redis
 from .._identity._authenticator import Authenticator, build_authenticator
 from .._identity._oidc import fetch_with
 from .._ops._config import Config, S3Config, WarmConfig
@@ -122,6 +128,8 @@ class OcicacheService(MultiService):
         access = RepoAccess(self.metadata, reactor, health=health)
         # Upstream 404s, remembered for blobs, manifests and tag lists alike.
         negative = NegativeCache(reactor, config.cache.negative_ttl, config.cache.negative_digest_ttl)
+        self.fleet = self._join_fleet(config)
+        access = RepoAccess(self.metadata, reactor, health=health, shared=self._shared_proofs())
         self.disk = disk = Disk(reactor, self.store, self.metadata, self.disk_pool)
         # With the S3 backend, [cache] max_size is the bucket's, and the
         # disk holds a tier of hot blobs of its own size.
@@ -153,6 +161,7 @@ class OcicacheService(MultiService):
             on_corrupt=lambda digest: self.metrics.corrupt_blobs.labels("read").inc(),
             negative=negative,
             bucket=self.bucket, replicator=self.replicator,
+            fleet=self.fleet,
         )
         self.scrubber = Scrubber(
             disk, self.capacity, config.cache.scrub_rate, on_scrubbed=self.metrics.scrubbed_bytes.inc,
@@ -190,6 +199,11 @@ class OcicacheService(MultiService):
             self._listen(description, self.site) for description in config.server.listen
         ]
         self.metrics.inflight_downloads.set_function(lambda: len(self.blobs.inflight))
+        if config.fleet is not None and self.fleet is not None:
+            internal = QuietSite(InternalResource(self.blobs, self.store, config.fleet.secret, reactor,
+                                                  self.fleet.filling))
+            internal.displayTracebacks = False
+            self._listen(config.fleet.internal_listen, internal)
         if config.metrics.listen is not None:
             operator = OperatorResource(
                 self.metrics, self.store.root, lambda: self.metadata.is_open,
@@ -200,6 +214,23 @@ class OcicacheService(MultiService):
             operator_site = QuietSite(operator)
             operator_site.displayTracebacks = False
             self._listen(config.metrics.listen, operator_site)
+
+    def _join_fleet(self, config: Config) -> Fleet | None:
+        """With C{[fleet]}: this node's part in the fleet (L{ocicache._fleet})."""
+        fleet = config.fleet
+        if fleet is None:
+            return None
+        redis = Redis(self._reactor, fleet.redis_host, fleet.redis_port, fleet.redis_db, fleet.redis_password)
+        return Fleet(
+            self._reactor, fleet, redis, PeerClient(self._reactor, self.http_pool, fleet.secret),
+            on_claim=lambda outcome: self.metrics.fleet_claims.labels(outcome).inc(),
+            on_redis=lambda up: self.metrics.fleet_redis_up.set(1 if up else 0),
+        )
+
+    def _shared_proofs(self) -> RedisProofs | None:
+        """In a fleet, access proofs are shared through Redis."""
+        fleet = self.fleet
+        return None if fleet is None else RedisProofs(fleet.redis, lambda: fleet.up)
 
     # -- warming and pinning ([[warm]], ocicache pin)
 
@@ -494,6 +525,8 @@ class OcicacheService(MultiService):
         # The TimerService's first pass runs now and does the recovery.
         MultiService.startService(self)
         self.scrubber.start()
+        if self.fleet is not None:
+            self.fleet.start()
         self.reloader = Reloader(self.config_path, self.config, self.registry, self.upstreams, self._reactor,
                                  self.disk_pool, self.adjust_config, self.metrics, self.authenticator_for)
         self.reloader.install()
@@ -579,6 +612,8 @@ class OcicacheService(MultiService):
         await DeferredList([maybeDeferred(child.stopService) for child in reversed(children) if child.running])
         # 5. The disk thread (joined: commits in progress complete), the
         #    database, idle upstream connections; then no temp file stays.
+        if self.fleet is not None:
+            await self.fleet.stop()
         scrubbing = self.scrubber.stop()
         if scrubbing is not None:
             await scrubbing

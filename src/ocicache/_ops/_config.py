@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -30,6 +31,7 @@ __all__ = [
     "ConfigError",
     "CredentialCommand",
     "Credentials",
+    "FleetConfig",
     "MetricsConfig",
     "OIDCIssuerConfig",
     "RuleConfig",
@@ -232,6 +234,30 @@ class MetricsConfig:
 
 
 @frozen
+class FleetConfig:
+    """
+    C{[fleet]}: this node's place among ocicache nodes sharing one Redis
+    (L{ocicache._fleet}).  The password and the secret never appear in
+    C{repr()}.
+    """
+
+    redis_host: str
+    redis_port: int
+    redis_db: int
+    node: str
+    """This node's name in the fleet: unique per node."""
+    internal_listen: str
+    """The Twisted endpoint of the internal, authenticated peer endpoint."""
+    peer_url: DecodedURL
+    """How the other nodes reach C{internal_listen}."""
+    secret: str = field(repr=False)
+    """Shared by every node: the bearer token of node-to-node requests."""
+    redis_password: str | None = field(default=None, repr=False)
+    lock_ttl: float = 10.0
+    """How long a fill lock outlives its holder; renewed while the download runs."""
+
+
+@frozen
 class RuleConfig:
     """
     One C{[[rule]]}: who it is for (every matcher given must hold), and
@@ -353,6 +379,8 @@ class Config:
     cache: CacheConfig
     upstreams: tuple[UpstreamConfig, ...]
     metrics: MetricsConfig = MetricsConfig()
+    fleet: FleetConfig | None = None
+    """C{None}: a single node, as without a C{[fleet]} table."""
     rules: tuple[RuleConfig, ...] = ()
     """The C{[[rule]]} list, in order: the first that matches decides."""
     warm: tuple[WarmConfig, ...] = ()
@@ -1100,6 +1128,95 @@ def _parse_auth(table: object) -> AuthConfig:
     )
 
 
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def _parse_fleet(table: object, environ: Mapping[str, str]) -> FleetConfig | None:
+    """
+    C{[fleet]}; absent, the node runs alone and nothing changes.
+    """
+    if table is None:
+        return None
+    section = _Section(table, "fleet")
+    redis_text = section.get("redis", str, None)
+    if redis_text is None:
+        raise ConfigError("fleet.redis: required (e.g. 'redis://10.0.0.2:6379/0')")
+    try:
+        url = DecodedURL.from_text(redis_text)
+        port = url.port
+    except Exception:
+        raise ConfigError(f"fleet.redis: {redis_text!r} is not a URL") from None
+    if any(url.userinfo):
+        # Not echoed: it may hold a password.
+        raise ConfigError("fleet.redis: must not contain credentials; use redis_password_file or redis_password_env")
+    if url.scheme != "redis" or not url.host or url.query or url.fragment:
+        raise ConfigError(f"fleet.redis: {redis_text!r} must be redis://host[:port][/db]")
+    segments = [segment for segment in url.path if segment]
+    if len(segments) > 1 or (segments and not segments[0].isdigit()):
+        raise ConfigError(f"fleet.redis: {redis_text!r}: the path must be a database number, such as /0")
+    password = _secret(section, "redis_password", environ, required=False)
+    node = section.get("node", str, None) or socket.gethostname().split(".")[0]
+    if not _NODE_NAME.fullmatch(node):
+        raise ConfigError(f"fleet.node: {node!r} must be letters, digits, '.', '_' or '-' (at most 63)")
+    internal_listen = section.get("internal_listen", str, None)
+    if not internal_listen:
+        raise ConfigError("fleet.internal_listen: required (an endpoint such as 'tcp:5001:interface=10.0.0.5')")
+    peer_text = section.get("peer_url", str, None)
+    if peer_text is None:
+        raise ConfigError("fleet.peer_url: required (how the other nodes reach internal_listen, e.g."
+                          " 'http://10.0.0.5:5001')")
+    try:
+        peer_url = DecodedURL.from_text(peer_text)
+    except Exception:
+        raise ConfigError(f"fleet.peer_url: {peer_text!r} is not a URL") from None
+    if peer_url.scheme not in ("http", "https") or not peer_url.host or any(peer_url.userinfo) \
+            or peer_url.query or peer_url.fragment:
+        raise ConfigError(f"fleet.peer_url: {peer_text!r} must be an http:// or https:// URL with a host")
+    secret = _secret(section, "secret", environ, required=True)
+    if secret is None or len(secret) < 16:
+        raise ConfigError("fleet.secret_file: the secret must be at least 16 characters")
+    lock_ttl = _positive_duration(section, "lock_ttl", 10.0)
+    if lock_ttl < 1:
+        raise ConfigError("fleet.lock_ttl: must be at least 1s")
+    section.finish()
+    return FleetConfig(
+        redis_host=str(url.host), redis_port=port or 6379, redis_db=int(segments[0]) if segments else 0,
+        node=node, internal_listen=internal_listen, peer_url=peer_url.replace(path=()), secret=secret,
+        redis_password=password, lock_ttl=lock_ttl,
+    )
+
+
+def _secret(section: _Section, name: str, environ: Mapping[str, str], required: bool) -> str | None:
+    """
+    C{<name>_file} (its first line) or C{<name>_env}; never a literal
+    value in the file, which would end up in backups and bug reports.
+    """
+    if name in section._table:
+        raise ConfigError(f"{section.key(name)}: a literal secret is not accepted; use {name}_file or {name}_env")
+    path = section.get(f"{name}_file", str, None)
+    env = section.get(f"{name}_env", str, None)
+    if path is not None and env is not None:
+        raise ConfigError(f"{section.key(name)}_file: set {name}_file or {name}_env, not both")
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                value = next(iter(f.read().splitlines()), "").strip()
+        except OSError as e:
+            raise ConfigError(f"{section.key(name)}_file: cannot read {path!r}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{section.key(name)}_file: {path!r} is not UTF-8") from None
+        if not value:
+            raise ConfigError(f"{section.key(name)}_file: {path!r} is empty")
+        return value
+    if env is not None:
+        if env not in environ or not environ[env].strip():
+            raise ConfigError(f"{section.key(name)}_env: environment variable {env!r} is not set")
+        return environ[env].strip()
+    if required:
+        raise ConfigError(f"{section.key(name)}_file: required (or {name}_env)")
+    return None
+
+
 def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None = None) -> Config:
     """
     Validate a parsed TOML document into a L{Config}.  Missing sections
@@ -1179,6 +1296,7 @@ def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None =
     metrics = MetricsConfig(listen=metrics_section.get("listen", str, None))
     metrics_section.finish()
 
+    fleet = _parse_fleet(top.get("fleet", dict, None), environ)
     raw_auth = top.get("auth", dict, None)
     auth = _parse_auth(raw_auth) if raw_auth is not None else None
     storage = _parse_storage(top.get("storage", dict, {}), environ)
@@ -1208,7 +1326,7 @@ def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None =
     rules = _parse_rules(raw_rules, upstreams)
     warm = _parse_warm_tables(raw_warm, upstreams)
     return Config(server=server, cache=cache,
-                  upstreams=upstreams, metrics=metrics, rules=rules, warm=warm, auth=auth, storage=storage)
+                  upstreams=upstreams, metrics=metrics, rules=rules, warm=warm, auth=auth, storage=storage, fleet=fleet)
 
 
 # -- [[warm]]: images fetched, and perhaps pinned, by the daemon itself

@@ -1,0 +1,18 @@
+"""
+Many ocicache nodes behind one load balancer, sharing one Redis, still
+one upstream fetch per digest: the fill lock (L{_lock}), the registry of
+nodes and of what each holds (L{_nodes}), the internal endpoint one node
+streams a blob from another through (L{_internal}, L{_peer}), and the
+fleet step of the blob lookup that ties them together (L{_fleet}).
+
+Redis is reached through the one typed wrapper around txredisapi
+(L{_redis}); when Redis is gone, every node falls back to its own local
+singleflight.
+
+It sits above the cache and the HTTP side: the cache only knows the
+L{ocicache._cache._blobs.FleetStep} protocol, which this implements.
+
+May import: L{ocicache._spec}, L{ocicache._ops}, L{ocicache._upstream},
+L{ocicache._storage}, L{ocicache._cache}, L{ocicache._web}.  Only
+L{ocicache._daemon} imports it.
+"""
