@@ -22,10 +22,12 @@ from pathlib import Path
 import pytest
 
 from ocitest import free_port, http_request, wait_for
+from ocitest.ceph import Radosgw
 from ocitest.daemon import Daemon
 from ocitest.hop import Hop
 from ocitest.images import Blob, Image
 from ocitest.redis import RedisServer
+from ocitest.s3 import Store
 
 pytestmark = [pytest.mark.integration, pytest.mark.fleet]
 
@@ -112,21 +114,26 @@ SECRET = "a-fleet-secret-of-some-length"
 
 
 def _fleet(daemon_factory: Callable[..., Daemon], redis: RedisServer, tmp_path: Path, count: int,
-           ports: list[int] | None = None, peer_urls: dict[int, str] | None = None) -> list[Daemon]:
+           ports: list[int] | None = None, peer_urls: dict[int, str] | None = None,
+           storage: dict[str, object] | None = None, lock_ttl: str = LOCK_TTL) -> list[Daemon]:
     """
     C{count} nodes; C{ports} are their internal endpoints' (default: free
-    ones); C{peer_urls} overrides where the others are told a node is.
+    ones); C{peer_urls} overrides where the others are told a node is;
+    C{storage} is their C{[storage]} table (default: each its own disk).
     """
     secret = tmp_path / "fleet.secret"
     secret.write_text(SECRET + "\n")
     nodes = []
     for index in range(count):
         port = ports[index] if ports else free_port()
-        nodes.append(daemon_factory(extra_tables={"fleet": {
+        tables: dict[str, dict[str, object]] = {"fleet": {
             "redis": redis.url, "node": f"node{index}", "internal_listen": f"tcp:{port}:interface=127.0.0.1",
             "peer_url": (peer_urls or {}).get(index, f"http://127.0.0.1:{port}"), "secret_file": str(secret),
-            "lock_ttl": LOCK_TTL,
-        }}))
+            "lock_ttl": lock_ttl,
+        }}
+        if storage is not None:
+            tables["storage"] = storage
+        nodes.append(daemon_factory(extra_tables=tables))
     for node in nodes:
         wait_for(_logged(node, "is in the fleet"), 15, what="the node to join the fleet")
     return nodes
@@ -140,9 +147,31 @@ def test_three_nodes_one_upstream_get(
     daemon_factory: Callable[..., Daemon], redis: RedisServer, hop: Hop, tmp_path: Path,
     ocitest_images: dict[str, Image],
 ) -> None:
+    _three_nodes_one_upstream_get(_fleet(daemon_factory, redis, tmp_path, 3), hop, ocitest_images["big256"])
+
+
+def test_three_nodes_on_one_bucket_one_upstream_get(
+    daemon_factory: Callable[..., Daemon], redis: RedisServer, hop: Hop, tmp_path: Path,
+    ocitest_images: dict[str, Image], radosgw: Radosgw, bucket_name: str,
+) -> None:
+    """
+    The issue's fleet: three nodes on one radosgw bucket and one Redis.
+    One node fills the bucket; the others stream from it while it fills.
+    """
+    store = Store(radosgw, bucket_name, str(tmp_path / "keys"))
     image = ocitest_images["big256"]
+    # The default lock TTL: a filler also uploading to S3, with 48 clients
+    # on two cores, may renew its lock late.
+    daemons = _fleet(daemon_factory, redis, tmp_path, 3, storage=store.table, lock_ttl="10s")
+    _three_nodes_one_upstream_get(daemons, hop, image, committed=False)
     blob = image.layers[0]
-    daemons = _fleet(daemon_factory, redis, tmp_path, 3)
+    wait_for(lambda: store.objects() == [store.key(blob)], 60, what="the blob in the bucket")
+    assert store.uploads() == []
+    assert store.sha256(store.key(blob)) == blob.digest
+
+
+def _three_nodes_one_upstream_get(daemons: list[Daemon], hop: Hop, image: Image, committed: bool = True) -> None:
+    blob = image.layers[0]
     hop.throttle = 64 << 20  # 4 s for the blob: every node's clients arrive while it is downloading
     start = threading.Barrier(3 * CLIENTS_PER_NODE)
 
@@ -160,10 +189,11 @@ def test_three_nodes_one_upstream_get(
     for node in range(3):
         firsts = [p.first_byte_at for p in pulls if p.node == node and p.first_byte_at is not None]
         assert min(firsts) < upstream_ended, f"node{node} sent nothing before the upstream body ended"
-    # Every node verified and committed its own copy.
-    for daemon in daemons:
-        wait_for(_committed(daemon, blob), 20, what="the commit")
-        assert [_sha256_of(path) for path in _blob_files(daemon, blob)] == [blob.hex]
+    if committed:
+        # Every node verified and committed its own copy.
+        for daemon in daemons:
+            wait_for(_committed(daemon, blob), 20, what="the commit")
+            assert [_sha256_of(path) for path in _blob_files(daemon, blob)] == [blob.hex]
 
 
 def test_a_blob_one_node_stored_spares_the_others_the_upstream(

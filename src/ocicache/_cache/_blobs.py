@@ -404,7 +404,9 @@ class BlobService:
         self.inflight[digest] = download
         self._access.note(upstream, repo, digest)
         download.settled.addBoth(self._settled, digest, download, upstream.name, repo)
-        if self._replicator is not None:
+        if self._replicator is not None and peer is None:
+            # The node that fetches from the upstream fills the S3 store;
+            # one streaming from that node leaves it to it.
             self._replicator.replicate(download)
         response.deliverBody(_BodyWriter(download, self._reactor, count))
         return download
