@@ -35,6 +35,7 @@ def test_s3_defaults() -> None:
     assert (config.bucket, config.region, config.prefix, config.path_style) == ("ocicache", "us-east-1", "", True)
     assert (config.local_max_size, config.redirect) == (0, False)
     assert (config.upload_part_size, config.max_part_uploads, config.abandon_uploads_after) == (16 << 20, 4, 3600.0)
+    assert config.keys is not None and config.credential_command is None
     assert (config.keys.access_key, config.keys.secret_key) == ("AKIDEXAMPLE", "very-secret-value")
 
 
@@ -47,6 +48,7 @@ def test_keys_from_files(tmp_path: pathlib.Path) -> None:
     storage.update(access_key_file=str(tmp_path / "a"), secret_key_file=str(tmp_path / "s"))
     config = parse_config(table, {}).storage.s3
     assert config is not None
+    assert config.keys is not None
     assert (config.keys.access_key, config.keys.secret_key) == ("AKIDFILE", "secret-from-file")
     assert (config.prefix, config.local_max_size, config.redirect) == ("eu/west/", 2 << 30, True)
     assert config.upload_part_size == 8 << 20
@@ -99,3 +101,19 @@ def test_the_example_file_documents_every_storage_key() -> None:
         "backend", "access_key_file", "secret_key_file", "access_key_env", "secret_key_env"}
     for key in keys:
         assert re.search(rf"^(# )?{key} = ", storage, re.M), f"[storage] {key} is not in etc/ocicache.toml"
+
+
+def test_keys_from_a_credential_program() -> None:
+    table = s3(credential_helper="s3-keys", credential_ttl="5m")
+    storage = table["storage"]
+    del storage["access_key_env"], storage["secret_key_env"]
+    config = parse_config(table, {}).storage.s3
+    assert config is not None and config.keys is None and config.credential_command is not None
+    assert config.credential_command.argv == ("docker-credential-s3-keys", "get")
+    assert config.credential_command.ttl == 300.0
+
+
+def test_keys_and_a_credential_program_are_refused_together() -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config(s3(credential_command=["/usr/bin/s3-keys"]), ENV)
+    assert "not both" in str(raised.value)

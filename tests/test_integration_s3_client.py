@@ -98,7 +98,7 @@ async def test_listings_page(s3: S3Client) -> None:
 @pytest_twisted.ensureDeferred
 async def test_a_presigned_url_needs_no_credentials(s3: S3Client) -> None:
     await s3.put("signed", b"presigned bytes")
-    url = s3.presigned_get("signed", 60)
+    url = await s3.presigned_get("signed", 60)
     with urllib.request.urlopen(url, timeout=10) as response:
         assert response.read() == b"presigned bytes"
     tampered = url.replace("signed?", "signed2?")

@@ -301,3 +301,31 @@ def test_with_radosgw_stopped_pulls_pass_through_and_readyz_says_why(
     log = daemon.log_text()
     assert "Traceback" not in log
     assert log.count("is unavailable") == 1
+
+
+def test_the_keys_can_come_from_a_credential_program(
+        daemon_factory: Callable[..., Daemon], store: Store, radosgw: Radosgw,
+        ocitest_images: dict[str, Image], hop: Hop, tmp_path: os.PathLike[str]) -> None:
+    """
+    C{credential_command} instead of key files: the docker-credential-helpers
+    protocol, C{Username} the access key and C{Secret} the secret.
+    """
+    image = ocitest_images["oci"]
+    blob = _layer(image)
+    runs = os.path.join(str(tmp_path), "runs")
+    program = os.path.join(str(tmp_path), "s3-keys")
+    with open(program, "w") as f:
+        f.write("#!/bin/sh\n"
+                f"read server; echo \"$server\" >> {runs}\n"
+                f"printf '{{\"Username\": \"%s\", \"Secret\": \"%s\"}}' "
+                f"'{radosgw.access_key}' '{radosgw.secret_key}'\n")
+    os.chmod(program, 0o755)
+    table = {key: value for key, value in store.table.items() if not key.endswith("_key_file")}
+    daemon = daemon_factory(extra_tables={"storage": {**table, "credential_command": [program]}})
+    status, _, body = http_request(_url(daemon, image, blob), timeout=60)
+    assert status == 200 and body == blob.data
+    wait_for(lambda: store.objects() == [store.key(blob)], timeout=30, what="the object completed")
+    assert store.sha256(store.key(blob)) == blob.digest
+    with open(runs) as f:
+        assert f.read().splitlines()[0] == radosgw.url  # the store's URL on its standard input
+    assert radosgw.secret_key not in daemon.log_text()

@@ -247,7 +247,10 @@ class BlobService:
             return None
         await self._authorize(upstream, repo, digest)
         self._bucket.capacity.accessed(digest)
-        return self._bucket.presigned(digest)
+        try:
+            return await self._bucket.presigned(digest)
+        except S3Unavailable:
+            return None  # no credentials now: served through ocicache instead
 
     async def _bucket_size(self, digest: Digest) -> int | None:
         """The blob's size in the bucket; C{None} when it is not there or the store is down."""

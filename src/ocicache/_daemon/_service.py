@@ -29,7 +29,7 @@ import hashlib
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
 from treq.client import HTTPClient
@@ -76,6 +76,7 @@ from .._storage._s3 import S3Client, S3Credentials, S3Error, S3Unavailable
 from .._storage._scrub import Scrubber
 from .._storage._store import Kind, Store
 from .._upstream._client import Upstream, make_pool
+from .._upstream._credentials import CredentialHelper
 from .._upstream._ratelimit import Quota
 from .._upstream._tls import UpstreamTLSPolicy
 from .._upstream._tokens import TokenCache
@@ -673,9 +674,28 @@ def _s3_client(config: S3Config, reactor: Any, pool: HTTPConnectionPool, disk: D
     tls = UpstreamTLSPolicy.for_host(config.endpoint.host, config.tls_verify, config.ca_file)
     return S3Client(
         HTTPClient(Agent(reactor, contextFactory=tls, pool=pool)), config.endpoint, config.bucket,
-        S3Credentials(config.keys.access_key, config.keys.secret_key), region=config.region,
+        _s3_credentials(config, reactor), region=config.region,
         path_style=config.path_style, hasher=lambda body: disk.run(_sha256_hex, body),
     )
+
+
+def _s3_credentials(config: S3Config, reactor: Any) -> S3Credentials | Callable[[], Awaitable[S3Credentials]]:
+    """
+    The S3 key pair: from the config, or from a credential program (the
+    docker-credential-helpers protocol, as for upstreams: C{Username} is
+    the access key, C{Secret} the secret), run again after its TTL.
+    """
+    if config.keys is not None:
+        return S3Credentials(config.keys.access_key, config.keys.secret_key)
+    if config.credential_command is None:
+        raise ValueError("an S3 store with neither keys nor a credential program")
+    helper = CredentialHelper(config.credential_command, "S3 store", reactor, reactor)
+
+    async def current() -> S3Credentials:
+        got = await helper.get()
+        return S3Credentials(got.username, got.password)
+
+    return current
 
 
 def _sha256_hex(body: bytes) -> str:

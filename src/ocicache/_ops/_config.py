@@ -348,7 +348,8 @@ class S3Config:
 
     endpoint: DecodedURL
     bucket: str
-    keys: S3Keys
+    keys: S3Keys | None
+    """The key pair from files or the environment; C{None} with C{credential_command}."""
     region: str = "us-east-1"
     prefix: str = ""
     """Prepended to every key: empty, or ending with C{/}."""
@@ -363,6 +364,8 @@ class S3Config:
     max_part_uploads: int = 4
     """Parts being uploaded at once, all downloads together."""
     abandon_uploads_after: float = 3600.0
+    credential_command: CredentialCommand | None = None
+    """A program that prints the key pair (C{Username}: the access key, C{Secret}: the secret)."""
 
 
 @frozen
@@ -978,13 +981,17 @@ def _parse_storage(table: object, environ: Mapping[str, str]) -> StorageConfig:
     prefix = section.get("prefix", str, "").strip("/")
     if any(not part or part in (".", "..") for part in prefix.split("/")) and prefix:
         raise ConfigError("storage.prefix: must be key segments separated by '/', such as 'ocicache/eu'")
-    keys = _s3_keys(section, environ)
+    credential_command = _parse_credential_command(section, "storage", endpoint)
+    keys = _s3_keys(section, environ, required=credential_command is None)
+    if keys is not None and credential_command is not None:
+        raise ConfigError("storage: set the key files or variables, or credential_helper or credential_command,"
+                          " not both")
     path_style = section.get("path_style", bool, True)
     tls_verify = section.get("tls_verify", bool, True)
     ca_file = section.get("ca_file", str)
     if ca_file is not None and not os.path.isfile(ca_file):
         raise ConfigError(f"storage.ca_file: {ca_file!r} is not a readable file")
-    defaults = S3Config(endpoint, "", S3Keys("", ""))
+    defaults = S3Config(endpoint, "", None)
     local_max_size = section.convert("local_max_size", parse_size, 0)
     if 0 < local_max_size < 1 << 20:
         raise ConfigError("storage.local_max_size: must be 0 (no local tier) or at least 1MiB")
@@ -1001,14 +1008,15 @@ def _parse_storage(table: object, environ: Mapping[str, str]) -> StorageConfig:
         endpoint=endpoint, bucket=bucket, keys=keys, region=region, prefix=f"{prefix}/" if prefix else "",
         path_style=path_style, tls_verify=tls_verify, ca_file=ca_file, local_max_size=local_max_size,
         redirect=redirect, upload_part_size=part_size, max_part_uploads=max_part_uploads,
-        abandon_uploads_after=abandon,
+        abandon_uploads_after=abandon, credential_command=credential_command,
     ))
 
 
-def _s3_keys(section: _Section, environ: Mapping[str, str]) -> S3Keys:
+def _s3_keys(section: _Section, environ: Mapping[str, str], required: bool = True) -> S3Keys | None:
     """
     The access key pair, from two files (the first line of each) or two
     environment variables; never literal in the config, never echoed.
+    C{None} when neither is given and a credential program is.
     """
     by_file = (section.get("access_key_file", str), section.get("secret_key_file", str))
     by_env = (section.get("access_key_env", str), section.get("secret_key_env", str))
@@ -1040,9 +1048,11 @@ def _s3_keys(section: _Section, environ: Mapping[str, str]) -> S3Keys:
             if not value:
                 raise ConfigError(f"storage.{name}: environment variable {variable!r} is not set")
             values.append(value)
-    else:
+    elif required:
         raise ConfigError("storage: backend = 's3' needs access_key_file and secret_key_file,"
-                          " or access_key_env and secret_key_env")
+                          " access_key_env and secret_key_env, or credential_helper or credential_command")
+    else:
+        return None
     return S3Keys(values[0], values[1])
 
 

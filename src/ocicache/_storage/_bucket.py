@@ -187,8 +187,8 @@ class Bucket:
         await self._metadata.delete_blobs([str(digest)], table=self.capacity.table)
         return None
 
-    def presigned(self, digest: Digest) -> str:
-        return self.client.presigned_get(self.key(digest), PRESIGN_EXPIRES)
+    async def presigned(self, digest: Digest) -> str:
+        return await self.client.presigned_get(self.key(digest), PRESIGN_EXPIRES)
 
     async def remove(self, digests: list[Digest]) -> None:
         """Delete objects (the capacity's remover): eviction and expiry over the bucket."""

@@ -96,6 +96,9 @@ class S3Client:
 
     @param path_style: C{http://host/bucket/key} rather than
         C{http://bucket.host/key} (radosgw and MinIO without wildcard DNS).
+    @param credentials: the key pair, or where to get the current one
+        (a credential program, asked before each request; it keeps its
+        answer for its lifetime).
     @param hasher: hashes a part body for its signature; give it the disk
         pool, since a 16 MiB part costs tens of milliseconds.
     """
@@ -105,25 +108,35 @@ class S3Client:
         http: HTTPClient,
         endpoint: DecodedURL,
         bucket: str,
-        credentials: S3Credentials,
+        credentials: S3Credentials | Callable[[], Awaitable[S3Credentials]],
         region: str = "us-east-1",
         path_style: bool = True,
         hasher: Hasher = _hash_here,
         timeout: float = 60.0,
     ) -> None:
-        # botocore is imported here: only an S3-backed daemon needs it.
-        from botocore.auth import S3SigV4QueryAuth, SigV4Auth
-        from botocore.credentials import Credentials
-
         self._http = http
         self._endpoint = endpoint
         self.bucket = bucket
         self._path_style = path_style
         self._hasher = hasher
         self._timeout = timeout
-        signing = Credentials(credentials.access_key, credentials.secret_key, credentials.session_token)
-        self._signer = SigV4Auth(signing, "s3", region)
-        self._presigner: Callable[[int], Any] = lambda expires: S3SigV4QueryAuth(signing, "s3", region, expires)
+        self._region = region
+        self._credentials = credentials
+
+    async def _signing(self) -> Any:
+        """The key pair to sign with now, as botocore takes it."""
+        # botocore is imported here: only an S3-backed daemon needs it.
+        from botocore.credentials import Credentials
+
+        current = self._credentials
+        if not isinstance(current, S3Credentials):
+            try:
+                current = await current()
+            except Exception as e:
+                # The program's own failure was logged where it ran; its
+                # output never reaches this message.
+                raise S3Unavailable(f"no S3 credentials: {type(e).__name__}") from None
+        return Credentials(current.access_key, current.secret_key, current.session_token)
 
     # -- objects
 
@@ -237,12 +250,13 @@ class S3Client:
             raise S3Error(409, code, "cannot create the bucket")
         await self._expect(response, 200)
 
-    def presigned_get(self, key: str, expires: int) -> str:
+    async def presigned_get(self, key: str, expires: int) -> str:
         """A URL that GETs C{key} without credentials for C{expires} seconds (SigV4 query auth)."""
+        from botocore.auth import S3SigV4QueryAuth
         from botocore.awsrequest import AWSRequest
 
         request = AWSRequest(method="GET", url=self._url(key, []).to_uri().to_text())
-        self._presigner(expires).add_auth(request)
+        S3SigV4QueryAuth(await self._signing(), "s3", self._region, expires).add_auth(request)
         url: str = request.url
         return url
 
@@ -267,6 +281,7 @@ class S3Client:
         body: bytes = b"",
         headers: Mapping[str, str] | None = None,
     ) -> IResponse:
+        from botocore.auth import SigV4Auth
         from botocore.awsrequest import AWSRequest
 
         url = self._url(key, query).to_uri().to_text()
@@ -275,7 +290,7 @@ class S3Client:
         payload = await self._hasher(body) if body else _EMPTY_SHA256
         request = AWSRequest(method=method, url=url, data=body,
                              headers={**(headers or {}), "x-amz-content-sha256": payload})
-        self._signer.add_auth(request)
+        SigV4Auth(await self._signing(), "s3", self._region).add_auth(request)
         sent = Headers({name.encode("ascii"): [str(value).encode("ascii")] for name, value in request.headers.items()})
         try:
             response: IResponse = await self._http.request(
