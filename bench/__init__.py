@@ -9,6 +9,9 @@ with nginx (sendfile) serving the same blob file as the physical limit.
     readers, wrk, time-bounded blob loads, idle connections), the RSS
     sampler and CPU time
   - L{bench.scenarios}: the five measurements and the targets
+  - L{bench.scale_out}: C{--scale-out}, N nodes of each on one radosgw
+    (ocicache's fleet on Redis, without and with a local tier;
+    distribution on its S3 driver)
   - L{bench.report}: comparisons, Markdown tables, JSON
   - L{bench.plot}: PNG charts (C{--plot}, optional matplotlib)
   - L{bench.main}: the command line

@@ -2,8 +2,8 @@
 Load generators and probes, each client in its own process:
 
   - L{curl_get}, L{curl_parallel}: C{curl -o /dev/null} (warm throughput)
-  - L{fetch_many}: N L{bench.fetch_client} processes started on one signal,
-    each hashing its body (cold blobs: first-byte times, SHA-256)
+  - L{fetch_many}, L{fetch_each}: N L{bench.fetch_client} processes started
+    on one signal, each hashing its body (cold blobs: first-byte times, SHA-256)
   - L{slow_readers}: one L{bench.slow_client} process pacing many sockets
   - L{run_wrk}: C{wrk} with a Lua script (method, Accept, a JSON summary)
   - L{blob_load}: L{bench.blob_load} processes, time-bounded keep-alive
@@ -41,6 +41,7 @@ __all__ = [
     "tree_cpu_seconds",
     "curl_get",
     "curl_parallel",
+    "fetch_each",
     "fetch_many",
     "kill_all",
     "profile_summary",
@@ -193,8 +194,16 @@ def fetch_many(url: str, n: int, timeout: float = 300.0) -> tuple[float, list[di
     release time (C{time.monotonic()}) and each client's report (times
     are absolute monotonic values).
     """
+    return fetch_each([url] * n, timeout)
+
+
+def fetch_each(urls: Sequence[str], timeout: float = 300.0) -> tuple[float, list[dict[str, Any]]]:
+    """
+    L{fetch_many} with one client per URL (several servers at once): the
+    reports are in the order of C{urls}.
+    """
     script = os.path.join(BENCH_DIR, "fetch_client.py")
-    procs = _start_ready([[sys.executable, script, url, str(timeout)] for _ in range(n)], 60)
+    procs = _start_ready([[sys.executable, script, url, str(timeout)] for url in urls], 60)
     started = _go(procs)
     reports = []
     for proc in procs:

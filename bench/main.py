@@ -1,6 +1,7 @@
 """
 C{bench/run}: ocicache against CNCF distribution in proxy mode, and nginx
-(sendfile) as the physical limit, on loopback.  Markdown tables on stdout,
+(sendfile) as the physical limit, on loopback; with C{--scale-out}, instead,
+several nodes of each on one S3 store (L{bench.scale_out}).  Markdown tables on stdout,
 progress on stderr, the same numbers as JSON in C{--json FILE} (and the
 Markdown next to it, C{.md}); with C{--plot DIR}, PNG charts of the curves.
 """
@@ -24,12 +25,13 @@ from typing import Any
 
 from ocitest.images import all_images
 
-from . import clients, plot
+from . import clients, plot, scale_out
 from .report import Section, render_markdown, to_json, write_json
 from .rig import REPO_ROOT, Rig, ensure_installed, layered_image
 from .scenarios import CHOICES, SCENARIOS, THROUGHPUT_PARTS, Context, Plan, evaluate_targets, plan_for
 
 DEFAULT_JSON = os.path.join(REPO_ROOT, "bench", "results", "latest.json")
+SCALE_OUT_JSON = os.path.join(REPO_ROOT, "bench", "results", "scale-out.json")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -45,16 +47,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="a few MiB, 1 s runs, clients 1 and 8, 50 idle connections, no big blob: "
                            "checks the harness end to end (the smoke test)")
     p.add_argument("--size-mib", type=int, default=None, metavar="N",
-                   help="blob size for scenarios 1, 2 and the largest of 4 (default: 256, --quick 64, --tiny 4)")
+                   help="blob size for scenarios 1, 2, the largest of 4 and --scale-out "
+                        "(default: 256, --quick 64, --tiny 4)")
     p.add_argument("--slow-clients", type=int, default=None, metavar="N",
                    help="slow clients in scenario 4 (default: 64, --quick 16, --tiny 4)")
-    p.add_argument("--only", default=",".join(CHOICES), metavar="LIST",
+    p.add_argument("--only", default=None, metavar="LIST",
                    help=f"comma-separated scenarios to run, of: {', '.join(CHOICES)} "
                         f"({', '.join(THROUGHPUT_PARTS)} are the parts of scenario 1)")
+    p.add_argument("--scale-out", action="store_true",
+                   help="instead of the scenarios: N nodes x C clients on one radosgw (and one Redis), "
+                        "ocicache's fleet without and with a local tier, and distribution on its S3 "
+                        "driver (needs ceph-mon ceph-osd radosgw ceph-common redis-server)")
+    p.add_argument("--scale-out-nodes", type=int, default=None, metavar="N",
+                   help="nodes per configuration of --scale-out (default: 3)")
+    p.add_argument("--scale-out-clients", type=int, default=None, metavar="N",
+                   help="clients per node of --scale-out (default: 16, --tiny 4)")
     p.add_argument("--plot", default=None, metavar="DIR",
                    help="write PNG charts of the curves into DIR (needs matplotlib: pip install 'ocicache[bench]')")
-    p.add_argument("--json", default=DEFAULT_JSON, metavar="FILE",
-                   help="where to write the results as JSON (default: bench/results/latest.json)")
+    p.add_argument("--json", default=None, metavar="FILE",
+                   help="where to write the results as JSON (default: bench/results/latest.json; "
+                        "with --scale-out, bench/results/scale-out.json)")
     p.add_argument("--workdir", default=None, metavar="DIR",
                    help="where the servers keep their files (default: a new temp dir, removed afterwards)")
     p.add_argument("--keep-workdir", action="store_true", help="leave the work dir (logs) behind")
@@ -63,7 +75,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-install", action="store_true", help="never apt-get install missing programs")
     args = p.parse_args(argv)
     args.mode = "tiny" if args.tiny else ("quick" if args.quick else "full")
-    args.scenarios = [s.strip() for s in args.only.split(",") if s.strip()]
+    if args.scale_out and args.only is not None:
+        p.error("--scale-out runs on its own; it does not take --only")
+    args.scenarios = [s.strip() for s in (args.only or ",".join(CHOICES)).split(",") if s.strip()]
     unknown = [s for s in args.scenarios if s not in CHOICES]
     if unknown:
         p.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(CHOICES)}")
@@ -71,6 +85,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--size-mib must be at least 1")
     if args.slow_clients is not None and args.slow_clients < 1:
         p.error("--slow-clients must be at least 1")
+    for option in ("scale_out_nodes", "scale_out_clients"):
+        if getattr(args, option) is not None:
+            if not args.scale_out:
+                p.error(f"--{option.replace('_', '-')} goes with --scale-out")
+            if getattr(args, option) < 1:
+                p.error(f"--{option.replace('_', '-')} must be at least 1")
+    if args.scale_out:
+        args.scenarios = [scale_out.SCENARIO]
+    if args.json is None:
+        args.json = SCALE_OUT_JSON if args.scale_out else DEFAULT_JSON
     return args
 
 
@@ -180,7 +204,7 @@ def _on_signal(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    plan = plan_for(args.mode, args.size_mib, args.slow_clients)
+    plan = plan_for(args.mode, args.size_mib, args.slow_clients, args.scale_out_nodes, args.scale_out_clients)
     t_start = time.monotonic()
     started = datetime.now(UTC)
     loadavg_start = _loadavg()
@@ -198,13 +222,18 @@ def main(argv: list[str] | None = None) -> int:
     failed_setup: str | None = None
     try:
         if not args.no_install:
-            ensure_installed(log)
+            ensure_installed(log, scale_out.REQUIRED if args.scale_out else None)
         if args.profile and not clients.Profiler.available():
             log("--profile: py-spy is not installed (pip install py-spy); profiles will be empty")
         nofile = raise_fd_limit()
-        log(f"mode {plan.mode}: blob {plan.blob_mib} MiB, memory sizes {plan.memory_sizes}, "
-            f"big blob {plan.big_mib or 'none'}, clients {plan.scale_clients}, open files {nofile}, "
-            f"work dir {workdir}")
+        if args.scale_out:
+            log(f"mode {plan.mode}, scale-out: blob {plan.blob_mib} MiB, {plan.scale_out_nodes} nodes × "
+                f"{plan.scale_out_clients} clients, {plan.scale_out_reps} repetition(s), open files {nofile}, "
+                f"work dir {workdir}")
+        else:
+            log(f"mode {plan.mode}: blob {plan.blob_mib} MiB, memory sizes {plan.memory_sizes}, "
+                f"big blob {plan.big_mib or 'none'}, clients {plan.scale_clients}, open files {nofile}, "
+                f"work dir {workdir}")
         runs = _sections_to_run(args.scenarios)
         sizes = {plan.blob_mib}
         if any(name == "memory" for name, _ in runs):
@@ -212,12 +241,13 @@ def main(argv: list[str] | None = None) -> int:
         if plan.big_mib and any("bigblob" in parts for _, parts in runs):
             sizes.add(plan.big_mib)
         images = dict(all_images(big_sizes=tuple(sorted(sizes))))
-        images["layered"] = layered_image("library/ocibench-layers", "v1", plan.ctr_layers)
+        if not args.scale_out:
+            images["layered"] = layered_image("library/ocibench-layers", "v1", plan.ctr_layers)
         rig.start(images)
         ctx = Context(rig, plan, log, workdir,
                       profile_dir=os.path.abspath(args.profile) if args.profile else None)
         for name, parts in runs:
-            title, run = SCENARIOS[name]
+            title, run = {**SCENARIOS, scale_out.SCENARIO: ("Scale-out", scale_out.scale_out)}[name]
             log(f"--- {title}" + (f" ({', '.join(p for p in THROUGHPUT_PARTS if p in parts)})" if parts else ""))
             ctx.parts = parts
             t0 = time.monotonic()
@@ -272,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     meta["seconds"] = round(time.monotonic() - t_start, 1)
     if failed_setup:
         meta["setup_error"] = failed_setup
-    targets = evaluate_targets(sections, plan)
+    targets = evaluate_targets(sections, plan) + scale_out.evaluate_targets(sections)
     markdown = render_markdown(meta, sections, targets)
     markdown += f"\nTotal wall time {meta['seconds']:.0f} s; load average at the end {meta['loadavg_end']}.\n"
     print(markdown, flush=True)

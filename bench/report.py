@@ -17,6 +17,10 @@ Their C{fraction_of_limit} is ocicache/nginx (nginx/ocicache where lower
 is better): 1.0 is as good as the limit.  Tables show those rows with
 nginx and that fraction next to the ratio, the others in the usual
 two-server table.
+
+A section may also carry L{Table}s of its own, for measurements with more
+than two servers side by side (the scale-out's three configurations);
+they are shown after its comparisons.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Comparison", "Section", "Target", "median", "render_markdown", "to_json", "write_json"]
+__all__ = ["Comparison", "Section", "Table", "Target", "median", "render_markdown", "to_json", "write_json"]
 
 
 def median(values: Iterable[float | int | None]) -> float:
@@ -115,10 +119,31 @@ class Comparison:
 
 
 @dataclass
+class Table:
+    """
+    A Markdown table of already formatted cells, one row per server or
+    configuration.
+    """
+
+    headers: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+
+    def render(self) -> list[str]:
+        lines = ["| " + " | ".join(self.headers) + " |",
+                 "|---|" + "---:|" * (len(self.headers) - 1)]
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        return [*lines, ""]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"headers": self.headers, "rows": self.rows}
+
+
+@dataclass
 class Section:
     key: str
     title: str
     comparisons: list[Comparison] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
@@ -142,6 +167,7 @@ class Section:
         return {
             "title": self.title,
             "comparisons": {c.key: c.to_json() for c in self.comparisons},
+            "tables": [t.to_json() for t in self.tables],
             "notes": self.notes,
             "details": self.details,
             "error": self.error,
@@ -188,6 +214,8 @@ def render_section(section: Section) -> str:
                 f"| {c.label} ({c.unit}, {arrow}) | {c.fmt(c.ocicache)} | {c.fmt(c.distribution)} | {c.fmt_ratio()} |"
             )
         lines.append("")
+    for table in section.tables:
+        lines += table.render()
     if section.error:
         lines += [f"**FAILED:** {section.error}", ""]
     for note in section.notes:

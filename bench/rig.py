@@ -32,7 +32,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from ocitest import free_port, log_tail, require_binary, spawn, stop_process, wait_for, wait_for_http
 from ocitest.containerd import Containerd
@@ -115,29 +115,38 @@ def wait_for_https(url: str, cafile: str, timeout: float, proc: subprocess.Popen
         time.sleep(0.05)
 
 
-def ensure_installed(log: Log) -> list[str]:
+def ensure_installed(log: Log, lean: Mapping[str, str] | None = None) -> list[str]:
     """
     C{apt-get install -y} the Debian packages whose programs are missing
     (nothing at all when every program is on PATH); returns what it
-    installed.
+    installed.  C{lean} maps more programs to packages installed with
+    C{--no-install-recommends} (Ceph's recommends pull in its whole
+    dashboard stack).
     """
+    lean = dict(lean or {})
     missing = sorted({pkg for prog, pkg in REQUIRED.items() if _which(prog) is None})
-    if not missing:
+    missing_lean = sorted({pkg for prog, pkg in lean.items() if _which(prog) is None} - set(missing))
+    if not missing and not missing_lean:
         return []
     if os.geteuid() != 0:
         raise RuntimeError(
-            f"missing programs; install them with: apt-get install -y {' '.join(missing)}"
+            "missing programs; install them with: apt-get install -y --no-install-recommends "
+            + " ".join(missing + missing_lean)
         )
-    log(f"installing {' '.join(missing)} with apt-get")
+    log(f"installing {' '.join(missing + missing_lean)} with apt-get")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run(["apt-get", "update"], check=True, env=env, timeout=900,
                    stdout=sys.stderr, stderr=sys.stderr)
-    subprocess.run(["apt-get", "install", "-y", *missing], check=True, env=env, timeout=1800,
-                   stdout=sys.stderr, stderr=sys.stderr)
-    still = sorted(prog for prog in REQUIRED if _which(prog) is None)
+    if missing:
+        subprocess.run(["apt-get", "install", "-y", *missing], check=True, env=env, timeout=1800,
+                       stdout=sys.stderr, stderr=sys.stderr)
+    if missing_lean:
+        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", *missing_lean], check=True,
+                       env=env, timeout=1800, stdout=sys.stderr, stderr=sys.stderr)
+    still = sorted(prog for prog in {**REQUIRED, **lean} if _which(prog) is None)
     if still:
         raise RuntimeError(f"still missing after apt-get install: {', '.join(still)}")
-    return missing
+    return missing + missing_lean
 
 
 def layered_image(repo: str, tag: str, layer_mib: tuple[int, ...], seed: str = "bench") -> Image:

@@ -77,6 +77,11 @@ class Plan:
     tls_reps: int = 2
     slow_window: float = 30.0
     """Slow clients stop after this many seconds (0: read the whole blob)."""
+    scale_out_nodes: int = 3
+    """Nodes of each configuration of C{--scale-out} (L{bench.scale_out})."""
+    scale_out_clients: int = 16
+    """Clients per node of C{--scale-out}, all released at once."""
+    scale_out_reps: int = 3
 
 
 PLANS = {
@@ -85,15 +90,20 @@ PLANS = {
                  idle_connections=1000, tls_reps=2, slow_window=30.0),
     "quick": Plan("quick", 64, 3, 8, (1, 16), 2, 3.0, 1, 64, (1, 64), 16, 5e6, (8,) * 4, 1,
                   scale_clients=(1, 8, 64, 256), scale_seconds=2.0, scale_reps=1, big_mib=256,
-                  idle_connections=1000, tls_reps=1, slow_window=30.0),
+                  idle_connections=1000, tls_reps=1, slow_window=30.0, scale_out_reps=2),
     "tiny": Plan("tiny", 4, 2, 8, (1, 16), 1, 1.0, 1, 64, (1, 4), 4, 5e6, (1, 1, 1), 1,
                  scale_clients=(1, 8), scale_seconds=0.5, scale_reps=1, big_mib=0,
-                 idle_connections=50, tls_reps=1, slow_window=30.0),
+                 idle_connections=50, tls_reps=1, slow_window=30.0, scale_out_clients=4, scale_out_reps=1),
 }
 
 
-def plan_for(mode: str, size_mib: int | None = None, slow_clients: int | None = None) -> Plan:
+def plan_for(mode: str, size_mib: int | None = None, slow_clients: int | None = None,
+             scale_out_nodes: int | None = None, scale_out_clients: int | None = None) -> Plan:
     plan = PLANS[mode]
+    if scale_out_nodes:
+        plan = Plan(**{**asdict(plan), "scale_out_nodes": scale_out_nodes})
+    if scale_out_clients:
+        plan = Plan(**{**asdict(plan), "scale_out_clients": scale_out_clients})
     if size_mib:
         sizes = tuple(sorted({*(s for s in plan.memory_sizes if s < size_mib), size_mib}))
         plan = Plan(**{**asdict(plan), "blob_mib": size_mib, "memory_sizes": sizes})
