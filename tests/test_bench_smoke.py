@@ -136,14 +136,12 @@ def test_bench_scale_out_tiny(tmp_path: os.PathLike[str]) -> None:
     runs = scenario["details"]["runs"]
     for config in ("fleet", "fleet_tier"):
         (run,) = runs[config]
-        assert run["cold"]["upstream_gets"] >= 1, run
+        # One GET for the fleet, with or without a local tier: a node that
+        # waited out the filler's lock finds the blob in the bucket.
+        assert run["cold"]["upstream_gets"] == 1, run
         assert run["cold"]["problems"] == [] and run["warm"]["problems"] == [], run
         # The warm round: the blob is in the bucket; nothing asked of the upstream for it.
         assert run["missing_after_cold"] == [] and run["warm"]["upstream_gets"] == 0, run
-    # With a local tier the filler serves its stored copy to a node that
-    # asks after the fill: one GET.  (Without one, a node that waited out
-    # the filler's lock may fetch upstream again; the target reports it.)
-    assert runs["fleet_tier"][0]["cold"]["upstream_gets"] == 1, runs["fleet_tier"]
     (run,) = runs["fleet"]
     assert run["warm"]["s3_gets"] >= 1, run  # no local tier: the bucket served it
     (run,) = runs["distribution"]

@@ -370,18 +370,43 @@ class BlobService:
         # the upstream.  The repository still has to show it holds it.
         claim = await self._fleet.claim(digest)
         try:
+            started: Download | PassThrough | None = None
             if claim.peer is not None:
                 try:
                     await self._authorize(upstream, repo, digest)
                 except BaseException:
                     await upstream.discard(claim.peer)
                     raise
-            started = await self._fill(upstream, repo, digest, claim.peer)
+            elif not isinstance(self._fleet, _Alone):
+                started = await self._bucket_after_all(upstream, repo, digest)
+            if started is None:
+                started = await self._fill(upstream, repo, digest, claim.peer)
         except BaseException:
             claim.done(None)
             raise
         started.settled.addBoth(_tell_fleet, claim, started)
         return started
+
+    async def _bucket_after_all(self, upstream: Upstream, repo: str, digest: Digest) -> Download | PassThrough | None:
+        """
+        In a fleet on the S3 store, the blob another node completed in the
+        bucket while this one waited for the fill lock (the filler lets go
+        of the lock once its upload is done, and serves only what it still
+        has on disk): streamed from the bucket, not fetched again.
+        """
+        bucket = self._bucket
+        if bucket is None:
+            return None
+        size = await self._bucket_size(digest)
+        if size is None:
+            return None
+        await self._authorize(upstream, repo, digest)
+        try:
+            download = await self._start_from_bucket(bucket, digest, size)
+        except _NotInBucket:
+            return None
+        bucket.capacity.accessed(digest)
+        return download
 
     async def _fill(self, upstream: Upstream, repo: str, digest: Digest,
                     peer: IResponse | None) -> Download | PassThrough:
