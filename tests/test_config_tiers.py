@@ -31,8 +31,8 @@ def test_a_mirror_sends_its_name_or_ns() -> None:
     ({"ns": "quay.io"}, "upstream[0].ns: only a kind = 'mirror' upstream takes ns"),
     ({"kind": "mirror", "ns": "../x"}, "upstream[0].ns: '../x' is not a registry host name"),
     ({"token_env": "NOPE"}, "upstream[0].token_env: environment variable 'NOPE' is not set"),
-    ({"token_env": "TOKEN", "token_file": "/x"}, "upstream[0]: set token_file or token_env, not both"),
-    ({"token_env": "BAD"}, "upstream[0].token_env: the token must be one line"),
+    ({"token_env": "TOKEN", "token_file": "/x"}, "upstream[0].token_file: set token_file or token_env, not both"),
+    ({"token_env": "BAD"}, "upstream[0].token: the token must be one line"),
     ({"token_env": "TOKEN", "username": "u", "password_env": "TOKEN"}, "or credentials, not both"),
 ])
 def test_bad_tier_keys_are_refused(keys: dict[str, object], message: str) -> None:

@@ -295,10 +295,7 @@ class BlobService:
         if response is None:
             raise _NotInBucket()
         try:
-            download = Download(
-                self._disk, digest, size, before_commit=self._before_commit, on_disk_error=self._health.failed,
-                abandon_after=self._abandon_after, keep_fraction=self._keep_fraction,
-            )
+            download = self._new_download(digest, size)
         except OSError as e:
             self._health.failed(e)
             stop_body(response)
@@ -417,10 +414,7 @@ class BlobService:
         size = response.length if isinstance(response.length, int) else None
         count = (lambda n: None) if peer is not None else lambda n: self._on_upstream_bytes(upstream.name, n)
         try:
-            download = Download(
-                self._disk, digest, size, before_commit=self._before_commit, on_disk_error=self._health.failed,
-                abandon_after=self._abandon_after, keep_fraction=self._keep_fraction,
-            )
+            download = self._new_download(digest, size)
         except OSError as e:
             # Not even a temp file: the cache dir is gone, full or
             # read-only.  This client is still served, from memory.
@@ -438,6 +432,13 @@ class BlobService:
             self._replicator.replicate(download)
         response.deliverBody(_BodyWriter(download, self._reactor, count))
         return download
+
+    def _new_download(self, digest: Digest, size: int | None) -> Download:
+        """A download into a new temp file; C{OSError} when the disk cannot give one."""
+        return Download(
+            self._disk, digest, size, before_commit=self._before_commit, on_disk_error=self._health.failed,
+            abandon_after=self._abandon_after, keep_fraction=self._keep_fraction,
+        )
 
     async def _before_commit(self, digest: Digest, size: int) -> bool:
         # In-flight downloads are not in the store yet, so eviction cannot

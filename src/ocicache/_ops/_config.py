@@ -729,29 +729,10 @@ def _static_token(section: _Section, path: str, environ: Mapping[str, str]) -> s
     C{token_file} or C{token_env}: a bearer token for the upstream, as a
     regional ocicache's C{[auth] tokens_file} expects from an edge.
     """
-    token_file = section.get("token_file", str, None)
-    token_env = section.get("token_env", str, None)
-    if token_file is not None and token_env is not None:
-        raise ConfigError(f"{path}: set token_file or token_env, not both")
-    if token_file is not None:
-        try:
-            with open(token_file, encoding="utf-8") as f:
-                token = next(iter(f.read().splitlines()), "").strip()
-        except OSError as e:
-            raise ConfigError(f"{path}.token_file: cannot read {token_file!r}: {e.strerror}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{path}.token_file: {token_file!r} is not UTF-8") from None
-        key = "token_file"
-    elif token_env is not None:
-        if token_env not in environ:
-            raise ConfigError(f"{path}.token_env: environment variable {token_env!r} is not set")
-        token = environ[token_env].strip()
-        key = "token_env"
-    else:
-        return None
+    token = _secret(section, "token", environ, required=False)
     # RFC 6750 §2.1: b64token characters only, so it cannot break the header.
-    if not token or not re.fullmatch(r"[A-Za-z0-9\-._~+/]+=*", token):
-        raise ConfigError(f"{path}.{key}: the token must be one line of RFC 6750 token characters")
+    if token is not None and not re.fullmatch(r"[A-Za-z0-9\-._~+/]+=*", token):
+        raise ConfigError(f"{path}.token: the token must be one line of RFC 6750 token characters")
     return token
 
 
