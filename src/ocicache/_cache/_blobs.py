@@ -19,10 +19,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
 from attrs import frozen
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -376,12 +376,19 @@ class BlobService:
                     raise
             elif not isinstance(self._fleet, _Alone):
                 started = await self._bucket_after_all(upstream, repo, digest)
+            replicated = None
             if started is None:
-                started = await self._fill(upstream, repo, digest, claim.peer)
+                started, replicated = await self._fill(upstream, repo, digest, claim.peer)
         except BaseException:
             claim.done(None)
             raise
-        started.settled.addBoth(_tell_fleet, claim, started)
+        if replicated is None:
+            started.settled.addBoth(_tell_fleet, claim, started)
+        else:
+            # The lock is let go once the object is in the bucket too: a
+            # node that takes it then finds the blob there.
+            both = DeferredList([_observed(started.settled), replicated])
+            both.addBoth(lambda result: _tell_fleet(result, claim, started))
         return started
 
     async def _bucket_after_all(self, upstream: Upstream, repo: str, digest: Digest) -> Download | PassThrough | None:
@@ -406,7 +413,11 @@ class BlobService:
         return download
 
     async def _fill(self, upstream: Upstream, repo: str, digest: Digest,
-                    peer: IResponse | None) -> Download | PassThrough:
+                    peer: IResponse | None) -> tuple[Download | PassThrough, Deferred[None] | None]:
+        """
+        The download of C{peer}'s body, or the upstream's; and, for the
+        upstream's, its copy into the S3 store (fired once it is done).
+        """
         response = peer if peer is not None else await upstream.blob("GET", repo, str(digest))
         if response.code != 200:
             await upstream.discard(response)
@@ -422,16 +433,17 @@ class BlobService:
             passing = PassThrough(digest, size)
             passing.settled.addErrback(self._passed, digest, upstream.name, repo)
             response.deliverBody(_BodyWriter(passing, self._reactor, count))
-            return passing
+            return passing, None
         self.inflight[digest] = download
         self._access.note(upstream, repo, digest)
         download.settled.addBoth(self._settled, digest, download, upstream.name, repo)
+        replicated = None
         if self._replicator is not None and peer is None:
             # The node that fetches from the upstream fills the S3 store;
             # one streaming from that node leaves it to it.
-            self._replicator.replicate(download)
+            replicated = self._replicator.replicate(download)
         response.deliverBody(_BodyWriter(download, self._reactor, count))
-        return download
+        return download, replicated
 
     def _new_download(self, digest: Digest, size: int | None) -> Download:
         """A download into a new temp file; C{OSError} when the disk cannot give one."""
@@ -521,6 +533,18 @@ def _negative_key(upstream: Upstream, repo: str, digest: Digest) -> NegativeKey:
 def _tell_fleet(result: object, claim: FleetClaim, started: Download | PassThrough) -> object:
     claim.done(started.size if isinstance(started, Download) and started.committed else None)
     return result
+
+
+def _observed(watched: Deferred[Any]) -> Deferred[None]:
+    """Fires (never fails) when C{watched} does, leaving C{watched}'s own result alone."""
+    seen: Deferred[None] = Deferred()
+
+    def fire(result: object) -> object:
+        seen.callback(None)
+        return result
+
+    watched.addBoth(fire)
+    return seen
 
 
 def _release(result: object, slot: Slot) -> object:

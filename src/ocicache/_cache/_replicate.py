@@ -55,14 +55,19 @@ class Replicator:
         """Upload ids of replications in progress."""
         self._running: set[Deferred[None]] = set()
 
-    def replicate(self, download: Download) -> None:
-        """Copy C{download} into the bucket as it arrives; nothing if the store is down."""
+    def replicate(self, download: Download) -> Deferred[None] | None:
+        """
+        Copy C{download} into the bucket as it arrives; nothing if the store
+        is down.  The Deferred fires (never fails) once the upload is
+        complete or aborted.
+        """
         if not self._bucket.usable:
-            return
+            return None
         replication = _Replication(self, download)
         done = Deferred.fromCoroutine(replication.run())
         self._running.add(done)
         done.addBoth(lambda result: self._running.discard(done))
+        return done
 
     def settling(self) -> list[Deferred[None]]:
         """The replications still running (the daemon waits for their aborts at stop)."""
