@@ -37,9 +37,10 @@ class _Now(Clock):
 
 
 class _Reader:
-    def __init__(self, download: Download, eager: bool = True) -> None:
+    def __init__(self, download: Download, eager: bool = True, turn: int = 1 << 20) -> None:
         self.download = download
         self.eager = eager
+        self.turn = turn
         self.received = bytearray()
         download.acquire()
         download.subscribe(self)
@@ -54,7 +55,7 @@ class _Reader:
 
     def drain(self) -> None:
         while self.position < self.download.available:
-            data = self.download.read(self.position, 1 << 20)
+            data = self.download.read(self.position, self.turn)
             assert data, "a reader attached from the start must never find its bytes gone"
             self.received += data
 
@@ -161,6 +162,40 @@ def test_the_window_is_bounded_by_the_slowest_reader(
     download.finish()
     slow.drain()
     assert bytes(fast.received) == body and bytes(slow.received) == body
+
+
+def test_readers_caught_up_in_large_turns_resume_the_upstream(
+    tmp_path: Any, full_after: Callable[[int], list[int]],
+) -> None:
+    """
+    Readers that read 4 MiB at a time (the sendfile streamer's buffered
+    turn) and have taken everything must let the upstream go on: the
+    window is trimmed past what the reader reading now takes, not only
+    past where it stood.  (The trim once ignored the caller's own read,
+    kept up to a turn in the window, above LOW_WATER, and the download
+    stalled with every client waiting.)
+    """
+    store = Store(str(tmp_path))
+    store.prepare()
+    body = _body(3 * HIGH_WATER)
+    digest = Digest("sha256", hashlib.sha256(body).hexdigest())
+    download = Download(disk_of(_Now(), SyncPool(), store), digest, len(body))
+    producer = _Producer()
+    download.attach(producer)
+    readers = [_Reader(download, eager=False, turn=4 << 20) for _ in range(3)]
+    full_after(0)
+    offset = 0
+    while offset < len(body):
+        while not producer.paused and offset < len(body):
+            download.write(body[offset:offset + (256 << 10)])
+            offset += 256 << 10
+        for reader in readers:
+            reader.drain()
+        assert not producer.paused or offset >= len(body), f"stalled at {offset} with every reader caught up"
+    download.finish()
+    for reader in readers:
+        reader.drain()
+        assert bytes(reader.received) == body
 
 
 def test_a_bad_digest_in_passthrough_cuts_the_readers(

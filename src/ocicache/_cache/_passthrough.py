@@ -113,7 +113,11 @@ class PassThrough(Incoming):
         if length <= 0 or index < 0:
             return b""  # below the window: only a reader that joined too late asks
         data = bytes(self._window[index:index + length])
-        self._trim()
+        # The caller is a reader at offset that is about to move past
+        # these bytes: count it there, or a reader that took a large turn
+        # would keep that turn in the window, above LOW_WATER, with the
+        # upstream paused and nobody left to read.
+        self._trim(moved=(offset, offset + len(data)))
         return data
 
     def file_span(self, offset: int) -> tuple[int, int] | None:
@@ -136,14 +140,18 @@ class PassThrough(Incoming):
     def release(self) -> None:
         self._users -= 1
 
-    def _trim(self) -> None:
+    def _trim(self, moved: tuple[int, int] | None = None) -> None:
         """
         Drop what every reader has passed; resume the upstream once the
-        window has room again.
+        window has room again.  C{moved} is C{(from, to)} for a reader
+        whose position is about to move.
         """
         if not self._readers:
             return
-        drop = min(reader.position for reader in self._readers) - self.start
+        positions = [reader.position for reader in self._readers]
+        if moved is not None and moved[0] in positions:
+            positions[positions.index(moved[0])] = moved[1]
+        drop = min(positions) - self.start
         if drop > 0:
             del self._window[:drop]
             self.start += drop
