@@ -115,6 +115,10 @@ def test_a_body_cut_mid_stream_leaves_no_object_and_no_upload(
                 if line.startswith('ocicache_s3_bytes_total{direction="uploaded"}')]
     # The whole blob, plus the parts of the failed attempt (whole 5 MiB parts of its 20 MiB).
     assert uploaded and blob.size <= uploaded[0] <= blob.size + 20 * MiB
+    # The store's gauges count the bucket's object, not the local disk's tier.
+    gauges = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+              if line.startswith(("ocicache_s3_store_", "ocicache_cache_size_bytes"))}
+    assert gauges["ocicache_s3_store_bytes"] == blob.size and gauges["ocicache_s3_store_blobs"] == 1, gauges
 
 
 def test_a_second_node_serves_the_bucket_without_the_upstream(

@@ -395,12 +395,16 @@ class OcicacheService(MultiService):
         Before each scrape: the cache's size and entries, from running
         totals (blobs: the eviction policy's, loaded by the janitor's
         recovery and kept by commits and evictions; manifests: the tally,
-        loaded by a scan at start-up and kept by stores).
+        loaded by a scan at start-up and kept by stores); the S3 store's
+        likewise, from the bucket's policy.
         """
         blobs = len(self.capacity.policy)
         self.metrics.cache_entries.labels("blob").set(blobs)
         self.metrics.cache_entries.labels("manifest").set(len(self.manifest_tally))
         self.metrics.cache_size.set(self.capacity.size + self.manifest_tally.size)
+        if self.bucket is not None:
+            self.metrics.s3_store_size.set(self.bucket.capacity.size)
+            self.metrics.s3_store_blobs.set(len(self.bucket.capacity.policy))
 
     def _store_problems(self) -> list[str]:
         """For C{/readyz}: the S3 store, when it cannot be reached."""

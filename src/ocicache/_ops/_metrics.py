@@ -72,10 +72,17 @@ class Metrics:
             "ocicache_waiting_clients", "Clients being sent a blob that is still downloading.",
             registry=registry)
         self.cache_size = Gauge(
-            "ocicache_cache_size_bytes", "Bytes stored in the cache.", registry=registry)
+            "ocicache_cache_size_bytes",
+            "Bytes stored on the local disk (with the S3 backend: its local tier).", registry=registry)
         self.cache_entries = Gauge(
-            "ocicache_cache_entries", "Entries stored in the cache, by kind.",
+            "ocicache_cache_entries", "Entries stored on the local disk, by kind.",
             ["kind"], registry=registry)
+        self.s3_store_size = Gauge(
+            "ocicache_s3_store_bytes", "Bytes of blobs in the S3 store, as this node's index counts them.",
+            registry=registry)
+        self.s3_store_blobs = Gauge(
+            "ocicache_s3_store_blobs", "Blobs in the S3 store, as this node's index counts them.",
+            registry=registry)
         self.evictions = Counter(
             "ocicache_evictions", "Blobs evicted or expired.", registry=registry)
         self.evicted_bytes = Counter(
