@@ -138,6 +138,14 @@ class Metrics:
             "ocicache_password_checks", "bcrypt checks of htpasswd passwords run (a memo spares the rest).",
             registry=registry)
 
+    def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
+        """
+        Count one answered client request: methods other than C{GET} and
+        C{HEAD} share one label, so a client cannot grow the series.
+        """
+        self.http_requests.labels(route, method if method in ("GET", "HEAD") else "other", str(status)).inc()
+        self.http_duration.labels(route).observe(seconds)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -493,10 +493,7 @@ class RegistryResource(Resource):
         duration = time.monotonic() - started
         method = request.method.decode("ascii", "replace")
         code = request.code if result is None else 499
-        metrics = self._services.metrics
-        metrics.http_requests.labels(exchange.route, method if method in ("GET", "HEAD") else "other",
-                                     str(code)).inc()
-        metrics.http_duration.labels(exchange.route).observe(duration)
+        self._services.metrics.request_done(exchange.route, method, code, duration)
         if exchange.route == Endpoint.MANIFESTS and exchange.result == CacheResult.MISS and code == 200:
             digest = request.responseHeaders.getRawHeaders(b"docker-content-digest", [None])[0]
             length = request.responseHeaders.getRawHeaders(b"content-length", [b""])[0]

@@ -685,9 +685,7 @@ class DrainingSite(Site):
         method_text = method.decode("ascii", "replace")[:16]
         target_text = target[:256].decode("ascii", "replace") + ("..." if len(target) > 256 else "")
         if self._metrics is not None:
-            self._metrics.http_requests.labels(
-                "other", method_text if method_text in ("GET", "HEAD") else "other", str(status)).inc()
-            self._metrics.http_duration.labels("other").observe(duration)
+            self._metrics.request_done("other", method_text, status, duration)
         log_access(method_text, target_text, status, sent, duration)
 
     def log(self, request: Any) -> None:
@@ -697,8 +695,6 @@ class DrainingSite(Site):
         method = request.method.decode("ascii", "replace")
         duration = time.monotonic() - getattr(request, "received_at", time.monotonic())
         if self._metrics is not None:
-            self._metrics.http_requests.labels(
-                "other", method if method in ("GET", "HEAD") else "other", str(request.code)).inc()
-            self._metrics.http_duration.labels("other").observe(duration)
+            self._metrics.request_done("other", method, request.code, duration)
         log_access(method, request.uri.decode("ascii", "replace"), request.code,
                    request.sentLength, duration)

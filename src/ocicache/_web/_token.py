@@ -109,9 +109,7 @@ class TokenResource(Resource):
         duration = time.monotonic() - started
         method = request.method.decode("ascii", "replace")
         code = request.code if result is None else 499
-        metrics = self._services.metrics
-        metrics.http_requests.labels("token", method if method in ("GET", "HEAD") else "other", str(code)).inc()
-        metrics.http_duration.labels("token").observe(duration)
+        self._services.metrics.request_done("token", method, code, duration)
         log_access(method, request.uri.decode("ascii", "replace"), code, request.sentLength, duration,
                    identity=str(asked.identity))
 
