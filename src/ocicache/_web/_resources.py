@@ -49,7 +49,7 @@ from .._spec._referrers import ARTIFACT_TYPE_FILTER, IMAGE_INDEX
 from .._upstream._client import Upstream
 from .._version import __version__
 from ._errors import challenged, internal_error, registry_error, render_error
-from ._routing import Endpoint, Route, read_only_error, route
+from ._routing import Endpoint, Route, namespace, read_only_error, route
 from ._sendfile import SendfileStreamer, can_sendfile
 from ._streamer import Streamer, WriteBudget, abort_response
 from ._token import TokenResource
@@ -194,11 +194,12 @@ class RegistryResource(Resource):
         if postpath in ([], [b""]):
             if request.method not in _READ_METHODS:
                 raise read_only_error()
-            ns = (request.args or {}).get(b"ns")
-            if ns is not None and len(ns) == 1:
-                name = ns[0].decode("ascii", "replace").lower()
-                if self._services.config.upstream_named(name) is not None:
-                    _echo_namespace(request, name)
+            try:
+                ns = namespace(request.args or {})
+            except RegistryError:
+                ns = None  # the base endpoint answers whatever the query
+            if ns is not None and self._services.config.upstream_named(ns) is not None:
+                _echo_namespace(request, ns)
             # distribution-spec "Determining Support": 200 means the v2 API.
             _send_bytes(request, exchange, b"{}", b"application/json")
             return

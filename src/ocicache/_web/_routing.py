@@ -35,7 +35,7 @@ from .._spec._reference import (
 )
 from .._spec._referrers import ARTIFACT_TYPE_FILTER, is_media_type
 
-__all__ = ["Endpoint", "Route", "read_only_error", "route"]
+__all__ = ["Endpoint", "Route", "namespace", "read_only_error", "route"]
 
 _MAX_SEGMENTS = 64
 
@@ -102,6 +102,20 @@ def _is_host(component: str) -> bool:
     return "." in component or ":" in component or component == "localhost"
 
 
+def namespace(args: Mapping[bytes, Sequence[bytes]]) -> str | None:
+    """
+    The registry host a mirror client names with C{?ns=} (containerd
+    docs/hosts.md), lowercased as hosts compare (RFC 3986 §3.2.2); raises
+    C{NAME_INVALID} when it is given more than once.
+    """
+    values = args.get(b"ns")
+    if values is None:
+        return None
+    if len(values) != 1:
+        raise RegistryError(ErrorCode.NAME_INVALID, "give ns= once")
+    return values[0].decode("ascii", "replace").lower()
+
+
 def route(raw_segments: Sequence[bytes], args: Mapping[bytes, Sequence[bytes]], config: Config) -> Route:
     """
     Route the path after C{/v2/}, with the request's query arguments.
@@ -124,12 +138,8 @@ def route(raw_segments: Sequence[bytes], args: Mapping[bytes, Sequence[bytes]], 
         # (A reference is left to its own grammar: DIGEST_INVALID or
         # MANIFEST_INVALID.)
         raise RegistryError(ErrorCode.NAME_INVALID, "percent-encoding is not allowed in a repository name")
-    ns_values = args.get(b"ns")
-    ns: str | None = None
-    if ns_values is not None:
-        if len(ns_values) != 1:
-            raise RegistryError(ErrorCode.NAME_INVALID, "give ns= once")
-        ns = ns_values[0].decode("ascii", "replace").lower()
+    ns = namespace(args)
+    if ns is not None:
         upstream = config.upstream_named(ns)
         if upstream is None:
             raise RegistryError(ErrorCode.NAME_UNKNOWN, "ocicache has no upstream for that ns",
