@@ -66,7 +66,7 @@ def test_keys_never_appear_in_a_repr() -> None:
     ({"bucket": "No_Such"}, ENV, "storage.bucket: 'No_Such' is not an S3 bucket name"),
     ({"region": "US EAST"}, ENV, "storage.region:"),
     ({"prefix": "a//b"}, ENV, "storage.prefix:"),
-    ({"secret_key": "literal"}, ENV, "storage.secret_key: a literal key is not accepted"),
+    ({"secret_key": "literal"}, ENV, "storage.secret_key: a literal secret is not accepted"),
     ({}, {"S3_ACCESS": "x"}, "storage.secret_key_env: environment variable 'S3_SECRET' is not set"),
     ({"access_key_file": "/nonexistent"}, ENV, "storage: set access_key_file and secret_key_file, or"),
     ({"ca_file": "/nonexistent.pem"}, ENV, "storage.ca_file: '/nonexistent.pem' is not a readable file"),

@@ -14,7 +14,7 @@ import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 from attrs import field, frozen
 from hyperlink import DecodedURL
@@ -995,46 +995,20 @@ def _parse_storage(table: object, environ: Mapping[str, str]) -> StorageConfig:
 
 def _s3_keys(section: _Section, environ: Mapping[str, str], required: bool = True) -> S3Keys | None:
     """
-    The access key pair, from two files (the first line of each) or two
-    environment variables; never literal in the config, never echoed.
-    C{None} when neither is given and a credential program is.
+    The access key pair, each read as any secret is (L{_secret}), and
+    both the same way: two files, or two environment variables.  C{None}
+    when neither is given and a credential program is.
     """
-    by_file = (section.get("access_key_file", str), section.get("secret_key_file", str))
-    by_env = (section.get("access_key_env", str), section.get("secret_key_env", str))
-    for name in ("access_key", "secret_key"):
-        if name in section._table:
-            raise ConfigError(f"storage.{name}: a literal key is not accepted; use {name}_file or {name}_env")
-    if any(by_file) and any(by_env):
+    names = ("access_key", "secret_key")
+    ways = {way for name in names for way in ("file", "env") if f"{name}_{way}" in section._table}
+    if len(ways) > 1:
         raise ConfigError("storage: set access_key_file and secret_key_file, or the _env pair, not both")
-    values = []
-    if any(by_file):
-        for name, path in zip(("access_key_file", "secret_key_file"), by_file, strict=True):
-            if path is None:
-                raise ConfigError(f"storage.{name}: required with the other key file")
-            try:
-                with open(path, encoding="utf-8") as f:
-                    value = next(iter(f.read().splitlines()), "").strip()
-            except OSError as e:
-                raise ConfigError(f"storage.{name}: cannot read {path!r}: {e.strerror}") from None
-            except UnicodeDecodeError:
-                raise ConfigError(f"storage.{name}: {path!r} is not UTF-8") from None
-            if not value:
-                raise ConfigError(f"storage.{name}: {path!r} has no key on its first line")
-            values.append(value)
-    elif any(by_env):
-        for name, variable in zip(("access_key_env", "secret_key_env"), by_env, strict=True):
-            if variable is None:
-                raise ConfigError(f"storage.{name}: required with the other key variable")
-            value = environ.get(variable, "").strip()
-            if not value:
-                raise ConfigError(f"storage.{name}: environment variable {variable!r} is not set")
-            values.append(value)
-    elif required:
-        raise ConfigError("storage: backend = 's3' needs access_key_file and secret_key_file,"
-                          " access_key_env and secret_key_env, or credential_helper or credential_command")
-    else:
+    if not ways and not any(name in section._table for name in names):
+        if required:
+            raise ConfigError("storage: backend = 's3' needs access_key_file and secret_key_file,"
+                              " access_key_env and secret_key_env, or credential_helper or credential_command")
         return None
-    return S3Keys(values[0], values[1])
+    return S3Keys(*(_secret(section, name, environ, required=True) for name in names))
 
 
 _UPSTREAM_DEFAULTS = UpstreamConfig(name="", url=DecodedURL.from_text("http://defaults"))
@@ -1164,7 +1138,7 @@ def _parse_fleet(table: object, environ: Mapping[str, str]) -> FleetConfig | Non
             or peer_url.query or peer_url.fragment:
         raise ConfigError(f"fleet.peer_url: {peer_text!r} must be an http:// or https:// URL with a host")
     secret = _secret(section, "secret", environ, required=True)
-    if secret is None or len(secret) < 16:
+    if len(secret) < 16:
         raise ConfigError("fleet.secret_file: the secret must be at least 16 characters")
     lock_ttl = _positive_duration(section, "lock_ttl", 10.0)
     if lock_ttl < 1:
@@ -1177,6 +1151,10 @@ def _parse_fleet(table: object, environ: Mapping[str, str]) -> FleetConfig | Non
     )
 
 
+@overload
+def _secret(section: _Section, name: str, environ: Mapping[str, str], required: Literal[True]) -> str: ...
+@overload
+def _secret(section: _Section, name: str, environ: Mapping[str, str], required: bool) -> str | None: ...
 def _secret(section: _Section, name: str, environ: Mapping[str, str], required: bool) -> str | None:
     """
     C{<name>_file} (its first line) or C{<name>_env}; never a literal
