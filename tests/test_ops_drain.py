@@ -137,6 +137,10 @@ def test_sigterm_lets_a_slow_transfer_finish(
     wait_for(lambda: socket_refuses(daemon.port), timeout=10, what="the registry port to close")
     status, _, body = http_request(f"http://127.0.0.1:{metrics_port}/readyz")
     assert status == 503 and b"draining" in body
+    # An impatient second SIGTERM is said, not acted on twice: the drain goes on.
+    daemon.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "Received SIGTERM while stopping" in daemon.log_text(), timeout=10,
+             what="the second SIGTERM logged")
     assert client.received < layer.size, "the transfer finished before the test could check the drain"
     assert daemon.proc.poll() is None, "the daemon exited with a transfer in flight"
 

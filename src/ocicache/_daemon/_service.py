@@ -85,6 +85,7 @@ from .._web._pins import PinsResource
 from .._web._resources import RootResource, Services
 from .._web._site import DrainingSite, QuietSite
 from ._reload import Reloader
+from ._stopping import hold_stop_signals
 
 __all__ = ["OcicacheService", "ListenError"]
 
@@ -491,6 +492,8 @@ class OcicacheService(MultiService):
     """What the command line changes in a config (C{--listen}), applied to a reloaded one too."""
 
     reloader: Reloader | None = None
+    quiet_second_stop = False
+    """Whether a second SIGTERM or SIGINT while stopping is only logged (under twistd: L{makeService})."""
 
     _disk_opened = False
 
@@ -590,6 +593,8 @@ class OcicacheService(MultiService):
 
     async def _stop(self) -> None:
         Service.stopService(self)
+        if self.quiet_second_stop:
+            hold_stop_signals(self._reactor)
         if self.reloader is not None:
             self.reloader.uninstall()
         # 1. No new connections: the registry listeners close first.

@@ -79,6 +79,7 @@ def makeService(options: Options) -> IService:
     if config.server.log_format == "json":
         service.log_observer = _json_observer(options)
     service.startup_errors_to_log = not _logs_to_stdout(options)
+    service.quiet_second_stop = True
     twistd = getattr(options, "parent", None) or {}
     service.open_before_binding = twistd.get("uid") is None and twistd.get("gid") is None
     # twistd puts it there when it daemonizes, after makeService.
