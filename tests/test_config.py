@@ -211,6 +211,14 @@ def test_download_bounds_and_scrub() -> None:
     assert config.upstreams[0].max_downloads == 2
 
 
+def test_upstream_timeouts() -> None:
+    config = parse_config({"upstream": [upstream(connect_timeout="3s", response_timeout="2m")]}, {})
+    assert (config.upstreams[0].connect_timeout, config.upstreams[0].response_timeout) == (3.0, 120.0)
+    assert all((u.connect_timeout, u.response_timeout) == (10.0, 60.0) for u in parse_config({}, {}).upstreams)
+    with pytest.raises(ConfigError, match=r"response_timeout: must be positive"):
+        parse_config({"upstream": [upstream(response_timeout=0)]}, {})
+
+
 @pytest.mark.parametrize("value, floor", [(10, 10), ("10%", 0.1), (" 0% ", 0.0), (0, 0)])
 def test_quota_floor(value: object, floor: int | float) -> None:
     config = parse_config({"upstream": [upstream(quota_floor=value, quota_stretch="2h")]}, {})

@@ -139,6 +139,25 @@ def test_by_default_an_unavailable_upstream_serves_stale_with_a_warning(
     assert hop.count("HEAD", f"/manifests/{image.reference}", status=200) == 1, hop.summary()
 
 
+def test_an_upstream_slower_than_response_timeout_serves_stale(
+        ocitest_images: dict[str, Image], daemon_factory: Callable[..., Daemon], hop: Hop) -> None:
+    """
+    The "timeout" class end to end: with C{response_timeout = "1s"}, a
+    revalidation the upstream holds for 3 s fails as a timeout and the
+    tag is served stale (without the timeout it would wait, and answer
+    fresh).
+    """
+    image = ocitest_images["oci"]
+    daemon = daemon_factory(tag_ttl=f"{TTL:g}s", upstreams=[
+        Upstream("docker.io", hop.url, default=True, extra={"response_timeout": "1s"})])
+    _warm_then_expire(daemon, image, hop)
+    hop.delay = 3.0
+    answer = _manifest(daemon, image)
+    _assert_stale(answer, image)
+    assert answer[2] == image.manifest_bytes
+    assert "docker.io: no answer within 1s (response_timeout)" in daemon.log_text()
+
+
 @pytest.mark.parametrize(("failure", "code"), [("401", "UNAUTHORIZED"), ("403", "DENIED")])
 def test_refused_credentials_are_not_served_stale_unless_asked(
         failure: str, code: str, ocitest_images: dict[str, Image], daemon_factory: Callable[..., Daemon],

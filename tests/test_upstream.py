@@ -186,9 +186,9 @@ async def test_a_stalled_small_body_times_out(servers: Any) -> None:
         return NOT_DONE_YET  # and never another byte
 
     registry = _Recorder(answer)
-    config = UpstreamConfig(name="registry.test", url=DecodedURL.from_text(servers(registry)))
-    upstream = Upstream(config, reactor, make_pool(reactor), TokenCache(reactor),
-                        response_timeout=0.5)
+    config = UpstreamConfig(name="registry.test", url=DecodedURL.from_text(servers(registry)),
+                            response_timeout=0.5)
+    upstream = Upstream(config, reactor, make_pool(reactor), TokenCache(reactor))
     response = await upstream.manifest("GET", "team/app", "v1", ["application/vnd.oci.image.manifest.v1+json"])
     assert response.code == 200
     with pytest.raises(UpstreamUnavailable) as raised:

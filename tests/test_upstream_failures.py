@@ -66,8 +66,8 @@ def listen() -> Iterator[Any]:
 
 
 def _upstream(url: str) -> Upstream:
-    config = UpstreamConfig(name="registry.test", url=DecodedURL.from_text(url))
-    return Upstream(config, reactor, make_pool(reactor), TokenCache(reactor), response_timeout=0.5)
+    config = UpstreamConfig(name="registry.test", url=DecodedURL.from_text(url), response_timeout=0.5)
+    return Upstream(config, reactor, make_pool(reactor), TokenCache(reactor))
 
 
 @pytest_twisted.ensureDeferred

@@ -128,6 +128,14 @@ class UpstreamConfig:
     tls_verify: bool = True
     max_downloads: int = 16
     """Upstream fetches at once from this upstream."""
+    connect_timeout: float = 10.0
+    """Seconds a TCP (and TLS) connection to the upstream may take."""
+    response_timeout: float = 60.0
+    """
+    Seconds the upstream may take to answer with its headers, and may go
+    without sending a body byte: past it the request fails as a timeout
+    (which serves stale, by default).
+    """
     include: tuple[Pattern, ...] = ()
     """Repositories that may be pulled; empty: every one."""
     exclude: tuple[Pattern, ...] = ()
@@ -674,6 +682,8 @@ def _parse_upstream(table: object, index: int, environ: Mapping[str, str]) -> Up
     max_downloads = section.get("max_downloads", int, _UPSTREAM_DEFAULTS.max_downloads)
     if max_downloads < 1:
         raise ConfigError(f"{path}.max_downloads: must be at least 1")
+    connect_timeout = _positive_duration(section, "connect_timeout", _UPSTREAM_DEFAULTS.connect_timeout)
+    response_timeout = _positive_duration(section, "response_timeout", _UPSTREAM_DEFAULTS.response_timeout)
     kind, ns = _tier(section, path)
     token = _static_token(section, path, environ)
     if token is not None and (credentials is not None or credential_command is not None):
@@ -692,6 +702,8 @@ def _parse_upstream(table: object, index: int, environ: Mapping[str, str]) -> Up
         ca_file=ca_file,
         tls_verify=tls_verify,
         max_downloads=max_downloads,
+        connect_timeout=connect_timeout,
+        response_timeout=response_timeout,
         include=include,
         exclude=exclude,
         tags=tags,

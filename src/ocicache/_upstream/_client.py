@@ -32,7 +32,7 @@ from .._spec._referrers import IMAGE_INDEX
 from .._version import __version__
 from ._body import discard_body, read_body
 from ._credentials import CredentialSource, credentials_for
-from ._errors import UpstreamRateLimited, UpstreamUnavailable, unavailability_of
+from ._errors import Unavailability, UpstreamRateLimited, UpstreamUnavailable, unavailability_of
 from ._ratelimit import Quota, parse_ratelimit, parse_retry_after
 from ._tls import UpstreamTLSPolicy
 from ._tokens import TokenCache, TokenKey
@@ -82,8 +82,6 @@ class Upstream:
         reactor: IReactorTime,
         pool: HTTPConnectionPool,
         tokens: TokenCache,
-        connect_timeout: float = 10.0,
-        response_timeout: float = 60.0,
         metrics: Metrics | None = None,
     ) -> None:
         self.config = config
@@ -93,11 +91,11 @@ class Upstream:
         self._reactor = reactor
         self._metrics = metrics
         self._tokens = tokens
-        self._response_timeout = response_timeout
+        self._response_timeout = config.response_timeout
         agent = Agent(
             reactor,
             contextFactory=UpstreamTLSPolicy(config),
-            connectTimeout=connect_timeout,
+            connectTimeout=config.connect_timeout,
             pool=pool,
         )
         self._http = HTTPClient(agent)
@@ -250,9 +248,13 @@ class Upstream:
             )
         except Exception as e:
             self._observe(kind, "error", started)
+            why = unavailability_of(e)
             # The message names the host but never the headers we sent.
-            raise UpstreamUnavailable(f"{self.name}: {type(e).__name__}: {_describe(e)}",
-                                      unavailability_of(e)) from None
+            if why is Unavailability.TIMEOUT:
+                message = f"{self.name}: no answer within {self._response_timeout:g}s (response_timeout)"
+            else:
+                message = f"{self.name}: {type(e).__name__}: {_describe(e)}"
+            raise UpstreamUnavailable(message, why) from None
         self._observe(kind, str(response.code), started)
         self.note_quota(response)
         return response
