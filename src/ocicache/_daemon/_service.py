@@ -55,6 +55,7 @@ from .._cache._replicate import Replicator
 from .._cache._slots import Slots
 from .._cache._tags import TagService
 from .._cache._warm import Warmer, WarmReport
+from .._fleet._bucket_book import RedisBucketBook
 from .._fleet._fleet import Fleet
 from .._fleet._internal import InternalResource
 from .._fleet._peer import PeerClient
@@ -148,7 +149,7 @@ class OcicacheService(MultiService):
                 _s3_client(s3, reactor, self.s3_pool, disk), s3.prefix, disk, config.cache.max_size, s3.redirect,
                 self._evicted, on_bytes=lambda direction, count: self.metrics.s3_bytes.labels(direction).inc(count),
                 on_upload=lambda outcome: self.metrics.s3_uploads.labels(outcome).inc(),
-                protected=self._protected,
+                protected=self._protected, book=self._bucket_book(),
             )
             self.replicator = Replicator(self.bucket, disk, s3.upload_part_size, s3.max_part_uploads)
             replicator = self.replicator
@@ -227,6 +228,11 @@ class OcicacheService(MultiService):
             on_claim=lambda outcome: self.metrics.fleet_claims.labels(outcome).inc(),
             on_redis=lambda up: self.metrics.fleet_redis_up.set(1 if up else 0),
         )
+
+    def _bucket_book(self) -> RedisBucketBook | None:
+        """In a fleet, the nodes on one bucket share its eviction bookkeeping through Redis."""
+        fleet = self.fleet
+        return None if fleet is None else RedisBucketBook(fleet.redis, self._reactor, fleet.node, lambda: fleet.up)
 
     def _shared_proofs(self) -> RedisProofs | None:
         """In a fleet, access proofs are shared through Redis."""
@@ -454,9 +460,10 @@ class OcicacheService(MultiService):
         except Exception:
             log.failure("S3 store janitor pass failed")
             return
-        if report.expired or report.evicted or report.uploads_aborted:
+        if report.expired or report.evicted or report.uploads_aborted or report.forgotten:
             log.info("S3 store janitor: expired {expired} blobs, evicted {evicted}, aborted {aborted} abandoned"
-                     " uploads", expired=report.expired, evicted=report.evicted, aborted=report.uploads_aborted)
+                     " uploads, forgot {forgotten} another node removed", expired=report.expired,
+                     evicted=report.evicted, aborted=report.uploads_aborted, forgotten=report.forgotten)
 
     startup_errors_to_log = True
     """

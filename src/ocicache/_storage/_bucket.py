@@ -14,14 +14,20 @@ into the bucket's L{Capacity} policy, which also orders its evictions.
 Every call goes through L{Bucket}, which keeps L{BucketHealth}: when the
 store cannot be reached it is skipped for L{RETRY_AFTER} seconds, so
 clients are served from the upstream meanwhile without waiting on it.
+
+In a fleet, the nodes on one bucket share a L{BucketBook} (implemented
+over Redis by L{ocicache._fleet._bucket_book}): the fleet's read times of
+the objects, whose turn it is to expire and evict, and which objects were
+removed, so that no node expires what another serves, and one evicts at a
+time.  A single node has none.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -32,7 +38,7 @@ from ._capacity import Capacity
 from ._disk import Disk
 from ._s3 import ObjectInfo, S3Client, S3Error, S3Unavailable, Upload
 
-__all__ = ["Bucket", "BucketHealth", "RETRY_AFTER"]
+__all__ = ["Bucket", "BucketBook", "BucketHealth", "RETRY_AFTER", "SharedPass"]
 
 log = Logger()
 
@@ -47,6 +53,50 @@ PRESIGN_EXPIRES = 1200
 
 _ANSWERS = frozenset({"NoSuchKey", "NoSuchUpload"})
 """S3 errors that are answers about one object, not about the store."""
+
+
+class SharedPass(Protocol):
+    """
+    One janitor pass's view of the fleet's book (L{BucketBook.begin}).
+    """
+
+    @property
+    def evictor(self) -> bool:
+        """Whether this node holds the evictor's turn: it alone expires and evicts this pass."""
+
+    @property
+    def gone(self) -> Sequence[str]:
+        """Digests other nodes removed from the bucket since this node last asked."""
+
+    async def last_access(self, digests: Sequence[str]) -> Mapping[str, float] | None:
+        """
+        The latest read of each digest by any node (POSIX seconds; absent:
+        none recorded), or C{None} when the book cannot be read now: then
+        the pass judges on this node's reads alone.
+        """
+
+    async def holds(self) -> bool:
+        """Whether the evictor's turn is still this node's (it may have expired in a stall)."""
+
+    async def end(self) -> None:
+        """Give the evictor's turn back, if held."""
+
+
+class BucketBook(Protocol):
+    """
+    The eviction bookkeeping the nodes on one bucket share.  Never in the
+    way: when it cannot be reached, L{begin} answers C{None} at once and
+    the janitor does as a single node does.
+    """
+
+    async def begin(self, accesses: Mapping[str, float]) -> SharedPass | None:
+        """
+        Add this node's reads since its last pass (digest to POSIX time),
+        and try to take the evictor's turn.
+        """
+
+    async def removed(self, digests: Sequence[str]) -> None:
+        """Say that these objects were deleted from the bucket, for the other nodes' indexes."""
 
 
 class BucketHealth:
@@ -96,8 +146,11 @@ class Bucket:
         on_bytes: Callable[[str, int], None] = lambda direction, count: None,
         on_upload: Callable[[str], None] = lambda outcome: None,
         protected: Callable[[], Awaitable[Iterable[Digest]]] | None = None,
+        book: BucketBook | None = None,
     ) -> None:
         """
+        @param book: the fleet's shared bookkeeping of the bucket, when
+            several nodes use it; C{None}: this node alone.
         @param protected: the blobs eviction and expiry must leave (pins,
             images being pulled), as for the disk (L{Capacity}).
         @param max_size: the bucket's byte budget (C{[cache] max_size}),
@@ -107,6 +160,7 @@ class Bucket:
         @param on_upload: told C{"completed"} or C{"aborted"} as each
             multipart upload ends.
         """
+        self.book = book
         self.on_bytes = on_bytes
         self.on_upload = on_upload
         self.client = client
@@ -191,9 +245,19 @@ class Bucket:
         return await self.client.presigned_get(self.key(digest), PRESIGN_EXPIRES)
 
     async def remove(self, digests: list[Digest]) -> None:
-        """Delete objects (the capacity's remover): eviction and expiry over the bucket."""
-        for digest in digests:
-            await self.guarded(partial(self.client.delete, self.key(digest)))
+        """
+        Delete objects (the capacity's remover): eviction and expiry over
+        the bucket, and an object found corrupt.  The fleet's book is told,
+        so the other nodes' indexes drop them too.
+        """
+        done: list[str] = []
+        try:
+            for digest in digests:
+                await self.guarded(partial(self.client.delete, self.key(digest)))
+                done.append(str(digest))
+        finally:
+            if self.book is not None and done:
+                await self.book.removed(done)
 
     async def objects(self) -> list[ObjectInfo]:
         return await self.guarded(lambda: self.client.objects(f"{self.prefix}blobs/"))

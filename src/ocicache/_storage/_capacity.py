@@ -25,7 +25,7 @@ SQLite in batches by the janitor, never once per request or chunk.
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
@@ -189,6 +189,39 @@ class Capacity:
         await self._turn.acquire()
         try:
             return await self._evict(target, keep)
+        finally:
+            self._turn.release()
+
+    async def evict_oldest(self, target: int, last_access: Mapping[Digest, float]) -> tuple[int, int]:
+        """
+        Evict the blobs read longest ago until the store holds at most
+        C{target} bytes; return C{(count, bytes)} evicted.  The order of a
+        fleet's shared read times (L{ocicache._storage._bucket.BucketBook}),
+        which this node's S3FIFO queues, knowing only its own reads, cannot
+        give; a blob without a time goes first.  Takes turns as L{evict}.
+        """
+        await self._turn.acquire()
+        try:
+            try:
+                keep = await self.protected()
+            except MetadataUnavailable as e:
+                log.warn("Not evicting: cannot tell which blobs are pinned ({error})", error=str(e))
+                return 0, 0
+            candidates = [key for key in self.policy.keys() if isinstance(key, Digest) and key not in keep]
+            candidates.sort(key=lambda digest: last_access.get(digest, 0.0))
+            victims: list[Digest] = []
+            left, freed = self.policy.size, 0
+            for digest in candidates:
+                if left <= target:
+                    break
+                size = self.policy.size_of(digest) or 0
+                victims.append(digest)
+                left -= size
+                freed += size
+            await self.delete(victims)
+            if victims:
+                self._on_evicted(len(victims), freed)
+            return len(victims), freed
         finally:
             self._turn.release()
 

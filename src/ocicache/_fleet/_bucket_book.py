@@ -1,0 +1,192 @@
+"""
+The bucket's eviction bookkeeping, shared by the nodes on one S3 bucket
+(L{ocicache._storage._bucket.BucketBook}): issue 14's "eviction and TTL
+work over the bucket as they do over the disk, with the metadata as their
+index", the index's read times kept in Redis for the whole fleet.
+
+  - C{fleet:bucket:access}, a sorted set: digest to the latest read by any
+    node (POSIX seconds), added to from each node's janitor pass with
+    C{ZADD GT}, so a node's late batch never moves a read back in time.
+  - C{fleet:bucket:evictor} = C{<node>|<fence>}, C{SET NX PX} as a fill
+    lock (L{ocicache._fleet._lock}), the fence from the same counter: the
+    one node whose pass expires and evicts; renewed while it does.
+  - C{fleet:bucket:removed}, a stream of the digests deleted from the
+    bucket (by eviction, expiry, or as corrupt) and by which node, capped
+    at L{REMOVED_KEPT} entries: each node reads what is new on its pass and
+    drops those from its index, so its size of the bucket does not keep
+    counting objects that are gone.
+
+Never in the way: while Redis is gone, L{RedisBucketBook.begin} answers
+C{None} at once (the node's pass is a single node's) and removals are not
+recorded (the other nodes find them gone at their next C{GET}).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from ._lock import Lease
+from ._redis import Redis, RedisUnavailable, text
+
+__all__ = ["ACCESS", "BATCH", "EVICTOR", "EVICTOR_TTL", "REMOVED", "REMOVED_KEPT", "RedisBucketBook"]
+
+log = Logger()
+
+ACCESS = "fleet:bucket:access"
+EVICTOR = "fleet:bucket:evictor"
+REMOVED = "fleet:bucket:removed"
+
+EVICTOR_TTL = 30.0
+"""Seconds the evictor's turn outlives a node that died holding it; renewed every third."""
+
+REMOVED_KEPT = 100_000
+"""Removals the stream keeps (about: C{MAXLEN ~}); a node that misses some finds them gone at its next C{GET}."""
+
+BATCH = 500
+"""Digests per command, so that no one command holds Redis long."""
+
+LOOKBACK = 60.0
+"""
+Seconds before this node started whose removals its first pass reads:
+those since it listed the bucket at recovery, with room for the clocks of
+the node and Redis to differ.
+"""
+
+
+class _Pass:
+    def __init__(self, book: RedisBucketBook, lease: Lease | None, gone: list[str]) -> None:
+        self._book = book
+        self._lease = lease
+        self.gone = gone
+
+    @property
+    def evictor(self) -> bool:
+        return self._lease is not None
+
+    async def last_access(self, digests: Sequence[str]) -> Mapping[str, float] | None:
+        return await self._book.last_access(digests)
+
+    async def holds(self) -> bool:
+        lease = self._lease
+        if lease is None or lease.lost:
+            return False
+        try:
+            return text(await self._book.redis.command("GET", EVICTOR)) == lease.value
+        except RedisUnavailable as e:
+            # Every node is on its own now: this one too, as a single node.
+            self._book.alone(e)
+            return True
+
+    async def end(self) -> None:
+        if self._lease is not None:
+            await self._lease.release()
+
+
+class RedisBucketBook:
+    """
+    The fleet's book of one bucket, in Redis.
+    """
+
+    def __init__(self, redis: Redis, reactor: IReactorTime, node: str, up: Callable[[], bool],
+                 ttl: float = EVICTOR_TTL) -> None:
+        """@param up: whether Redis answers now (the fleet's heartbeat says)."""
+        self.redis = redis
+        self._reactor = reactor
+        self._node = node
+        self._up = up
+        self._ttl = ttl
+        self._cursor = f"{max(0, int((reactor.seconds() - LOOKBACK) * 1000))}-0"
+        """The last removal read: its stream ID, or an exclusive start time."""
+        self._alone = False
+
+    def alone(self, error: RedisUnavailable) -> None:
+        """A command failed: this pass judges alone (said once, until a pass works again)."""
+        if not self._alone:
+            self._alone = True
+            log.warn("S3 store janitor: {error}: expiring and evicting on this node's reads alone",
+                     error=str(error))
+
+    async def begin(self, accesses: Mapping[str, float]) -> _Pass | None:
+        if not self._up():
+            return None  # the fleet says Redis is down, once
+        lease: Lease | None = None
+        try:
+            items = list(accesses.items())
+            for start in range(0, len(items), BATCH):
+                pairs: list[str | int] = []
+                for digest, at in items[start:start + BATCH]:
+                    pairs += [repr(float(at)), digest]
+                await self.redis.command("ZADD", ACCESS, "GT", *pairs)
+            fence = text(await self.redis.command("INCR", "fleet:fence"))
+            value = f"{self._node}|{fence}"
+            if await self.redis.command("SET", EVICTOR, value, "NX", "PX", int(self._ttl * 1000)) is not None:
+                lease = Lease(self.redis, self._reactor, EVICTOR, value, self._ttl, "The bucket's evictor turn")
+            # Read after taking the turn: the previous holder recorded its
+            # removals before it gave the turn back.
+            gone = await self._gone()
+        except RedisUnavailable as e:
+            if lease is not None:
+                await lease.release()
+            self.alone(e)
+            return None
+        if self._alone:
+            self._alone = False
+            log.info("S3 store janitor: the fleet's book in Redis at {where} answers again", where=self.redis.where)
+        return _Pass(self, lease, gone)
+
+    async def _gone(self) -> list[str]:
+        gone: list[str] = []
+        while True:
+            reply = await self.redis.command("XRANGE", REMOVED, f"({self._cursor}", "+", "COUNT", BATCH)
+            entries = reply if isinstance(reply, list) else []
+            for entry in entries:
+                ident, fields = _entry(entry)
+                if ident is None:
+                    continue
+                self._cursor = ident
+                if fields.get("n") != self._node and "d" in fields:
+                    gone.append(fields["d"])
+            if len(entries) < BATCH:
+                return gone
+
+    async def last_access(self, digests: Sequence[str]) -> Mapping[str, float] | None:
+        if not self._up():
+            return None
+        times: dict[str, float] = {}
+        try:
+            for start in range(0, len(digests), BATCH):
+                chunk = list(digests[start:start + BATCH])
+                scores = await self.redis.command("ZMSCORE", ACCESS, *chunk)
+                for digest, score in zip(chunk, scores if isinstance(scores, list) else [], strict=False):
+                    value = text(score)
+                    if value is not None:
+                        times[digest] = float(value)
+        except RedisUnavailable as e:
+            self.alone(e)
+            return None
+        return times
+
+    async def removed(self, digests: Sequence[str]) -> None:
+        if not self._up() or not digests:
+            return
+        try:
+            for digest in digests:
+                await self.redis.command("XADD", REMOVED, "MAXLEN", "~", REMOVED_KEPT, "*",
+                                         "d", digest, "n", self._node)
+            for start in range(0, len(digests), BATCH):
+                await self.redis.command("ZREM", ACCESS, *digests[start:start + BATCH])
+        except RedisUnavailable as e:
+            self.alone(e)
+
+
+def _entry(entry: Any) -> tuple[str | None, dict[str, str]]:
+    """A stream entry, C{[id, [field, value, ...]]}, as its ID and fields."""
+    if not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[1], list):
+        return None, {}
+    ident = text(entry[0])
+    values = [text(value) or "" for value in entry[1]]
+    return ident, dict(zip(values[::2], values[1::2], strict=False))
