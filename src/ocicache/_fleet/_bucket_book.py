@@ -32,7 +32,7 @@ from twisted.logger import Logger
 from ._lock import Lease
 from ._redis import Redis, RedisUnavailable, text
 
-__all__ = ["ACCESS", "BATCH", "EVICTOR", "EVICTOR_TTL", "REMOVED", "REMOVED_KEPT", "RedisBucketBook"]
+__all__ = ["ACCESS", "ACCESS_KEPT", "BATCH", "EVICTOR", "EVICTOR_TTL", "REMOVED", "REMOVED_KEPT", "RedisBucketBook"]
 
 log = Logger()
 
@@ -45,6 +45,14 @@ EVICTOR_TTL = 30.0
 
 REMOVED_KEPT = 100_000
 """Removals the stream keeps (about: C{MAXLEN ~}); a node that misses some finds them gone at its next C{GET}."""
+
+ACCESS_KEPT = 30 * 86400.0
+"""
+Seconds a read stays in the book with no later one: the evictor trims
+older ones (those of objects removed while Redis was down, or a read
+batched after its object's removal), so the set holds no more than the
+bucket did lately.
+"""
 
 BATCH = 500
 """Digests per command, so that no one command holds Redis long."""
@@ -125,6 +133,8 @@ class RedisBucketBook:
             value = f"{self._node}|{fence}"
             if await self.redis.command("SET", EVICTOR, value, "NX", "PX", int(self._ttl * 1000)) is not None:
                 lease = Lease(self.redis, self._reactor, EVICTOR, value, self._ttl, "The bucket's evictor turn")
+                await self.redis.command("ZREMRANGEBYSCORE", ACCESS, "-inf",
+                                         repr(self._reactor.seconds() - ACCESS_KEPT))
             # Read after taking the turn: the previous holder recorded its
             # removals before it gave the turn back.
             gone = await self._gone()
