@@ -3,8 +3,9 @@ The S3 store's janitor (L{ocicache._storage._bucket_janitor}) with and
 without a fleet's book (L{ocicache._storage._bucket.BucketBook}), on a
 fake S3 client and a fake book, over a real metadata database: an object
 another node reads is not expired, one node at a time expires and evicts,
-evictions go by the fleet's recency, objects another node removed leave
-the index, and without the book (Redis down) a pass is a single node's.
+evictions (the janitor's, and those making room for a new object) go by
+the fleet's recency, objects another node removed leave the index, and
+without the book (Redis down) a pass is a single node's.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class FakePass:
         self.ended = False
 
     async def last_access(self, digests: Sequence[str]) -> Mapping[str, float] | None:
-        return {digest: self._book.fleet[digest] for digest in digests if digest in self._book.fleet}
+        return await self._book.last_access(digests)
 
     async def holds(self) -> bool:
         return self.evictor and self._book.holds
@@ -99,6 +100,9 @@ class FakeBook:
 
     async def removed(self, digests: Sequence[str]) -> None:
         self.removals += digests
+
+    async def last_access(self, digests: Sequence[str]) -> Mapping[str, float] | None:
+        return None if self.down else {digest: self.fleet[digest] for digest in digests if digest in self.fleet}
 
 
 class World:
@@ -247,3 +251,20 @@ async def test_a_single_node_expires_and_evicts_as_before(tmp_path: Path, parts:
     report = await world.janitor.run()
     assert (report.expired, report.evicted) == (1, 1)
     assert world.stored() == {C}
+
+
+@pytest.mark.parametrize("down", [False, True])
+@pytest_twisted.ensureDeferred
+async def test_room_for_a_new_object_is_made_by_the_fleets_recency(
+        tmp_path: Path, parts: tuple[ThreadPool, Metadata], down: bool) -> None:
+    # A full bucket, A read longest ago here but just now by another node:
+    # a new object's room evicts C and B, not A (Redis down: this node's
+    # own order, A first).
+    book = FakeBook(fleet={str(A): _now(1)}, down=down)
+    world = World(tmp_path, *parts, book=book, max_size=300, blob_ttl=None)
+    await world.put(A, 100, 300)
+    await world.put(C, 100, 200)
+    await world.put(B, 100, 100)
+    await world.janitor.recover()
+    assert await world.bucket.capacity.make_room(100)
+    assert world.stored() == ({B} if down else {A})

@@ -36,6 +36,7 @@ from twisted.web.iweb import IResponse
 from .._spec._reference import Digest
 from ._capacity import Capacity
 from ._disk import Disk
+from ._metadata import MetadataUnavailable
 from ._s3 import ObjectInfo, S3Client, S3Error, S3Unavailable, Upload
 
 __all__ = ["Bucket", "BucketBook", "BucketHealth", "RETRY_AFTER", "SharedPass"]
@@ -97,6 +98,9 @@ class BucketBook(Protocol):
 
     async def removed(self, digests: Sequence[str]) -> None:
         """Say that these objects were deleted from the bucket, for the other nodes' indexes."""
+
+    async def last_access(self, digests: Sequence[str]) -> Mapping[str, float] | None:
+        """As L{SharedPass.last_access}, outside a pass: to make room for a new object."""
 
 
 class BucketHealth:
@@ -166,7 +170,7 @@ class Bucket:
         self.client = client
         self.prefix = prefix
         self.capacity = Capacity(disk, max_size, None, on_evicted, protected=protected, remove=self.remove,
-                                 table="bucket_blobs")
+                                 table="bucket_blobs", recency=self._recency if book is not None else None)
         self._metadata = disk.metadata
         self.redirect = redirect
         self.name = f"{client.bucket}/{prefix}"
@@ -175,6 +179,26 @@ class Bucket:
     @property
     def usable(self) -> bool:
         return self.health.usable
+
+    async def _recency(self) -> Mapping[Digest, float] | None:
+        """
+        In a fleet, the latest read of each indexed object by any node, for
+        the room a new object needs (L{Capacity.make_room}): this node's
+        reads, pending ones too, with the book's; C{None} when either
+        cannot be read now (then this node's S3FIFO queues decide).
+        """
+        if self.book is None:
+            return None
+        try:
+            rows = await self._metadata.blobs(self.capacity.table)
+        except MetadataUnavailable:
+            return None
+        pending = self.capacity.pending_accesses()
+        local = {row.digest: max(row.last_access, pending.get(row.digest, (0.0, 0))[0]) for row in rows}
+        fleet = await self.book.last_access(list(local))
+        if fleet is None:
+            return None
+        return {Digest.parse(digest): max(at, fleet.get(digest, 0.0)) for digest, at in local.items()}
 
     def key(self, digest: Digest) -> str:
         # Digest.parse checked the algorithm and the hex: no key can escape the prefix.
