@@ -2,7 +2,7 @@
 The fleet's book of the bucket (L{ocicache._fleet._bucket_book}) against a
 real C{redis-server}: reads from every node kept at their latest, one
 evictor's turn at a time with growing fences, removals the other nodes
-read once, and with Redis gone, no answer at once rather than a wait.
+read once (objects completed, too), and with Redis gone, no answer at once rather than a wait.
 """
 
 from __future__ import annotations
@@ -122,3 +122,24 @@ async def test_the_evictor_trims_reads_older_than_kept(client: Redis) -> None:
     assert again is not None
     assert list(await again.last_access([X, Y]) or {}) == [Y]
     await again.end()
+
+
+@pytest_twisted.ensureDeferred
+async def test_objects_stored_and_removed_are_read_by_the_others_the_later_change_winning(client: Redis) -> None:
+    a, b = _book(client, "a"), _book(client, "b")
+    start = await b.begin({})
+    assert start is not None
+    await start.end()
+    await a.added(X, 100)
+    await a.added(Y, 200)
+    await a.removed([X])
+    await a.added(Z, 300)
+    await a.removed([Z])
+    await a.added(Z, 301)  # stored again
+    seen = await b.begin({})
+    assert seen is not None
+    assert (dict(seen.added), list(seen.gone)) == ({Y: 200, Z: 301}, [X])
+    await seen.end()
+    own = await a.begin({})
+    assert own is not None and (dict(own.added), list(own.gone)) == ({}, [])
+    await own.end()

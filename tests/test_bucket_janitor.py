@@ -64,6 +64,7 @@ class FakePass:
         self._book = book
         self.evictor = book.evictor
         self.gone: Sequence[str] = book.gone
+        self.added: Mapping[str, int] = book.others_added
         self.ended = False
 
     async def last_access(self, digests: Sequence[str]) -> Mapping[str, float] | None:
@@ -80,8 +81,10 @@ class FakeBook:
     """What Redis would answer: the fleet's reads, whose turn it is, what others removed."""
 
     def __init__(self, evictor: bool = True, fleet: dict[str, float] | None = None, gone: Sequence[str] = (),
-                 down: bool = False) -> None:
+                 down: bool = False, added: Mapping[str, int] | None = None) -> None:
         self.evictor = evictor
+        self.others_added = added or {}
+        self.additions: list[tuple[str, int]] = []
         self.fleet = fleet or {}
         self.gone = gone
         self.down = down
@@ -100,6 +103,9 @@ class FakeBook:
 
     async def removed(self, digests: Sequence[str]) -> None:
         self.removals += digests
+
+    async def added(self, digest: str, size: int) -> None:
+        self.additions.append((digest, size))
 
     async def last_access(self, digests: Sequence[str]) -> Mapping[str, float] | None:
         return None if self.down else {digest: self.fleet[digest] for digest in digests if digest in self.fleet}
@@ -268,3 +274,21 @@ async def test_room_for_a_new_object_is_made_by_the_fleets_recency(
     await world.janitor.recover()
     assert await world.bucket.capacity.make_room(100)
     assert world.stored() == ({B} if down else {A})
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_another_node_stored_is_indexed_and_counted(
+        tmp_path: Path, parts: tuple[ThreadPool, Metadata]) -> None:
+    # B and C completed by other nodes since this one listed the bucket:
+    # its index counts them, so the pass evicts down to max_size: A, the
+    # one read longest ago (B and C count as read when they were stored).
+    book = FakeBook(added={str(B): 100, str(C): 100, "not-a-digest": 5})
+    world = World(tmp_path, *parts, book=book, max_size=250, blob_ttl=None)
+    await world.put(A, 100, 300)
+    await world.janitor.recover()
+    world.s3.sizes.update({world.bucket.key(B): 100, world.bucket.key(C): 100})
+    report = await world.janitor.run()
+    assert (report.adopted, report.evicted) == (2, 1)
+    assert world.stored() == {B, C}
+    assert world.bucket.capacity.size == 200
+    assert len(await world.metadata.blobs("bucket_blobs")) == 2

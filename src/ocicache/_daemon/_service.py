@@ -460,10 +460,12 @@ class OcicacheService(MultiService):
         except Exception:
             log.failure("S3 store janitor pass failed")
             return
-        if report.expired or report.evicted or report.uploads_aborted or report.forgotten:
+        if report.expired or report.evicted or report.uploads_aborted:
             log.info("S3 store janitor: expired {expired} blobs, evicted {evicted}, aborted {aborted} abandoned"
-                     " uploads, forgot {forgotten} another node removed", expired=report.expired,
-                     evicted=report.evicted, aborted=report.uploads_aborted, forgotten=report.forgotten)
+                     " uploads", expired=report.expired, evicted=report.evicted, aborted=report.uploads_aborted)
+        if report.forgotten or report.adopted:
+            log.debug("S3 store janitor: indexed {adopted} blobs other nodes stored, forgot {forgotten} they removed",
+                      adopted=report.adopted, forgotten=report.forgotten)
 
     startup_errors_to_log = True
     """

@@ -10,15 +10,17 @@ index", the index's read times kept in Redis for the whole fleet.
   - C{fleet:bucket:evictor} = C{<node>|<fence>}, C{SET NX PX} as a fill
     lock (L{ocicache._fleet._lock}), the fence from the same counter: the
     one node whose pass expires and evicts; renewed while it does.
-  - C{fleet:bucket:removed}, a stream of the digests deleted from the
-    bucket (by eviction, expiry, or as corrupt) and by which node, capped
-    at L{REMOVED_KEPT} entries: each node reads what is new on its pass and
-    drops those from its index, so its size of the bucket does not keep
-    counting objects that are gone.
+  - C{fleet:bucket:changes}, a stream of the objects completed in the
+    bucket (with their size) and deleted from it (by eviction, expiry, or
+    as corrupt), and by which node, capped at L{CHANGES_KEPT} entries: each
+    node reads what is new on its pass and adds those to its index, or
+    drops them, so that its size of the bucket counts what the others
+    stored and not what is gone.
 
 Never in the way: while Redis is gone, L{RedisBucketBook.begin} answers
-C{None} at once (the node's pass is a single node's) and removals are not
-recorded (the other nodes find them gone at their next C{GET}).
+C{None} at once (the node's pass is a single node's) and changes are not
+recorded (the other nodes find an object gone at their next C{GET}, and
+one they did not hear of at their next C{HEAD} or start).
 """
 
 from __future__ import annotations
@@ -32,19 +34,19 @@ from twisted.logger import Logger
 from ._lock import Lease
 from ._redis import Redis, RedisUnavailable, text
 
-__all__ = ["ACCESS", "ACCESS_KEPT", "BATCH", "EVICTOR", "EVICTOR_TTL", "REMOVED", "REMOVED_KEPT", "RedisBucketBook"]
+__all__ = ["ACCESS", "ACCESS_KEPT", "BATCH", "EVICTOR", "EVICTOR_TTL", "CHANGES", "CHANGES_KEPT", "RedisBucketBook"]
 
 log = Logger()
 
 ACCESS = "fleet:bucket:access"
 EVICTOR = "fleet:bucket:evictor"
-REMOVED = "fleet:bucket:removed"
+CHANGES = "fleet:bucket:changes"
 
 EVICTOR_TTL = 30.0
 """Seconds the evictor's turn outlives a node that died holding it; renewed every third."""
 
-REMOVED_KEPT = 100_000
-"""Removals the stream keeps (about: C{MAXLEN ~}); a node that misses some finds them gone at its next C{GET}."""
+CHANGES_KEPT = 100_000
+"""Changes the stream keeps (about: C{MAXLEN ~}); a node that misses some finds out at its next C{GET} or C{HEAD}."""
 
 ACCESS_KEPT = 30 * 86400.0
 """
@@ -66,9 +68,10 @@ the node and Redis to differ.
 
 
 class _Pass:
-    def __init__(self, book: RedisBucketBook, lease: Lease | None, gone: list[str]) -> None:
+    def __init__(self, book: RedisBucketBook, lease: Lease | None, added: dict[str, int], gone: list[str]) -> None:
         self._book = book
         self._lease = lease
+        self.added = added
         self.gone = gone
 
     @property
@@ -137,7 +140,7 @@ class RedisBucketBook:
                                          repr(self._reactor.seconds() - ACCESS_KEPT))
             # Read after taking the turn: the previous holder recorded its
             # removals before it gave the turn back.
-            gone = await self._gone()
+            added, gone = await self._changes()
         except RedisUnavailable as e:
             if lease is not None:
                 await lease.release()
@@ -146,22 +149,31 @@ class RedisBucketBook:
         if self._alone:
             self._alone = False
             log.info("S3 store janitor: the fleet's book in Redis at {where} answers again", where=self.redis.where)
-        return _Pass(self, lease, gone)
+        return _Pass(self, lease, added, gone)
 
-    async def _gone(self) -> list[str]:
-        gone: list[str] = []
+    async def _changes(self) -> tuple[dict[str, int], list[str]]:
+        """What other nodes completed (digest to size) and deleted since the last read; the later change wins."""
+        added: dict[str, int] = {}
+        gone: dict[str, None] = {}
         while True:
-            reply = await self.redis.command("XRANGE", REMOVED, f"({self._cursor}", "+", "COUNT", BATCH)
+            reply = await self.redis.command("XRANGE", CHANGES, f"({self._cursor}", "+", "COUNT", BATCH)
             entries = reply if isinstance(reply, list) else []
             for entry in entries:
                 ident, fields = _entry(entry)
                 if ident is None:
                     continue
                 self._cursor = ident
-                if fields.get("n") != self._node and "d" in fields:
-                    gone.append(fields["d"])
+                digest, size = fields.get("d"), fields.get("s", "")
+                if fields.get("n") == self._node or digest is None:
+                    continue
+                if size.isdigit():
+                    added[digest] = int(size)
+                    gone.pop(digest, None)
+                else:
+                    gone[digest] = None
+                    added.pop(digest, None)
             if len(entries) < BATCH:
-                return gone
+                return added, list(gone)
 
     async def last_access(self, digests: Sequence[str]) -> Mapping[str, float] | None:
         if not self._up():
@@ -180,12 +192,21 @@ class RedisBucketBook:
             return None
         return times
 
+    async def added(self, digest: str, size: int) -> None:
+        if not self._up():
+            return
+        try:
+            await self.redis.command("XADD", CHANGES, "MAXLEN", "~", CHANGES_KEPT, "*",
+                                     "d", digest, "n", self._node, "s", size)
+        except RedisUnavailable as e:
+            self.alone(e)
+
     async def removed(self, digests: Sequence[str]) -> None:
         if not self._up() or not digests:
             return
         try:
             for digest in digests:
-                await self.redis.command("XADD", REMOVED, "MAXLEN", "~", REMOVED_KEPT, "*",
+                await self.redis.command("XADD", CHANGES, "MAXLEN", "~", CHANGES_KEPT, "*",
                                          "d", digest, "n", self._node)
             for start in range(0, len(digests), BATCH):
                 await self.redis.command("ZREM", ACCESS, *digests[start:start + BATCH])

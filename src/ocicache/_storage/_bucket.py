@@ -66,6 +66,10 @@ class SharedPass(Protocol):
         """Whether this node holds the evictor's turn: it alone expires and evicts this pass."""
 
     @property
+    def added(self) -> Mapping[str, int]:
+        """Objects other nodes completed in the bucket since this node last asked (digest to size)."""
+
+    @property
     def gone(self) -> Sequence[str]:
         """Digests other nodes removed from the bucket since this node last asked."""
 
@@ -95,6 +99,9 @@ class BucketBook(Protocol):
         Add this node's reads since its last pass (digest to POSIX time),
         and try to take the evictor's turn.
         """
+
+    async def added(self, digest: str, size: int) -> None:
+        """Say that this object was completed in the bucket, for the other nodes' indexes."""
 
     async def removed(self, digests: Sequence[str]) -> None:
         """Say that these objects were deleted from the bucket, for the other nodes' indexes."""

@@ -14,8 +14,8 @@ of this node is still sending: those of a node killed mid-download.
 
 In a fleet (the bucket has a L{ocicache._storage._bucket.BucketBook}),
 the nodes share the bucket's bookkeeping: each pass adds this node's
-reads to the fleet's and drops from its index the objects other nodes
-removed; one node at a time holds the evictor's turn and expires and
+reads to the fleet's, and adds to its index the objects other nodes
+completed and drops those they removed; one node at a time holds the evictor's turn and expires and
 evicts, the others skip that part of the pass.  An object any node read
 within C{blob_ttl} is not expired, and evictions go by the fleet's
 recency, oldest read first.  When the book cannot be reached, the pass is
@@ -49,6 +49,8 @@ class BucketReport:
     uploads_aborted: int = 0
     forgotten: int = 0
     """Objects dropped from this node's index because another node removed them."""
+    adopted: int = 0
+    """Objects added to this node's index because another node completed them."""
     skipped: bool = False
     """Another node of the fleet held the evictor's turn: this one neither expired nor evicted."""
 
@@ -115,8 +117,9 @@ class BucketJanitor:
     async def _share(self, accesses: dict[str, tuple[float, int]], report: BucketReport) -> SharedPass | None:
         """
         In a fleet: give the book this node's reads, try to take the
-        evictor's turn, and drop from the index what other nodes removed,
-        so this node's size of the bucket does not count them.
+        evictor's turn, and bring the index up to what other nodes did:
+        objects they completed are added, those they removed dropped, so
+        this node's size of the bucket is the bucket's.
         """
         book = self._bucket.book
         if book is None:
@@ -124,11 +127,19 @@ class BucketJanitor:
         shared = await book.begin({digest: at for digest, (at, _) in accesses.items()})
         if shared is None:
             return None  # the book cannot be reached: this pass is a single node's
+        table = self._capacity.table
         gone = [digest for digest in _digests(shared.gone) if digest in self._capacity.policy]
         if gone:
             self._capacity.forget(gone)
-            await self._metadata.delete_blobs((str(digest) for digest in gone), table=self._capacity.table)
+            await self._metadata.delete_blobs((str(digest) for digest in gone), table=table)
             report.forgotten = len(gone)
+        sizes = {digest: shared.added[str(digest)] for digest in _digests(shared.added)}
+        new = [(digest, size) for digest, size in sizes.items() if digest not in self._capacity.policy]
+        now = time.time()
+        for digest, size in new:
+            await self._metadata.put_blob(str(digest), size, now, table=table)
+        self._capacity.load((digest, size, False) for digest, size in new)
+        report.adopted = len(new)
         return shared
 
     async def _expire_and_evict(self, accesses: dict[str, tuple[float, int]], shared: SharedPass | None,
