@@ -15,7 +15,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from ocicache._fleet._bucket_book import ACCESS, EVICTOR, RedisBucketBook
+from ocicache._fleet._bucket_book import ACCESS, EVICTOR, KEEP, KEEP_TTL, RedisBucketBook
 from ocicache._fleet._redis import Redis
 from ocitest.redis import RedisServer
 
@@ -143,3 +143,26 @@ async def test_objects_stored_and_removed_are_read_by_the_others_the_later_chang
     own = await a.begin({})
     assert own is not None and (dict(own.added), list(own.gone)) == ({}, [])
     await own.end()
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_nodes_protected_blobs_are_kept_each_replaced_whole(server: RedisServer, client: Redis) -> None:
+    a, b = _book(client, "a"), _book(client, "b")
+    assert await a.protected() == set()
+    for book, keep in ((a, [X, Y]), (b, [Z])):
+        shared = await book.begin({}, keep)
+        assert shared is not None
+        await shared.end()
+    assert await b.protected() == {X, Y, Z}
+    # a's pins changed: Y unpinned, nothing new.
+    shared = await a.begin({}, [X])
+    assert shared is not None
+    await shared.end()
+    assert await b.protected() == {X, Z}
+    shared = await a.begin({}, [])
+    assert shared is not None
+    await shared.end()
+    assert await b.protected() == {Z}
+    ttl = int(server.command("PTTL", KEEP + "b").strip(b":\r\n"))
+    assert 0 < ttl <= KEEP_TTL * 1000
+    assert await _book(client, "a", up=False).protected() is None

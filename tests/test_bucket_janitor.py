@@ -4,7 +4,7 @@ without a fleet's book (L{ocicache._storage._bucket.BucketBook}), on a
 fake S3 client and a fake book, over a real metadata database: an object
 another node reads is not expired, one node at a time expires and evicts,
 evictions (the janitor's, and those making room for a new object) go by
-the fleet's recency, objects another node removed leave the index, and
+the fleet's recency and leave what any node protects, objects another node removed leave the index, and
 without the book (Redis down) a pass is a single node's.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -81,8 +81,12 @@ class FakeBook:
     """What Redis would answer: the fleet's reads, whose turn it is, what others removed."""
 
     def __init__(self, evictor: bool = True, fleet: dict[str, float] | None = None, gone: Sequence[str] = (),
-                 down: bool = False, added: Mapping[str, int] | None = None) -> None:
+                 down: bool = False, added: Mapping[str, int] | None = None,
+                 kept: set[str] | None = None) -> None:
         self.evictor = evictor
+        self.kept = kept or set()
+        """What the other nodes protect."""
+        self.mine: list[set[str]] = []
         self.others_added = added or {}
         self.additions: list[tuple[str, int]] = []
         self.fleet = fleet or {}
@@ -93,10 +97,11 @@ class FakeBook:
         self.removals: list[str] = []
         self.passes: list[FakePass] = []
 
-    async def begin(self, accesses: Mapping[str, float]) -> SharedPass | None:
+    async def begin(self, accesses: Mapping[str, float], protected: Collection[str] = ()) -> SharedPass | None:
         if self.down:
             return None
         self.pushed.append(dict(accesses))
+        self.mine.append(set(protected))
         shared = FakePass(self)
         self.passes.append(shared)
         return shared
@@ -107,19 +112,27 @@ class FakeBook:
     async def added(self, digest: str, size: int) -> None:
         self.additions.append((digest, size))
 
+    async def protected(self) -> set[str] | None:
+        return None if self.down else self.kept | (self.mine[-1] if self.mine else set())
+
     async def last_access(self, digests: Sequence[str]) -> Mapping[str, float] | None:
         return None if self.down else {digest: self.fleet[digest] for digest in digests if digest in self.fleet}
 
 
 class World:
     def __init__(self, tmp_path: Path, pool: ThreadPool, metadata: Metadata, book: FakeBook | None,
-                 max_size: int | None = None, blob_ttl: float | None = TTL) -> None:
+                 max_size: int | None = None, blob_ttl: float | None = TTL, pinned: Iterable[Digest] = ()) -> None:
         store = Store(str(tmp_path / "cache"))
         store.prepare()
         self.s3 = FakeS3()
         self.metadata = metadata
         disk = Disk(reactor, store, metadata, pool)
-        self.bucket = Bucket(cast(S3Client, self.s3), PREFIX, disk, max_size, book=book)
+        pins = set(pinned)
+
+        async def protected() -> set[Digest]:
+            return pins
+
+        self.bucket = Bucket(cast(S3Client, self.s3), PREFIX, disk, max_size, book=book, protected=protected)
         self.janitor = BucketJanitor(self.bucket, metadata, blob_ttl, abandon_uploads_after=86400)
 
     async def put(self, digest: Digest, size: int, last_read_ago: float) -> None:
@@ -292,3 +305,22 @@ async def test_what_another_node_stored_is_indexed_and_counted(
     assert world.stored() == {B, C}
     assert world.bucket.capacity.size == 200
     assert len(await world.metadata.blobs("bucket_blobs")) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_another_node_protects_is_neither_expired_nor_evicted(
+        tmp_path: Path, parts: tuple[ThreadPool, Metadata]) -> None:
+    # A is pinned on another node, C on this one; both unread for two TTLs.
+    book = FakeBook(kept={str(A)})
+    world = World(tmp_path, *parts, book=book, max_size=150, pinned=[C])
+    await world.put(A, 100, 2 * TTL)
+    await world.put(B, 100, 2 * TTL)
+    await world.put(C, 100, 2 * TTL)
+    await world.janitor.recover()
+    report = await world.janitor.run()
+    assert (report.expired, report.evicted) == (1, 0)
+    assert world.stored() == {A, C}
+    assert book.mine == [{str(C)}]  # this node's pins, for the others
+    # Room for a new object evicts neither either: it is not kept.
+    assert not await world.bucket.capacity.make_room(100)
+    assert world.stored() == {A, C}

@@ -17,6 +17,13 @@ index", the index's read times kept in Redis for the whole fleet.
     drops them, so that its size of the bucket counts what the others
     stored and not what is gone.
 
+  - C{fleet:bucket:keep:<node>}, a set: the blobs that node's eviction
+    and expiry must leave (its pins' closures, the images being pulled
+    through it), replaced whole on each of its passes, and named in
+    C{fleet:bucket:keepers}; both live L{KEEP_TTL} after the last pass.
+    Every node's eviction leaves the union: a node's pins hold in the
+    bucket whichever node evicts.
+
 Never in the way: while Redis is gone, L{RedisBucketBook.begin} answers
 C{None} at once (the node's pass is a single node's) and changes are not
 recorded (the other nodes find an object gone at their next C{GET}, and
@@ -25,7 +32,7 @@ one they did not hear of at their next C{HEAD} or start).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -34,13 +41,21 @@ from twisted.logger import Logger
 from ._lock import Lease
 from ._redis import Redis, RedisUnavailable, text
 
-__all__ = ["ACCESS", "ACCESS_KEPT", "BATCH", "EVICTOR", "EVICTOR_TTL", "CHANGES", "CHANGES_KEPT", "RedisBucketBook"]
+__all__ = [
+    "ACCESS", "ACCESS_KEPT", "BATCH", "CHANGES", "CHANGES_KEPT", "EVICTOR", "EVICTOR_TTL", "KEEP", "KEEPERS",
+    "KEEP_TTL", "RedisBucketBook",
+]
 
 log = Logger()
 
 ACCESS = "fleet:bucket:access"
 EVICTOR = "fleet:bucket:evictor"
 CHANGES = "fleet:bucket:changes"
+KEEP = "fleet:bucket:keep:"
+KEEPERS = "fleet:bucket:keepers"
+
+KEEP_TTL = 3600.0
+"""Seconds a node's protected blobs outlive its last pass (a node that stopped, or is cut off)."""
 
 EVICTOR_TTL = 30.0
 """Seconds the evictor's turn outlives a node that died holding it; renewed every third."""
@@ -121,7 +136,7 @@ class RedisBucketBook:
             log.warn("S3 store janitor: {error}: expiring and evicting on this node's reads alone",
                      error=str(error))
 
-    async def begin(self, accesses: Mapping[str, float]) -> _Pass | None:
+    async def begin(self, accesses: Mapping[str, float], protected: Collection[str] = ()) -> _Pass | None:
         if not self._up():
             return None  # the fleet says Redis is down, once
         lease: Lease | None = None
@@ -132,6 +147,7 @@ class RedisBucketBook:
                 for digest, at in items[start:start + BATCH]:
                     pairs += [repr(float(at)), digest]
                 await self.redis.command("ZADD", ACCESS, "GT", *pairs)
+            await self._keep(protected)
             fence = text(await self.redis.command("INCR", "fleet:fence"))
             value = f"{self._node}|{fence}"
             if await self.redis.command("SET", EVICTOR, value, "NX", "PX", int(self._ttl * 1000)) is not None:
@@ -150,6 +166,39 @@ class RedisBucketBook:
             self._alone = False
             log.info("S3 store janitor: the fleet's book in Redis at {where} answers again", where=self.redis.where)
         return _Pass(self, lease, added, gone)
+
+    async def _keep(self, protected: Collection[str]) -> None:
+        """Replace this node's protected set, at once (a set built aside, then renamed over it)."""
+        key = KEEP + self._node
+        ttl_ms = int(KEEP_TTL * 1000)
+        if not protected:
+            await self.redis.command("DEL", key)
+        else:
+            building = f"{key}:building"
+            await self.redis.command("DEL", building)
+            digests = list(protected)
+            for start in range(0, len(digests), BATCH):
+                await self.redis.command("SADD", building, *digests[start:start + BATCH])
+            await self.redis.command("RENAME", building, key)
+            await self.redis.command("PEXPIRE", key, ttl_ms)
+        await self.redis.command("SADD", KEEPERS, self._node)
+        await self.redis.command("PEXPIRE", KEEPERS, ttl_ms)
+
+    async def protected(self) -> set[str] | None:
+        if not self._up():
+            return None
+        try:
+            nodes = await self.redis.command("SMEMBERS", KEEPERS)
+            keys = [KEEP + name for name in (text(node) for node in (nodes if isinstance(nodes, list) else []))
+                    if name is not None]
+            if not keys:
+                return set()
+            members = await self.redis.command("SUNION", *keys)
+        except RedisUnavailable as e:
+            self.alone(e)
+            return None
+        return {name for name in (text(member) for member in (members if isinstance(members, list) else []))
+                if name is not None}
 
     async def _changes(self) -> tuple[dict[str, int], list[str]]:
         """What other nodes completed (digest to size) and deleted since the last read; the later change wins."""

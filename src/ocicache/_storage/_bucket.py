@@ -25,7 +25,7 @@ time.  A single node has none.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Protocol, TypeVar
 
@@ -94,11 +94,15 @@ class BucketBook(Protocol):
     the janitor does as a single node does.
     """
 
-    async def begin(self, accesses: Mapping[str, float]) -> SharedPass | None:
+    async def begin(self, accesses: Mapping[str, float], protected: Collection[str] = ()) -> SharedPass | None:
         """
         Add this node's reads since its last pass (digest to POSIX time),
-        and try to take the evictor's turn.
+        replace the blobs this node protects (its pins, the images being
+        pulled through it), and try to take the evictor's turn.
         """
+
+    async def protected(self) -> set[str] | None:
+        """The blobs any node of the fleet protects, or C{None} when the book cannot be read now."""
 
     async def added(self, digest: str, size: int) -> None:
         """Say that this object was completed in the bucket, for the other nodes' indexes."""
@@ -163,7 +167,8 @@ class Bucket:
         @param book: the fleet's shared bookkeeping of the bucket, when
             several nodes use it; C{None}: this node alone.
         @param protected: the blobs eviction and expiry must leave (pins,
-            images being pulled), as for the disk (L{Capacity}).
+            images being pulled), as for the disk (L{Capacity}); in a
+            fleet, with those of the other nodes (L{BucketBook.protected}).
         @param max_size: the bucket's byte budget (C{[cache] max_size}),
             kept by evicting objects; C{None}: no limit.
         @param on_bytes: told C{("uploaded" | "downloaded", count)} as blob
@@ -176,7 +181,10 @@ class Bucket:
         self.on_upload = on_upload
         self.client = client
         self.prefix = prefix
-        self.capacity = Capacity(disk, max_size, None, on_evicted, protected=protected, remove=self.remove,
+        self._local_protected = protected
+        self.capacity = Capacity(disk, max_size, None, on_evicted,
+                                 protected=self._protected if protected is not None or book is not None else None,
+                                 remove=self.remove,
                                  table="bucket_blobs", recency=self._recency if book is not None else None)
         self._metadata = disk.metadata
         self.redirect = redirect
@@ -186,6 +194,25 @@ class Bucket:
     @property
     def usable(self) -> bool:
         return self.health.usable
+
+    async def local_protected(self) -> set[Digest]:
+        """The blobs this node's eviction and expiry must leave (its pins, its pulls)."""
+        return set(await self._local_protected()) if self._local_protected is not None else set()
+
+    async def _protected(self) -> set[Digest]:
+        """
+        This node's protected blobs, and in a fleet every node's: a pin on
+        one node holds in the bucket whichever node evicts.  The book not
+        answering, this node's alone.
+        """
+        keep = await self.local_protected()
+        shared = await self.book.protected() if self.book is not None else None
+        for text in shared or ():
+            try:
+                keep.add(Digest.parse(text))
+            except ValueError:
+                continue
+        return keep
 
     async def _recency(self) -> Mapping[Digest, float] | None:
         """

@@ -124,7 +124,8 @@ class BucketJanitor:
         book = self._bucket.book
         if book is None:
             return None
-        shared = await book.begin({digest: at for digest, (at, _) in accesses.items()})
+        mine = {str(digest) for digest in await self._bucket.local_protected()}
+        shared = await book.begin({digest: at for digest, (at, _) in accesses.items()}, mine)
         if shared is None:
             return None  # the book cannot be reached: this pass is a single node's
         table = self._capacity.table
