@@ -200,6 +200,38 @@ def test_a_blob_one_node_reads_outlives_another_nodes_blob_ttl(
     assert a.running and b.running
 
 
+def test_with_redis_stopped_each_node_expires_on_its_own_reads(
+    daemon_factory: Callable[..., Daemon], redis: RedisServer, hop: Hop, tmp_path: Path,
+    ocitest_images: dict[str, Image], radosgw: Radosgw, bucket_name: str,
+) -> None:
+    """
+    Redis gone, each node's bucket janitor does as a single node's, at
+    once: node0, which never reads the blob, expires it though node1 reads
+    it, and node1's clients are still served, from the upstream again,
+    without waiting on Redis.  (The old code did the same: this is the
+    fallback holding, not a gap.)
+    """
+    store = Store(radosgw, bucket_name, str(tmp_path / "keys"))
+    image = ocitest_images["oci"]
+    blob = max(image.layers, key=lambda b: b.size)
+    a, b = _fleet(daemon_factory, redis, tmp_path, 2, storage=store.table,
+                  cache={"janitor_interval": "1s", "blob_ttl": "3s"})
+    assert _pull(a, 0, image.repo, blob).sha256 == blob.hex
+    wait_for(lambda: store.objects() == [store.key(blob)], 30, what="the blob in the bucket")
+    redis.stop()
+    for daemon in (a, b):
+        wait_for(_logged(daemon, "falling back to local singleflight"), 20, what="the fallback to be logged")
+    reads_until = time.monotonic() + 30
+    while hop.count("GET", blob.digest) < 2 and time.monotonic() < reads_until:
+        started = time.monotonic()
+        pull = _pull(b, 1, image.repo, blob)
+        assert (pull.status, pull.sha256) == (200, blob.hex)
+        assert pull.ended_at - started < 5, "a client waited"
+        time.sleep(0.5)
+    assert hop.count("GET", blob.digest) == 2, "node0 did not expire the blob on its own reads"
+    assert a.running and b.running
+
+
 def _three_nodes_one_upstream_get(daemons: list[Daemon], hop: Hop, image: Image, committed: bool = True) -> None:
     blob = image.layers[0]
     hop.throttle = 64 << 20  # 4 s for the blob: every node's clients arrive while it is downloading
