@@ -26,7 +26,7 @@ from ocicache._spec._reference import Digest
 from ocicache._storage._bucket import Bucket, SharedPass
 from ocicache._storage._bucket_janitor import BucketJanitor
 from ocicache._storage._disk import Disk
-from ocicache._storage._metadata import Metadata
+from ocicache._storage._metadata import Metadata, MetadataUnavailable
 from ocicache._storage._s3 import ObjectInfo, S3Client, Upload
 from ocicache._storage._store import Store
 
@@ -324,3 +324,20 @@ async def test_what_another_node_protects_is_neither_expired_nor_evicted(
     # Room for a new object evicts neither either: it is not kept.
     assert not await world.bucket.capacity.make_room(100)
     assert world.stored() == {A, C}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pass_that_fails_gives_the_evictors_turn_back(
+        tmp_path: Path, parts: tuple[ThreadPool, Metadata], monkeypatch: pytest.MonkeyPatch) -> None:
+    book = FakeBook(gone=[str(A)])
+    world = World(tmp_path, *parts, book=book)
+    await world.put(A, 100, 10)
+    await world.janitor.recover()
+
+    def broken(digests: object, table: str = "blobs") -> object:
+        raise MetadataUnavailable("metadata.sqlite", "disk I/O error")
+
+    monkeypatch.setattr(world.metadata, "delete_blobs", broken)
+    with pytest.raises(MetadataUnavailable):
+        await world.janitor.run()
+    assert book.passes[0].ended

@@ -16,7 +16,6 @@ index", the index's read times kept in Redis for the whole fleet.
     node reads what is new on its pass and adds those to its index, or
     drops them, so that its size of the bucket counts what the others
     stored and not what is gone.
-
   - C{fleet:bucket:keep:<node>}, a set: the blobs that node's eviction
     and expiry must leave (its pins' closures, the images being pulled
     through it), replaced whole on each of its passes, and named in
@@ -76,7 +75,7 @@ BATCH = 500
 
 LOOKBACK = 60.0
 """
-Seconds before this node started whose removals its first pass reads:
+Seconds before this node started whose changes its first pass reads:
 those since it listed the bucket at recovery, with room for the clocks of
 the node and Redis to differ.
 """
@@ -126,7 +125,7 @@ class RedisBucketBook:
         self._up = up
         self._ttl = ttl
         self._cursor = f"{max(0, int((reactor.seconds() - LOOKBACK) * 1000))}-0"
-        """The last removal read: its stream ID, or an exclusive start time."""
+        """The last change read: its stream ID, or an exclusive start time."""
         self._alone = False
 
     def alone(self, error: RedisUnavailable) -> None:

@@ -17,9 +17,10 @@ clients are served from the upstream meanwhile without waiting on it.
 
 In a fleet, the nodes on one bucket share a L{BucketBook} (implemented
 over Redis by L{ocicache._fleet._bucket_book}): the fleet's read times of
-the objects, whose turn it is to expire and evict, and which objects were
-removed, so that no node expires what another serves, and one evicts at a
-time.  A single node has none.
+the objects, what each node protects, whose turn it is to expire and
+evict, and which objects were completed and removed, so that no node
+expires what another serves, each node's index counts what the bucket
+holds, and one evicts at a time.  A single node has none.
 """
 
 from __future__ import annotations

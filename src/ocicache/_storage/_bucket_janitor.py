@@ -14,18 +14,19 @@ of this node is still sending: those of a node killed mid-download.
 
 In a fleet (the bucket has a L{ocicache._storage._bucket.BucketBook}),
 the nodes share the bucket's bookkeeping: each pass adds this node's
-reads to the fleet's, and adds to its index the objects other nodes
-completed and drops those they removed; one node at a time holds the evictor's turn and expires and
-evicts, the others skip that part of the pass.  An object any node read
-within C{blob_ttl} is not expired, and evictions go by the fleet's
-recency, oldest read first.  When the book cannot be reached, the pass is
-a single node's, as above.
+reads and protected blobs to the fleet's, adds to its index the objects
+other nodes completed and drops those they removed.  One node at a time
+holds the evictor's turn and expires and evicts; the others skip that
+part of the pass.  An object any node read within C{blob_ttl}, or any
+node protects, is not expired, and evictions go by the fleet's recency,
+oldest read first.  When the book cannot be reached, the pass is a
+single node's, as above.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 
 from attrs import define
@@ -128,20 +129,26 @@ class BucketJanitor:
         shared = await book.begin({digest: at for digest, (at, _) in accesses.items()}, mine)
         if shared is None:
             return None  # the book cannot be reached: this pass is a single node's
+        try:
+            await self._catch_up(shared, report)
+        except BaseException:
+            await shared.end()  # a turn kept would be renewed with no pass to use it
+            raise
+        return shared
+
+    async def _catch_up(self, shared: SharedPass, report: BucketReport) -> None:
         table = self._capacity.table
         gone = [digest for digest in _digests(shared.gone) if digest in self._capacity.policy]
         if gone:
             self._capacity.forget(gone)
             await self._metadata.delete_blobs((str(digest) for digest in gone), table=table)
             report.forgotten = len(gone)
-        sizes = {digest: shared.added[str(digest)] for digest in _digests(shared.added)}
-        new = [(digest, size) for digest, size in sizes.items() if digest not in self._capacity.policy]
+        new = [(digest, size) for digest, size in _sized(shared.added) if digest not in self._capacity.policy]
         now = time.time()
         for digest, size in new:
             await self._metadata.put_blob(str(digest), size, now, table=table)
         self._capacity.load((digest, size, False) for digest, size in new)
         report.adopted = len(new)
-        return shared
 
     async def _expire_and_evict(self, accesses: dict[str, tuple[float, int]], shared: SharedPass | None,
                                 report: BucketReport) -> None:
@@ -192,6 +199,13 @@ def _digests(texts: Iterable[str]) -> Iterator[Digest]:
             yield Digest.parse(text)
         except ValueError:
             continue
+
+
+def _sized(added: Mapping[str, int]) -> Iterator[tuple[Digest, int]]:
+    """The digests among C{added}'s keys, with their sizes."""
+    for text, size in added.items():
+        for digest in _digests([text]):
+            yield digest, size
 
 
 def _seconds(initiated: str) -> float:
