@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -197,3 +198,21 @@ def test_a_download_every_client_left_is_still_abandoned(clock: Reactor, store: 
     run(clock)
     assert download.failure is not None
     assert world.s3.kinds() == ["start", "part", "abort"]
+
+
+
+def test_in_a_fleet_a_completed_object_is_told_to_the_book(clock: Reactor, store: Store) -> None:
+    world = World(clock, store)
+    told: list[tuple[str, int]] = []
+
+    async def added(digest: str, size: int) -> None:
+        told.append((digest, size))
+
+    world.bucket.book = cast(Any, SimpleNamespace(added=added))
+    data = os.urandom(1500)
+    download = world.download(data)
+    download.write(data)
+    download.finish()
+    run(clock)
+    assert world.s3.kinds()[-1] == "complete"
+    assert told == [(str(download.digest), 1500)]

@@ -168,6 +168,9 @@ class _Replication:
         self._bucket.on_upload("completed")
         capacity.committed(digest, size)
         await self._replicator._disk.metadata.put_blob(str(digest), size, time.time(), table=capacity.table)
+        if self._bucket.book is not None:
+            # In a fleet, the others' indexes count it too (their next janitor pass).
+            await self._bucket.book.added(str(digest), size)
 
     async def _abort(self, upload_id: str) -> None:
         try:

@@ -55,6 +55,7 @@ from .._cache._replicate import Replicator
 from .._cache._slots import Slots
 from .._cache._tags import TagService
 from .._cache._warm import Warmer, WarmReport
+from .._fleet._bucket_book import RedisBucketBook
 from .._fleet._fleet import Fleet
 from .._fleet._internal import InternalResource
 from .._fleet._peer import PeerClient
@@ -149,7 +150,7 @@ class OcicacheService(MultiService):
                 _s3_client(s3, reactor, self.s3_pool, disk), s3.prefix, disk, config.cache.max_size, s3.redirect,
                 self._evicted, on_bytes=lambda direction, count: self.metrics.s3_bytes.labels(direction).inc(count),
                 on_upload=lambda outcome: self.metrics.s3_uploads.labels(outcome).inc(),
-                protected=self._protected,
+                protected=self._protected, book=self._bucket_book(),
             )
             self.replicator = Replicator(self.bucket, disk, s3.upload_part_size, s3.max_part_uploads)
             replicator = self.replicator
@@ -228,6 +229,11 @@ class OcicacheService(MultiService):
             on_claim=lambda outcome: self.metrics.fleet_claims.labels(outcome).inc(),
             on_redis=lambda up: self.metrics.fleet_redis_up.set(1 if up else 0),
         )
+
+    def _bucket_book(self) -> RedisBucketBook | None:
+        """In a fleet, the nodes on one bucket share its eviction bookkeeping through Redis."""
+        fleet = self.fleet
+        return None if fleet is None else RedisBucketBook(fleet.redis, self._reactor, fleet.node, lambda: fleet.up)
 
     def _shared_proofs(self) -> RedisProofs | None:
         """In a fleet, access proofs are shared through Redis."""
@@ -462,6 +468,9 @@ class OcicacheService(MultiService):
         if report.expired or report.evicted or report.uploads_aborted:
             log.info("S3 store janitor: expired {expired} blobs, evicted {evicted}, aborted {aborted} abandoned"
                      " uploads", expired=report.expired, evicted=report.evicted, aborted=report.uploads_aborted)
+        if report.forgotten or report.adopted:
+            log.debug("S3 store janitor: indexed {adopted} blobs other nodes stored, forgot {forgotten} they removed",
+                      adopted=report.adopted, forgotten=report.forgotten)
 
     startup_errors_to_log = True
     """

@@ -58,11 +58,15 @@ class Holder:
 
 class Lease:
     """
-    This node's holding of one digest's lock, renewed until L{release}.
+    This node's holding of one lock (a digest's fill lock, or the
+    bucket's evictor turn: L{ocicache._fleet._bucket_book}), renewed until
+    L{release}.
     """
 
-    def __init__(self, redis: Redis, reactor: IReactorTime, digest: Digest, value: str, ttl: float) -> None:
-        self.digest = digest
+    def __init__(self, redis: Redis, reactor: IReactorTime, key: str, value: str, ttl: float, what: str) -> None:
+        """@param what: the lock, for log lines."""
+        self.key = key
+        self.what = what
         self.value = value
         self._redis = redis
         self._ttl_ms = int(ttl * 1000)
@@ -74,23 +78,22 @@ class Lease:
 
     async def _renew(self) -> None:
         try:
-            renewed = await self._redis.script(_RENEW, [_key(self.digest)], [self.value, self._ttl_ms])
+            renewed = await self._redis.script(_RENEW, [self.key], [self.value, self._ttl_ms])
         except RedisUnavailable:
             return  # the next renewal tries again; the TTL covers two misses
         if not renewed and not self.lost:
             self.lost = True
-            log.warn("The fill lock of {digest} expired while this node was downloading it;"
-                     " another node may fetch it too", digest=str(self.digest))
+            log.warn("{what} expired while this node held it; another node may take it too", what=self.what)
 
     def _renewal_broke(self, failure: Failure) -> None:
-        log.failure("Renewing the fill lock of {digest} broke", failure, digest=str(self.digest))
+        log.failure("Renewing {what} broke", failure, what=self.what)
 
     async def release(self) -> None:
         """Stop renewing, and delete the lock if it is still this holding's."""
         if self._renewal.running:
             self._renewal.stop()
         try:
-            await self._redis.script(_RELEASE, [_key(self.digest)], [self.value])
+            await self._redis.script(_RELEASE, [self.key], [self.value])
         except RedisUnavailable:
             pass  # it expires by itself
 
@@ -116,7 +119,8 @@ class FillLock:
             value = f"{self._node}|{fence}"
             taken = await self._redis.command("SET", _key(digest), value, "NX", "PX", int(self._ttl * 1000))
             if taken is not None:
-                return Lease(self._redis, self._reactor, digest, value, self._ttl)
+                return Lease(self._redis, self._reactor, _key(digest), value, self._ttl,
+                             f"The fill lock of {digest}")
             held = text(await self._redis.command("GET", _key(digest)))
             if held is None:
                 continue  # released between the two: try again

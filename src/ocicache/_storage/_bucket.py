@@ -14,14 +14,21 @@ into the bucket's L{Capacity} policy, which also orders its evictions.
 Every call goes through L{Bucket}, which keeps L{BucketHealth}: when the
 store cannot be reached it is skipped for L{RETRY_AFTER} seconds, so
 clients are served from the upstream meanwhile without waiting on it.
+
+In a fleet, the nodes on one bucket share a L{BucketBook} (implemented
+over Redis by L{ocicache._fleet._bucket_book}): the fleet's read times of
+the objects, what each node protects, whose turn it is to expire and
+evict, and which objects were completed and removed, so that no node
+expires what another serves, each node's index counts what the bucket
+holds, and one evicts at a time.  A single node has none.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from functools import partial
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -30,9 +37,10 @@ from twisted.web.iweb import IResponse
 from .._spec._reference import Digest
 from ._capacity import Capacity
 from ._disk import Disk
+from ._metadata import MetadataUnavailable
 from ._s3 import ObjectInfo, S3Client, S3Error, S3Unavailable, Upload
 
-__all__ = ["Bucket", "BucketHealth", "RETRY_AFTER"]
+__all__ = ["Bucket", "BucketBook", "BucketHealth", "RETRY_AFTER", "SharedPass"]
 
 log = Logger()
 
@@ -47,6 +55,64 @@ PRESIGN_EXPIRES = 1200
 
 _ANSWERS = frozenset({"NoSuchKey", "NoSuchUpload"})
 """S3 errors that are answers about one object, not about the store."""
+
+
+class SharedPass(Protocol):
+    """
+    One janitor pass's view of the fleet's book (L{BucketBook.begin}).
+    """
+
+    @property
+    def evictor(self) -> bool:
+        """Whether this node holds the evictor's turn: it alone expires and evicts this pass."""
+
+    @property
+    def added(self) -> Mapping[str, int]:
+        """Objects other nodes completed in the bucket since this node last asked (digest to size)."""
+
+    @property
+    def gone(self) -> Sequence[str]:
+        """Digests other nodes removed from the bucket since this node last asked."""
+
+    async def last_access(self, digests: Sequence[str]) -> Mapping[str, float] | None:
+        """
+        The latest read of each digest by any node (POSIX seconds; absent:
+        none recorded), or C{None} when the book cannot be read now: then
+        the pass judges on this node's reads alone.
+        """
+
+    async def holds(self) -> bool:
+        """Whether the evictor's turn is still this node's (it may have expired in a stall)."""
+
+    async def end(self) -> None:
+        """Give the evictor's turn back, if held."""
+
+
+class BucketBook(Protocol):
+    """
+    The eviction bookkeeping the nodes on one bucket share.  Never in the
+    way: when it cannot be reached, L{begin} answers C{None} at once and
+    the janitor does as a single node does.
+    """
+
+    async def begin(self, accesses: Mapping[str, float], protected: Collection[str] = ()) -> SharedPass | None:
+        """
+        Add this node's reads since its last pass (digest to POSIX time),
+        replace the blobs this node protects (its pins, the images being
+        pulled through it), and try to take the evictor's turn.
+        """
+
+    async def protected(self) -> set[str] | None:
+        """The blobs any node of the fleet protects, or C{None} when the book cannot be read now."""
+
+    async def added(self, digest: str, size: int) -> None:
+        """Say that this object was completed in the bucket, for the other nodes' indexes."""
+
+    async def removed(self, digests: Sequence[str]) -> None:
+        """Say that these objects were deleted from the bucket, for the other nodes' indexes."""
+
+    async def last_access(self, digests: Sequence[str]) -> Mapping[str, float] | None:
+        """As L{SharedPass.last_access}, outside a pass: to make room for a new object."""
 
 
 class BucketHealth:
@@ -96,10 +162,14 @@ class Bucket:
         on_bytes: Callable[[str, int], None] = lambda direction, count: None,
         on_upload: Callable[[str], None] = lambda outcome: None,
         protected: Callable[[], Awaitable[Iterable[Digest]]] | None = None,
+        book: BucketBook | None = None,
     ) -> None:
         """
+        @param book: the fleet's shared bookkeeping of the bucket, when
+            several nodes use it; C{None}: this node alone.
         @param protected: the blobs eviction and expiry must leave (pins,
-            images being pulled), as for the disk (L{Capacity}).
+            images being pulled), as for the disk (L{Capacity}); in a
+            fleet, with those of the other nodes (L{BucketBook.protected}).
         @param max_size: the bucket's byte budget (C{[cache] max_size}),
             kept by evicting objects; C{None}: no limit.
         @param on_bytes: told C{("uploaded" | "downloaded", count)} as blob
@@ -107,12 +177,16 @@ class Bucket:
         @param on_upload: told C{"completed"} or C{"aborted"} as each
             multipart upload ends.
         """
+        self.book = book
         self.on_bytes = on_bytes
         self.on_upload = on_upload
         self.client = client
         self.prefix = prefix
-        self.capacity = Capacity(disk, max_size, None, on_evicted, protected=protected, remove=self.remove,
-                                 table="bucket_blobs")
+        self._local_protected = protected
+        self.capacity = Capacity(disk, max_size, None, on_evicted,
+                                 protected=self._protected if protected is not None or book is not None else None,
+                                 remove=self.remove,
+                                 table="bucket_blobs", recency=self._recency if book is not None else None)
         self._metadata = disk.metadata
         self.redirect = redirect
         self.name = f"{client.bucket}/{prefix}"
@@ -121,6 +195,45 @@ class Bucket:
     @property
     def usable(self) -> bool:
         return self.health.usable
+
+    async def local_protected(self) -> set[Digest]:
+        """The blobs this node's eviction and expiry must leave (its pins, its pulls)."""
+        return set(await self._local_protected()) if self._local_protected is not None else set()
+
+    async def _protected(self) -> set[Digest]:
+        """
+        This node's protected blobs, and in a fleet every node's: a pin on
+        one node holds in the bucket whichever node evicts.  The book not
+        answering, this node's alone.
+        """
+        keep = await self.local_protected()
+        shared = await self.book.protected() if self.book is not None else None
+        for text in shared or ():
+            try:
+                keep.add(Digest.parse(text))
+            except ValueError:
+                continue
+        return keep
+
+    async def _recency(self) -> Mapping[Digest, float] | None:
+        """
+        In a fleet, the latest read of each indexed object by any node, for
+        the room a new object needs (L{Capacity.make_room}): this node's
+        reads, pending ones too, with the book's; C{None} when either
+        cannot be read now (then this node's S3FIFO queues decide).
+        """
+        if self.book is None:
+            return None
+        try:
+            rows = await self._metadata.blobs(self.capacity.table)
+        except MetadataUnavailable:
+            return None
+        pending = self.capacity.pending_accesses()
+        local = {row.digest: max(row.last_access, pending.get(row.digest, (0.0, 0))[0]) for row in rows}
+        fleet = await self.book.last_access(list(local))
+        if fleet is None:
+            return None
+        return {Digest.parse(digest): max(at, fleet.get(digest, 0.0)) for digest, at in local.items()}
 
     def key(self, digest: Digest) -> str:
         # Digest.parse checked the algorithm and the hex: no key can escape the prefix.
@@ -191,9 +304,19 @@ class Bucket:
         return await self.client.presigned_get(self.key(digest), PRESIGN_EXPIRES)
 
     async def remove(self, digests: list[Digest]) -> None:
-        """Delete objects (the capacity's remover): eviction and expiry over the bucket."""
-        for digest in digests:
-            await self.guarded(partial(self.client.delete, self.key(digest)))
+        """
+        Delete objects (the capacity's remover): eviction and expiry over
+        the bucket, and an object found corrupt.  The fleet's book is told,
+        so the other nodes' indexes drop them too.
+        """
+        done: list[str] = []
+        try:
+            for digest in digests:
+                await self.guarded(partial(self.client.delete, self.key(digest)))
+                done.append(str(digest))
+        finally:
+            if self.book is not None and done:
+                await self.book.removed(done)
 
     async def objects(self) -> list[ObjectInfo]:
         return await self.guarded(lambda: self.client.objects(f"{self.prefix}blobs/"))

@@ -11,19 +11,29 @@ Each pass writes the batched access times, expires objects not read for
 C{blob_ttl}, evicts down to C{max_size}, and aborts multipart uploads
 under the prefix older than C{abandon_uploads_after} that no replication
 of this node is still sending: those of a node killed mid-download.
+
+In a fleet (the bucket has a L{ocicache._storage._bucket.BucketBook}),
+the nodes share the bucket's bookkeeping: each pass adds this node's
+reads and protected blobs to the fleet's, adds to its index the objects
+other nodes completed and drops those they removed.  One node at a time
+holds the evictor's turn and expires and evicts; the others skip that
+part of the pass.  An object any node read within C{blob_ttl}, or any
+node protects, is not expired, and evictions go by the fleet's recency,
+oldest read first.  When the book cannot be reached, the pass is a
+single node's, as above.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 
 from attrs import define
 from twisted.logger import Logger
 
 from .._spec._reference import Digest
-from ._bucket import Bucket
+from ._bucket import Bucket, SharedPass
 from ._metadata import Metadata
 
 __all__ = ["BucketJanitor", "BucketReport"]
@@ -38,6 +48,12 @@ class BucketReport:
     expired: int = 0
     evicted: int = 0
     uploads_aborted: int = 0
+    forgotten: int = 0
+    """Objects dropped from this node's index because another node removed them."""
+    adopted: int = 0
+    """Objects added to this node's index because another node completed them."""
+    skipped: bool = False
+    """Another node of the fleet held the evictor's turn: this one neither expired nor evicted."""
 
 
 class BucketJanitor:
@@ -87,22 +103,83 @@ class BucketJanitor:
         accesses = self._capacity.take_accesses()
         if accesses:
             await self._metadata.touch_blobs(accesses, table=table)
-        now = time.time()
-        if self._blob_ttl is not None:
-            # A pinned closure, or an image being pulled, is never expired.
-            protected = await self._capacity.protected()
-            expired = [
-                Digest.parse(row.digest) for row in await self._metadata.blobs(table)
-                if now - max(row.last_access, accesses.get(row.digest, (0.0, 0))[0]) > self._blob_ttl
-                and Digest.parse(row.digest) not in protected
-            ]
-            await self._capacity.delete(expired)
-            report.expired = len(expired)
-        limit = self._capacity.max_size
-        if limit is not None and self._capacity.size > limit:
-            report.evicted, _ = await self._capacity.evict(limit)
-        report.uploads_aborted = await self._abort_abandoned(now - self._abandon_after)
+        shared = await self._share(accesses, report)
+        try:
+            if shared is not None and not shared.evictor:
+                report.skipped = True  # another node's turn: it expires and evicts
+            else:
+                await self._expire_and_evict(accesses, shared, report)
+        finally:
+            if shared is not None:
+                await shared.end()
+        report.uploads_aborted = await self._abort_abandoned(time.time() - self._abandon_after)
         return report
+
+    async def _share(self, accesses: dict[str, tuple[float, int]], report: BucketReport) -> SharedPass | None:
+        """
+        In a fleet: give the book this node's reads, try to take the
+        evictor's turn, and bring the index up to what other nodes did:
+        objects they completed are added, those they removed dropped, so
+        this node's size of the bucket is the bucket's.
+        """
+        book = self._bucket.book
+        if book is None:
+            return None
+        mine = {str(digest) for digest in await self._bucket.local_protected()}
+        shared = await book.begin({digest: at for digest, (at, _) in accesses.items()}, mine)
+        if shared is None:
+            return None  # the book cannot be reached: this pass is a single node's
+        try:
+            await self._catch_up(shared, report)
+        except BaseException:
+            await shared.end()  # a turn kept would be renewed with no pass to use it
+            raise
+        return shared
+
+    async def _catch_up(self, shared: SharedPass, report: BucketReport) -> None:
+        table = self._capacity.table
+        gone = [digest for digest in _digests(shared.gone) if digest in self._capacity.policy]
+        if gone:
+            self._capacity.forget(gone)
+            await self._metadata.delete_blobs((str(digest) for digest in gone), table=table)
+            report.forgotten = len(gone)
+        new = [(digest, size) for digest, size in _sized(shared.added) if digest not in self._capacity.policy]
+        now = time.time()
+        for digest, size in new:
+            await self._metadata.put_blob(str(digest), size, now, table=table)
+        self._capacity.load((digest, size, False) for digest, size in new)
+        report.adopted = len(new)
+
+    async def _expire_and_evict(self, accesses: dict[str, tuple[float, int]], shared: SharedPass | None,
+                                report: BucketReport) -> None:
+        table = self._capacity.table
+        now = time.time()
+        rows = await self._metadata.blobs(table)
+        read = {row.digest: max(row.last_access, accesses.get(row.digest, (0.0, 0))[0]) for row in rows}
+        if self._blob_ttl is not None:
+            ttl = self._blob_ttl
+            # A pinned closure, or an image being pulled, is never expired.
+            protected = {str(digest) for digest in await self._capacity.protected()}
+            stale = [digest for digest, at in read.items() if now - at > ttl and digest not in protected]
+            if shared is not None and stale:
+                # Nor is an object another node read within blob_ttl.
+                fleet = await shared.last_access(stale)
+                if fleet is not None:
+                    stale = [digest for digest in stale if now - fleet.get(digest, 0.0) > ttl]
+            expired = [Digest.parse(digest) for digest in stale]
+            if expired and (shared is None or await shared.holds()):
+                await self._capacity.delete(expired)
+                report.expired = len(expired)
+        limit = self._capacity.max_size
+        if limit is None or self._capacity.size <= limit:
+            return
+        fleet = None if shared is None else await shared.last_access(list(read))
+        if shared is None or fleet is None:
+            report.evicted, _ = await self._capacity.evict(limit)
+        elif await shared.holds():
+            # The fleet's recency orders evictions, not this node's queues.
+            order = {Digest.parse(digest): max(at, fleet.get(digest, 0.0)) for digest, at in read.items()}
+            report.evicted, _ = await self._capacity.evict_oldest(limit, order)
 
     async def _abort_abandoned(self, before: float) -> int:
         live = self._live_uploads()
@@ -113,6 +190,22 @@ class BucketJanitor:
             await self._bucket.abort(upload.key, upload.upload_id)
             aborted += 1
         return aborted
+
+
+def _digests(texts: Iterable[str]) -> Iterator[Digest]:
+    """The digests among C{texts}: the book is another process's word, checked as any."""
+    for text in texts:
+        try:
+            yield Digest.parse(text)
+        except ValueError:
+            continue
+
+
+def _sized(added: Mapping[str, int]) -> Iterator[tuple[Digest, int]]:
+    """The digests among C{added}'s keys, with their sizes."""
+    for text, size in added.items():
+        for digest in _digests([text]):
+            yield digest, size
 
 
 def _seconds(initiated: str) -> float:

@@ -25,7 +25,7 @@ SQLite in batches by the janitor, never once per request or chunk.
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
@@ -58,8 +58,12 @@ class Capacity:
         protected: Callable[[], Awaitable[Iterable[Digest]]] | None = None,
         remove: Callable[[list[Digest]], Awaitable[None]] | None = None,
         table: str = "blobs",
+        recency: Callable[[], Awaitable[Mapping[Digest, float] | None]] | None = None,
     ) -> None:
         """
+        @param recency: the latest read of each blob by any node of a fleet
+            sharing the store (C{None}: not known now); evictions then go
+            oldest read first, rather than by this node's S3FIFO queues.
         @param protected: the blobs eviction must never choose, asked for
             each time it runs: pinned closures, and the blobs of images
             being pulled (C{[cache] protect_recent}).
@@ -78,6 +82,7 @@ class Capacity:
         self._min_free = min_free
         self._on_evicted = on_evicted
         self._protected = protected
+        self._recency = recency
         # Without a limit the policy still orders blobs for min_free.
         self.policy = S3FIFO(max_size if max_size is not None else 1 << 62)
         self._accesses: dict[str, tuple[float, int]] = {}
@@ -109,6 +114,10 @@ class Capacity:
         key = str(digest)
         _, hits = self._accesses.get(key, (0.0, 0))
         self._accesses[key] = (self._reactor.seconds(), hits + 1)
+
+    def pending_accesses(self) -> Mapping[str, tuple[float, int]]:
+        """The reads not yet taken by L{take_accesses} (digest to last read, reads)."""
+        return self._accesses
 
     def take_accesses(self) -> dict[str, tuple[float, int]]:
         accesses, self._accesses = self._accesses, {}
@@ -192,11 +201,26 @@ class Capacity:
         finally:
             self._turn.release()
 
+    async def evict_oldest(self, target: int, last_access: Mapping[Digest, float]) -> tuple[int, int]:
+        """
+        Evict the blobs read longest ago until the store holds at most
+        C{target} bytes; return C{(count, bytes)} evicted.  The order of a
+        fleet's shared read times (L{ocicache._storage._bucket.BucketBook}),
+        which this node's S3FIFO queues, knowing only its own reads, cannot
+        give; a blob without a time goes first.  Takes turns as L{evict}.
+        """
+        await self._turn.acquire()
+        try:
+            return await self._evict(target, (), last_access)
+        finally:
+            self._turn.release()
+
     async def protected(self) -> set[Digest]:
         """The blobs no eviction or expiry may remove now."""
         return set(await self._protected()) if self._protected is not None else set()
 
-    async def _evict(self, target: int, keep: Iterable[Digest]) -> tuple[int, int]:
+    async def _evict(self, target: int, keep: Iterable[Digest],
+                     last_access: Mapping[Digest, float] | None = None) -> tuple[int, int]:
         try:
             keep = set(keep) | await self.protected()
         except MetadataUnavailable as e:
@@ -204,14 +228,34 @@ class Capacity:
             # then served but not kept.
             log.warn("Not evicting: cannot tell which blobs are pinned ({error})", error=str(e))
             return 0, 0
-        victims = self.policy.evict(target, keep)
-        if not victims:
+        if last_access is None and self._recency is not None:
+            last_access = await self._recency()
+        if last_access is not None:
+            digests, freed = self._oldest(target, keep, last_access)
+        else:
+            victims = self.policy.evict(target, keep)
+            digests = [victim for victim, _ in victims if isinstance(victim, Digest)]
+            freed = sum(size for _, size in victims)
+        if not digests:
             return 0, 0
-        digests = [victim for victim, _ in victims if isinstance(victim, Digest)]
-        freed = sum(size for _, size in victims)
         await self.delete(digests)
         self._on_evicted(len(digests), freed)
         return len(digests), freed
+
+    def _oldest(self, target: int, keep: set[Digest], last_access: Mapping[Digest, float]) -> tuple[list[Digest], int]:
+        """The blobs read longest ago, not in C{keep}, whose eviction brings the store to C{target} bytes."""
+        candidates = [key for key in self.policy.keys() if isinstance(key, Digest) and key not in keep]
+        candidates.sort(key=lambda digest: last_access.get(digest, 0.0))
+        victims: list[Digest] = []
+        left, freed = self.policy.size, 0
+        for digest in candidates:
+            if left <= target:
+                break
+            size = self.policy.size_of(digest) or 0
+            victims.append(digest)
+            left -= size
+            freed += size
+        return victims, freed
 
     async def delete(self, digests: list[Digest]) -> None:
         """
