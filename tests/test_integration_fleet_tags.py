@@ -14,13 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_integration_fleet import _fleet, _logged, redis  # noqa: F401  (redis: the fixture)
 
 from ocitest import http_request, wait_for
 from ocitest.daemon import Daemon
 from ocitest.hop import Hop
 from ocitest.images import MEDIA, Image
 from ocitest.redis import RedisServer
+from test_integration_fleet import _fleet, _logged, redis  # noqa: F401  (redis: the fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.fleet]
 

@@ -386,7 +386,8 @@ class ManifestService:
         """
         C{reference}'s manifest as the fleet knows it, kept here too, or
         C{None} when the upstream must be asked.  A tag: what a node
-        checked within C{tag_ttl}, for this very Accept variant.  A digest:
+        checked within C{tag_ttl}, for this Accept variant (or the tag's
+        own manifest, if this Accept lists its type).  A digest:
         its shared bytes, once this repository is shown to hold it.
         """
         if self._shared is None:
@@ -398,7 +399,12 @@ class ManifestService:
             await self._access.check(upstream, repo, reference, self._prove(upstream, repo, reference))
             checked_at = None
         else:
-            shared = await self._shared_tag(upstream, repo, variant_key(reference, accept))
+            key = variant_key(reference, accept)
+            shared = await self._shared_tag(upstream, repo, key)
+            if shared is None and key != reference:
+                # As in _by_tag: the tag's own manifest answers a narrow
+                # Accept that lists its type.
+                shared = await self._shared_tag(upstream, repo, reference)
             if shared is None or shared.media_type not in accept:
                 return None
             manifest = await self._shared_manifest(shared.digest)
