@@ -20,7 +20,7 @@ from twisted.internet.task import deferLater
 
 from ocicache._cache._manifests import MAX_MANIFEST_SIZE, SharedTag
 from ocicache._fleet._redis import Redis
-from ocicache._fleet._tags import MANIFEST_TTL, TAG_GRACE, RedisManifests, manifest_key, tag_key
+from ocicache._fleet._tags import MANIFEST_TTL, TAG_GRACE, TURN_TTL, RedisManifests, manifest_key, tag_key, turn_key
 from ocicache._spec._reference import Digest
 from ocitest.redis import RedisServer
 
@@ -59,7 +59,7 @@ def _ttl(server: RedisServer, key: str) -> int:
 
 @pytest_twisted.ensureDeferred
 async def test_what_one_node_shares_another_reads(server: RedisServer, client: Redis) -> None:
-    writer, reader = RedisManifests(client, lambda: True), RedisManifests(client, lambda: True)
+    writer, reader = RedisManifests(client, lambda: True, "a"), RedisManifests(client, lambda: True, "a")
     assert await reader.tag("docker.io", "library/app", "v1") is None
     assert await reader.manifest(DIGEST) is None
     tag = SharedTag(DIGEST, OCI, 1_700_000_000.25)
@@ -77,21 +77,34 @@ async def test_what_one_node_shares_another_reads(server: RedisServer, client: R
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_manifest_already_shared_only_lives_on(server: RedisServer, client: Redis) -> None:
-    shared = RedisManifests(client, lambda: True)
-    shared.put_manifest(DIGEST, OCI, BODY)
+async def test_one_node_at_a_time_has_its_turn(server: RedisServer, client: Redis) -> None:
+    a, b = RedisManifests(client, lambda: True, "a"), RedisManifests(client, lambda: True, "b")
+    end = await a.turn("docker.io", "library/app", "v1")
+    assert end is not None
+    assert await b.turn("docker.io", "library/app", "v1") is None
+    assert await a.turn("docker.io", "library/app", "v1") is None  # one per node's flight: not reentrant
+    # Per key: another tag, variant or digest is free.
+    assert await b.turn("docker.io", "library/app", f"v1 {OCI}") is not None
+    assert await b.turn("docker.io", "library/app", str(DIGEST)) is not None
+    assert 0 < _ttl(server, turn_key("docker.io", "library/app", "v1")) <= TURN_TTL
+    # What is shared before the end lands before it.
+    a.put_manifest(DIGEST, OCI, BODY)
+    end()
+    later = await b.turn("docker.io", "library/app", "v1")
+    assert later is not None
+    assert await b.manifest(DIGEST) == (OCI, BODY)
+    # An old turn's end does not end a later one.
+    end()
     await _settle()
-    server.command("EXPIRE", manifest_key(DIGEST), "100")
-    # A second copy is not sent again: the first one's TTL is renewed.
-    shared.put_manifest(DIGEST, "application/other", BODY)
+    assert await a.turn("docker.io", "library/app", "v1") is None
+    later()
     await _settle()
-    assert await shared.manifest(DIGEST) == (OCI, BODY)
-    assert _ttl(server, manifest_key(DIGEST)) > 100
+    assert await a.turn("docker.io", "library/app", "v1") is not None
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_manifest_over_the_limit_is_not_shared(server: RedisServer, client: Redis) -> None:
-    shared = RedisManifests(client, lambda: True)
+    shared = RedisManifests(client, lambda: True, "a")
     big = b" " * (MAX_MANIFEST_SIZE + 1)
     big_digest = Digest("sha256", hashlib.sha256(big).hexdigest())
     shared.put_manifest(big_digest, OCI, big)
@@ -107,39 +120,47 @@ async def test_a_manifest_over_the_limit_is_not_shared(server: RedisServer, clie
 @pytest_twisted.ensureDeferred
 async def test_a_tag_entry_that_is_not_one_is_unknown(server: RedisServer, client: Redis, value: str) -> None:
     server.command("SET", tag_key("docker.io", "library/app", "v1"), value)
-    assert await RedisManifests(client, lambda: True).tag("docker.io", "library/app", "v1") is None
+    assert await RedisManifests(client, lambda: True, "a").tag("docker.io", "library/app", "v1") is None
 
 
 @pytest.mark.parametrize("value", ["not json", '{"media_type": "x"}', '{"media_type": "x", "body": "!!"}'])
 @pytest_twisted.ensureDeferred
 async def test_a_manifest_entry_that_is_not_one_is_unknown(server: RedisServer, client: Redis, value: str) -> None:
     server.command("SET", manifest_key(DIGEST), value)
-    assert await RedisManifests(client, lambda: True).manifest(DIGEST) is None
+    assert await RedisManifests(client, lambda: True, "a").manifest(DIGEST) is None
 
 
 @pytest_twisted.ensureDeferred
 async def test_while_redis_is_down_nothing_is_asked_nor_written(server: RedisServer, client: Redis) -> None:
-    down = RedisManifests(client, lambda: False)
+    down = RedisManifests(client, lambda: False, "a")
     down.put_tag("docker.io", "library/app", "v1", SharedTag(DIGEST, OCI, 1.0), ttl=60.0)
     down.put_manifest(DIGEST, OCI, BODY)
     await _settle()
     assert server.command("DBSIZE") == b":0\r\n"
-    RedisManifests(client, lambda: True).put_manifest(DIGEST, OCI, BODY)
+    RedisManifests(client, lambda: True, "a").put_manifest(DIGEST, OCI, BODY)
     await _settle()
     assert await down.manifest(DIGEST) is None
     assert await down.tag("docker.io", "library/app", "v1") is None
+    # Alone, every turn is this node's, and ends as nothing.
+    end = await down.turn("docker.io", "library/app", "v1")
+    assert end is not None and (await down.turn("docker.io", "library/app", "v1")) is not None
+    end()
+    assert server.command("DBSIZE") == b":1\r\n"
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_redis_that_is_gone_answers_unknown_within_the_timeout(server: RedisServer, client: Redis) -> None:
-    shared = RedisManifests(client, lambda: True)  # the heartbeat has not noticed yet
+    shared = RedisManifests(client, lambda: True, "a")  # the heartbeat has not noticed yet
     shared.put_manifest(DIGEST, OCI, BODY)
     await _settle()
     server.stop()
     started = reactor.seconds()
     assert await shared.tag("docker.io", "library/app", "v1") is None
     assert await shared.manifest(DIGEST) is None
-    assert reactor.seconds() - started < 2 * 1.0 + 1.0
+    end = await shared.turn("docker.io", "library/app", "v1")
+    assert end is not None
+    end()
+    assert reactor.seconds() - started < 3 * 1.0 + 1.0
     # Dropped, not raised (an unhandled error would fail the test).
     shared.put_tag("docker.io", "library/app", "v1", SharedTag(DIGEST, OCI, 1.0), ttl=60.0)
     shared.put_manifest(DIGEST, OCI, BODY)

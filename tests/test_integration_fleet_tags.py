@@ -9,8 +9,10 @@ passed, one revalidation HEAD; with Redis gone every node still serves it.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -70,6 +72,38 @@ def test_three_nodes_one_manifest_get_and_one_revalidation_head(
         hop.wait_idle()
     assert _tag_requests(hop, image, "HEAD") == 1, hop.summary()
     assert hop.count("GET") == 0, hop.summary()
+
+
+def test_nodes_asked_at_the_same_instant_cost_one_get_then_one_head(
+    daemon_factory: Callable[..., Daemon], redis: RedisServer, hop: Hop, tmp_path: Path,  # noqa: F811
+    ocitest_images: dict[str, Image],
+) -> None:
+    image = ocitest_images["oci"]
+    daemons = _fleet(daemon_factory, redis, tmp_path, 3, tag_ttl=f"{TTL:g}s")
+    clients = 4 * len(daemons)
+
+    def burst() -> None:
+        # Each upstream request takes a second: every node is asked while
+        # the first one's is in flight.
+        hop.delay = 1.0
+        start = threading.Barrier(clients)
+
+        def client(node: int) -> tuple[int, dict[str, str], bytes]:
+            start.wait()
+            return _manifest(daemons[node], image.repo, image.reference)
+
+        with ThreadPoolExecutor(clients) as pool:
+            answers = list(pool.map(client, [n % len(daemons) for n in range(clients)]))
+        hop.wait_idle()
+        for answer in answers:
+            _assert_manifest(answer, image)
+
+    burst()
+    assert (_tag_requests(hop, image, "GET"), _tag_requests(hop, image, "HEAD")) == (1, 0), hop.summary()
+    time.sleep(TTL * 1.3)
+    hop.reset()
+    burst()
+    assert (_tag_requests(hop, image, "GET"), _tag_requests(hop, image, "HEAD")) == (0, 1), hop.summary()
 
 
 def test_with_redis_stopped_every_node_still_serves_tags(

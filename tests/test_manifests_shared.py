@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
@@ -21,10 +21,13 @@ from typing import cast
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.task import deferLater
 from twisted.python.threadpool import ThreadPool
 from twisted.web.http_headers import Headers
 
+from ocicache._cache import _manifests
 from ocicache._cache._access import RepoAccess
 from ocicache._cache._errors import ManifestUnknown
 from ocicache._cache._manifests import ManifestLookup, ManifestService, SharedTag
@@ -97,6 +100,10 @@ class _Shared:
         self.tags: dict[tuple[str, str, str], SharedTag] = {}
         self.manifests: dict[Digest, tuple[str, bytes]] = {}
         self.ttls: list[float] = []
+        self.busy: set[str] = set()
+        """Keys another node has the turn of."""
+        self.turns: list[str] = []
+        self.ended: list[str] = []
 
     async def tag(self, upstream: str, repo: str, key: str) -> SharedTag | None:
         return self.tags.get((upstream, repo, key))
@@ -110,6 +117,12 @@ class _Shared:
 
     def put_manifest(self, digest: Digest, media_type: str, body: bytes) -> None:
         self.manifests[digest] = (media_type, body)
+
+    async def turn(self, upstream: str, repo: str, key: str) -> Callable[[], None] | None:
+        if key in self.busy:
+            return None
+        self.turns.append(key)
+        return lambda: self.ended.append(key)
 
 
 class _Fleet:
@@ -284,3 +297,59 @@ async def test_a_failing_upstream_still_serves_stale(fleet: _Fleet) -> None:
     fleet.upstream.down = True
     _assert(await fleet.lookup(1, "v1"), body, CacheResult.STALE)
     assert fleet.upstream.asked == [("GET", "v1"), ("HEAD", "v1")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_asked_while_another_asks_the_upstream_waits_for_its_answer(fleet: _Fleet) -> None:
+    body = _body("one")
+    fleet.upstream.tag("v1", body)
+    fleet.shared.busy.add("v1")  # another node is fetching it
+    waiting = Deferred.fromCoroutine(fleet.lookup(1, "v1"))
+    await deferLater(reactor, 0.3, lambda: None)
+    assert not waiting.called and fleet.upstream.asked == []
+    # The other node's answer lands.
+    fleet.shared.manifests[_digest(body)] = (OCI, body)
+    fleet.shared.tags[("docker.io", REPO, "v1")] = SharedTag(_digest(body), OCI, time.time())
+    fleet.shared.busy.clear()
+    _assert(await waiting, body, CacheResult.HIT)
+    assert fleet.upstream.asked == []
+    # A revalidation too.
+    await fleet.expire(1, "v1")
+    fleet.shared.busy.add("v1")
+    waiting = Deferred.fromCoroutine(fleet.lookup(1, "v1"))
+    await deferLater(reactor, 0.3, lambda: None)
+    assert not waiting.called
+    fleet.shared.tags[("docker.io", REPO, "v1")] = SharedTag(_digest(body), OCI, time.time())
+    _assert(await waiting, body, CacheResult.HIT)
+    assert fleet.upstream.asked == []
+    assert fleet.shared.turns == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_turn_ends_once_the_answer_is_shared(fleet: _Fleet) -> None:
+    body = _body("one")
+    fleet.upstream.tag("v1", body)
+    await fleet.lookup(0, "v1")
+    await fleet.lookup(0, _digest(body))
+    await fleet.expire(0, "v1")
+    await fleet.lookup(0, "v1")
+    assert fleet.shared.turns == fleet.shared.ended == ["v1", "v1"]
+    assert [method for method, _ in fleet.upstream.asked] == ["GET", "HEAD"]
+    # A failing upstream ends it too.
+    fleet.upstream.content.clear()
+    with pytest.raises(ManifestUnknown):
+        await fleet.lookup(0, "v2")
+    assert fleet.shared.turns == fleet.shared.ended == ["v1", "v1", "v2"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_that_has_the_turn_too_long_is_not_waited_for(
+        fleet: _Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_manifests, "TURN_WAIT", 0.3)
+    body = _body("one")
+    fleet.upstream.tag("v1", body)
+    fleet.shared.busy.add("v1")
+    started = time.monotonic()
+    _assert(await fleet.lookup(1, "v1"), body, CacheResult.MISS)
+    assert 0.3 <= time.monotonic() - started < 2.0
+    assert fleet.upstream.asked == [("GET", "v1")]

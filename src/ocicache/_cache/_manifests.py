@@ -16,7 +16,10 @@ loop costs one upstream request per negative TTL.
 In a fleet (L{SharedManifests}), a node whose tag is not fresh first asks
 what another node found: a digest checked against the upstream within
 C{tag_ttl} spares it the C{HEAD}, and the manifest's shared bytes (checked
-against the digest) spare it the C{GET}.  Each upstream answer is shared.
+against the digest) spare it the C{GET}.  Each upstream answer is shared,
+and while one node asks the upstream about a tag or digest, the others
+asked for it meanwhile wait for its answer (up to L{TURN_WAIT}) rather
+than asking too.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from attrs import frozen
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from .._spec._closure import image_blobs
@@ -50,6 +54,8 @@ from ._stale import serves_stale
 __all__ = ["MAX_MANIFEST_SIZE", "Manifest", "ManifestService", "SharedManifests", "SharedTag", "variant_key"]
 
 log = Logger()
+
+T = TypeVar("T")
 
 MAX_MANIFEST_SIZE = 4 << 20
 """distribution-spec "Pushing Manifests": registries accept at least 4 MiB."""
@@ -122,6 +128,16 @@ class SharedTag:
     checked_at: float
 
 
+def _no_turn() -> None:
+    """The end of a turn that was never taken (alone, or Redis gone)."""
+
+
+TURN_WAIT = 5.0
+"""Seconds a node waits for another that is asking the upstream about the same tag or digest."""
+
+TURN_POLL = 0.1
+"""Seconds between looks at what the fleet shared, while another node asks the upstream."""
+
 CLOCK_SKEW = 5.0
 """Seconds a shared C{checked_at} may lie ahead of this node's clock and still be believed."""
 
@@ -142,6 +158,15 @@ class SharedManifests(Protocol):
         """The media type and bytes shared under C{digest}, unverified."""
 
     def put_manifest(self, digest: Digest, media_type: str, body: bytes) -> None: ...
+
+    async def turn(self, upstream: str, repo: str, key: str) -> Callable[[], None] | None:
+        """
+        This node's turn to ask the upstream about C{key} (a tag's variant
+        or a digest) now: what ends it, to be called once the answer is
+        shared (the writes before it land first); or C{None} while another
+        node has its turn.  A turn, which ends as nothing, when the shared
+        store cannot be asked.
+        """
 
 
 @frozen
@@ -296,12 +321,24 @@ class ManifestService:
     ) -> Digest | None:
         key = variant_key(tag, accept)
         shared = await self._shared_tag(upstream, repo, key)
+        end = _no_turn
+        if shared is None:
+            shared, end = await self._turn(upstream, repo, key, lambda: self._shared_tag(upstream, repo, key))
         if shared is not None:
             # Another node of the fleet asked the upstream lately.
             if shared.digest == known.digest:
                 await self._put_tag(upstream, repo, key, known.digest, shared.checked_at)
             self._confirmed.put((upstream.name, repo, key), (shared.digest, shared.checked_at))
             return shared.digest
+        try:
+            return await self._head(upstream, repo, tag, accept, known)
+        finally:
+            end()
+
+    async def _head(
+        self, upstream: Upstream, repo: str, tag: str, accept: Sequence[str], known: Manifest
+    ) -> Digest | None:
+        key = variant_key(tag, accept)
         response = await upstream.manifest("HEAD", repo, tag, accept)
         await upstream.discard(response)
         if response.code != 200:
@@ -346,6 +383,30 @@ class ManifestService:
         if key is not None:
             self._shared.put_tag(upstream.name, repo, key,
                                  SharedTag(manifest.digest, manifest.media_type, checked_at), self._tag_ttl(upstream))
+
+    async def _turn(self, upstream: Upstream, repo: str, key: str,
+                    found: Callable[[], Awaitable[T | None]]) -> tuple[T | None, Callable[[], None]]:
+        """
+        Before this node asks the upstream about C{key} (a tag's variant or
+        a digest): if another node of the fleet is asking it now, what that
+        node shared (C{found()}, polled until it is there); else this node's
+        turn to ask, and what ends it (once the answer is shared).  Waits
+        no longer than L{TURN_WAIT}: a node slow to answer costs one more
+        upstream request, never an error.
+        """
+        if self._shared is None:
+            return None, _no_turn
+        deadline = self._reactor.seconds() + TURN_WAIT
+        while True:
+            end = await self._shared.turn(upstream.name, repo, key)
+            if end is not None:
+                return None, end
+            if self._reactor.seconds() >= deadline:
+                return None, _no_turn
+            await deferLater(self._reactor, TURN_POLL, lambda: None)
+            answer = await found()
+            if answer is not None:
+                return answer, _no_turn
 
     async def _shared_tag(self, upstream: Upstream, repo: str, key: str) -> SharedTag | None:
         """The fleet's entry for tag variant C{key}, if a node checked it against the upstream within C{tag_ttl}."""
@@ -436,13 +497,21 @@ class ManifestService:
         found = await self._from_fleet(upstream, repo, reference, accept)
         if found is not None:
             return found, False
-        # Within a download slot, before any blob waiting for one: a pull
-        # needs its manifest first.
-        slot = await self._slots.acquire(upstream.name, Priority.MANIFEST)
+        key = str(reference) if isinstance(reference, Digest) else variant_key(reference, accept)
+        found, end = await self._turn(upstream, repo, key,
+                                      lambda: self._from_fleet(upstream, repo, reference, accept))
+        if found is not None:
+            return found, False
         try:
-            return await self._get(upstream, repo, reference, accept), True
+            # Within a download slot, before any blob waiting for one: a
+            # pull needs its manifest first.
+            slot = await self._slots.acquire(upstream.name, Priority.MANIFEST)
+            try:
+                return await self._get(upstream, repo, reference, accept), True
+            finally:
+                slot.release()
         finally:
-            slot.release()
+            end()
 
     async def _get(
         self, upstream: Upstream, repo: str, reference: Digest | str, accept: Sequence[str]

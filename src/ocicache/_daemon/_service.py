@@ -238,7 +238,7 @@ class OcicacheService(MultiService):
     def _shared_manifests(self) -> RedisManifests | None:
         """In a fleet, tags and manifests are shared through Redis."""
         fleet = self.fleet
-        return None if fleet is None else RedisManifests(fleet.redis, lambda: fleet.up)
+        return None if fleet is None else RedisManifests(fleet.redis, lambda: fleet.up, fleet.node)
 
     # -- warming and pinning ([[warm]], ocicache pin)
 

@@ -9,7 +9,16 @@ pull) per change:
     against the upstream, kept L{TAG_GRACE} seconds past the C{tag_ttl};
   - C{fleet:manifest:<digest>}: the manifest's media type and bytes
     (base64: txredisapi decodes replies as UTF-8, a manifest is bytes),
-    kept L{MANIFEST_TTL} after it was last shared.
+    kept L{MANIFEST_TTL} after it was last shared;
+  - C{fleet:turn:<upstream>/<repo>:<variant key or digest>}: which node
+    is asking the upstream about it right now (C{SET NX}, L{TURN_TTL}),
+    so that nodes asked at the same instant wait for its answer rather
+    than each asking too.  A hint, not a lock: a node that waits too long
+    asks the upstream itself.
+
+The writes of an answer and the end of the turn go, in that order, down
+the one connection (txredisapi's lazy connection has one), so a node that
+sees the turn end finds the answer.
 
 Redis is not trusted with content: the cache checks a shared manifest's
 digest before serving it.  Never in the way: while Redis is gone, a lookup
@@ -43,6 +52,17 @@ TAG_GRACE = 60
 MANIFEST_TTL = 24 * 3600
 """Seconds a shared manifest is kept after a node last shared it."""
 
+TURN_TTL = 10
+"""Seconds a turn outlives a node that died while asking the upstream."""
+
+_END_TURN = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+"""End the turn only if it is still this one (not a later node's, after it expired)."""
+
 
 def tag_key(upstream: str, repo: str, key: str) -> str:
     """Where a tag's variant (L{ocicache._cache._manifests.variant_key}) is shared."""
@@ -51,6 +71,10 @@ def tag_key(upstream: str, repo: str, key: str) -> str:
 
 def manifest_key(digest: Digest) -> str:
     return f"fleet:manifest:{digest}"
+
+
+def turn_key(upstream: str, repo: str, key: str) -> str:
+    return f"fleet:turn:{upstream}/{repo}:{key}"
 
 
 def _parse_tag(value: str | None) -> SharedTag | None:
@@ -76,10 +100,15 @@ def _parse_manifest(value: str | None) -> tuple[str, bytes] | None:
 
 
 class RedisManifests:
-    def __init__(self, redis: Redis, up: Callable[[], bool]) -> None:
-        """@param up: whether Redis answers now (the fleet's heartbeat says)."""
+    def __init__(self, redis: Redis, up: Callable[[], bool], node: str) -> None:
+        """
+        @param up: whether Redis answers now (the fleet's heartbeat says).
+        @param node: this node's name, in the turns it takes.
+        """
         self._redis = redis
         self._up = up
+        self._node = node
+        self._turns = 0
 
     async def tag(self, upstream: str, repo: str, key: str) -> SharedTag | None:
         if not self._up():
@@ -106,15 +135,22 @@ class RedisManifests:
 
     def put_manifest(self, digest: Digest, media_type: str, body: bytes) -> None:
         if len(body) <= MAX_MANIFEST_SIZE and self._up():
-            self._background(self._put_manifest(digest, media_type, body))
+            # One command, sent now: it lands before the end of the turn.
+            value = json.dumps({"media_type": media_type, "body": base64.b64encode(body).decode("ascii")})
+            self._background(self._redis.command("SET", manifest_key(digest), value, "EX", MANIFEST_TTL))
 
-    async def _put_manifest(self, digest: Digest, media_type: str, body: bytes) -> None:
-        # Content-addressed: a copy already there only needs to live on
-        # (and the bytes need not cross the wire again).
-        if await self._redis.command("EXPIRE", manifest_key(digest), MANIFEST_TTL) == 1:
-            return
-        value = json.dumps({"media_type": media_type, "body": base64.b64encode(body).decode("ascii")})
-        await self._redis.command("SET", manifest_key(digest), value, "EX", MANIFEST_TTL)
+    async def turn(self, upstream: str, repo: str, key: str) -> Callable[[], None] | None:
+        if not self._up():
+            return _nothing
+        self._turns += 1
+        where, mine = turn_key(upstream, repo, key), f"{self._node}|{self._turns}"
+        try:
+            taken = await self._redis.command("SET", where, mine, "NX", "EX", TURN_TTL)
+        except RedisUnavailable:
+            return _nothing
+        if taken is None:
+            return None
+        return lambda: self._background(self._redis.script(_END_TURN, [where], [mine]))
 
     def _background(self, work: Coroutine[Any, Any, object]) -> None:
         Deferred.fromCoroutine(self._quietly(work))
@@ -126,3 +162,7 @@ class RedisManifests:
             pass  # kept locally; another node asks the upstream itself
         except Exception:
             log.failure("Could not share a tag or manifest")
+
+
+def _nothing() -> None:
+    """The end of a turn Redis could not be asked for."""
