@@ -438,7 +438,7 @@ class ManifestService:
             log.warn("Ignoring the fleet's copy of manifest {digest}: it is not what the digest names",
                      digest=str(digest))
             return None
-        # A header value, so what a well-formed one may be.
+        # Read as the upstream's Content-Type is: the type, without parameters.
         return Manifest(digest, manifest_media_type(media_type.encode("ascii", "replace"), body), body)
 
     async def _from_fleet(
