@@ -116,12 +116,13 @@ SECRET = "a-fleet-secret-of-some-length"
 def _fleet(daemon_factory: Callable[..., Daemon], redis: RedisServer, tmp_path: Path, count: int,
            ports: list[int] | None = None, peer_urls: dict[int, str] | None = None,
            storage: dict[str, object] | None = None, lock_ttl: str = LOCK_TTL,
-           cache: dict[str, object] | None = None) -> list[Daemon]:
+           cache: dict[str, object] | None = None, **options: object) -> list[Daemon]:
     """
     C{count} nodes; C{ports} are their internal endpoints' (default: free
     ones); C{peer_urls} overrides where the others are told a node is;
     C{storage} is their C{[storage]} table (default: each its own disk);
-    C{cache}, keys of their C{[cache]} table.
+    C{cache}, keys of their C{[cache]} table; C{options} go to the
+    C{daemon_factory} (C{tag_ttl="2s"}).
     """
     secret = tmp_path / "fleet.secret"
     secret.write_text(SECRET + "\n")
@@ -135,7 +136,7 @@ def _fleet(daemon_factory: Callable[..., Daemon], redis: RedisServer, tmp_path: 
         }}
         if storage is not None:
             tables["storage"] = storage
-        nodes.append(daemon_factory(cache_extra=cache, extra_tables=tables))
+        nodes.append(daemon_factory(cache_extra=cache, extra_tables=tables, **options))
     for node in nodes:
         wait_for(_logged(node, "is in the fleet"), 15, what="the node to join the fleet")
     return nodes

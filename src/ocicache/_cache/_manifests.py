@@ -12,6 +12,14 @@ When the upstream fails, the last known manifest is served stale
 with a warning in the log.  An upstream 404 is remembered for a while
 (L{NegativeCache}), so a client asking for a missing tag or digest in a
 loop costs one upstream request per negative TTL.
+
+In a fleet (L{SharedManifests}), a node whose tag is not fresh first asks
+what another node found: a digest checked against the upstream within
+C{tag_ttl} spares it the C{HEAD}, and the manifest's shared bytes (checked
+against the digest) spare it the C{GET}.  Each upstream answer is shared,
+and while one node asks the upstream about a tag or digest, the others
+asked for it meanwhile wait for its answer (up to L{TURN_WAIT}) rather
+than asking too.
 """
 
 from __future__ import annotations
@@ -19,8 +27,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol, TypeVar
 
 from attrs import frozen
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from .._spec._closure import image_blobs
@@ -41,9 +51,11 @@ from ._singleflight import SingleFlight
 from ._slots import DEFAULT_DOWNLOADS, DEFAULT_QUEUE, Priority, Slots
 from ._stale import serves_stale
 
-__all__ = ["MAX_MANIFEST_SIZE", "Manifest", "ManifestService", "variant_key"]
+__all__ = ["MAX_MANIFEST_SIZE", "Manifest", "ManifestService", "SharedManifests", "SharedTag", "variant_key"]
 
 log = Logger()
+
+T = TypeVar("T")
 
 MAX_MANIFEST_SIZE = 4 << 20
 """distribution-spec "Pushing Manifests": registries accept at least 4 MiB."""
@@ -105,6 +117,59 @@ class Manifest:
 
 
 @frozen
+class SharedTag:
+    """
+    What a node of the fleet found a tag's variant resolves to, and when
+    it last checked that against the upstream (seconds since the epoch).
+    """
+
+    digest: Digest
+    media_type: str
+    checked_at: float
+
+
+def _no_turn() -> None:
+    """The end of a turn that was never taken (alone, or Redis gone)."""
+
+
+TURN_WAIT = 5.0
+"""Seconds a node waits for another that is asking the upstream about the same tag or digest."""
+
+TURN_POLL = 0.1
+"""Seconds between looks at what the fleet shared, while another node asks the upstream."""
+
+CLOCK_SKEW = 5.0
+"""Seconds a shared C{checked_at} may lie ahead of this node's clock and still be believed."""
+
+
+class SharedManifests(Protocol):
+    """
+    Tags and manifests shared by a fleet of nodes (L{ocicache._fleet}):
+    one node's upstream C{HEAD} or C{GET} spares the others theirs.  Best
+    effort: a lookup answers C{None} at once when the shared store cannot
+    be asked, and a write may be dropped.  C{key} is a L{variant_key}.
+    """
+
+    async def tag(self, upstream: str, repo: str, key: str) -> SharedTag | None: ...
+
+    def put_tag(self, upstream: str, repo: str, key: str, tag: SharedTag, ttl: float) -> None: ...
+
+    async def manifest(self, digest: Digest) -> tuple[str, bytes] | None:
+        """The media type and bytes shared under C{digest}, unverified."""
+
+    def put_manifest(self, digest: Digest, media_type: str, body: bytes) -> None: ...
+
+    async def turn(self, upstream: str, repo: str, key: str) -> Callable[[], None] | None:
+        """
+        This node's turn to ask the upstream about C{key} (a tag's variant
+        or a digest) now: what ends it, to be called once the answer is
+        shared (the writes before it land first); or C{None} while another
+        node has its turn.  A turn, which ends as nothing, when the shared
+        store cannot be asked.
+        """
+
+
+@frozen
 class ManifestLookup:
     """
     A manifest and how it was found.
@@ -123,8 +188,10 @@ class ManifestService:
         slots: Slots | None = None,
         health: DiskHealth | None = None,
         negative: NegativeCache | None = None,
+        shared: SharedManifests | None = None,
     ) -> None:
         self._disk = disk
+        self._shared = shared
         self._reactor = disk.reactor
         self._store = disk.store
         self._metadata = disk.metadata
@@ -135,7 +202,8 @@ class ManifestService:
         # Content-addressed and verified: a copy never goes stale.
         self._hot: SizedLRU[Digest, Manifest] = SizedLRU(HOT_BYTES, lambda m: len(m.body), HOT_BYTES // 8)
         self._slots = slots if slots is not None else Slots(DEFAULT_DOWNLOADS, DEFAULT_QUEUE)
-        self._flights: SingleFlight[tuple[str, str, str], Manifest] = SingleFlight()
+        # Each flight says whether its manifest came from the upstream.
+        self._flights: SingleFlight[tuple[str, str, str], tuple[Manifest, bool]] = SingleFlight()
         self._revalidations: SingleFlight[tuple[str, str, str], Digest | None] = SingleFlight()
         # What each revalidation just confirmed, set as its flight lands:
         # a client that read the tag's row before then finds it here
@@ -171,8 +239,8 @@ class ManifestService:
         if stored is not None:
             await self._access.check(upstream, repo, digest, self._prove(upstream, repo, digest))
             return ManifestLookup(stored, CacheResult.HIT)
-        manifest, joined = await self._fetch(upstream, repo, digest, accept)
-        return ManifestLookup(manifest, CacheResult.COALESCED if joined else CacheResult.MISS)
+        manifest, result = await self._fetch(upstream, repo, digest, accept)
+        return ManifestLookup(manifest, result)
 
     async def _by_tag(
         self, upstream: Upstream, repo: str, tag: str, accept: Sequence[str]
@@ -191,23 +259,23 @@ class ManifestService:
                 return ManifestLookup(native, CacheResult.HIT)
         stored = await self._stored(Digest.parse(row.digest)) if row is not None else None
         if row is None or stored is None:
-            manifest, joined = await self._fetch(upstream, repo, tag, accept)
-            return ManifestLookup(manifest, CacheResult.COALESCED if joined else CacheResult.MISS)
+            manifest, result = await self._fetch(upstream, repo, tag, accept)
+            return ManifestLookup(manifest, result)
         age = self._reactor.seconds() - row.checked_at
         if age < self._tag_ttl(upstream):
             return ManifestLookup(stored, CacheResult.HIT)
         try:
-            current = await self._revalidated(upstream, repo, tag, accept, stored.digest)
+            current = await self._revalidated(upstream, repo, tag, accept, stored)
         except (UpstreamError, ManifestUnknown) as e:
             return self._stale(upstream, repo, tag, stored, e, age)
         if current == stored.digest:
             return ManifestLookup(stored, CacheResult.HIT)
         # The tag moved: its new manifest, or the old one if that fails.
         try:
-            manifest, joined = await self._fetch(upstream, repo, tag, accept)
+            manifest, result = await self._fetch(upstream, repo, tag, accept)
         except (UpstreamError, ManifestUnknown) as e:
             return self._stale(upstream, repo, tag, stored, e, age)
-        return ManifestLookup(manifest, CacheResult.COALESCED if joined else CacheResult.MISS)
+        return ManifestLookup(manifest, result)
 
     def _stale(self, upstream: Upstream, repo: str, tag: str, stored: Manifest, error: Exception,
                age: float) -> ManifestLookup:
@@ -229,7 +297,7 @@ class ManifestService:
         return await self._stored(Digest.parse(row.digest))
 
     async def _revalidated(
-        self, upstream: Upstream, repo: str, tag: str, accept: Sequence[str], known: Digest
+        self, upstream: Upstream, repo: str, tag: str, accept: Sequence[str], known: Manifest
     ) -> Digest | None:
         """
         The digest the upstream's tag points at now, or C{None} when the
@@ -249,7 +317,26 @@ class ManifestService:
         return await flight
 
     async def _revalidate(
-        self, upstream: Upstream, repo: str, tag: str, accept: Sequence[str], known: Digest
+        self, upstream: Upstream, repo: str, tag: str, accept: Sequence[str], known: Manifest
+    ) -> Digest | None:
+        key = variant_key(tag, accept)
+        shared = await self._shared_tag(upstream, repo, key)
+        end = _no_turn
+        if shared is None:
+            shared, end = await self._turn(upstream, repo, key, lambda: self._shared_tag(upstream, repo, key))
+        if shared is not None:
+            # Another node of the fleet asked the upstream lately.
+            if shared.digest == known.digest:
+                await self._put_tag(upstream, repo, key, known.digest, shared.checked_at)
+            self._confirmed.put((upstream.name, repo, key), (shared.digest, shared.checked_at))
+            return shared.digest
+        try:
+            return await self._head(upstream, repo, tag, accept, known)
+        finally:
+            end()
+
+    async def _head(
+        self, upstream: Upstream, repo: str, tag: str, accept: Sequence[str], known: Manifest
     ) -> Digest | None:
         key = variant_key(tag, accept)
         response = await upstream.manifest("HEAD", repo, tag, accept)
@@ -272,18 +359,126 @@ class ManifestService:
         except ValueError:
             return None
         now = self._reactor.seconds()
-        if current == known:
-            try:
-                await self._metadata.put_tag(upstream.name, repo, key, str(current), now)
-            except MetadataUnavailable as e:
-                self._health.failed(e)
+        if current == known.digest:
+            await self._put_tag(upstream, repo, key, current, now)
+            self._share(upstream, repo, key, known, now)
         if current is not None:
             self._confirmed.put((upstream.name, repo, key), (current, now))
         return current
 
+    async def _put_tag(self, upstream: Upstream, repo: str, key: str, digest: Digest, checked_at: float) -> None:
+        """Note that C{key} was found to resolve to C{digest} at C{checked_at}."""
+        try:
+            await self._metadata.put_tag(upstream.name, repo, key, str(digest), checked_at)
+        except MetadataUnavailable as e:
+            self._health.failed(e)
+
+    # -- the fleet's shared view
+
+    def _share(self, upstream: Upstream, repo: str, key: str | None, manifest: Manifest, checked_at: float) -> None:
+        """Tell the fleet what the upstream just said: C{manifest}, and that tag variant C{key} is it."""
+        if self._shared is None:
+            return
+        self._shared.put_manifest(manifest.digest, manifest.media_type, manifest.body)
+        if key is not None:
+            self._shared.put_tag(upstream.name, repo, key,
+                                 SharedTag(manifest.digest, manifest.media_type, checked_at), self._tag_ttl(upstream))
+
+    async def _turn(self, upstream: Upstream, repo: str, key: str,
+                    found: Callable[[], Awaitable[T | None]]) -> tuple[T | None, Callable[[], None]]:
+        """
+        Before this node asks the upstream about C{key} (a tag's variant or
+        a digest): if another node of the fleet is asking it now, what that
+        node shared (C{found()}, polled until it is there); else this node's
+        turn to ask, and what ends it (once the answer is shared).  Waits
+        no longer than L{TURN_WAIT}: a node slow to answer costs one more
+        upstream request, never an error.
+        """
+        if self._shared is None:
+            return None, _no_turn
+        deadline = self._reactor.seconds() + TURN_WAIT
+        while True:
+            end = await self._shared.turn(upstream.name, repo, key)
+            if end is not None:
+                return None, end
+            if self._reactor.seconds() >= deadline:
+                return None, _no_turn
+            await deferLater(self._reactor, TURN_POLL, lambda: None)
+            answer = await found()
+            if answer is not None:
+                return answer, _no_turn
+
+    async def _shared_tag(self, upstream: Upstream, repo: str, key: str) -> SharedTag | None:
+        """The fleet's entry for tag variant C{key}, if a node checked it against the upstream within C{tag_ttl}."""
+        if self._shared is None:
+            return None
+        shared = await self._shared.tag(upstream.name, repo, key)
+        if shared is None:
+            return None
+        age = self._reactor.seconds() - shared.checked_at
+        return shared if -CLOCK_SKEW <= age < self._tag_ttl(upstream) else None
+
+    async def _shared_manifest(self, digest: Digest) -> Manifest | None:
+        """
+        The manifest C{digest} from this node's store, else from the
+        fleet's shared bytes if they are what C{digest} names.
+        """
+        stored = await self._stored(digest)
+        if stored is not None or self._shared is None:
+            return stored
+        shared = await self._shared.manifest(digest)
+        if shared is None:
+            return None
+        media_type, body = shared
+        # Redis is not trusted with content (distribution-spec "Pulling
+        # manifests": a manifest's digest is that of its exact bytes).
+        hasher = digest.hasher()
+        hasher.update(body)
+        if len(body) > MAX_MANIFEST_SIZE or hasher.hexdigest() != digest.encoded:
+            log.warn("Ignoring the fleet's copy of manifest {digest}: it is not what the digest names",
+                     digest=str(digest))
+            return None
+        # Read as the upstream's Content-Type is: the type, without parameters.
+        return Manifest(digest, manifest_media_type(media_type.encode("ascii", "replace"), body), body)
+
+    async def _from_fleet(
+        self, upstream: Upstream, repo: str, reference: Digest | str, accept: Sequence[str]
+    ) -> Manifest | None:
+        """
+        C{reference}'s manifest as the fleet knows it, kept here too, or
+        C{None} when the upstream must be asked.  A tag: what a node
+        checked within C{tag_ttl}, for this Accept variant (or the tag's
+        own manifest, if this Accept lists its type).  A digest:
+        its shared bytes, once this repository is shown to hold it.
+        """
+        if self._shared is None:
+            return None
+        if isinstance(reference, Digest):
+            manifest = await self._shared_manifest(reference)
+            if manifest is None:
+                return None
+            await self._access.check(upstream, repo, reference, self._prove(upstream, repo, reference))
+            checked_at = None
+        else:
+            key = variant_key(reference, accept)
+            shared = await self._shared_tag(upstream, repo, key)
+            if shared is None and key != reference:
+                # As in _by_tag: the tag's own manifest answers a narrow
+                # Accept that lists its type.
+                shared = await self._shared_tag(upstream, repo, reference)
+            if shared is None or shared.media_type not in accept:
+                return None
+            manifest = await self._shared_manifest(shared.digest)
+            if manifest is None or manifest.media_type not in accept:
+                return None
+            checked_at = shared.checked_at
+        self._hot.put(manifest.digest, manifest)
+        await self._kept(upstream, repo, reference, accept, manifest, checked_at)
+        return manifest
+
     async def _fetch(
         self, upstream: Upstream, repo: str, reference: Digest | str, accept: Sequence[str]
-    ) -> tuple[Manifest, bool]:
+    ) -> tuple[Manifest, CacheResult]:
         # A digest names one content whatever the Accept; a tag's answer
         # differs by it, so clients with different Accept never share one.
         key = str(reference) if isinstance(reference, Digest) else variant_key(reference, accept)
@@ -291,18 +486,32 @@ class ManifestService:
         flight, joined = self._flights.call(
             (upstream.name, repo, key), lambda: self._download(upstream, repo, reference, accept)
         )
-        return await flight, joined
+        manifest, from_upstream = await flight
+        if not from_upstream:
+            return manifest, CacheResult.HIT  # the fleet's: a pull saved
+        return manifest, CacheResult.COALESCED if joined else CacheResult.MISS
 
     async def _download(
         self, upstream: Upstream, repo: str, reference: Digest | str, accept: Sequence[str]
-    ) -> Manifest:
-        # Within a download slot, before any blob waiting for one: a pull
-        # needs its manifest first.
-        slot = await self._slots.acquire(upstream.name, Priority.MANIFEST)
+    ) -> tuple[Manifest, bool]:
+        found = await self._from_fleet(upstream, repo, reference, accept)
+        if found is not None:
+            return found, False
+        key = str(reference) if isinstance(reference, Digest) else variant_key(reference, accept)
+        found, end = await self._turn(upstream, repo, key,
+                                      lambda: self._from_fleet(upstream, repo, reference, accept))
+        if found is not None:
+            return found, False
         try:
-            return await self._get(upstream, repo, reference, accept)
+            # Within a download slot, before any blob waiting for one: a
+            # pull needs its manifest first.
+            slot = await self._slots.acquire(upstream.name, Priority.MANIFEST)
+            try:
+                return await self._get(upstream, repo, reference, accept), True
+            finally:
+                slot.release()
         finally:
-            slot.release()
+            end()
 
     async def _get(
         self, upstream: Upstream, repo: str, reference: Digest | str, accept: Sequence[str]
@@ -341,18 +550,30 @@ class ManifestService:
                 raise DigestMismatch("the upstream's manifest does not match its digest header")
         manifest = Manifest(digest, media_type, body)
         self._hot.put(digest, manifest)
+        now = self._reactor.seconds()
+        self._share(upstream, repo, None if isinstance(reference, Digest) else variant_key(reference, accept),
+                    manifest, now)
+        await self._kept(upstream, repo, reference, accept, manifest, now)
+        return manifest
+
+    async def _kept(self, upstream: Upstream, repo: str, reference: Digest | str, accept: Sequence[str],
+                    manifest: Manifest, checked_at: float | None) -> None:
+        """L{_keep}, a failing cache directory noted rather than raised."""
         try:
-            await self._keep(upstream, repo, reference, accept, manifest)
+            await self._keep(upstream, repo, reference, accept, manifest, checked_at)
         except (OSError, MetadataUnavailable) as e:
             # The cache directory is full, read-only or gone: the client is
             # served all the same, and the next one asks the upstream again.
             self._health.failed(e)
         else:
             self._health.works()
-        return manifest
 
     async def _keep(self, upstream: Upstream, repo: str, reference: Digest | str, accept: Sequence[str],
-                    manifest: Manifest) -> None:
+                    manifest: Manifest, checked_at: float | None) -> None:
+        """
+        Store C{manifest} and what refers to it; a tag's row says it was
+        checked against the upstream at C{checked_at}.
+        """
         digest = manifest.digest
         await self._disk.run(self._store.write_small, Kind.MANIFEST, digest, manifest.body)
         now = self._reactor.seconds()
@@ -366,7 +587,8 @@ class ManifestService:
             await self._metadata.put_manifest_blobs(str(digest), [(str(b.digest), b.size) for b in blobs])
         await self._access.record(upstream, repo, digest)
         if not isinstance(reference, Digest):
-            await self._metadata.put_tag(upstream.name, repo, variant_key(reference, accept), str(digest), now)
+            await self._metadata.put_tag(upstream.name, repo, variant_key(reference, accept), str(digest),
+                                         now if checked_at is None else checked_at)
 
     def _prove(self, upstream: Upstream, repo: str, digest: Digest) -> Callable[[], Awaitable[None]]:
         async def prove() -> None:

@@ -61,6 +61,7 @@ from .._fleet._internal import InternalResource
 from .._fleet._peer import PeerClient
 from .._fleet._proofs import RedisProofs
 from .._fleet._redis import Redis
+from .._fleet._tags import RedisManifests
 from .._identity._authenticator import Authenticator, build_authenticator
 from .._identity._oidc import fetch_with
 from .._ops._config import Config, S3Config, WarmConfig
@@ -184,6 +185,7 @@ class OcicacheService(MultiService):
         self._janitor_timer.setServiceParent(self)
         self.manifests = ManifestService(
             disk, access, self._tag_ttl, slots=slots, health=health, negative=negative,
+            shared=self._shared_manifests(),
         )
         self._wire_warming()
         referrers = ReferrerService(reactor, self.manifests, config.cache.referrers_ttl, disk=disk)
@@ -239,6 +241,11 @@ class OcicacheService(MultiService):
         """In a fleet, access proofs are shared through Redis."""
         fleet = self.fleet
         return None if fleet is None else RedisProofs(fleet.redis, lambda: fleet.up)
+
+    def _shared_manifests(self) -> RedisManifests | None:
+        """In a fleet, tags and manifests are shared through Redis."""
+        fleet = self.fleet
+        return None if fleet is None else RedisManifests(fleet.redis, lambda: fleet.up, fleet.node)
 
     # -- warming and pinning ([[warm]], ocicache pin)
 
