@@ -46,6 +46,7 @@ from ocitest.containerd import Containerd  # noqa: E402
 from ocitest.daemon import Daemon, DaemonPool, default_upstreams  # noqa: E402
 from ocitest.hop import Hop  # noqa: E402
 from ocitest.images import Image, all_images  # noqa: E402
+from ocitest.redis import RedisServer  # noqa: E402
 from ocitest.registry import Registry  # noqa: E402
 
 
@@ -187,6 +188,29 @@ def radosgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Radosgw]:
         yield gateway
     finally:
         gateway.wipe()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Any) -> Iterator[RedisServer]:
+    """A real redis-server of the test's own, on loopback."""
+    server = RedisServer(str(tmp_path / "redis")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[Any]:
+    """The daemon's own Redis client (L{ocicache._fleet._redis.Redis}) on C{redis_server}, commands bounded at 1 s."""
+    import pytest_twisted
+    from twisted.internet import reactor
+
+    from ocicache._fleet._redis import Redis
+
+    client = Redis(reactor, "127.0.0.1", redis_server.port, 0, None, timeout=1.0)
+    yield client
+    pytest_twisted.blockon(client.close())
 
 
 @pytest.fixture

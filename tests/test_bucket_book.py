@@ -8,8 +8,6 @@ read once (objects completed, too), and with Redis gone, no answer at once rathe
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -25,29 +23,17 @@ X, Y, Z = ("sha256:" + c * 64 for c in "abc")
 NOW = float(int(time.time()))
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    redis = RedisServer(str(tmp_path / "redis")).start()
-    try:
-        yield redis
-    finally:
-        redis.stop()
 
 
-@pytest.fixture
-def client(server: RedisServer) -> Iterator[Redis]:
-    redis = Redis(reactor, "127.0.0.1", server.port, 0, None, timeout=1.0)
-    yield redis
-    pytest_twisted.blockon(redis.close())
 
 
-def _book(client: Redis, node: str, up: bool = True) -> RedisBucketBook:
-    return RedisBucketBook(client, reactor, node, lambda: up)
+def _book(redis_client: Redis, node: str, up: bool = True) -> RedisBucketBook:
+    return RedisBucketBook(redis_client, reactor, node, lambda: up)
 
 
 @pytest_twisted.ensureDeferred
-async def test_reads_of_every_node_are_kept_at_their_latest(client: Redis) -> None:
-    a, b = _book(client, "a"), _book(client, "b")
+async def test_reads_of_every_node_are_kept_at_their_latest(redis_client: Redis) -> None:
+    a, b = _book(redis_client, "a"), _book(redis_client, "b")
     first = await a.begin({X: NOW})
     assert first is not None
     await first.end()
@@ -59,30 +45,30 @@ async def test_reads_of_every_node_are_kept_at_their_latest(client: Redis) -> No
 
 
 @pytest_twisted.ensureDeferred
-async def test_one_evictor_at_a_time(server: RedisServer, client: Redis) -> None:
-    a, b = _book(client, "a"), _book(client, "b")
+async def test_one_evictor_at_a_time(redis_server: RedisServer, redis_client: Redis) -> None:
+    a, b = _book(redis_client, "a"), _book(redis_client, "b")
     held = await a.begin({})
     other = await b.begin({})
     assert held is not None and other is not None
     assert held.evictor and not other.evictor
     assert await held.holds() and not await other.holds()
-    fence = int(server.command("GET", EVICTOR).split(b"|")[1].split(b"\r")[0])
+    fence = int(redis_server.command("GET", EVICTOR).split(b"|")[1].split(b"\r")[0])
     await other.end()  # not b's: leaves a's turn alone
     assert await held.holds()
     await held.end()
     later = await b.begin({})
     assert later is not None and later.evictor
-    assert int(server.command("GET", EVICTOR).split(b"|")[1].split(b"\r")[0]) > fence
+    assert int(redis_server.command("GET", EVICTOR).split(b"|")[1].split(b"\r")[0]) > fence
     # Taken over after a stall (the turn expired and a took it): b deletes nothing.
-    server.command("SET", EVICTOR, "a|999999")
+    redis_server.command("SET", EVICTOR, "a|999999")
     assert not await later.holds()
     await later.end()
-    assert server.command("GET", EVICTOR) == b"$8\r\na|999999\r\n"
+    assert redis_server.command("GET", EVICTOR) == b"$8\r\na|999999\r\n"
 
 
 @pytest_twisted.ensureDeferred
-async def test_removals_are_read_once_by_the_other_nodes(server: RedisServer, client: Redis) -> None:
-    a, b = _book(client, "a"), _book(client, "b")
+async def test_removals_are_read_once_by_the_other_nodes(redis_server: RedisServer, redis_client: Redis) -> None:
+    a, b = _book(redis_client, "a"), _book(redis_client, "b")
     start = await b.begin({X: NOW, Y: NOW})
     assert start is not None and list(start.gone) == []
     await start.end()
@@ -98,23 +84,23 @@ async def test_removals_are_read_once_by_the_other_nodes(server: RedisServer, cl
     # A removed object's reads are dropped with it.
     assert await again.last_access([X, Y]) == {Y: NOW}
     await again.end()
-    assert server.command("ZCARD", ACCESS) == b":1\r\n"
+    assert redis_server.command("ZCARD", ACCESS) == b":1\r\n"
 
 
 @pytest_twisted.ensureDeferred
-async def test_with_redis_gone_the_book_answers_nothing(server: RedisServer, client: Redis) -> None:
+async def test_with_redis_gone_the_book_answers_nothing(redis_server: RedisServer, redis_client: Redis) -> None:
     # The fleet's heartbeat found Redis down: not even asked.
-    assert await _book(client, "a", up=False).begin({X: 1.0}) is None
-    book = _book(client, "a")
-    server.stop()
+    assert await _book(redis_client, "a", up=False).begin({X: 1.0}) is None
+    book = _book(redis_client, "a")
+    redis_server.stop()
     # The heartbeat has not noticed yet: the command's timeout bounds it.
     assert await book.begin({X: 1.0}) is None
     await book.removed([X])  # dropped, not raised
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_evictor_trims_reads_older_than_kept(client: Redis) -> None:
-    book = _book(client, "a")
+async def test_the_evictor_trims_reads_older_than_kept(redis_client: Redis) -> None:
+    book = _book(redis_client, "a")
     shared = await book.begin({X: 1.0, Y: NOW})
     assert shared is not None and shared.evictor
     await shared.end()
@@ -125,8 +111,8 @@ async def test_the_evictor_trims_reads_older_than_kept(client: Redis) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_objects_stored_and_removed_are_read_by_the_others_the_later_change_winning(client: Redis) -> None:
-    a, b = _book(client, "a"), _book(client, "b")
+async def test_objects_stored_and_removed_are_read_by_the_others_the_later_change_winning(redis_client: Redis) -> None:
+    a, b = _book(redis_client, "a"), _book(redis_client, "b")
     start = await b.begin({})
     assert start is not None
     await start.end()
@@ -146,8 +132,10 @@ async def test_objects_stored_and_removed_are_read_by_the_others_the_later_chang
 
 
 @pytest_twisted.ensureDeferred
-async def test_every_nodes_protected_blobs_are_kept_each_replaced_whole(server: RedisServer, client: Redis) -> None:
-    a, b = _book(client, "a"), _book(client, "b")
+async def test_every_nodes_protected_blobs_are_kept_each_replaced_whole(
+        redis_server: RedisServer, redis_client: Redis,
+) -> None:
+    a, b = _book(redis_client, "a"), _book(redis_client, "b")
     assert await a.protected() == set()
     for book, keep in ((a, [X, Y]), (b, [Z])):
         shared = await book.begin({}, keep)
@@ -163,6 +151,6 @@ async def test_every_nodes_protected_blobs_are_kept_each_replaced_whole(server: 
     assert shared is not None
     await shared.end()
     assert await b.protected() == {Z}
-    ttl = int(server.command("PTTL", KEEP + "b").strip(b":\r\n"))
+    ttl = int(redis_server.command("PTTL", KEEP + "b").strip(b":\r\n"))
     assert 0 < ttl <= KEEP_TTL * 1000
-    assert await _book(client, "a", up=False).protected() is None
+    assert await _book(redis_client, "a", up=False).protected() is None

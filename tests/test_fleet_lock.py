@@ -7,7 +7,6 @@ within the timeout rather than never.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,20 +24,8 @@ pytestmark = pytest.mark.integration
 DIGEST = Digest.parse("sha256:" + "ab" * 32)
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    redis = RedisServer(str(tmp_path / "redis")).start()
-    try:
-        yield redis
-    finally:
-        redis.stop()
 
 
-@pytest.fixture
-def client(server: RedisServer) -> Iterator[Redis]:
-    redis = Redis(reactor, "127.0.0.1", server.port, 0, None, timeout=1.0)
-    yield redis
-    pytest_twisted.blockon(redis.close())
 
 
 async def _sleep(seconds: float) -> None:
@@ -46,9 +33,9 @@ async def _sleep(seconds: float) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_one_holder_at_a_time_and_fences_grow(server: RedisServer, client: Redis) -> None:
-    a = FillLock(client, reactor, "a", ttl=5.0)
-    b = FillLock(client, reactor, "b", ttl=5.0)
+async def test_one_holder_at_a_time_and_fences_grow(redis_server: RedisServer, redis_client: Redis) -> None:
+    a = FillLock(redis_client, reactor, "a", ttl=5.0)
+    b = FillLock(redis_client, reactor, "b", ttl=5.0)
     first = await a.take(DIGEST)
     assert isinstance(first, Lease)
     held = await b.take(DIGEST)
@@ -59,13 +46,15 @@ async def test_one_holder_at_a_time_and_fences_grow(server: RedisServer, client:
     assert isinstance(second, Lease)
     assert int(second.value.split("|")[1]) > held.fence
     await second.release()
-    assert server.command("EXISTS", f"fleet:lock:{DIGEST}") == b":0\r\n"
+    assert redis_server.command("EXISTS", f"fleet:lock:{DIGEST}") == b":0\r\n"
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_stale_holding_neither_renews_nor_releases_a_later_one(server: RedisServer, client: Redis) -> None:
-    a = FillLock(client, reactor, "a", ttl=1.0)
-    b = FillLock(client, reactor, "b", ttl=5.0)
+async def test_a_stale_holding_neither_renews_nor_releases_a_later_one(
+        redis_server: RedisServer, redis_client: Redis,
+) -> None:
+    a = FillLock(redis_client, reactor, "a", ttl=1.0)
+    b = FillLock(redis_client, reactor, "b", ttl=5.0)
     stale = await a.take(DIGEST)
     assert isinstance(stale, Lease)
     stale._renewal.stop()  # a holder that stalled: its lock expires
@@ -75,35 +64,37 @@ async def test_a_stale_holding_neither_renews_nor_releases_a_later_one(server: R
     await stale._renew()
     assert stale.lost
     await stale.release()
-    assert server.command("GET", f"fleet:lock:{DIGEST}") == f"${len(later.value)}\r\n{later.value}\r\n".encode()
+    assert redis_server.command("GET", f"fleet:lock:{DIGEST}") == f"${len(later.value)}\r\n{later.value}\r\n".encode()
     await later.release()
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_holding_is_renewed_past_its_ttl(server: RedisServer, client: Redis) -> None:
-    lease = await FillLock(client, reactor, "a", ttl=1.0).take(DIGEST)
+async def test_a_holding_is_renewed_past_its_ttl(redis_server: RedisServer, redis_client: Redis) -> None:
+    lease = await FillLock(redis_client, reactor, "a", ttl=1.0).take(DIGEST)
     assert isinstance(lease, Lease)
     await _sleep(2.5)
-    held = await FillLock(client, reactor, "b", ttl=1.0).take(DIGEST)
+    held = await FillLock(redis_client, reactor, "b", ttl=1.0).take(DIGEST)
     assert isinstance(held, Holder) and held.node == "a"
     await lease.release()
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_stopped_redis_is_unavailable_within_the_timeout(server: RedisServer, client: Redis) -> None:
-    assert await client.command("PING") == "PONG"
-    server.stop()
+async def test_a_stopped_redis_is_unavailable_within_the_timeout(
+        redis_server: RedisServer, redis_client: Redis,
+) -> None:
+    assert await redis_client.command("PING") == "PONG"
+    redis_server.stop()
     # Not queued until Redis is back (txredisapi alone would wait forever).
     with pytest.raises(RedisUnavailable) as raised:
-        await client.command("GET", "x")
-    assert str(server.port) in str(raised.value)
+        await redis_client.command("GET", "x")
+    assert str(redis_server.port) in str(raised.value)
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_password_opens_redis_and_a_wrong_one_is_unavailable(tmp_path: Path) -> None:
-    server = RedisServer(str(tmp_path / "redis"), password="right-horse-battery").start()
-    right = Redis(reactor, "127.0.0.1", server.port, 0, "right-horse-battery", timeout=1.0)
-    wrong = Redis(reactor, "127.0.0.1", server.port, 0, "wrong-staple", timeout=1.0)
+    redis_server = RedisServer(str(tmp_path / "redis"), password="right-horse-battery").start()
+    right = Redis(reactor, "127.0.0.1", redis_server.port, 0, "right-horse-battery", timeout=1.0)
+    wrong = Redis(reactor, "127.0.0.1", redis_server.port, 0, "wrong-staple", timeout=1.0)
     try:
         assert await right.command("SET", "k", "v") == "OK"
         with pytest.raises(RedisUnavailable) as raised:
@@ -112,4 +103,4 @@ async def test_a_password_opens_redis_and_a_wrong_one_is_unavailable(tmp_path: P
     finally:
         await right.close()
         await wrong.close()
-        server.stop()
+        redis_server.stop()

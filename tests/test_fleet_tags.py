@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -32,20 +30,8 @@ BODY = b'{"schemaVersion": 2, "x": "\xff\xfe\x00"}'
 DIGEST = Digest("sha256", hashlib.sha256(BODY).hexdigest())
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    redis = RedisServer(str(tmp_path / "redis")).start()
-    try:
-        yield redis
-    finally:
-        redis.stop()
 
 
-@pytest.fixture
-def client(server: RedisServer) -> Iterator[Redis]:
-    redis = Redis(reactor, "127.0.0.1", server.port, 0, None, timeout=1.0)
-    yield redis
-    pytest_twisted.blockon(redis.close())
 
 
 async def _settle() -> None:
@@ -53,13 +39,13 @@ async def _settle() -> None:
     await deferLater(reactor, 0.2, lambda: None)
 
 
-def _ttl(server: RedisServer, key: str) -> int:
-    return int(server.command("TTL", key).strip().lstrip(b":"))
+def _ttl(redis_server: RedisServer, key: str) -> int:
+    return int(redis_server.command("TTL", key).strip().lstrip(b":"))
 
 
 @pytest_twisted.ensureDeferred
-async def test_what_one_node_shares_another_reads(server: RedisServer, client: Redis) -> None:
-    writer, reader = RedisManifests(client, lambda: True, "a"), RedisManifests(client, lambda: True, "a")
+async def test_what_one_node_shares_another_reads(redis_server: RedisServer, redis_client: Redis) -> None:
+    writer, reader = RedisManifests(redis_client, lambda: True, "a"), RedisManifests(redis_client, lambda: True, "a")
     assert await reader.tag("docker.io", "library/app", "v1") is None
     assert await reader.manifest(DIGEST) is None
     tag = SharedTag(DIGEST, OCI, 1_700_000_000.25)
@@ -71,14 +57,14 @@ async def test_what_one_node_shares_another_reads(server: RedisServer, client: R
     # Per upstream, repository and variant.
     assert await reader.tag("docker.io", "library/app", f"v1 {OCI}") is None
     assert await reader.tag("ghcr.io", "library/app", "v1") is None
-    assert 0 < _ttl(server, tag_key("docker.io", "library/app", "v1")) <= 300 + TAG_GRACE
-    assert 300 < _ttl(server, tag_key("docker.io", "library/app", "v1"))
-    assert MANIFEST_TTL - 5 < _ttl(server, manifest_key(DIGEST)) <= MANIFEST_TTL
+    assert 0 < _ttl(redis_server, tag_key("docker.io", "library/app", "v1")) <= 300 + TAG_GRACE
+    assert 300 < _ttl(redis_server, tag_key("docker.io", "library/app", "v1"))
+    assert MANIFEST_TTL - 5 < _ttl(redis_server, manifest_key(DIGEST)) <= MANIFEST_TTL
 
 
 @pytest_twisted.ensureDeferred
-async def test_one_node_at_a_time_has_its_turn(server: RedisServer, client: Redis) -> None:
-    a, b = RedisManifests(client, lambda: True, "a"), RedisManifests(client, lambda: True, "b")
+async def test_one_node_at_a_time_has_its_turn(redis_server: RedisServer, redis_client: Redis) -> None:
+    a, b = RedisManifests(redis_client, lambda: True, "a"), RedisManifests(redis_client, lambda: True, "b")
     end = await a.turn("docker.io", "library/app", "v1")
     assert end is not None
     assert await b.turn("docker.io", "library/app", "v1") is None
@@ -86,7 +72,7 @@ async def test_one_node_at_a_time_has_its_turn(server: RedisServer, client: Redi
     # Per key: another tag, variant or digest is free.
     assert await b.turn("docker.io", "library/app", f"v1 {OCI}") is not None
     assert await b.turn("docker.io", "library/app", str(DIGEST)) is not None
-    assert 0 < _ttl(server, turn_key("docker.io", "library/app", "v1")) <= TURN_TTL
+    assert 0 < _ttl(redis_server, turn_key("docker.io", "library/app", "v1")) <= TURN_TTL
     # What is shared before the end lands before it.
     a.put_manifest(DIGEST, OCI, BODY)
     end()
@@ -103,13 +89,13 @@ async def test_one_node_at_a_time_has_its_turn(server: RedisServer, client: Redi
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_manifest_over_the_limit_is_not_shared(server: RedisServer, client: Redis) -> None:
-    shared = RedisManifests(client, lambda: True, "a")
+async def test_a_manifest_over_the_limit_is_not_shared(redis_server: RedisServer, redis_client: Redis) -> None:
+    shared = RedisManifests(redis_client, lambda: True, "a")
     big = b" " * (MAX_MANIFEST_SIZE + 1)
     big_digest = Digest("sha256", hashlib.sha256(big).hexdigest())
     shared.put_manifest(big_digest, OCI, big)
     await _settle()
-    assert server.command("EXISTS", manifest_key(big_digest)) == b":0\r\n"
+    assert redis_server.command("EXISTS", manifest_key(big_digest)) == b":0\r\n"
 
 
 @pytest.mark.parametrize("value", [
@@ -118,26 +104,30 @@ async def test_a_manifest_over_the_limit_is_not_shared(server: RedisServer, clie
     json.dumps({"digest": str(DIGEST), "media_type": OCI, "checked_at": "NaN"}),
 ])
 @pytest_twisted.ensureDeferred
-async def test_a_tag_entry_that_is_not_one_is_unknown(server: RedisServer, client: Redis, value: str) -> None:
-    server.command("SET", tag_key("docker.io", "library/app", "v1"), value)
-    assert await RedisManifests(client, lambda: True, "a").tag("docker.io", "library/app", "v1") is None
+async def test_a_tag_entry_that_is_not_one_is_unknown(
+        redis_server: RedisServer, redis_client: Redis, value: str,
+) -> None:
+    redis_server.command("SET", tag_key("docker.io", "library/app", "v1"), value)
+    assert await RedisManifests(redis_client, lambda: True, "a").tag("docker.io", "library/app", "v1") is None
 
 
 @pytest.mark.parametrize("value", ["not json", '{"media_type": "x"}', '{"media_type": "x", "body": "!!"}'])
 @pytest_twisted.ensureDeferred
-async def test_a_manifest_entry_that_is_not_one_is_unknown(server: RedisServer, client: Redis, value: str) -> None:
-    server.command("SET", manifest_key(DIGEST), value)
-    assert await RedisManifests(client, lambda: True, "a").manifest(DIGEST) is None
+async def test_a_manifest_entry_that_is_not_one_is_unknown(
+        redis_server: RedisServer, redis_client: Redis, value: str,
+) -> None:
+    redis_server.command("SET", manifest_key(DIGEST), value)
+    assert await RedisManifests(redis_client, lambda: True, "a").manifest(DIGEST) is None
 
 
 @pytest_twisted.ensureDeferred
-async def test_while_redis_is_down_nothing_is_asked_nor_written(server: RedisServer, client: Redis) -> None:
-    down = RedisManifests(client, lambda: False, "a")
+async def test_while_redis_is_down_nothing_is_asked_nor_written(redis_server: RedisServer, redis_client: Redis) -> None:
+    down = RedisManifests(redis_client, lambda: False, "a")
     down.put_tag("docker.io", "library/app", "v1", SharedTag(DIGEST, OCI, 1.0), ttl=60.0)
     down.put_manifest(DIGEST, OCI, BODY)
     await _settle()
-    assert server.command("DBSIZE") == b":0\r\n"
-    RedisManifests(client, lambda: True, "a").put_manifest(DIGEST, OCI, BODY)
+    assert redis_server.command("DBSIZE") == b":0\r\n"
+    RedisManifests(redis_client, lambda: True, "a").put_manifest(DIGEST, OCI, BODY)
     await _settle()
     assert await down.manifest(DIGEST) is None
     assert await down.tag("docker.io", "library/app", "v1") is None
@@ -145,15 +135,17 @@ async def test_while_redis_is_down_nothing_is_asked_nor_written(server: RedisSer
     end = await down.turn("docker.io", "library/app", "v1")
     assert end is not None and (await down.turn("docker.io", "library/app", "v1")) is not None
     end()
-    assert server.command("DBSIZE") == b":1\r\n"
+    assert redis_server.command("DBSIZE") == b":1\r\n"
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_redis_that_is_gone_answers_unknown_within_the_timeout(server: RedisServer, client: Redis) -> None:
-    shared = RedisManifests(client, lambda: True, "a")  # the heartbeat has not noticed yet
+async def test_a_redis_that_is_gone_answers_unknown_within_the_timeout(
+        redis_server: RedisServer, redis_client: Redis,
+) -> None:
+    shared = RedisManifests(redis_client, lambda: True, "a")  # the heartbeat has not noticed yet
     shared.put_manifest(DIGEST, OCI, BODY)
     await _settle()
-    server.stop()
+    redis_server.stop()
     started = reactor.seconds()
     assert await shared.tag("docker.io", "library/app", "v1") is None
     assert await shared.manifest(DIGEST) is None

@@ -14,7 +14,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +35,6 @@ CLIENTS_PER_NODE = 16
 LOCK_TTL = "3s"
 
 
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(str(tmp_path / "redis")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @dataclass
@@ -147,14 +140,14 @@ def _blob_get(hop: Hop, blob: Blob) -> list[float]:
 
 
 def test_three_nodes_one_upstream_get(
-    daemon_factory: Callable[..., Daemon], redis: RedisServer, hop: Hop, tmp_path: Path,
+    daemon_factory: Callable[..., Daemon], redis_server: RedisServer, hop: Hop, tmp_path: Path,
     ocitest_images: dict[str, Image],
 ) -> None:
-    _three_nodes_one_upstream_get(_fleet(daemon_factory, redis, tmp_path, 3), hop, ocitest_images["big256"])
+    _three_nodes_one_upstream_get(_fleet(daemon_factory, redis_server, tmp_path, 3), hop, ocitest_images["big256"])
 
 
 def test_three_nodes_on_one_bucket_one_upstream_get(
-    daemon_factory: Callable[..., Daemon], redis: RedisServer, hop: Hop, tmp_path: Path,
+    daemon_factory: Callable[..., Daemon], redis_server: RedisServer, hop: Hop, tmp_path: Path,
     ocitest_images: dict[str, Image], radosgw: Radosgw, bucket_name: str,
 ) -> None:
     """
@@ -165,7 +158,7 @@ def test_three_nodes_on_one_bucket_one_upstream_get(
     image = ocitest_images["big256"]
     # The default lock TTL: a filler also uploading to S3, with 48 clients
     # on two cores, may renew its lock late.
-    daemons = _fleet(daemon_factory, redis, tmp_path, 3, storage=store.table, lock_ttl="10s")
+    daemons = _fleet(daemon_factory, redis_server, tmp_path, 3, storage=store.table, lock_ttl="10s")
     _three_nodes_one_upstream_get(daemons, hop, image, committed=False)
     blob = image.layers[0]
     wait_for(lambda: store.objects() == [store.key(blob)], 60, what="the blob in the bucket")
@@ -174,7 +167,7 @@ def test_three_nodes_on_one_bucket_one_upstream_get(
 
 
 def test_a_blob_one_node_reads_outlives_another_nodes_blob_ttl(
-    daemon_factory: Callable[..., Daemon], redis: RedisServer, hop: Hop, tmp_path: Path,
+    daemon_factory: Callable[..., Daemon], redis_server: RedisServer, hop: Hop, tmp_path: Path,
     ocitest_images: dict[str, Image], radosgw: Radosgw, bucket_name: str,
 ) -> None:
     """
@@ -186,7 +179,7 @@ def test_a_blob_one_node_reads_outlives_another_nodes_blob_ttl(
     store = Store(radosgw, bucket_name, str(tmp_path / "keys"))
     image = ocitest_images["oci"]
     blob = max(image.layers, key=lambda b: b.size)
-    a, b = _fleet(daemon_factory, redis, tmp_path, 2, storage=store.table,
+    a, b = _fleet(daemon_factory, redis_server, tmp_path, 2, storage=store.table,
                   cache={"janitor_interval": "1s", "blob_ttl": "4s"})
     assert _pull(a, 0, image.repo, blob).sha256 == blob.hex
     wait_for(lambda: store.objects() == [store.key(blob)], 30, what="the blob in the bucket")
@@ -202,7 +195,7 @@ def test_a_blob_one_node_reads_outlives_another_nodes_blob_ttl(
 
 
 def test_with_redis_stopped_each_node_expires_on_its_own_reads(
-    daemon_factory: Callable[..., Daemon], redis: RedisServer, hop: Hop, tmp_path: Path,
+    daemon_factory: Callable[..., Daemon], redis_server: RedisServer, hop: Hop, tmp_path: Path,
     ocitest_images: dict[str, Image], radosgw: Radosgw, bucket_name: str,
 ) -> None:
     """
@@ -215,11 +208,11 @@ def test_with_redis_stopped_each_node_expires_on_its_own_reads(
     store = Store(radosgw, bucket_name, str(tmp_path / "keys"))
     image = ocitest_images["oci"]
     blob = max(image.layers, key=lambda b: b.size)
-    a, b = _fleet(daemon_factory, redis, tmp_path, 2, storage=store.table,
+    a, b = _fleet(daemon_factory, redis_server, tmp_path, 2, storage=store.table,
                   cache={"janitor_interval": "1s", "blob_ttl": "3s"})
     assert _pull(a, 0, image.repo, blob).sha256 == blob.hex
     wait_for(lambda: store.objects() == [store.key(blob)], 30, what="the blob in the bucket")
-    redis.stop()
+    redis_server.stop()
     for daemon in (a, b):
         wait_for(_logged(daemon, "falling back to local singleflight"), 20, what="the fallback to be logged")
     reads_until = time.monotonic() + 30
@@ -260,17 +253,17 @@ def _three_nodes_one_upstream_get(daemons: list[Daemon], hop: Hop, image: Image,
 
 
 def test_a_blob_one_node_stored_spares_the_others_the_upstream(
-    daemon_factory: Callable[..., Daemon], redis: RedisServer, hop: Hop, tmp_path: Path,
+    daemon_factory: Callable[..., Daemon], redis_server: RedisServer, hop: Hop, tmp_path: Path,
     ocitest_images: dict[str, Image],
 ) -> None:
     image = ocitest_images["big1"]
     blob = image.layers[0]
-    daemons = _fleet(daemon_factory, redis, tmp_path, 3)
+    daemons = _fleet(daemon_factory, redis_server, tmp_path, 3)
     first = _pull(daemons[0], 0, image.repo, blob)
     wait_for(_committed(daemons[0], blob), 20, what="the commit")
     # The lock released, and node0 recorded as holding the blob.
-    wait_for(lambda: redis.command("EXISTS", f"fleet:lock:{blob.digest}") == b":0\r\n"
-             and redis.command("SISMEMBER", f"fleet:have:{blob.digest}", "node0") == b":1\r\n",
+    wait_for(lambda: redis_server.command("EXISTS", f"fleet:lock:{blob.digest}") == b":0\r\n"
+             and redis_server.command("SISMEMBER", f"fleet:have:{blob.digest}", "node0") == b":1\r\n",
              10, what="node0's holding in Redis")
     second = _pull(daemons[1], 1, image.repo, blob)
     assert (first.sha256, second.sha256) == (blob.hex, blob.hex)
@@ -289,13 +282,13 @@ def test_a_blob_one_node_stored_spares_the_others_the_upstream(
 
 
 def test_the_internal_endpoint_wants_the_secret_and_serves_ranges(
-    daemon_factory: Callable[..., Daemon], redis: RedisServer, hop: Hop, tmp_path: Path,
+    daemon_factory: Callable[..., Daemon], redis_server: RedisServer, hop: Hop, tmp_path: Path,
     ocitest_images: dict[str, Image],
 ) -> None:
     image = ocitest_images["big1"]
     blob = image.layers[0]
     port = free_port()
-    (daemon,) = _fleet(daemon_factory, redis, tmp_path, 1, ports=[port])
+    (daemon,) = _fleet(daemon_factory, redis_server, tmp_path, 1, ports=[port])
     assert _pull(daemon, 0, image.repo, blob).sha256 == blob.hex
     wait_for(_committed(daemon, blob), 20, what="the commit")
     internal = f"http://127.0.0.1:{port}/blobs/{blob.digest}"
@@ -312,12 +305,12 @@ def test_the_internal_endpoint_wants_the_secret_and_serves_ranges(
 
 
 def test_filler_killed_mid_download(
-    daemon_factory: Callable[..., Daemon], redis: RedisServer, hop: Hop, tmp_path: Path,
+    daemon_factory: Callable[..., Daemon], redis_server: RedisServer, hop: Hop, tmp_path: Path,
     ocitest_images: dict[str, Image],
 ) -> None:
     image = ocitest_images["big64"]
     blob = image.layers[0]
-    daemons = _fleet(daemon_factory, redis, tmp_path, 3)
+    daemons = _fleet(daemon_factory, redis_server, tmp_path, 3)
     hop.throttle = 8 << 20  # 8 s for the blob
     with ThreadPoolExecutor(12) as pool:
         first = [pool.submit(_pull_until_right, daemons, 0, image.repo, blob) for _ in range(4)]
@@ -344,15 +337,53 @@ def test_filler_killed_mid_download(
         assert os.listdir(os.path.join(daemon.cache_dir, "tmp")) == []
 
 
+def test_filler_killed_mid_download_on_one_bucket(
+    daemon_factory: Callable[..., Daemon], redis_server: RedisServer, hop: Hop, tmp_path: Path,
+    ocitest_images: dict[str, Image], radosgw: Radosgw, bucket_name: str,
+) -> None:
+    """
+    The issue's kill -9 on the fleet's bucket: the filler dies with parts
+    of its multipart upload sent; another node takes over, the bucket ends
+    with the whole verified object and nothing partial, the janitor aborts
+    the dead node's upload, and every retrying client gets the right bytes.
+    """
+    store = Store(radosgw, bucket_name, str(tmp_path / "keys"))
+    image = ocitest_images["big64"]
+    blob = image.layers[0]
+    table = {**store.table, "abandon_uploads_after": "2s"}
+    daemons = _fleet(daemon_factory, redis_server, tmp_path, 3, storage=table, cache={"janitor_interval": "1s"})
+    hop.throttle = 8 << 20  # 8 s for the blob
+    with ThreadPoolExecutor(8) as pool:
+        first = [pool.submit(_pull_until_right, daemons, 0, image.repo, blob) for _ in range(2)]
+        # Past the first 5 MiB part: the dead node leaves an upload behind.
+        wait_for(lambda: hop.bytes_sent_for(blob.digest) > 12 << 20, 30, what="node0 to be filling")
+        others = [pool.submit(_pull_until_right, daemons, node, image.repo, blob)
+                  for node in (1, 2) for _ in range(3)]
+        wait_for(lambda: store.uploads() != [], 30, what="node0's upload to have begun")
+        filler = daemons[0].proc
+        assert filler is not None
+        filler.kill()  # SIGKILL: no abort of its upload, its lock left to expire
+        daemons[0].stop()
+        hop.throttle = None
+        pulls = [future.result() for future in [*first, *others]]
+    hop.wait_idle()
+    assert [(p.status, p.length, p.sha256) for p in pulls] == [(200, blob.size, blob.hex)] * len(pulls)
+    assert hop.count("GET", blob.digest) == 2, hop.summary()
+    wait_for(lambda: store.objects() == [store.key(blob)], 60, what="the taken-over blob in the bucket")
+    assert store.sha256(store.key(blob)) == blob.digest
+    wait_for(lambda: store.uploads() == [], 60, what="the dead node's upload aborted by a janitor")
+    assert store.objects() == [store.key(blob)]
+
+
 def test_an_unreachable_holder_is_given_up_on(
-    daemon_factory: Callable[..., Daemon], redis: RedisServer, hop: Hop, tmp_path: Path,
+    daemon_factory: Callable[..., Daemon], redis_server: RedisServer, hop: Hop, tmp_path: Path,
     ocitest_images: dict[str, Image],
 ) -> None:
     image = ocitest_images["big64"]
     blob = image.layers[0]
     # node0 tells the fleet a wrong address: it fills, renews its lock, and
     # nobody can reach it (a partition).
-    daemons = _fleet(daemon_factory, redis, tmp_path, 2, peer_urls={0: f"http://127.0.0.1:{free_port()}"})
+    daemons = _fleet(daemon_factory, redis_server, tmp_path, 2, peer_urls={0: f"http://127.0.0.1:{free_port()}"})
     hop.throttle = 4 << 20  # 16 s: node1 gives up on node0 (after twice the lock TTL) long before
     with ThreadPoolExecutor(2) as pool:
         filling = pool.submit(_pull, daemons[0], 0, image.repo, blob)
@@ -366,13 +397,13 @@ def test_an_unreachable_holder_is_given_up_on(
 
 
 def test_redis_stopped_falls_back_to_local_singleflight(
-    daemon_factory: Callable[..., Daemon], redis: RedisServer, hop: Hop, tmp_path: Path,
+    daemon_factory: Callable[..., Daemon], redis_server: RedisServer, hop: Hop, tmp_path: Path,
     ocitest_images: dict[str, Image],
 ) -> None:
     image = ocitest_images["oci"]
     alone, back = image.layers[0], image.layers[1]
-    daemons = _fleet(daemon_factory, redis, tmp_path, 2)
-    redis.stop()
+    daemons = _fleet(daemon_factory, redis_server, tmp_path, 2)
+    redis_server.stop()
     for daemon in daemons:
         wait_for(_logged(daemon, "falling back to local singleflight"), 20,
                  what="the fallback to be logged")
@@ -387,7 +418,7 @@ def test_redis_stopped_falls_back_to_local_singleflight(
     assert [(p.status, p.sha256) for p in pulls] == [(200, alone.hex)] * len(pulls)
     assert hop.count("GET", alone.digest) == 2  # one per node: each node's own singleflight
 
-    redis.start()
+    redis_server.start()
     for daemon in daemons:
         wait_for(_logged(daemon, "resumes fleet mode"), 40, what="fleet mode again")
     pulls = pull_everywhere(back)

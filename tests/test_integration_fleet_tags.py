@@ -22,7 +22,7 @@ from ocitest.daemon import Daemon
 from ocitest.hop import Hop
 from ocitest.images import MEDIA, Image
 from ocitest.redis import RedisServer
-from test_integration_fleet import _fleet, _logged, redis  # noqa: F401  (redis: the fixture)
+from test_integration_fleet import _fleet, _logged
 
 pytestmark = [pytest.mark.integration, pytest.mark.fleet]
 
@@ -49,12 +49,12 @@ def _tag_requests(hop: Hop, image: Image, method: str) -> int:
 
 
 def test_three_nodes_one_manifest_get_and_one_revalidation_head(
-    daemon_factory: Callable[..., Daemon], redis: RedisServer, hop: Hop, tmp_path: Path,  # noqa: F811
+    daemon_factory: Callable[..., Daemon], redis_server: RedisServer, hop: Hop, tmp_path: Path,
     ocitest_images: dict[str, Image],
 ) -> None:
     image = ocitest_images["index"]
     child = image.children[0]
-    daemons = _fleet(daemon_factory, redis, tmp_path, 3, tag_ttl=f"{TTL:g}s")
+    daemons = _fleet(daemon_factory, redis_server, tmp_path, 3, tag_ttl=f"{TTL:g}s")
     # A pull: the tag (an index), then one platform's manifest by digest.
     for daemon in daemons:
         _assert_manifest(_manifest(daemon, image.repo, image.reference), image)
@@ -76,11 +76,11 @@ def test_three_nodes_one_manifest_get_and_one_revalidation_head(
 
 
 def test_nodes_asked_at_the_same_instant_cost_one_get_then_one_head(
-    daemon_factory: Callable[..., Daemon], redis: RedisServer, hop: Hop, tmp_path: Path,  # noqa: F811
+    daemon_factory: Callable[..., Daemon], redis_server: RedisServer, hop: Hop, tmp_path: Path,
     ocitest_images: dict[str, Image],
 ) -> None:
     image = ocitest_images["oci"]
-    daemons = _fleet(daemon_factory, redis, tmp_path, 3, tag_ttl=f"{TTL:g}s")
+    daemons = _fleet(daemon_factory, redis_server, tmp_path, 3, tag_ttl=f"{TTL:g}s")
     clients = 4 * len(daemons)
 
     def burst() -> None:
@@ -108,13 +108,13 @@ def test_nodes_asked_at_the_same_instant_cost_one_get_then_one_head(
 
 
 def test_with_redis_stopped_every_node_still_serves_tags(
-    daemon_factory: Callable[..., Daemon], redis: RedisServer, hop: Hop, tmp_path: Path,  # noqa: F811
+    daemon_factory: Callable[..., Daemon], redis_server: RedisServer, hop: Hop, tmp_path: Path,
     ocitest_images: dict[str, Image],
 ) -> None:
     image = ocitest_images["oci"]
-    daemons = _fleet(daemon_factory, redis, tmp_path, 2, tag_ttl=f"{TTL:g}s")
+    daemons = _fleet(daemon_factory, redis_server, tmp_path, 2, tag_ttl=f"{TTL:g}s")
     _assert_manifest(_manifest(daemons[0], image.repo, image.reference), image)
-    redis.stop()
+    redis_server.stop()
     for daemon in daemons:
         wait_for(_logged(daemon, "falling back to local singleflight"), 20, what="the fallback to be logged")
     hop.reset()
