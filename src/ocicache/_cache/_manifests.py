@@ -51,7 +51,7 @@ from ._singleflight import SingleFlight
 from ._slots import DEFAULT_DOWNLOADS, DEFAULT_QUEUE, Priority, Slots
 from ._stale import serves_stale
 
-__all__ = ["MAX_MANIFEST_SIZE", "Manifest", "ManifestService", "SharedManifests", "SharedTag", "variant_key"]
+__all__ = ["MAX_MANIFEST_SIZE", "Manifest", "ManifestService", "SharedManifests", "SharedTag", "no_turn", "variant_key"]
 
 log = Logger()
 
@@ -128,8 +128,8 @@ class SharedTag:
     checked_at: float
 
 
-def _no_turn() -> None:
-    """The end of a turn that was never taken (alone, or Redis gone)."""
+def no_turn() -> None:
+    """The end of a turn that was never taken (alone, or the shared store gone)."""
 
 
 TURN_WAIT = 5.0
@@ -321,7 +321,7 @@ class ManifestService:
     ) -> Digest | None:
         key = variant_key(tag, accept)
         shared = await self._shared_tag(upstream, repo, key)
-        end = _no_turn
+        end = no_turn
         if shared is None:
             shared, end = await self._turn(upstream, repo, key, lambda: self._shared_tag(upstream, repo, key))
         if shared is not None:
@@ -395,18 +395,18 @@ class ManifestService:
         upstream request, never an error.
         """
         if self._shared is None:
-            return None, _no_turn
+            return None, no_turn
         deadline = self._reactor.seconds() + TURN_WAIT
         while True:
             end = await self._shared.turn(upstream.name, repo, key)
             if end is not None:
                 return None, end
             if self._reactor.seconds() >= deadline:
-                return None, _no_turn
+                return None, no_turn
             await deferLater(self._reactor, TURN_POLL, lambda: None)
             answer = await found()
             if answer is not None:
-                return answer, _no_turn
+                return answer, no_turn
 
     async def _shared_tag(self, upstream: Upstream, repo: str, key: str) -> SharedTag | None:
         """The fleet's entry for tag variant C{key}, if a node checked it against the upstream within C{tag_ttl}."""

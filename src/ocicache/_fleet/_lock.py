@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from .._spec._reference import Digest
 from ._redis import Redis, RedisUnavailable, text
 
-__all__ = ["FillLock", "Holder", "Lease"]
+__all__ = ["COMPARE_AND_DELETE", "FillLock", "Holder", "Lease"]
 
 log = Logger()
 
@@ -35,13 +35,13 @@ return 0
 """
 """Extend the lock only if it is still this holding's."""
 
-_RELEASE = """
+COMPARE_AND_DELETE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
 """
-"""Delete the lock only if it is still this holding's."""
+"""Delete a key only if it still holds this value: a lock, or a turn, only if it is still this holding's."""
 
 
 def _key(digest: Digest) -> str:
@@ -93,7 +93,7 @@ class Lease:
         if self._renewal.running:
             self._renewal.stop()
         try:
-            await self._redis.script(_RELEASE, [self.key], [self.value])
+            await self._redis.script(COMPARE_AND_DELETE, [self.key], [self.value])
         except RedisUnavailable:
             pass  # it expires by itself
 

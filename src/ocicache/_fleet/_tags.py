@@ -38,8 +38,9 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from .._cache._manifests import MAX_MANIFEST_SIZE, SharedTag
+from .._cache._manifests import MAX_MANIFEST_SIZE, SharedTag, no_turn
 from .._spec._reference import Digest
+from ._lock import COMPARE_AND_DELETE
 from ._redis import Redis, RedisUnavailable, text
 
 __all__ = ["MANIFEST_TTL", "TAG_GRACE", "RedisManifests"]
@@ -54,15 +55,6 @@ MANIFEST_TTL = 24 * 3600
 
 TURN_TTL = 10
 """Seconds a turn outlives a node that died while asking the upstream."""
-
-_END_TURN = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-"""End the turn only if it is still this one (not a later node's, after it expired)."""
-
 
 def tag_key(upstream: str, repo: str, key: str) -> str:
     """Where a tag's variant (L{ocicache._cache._manifests.variant_key}) is shared."""
@@ -141,16 +133,17 @@ class RedisManifests:
 
     async def turn(self, upstream: str, repo: str, key: str) -> Callable[[], None] | None:
         if not self._up():
-            return _nothing
+            return no_turn
         self._turns += 1
         where, mine = turn_key(upstream, repo, key), f"{self._node}|{self._turns}"
         try:
             taken = await self._redis.command("SET", where, mine, "NX", "EX", TURN_TTL)
         except RedisUnavailable:
-            return _nothing
+            return no_turn
         if taken is None:
             return None
-        return lambda: self._background(self._redis.script(_END_TURN, [where], [mine]))
+        # Ended only if it is still this one, not a later node's after it expired.
+        return lambda: self._background(self._redis.script(COMPARE_AND_DELETE, [where], [mine]))
 
     def _background(self, work: Coroutine[Any, Any, object]) -> None:
         Deferred.fromCoroutine(self._quietly(work))
@@ -163,6 +156,3 @@ class RedisManifests:
         except Exception:
             log.failure("Could not share a tag or manifest")
 
-
-def _nothing() -> None:
-    """The end of a turn Redis could not be asked for."""
