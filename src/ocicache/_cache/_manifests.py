@@ -81,6 +81,15 @@ CONFIRMED_ENTRIES = 4096
 """Tag revalidations remembered in memory, most recent first."""
 
 
+def _reference_key(reference: Digest | str, accept: Sequence[str]) -> str:
+    """
+    What a fetch of C{reference} is keyed by (its flight, its turn, its
+    negative entry): a digest names one content whatever the Accept; a
+    tag's answer differs by it (L{variant_key}).
+    """
+    return str(reference) if isinstance(reference, Digest) else variant_key(reference, accept)
+
+
 def _children(body: bytes) -> list[str]:
     """
     The manifests an index or manifest list refers to (image-spec
@@ -432,9 +441,7 @@ class ManifestService:
         media_type, body = shared
         # Redis is not trusted with content (distribution-spec "Pulling
         # manifests": a manifest's digest is that of its exact bytes).
-        hasher = digest.hasher()
-        hasher.update(body)
-        if len(body) > MAX_MANIFEST_SIZE or hasher.hexdigest() != digest.encoded:
+        if len(body) > MAX_MANIFEST_SIZE or not digest.names(body):
             log.warn("Ignoring the fleet's copy of manifest {digest}: it is not what the digest names",
                      digest=str(digest))
             return None
@@ -479,9 +486,8 @@ class ManifestService:
     async def _fetch(
         self, upstream: Upstream, repo: str, reference: Digest | str, accept: Sequence[str]
     ) -> tuple[Manifest, CacheResult]:
-        # A digest names one content whatever the Accept; a tag's answer
-        # differs by it, so clients with different Accept never share one.
-        key = str(reference) if isinstance(reference, Digest) else variant_key(reference, accept)
+        # Clients with different Accept never share a tag's flight.
+        key = _reference_key(reference, accept)
         self._negative.check(_negative_key(upstream, repo, key))
         flight, joined = self._flights.call(
             (upstream.name, repo, key), lambda: self._download(upstream, repo, reference, accept)
@@ -497,7 +503,7 @@ class ManifestService:
         found = await self._from_fleet(upstream, repo, reference, accept)
         if found is not None:
             return found, False
-        key = str(reference) if isinstance(reference, Digest) else variant_key(reference, accept)
+        key = _reference_key(reference, accept)
         found, end = await self._turn(upstream, repo, key,
                                       lambda: self._from_fleet(upstream, repo, reference, accept))
         if found is not None:
@@ -521,7 +527,7 @@ class ManifestService:
             await upstream.discard(response)
             missing = ManifestUnknown(f"manifest {repo}:{reference} is not known to {upstream.name}")
             if response.code == 404:
-                key = str(reference) if isinstance(reference, Digest) else variant_key(reference, accept)
+                key = _reference_key(reference, accept)
                 self._negative.remember(_negative_key(upstream, repo, key), missing,
                                         by_digest=isinstance(reference, Digest))
             raise answer_error(response, missing)
@@ -538,9 +544,7 @@ class ManifestService:
         # the digest of its exact bytes.
         if isinstance(reference, Digest):
             digest = reference
-            hasher = digest.hasher()
-            hasher.update(body)
-            if hasher.hexdigest() != digest.encoded:
+            if not digest.names(body):
                 raise DigestMismatch(f"the upstream's manifest does not match {digest}")
         else:
             digest = Digest("sha256", hashlib.sha256(body).hexdigest())

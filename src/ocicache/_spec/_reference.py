@@ -176,6 +176,15 @@ class Digest:
         """
         return hashlib.new(self.algorithm)
 
+    def names(self, content: bytes) -> bool:
+        """
+        Whether C{content} is what this digest names (distribution-spec
+        "Pulling manifests": a digest is that of the exact bytes).
+        """
+        hasher = self.hasher()
+        hasher.update(content)
+        return hasher.hexdigest() == self.encoded
+
     def __str__(self) -> str:
         return f"{self.algorithm}:{self.encoded}"
 
