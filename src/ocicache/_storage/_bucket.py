@@ -26,7 +26,7 @@ holds, and one evicts at a time.  A single node has none.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Protocol, TypeVar
 
@@ -37,10 +37,11 @@ from twisted.web.iweb import IResponse
 from .._spec._reference import Digest
 from ._capacity import Capacity
 from ._disk import Disk
-from ._metadata import MetadataUnavailable
+from ._metadata import BlobRow, MetadataUnavailable
 from ._s3 import ObjectInfo, S3Client, S3Error, S3Unavailable, Upload
 
-__all__ = ["Bucket", "BucketBook", "BucketHealth", "RETRY_AFTER", "SharedPass"]
+__all__ = ["Bucket", "BucketBook", "BucketHealth", "RETRY_AFTER", "SharedPass", "digests_among", "latest_reads",
+           "local_reads"]
 
 log = Logger()
 
@@ -55,6 +56,25 @@ PRESIGN_EXPIRES = 1200
 
 _ANSWERS = frozenset({"NoSuchKey", "NoSuchUpload"})
 """S3 errors that are answers about one object, not about the store."""
+
+
+def digests_among(texts: Iterable[str]) -> Iterator[Digest]:
+    """The digests among C{texts}: what the fleet's book says is another process's word, checked as any."""
+    for text in texts:
+        try:
+            yield Digest.parse(text)
+        except ValueError:
+            continue
+
+
+def local_reads(rows: Iterable[BlobRow], pending: Mapping[str, tuple[float, int]]) -> dict[str, float]:
+    """Each indexed object's latest read by this node: its row's, or a read not yet written to it."""
+    return {row.digest: max(row.last_access, pending.get(row.digest, (0.0, 0))[0]) for row in rows}
+
+
+def latest_reads(local: Mapping[str, float], fleet: Mapping[str, float]) -> dict[Digest, float]:
+    """Each object's latest read by any node: this node's (L{local_reads}), or the fleet's if later."""
+    return {Digest.parse(digest): max(at, fleet.get(digest, 0.0)) for digest, at in local.items()}
 
 
 class SharedPass(Protocol):
@@ -208,11 +228,7 @@ class Bucket:
         """
         keep = await self.local_protected()
         shared = await self.book.protected() if self.book is not None else None
-        for text in shared or ():
-            try:
-                keep.add(Digest.parse(text))
-            except ValueError:
-                continue
+        keep.update(digests_among(shared or ()))
         return keep
 
     async def _recency(self) -> Mapping[Digest, float] | None:
@@ -228,12 +244,9 @@ class Bucket:
             rows = await self._metadata.blobs(self.capacity.table)
         except MetadataUnavailable:
             return None
-        pending = self.capacity.pending_accesses()
-        local = {row.digest: max(row.last_access, pending.get(row.digest, (0.0, 0))[0]) for row in rows}
+        local = local_reads(rows, self.capacity.pending_accesses())
         fleet = await self.book.last_access(list(local))
-        if fleet is None:
-            return None
-        return {Digest.parse(digest): max(at, fleet.get(digest, 0.0)) for digest, at in local.items()}
+        return None if fleet is None else latest_reads(local, fleet)
 
     def key(self, digest: Digest) -> str:
         # Digest.parse checked the algorithm and the hex: no key can escape the prefix.

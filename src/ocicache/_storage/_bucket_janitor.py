@@ -26,14 +26,14 @@ single node's, as above.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 
 from attrs import define
 from twisted.logger import Logger
 
 from .._spec._reference import Digest
-from ._bucket import Bucket, SharedPass
+from ._bucket import Bucket, SharedPass, digests_among, latest_reads, local_reads
 from ._metadata import Metadata
 
 __all__ = ["BucketJanitor", "BucketReport"]
@@ -138,7 +138,7 @@ class BucketJanitor:
 
     async def _catch_up(self, shared: SharedPass, report: BucketReport) -> None:
         table = self._capacity.table
-        gone = [digest for digest in _digests(shared.gone) if digest in self._capacity.policy]
+        gone = [digest for digest in digests_among(shared.gone) if digest in self._capacity.policy]
         if gone:
             self._capacity.forget(gone)
             await self._metadata.delete_blobs((str(digest) for digest in gone), table=table)
@@ -155,7 +155,7 @@ class BucketJanitor:
         table = self._capacity.table
         now = time.time()
         rows = await self._metadata.blobs(table)
-        read = {row.digest: max(row.last_access, accesses.get(row.digest, (0.0, 0))[0]) for row in rows}
+        read = local_reads(rows, accesses)
         if self._blob_ttl is not None:
             ttl = self._blob_ttl
             # A pinned closure, or an image being pulled, is never expired.
@@ -178,8 +178,7 @@ class BucketJanitor:
             report.evicted, _ = await self._capacity.evict(limit)
         elif await shared.holds():
             # The fleet's recency orders evictions, not this node's queues.
-            order = {Digest.parse(digest): max(at, fleet.get(digest, 0.0)) for digest, at in read.items()}
-            report.evicted, _ = await self._capacity.evict_oldest(limit, order)
+            report.evicted, _ = await self._capacity.evict_oldest(limit, latest_reads(read, fleet))
 
     async def _abort_abandoned(self, before: float) -> int:
         live = self._live_uploads()
@@ -192,19 +191,10 @@ class BucketJanitor:
         return aborted
 
 
-def _digests(texts: Iterable[str]) -> Iterator[Digest]:
-    """The digests among C{texts}: the book is another process's word, checked as any."""
-    for text in texts:
-        try:
-            yield Digest.parse(text)
-        except ValueError:
-            continue
-
-
 def _sized(added: Mapping[str, int]) -> Iterator[tuple[Digest, int]]:
     """The digests among C{added}'s keys, with their sizes."""
     for text, size in added.items():
-        for digest in _digests([text]):
+        for digest in digests_among([text]):
             yield digest, size
 
 
