@@ -132,16 +132,22 @@ def test_readers_get_every_byte_and_nothing_is_committed(
     assert os.listdir(store.tmp_dir) == []
 
 
-def test_the_window_is_bounded_by_the_slowest_reader(
-    tmp_path: Any, full_after: Callable[[int], list[int]],
-) -> None:
+def _paused_by(tmp_path: Any, body: bytes) -> tuple[Download, _Producer]:
+    """A download of C{body} into a fresh store, and the upstream it pauses and resumes."""
     store = Store(str(tmp_path))
     store.prepare()
-    body = _body(3 * HIGH_WATER)
     digest = Digest("sha256", hashlib.sha256(body).hexdigest())
     download = Download(disk_of(_Now(), SyncPool(), store), digest, len(body))
     producer = _Producer()
     download.attach(producer)
+    return download, producer
+
+
+def test_the_window_is_bounded_by_the_slowest_reader(
+    tmp_path: Any, full_after: Callable[[int], list[int]],
+) -> None:
+    body = _body(3 * HIGH_WATER)
+    download, producer = _paused_by(tmp_path, body)
     fast = _Reader(download)
     slow = _Reader(download, eager=False)
     full_after(0)
@@ -175,13 +181,8 @@ def test_readers_caught_up_in_large_turns_resume_the_upstream(
     kept up to a turn in the window, above LOW_WATER, and the download
     stalled with every client waiting.)
     """
-    store = Store(str(tmp_path))
-    store.prepare()
     body = _body(3 * HIGH_WATER)
-    digest = Digest("sha256", hashlib.sha256(body).hexdigest())
-    download = Download(disk_of(_Now(), SyncPool(), store), digest, len(body))
-    producer = _Producer()
-    download.attach(producer)
+    download, producer = _paused_by(tmp_path, body)
     readers = [_Reader(download, eager=False, turn=4 << 20) for _ in range(3)]
     full_after(0)
     offset = 0
