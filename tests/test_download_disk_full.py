@@ -22,8 +22,8 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ocicache._cache._download import Download
-from ocicache._cache._passthrough import HIGH_WATER
+from ocicache._fetch._download import Download
+from ocicache._fetch._passthrough import HIGH_WATER
 from ocicache._spec._reference import Digest
 from ocicache._storage._store import Kind, Store
 from ocitest.fakes import SyncPool, disk_of
@@ -94,7 +94,7 @@ def full_after(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], list[int]]:
             written[0] += count
             return count
 
-        monkeypatch.setattr("ocicache._cache._download.os.write", write)
+        monkeypatch.setattr("ocicache._fetch._download.os.write", write)
         return written
 
     return install

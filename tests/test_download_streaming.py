@@ -1,5 +1,5 @@
 """
-Tests for L{ocicache._cache._download}: the L{Download} that writes and hashes one
+Tests for L{ocicache._fetch._download}: the L{Download} that writes and hashes one
 upstream body, and the L{Streamer}s that send it to many clients.
 
 Everything runs on a L{MemoryReactorClock}: the disk "thread pool" is a
@@ -16,6 +16,7 @@ import hashlib
 import os
 import random
 from collections.abc import Callable
+from functools import partial
 from typing import Any, cast
 
 import pytest
@@ -28,10 +29,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
-from ocicache._cache import _download, _passthrough
-from ocicache._cache._download import Download
-from ocicache._cache._incoming import DownloadError
-from ocicache._cache._source import StoredFile
+from ocicache._fetch import _download, _passthrough
+from ocicache._fetch._download import Download
+from ocicache._fetch._incoming import DownloadError
+from ocicache._fetch._key import Verifier
+from ocicache._fetch._source import StoredFile
 from ocicache._spec._reference import Digest
 from ocicache._storage._store import Kind, Store
 from ocicache._web import _streamer
@@ -785,7 +787,7 @@ def test_commit_declined_by_before_commit_keeps_nothing(clock: Reactor, store: S
         asked.append((d, size))
         return False
 
-    download = Download(disk_of(clock, SyncPool(), store), digest, None, before_commit=no_room)
+    download = Download(disk_of(clock, SyncPool(), store), digest, None, before_commit=partial(no_room, digest))
     seen = outcome(download)
     client = Client(clock)
     client.stream(download, 0, None)
@@ -807,7 +809,7 @@ def test_before_commit_error_keeps_nothing_but_serves(clock: Reactor, store: Sto
     async def broken(d: Digest, size: int) -> bool:
         raise RuntimeError("the metadata database is gone")
 
-    download = Download(disk_of(clock, SyncPool(), store), digest, len(data), before_commit=broken)
+    download = Download(disk_of(clock, SyncPool(), store), digest, len(data), before_commit=partial(broken, digest))
     seen = outcome(download)
     client = Client(clock)
     client.stream(download, 0, len(data), length=len(data))
@@ -857,7 +859,7 @@ def failing_disk(monkeypatch: pytest.MonkeyPatch, from_call: int, chunks_written
     calls: list[int] = []
     real = _download._write_batch
 
-    def write_batch(fd: int, hasher: Any, batch: list[bytes]) -> tuple[int, OSError | None]:
+    def write_batch(fd: int, hasher: Verifier, batch: list[bytes]) -> tuple[int, OSError | None]:
         calls.append(len(batch))
         if len(calls) < from_call:
             return real(fd, hasher, batch)

@@ -11,7 +11,7 @@ import pytest
 from twisted.web.iweb import IRequest
 from twisted.web.test.requesthelper import DummyRequest
 
-from ocicache._cache._slots import Busy
+from ocicache._fetch._slots import Busy
 from ocicache._spec._errors import ErrorCode, RegistryError
 from ocicache._upstream._errors import UpstreamRateLimited
 from ocicache._web._errors import DEFAULT_RETRY_AFTER, registry_error, render_error

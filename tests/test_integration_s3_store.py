@@ -333,3 +333,30 @@ def test_the_keys_can_come_from_a_credential_program(
     with open(runs) as f:
         assert f.read().splitlines()[0] == radosgw.url  # the store's URL on its standard input
     assert radosgw.secret_key not in daemon.log_text()
+
+
+def test_concurrent_cold_gets_cost_each_node_one_upstream_fetch(
+        daemon_factory: Callable[..., Daemon], store: Store, ocitest_images: dict[str, Image], hop: Hop) -> None:
+    """
+    Two nodes on one bucket, no fleet, four concurrent cold GETs per node,
+    over many blobs: each node fetches a digest once, so the upstream
+    sees at most two GETs per blob.  The old lookup could start a second
+    fetch when a client's bucket C{HEAD} came back after another's fetch
+    of the same digest had started (issue 19, item 6).
+    """
+    import concurrent.futures
+
+    nodes = [_node(daemon_factory, store), _node(daemon_factory, store)]
+    blobs = [(image, blob) for name in ("oci", "team", "big1") for image in [ocitest_images[name]]
+             for blob in image.blobs]
+
+    def get(url: str) -> tuple[int, str]:
+        status, _, body = http_request(url, timeout=60)
+        return status, "sha256:" + hashlib.sha256(body).hexdigest()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        for image, blob in blobs:
+            urls = [_url(node, image, blob) for node in nodes for _ in range(4)]
+            answers = list(pool.map(get, urls))
+            assert answers == [(200, blob.digest)] * len(urls)
+            assert _upstream_gets(hop, blob) <= len(nodes), hop.summary()

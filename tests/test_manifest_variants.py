@@ -29,8 +29,8 @@ def test_no_variant_is_another_tag() -> None:
 
 
 def test_hot_manifests_are_bounded_by_bytes() -> None:
-    from ocicache._cache._lru import SizedLRU
     from ocicache._cache._manifests import Manifest
+    from ocicache._fetch._lru import SizedLRU
     from ocicache._spec._reference import Digest
 
     hot: SizedLRU[Digest, Manifest] = SizedLRU(8000, lambda m: len(m.body), 8000 // 8)

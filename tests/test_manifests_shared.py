@@ -31,7 +31,7 @@ from ocicache._cache import _manifests
 from ocicache._cache._access import RepoAccess
 from ocicache._cache._errors import ManifestUnknown
 from ocicache._cache._manifests import ManifestLookup, ManifestService, SharedTag
-from ocicache._cache._result import CacheResult
+from ocicache._fetch._result import CacheResult
 from ocicache._ops._config import StalePolicy
 from ocicache._spec._media_types import MANIFEST_MEDIA_TYPES
 from ocicache._spec._reference import Digest

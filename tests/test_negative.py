@@ -1,5 +1,5 @@
 """
-Tests for L{ocicache._cache._negative.NegativeCache}: upstream 404s
+Tests for L{ocicache._fetch._negative.NegativeCache}: upstream 404s
 remembered for their TTL, per key, within a memory bound.
 """
 
@@ -9,7 +9,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from ocicache._cache._errors import BlobUnknown, ManifestUnknown, RepositoryUnknown
-from ocicache._cache._negative import ENTRY_OVERHEAD, NegativeCache
+from ocicache._fetch._negative import ENTRY_OVERHEAD, NegativeCache
 
 TAG = ("docker.io", "library/alpine", "manifest", "nosuch")
 DIGEST = ("docker.io", "library/alpine", "blob", "sha256:" + "0" * 64)

@@ -21,7 +21,7 @@ from twisted.web.http_headers import Headers
 from ocicache._cache._errors import ManifestUnknown
 from ocicache._cache._manifests import Manifest, ManifestLookup, ManifestService
 from ocicache._cache._referrers import ReferrerService
-from ocicache._cache._result import CacheResult
+from ocicache._fetch._result import CacheResult
 from ocicache._spec._reference import Digest
 from ocicache._spec._referrers import IMAGE_INDEX
 from ocicache._upstream._client import Upstream

@@ -1,5 +1,5 @@
 """
-Unit tests for L{ocicache._cache._replicate}: a download's copy into the S3
+Unit tests for L{ocicache._fetch._replicate}: a download's copy into the S3
 store, on a fake clock and a fake S3 client (the real radosgw runs in
 C{test_integration_s3_store.py}).  Parts go up while the body arrives;
 C{CompleteMultipartUpload} only once the digest and length matched; any
@@ -18,9 +18,9 @@ import pytest
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
-from ocicache._cache._download import Download
-from ocicache._cache._incoming import DownloadError
-from ocicache._cache._replicate import Replicator
+from ocicache._fetch._download import Download
+from ocicache._fetch._incoming import DownloadError
+from ocicache._fetch._replicate import Replicator
 from ocicache._spec._reference import Digest
 from ocicache._storage._bucket import Bucket
 from ocicache._storage._disk import Disk
@@ -104,7 +104,7 @@ class World:
         digest = digest or Digest.parse("sha256:" + hashlib.sha256(data).hexdigest())
         download = Download(self.disk, digest, len(data) if size == -1 else size)
         download.settled.addErrback(lambda failure: None)  # BlobService logs it
-        self.replicator.replicate(download)
+        self.replicator.replicate(download, digest)
         run(self.clock)
         return download
 
@@ -125,11 +125,11 @@ def test_parts_go_up_as_they_arrive_and_the_object_completes_once_verified(clock
     download.finish()
     run(clock)
     assert world.s3.kinds() == ["start", "part", "part", "part", "complete"]
-    assert world.s3.calls[-1] == ("complete", f"p/blobs/sha256/{download.digest.encoded}",
+    assert world.s3.calls[-1] == ("complete", f"p/blobs/sha256/{download.key.encoded}",
                                   ("etag-1", "etag-2", "etag-3"))
     assert b"".join(world.s3.parts[n] for n in (1, 2, 3)) == data
-    assert world.metadata.rows == [(str(download.digest), 2500, "bucket_blobs")]
-    assert download.digest in world.bucket.capacity.policy
+    assert world.metadata.rows == [(str(download.key), 2500, "bucket_blobs")]
+    assert download.key in world.bucket.capacity.policy
     assert not world.replicator.live
 
 
@@ -163,7 +163,7 @@ def test_an_empty_blob_is_put(clock: Reactor, store: Store) -> None:
     download.finish()
     run(clock)
     assert world.s3.kinds() == ["start", "abort", "put"]
-    assert world.metadata.rows == [(str(download.digest), 0, "bucket_blobs")]
+    assert world.metadata.rows == [(str(download.key), 0, "bucket_blobs")]
 
 
 def test_part_uploads_are_bounded_over_all_downloads(clock: Reactor, store: Store) -> None:
@@ -215,4 +215,4 @@ def test_in_a_fleet_a_completed_object_is_told_to_the_book(clock: Reactor, store
     download.finish()
     run(clock)
     assert world.s3.kinds()[-1] == "complete"
-    assert told == [(str(download.digest), 1500)]
+    assert told == [(str(download.key), 1500)]

@@ -20,8 +20,8 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from ocicache._cache._blobs import BlobLookup
-from ocicache._cache._download import Download
-from ocicache._cache._source import StoredFile
+from ocicache._fetch._download import Download
+from ocicache._fetch._source import StoredFile
 from ocicache._ops._config import parse_config
 from ocicache._ops._metrics import Metrics
 from ocicache._spec._errors import RegistryError

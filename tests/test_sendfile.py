@@ -21,9 +21,9 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from ocicache._cache._download import Download
-from ocicache._cache._incoming import DownloadError
-from ocicache._cache._source import StoredFile
+from ocicache._fetch._download import Download
+from ocicache._fetch._incoming import DownloadError
+from ocicache._fetch._source import StoredFile
 from ocicache._spec._reference import Digest
 from ocicache._storage._store import Kind, Store
 from ocicache._web import _sendfile

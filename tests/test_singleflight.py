@@ -1,5 +1,5 @@
 """
-Tests for L{ocicache._cache._singleflight.SingleFlight}.
+Tests for L{ocicache._fetch._singleflight.SingleFlight}.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.python.failure import Failure
 
-from ocicache._cache._singleflight import SingleFlight
+from ocicache._fetch._singleflight import SingleFlight
 
 
 class Work:

@@ -1,5 +1,5 @@
 """
-Tests for L{ocicache._cache._slots}: the bound on concurrent upstream work.
+Tests for L{ocicache._fetch._slots}: the bound on concurrent upstream work.
 """
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet.defer import CancelledError, Deferred
 
-from ocicache._cache._slots import Busy, Priority, Slot, Slots
+from ocicache._fetch._slots import Busy, Priority, Slot, Slots
 
 
 def _slot(d: Deferred[Slot]) -> Slot:

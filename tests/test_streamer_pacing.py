@@ -12,7 +12,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 
-from ocicache._cache._source import StoredFile
+from ocicache._fetch._source import StoredFile
 from ocicache._web._streamer import CHUNK, MIN_CHUNK, Streamer
 
 

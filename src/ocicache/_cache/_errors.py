@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from attrs import frozen
 
+from .._fetch._errors import CacheError
+
 __all__ = [
     "PinRefused",
     "BlobUnknown",
@@ -19,10 +21,6 @@ __all__ = [
     "StoreUnavailable",
     "ManifestTooLarge",
 ]
-
-
-class CacheError(Exception):
-    """The base of the cache's errors; the message is safe to show."""
 
 
 @frozen

@@ -33,6 +33,11 @@ from attrs import frozen
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from .._fetch._lru import SizedLRU
+from .._fetch._negative import NegativeCache, NegativeKey
+from .._fetch._result import CacheResult
+from .._fetch._singleflight import SingleFlight
+from .._fetch._slots import DEFAULT_DOWNLOADS, DEFAULT_QUEUE, Priority, Slots
 from .._spec._closure import image_blobs
 from .._spec._media_types import MANIFEST_MEDIA_TYPES, manifest_media_type
 from .._spec._reference import Digest
@@ -44,11 +49,6 @@ from .._upstream._client import Upstream
 from .._upstream._errors import UpstreamError, answer_error
 from ._access import RepoAccess
 from ._errors import DigestMismatch, ManifestTooLarge, ManifestUnknown
-from ._lru import SizedLRU
-from ._negative import NegativeCache, NegativeKey
-from ._result import CacheResult
-from ._singleflight import SingleFlight
-from ._slots import DEFAULT_DOWNLOADS, DEFAULT_QUEUE, Priority, Slots
 from ._stale import serves_stale
 
 __all__ = ["MAX_MANIFEST_SIZE", "Manifest", "ManifestService", "SharedManifests", "SharedTag", "no_turn", "variant_key"]

@@ -23,6 +23,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IResponse
 
+from .._fetch._lru import SizedLRU
+from .._fetch._result import CacheResult
+from .._fetch._singleflight import SingleFlight
 from .._spec._media_types import MANIFEST_MEDIA_TYPES
 from .._spec._reference import Digest
 from .._spec._referrers import (
@@ -37,10 +40,7 @@ from .._storage._disk import Disk
 from .._upstream._client import Upstream
 from .._upstream._errors import UpstreamRateLimited, UpstreamUnavailable, answer_error
 from ._errors import ManifestUnknown, RepositoryUnknown
-from ._lru import SizedLRU
 from ._manifests import MAX_MANIFEST_SIZE, ManifestService
-from ._result import CacheResult
-from ._singleflight import SingleFlight
 
 __all__ = ["ReferrerService", "ReferrersLookup", "ReferrersPage"]
 

@@ -18,13 +18,13 @@ from attrs import frozen
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from .._fetch._lru import SizedLRU
+from .._fetch._negative import NegativeCache, NegativeKey
+from .._fetch._result import CacheResult
+from .._fetch._singleflight import SingleFlight
 from .._upstream._client import Upstream
 from .._upstream._errors import UpstreamError, UpstreamUnavailable, answer_error
 from ._errors import RepositoryUnknown
-from ._lru import SizedLRU
-from ._negative import NegativeCache, NegativeKey
-from ._result import CacheResult
-from ._singleflight import SingleFlight
 from ._stale import serves_stale
 
 __all__ = ["MAX_TAGS_BODY", "TagLookup", "TagPage", "TagService"]

@@ -22,6 +22,9 @@ from attrs import define, field, frozen
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.logger import Logger
 
+from .._fetch._incoming import DownloadError
+from .._fetch._result import CacheResult
+from .._fetch._source import Source
 from .._spec._closure import INDEX_MEDIA_TYPES, Descriptor, Platform, image_blobs, index_manifests, select_platforms
 from .._spec._media_types import MANIFEST_MEDIA_TYPES
 from .._spec._reference import Digest, ImageReference
@@ -29,10 +32,7 @@ from .._storage._disk import Disk
 from .._upstream._client import Upstream
 from ._blobs import BlobService
 from ._errors import ManifestUnknown, PinRefused, RepositoryUnknown
-from ._incoming import DownloadError
 from ._manifests import Manifest, ManifestService
-from ._result import CacheResult
-from ._source import Source
 
 __all__ = ["BlobOutcome", "WarmReport", "Warmer"]
 

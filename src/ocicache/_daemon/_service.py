@@ -47,14 +47,14 @@ from twisted.web.server import Site
 
 from .._cache._access import RepoAccess
 from .._cache._blobs import BlobService
-from .._cache._incoming import DownloadError
 from .._cache._manifests import ManifestService
-from .._cache._negative import NegativeCache
 from .._cache._referrers import ReferrerService
-from .._cache._replicate import Replicator
-from .._cache._slots import Slots
 from .._cache._tags import TagService
 from .._cache._warm import Warmer, WarmReport
+from .._fetch._incoming import DownloadError
+from .._fetch._negative import NegativeCache
+from .._fetch._replicate import Replicator
+from .._fetch._slots import Slots
 from .._fleet._bucket_book import RedisBucketBook
 from .._fleet._fleet import Fleet
 from .._fleet._internal import InternalResource

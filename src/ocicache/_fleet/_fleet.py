@@ -52,6 +52,7 @@ class _Claim:
         self._digest = digest
         self._lease = lease
         self.peer = peer
+        self.shared = True
 
     def done(self, committed: int | None) -> None:
         self._fleet._done(self._digest, self._lease, committed)
@@ -61,6 +62,7 @@ class _Local:
     """Redis is gone (or not found yet): this node fetches upstream on its own."""
 
     peer = None
+    shared = False
 
     def done(self, committed: int | None) -> None:
         pass

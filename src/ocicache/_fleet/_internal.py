@@ -22,7 +22,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from .._cache._blobs import BlobService
-from .._cache._source import Source, StoredFile
+from .._fetch._source import Source, StoredFile
 from .._spec._errors import ErrorCode, RegistryError
 from .._spec._range import Unsatisfiable, parse_range
 from .._spec._reference import Digest, InvalidReference

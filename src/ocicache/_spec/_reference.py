@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from hashlib import _Hash
 
 __all__ = [
+    "ContentCheck",
     "Digest",
     "InvalidDigest",
     "InvalidName",
@@ -176,6 +177,13 @@ class Digest:
         """
         return hashlib.new(self.algorithm)
 
+    def verifier(self) -> ContentCheck:
+        """
+        The check a body must pass to be this digest's content (the fetch
+        core's verifier): it hashes to it.
+        """
+        return ContentCheck(self, self.hasher())
+
     def names(self, content: bytes) -> bool:
         """
         Whether C{content} is what this digest names (distribution-spec
@@ -187,6 +195,26 @@ class Digest:
 
     def __str__(self) -> str:
         return f"{self.algorithm}:{self.encoded}"
+
+
+class ContentCheck:
+    """
+    A body is a digest's content when it hashes to it (distribution-spec
+    "Pulling blobs": the digest is the content's identity).  The length is
+    checked apart, against what the upstream announced.
+    """
+
+    def __init__(self, digest: Digest, hasher: _Hash) -> None:
+        self._digest = digest
+        self._hasher = hasher
+
+    def update(self, data: bytes) -> None:
+        self._hasher.update(data)
+
+    def mismatch(self) -> str | None:
+        if self._hasher.hexdigest() != self._digest.encoded:
+            return f"upstream body does not match {self._digest}"
+        return None
 
 
 def validate_name(name: str) -> str:

@@ -7,7 +7,7 @@ The layout mirrors the disk's, under the configured prefix:
 
 An object exists only once its bytes were verified: it is written by a
 multipart upload that is completed only after the download's SHA-256 and
-length matched (L{ocicache._cache._replicate}), so it appears whole or not
+length matched (L{ocicache._fetch._replicate}), so it appears whole or not
 at all.  Its index is the C{bucket_blobs} table of the metadata, loaded
 into the bucket's L{Capacity} policy, which also orders its evictions.
 

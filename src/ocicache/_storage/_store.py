@@ -20,10 +20,25 @@ import errno
 import os
 from collections.abc import Iterator
 from enum import Enum
+from typing import Protocol
 
 from .._spec._reference import Digest
 
-__all__ = ["Kind", "Store", "TempFile"]
+__all__ = ["Kind", "Store", "StoreKey", "TempFile"]
+
+
+class StoreKey(Protocol):
+    """
+    What names a stored file: a directory (C{algorithm}) and a file name
+    (C{encoded}, lowercase hex), both validated by the key's constructor
+    (L{Digest} does), so that no name can escape the store.
+    """
+
+    @property
+    def algorithm(self) -> str: ...
+
+    @property
+    def encoded(self) -> str: ...
 
 
 class Kind(Enum):
@@ -93,14 +108,14 @@ class Store:
                 pass
         return removed
 
-    def path(self, kind: Kind, digest: Digest) -> str:
+    def path(self, kind: Kind, digest: StoreKey) -> str:
         # Digest.parse has checked the algorithm and that the encoded part
         # is lowercase hex of the right length: no path can escape here.
         return os.path.join(
             self.root, kind.value, digest.algorithm, digest.encoded[:2], digest.encoded
         )
 
-    def open(self, kind: Kind, digest: Digest) -> tuple[int, int] | None:
+    def open(self, kind: Kind, digest: StoreKey) -> tuple[int, int] | None:
         """
         Open a stored file for reading: C{(fd, size)}, or C{None} when it is
         not in the store.  An open descriptor keeps reading even if the
@@ -112,13 +127,13 @@ class Store:
             return None
         return fd, os.fstat(fd).st_size
 
-    def size(self, kind: Kind, digest: Digest) -> int | None:
+    def size(self, kind: Kind, digest: StoreKey) -> int | None:
         try:
             return os.stat(self.path(kind, digest)).st_size
         except FileNotFoundError:
             return None
 
-    def read(self, kind: Kind, digest: Digest) -> bytes | None:
+    def read(self, kind: Kind, digest: StoreKey) -> bytes | None:
         """
         Read a whole small file (a manifest).
         """
@@ -133,7 +148,7 @@ class Store:
         fd = os.open(fd_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         return TempFile(fd_path, fd)
 
-    def commit(self, temp: TempFile, kind: Kind, digest: Digest) -> str:
+    def commit(self, temp: TempFile, kind: Kind, digest: StoreKey) -> str:
         """
         fsync C{temp} and rename it into place.  Blocking: call it in a
         thread.
@@ -146,7 +161,7 @@ class Store:
         _fsync_dir(os.path.dirname(final))
         return final
 
-    def write_small(self, kind: Kind, digest: Digest, data: bytes) -> str:
+    def write_small(self, kind: Kind, digest: StoreKey, data: bytes) -> str:
         """
         Store a small, already verified body (a manifest) atomically.
         Blocking: call it in a thread.
@@ -162,7 +177,7 @@ class Store:
             temp.discard()
             raise
 
-    def remove(self, kind: Kind, digest: Digest) -> bool:
+    def remove(self, kind: Kind, digest: StoreKey) -> bool:
         try:
             os.unlink(self.path(kind, digest))
         except FileNotFoundError:

@@ -20,7 +20,7 @@ from .._cache._errors import (
     RepositoryUnknown,
     StoreUnavailable,
 )
-from .._cache._slots import Busy
+from .._fetch._slots import Busy
 from .._identity._errors import Denied, Unauthenticated
 from .._policy import AccessDenied
 from .._spec._auth import Challenge, format_challenge

@@ -31,9 +31,9 @@ from twisted.web.server import NOT_DONE_YET, Request
 from .._cache._blobs import BlobService
 from .._cache._manifests import ManifestService
 from .._cache._referrers import ReferrerService
-from .._cache._result import CacheResult
-from .._cache._source import StoredFile
 from .._cache._tags import TagService
+from .._fetch._result import CacheResult
+from .._fetch._source import StoredFile
 from .._identity import ANONYMOUS, Identity
 from .._identity._authenticator import Authenticator, build_authenticator
 from .._identity._errors import Unauthenticated

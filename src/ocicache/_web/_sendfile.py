@@ -43,7 +43,7 @@ from twisted.internet.interfaces import IDelayedCall, IPullProducer, IPushProduc
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from .._cache._source import Source
+from .._fetch._source import Source
 from ._streamer import abort_response
 
 __all__ = ["SendfileStreamer", "can_sendfile"]
@@ -172,7 +172,7 @@ class SendfileStreamer:
         """The client went away: stop, and let the download go on."""
         self._close()
 
-    # -- the reader's side (L{ocicache._cache._source.Reader})
+    # -- the reader's side (L{ocicache._fetch._source.Reader})
 
     @property
     def position(self) -> int:

@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from .._cache._source import Source
+from .._fetch._source import Source
 
 __all__ = ["CHUNK", "MIN_CHUNK", "Streamer", "WriteBudget", "abort_response"]
 

@@ -25,6 +25,7 @@ import time
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.logger import Logger
 
+from .._spec._reference import Digest
 from .._storage._bucket import Bucket
 from .._storage._disk import Disk
 from .._storage._s3 import S3Error, S3Unavailable
@@ -55,7 +56,7 @@ class Replicator:
         """Upload ids of replications in progress."""
         self._running: set[Deferred[None]] = set()
 
-    def replicate(self, download: Download) -> Deferred[None] | None:
+    def replicate(self, download: Download, digest: Digest) -> Deferred[None] | None:
         """
         Copy C{download} into the bucket as it arrives; nothing if the store
         is down.  The Deferred fires (never fails) once the upload is
@@ -63,7 +64,7 @@ class Replicator:
         """
         if not self._bucket.usable:
             return None
-        replication = _Replication(self, download)
+        replication = _Replication(self, download, digest)
         done = Deferred.fromCoroutine(replication.run())
         self._running.add(done)
         done.addBoth(lambda result: self._running.discard(done))
@@ -77,11 +78,12 @@ class Replicator:
 class _Replication:
     """One download's multipart upload; a follower of the download."""
 
-    def __init__(self, replicator: Replicator, download: Download) -> None:
+    def __init__(self, replicator: Replicator, download: Download, digest: Digest) -> None:
         self._replicator = replicator
         self._bucket = replicator._bucket
         self._download = download
-        self._key = self._bucket.key(download.digest)
+        self._digest = digest
+        self._key = self._bucket.key(digest)
         self.position = 0
         """Bytes uploaded (or being uploaded) so far."""
         self._woken: Deferred[None] | None = None
@@ -105,9 +107,9 @@ class _Replication:
         except _Gone:
             pass
         except (S3Unavailable, S3Error, OSError) as e:
-            log.warn("Could not copy {digest} to the S3 store: {error}", digest=str(download.digest), error=str(e))
+            log.warn("Could not copy {digest} to the S3 store: {error}", digest=str(self._digest), error=str(e))
         except Exception:
-            log.failure("Copying {digest} to the S3 store broke", digest=str(download.digest))
+            log.failure("Copying {digest} to the S3 store broke", digest=str(self._digest))
         finally:
             download.unfollow(self)
             download.release()
@@ -148,7 +150,7 @@ class _Replication:
         return etag
 
     async def _complete(self, upload_id: str, etags: list[str]) -> None:
-        digest, size = self._download.digest, self.position
+        digest, size = self._digest, self.position
         capacity = self._bucket.capacity
         # max_size holds for the bucket: room is made (evicting objects)
         # before the object appears, as for a commit to disk.

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from twisted.python.failure import Failure
 
-from .._spec._reference import Digest
+from ._key import Key
 
 __all__ = ["Reader", "Source", "StoredFile", "VerifiedFile"]
+
+K = TypeVar("K", bound=Key)
 
 
 class Reader(Protocol):
@@ -90,10 +92,10 @@ class StoredFile:
         self.available = size
         self.failure: Failure | None = None
 
-    def verified(self, digest: Digest, on_corrupt: Callable[[Digest], None]) -> VerifiedFile:
+    def verified(self, key: K, on_corrupt: Callable[[K], None]) -> VerifiedFile:
         """This file, re-verified as it is read (its descriptor moves over)."""
         fd, self._fd = self._fd, -1
-        return VerifiedFile(fd, self.available, digest, on_corrupt)
+        return VerifiedFile(fd, self.available, key, lambda: on_corrupt(key))
 
     def read(self, offset: int, length: int) -> bytes:
         return os.pread(self._fd, length, offset)
@@ -122,11 +124,11 @@ class VerifiedFile(StoredFile):
     client is cut short of its C{Content-Length} and C{on_corrupt} is told.
     """
 
-    def __init__(self, fd: int, size: int, digest: Digest, on_corrupt: Callable[[Digest], None]) -> None:
+    def __init__(self, fd: int, size: int, key: Key, on_corrupt: Callable[[], None]) -> None:
         super().__init__(fd, size)
-        self._digest = digest
+        self._key = key
         self._on_corrupt = on_corrupt
-        self._hasher = digest.hasher()
+        self._verifier = key.verifier()
         self._hashed = 0
         self._size = size
         self.available = max(size - 1, 0)
@@ -136,16 +138,16 @@ class VerifiedFile(StoredFile):
     def read(self, offset: int, length: int) -> bytes:
         data = super().read(offset, min(length, self.available - offset))
         if offset == self._hashed and data:
-            self._hasher.update(data)
+            self._verifier.update(data)
             self._hashed += len(data)
             if self._hashed == self._size - 1:
                 self._check(os.pread(self._fd, 1, self._hashed))
         return data
 
     def _check(self, last: bytes) -> None:
-        self._hasher.update(last)
-        if len(last) == (1 if self._size else 0) and self._hasher.hexdigest() == self._digest.encoded:
+        self._verifier.update(last)
+        if len(last) == (1 if self._size else 0) and self._verifier.mismatch() is None:
             self.available = self._size
         else:
-            self.failure = Failure(ValueError(f"{self._digest} does not match its bytes on disk"))
-            self._on_corrupt(self._digest)
+            self.failure = Failure(ValueError(f"{self._key} does not match its bytes on disk"))
+            self._on_corrupt()

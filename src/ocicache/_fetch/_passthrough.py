@@ -6,16 +6,11 @@ the disk failed in the middle of a download).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from twisted.python.failure import Failure
 
-from .._spec._reference import Digest
 from ._incoming import DownloadError, Incoming, State
+from ._key import Key, Verifier
 from ._source import Reader
-
-if TYPE_CHECKING:
-    from hashlib import _Hash
 
 __all__ = ["HIGH_WATER", "LOW_WATER", "PassThrough"]
 
@@ -39,13 +34,13 @@ class PassThrough(Incoming):
 
     def __init__(
         self,
-        digest: Digest,
+        key: Key,
         size: int | None,
         start: int = 0,
-        hasher: _Hash | None = None,
+        verifier: Verifier | None = None,
         readers: list[Reader] | None = None,
     ) -> None:
-        super().__init__(digest, size, hasher)
+        super().__init__(key, size, verifier)
         self._received = start
         self.start = start
         """The lowest offset still in memory."""
@@ -62,7 +57,7 @@ class PassThrough(Incoming):
         if self._too_long(self._received + len(data)):
             self.fail(Failure(DownloadError(f"upstream sent more than {self.size} bytes")))
             return
-        self._hasher.update(data)
+        self._verifier.update(data)
         self._window += data
         self._received += len(data)
         if len(self._window) >= HIGH_WATER:

@@ -20,22 +20,18 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .._spec._reference import Digest
 from .._storage._disk import Disk
 from .._storage._store import Kind, TempFile
 from ._incoming import DownloadError, Incoming, State
+from ._key import Key, Verifier
 from ._passthrough import HIGH_WATER, LOW_WATER, PassThrough
 from ._source import Reader
-
-if TYPE_CHECKING:
-    from hashlib import _Hash
 
 __all__ = ["ABANDON_AFTER", "BATCH", "KEEP_FRACTION", "Download"]
 
@@ -66,22 +62,28 @@ class Download(Incoming):
     def __init__(
         self,
         disk: Disk,
-        digest: Digest,
+        key: Key,
         size: int | None,
-        before_commit: Callable[[Digest, int], Awaitable[bool]] | None = None,
+        before_commit: Callable[[int], Awaitable[bool]] | None = None,
         on_disk_error: Callable[[OSError], None] = lambda error: None,
         abandon_after: float = ABANDON_AFTER,
         keep_fraction: float = KEEP_FRACTION,
+        kind: Kind = Kind.BLOB,
     ) -> None:
-        super().__init__(digest, size)
+        super().__init__(key, size)
         self.path: str | None = None
         """Where the blob was committed, once it was."""
         self._disk = disk
         self._before_commit = before_commit
+        self._kind = kind
         self._on_disk_error = on_disk_error
-        self._temp: TempFile | None = disk.store.new_temp(digest.encoded[:16])
+        self._temp: TempFile | None = disk.store.new_temp(key.encoded[:16])
         self.temp_path = self._temp.path
-        self._read_fd = os.open(self._temp.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self._read_fd = os.open(self._temp.path, os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException:
+            self._discard()  # not even a reader: the temp file goes with it
+            raise
         self._users = 0
         self._queue: deque[bytes] = deque()
         self._queued = 0
@@ -170,7 +172,7 @@ class Download(Incoming):
             temp = self._temp
             if temp is None:
                 raise RuntimeError("a download is writing without a temp file")
-            written = self._disk.run(_write_batch, temp.fd, self._hasher, batch)
+            written = self._disk.run(_write_batch, temp.fd, self._verifier, batch)
             written.addCallback(self._written, batch)
             written.addErrback(self._broken)
         elif self.state is State.DRAINING:
@@ -200,7 +202,7 @@ class Download(Incoming):
         self._on_disk_error(error)
         self._disarm_abandon()  # the pass-through ends when its readers leave
         body_ended = self.state is State.DRAINING
-        spill = PassThrough(self.digest, self.size, self._received, self._hasher, self._readers)
+        spill = PassThrough(self.key, self.size, self._received, self._verifier, self._readers)
         self._hand_upstream_to(spill)
         self._spill = spill
         self.state = State.SPILLED
@@ -244,13 +246,13 @@ class Download(Incoming):
         keep = True
         if self._before_commit is not None:
             try:
-                keep = await self._before_commit(self.digest, self.size)
+                keep = await self._before_commit(self.size)
             except Exception:
-                log.failure("Could not make room for {digest}", digest=str(self.digest))
+                log.failure("Could not make room for {key}", key=str(self.key))
                 keep = False
         if keep:
             try:
-                self.path = await self._disk.run(self._disk.store.commit, temp, Kind.BLOB, self.digest)
+                self.path = await self._disk.run(self._disk.store.commit, temp, self._kind, self.key)
             except OSError as e:
                 # Every reader can still finish from the open descriptor:
                 # the bytes are verified, just not kept.
@@ -266,7 +268,7 @@ class Download(Incoming):
         """
         A bug, not a bad body: still settle, so no reader waits forever.
         """
-        log.failure("Download of {digest} broke", reason, digest=str(self.digest))
+        log.failure("Download of {key} broke", reason, key=str(self.key))
         if not self.settled.called:
             self._disarm_abandon()
             self.state = State.FAILED
@@ -356,10 +358,10 @@ class Download(Incoming):
             self._read_fd = -1
 
 
-def _write_batch(fd: int, hasher: _Hash, batch: list[bytes]) -> tuple[int, OSError | None]:
+def _write_batch(fd: int, verifier: Verifier, batch: list[bytes]) -> tuple[int, OSError | None]:
     """
-    Append C{batch} to C{fd} and hash it; runs in the disk thread.
-    hashlib releases the GIL for large updates, so this runs beside the
+    Append C{batch} to C{fd} and feed it to the verifier; runs in the disk
+    thread.  hashlib releases the GIL for large updates, so this runs beside the
     reactor rather than in its way.  Returns how many chunks were written
     and hashed whole, and the error that stopped it, if one did: a chunk
     is hashed only once it is entirely on disk, so the caller knows
@@ -372,5 +374,5 @@ def _write_batch(fd: int, hasher: _Hash, batch: list[bytes]) -> tuple[int, OSErr
                 view = view[os.write(fd, view):]
         except OSError as e:
             return index, e
-        hasher.update(chunk)
+        verifier.update(chunk)
     return len(batch), None

@@ -2,23 +2,19 @@
 A blob body on its way from the upstream: what a L{Download} (to disk) and
 a L{PassThrough} (through memory) share.  Readers subscribe and are told
 when bytes arrive; the upstream is paused while the consumer falls behind;
-the final byte is held back until the digest and length are verified.
+the final byte is held back until the key's verifier and the length pass.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 
-from .._spec._reference import Digest
+from ._key import Key, Verifier
 from ._source import Reader
-
-if TYPE_CHECKING:
-    from hashlib import _Hash
 
 __all__ = ["DownloadError", "Incoming", "State"]
 
@@ -56,13 +52,13 @@ class Incoming:
     not kept, and fails when they are bad.
     """
 
-    def __init__(self, digest: Digest, size: int | None, hasher: _Hash | None = None) -> None:
-        self.digest = digest
+    def __init__(self, key: Key, size: int | None, verifier: Verifier | None = None) -> None:
+        self.key = key
         self.size = size
         self.state = State.RECEIVING
         self.failure: Failure | None = None
         self.settled: Deferred[str | None] = Deferred()
-        self._hasher = hasher if hasher is not None else digest.hasher()
+        self._verifier = verifier if verifier is not None else key.verifier()
         self._received = 0
         self._readers: list[Reader] = []
         self._followers: list[Reader] = []
@@ -104,9 +100,8 @@ class Incoming:
         """
         if self.size is not None and self._received != self.size:
             return DownloadError(f"upstream sent {self._received} bytes of {self.size}")
-        if self._hasher.hexdigest() != self.digest.encoded:
-            return DownloadError(f"upstream body does not match {self.digest}")
-        return None
+        mismatch = self._verifier.mismatch()
+        return DownloadError(mismatch) if mismatch is not None else None
 
     # -- the readers' side
 

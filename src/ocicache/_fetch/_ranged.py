@@ -45,6 +45,7 @@ class BucketRange(PassThrough):
     def __init__(self, digest: Digest, size: int, bucket: Bucket,
                  receiver: Callable[[PassThrough], IProtocol]) -> None:
         super().__init__(digest, size)
+        self._digest = digest
         self._bucket = bucket
         self._receiver = receiver
         self.origin: int | None = None
@@ -58,15 +59,15 @@ class BucketRange(PassThrough):
             self.origin = self._received = self.start = reader.position
             opening = Deferred.fromCoroutine(self._open(reader.position))
             opening.addErrback(lambda failure: log.failure("Reading {digest} from the S3 store broke", failure,
-                                                           digest=str(self.digest)))
+                                                           digest=str(self._digest)))
 
     async def _open(self, offset: int) -> None:
         """The S3 C{GET} from C{offset} to the object's end."""
         bucket = self._bucket
         try:
-            response = await bucket.guarded(lambda: bucket.client.get(bucket.key(self.digest), offset))
+            response = await bucket.guarded(lambda: bucket.client.get(bucket.key(self._digest), offset))
         except (S3Unavailable, S3Error) as e:
-            log.warn("Could not read {digest} from the S3 store: {error}", digest=str(self.digest), error=str(e))
+            log.warn("Could not read {digest} from the S3 store: {error}", digest=str(self._digest), error=str(e))
             self.fail(Failure(e))
             return
         if self.ended:
