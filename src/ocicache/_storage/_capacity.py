@@ -59,6 +59,7 @@ class Capacity:
         remove: Callable[[list[Digest]], Awaitable[None]] | None = None,
         table: str = "blobs",
         recency: Callable[[], Awaitable[Mapping[Digest, float] | None]] | None = None,
+        kind: Kind = Kind.BLOB,
     ) -> None:
         """
         @param recency: the latest read of each blob by any node of a fleet
@@ -71,7 +72,10 @@ class Capacity:
             unlinks their files in the store (an S3 bucket gives its own).
         @param table: the metadata table that indexes them
             (L{ocicache._storage._metadata.BLOB_TABLES}).
+        @param kind: what the store holds them as (its directory), for the
+            default C{remove}.
         """
+        self._kind = kind
         self._disk = disk
         self._remove = remove if remove is not None else self._unlink
         self.table = table
@@ -271,7 +275,7 @@ class Capacity:
     async def _unlink(self, digests: list[Digest]) -> None:
         def unlink_all() -> None:
             for digest in digests:
-                self._store.remove(Kind.BLOB, digest)
+                self._store.remove(self._kind, digest)
 
         await self._disk.run(unlink_all)
 

@@ -86,6 +86,20 @@ CREATE TABLE IF NOT EXISTS bucket_blobs (
     last_access REAL NOT NULL,
     hits INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS git_entries (
+    digest TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    last_access REAL NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS file_entries (
+    digest TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    last_access REAL NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS manifest_children (
     parent TEXT NOT NULL,
     child TEXT NOT NULL,
@@ -132,10 +146,12 @@ CREATE TABLE IF NOT EXISTS quota (
 );
 """
 
-BLOB_TABLES = frozenset({"blobs", "bucket_blobs"})
+BLOB_TABLES = frozenset({"blobs", "bucket_blobs", "git_entries", "file_entries"})
 """
-Where blob rows live: C{blobs} for the files on this disk, C{bucket_blobs}
-for the objects in an S3 bucket (the S3 backend's index).
+Where the rows of stored entries live: C{blobs} for the blob files on this
+disk, C{bucket_blobs} for the objects in an S3 bucket (the S3 backend's
+index), and one table per other kind of entry (git responses, files of
+package repositories), named by the hash their front-end gives them.
 """
 
 # SQLite's primary result codes (https://sqlite.org/rescode.html).

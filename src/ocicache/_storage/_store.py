@@ -5,10 +5,12 @@ The layout is public, because operators look at it:
 
     <dir>/blobs/sha256/<first two hex>/<hex>       layer and config blobs
     <dir>/manifests/sha256/<first two hex>/<hex>   manifests and indexes
+    <dir>/git/sha256/<first two hex>/<hex>         git responses, by a hash of their request
+    <dir>/files/sha256/<first two hex>/<hex>       files of package repositories and file remotes
     <dir>/tmp/                                     downloads in progress
 
-A file under C{blobs/} or C{manifests/} exists only once its bytes were
-verified against its digest: downloads are written under C{tmp/} (on the
+A file under any of them exists only once its bytes passed their key's
+verifier (a blob's or manifest's digest; a protocol's own check): downloads are written under C{tmp/} (on the
 same filesystem, so the final C{rename} is atomic), fsync'd, and renamed
 into place.  C{tmp/} is emptied at start-up, since anything in it was left
 by a crash.
@@ -46,6 +48,8 @@ class Kind(Enum):
 
     BLOB = "blobs"
     MANIFEST = "manifests"
+    GIT = "git"
+    FILES = "files"
 
 
 class TempFile:
