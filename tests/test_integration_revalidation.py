@@ -128,7 +128,7 @@ def test_by_default_an_unavailable_upstream_serves_stale_with_a_warning(
         assert hop.count("HEAD", f"/manifests/{image.reference}", status=int(failure.replace("5xx", "503"))) >= 1
     hop.reset()
     if failure == "429":
-        # A 429 is obeyed (README "Docker Hub quota"): the upstream is left
+        # A 429 is obeyed (docs/upstreams.md, "Docker Hub quota"): the upstream is left
         # alone for its window, and the cached tag stays stale meanwhile.
         _assert_stale(_manifest(daemon, image), image)
         assert hop.count() == 0, hop.summary()

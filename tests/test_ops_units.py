@@ -1,7 +1,8 @@
 """
 Unit tests of the operations pieces, in-process and quick: the JSON log
 format, the log-format switch, the draining Site, upstream metrics, the
-manifest tally, the Grafana dashboard and the shipped client configs.
+manifest tally, the Grafana dashboard, the metrics page and the shipped
+client configs.
 """
 
 from __future__ import annotations
@@ -251,6 +252,18 @@ def test_grafana_dashboard_queries_real_metrics() -> None:
     for topic in ("hit ratio", "bytes saved", "upstream traffic", "in-flight downloads", "cache size"):
         assert topic in titles, topic
     assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])
+
+
+def test_every_series_is_documented() -> None:
+    """
+    docs/operations/metrics.md names every series ocicache exposes (a
+    counter with its C{_total}), and no series it does not.
+    """
+    exposed = {family.name + ("_total" if family.type == "counter" else "")
+               for family in Metrics().registry.collect()}
+    with open(os.path.join(REPO_ROOT, "docs", "operations", "metrics.md")) as f:
+        documented = set(re.findall(r"ocicache_[a-z0-9_]+", f.read()))
+    assert documented == exposed, (sorted(exposed - documented), sorted(documented - exposed))
 
 
 def test_client_configs_parse() -> None:

@@ -302,13 +302,14 @@ def test_rule_labels_and_defaults() -> None:
     assert parse_config({"upstream": [hub()]}, {}).rules == ()
 
 
-def test_the_readme_example_loads() -> None:
+def test_the_documented_example_loads() -> None:
+    """The policy example of docs/sharing.md ("Who may pull what") loads and decides as it says."""
     import re
     import tomllib
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("### Who may pull what", 1)[1].split("\n### ", 1)[0]
+    page = (Path(__file__).resolve().parent.parent / "docs" / "sharing.md").read_text()
+    section = page.split("\n## Who may pull what\n", 1)[1].split("\n## ", 1)[0]
     example = re.search(r"```toml\n(.*?)```", section, re.S)
     assert example is not None
     config = parse_config(tomllib.loads(example.group(1)), {})

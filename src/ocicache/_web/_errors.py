@@ -62,7 +62,7 @@ def registry_error(error: BaseException) -> RegistryError | None:
         case Unauthenticated():
             return RegistryError(ErrorCode.UNAUTHORIZED, str(error))
         case AccessDenied() | Denied():
-            # The mirror's own policy (README "Who may pull what"), or
+            # The mirror's own policy (docs/sharing.md, "Who may pull what"), or
             # credentials that prove an identity this request may not use.
             return RegistryError(ErrorCode.DENIED, str(error))
         case UpstreamDenied(status=401):
