@@ -7,6 +7,7 @@ Patterns stay text here; L{ocicache._policy} compiles them.
 from __future__ import annotations
 
 import re
+from typing import ClassVar
 
 from attrs import frozen
 
@@ -142,6 +143,27 @@ class RuleTable:
     upstreams' patterns allow. Identities: "anonymous", "user:NAME",
     "token:NAME", "oidc:SUBJECT"; "**" is everyone. SIGHUP reloads them.
     """
+
+    EXAMPLES: ClassVar[str] = """
+# [[rule]]
+# name = "main of ourorg/app"
+# claims = { repository = "ourorg/app", ref = "refs/heads/main" }
+# repositories = ["ourorg/**"]
+#
+# [[rule]]
+# user = "ci-*"
+# upstreams = ["docker.io"]
+#
+# [[rule]]
+# token = "deploy"
+# action = "deny"
+# repositories = ["ourorg/secret-*"]
+#
+# [[rule]]
+# identity = "**"
+# repositories = ["alpine", "debian"]
+"""
+    """Rules as the example file shows them."""
 
     name: str | None = key(Text(lambda text: text and text.isprintable() and len(text) <= 64,
                                 "one line of at most 64 characters, for log lines"),

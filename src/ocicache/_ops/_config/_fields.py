@@ -66,7 +66,8 @@ def info(attribute: attrs.Attribute[Any]) -> KeyInfo | None:
 def keys(table: type) -> list[tuple[str, KeyInfo, Any]]:
     """A schema class's keys in order: name, what the schema says, the default (or C{NOTHING})."""
     found = []
-    for attribute in attrs.fields(table):
+    # A base class's keys (the credential program's) after the table's own.
+    for attribute in sorted(attrs.fields(table), key=lambda attribute: attribute.inherited):
         described = info(attribute)
         if described is not None:
             default = attribute.default

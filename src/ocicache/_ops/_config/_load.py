@@ -80,6 +80,12 @@ class Section:
     """An array of tables: C{[[name]]}."""
     absent: Callable[[], Any] | None = None
     """The value without the table; C{None}: the table read as empty."""
+    example: str = "written"
+    """
+    How C{etc/ocicache.toml} shows it: C{written} (its keys set, or commented
+    out when they have no default), C{keys} (the header set, every key
+    commented out) or C{commented} (all of it commented out).
+    """
 
     def table_class(self, value: object) -> type:
         if isinstance(self.schema, type):
@@ -91,12 +97,12 @@ SECTIONS: tuple[Section, ...] = (
     Section("server", ServerConfig, "server"),
     Section("cache", CacheConfig, "cache"),
     Section("metrics", MetricsConfig, "metrics"),
-    Section("fleet", FleetTable, "fleet", absent=lambda: None),
+    Section("fleet", FleetTable, "fleet", absent=lambda: None, example="commented"),
     Section("warm", WarmConfig, "warm", many=True, absent=tuple),
-    Section("auth", AuthTable, "auth", absent=lambda: None),
-    Section("storage", storage_table, "storage", absent=StorageConfig),
+    Section("auth", AuthTable, "auth", absent=lambda: None, example="commented"),
+    Section("storage", storage_table, "storage", absent=StorageConfig, example="keys"),
     Section("upstream", UpstreamTable, "upstreams", many=True, absent=_well_known),
-    Section("rule", RuleTable, "rules", many=True, absent=tuple),
+    Section("rule", RuleTable, "rules", many=True, absent=tuple, example="commented"),
 )
 """The top-level tables, in the order they are read, documented and written in the example file."""
 

@@ -24,8 +24,8 @@ _HEAD_SIZE = Size(1 << 10, 1 << 20, "must be between 1KiB and 1MiB")
 @frozen
 class ServerConfig:
     """
-    The registry listeners and the bounds each client connection is held
-    to (L{ocicache._web._site}).
+    The registry listeners, and the bounds each client connection is held
+    to.
     """
 
     listen: tuple[str, ...] = key(
@@ -109,7 +109,8 @@ class CacheConfig:
 
     dir: str = key(
         _CacheDir(), "Where blobs, manifests and the metadata database live.", factory=default_cache_dir,
-        example="/var/cache/ocicache", shown="$CACHE_DIRECTORY, else $XDG_CACHE_HOME/ocicache, else ~/.cache/ocicache",
+        example="/var/cache/ocicache", commented=False,
+        shown="$CACHE_DIRECTORY, else $XDG_CACHE_HOME/ocicache, else ~/.cache/ocicache",
         note="""Where blobs, manifests and the metadata database live. Default:
 $CACHE_DIRECTORY (set by systemd's CacheDirectory=), else
 $XDG_CACHE_HOME/ocicache, else ~/.cache/ocicache.""")

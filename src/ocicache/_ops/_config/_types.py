@@ -51,6 +51,10 @@ class Kind(Generic[T]):
 
     name = "value"
 
+    def describe(self) -> str:
+        """What the reference's "type" column says."""
+        return self.name
+
     def __call__(self, value: object) -> T:
         raise NotImplementedError
 
@@ -309,6 +313,9 @@ class Choice(Kind[str]):
     options: tuple[str, ...]
     name = "choice"
 
+    def describe(self) -> str:
+        return " or ".join(f'"{option}"' for option in self.options)
+
     def __call__(self, value: object) -> str:
         if not isinstance(value, str):
             raise _wrong_type(value, "a string")
@@ -363,6 +370,9 @@ class ListOf(Kind[tuple[T, ...]]):
     def show(self, value: Any) -> object:
         return [self.item.show(item) for item in value]
 
+    def describe(self) -> str:
+        return f"list of {self.item.describe()}"
+
 
 @frozen
 class Subset(Kind[frozenset[str]]):
@@ -370,6 +380,9 @@ class Subset(Kind[frozenset[str]]):
 
     options: tuple[str, ...]
     name = "list of strings"
+
+    def describe(self) -> str:
+        return "list of " + ", ".join(f'"{option}"' for option in self.options)
 
     def __call__(self, value: object) -> frozenset[str]:
         if not isinstance(value, list):

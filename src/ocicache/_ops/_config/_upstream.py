@@ -6,6 +6,7 @@ shares with C{[storage]}; each table builds its L{UpstreamConfig}.
 from __future__ import annotations
 
 import re
+from typing import ClassVar
 
 from attrs import frozen
 from hyperlink import DecodedURL
@@ -75,6 +76,33 @@ class UpstreamTable(CredentialProgram):
     docker.io (the default), ghcr.io, quay.io, registry.k8s.io, gcr.io,
     public.ecr.aws and mcr.microsoft.com anonymously.
     """
+
+    EXAMPLES: ClassVar[str] = """
+[[upstream]]
+name = "ghcr.io"
+url = "https://ghcr.io"
+
+# A tier: this upstream is another ocicache (a regional mirror), or any
+# mirror that reads containerd's ?ns=. Every request carries
+# ?ns=<name> (or ns below), so one regional serves every registry.
+# [[upstream]]
+# name = "quay.io"
+# url = "http://regional.internal:5000"
+# kind = "mirror"                     # default "registry"
+# ns = "quay.io"                      # default: name
+# A static bearer token for the regional's [auth] tokens_file (one line),
+# from a file or an environment variable; or username + password_file.
+# token_file = "/etc/ocicache/regional.token"
+
+[[upstream]]
+name = "registry.internal:5000"
+url = "https://registry.internal:5000"
+# A private CA for this upstream (PEM).
+# ca_file = "/etc/ocicache/internal-ca.pem"
+# Skip certificate verification: only when asked; logs a warning at start-up.
+# tls_verify = false
+"""
+    """More tables for the example file: a second upstream, a mirror tier, a private registry."""
 
     name: str = key(REGISTRY_HOST, "The registry host clients ask for: ?ns=docker.io, or /v2/docker.io/...",
                     required="the registry host clients ask for, e.g. 'docker.io'", example="docker.io")
