@@ -223,3 +223,10 @@ def test_a_secret_that_cannot_be_read_names_its_key(tmp_path: Path) -> None:
         with pytest.raises(Invalid) as raised:
             files.secret("token", file, env)
         assert raised.value.path == path and raised.value.message.startswith(message)
+
+
+def test_a_secret_file_is_read_to_a_bound(tmp_path: Path) -> None:
+    (tmp_path / "huge").write_text("x" * (128 << 10))
+    with pytest.raises(Invalid) as raised:
+        Files({}).secret("secret", str(tmp_path / "huge"), None)
+    assert raised.value.path == ("secret_file",) and "longer than 65536 characters" in raised.value.message

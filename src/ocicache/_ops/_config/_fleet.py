@@ -72,9 +72,12 @@ class FleetTable:
         secret = files.secret("secret", self.secret_file, self.secret_env) or ""
         if len(secret) < _MIN_SECRET:
             raise Invalid(f"the secret must be at least {_MIN_SECRET} characters", ("secret_file",))
+        node = self.node or socket.gethostname().split(".")[0]
+        if not _NODE_NAME.fullmatch(node):
+            raise Invalid(f"{node!r} (the host name) must be letters, digits, '.', '_' or '-' (at most 63)", ("node",))
         return FleetConfig(
             redis_host=self.redis.host, redis_port=self.redis.port, redis_db=self.redis.db,
-            node=self.node or socket.gethostname().split(".")[0], internal_listen=self.internal_listen,
+            node=node, internal_listen=self.internal_listen,
             peer_url=self.peer_url, secret=secret,
             redis_password=files.secret("redis_password", self.redis_password_file, self.redis_password_env),
             lock_ttl=self.lock_ttl)

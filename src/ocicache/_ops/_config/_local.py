@@ -12,11 +12,23 @@ import os
 from attrs import frozen
 
 from ._fields import key
-from ._types import BOOLEAN, Choice, Duration, Integer, Kind, ListOf, Number, OrNever, Size, SizeOrPercent, Text
+from ._types import (
+    BOOLEAN,
+    POSITIVE,
+    Choice,
+    Duration,
+    Integer,
+    Kind,
+    ListOf,
+    Number,
+    OrNever,
+    Size,
+    SizeOrPercent,
+    Text,
+)
 
 __all__ = ["CacheConfig", "MetricsConfig", "ServerConfig", "default_cache_dir"]
 
-_POSITIVE = Duration(positive=True)
 _HEAD_SIZE = Size(1 << 10, 1 << 20, "must be between 1KiB and 1MiB")
 """Below these no real client works; above them one connection could hold megabytes of headers."""
 
@@ -45,7 +57,7 @@ replaces this list. Examples:
     log_format: str = key(Choice(("text", "json")), '"text" or "json" (one JSON object per log line).',
                           default="text")
     header_timeout: float = key(
-        _POSITIVE, "The whole request head must arrive within this (slowloris).", default=10.0,
+        POSITIVE, "The whole request head must arrive within this (slowloris).", default=10.0,
         note="""Bounds on every client connection. ocicache never reads a request body:
 a request that announces one (Content-Length above 0, or any
 Transfer-Encoding) is answered as soon as its head is in (405 for push and
@@ -54,9 +66,9 @@ The whole request head (request line and header fields) must arrive within
 this, counted from the connection, or on a keep-alive connection from the
 next request's first byte; else the connection is closed (slowloris).""")
     idle_timeout: float = key(
-        _POSITIVE, "A keep-alive connection with no request in progress is closed after this.", default=60.0)
+        POSITIVE, "A keep-alive connection with no request in progress is closed after this.", default=60.0)
     stall_timeout: float = key(
-        _POSITIVE, "A client that takes no response bytes for this long is cut mid-transfer.", default=60.0,
+        POSITIVE, "A client that takes no response bytes for this long is cut mid-transfer.", default=60.0,
         note="""A client that takes no response bytes for this long (its socket buffer
 full) is cut mid-transfer: it sees a body shorter than Content-Length.""")
     max_connections: int | None = key(
@@ -128,7 +140,7 @@ evicted (S3-FIFO) down to 90%. Unset: no limit.""")
     """Bytes (C{int}) or a fraction of the filesystem (C{float})."""
     blob_ttl: float | None = key(Duration(), "Remove blobs not read for this long; unset: never.", example="30d")
     janitor_interval: float = key(
-        _POSITIVE, "How often the janitor runs (access-time batching, expiry, eviction).", default=60.0)
+        POSITIVE, "How often the janitor runs (access-time batching, expiry, eviction).", default=60.0)
     max_downloads: int = key(
         Integer(1), "Upstream fetches at once, all upstreams together.", default=32,
         note="""Upstream fetches at once, all upstreams together (see also the
@@ -137,7 +149,7 @@ download_queue, manifests first; past the queue: 429 with Retry-After.""")
     download_queue: int = key(Integer(0, refusal="must be 0 or more"),
                               "Requests that may wait for a fetch; past it they get 429.", default=256)
     abandon_after: float = key(
-        _POSITIVE, "Seconds a download may go unread before it is abandoned.", default=10.0,
+        POSITIVE, "Seconds a download may go unread before it is abandoned.", default=10.0,
         note="""A download nobody reads for this long (every client hung up) is
 abandoned, unless abandon_below of it has arrived already; nothing
 partial is ever kept. Long enough for containerd to resume with Range.""")

@@ -22,6 +22,9 @@ __all__ = ["Files"]
 
 T = TypeVar("T")
 
+_MAX_SECRET = 64 << 10
+"""No secret is longer: a key that names a device or a huge file is refused, not read whole."""
+
 
 def _without_line_ending(text: str) -> str:
     return text.removesuffix("\n").removesuffix("\r")
@@ -44,11 +47,14 @@ class Files:
         if file is not None:
             try:
                 with open(file, encoding="utf-8") as f:
-                    value = _without_line_ending(f.readline())
+                    line = f.readline(_MAX_SECRET + 1)
             except OSError as e:
                 raise Invalid(f"cannot read {file!r}: {e.strerror}", (f"{name}_file",)) from None
             except UnicodeDecodeError:
                 raise Invalid(f"{file!r} is not UTF-8", (f"{name}_file",)) from None
+            value = _without_line_ending(line)
+            if len(value) > _MAX_SECRET:
+                raise Invalid(f"{file!r}: its first line is longer than {_MAX_SECRET} characters", (f"{name}_file",))
             if not value:
                 raise Invalid(f"{file!r} has nothing on its first line", (f"{name}_file",))
             return value

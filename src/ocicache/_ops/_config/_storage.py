@@ -13,7 +13,7 @@ from hyperlink import DecodedURL
 from ._fields import key
 from ._names import HttpURL
 from ._secrets import Files
-from ._types import BOOLEAN, Choice, Duration, Integer, Invalid, Refused, Size, Text
+from ._types import BOOLEAN, POSITIVE, Choice, Integer, Invalid, Refused, Size, Text
 from ._upstream import CredentialProgram
 from ._values import S3Config, S3Keys, StorageConfig
 
@@ -91,7 +91,7 @@ variables; a literal key is refused, and neither is ever logged.""")
                                 default=_S3.upload_part_size)
     max_part_uploads: int = key(Integer(1, 64, "must be between 1 and 64"),
                                 "Parts in flight, all downloads together.", default=_S3.max_part_uploads)
-    abandon_uploads_after: float = key(Duration(positive=True),
+    abandon_uploads_after: float = key(POSITIVE,
                                        "Multipart uploads older than this (a node killed mid-download) are aborted.",
                                        default=_S3.abandon_uploads_after)
 

@@ -18,8 +18,8 @@ from attrs import frozen
 
 __all__ = [
     "BOOLEAN", "Boolean", "Choice", "CountOrPercent", "Duration", "Integer", "Invalid", "Kind", "ListOf", "Number",
-    "OrNever", "Refused", "Size", "SizeOrPercent", "Subset", "TableOf", "Text", "parse_duration", "parse_size",
-    "parse_with", "show_duration", "show_size",
+    "OrNever", "POSITIVE", "Refused", "Size", "SizeOrPercent", "Subset", "TableOf", "Text", "parse_duration",
+    "parse_size", "parse_with", "show_duration", "show_size",
 ]
 
 T = TypeVar("T")
@@ -156,6 +156,10 @@ class Duration(Kind[float]):
 
     def show(self, value: Any) -> object:
         return show_duration(value)
+
+
+POSITIVE = Duration(positive=True)
+"""A duration above zero: timeouts, intervals, TTLs that must pass."""
 
 
 @frozen

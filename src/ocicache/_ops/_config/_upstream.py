@@ -14,14 +14,13 @@ from hyperlink import DecodedURL
 from ._fields import key
 from ._names import REGISTRY_HOST, Argv, Glob, HttpURL
 from ._secrets import Files
-from ._types import BOOLEAN, Choice, CountOrPercent, Duration, Integer, Invalid, ListOf, Refused, Subset, Text
+from ._types import BOOLEAN, POSITIVE, Choice, CountOrPercent, Duration, Integer, Invalid, ListOf, Refused, Subset, Text
 from ._values import MAX_STALE_LIMIT, STALE_FAILURES, CredentialCommand, Credentials, StalePolicy, UpstreamConfig
 
 __all__ = ["CredentialProgram", "UpstreamTable"]
 
 _DEFAULTS = UpstreamConfig(name="", url=DecodedURL.from_text("http://defaults"))
 _STALE = StalePolicy()
-_POSITIVE = Duration(positive=True)
 
 # The characters of the reference grammar's names and tags, plus the
 # glob's own: a pattern holding anything else could never match.
@@ -45,7 +44,7 @@ class CredentialProgram:
     credential_command: tuple[str, ...] | None = key(
         Argv(), "A program (absolute path or a name on $PATH) and its arguments.",
         example=["/usr/local/bin/registry-token", "--json"])
-    credential_ttl: float | None = key(_POSITIVE, "The program runs again after this.", example="15m",
+    credential_ttl: float | None = key(POSITIVE, "The program runs again after this.", example="15m",
                                        shown="15m")
 
     @property
@@ -125,9 +124,9 @@ url = "https://registry.internal:5000"
                            default=_DEFAULTS.tls_verify)
     max_downloads: int = key(Integer(1), "Fetches at once from this upstream, within [cache] max_downloads.",
                              default=_DEFAULTS.max_downloads)
-    connect_timeout: float = key(_POSITIVE, "How long a connection may take.", default=_DEFAULTS.connect_timeout)
+    connect_timeout: float = key(POSITIVE, "How long a connection may take.", default=_DEFAULTS.connect_timeout)
     response_timeout: float = key(
-        _POSITIVE, "How long the upstream may take to answer, or go without a body byte.",
+        POSITIVE, "How long the upstream may take to answer, or go without a body byte.",
         default=_DEFAULTS.response_timeout,
         note="""How long the upstream may take to answer (or go without a body byte):
 past it the request fails, and a cached tag is served stale ("timeout").""")
@@ -158,7 +157,7 @@ Hub also against the short name of an official image ("alpine" is
         default=_DEFAULTS.quota_floor, note="""Docker Hub quota: while the upstream's ratelimit-remaining is below
 quota_floor (a number of pulls, or a percentage of ratelimit-limit; 0:
 never), its tags are revalidated only every quota_stretch instead of tag_ttl.""")
-    quota_stretch: float = key(_POSITIVE, "The tag TTL while below quota_floor.", default=_DEFAULTS.quota_stretch)
+    quota_stretch: float = key(POSITIVE, "The tag TTL while below quota_floor.", default=_DEFAULTS.quota_stretch)
     stale_on: frozenset[str] = key(
         Subset(STALE_FAILURES), "The failures a cached tag is served stale for.", default=_STALE.stale_on,
         note="""Stale-if-error: when revalidating a cached tag (or refreshing a tag list)

@@ -1,8 +1,9 @@
 """
 The configuration's values as the rest of the daemon reads them: frozen,
 secrets kept out of C{repr()}.  The tables whose keys map one to one onto
-a value are their own schema (L{ocicache._ops._config._local}); the others
-are built from their tables by L{ocicache._ops._config._sections}.
+a value are their own schema (L{ocicache._ops._config._local},
+L{ocicache._ops._config._warm}); the others are built from their schema
+tables (C{_upstream}, C{_access}, C{_storage}, C{_fleet}) once validated.
 """
 
 from __future__ import annotations
