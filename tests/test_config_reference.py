@@ -14,7 +14,7 @@ import pytest
 
 from ocicache._ops._config import load_config
 from ocicache._ops._config._fields import Table, keys
-from ocicache._ops._config._load import DOCUMENTED, SECTIONS
+from ocicache._ops._config._load import SECTIONS
 from ocicache._ops._config._reference import EXAMPLE_PATH, REFERENCE_PATH, example_file, main, reference_page
 from ocicache._ops._config._types import ListOf, Refused
 
@@ -43,7 +43,7 @@ def _declared() -> list[tuple[str, str]]:
     """Every key of every section, C{"[table]"} for a table of tables ([[auth.oidc]])."""
     declared = []
     for section in SECTIONS:
-        declared += _declared_in(section.name, DOCUMENTED.get(section.name) or section.table_class({}))
+        declared += _declared_in(section.name, section.documented_class)
     return declared
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from attrs import frozen
 from hyperlink import DecodedURL
@@ -80,17 +80,24 @@ class Section:
     """An array of tables: C{[[name]]}."""
     absent: Callable[[], Any] | None = None
     """The value without the table; C{None}: the table read as empty."""
-    example: str = "written"
+    example: Literal["written", "keys", "commented"] = "written"
     """
     How C{etc/ocicache.toml} shows it: C{written} (its keys set, or commented
     out when they have no default), C{keys} (the header set, every key
     commented out) or C{commented} (all of it commented out).
     """
 
+    documented: type | None = None
+    """The schema the reference documents when C{schema} is chosen per table: the one with every key."""
+
     def table_class(self, value: object) -> type:
         if isinstance(self.schema, type):
             return self.schema
         return self.schema(value)
+
+    @property
+    def documented_class(self) -> type:
+        return self.documented or self.table_class({})
 
 
 SECTIONS: tuple[Section, ...] = (
@@ -100,14 +107,11 @@ SECTIONS: tuple[Section, ...] = (
     Section("fleet", FleetTable, "fleet", absent=lambda: None, example="commented"),
     Section("warm", WarmConfig, "warm", many=True, absent=tuple),
     Section("auth", AuthTable, "auth", absent=lambda: None, example="commented"),
-    Section("storage", storage_table, "storage", absent=StorageConfig, example="keys"),
+    Section("storage", storage_table, "storage", absent=StorageConfig, example="keys", documented=S3Table),
     Section("upstream", UpstreamTable, "upstreams", many=True, absent=_well_known),
     Section("rule", RuleTable, "rules", many=True, absent=tuple, example="commented"),
 )
 """The top-level tables, in the order they are read, documented and written in the example file."""
-
-DOCUMENTED = {"storage": S3Table}
-"""The schema the reference documents for a section whose schema depends on its table."""
 
 
 def _read(section: Section, value: object) -> Any:

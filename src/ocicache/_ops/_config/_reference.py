@@ -24,7 +24,7 @@ from typing import Any
 from attrs import NOTHING
 
 from ._fields import KeyInfo, Table, keys
-from ._load import DOCUMENTED, SECTIONS, Section
+from ._load import SECTIONS, Section
 from ._types import ListOf, Refused
 
 __all__ = ["EXAMPLE_PATH", "REFERENCE_PATH", "example_file", "main", "reference_page"]
@@ -63,10 +63,6 @@ def _toml(value: object) -> str:
 def _plain(text: str | None) -> str:
     """A docstring as prose: its indent and its epytext markup (C{...}, L{...}) dropped."""
     return re.sub(r"[CLI]\{([^}]*)\}", r"\1", inspect.cleandoc(text or ""))
-
-
-def _schema(section: Section) -> type:
-    return DOCUMENTED.get(section.name) or section.table_class({})
 
 
 def _shown(described: KeyInfo, default: Any) -> object:
@@ -112,7 +108,7 @@ def example_file() -> str:
     """The text of C{etc/ocicache.toml}."""
     parts = [_HEADER]
     for section in SECTIONS:
-        schema = _schema(section)
+        schema = section.documented_class
         header = f"[[{section.name}]]" if section.many else f"[{section.name}]"
         text = "\n".join(_table_lines(section, schema, header)) + "\n"
         examples = getattr(schema, "EXAMPLES", "")
@@ -175,7 +171,7 @@ def reference_page() -> str:
     ]
     for section in SECTIONS:
         header = f"[[{section.name}]]" if section.many else f"[{section.name}]"
-        lines.extend(_reference_tables(header, _schema(section)))
+        lines.extend(_reference_tables(header, section.documented_class))
     return "\n".join(lines) + "\n"
 
 
