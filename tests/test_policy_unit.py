@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from ocicache._identity import ANONYMOUS, Identity, IdentityKind
 from ocicache._ops._config import ConfigError, parse_config
-from ocicache._ops._patterns import Pattern
 from ocicache._policy import Decision, Policy, ReferenceKind, decide
+from ocicache._policy._patterns import Pattern
 
 TAG, DIGEST, TAGS_LIST, REFERRERS, BLOB = (ReferenceKind.TAG, ReferenceKind.DIGEST, ReferenceKind.TAGS_LIST,
                                            ReferenceKind.REFERRERS, ReferenceKind.BLOB)

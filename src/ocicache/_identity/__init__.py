@@ -14,6 +14,8 @@ layer maps them to C{401 UNAUTHORIZED} or C{403 DENIED}.
     _oidc.py           OIDC workload JWTs and the issuers' JWKS
     _jwt.py            what the JWT verifiers share
     _memo.py           the bounded, expiring memo of credentials already proven
+    _auth_files.py     the files [auth] names: tokens, htpasswd, JWKS, the token key
+                       (a leaf: the config reads them with it at load)
     _errors.py         Unauthenticated, Denied
 
 May import: L{ocicache._spec}, L{ocicache._ops}.

@@ -29,8 +29,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 
-from .._ops._auth_files import parse_jwks
 from .._ops._config import OIDCIssuerConfig
+from ._auth_files import parse_jwks
 from ._errors import Unauthenticated
 from ._identity import Identity, IdentityKind
 from ._jwt import Unverified, audiences, check_times, decode, string_claims

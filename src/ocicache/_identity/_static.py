@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .._ops._auth_files import StaticToken, token_digest
+from ._auth_files import StaticToken, token_digest
 from ._identity import Identity, IdentityKind
 
 __all__ = ["StaticTokens"]

@@ -6,6 +6,9 @@ C{[[rule]]} list of the config.  No I/O, no Twisted: the web layer asks it
 right after routing, before any cache lookup or upstream request, and
 raises L{AccessDenied} for a refusal.
 
+The config holds the patterns as validated text; L{Policy.from_config}
+compiles each once (L{_patterns.Pattern}).
+
 May import: L{ocicache._spec}, L{ocicache._ops}, L{ocicache._identity}.
 """
 

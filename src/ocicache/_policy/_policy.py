@@ -24,11 +24,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
 
-from attrs import frozen
+from attrs import field, frozen
 
 from .._identity import Identity, IdentityKind
 from .._ops._config import Config, RuleConfig, UpstreamConfig
-from .._ops._patterns import Pattern
+from ._patterns import Pattern
 
 __all__ = ["Decision", "Policy", "ReferenceKind", "decide", "identity_text"]
 
@@ -64,14 +64,29 @@ class Decision:
 
 @frozen
 class Policy:
-    """What L{decide} decides from: the config's patterns and rules."""
+    """
+    What L{decide} decides from: the config's patterns and rules, and
+    every glob they hold, compiled once.
+    """
 
     upstreams: Mapping[str, UpstreamConfig]
     rules: tuple[RuleConfig, ...] = ()
+    patterns: Mapping[str, Pattern] = field(factory=dict, repr=False)
 
     @classmethod
     def from_config(cls, config: Config) -> Policy:
-        return cls({upstream.name: upstream for upstream in config.upstreams}, config.rules)
+        texts = {text for upstream in config.upstreams for text in (*upstream.include, *upstream.exclude,
+                                                                     *upstream.tags)}
+        for rule in config.rules:
+            texts.update(text for text in (rule.identity, rule.user, rule.token) if text is not None)
+            texts.update(text for _, text in rule.claims)
+            texts.update(rule.repositories or ())
+        return cls({upstream.name: upstream for upstream in config.upstreams}, config.rules,
+                   {text: Pattern(text) for text in texts})
+
+    def matches(self, pattern: str, value: str) -> bool:
+        """Whether the whole of C{value} matches the config's glob C{pattern}."""
+        return self.patterns[pattern].matches(value)
 
 
 def _names(upstream: UpstreamConfig, repository: str) -> tuple[str, ...]:
@@ -81,9 +96,9 @@ def _names(upstream: UpstreamConfig, repository: str) -> tuple[str, ...]:
     return (repository,)
 
 
-def _first_match(patterns: Iterable[Pattern], names: tuple[str, ...]) -> Pattern | None:
+def _first_match(policy: Policy, patterns: Iterable[str], names: tuple[str, ...]) -> str | None:
     for pattern in patterns:
-        if any(pattern.matches(name) for name in names):
+        if any(policy.matches(pattern, name) for name in names):
             return pattern
     return None
 
@@ -95,26 +110,28 @@ def identity_text(identity: Identity) -> str:
     return f"{identity.kind}:{identity.name}"
 
 
-def _is_for(rule: RuleConfig, identity: Identity) -> bool:
+def _is_for(policy: Policy, rule: RuleConfig, identity: Identity) -> bool:
     """Whether every matcher of C{rule} holds for C{identity}."""
-    if rule.identity is not None and not rule.identity.matches(identity_text(identity)):
+    if rule.identity is not None and not policy.matches(rule.identity, identity_text(identity)):
         return False
-    if rule.user is not None and not (identity.kind is IdentityKind.USER and rule.user.matches(identity.name)):
+    if rule.user is not None and not (identity.kind is IdentityKind.USER
+                                      and policy.matches(rule.user, identity.name)):
         return False
-    if rule.token is not None and not (identity.kind is IdentityKind.TOKEN and rule.token.matches(identity.name)):
+    if rule.token is not None and not (identity.kind is IdentityKind.TOKEN
+                                       and policy.matches(rule.token, identity.name)):
         return False
     for claim, pattern in rule.claims:
         value = identity.claims.get(claim)
-        if value is None or not pattern.matches(value):
+        if value is None or not policy.matches(pattern, value):
             return False
     return True
 
 
-def _covers(rule: RuleConfig, upstream: str, names: tuple[str, ...]) -> bool:
+def _covers(policy: Policy, rule: RuleConfig, upstream: str, names: tuple[str, ...]) -> bool:
     """Whether the request is within C{rule}'s upstreams and repositories."""
     if rule.upstreams is not None and upstream not in rule.upstreams:
         return False
-    return rule.repositories is None or _first_match(rule.repositories, names) is not None
+    return rule.repositories is None or _first_match(policy, rule.repositories, names) is not None
 
 
 def decide(
@@ -135,20 +152,20 @@ def decide(
         return Decision(False, f"upstream[{upstream}]", "no such upstream is configured")
     here = f"upstream[{upstream}]"
     names = _names(config, repository)
-    excluded = _first_match(config.exclude, names)
+    excluded = _first_match(policy, config.exclude, names)
     if excluded is not None:
         return Decision(False, f"{here}.exclude", f"the repository is excluded ({excluded})")
-    if config.include and _first_match(config.include, names) is None:
+    if config.include and _first_match(policy, config.include, names) is None:
         return Decision(False, f"{here}.include", "the repository is not included")
     if config.digest_only and kind in _BY_TAG:
         return Decision(False, f"{here}.digest_only", "this upstream is served by digest only")
     if kind is ReferenceKind.TAG and config.tags:
-        if tag is None or not any(pattern.matches(tag) for pattern in config.tags):
+        if tag is None or not any(policy.matches(pattern, tag) for pattern in config.tags):
             return Decision(False, f"{here}.tags", "the tag is not allowed")
     if not policy.rules:
         return Decision(True, "default", "no [[rule]] is configured: everyone may pull")
     for rule in policy.rules:
-        if _is_for(rule, identity) and _covers(rule, upstream, names):
+        if _is_for(policy, rule, identity) and _covers(policy, rule, upstream, names):
             if rule.action == "allow":
                 return Decision(True, rule.label, "allowed")
             return Decision(False, rule.label, "a rule denies it")

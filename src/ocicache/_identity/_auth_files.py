@@ -5,7 +5,8 @@ OIDC issuer, and the key ocicache signs its own tokens with.
 
 Each reader raises C{ValueError} with a message that names the line or
 the problem and never the secret itself; L{ocicache._ops._config} adds the
-key.  What they return keeps its secrets out of C{repr()}.
+key.  This module imports nothing of ours, so the config (below this
+package) may read these files with it.  What they return keeps its secrets out of C{repr()}.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """
 The glob patterns the policy matches repository names, tags and OIDC
-claims with, compiled (and so validated) when the config is loaded.
+claims with.  The config validates their text (L{check_glob}, the one
+grammar); the policy compiles them once, when it is built from a config.
 
 The syntax is the one CI systems use for branch filters: C{*} matches any
 run of characters except C{/}, C{**} any run including C{/}, and C{?} one
@@ -14,20 +15,13 @@ import re
 
 from attrs import field, frozen
 
-__all__ = ["Pattern"]
+from .._ops._config import check_glob
 
-_MAX_LENGTH = 255
+__all__ = ["Pattern"]
 
 
 def _compile(text: str) -> re.Pattern[str]:
-    if not text:
-        raise ValueError("a pattern must not be empty")
-    if len(text) > _MAX_LENGTH:
-        raise ValueError(f"a pattern is at most {_MAX_LENGTH} characters")
-    if not text.isprintable():
-        raise ValueError(f"{text!r}: a pattern holds no control characters")
-    if "***" in text:
-        raise ValueError(f"{text!r}: use * or **, not ***")
+    check_glob(text)
     parts: list[str] = []
     index = 0
     while index < len(text):
