@@ -24,7 +24,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from ocicache._daemon._service import _plain_and_reachable
+from ocicache._daemon._listening import plain_and_reachable as _plain_and_reachable
 from ocicache._identity import ANONYMOUS, Identity, IdentityKind, _htpasswd, _issuer, _oidc
 from ocicache._identity._authenticator import PROOF_SECONDS, Authenticator, build_authenticator
 from ocicache._identity._errors import Denied, Unauthenticated

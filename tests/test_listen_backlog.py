@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from ocicache._daemon._service import LISTEN_BACKLOG, with_backlog
+from ocicache._daemon._listening import LISTEN_BACKLOG, with_backlog
 
 
 @pytest.mark.parametrize("description", [

@@ -18,6 +18,7 @@ from twisted.python.threadpool import ThreadPool
 from ocicache._daemon._reload import Reloader, restart_only_changes
 from ocicache._identity import ANONYMOUS
 from ocicache._ops._config import Credentials, load_config
+from ocicache._ops._reactor import the_reactor
 from ocicache._policy import Policy, ReferenceKind, decide
 from ocicache._upstream._client import Upstream, make_pool
 from ocicache._upstream._credentials import CredentialHelper
@@ -67,7 +68,7 @@ def _reloader(config_path: str, pool: ThreadPool) -> tuple[Reloader, _Holder, Up
     holder = _Holder()
     holder.policy = Policy.from_config(running)
     upstream = Upstream(running.upstreams[0], reactor, make_pool(reactor), TokenCache(reactor))
-    reloader = Reloader(config_path, running, cast(Services, holder), {"docker.io": upstream}, reactor, pool)
+    reloader = Reloader(config_path, running, cast(Services, holder), {"docker.io": upstream}, the_reactor(), pool)
     return reloader, holder, upstream
 
 

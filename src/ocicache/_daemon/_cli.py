@@ -30,6 +30,7 @@ from typing import Any, TextIO
 from twisted.internet.defer import Deferred
 
 from .._ops._config import Config, ConfigError, load_config
+from .._ops._reactor import Reactor
 from .._spec._reference import Digest
 from .._storage._capacity import Capacity
 from .._storage._disk import Disk
@@ -87,7 +88,7 @@ def _react(run: Any, config: Config, arguments: argparse.Namespace) -> int:
     """
     from twisted.internet.task import react
 
-    async def body(reactor: Any) -> None:
+    async def body(reactor: Reactor) -> None:
         # react calls this before the reactor runs, and the reactor installs
         # its own handlers (a graceful stop) as it starts: ours again after.
         reactor.callWhenRunning(_exit_on_signals)
@@ -180,7 +181,7 @@ class _Progress:
         self._stream.flush()
 
 
-async def _verify(reactor: Any, config: Config, metadata: Metadata, arguments: argparse.Namespace) -> int:
+async def _verify(reactor: Reactor, config: Config, metadata: Metadata, arguments: argparse.Namespace) -> int:
     store = Store(config.cache.dir)
     files = [(kind, digest, path) for kind in Kind for digest, path, _ in store.walk(kind)]
     progress = _Progress(len(files), sys.stdout)
@@ -212,7 +213,7 @@ async def _verify(reactor: Any, config: Config, metadata: Metadata, arguments: a
     return 1 if bad else 0
 
 
-async def _gc(reactor: Any, config: Config, metadata: Metadata, arguments: argparse.Namespace) -> int:
+async def _gc(reactor: Reactor, config: Config, metadata: Metadata, arguments: argparse.Namespace) -> int:
     from twisted.python.threadpool import ThreadPool
 
     store = Store(config.cache.dir)
@@ -247,7 +248,7 @@ async def _gc(reactor: Any, config: Config, metadata: Metadata, arguments: argpa
     return 0
 
 
-async def _stats(reactor: Any, config: Config, metadata: Metadata, arguments: argparse.Namespace) -> int:
+async def _stats(reactor: Reactor, config: Config, metadata: Metadata, arguments: argparse.Namespace) -> int:
     store = Store(config.cache.dir)
     sizes = {kind: [size for _, _, size in store.walk(kind)] for kind in Kind}
     summary = await metadata.summary()

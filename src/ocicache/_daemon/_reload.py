@@ -29,6 +29,7 @@ from twisted.python.threadpool import ThreadPool
 from .._identity._authenticator import Authenticator
 from .._ops._config import Config, ConfigError, UpstreamConfig, load_config
 from .._ops._metrics import Metrics
+from .._ops._reactor import Reactor
 from .._policy import Policy
 from .._upstream._client import Upstream
 from .._upstream._credentials import CredentialSource, credentials_for
@@ -89,7 +90,7 @@ class Reloader:
         running: Config,
         services: Services,
         upstreams: Mapping[str, Upstream],
-        reactor: Any,
+        reactor: Reactor,
         pool: ThreadPool,
         adjust: Callable[[Config], Config] = lambda config: config,
         metrics: Metrics | None = None,

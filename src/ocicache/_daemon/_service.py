@@ -25,34 +25,32 @@ the other services stop, the database is closed and no temp file is left.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from treq.client import HTTPClient
-from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.threads import deferToThread
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.server import Site
 
 from .._cache._access import RepoAccess
 from .._cache._blobs import BlobService
 from .._cache._manifests import ManifestService
 from .._cache._referrers import ReferrerService
 from .._cache._tags import TagService
-from .._cache._warm import Warmer, WarmReport
+from .._cache._warm import Warmer
 from .._fetch._incoming import DownloadError
 from .._fetch._negative import NegativeCache
+from .._fetch._observe import observed
 from .._fetch._replicate import Replicator
 from .._fetch._slots import Slots
 from .._fleet._bucket_book import RedisBucketBook
@@ -64,9 +62,10 @@ from .._fleet._redis import Redis
 from .._fleet._tags import RedisManifests
 from .._identity._authenticator import Authenticator, build_authenticator
 from .._identity._oidc import fetch_with
-from .._ops._config import Config, S3Config, WarmConfig
+from .._ops._config import Config
 from .._ops._metrics import ManifestTally, Metrics
-from .._spec._reference import Digest, parse_image_reference
+from .._ops._reactor import Reactor
+from .._spec._reference import Digest
 from .._storage._bucket import Bucket
 from .._storage._bucket_janitor import BucketJanitor
 from .._storage._capacity import Capacity
@@ -74,28 +73,24 @@ from .._storage._disk import Disk
 from .._storage._health import DiskHealth
 from .._storage._janitor import Janitor
 from .._storage._metadata import Metadata, MetadataUnavailable
-from .._storage._s3 import S3Client, S3Credentials, S3Error, S3Unavailable
 from .._storage._scrub import Scrubber
 from .._storage._store import Kind, Store
 from .._upstream._client import Upstream, make_pool
-from .._upstream._credentials import CredentialHelper
-from .._upstream._ratelimit import Quota
-from .._upstream._tls import UpstreamTLSPolicy
 from .._upstream._tokens import TokenCache
 from .._web._operator import OperatorResource
 from .._web._pins import PinsResource
 from .._web._resources import RootResource, Services
 from .._web._site import DrainingSite, QuietSite
+from ._bucket_client import s3_client
+from ._housekeeping import Housekeeping
+from ._listening import ListenError, listener, plain_and_reachable
 from ._reload import Reloader
 from ._stopping import hold_stop_signals
+from ._warming import Warming
 
 __all__ = ["OcicacheService", "ListenError"]
 
 log = Logger()
-
-
-class ListenError(ValueError):
-    """A listen address is not a valid endpoint string."""
 
 
 class OcicacheService(MultiService):
@@ -109,7 +104,7 @@ class OcicacheService(MultiService):
     twistd application as its log observer (see L{setServiceParent}).
     """
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(self, config: Config, reactor: Reactor) -> None:
         MultiService.__init__(self)
         self.config = config
         self._reactor = reactor
@@ -148,7 +143,7 @@ class OcicacheService(MultiService):
         if s3 is not None:
             self.s3_pool = make_pool(reactor)
             self.bucket = Bucket(
-                _s3_client(s3, reactor, self.s3_pool, disk), s3.prefix, disk, config.cache.max_size, s3.redirect,
+                s3_client(s3, reactor, self.s3_pool, disk), s3.prefix, disk, config.cache.max_size, s3.redirect,
                 self._evicted, on_bytes=lambda direction, count: self.metrics.s3_bytes.labels(direction).inc(count),
                 on_upload=lambda outcome: self.metrics.s3_uploads.labels(outcome).inc(),
                 protected=self._protected, book=self._bucket_book(),
@@ -172,22 +167,24 @@ class OcicacheService(MultiService):
             on_corrupt=lambda digest: self.metrics.corrupt_blobs.labels("scrub").inc(),
         )
         self.manifest_tally = ManifestTally()
-        self._flushed_quota: dict[str, Quota] = {}
         self.janitor = Janitor(
             disk, self.capacity, config.cache.blob_ttl,
             lambda: [download.temp_path for download in self.blobs.inflight.values()],
             manifest_ttl=config.cache.manifest_ttl, manifest_accesses=lambda: self.manifests.take_reads(),
             on_manifests_removed=self._manifests_removed,
         )
-        self._janitor_timer = TimerService(
-            config.cache.janitor_interval, lambda: Deferred.fromCoroutine(self._janitor_pass())
-        )
-        self._janitor_timer.setServiceParent(self)
+        self.housekeeping = Housekeeping(config.cache.janitor_interval, self.janitor, self.bucket_janitor,
+                                         self.upstreams, self.metadata)
+        MultiService.addService(self, self.housekeeping)
         self.manifests = ManifestService(
             disk, access, self._tag_ttl, slots=slots, health=health, negative=negative,
             shared=self._shared_manifests(),
         )
-        self._wire_warming()
+        self.warming = Warming(
+            Warmer(disk, self.manifests, self.blobs, self.upstreams, lambda: self.config.cache.max_size,
+                   on_blob=lambda outcome: self.metrics.warm_blobs.labels(outcome).inc()),
+            config.warm, config.cache.janitor_interval, self.metadata, self.metrics, reactor)
+        MultiService.addService(self, self.warming)
         referrers = ReferrerService(reactor, self.manifests, config.cache.referrers_ttl, disk=disk)
         # What the registry resources read on each request (not
         # MultiService's "services", the children), and what a reload swaps
@@ -200,9 +197,7 @@ class OcicacheService(MultiService):
             authenticator=self.authenticator_for(config))
         self.site = DrainingSite(RootResource(services), reactor, self.metrics, config.server)
         self.site.displayTracebacks = False
-        self._registry_listeners = [
-            self._listen(description, self.site) for description in config.server.listen
-        ]
+        self._registry_listeners = [self._listen(description, self.site) for description in config.server.listen]
         self.metrics.inflight_downloads.set_function(lambda: len(self.blobs.inflight))
         if config.fleet is not None and self.fleet is not None:
             internal = QuietSite(InternalResource(self.blobs, self.store, config.fleet.secret, reactor,
@@ -215,7 +210,7 @@ class OcicacheService(MultiService):
                 before_scrape=self._refresh_cache_gauges, draining=lambda: self.site.draining,
                 problems=self._store_problems,
             )
-            operator.putChild(b"pins", PinsResource(self.warmer, on_changed=self._pins_changed))
+            operator.putChild(b"pins", PinsResource(self.warming.warmer, on_changed=self.warming.pins_changed))
             operator_site = QuietSite(operator)
             operator_site.displayTracebacks = False
             self._listen(config.metrics.listen, operator_site)
@@ -247,80 +242,6 @@ class OcicacheService(MultiService):
         fleet = self.fleet
         return None if fleet is None else RedisManifests(fleet.redis, lambda: fleet.up, fleet.node)
 
-    # -- warming and pinning ([[warm]], ocicache pin)
-
-    def _wire_warming(self) -> None:
-        """
-        The warmer; a timer for each C{[[warm]]} entry with C{every} (the
-        others run once at start); and the pins' tag-following, on the
-        janitor's interval.
-        """
-        metrics = self.metrics
-        self.warmer = Warmer(self.disk, self.manifests, self.blobs, self.upstreams,
-                             lambda: self.config.cache.max_size,
-                             on_blob=lambda outcome: metrics.warm_blobs.labels(outcome).inc())
-        for entry in self.config.warm:
-            if entry.every is not None:
-                TimerService(entry.every, self._warm_soon, entry).setServiceParent(self)
-        follow = TimerService(self.config.cache.janitor_interval, self._follow_pins_soon)
-        follow.setServiceParent(self)
-
-    def _warm_soon(self, entry: WarmConfig) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._warm_entry(entry))
-
-    async def _warm_entry(self, entry: WarmConfig) -> None:
-        """One run of a C{[[warm]]} entry: each reference warmed (or pinned), one log line each."""
-        for text in entry.refs:
-            image = parse_image_reference(text)  # validated with the config
-            report: WarmReport | None = None
-            try:
-                upstream, repo = self.warmer.target(image)
-                if entry.pin:
-                    report = await self.warmer.pin(upstream, repo, image.reference, entry.platforms)
-                    self._pins_changed()
-                else:
-                    report = await self.warmer.warm(upstream, repo, image.reference, entry.platforms)
-                error = report.error or ("; ".join(f"{b.digest}: {b.error}" for b in report.failed) or None)
-            except Exception as e:
-                error = str(e) or type(e).__name__
-            self.metrics.warm_runs.labels("ok" if error is None else "failed").inc()
-            fetched, fetched_bytes = report.count("fetched") if report is not None else (0, 0)
-            cached, cached_bytes = report.count("cached") if report is not None else (0, 0)
-            failed = len(report.failed) if report is not None else 0
-            line = ("{verb} {ref} ({digest}): fetched {fetched} blobs ({fetched_bytes} B), {cached} already"
-                    " cached ({cached_bytes} B), {failed} failed")
-            fields = dict(verb="Pinned" if entry.pin else "Warmed", ref=text,
-                          digest=report.digest if report is not None else "-", fetched=fetched,
-                          fetched_bytes=fetched_bytes, cached=cached, cached_bytes=cached_bytes, failed=failed)
-            if error is None:
-                log.info(line, **fields)
-            else:
-                log.warn(line + ": {error}", error=error, **fields)
-
-    def _follow_pins_soon(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._follow_pins())
-
-    async def _follow_pins(self) -> None:
-        try:
-            moved = await self.warmer.follow_pins()
-        except Exception:
-            log.failure("Following pinned tags failed")
-            return
-        if moved:
-            self._pins_changed()
-        await self._count_pinned()
-
-    def _pins_changed(self) -> None:
-        Deferred.fromCoroutine(self._count_pinned()).addErrback(
-            lambda failure: log.failure("Could not count pinned bytes", failure))
-
-    async def _count_pinned(self) -> None:
-        try:
-            pinned = await self.metadata.pinned_blobs()
-        except MetadataUnavailable:
-            return
-        self.metrics.pinned_bytes.set(sum(pinned.values()))
-
     async def _protected(self) -> list[Digest]:
         """
         What eviction and expiry must leave: pinned closures, and the blobs
@@ -342,17 +263,8 @@ class OcicacheService(MultiService):
         fetch = fetch_with(HTTPClient(Agent(self._reactor, pool=self.http_pool)))
         return build_authenticator(config.auth, self._reactor, deferToThread, fetch, self.metrics)
 
-    def _listen(self, description: str, site: Site) -> StreamServerEndpointService:
-        try:
-            endpoint = serverFromString(self._reactor, with_backlog(description))
-        except Exception as e:
-            raise ListenError(f"{description!r} is not a valid listen endpoint: {e}") from None
-        service = StreamServerEndpointService(endpoint, site)
-        # Fail start-up, don't just log, when the port cannot be bound.
-        # Twisted offers no public switch for this: _raiseSynchronously is
-        # StreamServerEndpointService's own (documented in its source), and
-        # this is the daemon's one use of a private Twisted name.
-        service._raiseSynchronously = True
+    def _listen(self, description: str, factory: IProtocolFactory) -> StreamServerEndpointService:
+        service = listener(self._reactor, description, factory)
         service.setServiceParent(self)
         return service
 
@@ -371,38 +283,6 @@ class OcicacheService(MultiService):
         C{tag_ttl}, stretched while its pull quota runs low.
         """
         return upstream.tag_ttl(self.config.tag_ttl_for(upstream.config))
-
-    async def _flush_quota(self) -> None:
-        """
-        Write each upstream's pull-equivalents since the last flush and its
-        last rate-limit values, for C{ocicache stats} and the next start.
-        """
-        for upstream in self.upstreams.values():
-            made, saved = upstream.pulls()
-            quota = upstream.quota
-            if not made and not saved and quota == self._flushed_quota.get(upstream.name, Quota()):
-                continue
-            try:
-                await self.metadata.add_quota(upstream.name, made, saved, quota)
-            except MetadataUnavailable as e:
-                log.warn("Could not record the pull counts of {upstream}: {error}",
-                         upstream=upstream.name, error=str(e))
-                return
-            upstream.flushed(made, saved)
-            self._flushed_quota[upstream.name] = quota
-
-    async def _restore_quota(self) -> None:
-        """
-        The rate-limit state of the last run: an upstream that was left
-        alone is still left alone until its window passes, restart or not.
-        """
-        for row in await self.metadata.quota():
-            upstream = self.upstreams.get(row.upstream)
-            if upstream is not None:
-                quota = Quota(limit=row.limit, remaining=row.remaining, window=row.window, source=row.source,
-                              observed_at=row.observed_at, limited_until=row.limited_until)
-                self._flushed_quota[row.upstream] = quota
-                upstream.restore(quota)
 
     def _refresh_cache_gauges(self) -> None:
         """
@@ -433,51 +313,6 @@ class OcicacheService(MultiService):
     def _evicted(self, count: int, size: int) -> None:
         self.metrics.evictions.inc(count)
         self.metrics.evicted_bytes.inc(size)
-
-    async def _janitor_pass(self) -> None:
-        """
-        One janitor pass; the first one recovers the store.  A failing pass
-        is logged and the next one tries again.
-        """
-        try:
-            if not self.janitor.recovered:
-                await self.janitor.recover()
-            report = await self.janitor.run()
-        except Exception:
-            log.failure("Janitor pass failed")
-            return
-        finally:
-            await self._flush_quota()
-        if (report.expired or report.evicted or report.temp_removed or report.tags_removed
-                or report.manifests_removed):
-            log.info(
-                "Janitor: expired {expired} blobs ({expired_bytes} B), evicted {evicted} ({evicted_bytes} B),"
-                " removed {temp} abandoned temp files, {tags} old tag rows and {manifests} unreferenced"
-                " manifests",
-                expired=report.expired, expired_bytes=report.expired_bytes, evicted=report.evicted,
-                evicted_bytes=report.evicted_bytes, temp=report.temp_removed, tags=report.tags_removed,
-                manifests=report.manifests_removed,
-            )
-        if self.bucket_janitor is not None:
-            await self._bucket_pass(self.bucket_janitor)
-
-    async def _bucket_pass(self, janitor: BucketJanitor) -> None:
-        """The bucket's pass: an unreachable store is said once (its health), not per pass."""
-        try:
-            if not janitor.recovered:
-                await janitor.recover()
-            report = await janitor.run()
-        except (S3Unavailable, S3Error):
-            return
-        except Exception:
-            log.failure("S3 store janitor pass failed")
-            return
-        if report.expired or report.evicted or report.uploads_aborted:
-            log.info("S3 store janitor: expired {expired} blobs, evicted {evicted}, aborted {aborted} abandoned"
-                     " uploads", expired=report.expired, evicted=report.evicted, aborted=report.uploads_aborted)
-        if report.forgotten or report.adopted:
-            log.debug("S3 store janitor: indexed {adopted} blobs other nodes stored, forgot {forgotten} they removed",
-                      adopted=report.adopted, forgotten=report.forgotten)
 
     startup_errors_to_log = True
     """
@@ -559,7 +394,7 @@ class OcicacheService(MultiService):
         if self.config.auth is not None:
             log.info("Client authentication: {accepts}", accepts=self.registry.authenticator.describe())
             for description in self.config.server.listen:
-                if _plain_and_reachable(description):
+                if plain_and_reachable(description):
                     log.warn("Client credentials travel in clear text on {listen}: serve HTTPS (ssl:) or"
                              " put TLS in front", listen=description)
         if self.bucket is not None:
@@ -568,10 +403,7 @@ class OcicacheService(MultiService):
             if not upstream.tls_verify:
                 log.warn("Upstream {upstream}: TLS certificate verification is OFF (tls_verify = false);"
                          " anyone on the path can impersonate it", upstream=upstream.name)
-        for entry in self.config.warm:
-            if entry.every is None:
-                self._reactor.callLater(0, self._warm_soon, entry)
-        restoring = Deferred.fromCoroutine(self._restore_quota())
+        restoring = Deferred.fromCoroutine(self.housekeeping.restore_quota())
         restoring.addErrback(lambda failure: log.failure("Could not read the last rate-limit state", failure))
         scanning = self.disk.run(_scan_manifests, self.store)
         scanning.addCallback(self.manifest_tally.loaded)
@@ -625,7 +457,7 @@ class OcicacheService(MultiService):
             if not download.ended and (download.size is None or download.available < download.size):
                 download.fail(Failure(DownloadError("ocicache is stopping")))
             elif not download.settled.called:
-                settling.append(_when_settled(download.settled))
+                settling.append(observed(download.settled))
         if settling:
             # Verified bytes: let the commit and its metadata row land
             # before the disk thread and the database go.
@@ -643,8 +475,10 @@ class OcicacheService(MultiService):
         scrubbing = self.scrubber.stop()
         if scrubbing is not None:
             await scrubbing
-        await self._flush_quota()
-        self.disk_pool.stop()
+        await self.housekeeping.flush_quota()
+        # Joined in a thread of its own: a commit still running finishes
+        # without the reactor waiting on it.
+        await deferToThread(self.disk_pool.stop)
         closing = [self.metadata.close(), self.http_pool.closeCachedConnections()]
         if self.s3_pool is not None:
             closing.append(self.s3_pool.closeCachedConnections())
@@ -658,90 +492,6 @@ class OcicacheService(MultiService):
         log.info("ocicache stopped")
 
 
-LISTEN_BACKLOG = 1024
-"""
-The accept queue of a TCP or TLS listener that names none (Twisted's own
-default is 50): a build farm's burst of connections waits in the kernel
-rather than being refused or retried after a second (the kernel caps it at
-C{net.core.somaxconn}).
-"""
-
-
-def with_backlog(description: str) -> str:
-    """C{description} with ocicache's listen backlog, unless it sets one."""
-    kind = description.split(":", 1)[0].lower()
-    if kind in ("tcp", "tcp6", "ssl") and "backlog=" not in description:
-        return f"{description}:backlog={LISTEN_BACKLOG}"
-    return description
-
-
-def _plain_and_reachable(description: str) -> bool:
-    """
-    Whether a listener is plain TCP on more than loopback (no
-    C{interface=}, or one outside 127.0.0.0/8 and ::1).  A socket from
-    systemd is not judged: its address is the unit's.
-    """
-    kind = description.split(":", 1)[0].lower()
-    if kind not in ("tcp", "tcp6"):
-        return False
-    match = re.search(r"(?:^|:)interface=((?:\\:|[^:])*)", description)
-    if match is None:
-        return True
-    interface = match.group(1).replace("\\:", ":")
-    return not (interface.startswith("127.") or interface in ("::1", "localhost"))
-
-
-def _s3_client(config: S3Config, reactor: Any, pool: HTTPConnectionPool, disk: Disk) -> S3Client:
-    """
-    The S3 store's client: botocore's SigV4 signer, treq's transport, and
-    each part's payload hash in the disk pool.
-    """
-    tls = UpstreamTLSPolicy.for_host(config.endpoint.host, config.tls_verify, config.ca_file)
-    return S3Client(
-        HTTPClient(Agent(reactor, contextFactory=tls, pool=pool)), config.endpoint, config.bucket,
-        _s3_credentials(config, reactor), region=config.region,
-        path_style=config.path_style, hasher=lambda body: disk.run(_sha256_hex, body),
-    )
-
-
-def _s3_credentials(config: S3Config, reactor: Any) -> S3Credentials | Callable[[], Awaitable[S3Credentials]]:
-    """
-    The S3 key pair: from the config, or from a credential program (the
-    docker-credential-helpers protocol, as for upstreams: C{Username} is
-    the access key, C{Secret} the secret), run again after its TTL.
-    """
-    if config.keys is not None:
-        return S3Credentials(config.keys.access_key, config.keys.secret_key)
-    if config.credential_command is None:
-        raise ValueError("an S3 store with neither keys nor a credential program")
-    helper = CredentialHelper(config.credential_command, "S3 store", reactor, reactor)
-
-    async def current() -> S3Credentials:
-        got = await helper.get()
-        return S3Credentials(got.username, got.password)
-
-    return current
-
-
-def _sha256_hex(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()
-
-
 def _scan_manifests(store: Store) -> list[tuple[str, int]]:
     """The stored manifests, as C{(digest, size)}; runs in the disk thread."""
     return [(str(digest), size) for digest, _, size in store.walk(Kind.MANIFEST)]
-
-
-def _when_settled(settled: Deferred[Any]) -> Deferred[None]:
-    """
-    A Deferred that fires (with C{None}) once C{settled} has, leaving
-    C{settled}'s own result to its other callbacks.
-    """
-    done: Deferred[None] = Deferred()
-
-    def fire(result: object) -> object:
-        done.callback(None)
-        return result
-
-    settled.addBoth(fire)
-    return done

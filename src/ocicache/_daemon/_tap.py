@@ -15,6 +15,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from .._ops._config import ConfigError, load_config
+from .._ops._reactor import the_reactor
 from .._version import __version__
 
 __all__ = ["Options", "makeService"]
@@ -57,9 +58,8 @@ def _die(message: str) -> None:
 
 
 def makeService(options: Options) -> IService:
-    from twisted.internet import reactor
-
-    from ._service import ListenError, OcicacheService
+    from ._listening import ListenError
+    from ._service import OcicacheService
 
     try:
         config = load_config(options["config"])
@@ -69,7 +69,7 @@ def makeService(options: Options) -> IService:
     if listen:
         config = _with_listen(config, listen)
     try:
-        service = OcicacheService(config, reactor)
+        service = OcicacheService(config, the_reactor())
     except ListenError as e:
         _die(str(e))
     # SIGHUP reads the same file again, with the same command line applied.

@@ -14,7 +14,7 @@ import base64
 import math
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Literal
 
 from attrs import frozen
 from hyperlink import DecodedURL
@@ -46,7 +46,7 @@ MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
-def make_pool(reactor: Any) -> HTTPConnectionPool:
+def make_pool(reactor: IReactorTime) -> HTTPConnectionPool:
     """
     The connection pool every upstream shares.
     """
