@@ -27,7 +27,7 @@ from twisted.internet.task import deferLater
 from twisted.python.threadpool import ThreadPool
 from twisted.web.http_headers import Headers
 
-from ocicache._cache import _manifests
+from ocicache._cache import _manifest_fleet
 from ocicache._cache._access import RepoAccess
 from ocicache._cache._errors import ManifestUnknown
 from ocicache._cache._manifests import ManifestLookup, ManifestService, SharedTag
@@ -345,7 +345,7 @@ async def test_a_turn_ends_once_the_answer_is_shared(fleet: _Fleet) -> None:
 @pytest_twisted.ensureDeferred
 async def test_a_node_that_has_the_turn_too_long_is_not_waited_for(
         fleet: _Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_manifests, "TURN_WAIT", 0.3)
+    monkeypatch.setattr(_manifest_fleet, "TURN_WAIT", 0.3)
     body = _body("one")
     fleet.upstream.tag("v1", body)
     fleet.shared.busy.add("v1")

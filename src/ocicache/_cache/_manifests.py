@@ -27,10 +27,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from attrs import frozen
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from .._fetch._lru import SizedLRU
@@ -49,6 +48,7 @@ from .._upstream._client import Upstream
 from .._upstream._errors import UpstreamError, answer_error
 from ._access import RepoAccess
 from ._errors import DigestMismatch, ManifestTooLarge, ManifestUnknown
+from ._manifest_fleet import FleetManifests, SharedManifests, SharedTag, no_turn
 from ._stale import serves_stale
 
 __all__ = ["MAX_MANIFEST_SIZE", "Manifest", "ManifestService", "SharedManifests", "SharedTag", "no_turn", "variant_key"]
@@ -126,59 +126,6 @@ class Manifest:
 
 
 @frozen
-class SharedTag:
-    """
-    What a node of the fleet found a tag's variant resolves to, and when
-    it last checked that against the upstream (seconds since the epoch).
-    """
-
-    digest: Digest
-    media_type: str
-    checked_at: float
-
-
-def no_turn() -> None:
-    """The end of a turn that was never taken (alone, or the shared store gone)."""
-
-
-TURN_WAIT = 5.0
-"""Seconds a node waits for another that is asking the upstream about the same tag or digest."""
-
-TURN_POLL = 0.1
-"""Seconds between looks at what the fleet shared, while another node asks the upstream."""
-
-CLOCK_SKEW = 5.0
-"""Seconds a shared C{checked_at} may lie ahead of this node's clock and still be believed."""
-
-
-class SharedManifests(Protocol):
-    """
-    Tags and manifests shared by a fleet of nodes (L{ocicache._fleet}):
-    one node's upstream C{HEAD} or C{GET} spares the others theirs.  Best
-    effort: a lookup answers C{None} at once when the shared store cannot
-    be asked, and a write may be dropped.  C{key} is a L{variant_key}.
-    """
-
-    async def tag(self, upstream: str, repo: str, key: str) -> SharedTag | None: ...
-
-    def put_tag(self, upstream: str, repo: str, key: str, tag: SharedTag, ttl: float) -> None: ...
-
-    async def manifest(self, digest: Digest) -> tuple[str, bytes] | None:
-        """The media type and bytes shared under C{digest}, unverified."""
-
-    def put_manifest(self, digest: Digest, media_type: str, body: bytes) -> None: ...
-
-    async def turn(self, upstream: str, repo: str, key: str) -> Callable[[], None] | None:
-        """
-        This node's turn to ask the upstream about C{key} (a tag's variant
-        or a digest) now: what ends it, to be called once the answer is
-        shared (the writes before it land first); or C{None} while another
-        node has its turn.  A turn, which ends as nothing, when the shared
-        store cannot be asked.
-        """
-
-
-@frozen
 class ManifestLookup:
     """
     A manifest and how it was found.
@@ -200,7 +147,7 @@ class ManifestService:
         shared: SharedManifests | None = None,
     ) -> None:
         self._disk = disk
-        self._shared = shared
+        self._fleet = FleetManifests(shared, disk.reactor, tag_ttl, MAX_MANIFEST_SIZE)
         self._reactor = disk.reactor
         self._store = disk.store
         self._metadata = disk.metadata
@@ -329,10 +276,10 @@ class ManifestService:
         self, upstream: Upstream, repo: str, tag: str, accept: Sequence[str], known: Manifest
     ) -> Digest | None:
         key = variant_key(tag, accept)
-        shared = await self._shared_tag(upstream, repo, key)
+        shared = await self._fleet.tag(upstream, repo, key)
         end = no_turn
         if shared is None:
-            shared, end = await self._turn(upstream, repo, key, lambda: self._shared_tag(upstream, repo, key))
+            shared, end = await self._fleet.turn(upstream, repo, key, lambda: self._fleet.tag(upstream, repo, key))
         if shared is not None:
             # Another node of the fleet asked the upstream lately.
             if shared.digest == known.digest:
@@ -370,7 +317,7 @@ class ManifestService:
         now = self._reactor.seconds()
         if current == known.digest:
             await self._put_tag(upstream, repo, key, current, now)
-            self._share(upstream, repo, key, known, now)
+            self._fleet.share(upstream, repo, key, known.digest, known.media_type, known.body, now)
         if current is not None:
             self._confirmed.put((upstream.name, repo, key), (current, now))
         return current
@@ -382,69 +329,15 @@ class ManifestService:
         except MetadataUnavailable as e:
             self._health.failed(e)
 
-    # -- the fleet's shared view
-
-    def _share(self, upstream: Upstream, repo: str, key: str | None, manifest: Manifest, checked_at: float) -> None:
-        """Tell the fleet what the upstream just said: C{manifest}, and that tag variant C{key} is it."""
-        if self._shared is None:
-            return
-        self._shared.put_manifest(manifest.digest, manifest.media_type, manifest.body)
-        if key is not None:
-            self._shared.put_tag(upstream.name, repo, key,
-                                 SharedTag(manifest.digest, manifest.media_type, checked_at), self._tag_ttl(upstream))
-
-    async def _turn(self, upstream: Upstream, repo: str, key: str,
-                    found: Callable[[], Awaitable[T | None]]) -> tuple[T | None, Callable[[], None]]:
-        """
-        Before this node asks the upstream about C{key} (a tag's variant or
-        a digest): if another node of the fleet is asking it now, what that
-        node shared (C{found()}, polled until it is there); else this node's
-        turn to ask, and what ends it (once the answer is shared).  Waits
-        no longer than L{TURN_WAIT}: a node slow to answer costs one more
-        upstream request, never an error.
-        """
-        if self._shared is None:
-            return None, no_turn
-        deadline = self._reactor.seconds() + TURN_WAIT
-        while True:
-            end = await self._shared.turn(upstream.name, repo, key)
-            if end is not None:
-                return None, end
-            if self._reactor.seconds() >= deadline:
-                return None, no_turn
-            await deferLater(self._reactor, TURN_POLL, lambda: None)
-            answer = await found()
-            if answer is not None:
-                return answer, no_turn
-
-    async def _shared_tag(self, upstream: Upstream, repo: str, key: str) -> SharedTag | None:
-        """The fleet's entry for tag variant C{key}, if a node checked it against the upstream within C{tag_ttl}."""
-        if self._shared is None:
-            return None
-        shared = await self._shared.tag(upstream.name, repo, key)
-        if shared is None:
-            return None
-        age = self._reactor.seconds() - shared.checked_at
-        return shared if -CLOCK_SKEW <= age < self._tag_ttl(upstream) else None
-
     async def _shared_manifest(self, digest: Digest) -> Manifest | None:
-        """
-        The manifest C{digest} from this node's store, else from the
-        fleet's shared bytes if they are what C{digest} names.
-        """
+        """The manifest C{digest} from this node's store, else from the fleet's verified shared bytes."""
         stored = await self._stored(digest)
-        if stored is not None or self._shared is None:
+        if stored is not None:
             return stored
-        shared = await self._shared.manifest(digest)
+        shared = await self._fleet.manifest(digest)
         if shared is None:
             return None
         media_type, body = shared
-        # Redis is not trusted with content (distribution-spec "Pulling
-        # manifests": a manifest's digest is that of its exact bytes).
-        if len(body) > MAX_MANIFEST_SIZE or not digest.names(body):
-            log.warn("Ignoring the fleet's copy of manifest {digest}: it is not what the digest names",
-                     digest=str(digest))
-            return None
         # Read as the upstream's Content-Type is: the type, without parameters.
         return Manifest(digest, manifest_media_type(media_type.encode("ascii", "replace"), body), body)
 
@@ -458,7 +351,7 @@ class ManifestService:
         own manifest, if this Accept lists its type).  A digest:
         its shared bytes, once this repository is shown to hold it.
         """
-        if self._shared is None:
+        if self._fleet.alone:
             return None
         if isinstance(reference, Digest):
             manifest = await self._shared_manifest(reference)
@@ -468,11 +361,11 @@ class ManifestService:
             checked_at = None
         else:
             key = variant_key(reference, accept)
-            shared = await self._shared_tag(upstream, repo, key)
+            shared = await self._fleet.tag(upstream, repo, key)
             if shared is None and key != reference:
                 # As in _by_tag: the tag's own manifest answers a narrow
                 # Accept that lists its type.
-                shared = await self._shared_tag(upstream, repo, reference)
+                shared = await self._fleet.tag(upstream, repo, reference)
             if shared is None or shared.media_type not in accept:
                 return None
             manifest = await self._shared_manifest(shared.digest)
@@ -504,7 +397,7 @@ class ManifestService:
         if found is not None:
             return found, False
         key = _reference_key(reference, accept)
-        found, end = await self._turn(upstream, repo, key,
+        found, end = await self._fleet.turn(upstream, repo, key,
                                       lambda: self._from_fleet(upstream, repo, reference, accept))
         if found is not None:
             return found, False
@@ -555,8 +448,8 @@ class ManifestService:
         manifest = Manifest(digest, media_type, body)
         self._hot.put(digest, manifest)
         now = self._reactor.seconds()
-        self._share(upstream, repo, None if isinstance(reference, Digest) else variant_key(reference, accept),
-                    manifest, now)
+        self._fleet.share(upstream, repo, None if isinstance(reference, Digest) else variant_key(reference, accept),
+                          digest, media_type, body, now)
         await self._kept(upstream, repo, reference, accept, manifest, now)
         return manifest
 
