@@ -76,7 +76,8 @@ class TokenCache:
     they expire.
 
     Tokens are dropped C{30} seconds before their C{expires_in}, or half
-    way through it when that is shorter than a minute, and the cache holds at most C{max_entries} tokens, dropping the least recently
+    way through it when that is shorter than a minute, and the cache
+    holds at most C{max_entries} tokens, dropping the least recently
     stored when full.
     """
 
