@@ -86,6 +86,7 @@ from .._web._operator import OperatorResource
 from .._web._pins import PinsResource
 from .._web._resources import RootResource, Services
 from .._web._site import DrainingSite, QuietSite
+from ._preflight import warn_at_start
 from ._reload import Reloader
 from ._stopping import hold_stop_signals
 
@@ -562,6 +563,7 @@ class OcicacheService(MultiService):
                 if _plain_and_reachable(description):
                     log.warn("Client credentials travel in clear text on {listen}: serve HTTPS (ssl:) or"
                              " put TLS in front", listen=description)
+        warn_at_start(self.config)
         if self.bucket is not None:
             log.info("Blobs are stored in the S3 bucket {bucket}", bucket=self.bucket.name)
         for upstream in self.config.upstreams:
