@@ -115,6 +115,7 @@ class Upstream:
         """What the upstream's responses said of its pull quota (L{note_quota})."""
         self._below_floor = False
         self._limited = False
+        self._chain_checked = False
         # Pull-equivalents (manifest GETs, as Docker Hub counts them) not
         # yet written to the metadata database: see pulls and flushed.
         self._made = 0
@@ -276,7 +277,24 @@ class Upstream:
             raise UpstreamUnavailable(message, why) from None
         self._observe(kind, str(response.code), started)
         self.note_quota(response)
+        if not self._chain_checked:
+            self._check_chain(response)
         return response
+
+    def _check_chain(self, response: IResponse) -> None:
+        """
+        Warn, once, when the upstream is another ocicache (its C{Server}
+        header says so, RFC 9110 §10.2.4) but is not configured as a
+        mirror tier: it then answers for its own default upstream only,
+        whatever registry a client asked this one for.
+        """
+        self._chain_checked = True
+        server = _first(response.headers, b"server") or b""
+        if self.config.kind != "mirror" and server.startswith(b"ocicache/"):
+            log.warn("{upstream}: {url} is an ocicache ({server}) configured as a registry, so every registry is"
+                     " pulled through its default upstream: set kind = \"mirror\" in this [[upstream]]",
+                     upstream=self.name, url=self.config.url.to_text(),
+                     server=server.decode("ascii", "replace")[:64])
 
     def _observe(self, kind: RequestKind, code: str, started: float) -> None:
         """
