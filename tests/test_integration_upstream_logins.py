@@ -137,3 +137,35 @@ def test_a_short_token_is_reused_for_half_its_lifetime(
     assert len(image.blobs) + 4 == 8
     assert tokens.failed_logins() == 0
     assert 1 <= len(tokens.issued) <= 1 + int(elapsed // 5), (len(tokens.issued), elapsed)
+
+
+def test_a_refused_token_is_not_asked_for_again_at_once(
+    tmp_path: os.PathLike[str], upstream: Registry, ocitest_images: dict[str, Image]
+) -> None:
+    """
+    The token server issues tokens for a repository the account may not
+    read, which the registry refuses (401 to a fresh token): that scope
+    is not asked for again for the backoff, while the others are served.
+    """
+    private, public = ocitest_images["team"], ocitest_images["oci"]
+    tokens = TokenServer(os.path.join(str(tmp_path), "tokens"), USERNAME, PASSWORD,
+                         denied=frozenset({private.repo})).start()
+    try:
+        with AuxRegistry(os.path.join(str(tmp_path), "registry"), upstream.storage,
+                         auth_yaml=tokens.registry_auth_yaml()) as registry:
+            daemon, _ = _start(os.path.join(str(tmp_path), "daemon"), registry.url, PASSWORD)
+            try:
+                started = time.monotonic()
+                for _ in range(20):
+                    status, body = _get(daemon, f"/v2/{private.repo}/manifests/{private.tag}")
+                    assert status == 401 and b"UNAUTHORIZED" in body, (status, body[:300])
+                elapsed = time.monotonic() - started
+                status, body = _get(daemon, f"/v2/{public.repo}/manifests/{public.tag}")
+                assert status == 200 and body == public.manifest_bytes
+            finally:
+                daemon.stop()
+    finally:
+        tokens.stop()
+    asked = [r for r in tokens.requests if f"repository:{private.repo}:pull" in r["query"].get("scope", [])]
+    assert tokens.failed_logins() == 0
+    assert 1 <= len(asked) <= 2 * (1 + int(elapsed // 10)), (len(asked), elapsed)

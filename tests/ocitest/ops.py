@@ -262,13 +262,16 @@ class TokenServer:
     scopes.  Every token issued is kept in L{issued}.  C{password} may be
     changed while it runs (a rotation): it is read on every request.
     Tokens live C{expires_in} seconds (their C{exp} and the response's
-    C{expires_in}).
+    C{expires_in}); the repositories in C{denied} get tokens granting
+    nothing, which the registry then refuses (as a private repository
+    the account may not read).
     """
 
     issuer = "ocitest-issuer"
     service = "ocitest-registry"
 
-    def __init__(self, workdir: str, username: str, password: str, expires_in: int = 300) -> None:
+    def __init__(self, workdir: str, username: str, password: str, expires_in: int = 300,
+                 denied: frozenset[str] = frozenset()) -> None:
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import rsa
@@ -278,6 +281,7 @@ class TokenServer:
         self.username = username
         self.password = password
         self.expires_in = expires_in
+        self.denied = denied
         self._server = LoopbackServer(self._answer, name="token-server")
         self.port = self._server.port
         self.issued: list[str] = []
@@ -322,7 +326,7 @@ class TokenServer:
         for scope in scopes:
             kind, _, rest = scope.partition(":")
             name, _, actions = rest.rpartition(":")
-            if kind == "repository" and name:
+            if kind == "repository" and name and name not in self.denied:
                 access.append({"type": "repository", "name": name,
                                "actions": [a for a in actions.split(",") if a == "pull"]})
         now = int(time.time())

@@ -7,7 +7,8 @@ request at the upstream's token server: on Docker Hub, a path to locking
 the account out.  Once refused, ocicache does not log in again with the
 same credentials for the same key until the backoff has passed, and each
 refusal that follows doubles it.  Keys carry the credentials, so new
-credentials (a reload, a credential helper's rotation) start afresh.
+credentials (a SIGHUP that changes them, a credential helper's rotation)
+are tried at once.
 """
 
 from __future__ import annotations
@@ -80,9 +81,3 @@ class Refusals:
         The upstream accepted C{key}'s credentials: forget its refusals.
         """
         self._refusals.pop(key, None)
-
-    def clear(self) -> None:
-        """
-        Forget every refusal: the credentials were changed.
-        """
-        self._refusals.clear()
