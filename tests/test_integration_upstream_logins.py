@@ -17,8 +17,9 @@ import pytest
 
 from ocitest import http_request, wait_for
 from ocitest.daemon import Daemon, Upstream, start_daemon
+from ocitest.hop import Hop
 from ocitest.images import MEDIA, Image
-from ocitest.ops import AuxRegistry, TokenServer
+from ocitest.ops import AuxRegistry, TokenServer, htpasswd_line
 from ocitest.registry import Registry
 
 pytestmark = pytest.mark.integration
@@ -169,3 +170,31 @@ def test_a_refused_token_is_not_asked_for_again_at_once(
     asked = [r for r in tokens.requests if f"repository:{private.repo}:pull" in r["query"].get("scope", [])]
     assert tokens.failed_logins() == 0
     assert 1 <= len(asked) <= 2 * (1 + int(elapsed // 10)), (len(asked), elapsed)
+
+
+def test_a_wrong_basic_password_is_not_sent_again_at_once(
+    tmp_path: os.PathLike[str], upstream: Registry, ocitest_images: dict[str, Image]
+) -> None:
+    """
+    A registry asking for Basic credentials (htpasswd), a wrong password:
+    every repository gets the same 401, and the password is sent once per
+    backoff, not with every client request.
+    """
+    htpasswd = os.path.join(str(tmp_path), "htpasswd")
+    with open(htpasswd, "w") as f:
+        f.write(htpasswd_line(USERNAME, PASSWORD))
+    with AuxRegistry(os.path.join(str(tmp_path), "registry"), upstream.storage,
+                     auth_yaml=["auth:", "  htpasswd:", "    realm: ocitest", f"    path: {htpasswd}"]) as registry, \
+            Hop(registry.url) as hop:
+        daemon, _ = _start(os.path.join(str(tmp_path), "daemon"), hop.url, "wrong-password")
+        try:
+            started = time.monotonic()
+            for i in range(30):
+                image = ocitest_images[("oci", "team", "big1")[i % 3]]
+                status, body = _get(daemon, f"/v2/{image.repo}/manifests/{image.tag}")
+                assert status == 401 and b"UNAUTHORIZED" in body, (status, body[:300])
+            elapsed = time.monotonic() - started
+        finally:
+            daemon.stop()
+        refused = [r for r in hop.requests if "authorization" in {k.lower() for k in r.headers}]
+    assert 1 <= len(refused) <= 1 + int(elapsed // 10), (len(refused), elapsed)

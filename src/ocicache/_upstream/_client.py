@@ -177,7 +177,9 @@ class Upstream:
     ) -> IResponse:
         credentials = await self.credentials.get()
         scoped = _ScopeRefusal(target.scope, credentials)
+        basic = _LoginRefusal(self.config.url.to_text(), None, credentials)
         self._check_refusal(scoped)
+        self._check_refusal(basic)
         authorization = await self._authorization_for(target.scope)
         response = await self._request(method, target.url, headers, authorization, target.kind)
         if response.code == 401:
@@ -191,11 +193,14 @@ class Upstream:
                 authorization = retry
                 if credentials is not None:
                     # Fresh credentials refused: asking again with them
-                    # only adds failed logins.
+                    # only adds failed logins.  Basic credentials are
+                    # the same for every scope (RFC 7617), a token is not.
+                    refusal = basic if retry.startswith(b"Basic ") else scoped
                     if response.code == 401:
-                        self._refused(scoped, "the registry refused ocicache's credentials for " + target.scope)
+                        self._refused(refusal, "the registry refused ocicache's credentials"
+                                      + ("" if refusal is basic else " for " + target.scope))
                     else:
-                        self._refusals.accept(scoped)
+                        self._refusals.accept(refusal)
         if follow_redirects:
             response = await self._follow(method, target.url, response, headers, authorization, target.kind)
         if response.code == 429:
