@@ -269,7 +269,11 @@ def test_chaos(tmp_path: Path, radosgw: Radosgw, bucket_name: str, request: pyte
         registry.stop()
     gets = collections.Counter(r.path.rsplit("/", 1)[1] for r in hop.requests
                                if r.method == "GET" and "/blobs/sha256:" in r.path)
+    whole = collections.Counter(r.path.rsplit("/", 1)[1] for r in hop.requests
+                                if r.method == "GET" and "/blobs/sha256:" in r.path and r.status == 200
+                                and r.injected is None and r.bytes_sent == r.content_length)
     per_blob = [gets.get(digest, 0) for digest in sorted(tally.pulled)]
+    per_blob_whole = [whole.get(digest, 0) for digest in sorted(tally.pulled)]
     report: dict[str, Any] = {
         "seed": seed, "minutes": round(elapsed / 60, 2), "nodes": NODES, "clients": CLIENTS,
         "requests": tally.requests, "ok": tally.ok, "bytes_ok": tally.bytes_ok,
@@ -279,6 +283,7 @@ def test_chaos(tmp_path: Path, radosgw: Radosgw, bucket_name: str, request: pyte
         "distinct_blobs": len(per_blob), "upstream_blob_gets": sum(per_blob),
         "upstream_gets_per_blob": collections.Counter(per_blob),
         "upstream_gets_per_blob_mean": round(sum(per_blob) / max(1, len(per_blob)), 3),
+        "upstream_whole_gets_per_blob": collections.Counter(per_blob_whole),
         "actions": tally.actions,
     }
     text = json.dumps(report, indent=2, default=str, sort_keys=True)
