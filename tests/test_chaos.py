@@ -24,6 +24,7 @@ import json
 import os
 import random
 import secrets
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -49,6 +50,8 @@ NODES = 3
 CLIENTS = 6
 SECRET = "a-fleet-secret-of-some-length"
 KiB, MiB = 1 << 10, 1 << 20
+RECOVERY = 10.0
+"""Seconds after a disturbance ends that upstream GETs are still laid at its door."""
 
 
 @dataclass
@@ -63,6 +66,8 @@ class Tally:
     wrong_digest_bytes: int = 0
     failed: collections.Counter[str] = field(default_factory=collections.Counter)
     actions: list[tuple[float, str]] = field(default_factory=list)
+    windows: list[tuple[str, float, float]] = field(default_factory=list)
+    """(kind, start, end) of each disturbance, in time.monotonic()."""
     pulled: set[str] = field(default_factory=set)
 
 
@@ -130,8 +135,11 @@ def _chaos(nodes: list[Daemon], redis: RedisServer, radosgw: Radosgw, hop: Hop, 
         with tally.lock:
             tally.actions.append((round(time.monotonic() - started, 1), text))
 
+    if os.environ.get("OCITEST_CHAOS_CALM"):
+        return  # the same load without the chaos: the baseline
     while not stop.wait(rng.uniform(5, 12)):
         action = rng.choice(["kill", "kill", "redis", "radosgw", "cut", "refuse"])
+        began = time.monotonic()
         if action == "kill":
             index = rng.randrange(len(nodes))
             note(f"kill -9 node{index}")
@@ -161,6 +169,10 @@ def _chaos(nodes: list[Daemon], redis: RedisServer, radosgw: Radosgw, hop: Hop, 
             time.sleep(rng.uniform(1, 4))
             hop.start()
             note("upstream back")
+        kinds = {"kill": "a node killed", "redis": "Redis down", "radosgw": "radosgw down",
+                 "cut": "upstream bodies cut", "refuse": "upstream refusing connections"}
+        with tally.lock:
+            tally.windows.append((kinds[action], began, time.monotonic()))
 
 
 def _clients(nodes: list[Daemon], blobs: list[Blob], blobs_lock: threading.Lock, tally: Tally,
@@ -201,6 +213,11 @@ def _partial_commits(nodes: list[Daemon], store: Store) -> tuple[int, int]:
             checked += 1
             bad += store.sha256(key) != "sha256:" + key.rsplit("/", 1)[1]
     return checked, bad
+
+
+def _critical_lines(node: Daemon) -> int:
+    """Log lines at level critical (a bug: an unexpected error) or holding a traceback."""
+    return sum(1 for line in node.log_text().splitlines() if "#critical]" in line or "Traceback" in line)
 
 
 def _joined(node: Daemon) -> bool:
@@ -260,6 +277,10 @@ def test_chaos(tmp_path: Path, radosgw: Radosgw, bucket_name: str, request: pyte
         hop.wait_idle(60)
         time.sleep(5)  # replications into the bucket in flight complete or are aborted
         checked, partial = _partial_commits(nodes, store)
+        critical = {f"node{index}": _critical_lines(node) for index, node in enumerate(nodes)}
+        if report_path:
+            for index, node in enumerate(nodes):
+                shutil.copy(node.log_path, f"{report_path}.node{index}.log")
     finally:
         stop.set()
         for node in nodes:
@@ -273,6 +294,11 @@ def test_chaos(tmp_path: Path, radosgw: Radosgw, bucket_name: str, request: pyte
                                 if r.method == "GET" and "/blobs/sha256:" in r.path and r.status == 200
                                 and r.injected is None and r.bytes_sent == r.content_length)
     per_blob = [gets.get(digest, 0) for digest in sorted(tally.pulled)]
+    during: collections.Counter[str] = collections.Counter()
+    for r in hop.requests:
+        if r.method == "GET" and "/blobs/sha256:" in r.path:
+            kinds = {kind for kind, start, end in tally.windows if start <= r.started <= end + RECOVERY}
+            during[" + ".join(sorted(kinds)) or "calm"] += 1
     per_blob_whole = [whole.get(digest, 0) for digest in sorted(tally.pulled)]
     report: dict[str, Any] = {
         "seed": seed, "minutes": round(elapsed / 60, 2), "nodes": NODES, "clients": CLIENTS,
@@ -284,7 +310,9 @@ def test_chaos(tmp_path: Path, radosgw: Radosgw, bucket_name: str, request: pyte
         "upstream_gets_per_blob": collections.Counter(per_blob),
         "upstream_gets_per_blob_mean": round(sum(per_blob) / max(1, len(per_blob)), 3),
         "upstream_whole_gets_per_blob": collections.Counter(per_blob_whole),
+        "upstream_blob_gets_during": during,
         "actions": tally.actions,
+        "critical_log_lines": critical,
     }
     text = json.dumps(report, indent=2, default=str, sort_keys=True)
     print(text)

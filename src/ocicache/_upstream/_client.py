@@ -559,7 +559,10 @@ class Upstream:
 
 @frozen
 class _LoginRefusal:
-    """A token server's refusal of credentials: for every scope."""
+    """
+    A refusal of credentials for every scope: by a token server (its realm
+    and service), or by a registry that asks for Basic (its URL, no service).
+    """
 
     realm: str
     service: str | None
