@@ -58,6 +58,12 @@ def _require(*names: str) -> None:
             pytest.fail(str(e), pytrace=False)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("chaos", "the chaos run (python -m pytest -m chaos)")
+    group.addoption("--minutes", type=float, default=5.0, help="how long the chaos run lasts (default 5)")
+    group.addoption("--chaos-report", default=None, help="write the chaos run's report (JSON) there")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome: Any = yield

@@ -139,3 +139,29 @@ def test_an_edge_sends_its_static_token_to_the_regional(
         sent = {name.lower(): value for name, value in request.headers.items()}
         assert sent.get("authorization") == "Bearer edge-token-4e1d", request
     assert "edge-token-4e1d" not in edge.log_text()
+
+
+CHAINED = 'set kind = "mirror" in this [[upstream]]'
+
+
+def test_an_ocicache_upstream_not_configured_as_a_mirror_is_named_once(
+        ocitest_images: dict[str, Image], daemon: Daemon, daemon_factory: Callable[..., Daemon]) -> None:
+    """
+    An edge configured the old way (no C{kind = "mirror"}) in front of a
+    regional ocicache: its first contact logs one warning naming the fix,
+    however many requests follow; a mirror-tier edge logs none.
+    """
+    image = ocitest_images["oci"]
+    old = daemon_factory(upstreams=[Upstream("docker.io", daemon.url, default=True)])
+    tier_upstream = daemon_factory(upstreams=[Upstream("docker.io", daemon.url, default=True,
+                                                       extra={"kind": "mirror"})])
+    for edge in (old, tier_upstream):
+        for path in (f"/v2/{image.repo}/manifests/{image.tag}", f"/v2/{image.repo}/blobs/{image.blobs[0].digest}",
+                     f"/v2/{image.repo}/manifests/no-such-tag", f"/v2/{image.repo}/tags/list"):
+            status = http_request(edge.url + path, headers={"Accept": ACCEPT})[0]
+            assert status in (200, 404), (path, status)
+    warnings = [line for line in old.log_text().splitlines() if CHAINED in line]
+    assert len(warnings) == 1, old.log_tail()
+    assert daemon.url in warnings[0] and "ocicache/" in warnings[0]
+    assert CHAINED not in tier_upstream.log_text()
+    assert CHAINED not in daemon.log_text()

@@ -261,12 +261,17 @@ class TokenServer:
     C{rootcertbundle}) granting the requested C{repository:...:pull}
     scopes.  Every token issued is kept in L{issued}.  C{password} may be
     changed while it runs (a rotation): it is read on every request.
+    Tokens live C{expires_in} seconds (their C{exp} and the response's
+    C{expires_in}); the repositories in C{denied} get tokens granting
+    nothing, which the registry then refuses (as a private repository
+    the account may not read).
     """
 
     issuer = "ocitest-issuer"
     service = "ocitest-registry"
 
-    def __init__(self, workdir: str, username: str, password: str) -> None:
+    def __init__(self, workdir: str, username: str, password: str, expires_in: int = 300,
+                 denied: frozenset[str] = frozenset()) -> None:
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import rsa
@@ -275,6 +280,8 @@ class TokenServer:
         os.makedirs(workdir, exist_ok=True)
         self.username = username
         self.password = password
+        self.expires_in = expires_in
+        self.denied = denied
         self._server = LoopbackServer(self._answer, name="token-server")
         self.port = self._server.port
         self.issued: list[str] = []
@@ -319,14 +326,14 @@ class TokenServer:
         for scope in scopes:
             kind, _, rest = scope.partition(":")
             name, _, actions = rest.rpartition(":")
-            if kind == "repository" and name:
+            if kind == "repository" and name and name not in self.denied:
                 access.append({"type": "repository", "name": name,
                                "actions": [a for a in actions.split(",") if a == "pull"]})
         now = int(time.time())
         header = {"typ": "JWT", "alg": "RS256", "x5c": [self._x5c]}
         claims = {
             "iss": self.issuer, "sub": self.username, "aud": self.service,
-            "exp": now + 300, "nbf": now - 10, "iat": now, "jti": uuid.uuid4().hex,
+            "exp": now + self.expires_in, "nbf": now - 10, "iat": now, "jti": uuid.uuid4().hex,
             "access": access,
         }
         signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
@@ -349,7 +356,11 @@ class TokenServer:
             return
         token = self._token(query.get("scope", []))
         self.issued.append(token)
-        send(handler, 200, json.dumps({"token": token, "access_token": token, "expires_in": 300}).encode())
+        send(handler, 200, json.dumps({"token": token, "access_token": token, "expires_in": self.expires_in}).encode())
+
+    def failed_logins(self) -> int:
+        """The token requests refused for their credentials so far."""
+        return sum(1 for request in self.requests if not request["authorized"])
 
     def stop(self) -> None:
         self._server.stop()

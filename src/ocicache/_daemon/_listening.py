@@ -6,6 +6,7 @@ can reach it.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from twisted.application.internet import StreamServerEndpointService
@@ -14,7 +15,7 @@ from twisted.internet.interfaces import IProtocolFactory
 
 from .._ops._reactor import Reactor
 
-__all__ = ["LISTEN_BACKLOG", "ListenError", "listener", "plain_and_reachable", "with_backlog"]
+__all__ = ["LISTEN_BACKLOG", "ListenError", "beyond_loopback", "listener", "plain_and_reachable", "with_backlog"]
 
 
 class ListenError(ValueError):
@@ -56,16 +57,31 @@ def with_backlog(description: str) -> str:
 
 
 def plain_and_reachable(description: str) -> bool:
+    """Whether a listener is plain TCP (no TLS) and reachable beyond loopback."""
+    return description.split(":", 1)[0].lower() in ("tcp", "tcp6") and beyond_loopback(description)
+
+
+_INTERFACE = re.compile(r"(?:^|:)interface=((?:\\:|[^:])*)")
+
+
+def beyond_loopback(description: str) -> bool:
     """
-    Whether a listener is plain TCP on more than loopback (no
-    C{interface=}, or one outside 127.0.0.0/8 and ::1).  A socket from
-    systemd is not judged: its address is the unit's.
+    Whether a TCP or TLS listener (Twisted endpoint syntax) takes
+    connections from beyond loopback: no C{interface=} (every address),
+    or one outside 127.0.0.0/8 and ::1.  A UNIX socket is local; a socket
+    from systemd is not judged (its address is the unit's).
     """
     kind = description.split(":", 1)[0].lower()
-    if kind not in ("tcp", "tcp6"):
+    if kind not in ("tcp", "tcp6", "ssl"):
         return False
-    match = re.search(r"(?:^|:)interface=((?:\\:|[^:])*)", description)
+    match = _INTERFACE.search(description)
     if match is None:
         return True
     interface = match.group(1).replace("\\:", ":")
-    return not (interface.startswith("127.") or interface in ("::1", "localhost"))
+    if interface == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        # A host name: judged by what it may resolve to, so beyond.
+        return True

@@ -84,6 +84,7 @@ from .._web._site import DrainingSite, QuietSite
 from ._bucket_client import s3_client
 from ._housekeeping import Housekeeping
 from ._listening import ListenError, listener, plain_and_reachable
+from ._preflight import warn_at_start
 from ._reload import Reloader
 from ._stopping import hold_stop_signals
 from ._warming import Warming
@@ -397,6 +398,7 @@ class OcicacheService(MultiService):
                 if plain_and_reachable(description):
                     log.warn("Client credentials travel in clear text on {listen}: serve HTTPS (ssl:) or"
                              " put TLS in front", listen=description)
+        warn_at_start(self.config)
         if self.bucket is not None:
             log.info("Blobs are stored in the S3 bucket {bucket}", bucket=self.bucket.name)
         for upstream in self.config.upstreams:

@@ -59,6 +59,7 @@ def _die(message: str) -> None:
 
 def makeService(options: Options) -> IService:
     from ._listening import ListenError
+    from ._preflight import missing_dependency
     from ._service import OcicacheService
 
     try:
@@ -68,6 +69,9 @@ def makeService(options: Options) -> IService:
     listen = tuple(options["listen"])
     if listen:
         config = _with_listen(config, listen)
+    missing = missing_dependency(config)
+    if missing is not None:
+        _die(missing)
     try:
         service = OcicacheService(config, the_reactor())
     except ListenError as e:

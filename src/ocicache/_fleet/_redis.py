@@ -5,7 +5,9 @@ The one place that speaks to Redis: a typed wrapper around txredisapi
 txredisapi queues a command until its connection is back, however long
 Redis is gone; here a command that takes longer than L{COMMAND_TIMEOUT}
 fails with L{RedisUnavailable}, so that a node never waits on Redis to
-serve a client: it falls back to local singleflight instead.
+serve a client: it falls back to local singleflight instead.  Once the
+connection was up and is lost (Redis stopped: the kernel says so at once),
+commands fail at once until it is back, rather than after the timeout.
 """
 
 from __future__ import annotations
@@ -69,6 +71,10 @@ class Redis:
         first = getattr(self._handler, "_connected", None)
         if isinstance(first, Deferred):
             first.addErrback(self._refused)
+        # Its pool of connections: how many are up (txredisapi's own
+        # count), so that a lost one is known without waiting on it.
+        self._factory: Any = getattr(self._handler, "_factory", None)
+        self._was_up = False
 
     def _refused(self, failure: Failure) -> None:
         log.warn("Redis at {where} refused this node: {error}", where=self.where, error=failure.getErrorMessage())
@@ -78,6 +84,8 @@ class Redis:
         Run one command; raise L{RedisUnavailable} if Redis does not answer
         within the timeout, or refuses it.
         """
+        if self._disconnected():
+            raise RedisUnavailable(f"Redis at {self.where} is not connected (connection lost)")
         sent: Deferred[Reply] = self._handler.execute_command(*args)
         sent.addTimeout(self._timeout, self._reactor)
         try:
@@ -88,6 +96,20 @@ class Redis:
             # Refused (NOAUTH, OOM, ...): for a node, as good as gone.  Redis's
             # error text never holds the password.
             raise RedisUnavailable(f"Redis at {self.where} refused {args[0]}: {e}") from None
+
+    def _disconnected(self) -> bool:
+        """
+        Whether the connection was up once and is down now: a command would
+        only wait in txredisapi's queue for the reconnection.  Before the
+        first connection, a command waits for it (within the timeout).
+        """
+        connections = getattr(self._factory, "size", None)
+        if not isinstance(connections, int):
+            return False
+        if connections > 0:
+            self._was_up = True
+            return False
+        return self._was_up
 
     async def script(self, source: str, keys: list[str], args: list[str | int]) -> Reply:
         """C{EVAL} a Lua script (run atomically by Redis)."""

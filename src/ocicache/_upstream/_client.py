@@ -16,11 +16,13 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
-from attrs import frozen
+from attrs import field, frozen
 from hyperlink import DecodedURL
 from treq.client import HTTPClient
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
@@ -32,8 +34,9 @@ from .._spec._referrers import IMAGE_INDEX
 from .._version import __version__
 from ._body import discard_body, read_body
 from ._credentials import CredentialSource, credentials_for
-from ._errors import Unavailability, UpstreamRateLimited, UpstreamUnavailable, unavailability_of
+from ._errors import Unavailability, UpstreamDenied, UpstreamRateLimited, UpstreamUnavailable, unavailability_of
 from ._ratelimit import Quota, parse_ratelimit, parse_retry_after
+from ._refusals import Refusals
 from ._tls import UpstreamTLSPolicy
 from ._tokens import TokenCache, TokenKey
 
@@ -102,10 +105,17 @@ class Upstream:
         # The last Bearer challenge seen: lets later requests fetch their
         # token up front instead of paying a 401 round trip each.
         self._bearer: Challenge | None = None
+        # Refusals of our credentials (issue 19: login storms): by the
+        # token server, for every scope; by the registry, per scope.
+        self._refusals = Refusals(reactor)
+        # Token requests in flight, each joined by every request that
+        # needs the same token meanwhile: one login, not one per client.
+        self._logins: dict[TokenKey, list[Deferred[str | None]]] = {}
         self.quota = Quota()
         """What the upstream's responses said of its pull quota (L{note_quota})."""
         self._below_floor = False
         self._limited = False
+        self._chain_checked = False
         # Pull-equivalents (manifest GETs, as Docker Hub counts them) not
         # yet written to the metadata database: see pulls and flushed.
         self._made = 0
@@ -165,6 +175,11 @@ class Upstream:
         headers: Mapping[bytes, list[bytes]],
         follow_redirects: bool = False,
     ) -> IResponse:
+        credentials = await self.credentials.get()
+        scoped = _ScopeRefusal(target.scope, credentials)
+        basic = _LoginRefusal(self.config.url.to_text(), None, credentials)
+        self._check_refusal(scoped)
+        self._check_refusal(basic)
         authorization = await self._authorization_for(target.scope)
         response = await self._request(method, target.url, headers, authorization, target.kind)
         if response.code == 401:
@@ -176,6 +191,16 @@ class Upstream:
                 await self.discard(response)
                 response = await self._request(method, target.url, headers, retry, target.kind)
                 authorization = retry
+                if credentials is not None:
+                    # Fresh credentials refused: asking again with them
+                    # only adds failed logins.  Basic credentials are
+                    # the same for every scope (RFC 7617), a token is not.
+                    refusal = basic if retry.startswith(b"Basic ") else scoped
+                    if response.code == 401:
+                        self._refused(refusal, "the registry refused ocicache's credentials"
+                                      + ("" if refusal is basic else " for " + target.scope))
+                    else:
+                        self._refusals.accept(refusal)
         if follow_redirects:
             response = await self._follow(method, target.url, response, headers, authorization, target.kind)
         if response.code == 429:
@@ -257,7 +282,24 @@ class Upstream:
             raise UpstreamUnavailable(message, why) from None
         self._observe(kind, str(response.code), started)
         self.note_quota(response)
+        if not self._chain_checked:
+            self._check_chain(response)
         return response
+
+    def _check_chain(self, response: IResponse) -> None:
+        """
+        Warn, once, when the upstream is another ocicache (its C{Server}
+        header says so, RFC 9110 §10.2.4) but is not configured as a
+        mirror tier: it then answers for its own default upstream only,
+        whatever registry a client asked this one for.
+        """
+        self._chain_checked = True
+        server = _first(response.headers, b"server") or b""
+        if self.config.kind != "mirror" and server.startswith(b"ocicache/"):
+            log.warn("{upstream}: {url} is an ocicache ({server}) configured as a registry, so every registry is"
+                     " pulled through its default upstream: set kind = \"mirror\" in this [[upstream]]",
+                     upstream=self.name, url=self.config.url.to_text(),
+                     server=server.decode("ascii", "replace")[:64])
 
     def _observe(self, kind: RequestKind, code: str, started: float) -> None:
         """
@@ -306,11 +348,63 @@ class Upstream:
             credentials=credentials,
         )
 
+    def _check_refusal(self, key: _LoginRefusal | _ScopeRefusal) -> None:
+        """
+        Raise L{UpstreamDenied} at once while the upstream's refusal of
+        C{key}'s credentials is remembered.
+        """
+        seconds = self._refusals.refused_for(key)
+        if seconds > 0:
+            raise UpstreamDenied(
+                f"{self.name} refused ocicache's credentials; not trying them again for"
+                f" {math.ceil(seconds)}s", 401)
+
+    def _refused(self, key: _LoginRefusal | _ScopeRefusal, what: str) -> float:
+        """
+        Remember a refusal of C{key}'s credentials and log it, once per
+        backoff.
+        """
+        backoff = self._refusals.refuse(key)
+        log.warn("{upstream}: {what}; not trying them again for {seconds:.0f}s",
+                 upstream=self.name, what=what, seconds=backoff)
+        return backoff
+
     async def _fetch_token(self, challenge: Challenge, key: TokenKey) -> str | None:
+        """
+        Get a token from the challenge's realm, once for every request
+        that needs it meanwhile.
+        """
+        waiters = self._logins.get(key)
+        if waiters is not None:
+            mine: Deferred[str | None] = Deferred()
+            waiters.append(mine)
+            return await mine
+        self._logins[key] = waiters = []
+        try:
+            token = await self._ask_token(challenge, key)
+        except BaseException:
+            failure = Failure()
+            del self._logins[key]
+            for waiter in waiters:
+                # One that was cancelled (its client hung up) has fired.
+                if not waiter.called:
+                    waiter.errback(failure)
+            raise
+        del self._logins[key]
+        for waiter in waiters:
+            if not waiter.called:
+                waiter.callback(token)
+        return token
+
+    async def _ask_token(self, challenge: Challenge, key: TokenKey) -> str | None:
         """
         Get a token from the challenge's realm (distribution token spec,
         "Requesting a Token"), anonymously or with Basic credentials.
+        Credentials it refused are not sent again for a growing backoff.
         """
+        login = _LoginRefusal(key.realm, key.service, key.credentials)
+        if key.credentials is not None:
+            self._check_refusal(login)
         try:
             realm = DecodedURL.from_text(key.realm)
         except Exception:
@@ -329,6 +423,12 @@ class Upstream:
         if response.code == 429:
             await self.discard(response)
             raise self._rate_limited(response)
+        if response.code in (401, 403) and credentials is not None:
+            # RFC 9110 §15.5.2, §15.5.4: the credentials were refused.
+            await self.discard(response)
+            backoff = self._refused(login, f"the token server refused ocicache's credentials ({response.code})")
+            raise UpstreamDenied(
+                f"{self.name} refused ocicache's credentials; not trying them again for {backoff:.0f}s", 401)
         body = await self.read_body(response, 1 << 20)
         if response.code != 200 or body is None:
             log.warn("{upstream}: token request answered {code}", upstream=self.name, code=response.code)
@@ -338,6 +438,7 @@ class Upstream:
         except ValueError as e:
             log.warn("{upstream}: bad token response: {error}", upstream=self.name, error=str(e))
             return None
+        self._refusals.accept(login)
         self._tokens.put(key, token, expires_in)
         return token
 
@@ -454,6 +555,26 @@ class Upstream:
         """C{made} and C{saved} of L{pulls} are in the metadata database."""
         self._made -= made
         self._saved -= saved
+
+
+@frozen
+class _LoginRefusal:
+    """
+    A refusal of credentials for every scope: by a token server (its realm
+    and service), or by a registry that asks for Basic (its URL, no service).
+    """
+
+    realm: str
+    service: str | None
+    credentials: Credentials | None = field(repr=False)
+
+
+@frozen
+class _ScopeRefusal:
+    """A registry's 401 to fresh credentials: for one scope."""
+
+    scope: str
+    credentials: Credentials | None = field(repr=False)
 
 
 def _first(headers: Headers, name: bytes) -> bytes | None:

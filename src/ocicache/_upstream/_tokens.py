@@ -64,7 +64,9 @@ class _Entry:
 _DEFAULT_EXPIRES_IN = 60.0
 
 # Stop using a token this long before it expires, so that one taken from
-# the cache is still valid by the time the upstream sees it.
+# the cache is still valid by the time the upstream sees it; a short token
+# is kept for the first half of its lifetime (a 10 s token for 5 s), so
+# that a token server issuing them is not asked once per request.
 _EXPIRY_MARGIN = 30.0
 
 
@@ -73,8 +75,9 @@ class TokenCache:
     Bearer tokens from registry token servers, kept until shortly before
     they expire.
 
-    Tokens are dropped C{30} seconds before their C{expires_in}, and the
-    cache holds at most C{max_entries} tokens, dropping the least recently
+    Tokens are dropped C{30} seconds before their C{expires_in}, or half
+    way through it when that is shorter than a minute, and the cache
+    holds at most C{max_entries} tokens, dropping the least recently
     stored when full.
     """
 
@@ -119,8 +122,8 @@ class TokenCache:
         """
         Store C{token} for C{key}, replacing any token already stored.
 
-        A token that would be dropped at once (because its lifetime is no
-        more than the safety margin) is not stored.
+        A token that would be dropped at once (because it has no lifetime
+        left) is not stored.
 
         @param expires_in: The token's lifetime in seconds, from the token
             response; L{None} means the spec's default of 60 seconds.
@@ -140,7 +143,7 @@ class TokenCache:
         issued = _parse_rfc3339(issued_at) if issued_at is not None else None
         if issued is not None:
             start = min(start, issued)
-        expires = start + expires_in - _EXPIRY_MARGIN
+        expires = start + expires_in - min(_EXPIRY_MARGIN, expires_in / 2)
         if not expires > now:
             return
         # Dicts keep insertion order, and a replaced key was popped above,
