@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.python.failure import Failure
 
 from ocicache._fetch._download import Download
+from ocicache._fetch._errors import NotHere
 from ocicache._fetch._feed import Feed
 from ocicache._fetch._fills import Fills
 from ocicache._fetch._incoming import DownloadError
@@ -443,3 +444,35 @@ def test_stored_files_verify_with_the_keys_own_verifier(clock: Reactor, store: S
     data = source.read(0, 100)
     assert data == b"no trailer her" and source.failure is not None and corrupt == [key]
     source.release()
+
+
+def test_a_lookup_that_joined_a_tiers_fill_that_failed_starts_its_own(clock: Reactor, store: Store) -> None:
+    """
+    The S3 store went away between one lookup's C{HEAD} and its C{GET},
+    while another lookup (whose C{HEAD} already failed) joined that fill:
+    the joiner fetches it itself rather than failing (the chaos run's 500).
+    """
+    world = World(clock, store)
+    key = Named.of("bucket went away")
+    opening: Deferred[Filling] = Deferred()
+    tier_fill, joined = world.fills.start(key, lambda: opening)
+    assert not joined
+    lookup = world.open(key)  # no tier holds it: its miss joins the tier's fill
+    assert world.misses == 0
+    opening.errback(NotHere())
+    tier_fill.addErrback(lambda failure: failure.trap(NotHere))
+    hit = result_of(lookup)
+    assert hit.result is CacheResult.MISS and world.misses == 1
+    hit.source.fail(Failure(DownloadError("done")))
+    hit.source.release()
+
+
+def test_a_lookups_own_miss_failing_is_its_failure(clock: Reactor, store: Store) -> None:
+    world = World(clock, store)
+    key = Named.of("upstream says no")
+
+    async def refused() -> Filling:
+        raise NotHere()
+
+    with pytest.raises(NotHere):
+        result_of(ensureDeferred(world.walk.open(key, Want(), world.authorize, refused)))

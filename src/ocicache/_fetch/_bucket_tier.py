@@ -20,6 +20,7 @@ from .._storage._bucket import Bucket
 from .._storage._s3 import S3Error, S3Unavailable
 from .._upstream._body import stop_body
 from ._download import Download
+from ._errors import NotHere
 from ._feed import Feed
 from ._fills import Fills
 from ._incoming import DownloadError
@@ -113,5 +114,5 @@ class BucketTier:
         return failure
 
 
-class NotInBucket(Exception):
+class NotInBucket(NotHere):
     """The bucket cannot serve this blob after all: the upstream will."""

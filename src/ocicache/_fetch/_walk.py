@@ -19,6 +19,7 @@ from typing import Generic, Protocol, TypeVar
 from attrs import frozen
 
 from ._download import Download
+from ._errors import NotHere
 from ._fills import Fills
 from ._key import Key
 from ._passthrough import PassThrough
@@ -123,8 +124,7 @@ class TierWalk(Generic[K]):
             if ended is None:
                 break
             await ended
-        starting, joined = self.fills.start(key, miss)
-        started = await starting
+        started, joined = await self._start(key, miss)
         started.acquire()
         if not joined or authorized:
             return Hit(started, CacheResult.COALESCED if joined else CacheResult.MISS)
@@ -134,6 +134,22 @@ class TierWalk(Generic[K]):
             started.release()
             raise
         return Hit(started, CacheResult.COALESCED)
+
+    async def _start(self, key: K, miss: Miss) -> tuple[Filling, bool]:
+        """
+        The fill of C{key}: started by this call, or joined.  A joined fill
+        that a tier started and could not serve after all (L{NotHere})
+        is not this lookup's failure: it starts its own.
+        """
+        for _ in range(WALKS - 1):
+            starting, joined = self.fills.start(key, miss)
+            try:
+                return await starting, joined
+            except NotHere:
+                if not joined:
+                    raise
+        starting, joined = self.fills.start(key, miss)
+        return await starting, joined
 
     async def size(self, key: K, authorize: Callable[[], Awaitable[None]]) -> int | None:
         """
