@@ -1,8 +1,8 @@
 """
 Unit tests for the bounds the registry Site holds each connection to
-(L{ocicache._web._site}): request bodies refused unread, head limits,
-header, idle and stall timeouts, the connection cap and the descriptor
-limit.  In memory: Twisted's L{StringTransport} and L{MemoryReactorClock}.
+(L{ocicache._web._site}, L{ocicache._web._channel}): request bodies
+refused unread, head limits, header, idle and stall timeouts, the
+connection cap and the descriptor limit.  In memory: Twisted's L{StringTransport} and L{MemoryReactorClock}.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from zope.interface import implementer
 
 from ocicache._ops._config import ServerConfig
 from ocicache._ops._metrics import Metrics
-from ocicache._web import _site
-from ocicache._web._site import DrainingSite, default_max_connections, raise_descriptor_limit
+from ocicache._web import _descriptors, _early_answer, _site
+from ocicache._web._descriptors import default_max_connections, raise_descriptor_limit
+from ocicache._web._site import DrainingSite
 
 LIMITS = ServerConfig(header_timeout=10.0, idle_timeout=20.0, stall_timeout=30.0, max_connections=1000)
 
@@ -146,7 +147,7 @@ def test_a_push_body_is_refused_before_it_is_read(method: bytes) -> None:
     assert tcp.write_closed and not transport.disconnecting
     channel.dataReceived(b"x" * 65536)
     assert transport.value().count(b"HTTP/1.1") == 1
-    clock.advance(_site._LINGER)
+    clock.advance(_early_answer.LINGER)
     assert transport.disconnected  # aborted
     channel.connectionLost(Failure(ConnectionError()))
     assert not clock.getDelayedCalls()
@@ -441,7 +442,7 @@ def test_connections_past_the_cap_get_503_and_the_open_ones_keep_working() -> No
     assert tcp.write_closed
     refused.dataReceived(b"GET /v2/ HTTP/1.1\r\nHost: a\r\n\r\n")  # dropped
     assert refused_transport.value().count(b"HTTP/1.1") == 1
-    clock.advance(_site._LINGER)
+    clock.advance(_early_answer.LINGER)
     assert refused_transport.disconnected
     refused.connectionLost(Failure(ConnectionError()))
     assert site.connections == 2 and resource.rendered == []
@@ -473,12 +474,12 @@ def test_a_flood_past_the_cap_is_closed_without_an_answer() -> None:
 
 def test_the_soft_descriptor_limit_is_raised_to_the_hard_one(monkeypatch: pytest.MonkeyPatch) -> None:
     limits = {"soft": 1024, "hard": 4096}
-    monkeypatch.setattr(_site, "getrlimit", lambda which: (limits["soft"], limits["hard"]))
+    monkeypatch.setattr(_descriptors, "getrlimit", lambda which: (limits["soft"], limits["hard"]))
 
     def setrlimit(which: int, values: tuple[int, int]) -> None:
         limits["soft"] = values[0]
 
-    monkeypatch.setattr(_site, "setrlimit", setrlimit)
+    monkeypatch.setattr(_descriptors, "setrlimit", setrlimit)
     assert raise_descriptor_limit() == 4096
     assert limits["soft"] == 4096
 
@@ -491,8 +492,8 @@ def test_the_default_cap_leaves_room_for_other_descriptors() -> None:
 
 
 def test_a_low_descriptor_limit_is_warned_about_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_site, "getrlimit", lambda which: (1024, 1024))
-    monkeypatch.setattr(_site, "_warned_about_descriptors", False)
+    monkeypatch.setattr(_descriptors, "getrlimit", lambda which: (1024, 1024))
+    monkeypatch.setattr(_descriptors, "_warned_about_descriptors", False)
     with capturedLogs() as events:
         first, _, _ = _site_with(ServerConfig())
         _site_with(ServerConfig())
@@ -502,8 +503,8 @@ def test_a_low_descriptor_limit_is_warned_about_once(monkeypatch: pytest.MonkeyP
 
 
 def test_a_configured_cap_above_the_descriptor_limit_is_warned_about(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_site, "getrlimit", lambda which: (1024, 1024))
-    monkeypatch.setattr(_site, "_warned_about_descriptors", False)
+    monkeypatch.setattr(_descriptors, "getrlimit", lambda which: (1024, 1024))
+    monkeypatch.setattr(_descriptors, "_warned_about_descriptors", False)
     with capturedLogs() as events:
         site, _, _ = _site_with(ServerConfig(max_connections=5000))
     assert site.max_connections == 5000
