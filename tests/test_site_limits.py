@@ -286,11 +286,11 @@ def test_headers_adding_up_past_the_limit_get_431() -> None:
 def test_too_many_headers_get_431_and_the_limit_itself_is_fine() -> None:
     site, resource, _ = _site_with()
     channel, transport = _connect(site)
-    fields = b"".join(b"X-N%d: 1\r\n" % i for i in range(LIMITS.max_headers))
+    fields = b"Host: a\r\n" + b"".join(b"X-N%d: 1\r\n" % i for i in range(LIMITS.max_headers - 1))
     channel.dataReceived(b"GET /ok HTTP/1.1\r\n" + fields + b"\r\n")
     assert transport.value().startswith(b"HTTP/1.1 200 ")
     channel2, transport2 = _connect(site)
-    channel2.dataReceived(b"GET /no HTTP/1.1\r\nHost: a\r\n" + fields + b"\r\n")
+    channel2.dataReceived(b"GET /no HTTP/1.1\r\nX-One-More: a\r\n" + fields + b"\r\n")
     assert transport2.value().startswith(b"HTTP/1.1 431 ")
     assert len(resource.rendered) == 1
 

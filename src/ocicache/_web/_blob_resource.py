@@ -18,7 +18,7 @@ from .._spec._range import Unsatisfiable, if_range_holds, parse_range
 from .._spec._reference import Digest
 from .._upstream._client import Upstream
 from ._exchange import Exchange
-from ._responses import blob_headers, cache_header, etag
+from ._responses import blob_headers, cache_header, etag, is_not_modified, send_not_modified
 from ._routing import Route
 from ._sendfile import SendfileStreamer, can_sendfile
 from ._services import Services
@@ -32,6 +32,12 @@ async def answer_blob(services: Services, request: Request, exchange: Exchange, 
     digest = target.reference
     if not isinstance(digest, Digest):
         raise RuntimeError("a blob route without a digest")
+    if is_not_modified(request, digest, immutable=True):
+        # The client holds this very content: no bytes to send, once it is
+        # known to exist and this repository may read it (a HEAD's lookup).
+        await services.blobs.head(upstream, target.repo, digest)
+        send_not_modified(request, exchange, digest)
+        return
     if request.method == b"HEAD":
         size = await services.blobs.head(upstream, target.repo, digest)
         if not exchange.finished:

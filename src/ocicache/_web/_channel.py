@@ -13,7 +13,8 @@ from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
-from .._spec._errors import RegistryError
+from .._spec._errors import ErrorCode, RegistryError
+from .._spec._host import is_host_field
 from ._early_answer import Lingering, early_response
 from ._routing import read_only_error
 
@@ -34,6 +35,9 @@ class BoundedChannel(HTTPChannel):
     and closes, answers C{Connection: close} once the site drains, and
     holds its client to the site's bounds (see L{ocicache._web._site}).
 
+    The head is checked as RFC 9112 asks: exactly one well-formed C{Host}
+    (§3.2), else a 400; every 400 carries a distribution-spec error body.
+
     A TLS handshake arriving on a plain-HTTP port is answered at once with
     a 400, as Go's servers do, and the connection closed: clients that
     try HTTPS first and then fall back to HTTP (containers/image with
@@ -51,7 +55,10 @@ class BoundedChannel(HTTPChannel):
     C{maxHeaders} and C{totalHeadersSize}; it relies on their order within
     C{HTTPChannel.lineReceived} (a header line, then C{allHeadersReceived}
     on the empty line, then C{allContentReceived} or raw mode) and on no
-    private attribute.  Twisted's own idle timeout (C{TimeoutMixin}, reset
+    private attribute.  One private method is overridden:
+    C{_respondToBadRequestAndDisconnect}, where Twisted writes a bare 400
+    for a malformed head (there since Twisted 16; if it were renamed, those
+    400s would lose their body, nothing worse).  Twisted's own idle timeout (C{TimeoutMixin}, reset
     by every byte, so no defence against a trickling client) is off: the
     site passes C{timeout=None}.  (Twisted's untyped methods are called on
     Twisted's own classes, C{HTTPChannel.x(self)}, which is what mypy's
@@ -75,6 +82,7 @@ class BoundedChannel(HTTPChannel):
         self._at_request_line = True
         self._method = b""
         self._target = b""
+        self._http_version = b""
         self._head_started = 0.0
         self._head_bytes = 0
         self._head_fields = 0
@@ -146,7 +154,7 @@ class BoundedChannel(HTTPChannel):
                 self._at_request_line = False
                 self._head_started = time.monotonic()
                 self._method, _, rest = line.partition(b" ")
-                self._target = rest.partition(b" ")[0]
+                self._target, _, self._http_version = rest.partition(b" ")
                 self._head_bytes = self._head_fields = 0
                 if len(line) > limits.max_request_line:
                     self._too_long(414)
@@ -189,6 +197,14 @@ class BoundedChannel(HTTPChannel):
         if headers.hasHeader(b"transfer-encoding") or any(int(value) > 0 for value in lengths):
             self._refuse_body()
             return
+        hosts = headers.getRawHeaders(b"host") or []
+        # RFC 9112 §3.2: a 400 for an HTTP/1.1 request without Host, and for
+        # any request with more than one, or with one that is malformed.
+        if len(hosts) > 1 or not all(is_host_field(host) for host in hosts) or (
+                not hosts and self._http_version == b"HTTP/1.1"):
+            self._answer(RegistryError(ErrorCode.UNSUPPORTED, "the request needs exactly one valid Host header",
+                                       status=400))
+            return
         HTTPChannel.allHeadersReceived(self)
 
     def allContentReceived(self) -> None:
@@ -202,6 +218,14 @@ class BoundedChannel(HTTPChannel):
                 self._lingering.drop(data)
             return
         HTTPChannel.rawDataReceived(self, data)
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted's one answer to a malformed head (a bad request line, a
+        # header line without a colon, a bad name or value): a bare 400.
+        # Ours carries the spec's error body, as every 400 does.
+        if self._closing:
+            return
+        self._answer(RegistryError(ErrorCode.UNSUPPORTED, "malformed request (RFC 9112)", status=400))
 
     def requestDone(self, request: Any) -> None:
         # Before Twisted replays pipelined bytes (through dataReceived), so

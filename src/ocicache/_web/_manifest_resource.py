@@ -9,9 +9,10 @@ from twisted.web.server import Request
 
 from .._cache._result import CacheResult
 from .._spec._media_types import accepted_manifest_types
+from .._spec._reference import Digest
 from .._upstream._client import Upstream
 from ._exchange import Exchange
-from ._responses import cache_header, count_bytes, etag, send_bytes, warn_if_stale
+from ._responses import cache_header, count_bytes, etag, is_not_modified, send_bytes, send_not_modified, warn_if_stale
 from ._routing import Route
 from ._services import Services
 
@@ -34,6 +35,9 @@ async def answer_manifest(services: Services, request: Request, exchange: Exchan
     manifest = lookup.manifest
     cache_header(request, lookup.result)
     warn_if_stale(request, lookup.result)
+    if is_not_modified(request, manifest.digest, immutable=isinstance(reference, Digest)):
+        send_not_modified(request, exchange, manifest.digest)
+        return
     request.setHeader(b"docker-content-digest", str(manifest.digest).encode("ascii"))
     request.setHeader(b"etag", etag(manifest.digest))
     exchange.bytes = send_bytes(request, exchange, manifest.body, manifest.media_type.encode("ascii"))

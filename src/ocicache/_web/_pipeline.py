@@ -32,7 +32,7 @@ from .._spec._errors import ErrorCode, RegistryError
 from .._spec._reference import Digest, is_registry_host
 from .._upstream._client import Upstream
 from ._blob_resource import answer_blob
-from ._errors import challenged, internal_error, registry_error, render_error
+from ._errors import challenged, internal_error, registry_error, render_error, with_challenge
 from ._exchange import Exchange
 from ._manifest_resource import answer_manifest
 from ._referrers_resource import answer_referrers
@@ -81,9 +81,7 @@ class RegistryResource(Resource):
         return NOT_DONE_YET
 
     async def _handle(self, request: Request, exchange: Exchange) -> None:
-        # The raw path, not twisted.web's percent-decoded postpath: the
-        # grammar has no percent-encoding, so "%2d" must stay visible here.
-        postpath = request.path[1:].split(b"/")[len(request.prepath or []):]
+        postpath = _postpath(request)
         if postpath in ([], [b""]):
             exchange.route = "base"
         await self._authenticate(request, exchange, postpath)
@@ -181,6 +179,10 @@ class RegistryResource(Resource):
                         method=request.method.decode("ascii", "replace"),
                         uri=request.uri.decode("ascii", "replace"))
             error = internal_error()
+        if error.status == 401:
+            authenticator = self._services.authenticator
+            error = with_challenge(error, authenticator.challenge(origin(request),
+                                                                  self._scope(request, _postpath(request))))
         if exchange.finished:
             return  # the client went away: nobody to tell
         if request.startedWriting:
@@ -210,6 +212,15 @@ class RegistryResource(Resource):
             max(exchange.bytes, request.sentLength),
             duration, exchange.result, exchange.upstream, str(exchange.identity),
         )
+
+
+def _postpath(request: Request) -> list[bytes]:
+    """
+    The path's segments after C{/v2/}, from the raw path, not twisted.web's
+    percent-decoded postpath: the grammar has no percent-encoding, so
+    C{%2d} must stay visible.
+    """
+    return request.path[1:].split(b"/")[len(request.prepath or []):]
 
 
 _KINDS: dict[str, ReferenceKind] = {

@@ -14,6 +14,7 @@ from twisted.web.server import Request
 
 from .._cache._result import CacheResult
 from .._ops._metrics import Metrics
+from .._spec._conditional import not_modified
 from .._spec._reference import Digest
 from .._version import __version__
 from ._exchange import Exchange
@@ -21,7 +22,8 @@ from ._routing import Route
 
 __all__ = [
     "SERVER", "STALE_WARNING", "blob_headers", "cache_header", "common_headers", "count_bytes",
-    "echo_namespace", "etag", "rewrite_link", "send_bytes", "warn_if_stale",
+    "echo_namespace", "etag", "is_not_modified", "rewrite_link", "send_bytes", "send_not_modified",
+    "warn_if_stale",
 ]
 
 SERVER = f"ocicache/{__version__}".encode("ascii")
@@ -75,6 +77,32 @@ def send_bytes(request: Request, exchange: Exchange, body: bytes, content_type: 
         sent = len(body)
     request.finish()
     return sent
+
+
+def is_not_modified(request: Request, digest: Digest, immutable: bool) -> bool:
+    """
+    Whether C{request}'s preconditions (RFC 9110 §13.2.2: C{If-None-Match},
+    else C{If-Modified-Since}) make it a C{304} for the content C{digest}
+    names; C{immutable} when the URL itself names it by that digest.
+    """
+    if request.method not in (b"GET", b"HEAD"):
+        return False
+    headers = request.requestHeaders
+    return not_modified(headers.getRawHeaders(b"if-none-match", []),
+                        headers.getRawHeaders(b"if-modified-since", []), etag(digest), immutable)
+
+
+def send_not_modified(request: Request, exchange: Exchange, digest: Digest) -> None:
+    """
+    Answer C{304 Not Modified} (RFC 9110 §15.4.5): no body, and the
+    C{ETag} a C{200} would have carried.
+    """
+    if exchange.finished:
+        return
+    request.setResponseCode(304)
+    request.setHeader(b"docker-content-digest", str(digest).encode("ascii"))
+    request.setHeader(b"etag", etag(digest))
+    request.finish()
 
 
 def count_bytes(metrics: Metrics, result: CacheResult, count: int) -> None:
