@@ -198,6 +198,8 @@ class ServerConfig:
     """A client that takes no response bytes for this long is cut."""
     max_connections: int | None = None
     """Client connections at once; C{None}: derived from C{RLIMIT_NOFILE}."""
+    max_connections_per_address: int | None = None
+    """Client connections at once from one address; C{None}: a quarter of max_connections; 0: no limit."""
     max_header_bytes: int = 16 << 10
     max_headers: int = 100
     max_request_line: int = 8 << 10
@@ -1227,6 +1229,9 @@ def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None =
     max_connections = server_section.get("max_connections", int, None)
     if max_connections is not None and max_connections < 1:
         raise ConfigError("server.max_connections: must be at least 1 (unset: derived from the descriptor limit)")
+    per_address = server_section.get("max_connections_per_address", int, None)
+    if per_address is not None and per_address < 0:
+        raise ConfigError("server.max_connections_per_address: must be 0 (no limit) or more")
     max_headers = server_section.get("max_headers", int, defaults.max_headers)
     if not 1 <= max_headers <= _MAX_HEADERS:
         raise ConfigError(f"server.max_headers: must be between 1 and {_MAX_HEADERS}")
@@ -1237,8 +1242,9 @@ def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None =
     server = ServerConfig(
         listen_tuple, drain_timeout, log_format,
         header_timeout=header_timeout, idle_timeout=idle_timeout, stall_timeout=stall_timeout,
-        max_connections=max_connections, max_header_bytes=max_header_bytes, max_headers=max_headers,
-        max_request_line=max_request_line, sendfile=sendfile,
+        max_connections=max_connections, max_connections_per_address=per_address,
+        max_header_bytes=max_header_bytes, max_headers=max_headers, max_request_line=max_request_line,
+        sendfile=sendfile,
     )
 
     cache_section = _Section(top.get("cache", dict, {}), "cache")

@@ -143,6 +143,17 @@ class BoundedChannel(HTTPChannel):
         finally:
             self.site.channel_closed(self)
 
+    def evict(self) -> None:
+        """
+        Close this connection, idle longest, to admit a new one at the cap
+        (L{ocicache._web._admission}).  Bytes of a finished response still
+        buffered are sent first (and a client that does not take them is
+        cut after C{stall_timeout}).
+        """
+        self._closing = True
+        self._cancel_reading()
+        self.loseConnection()
+
     # -- the request head
 
     def lineReceived(self, line: bytes) -> None:
@@ -205,6 +216,7 @@ class BoundedChannel(HTTPChannel):
             self._answer(RegistryError(ErrorCode.UNSUPPORTED, "the request needs exactly one valid Host header",
                                        status=400))
             return
+        self.site.channel_busy(self)
         HTTPChannel.allHeadersReceived(self)
 
     def allContentReceived(self) -> None:
@@ -233,6 +245,7 @@ class BoundedChannel(HTTPChannel):
         if self.persistent:
             self._idle = True
             self._set_reading(self.site.limits.idle_timeout)
+            self.site.channel_idle(self)
         HTTPChannel.requestDone(self, request)
 
     def _refuse_body(self) -> None:

@@ -30,9 +30,11 @@ Every connection is bounded (C{[server]} keys, L{ServerConfig}):
     (or of its first byte, on a keep-alive connection), an idle keep-alive
     connection is closed after C{idle_timeout}, and a client that takes no
     response bytes for C{stall_timeout} is cut;
-  - past C{max_connections} (by default derived from C{RLIMIT_NOFILE}), new
-    connections get a C{503} with C{Retry-After} and are closed; those
-    already open are served as before.
+  - one source address holds at most C{max_connections_per_address}
+    connections; at C{max_connections} (by default derived from
+    C{RLIMIT_NOFILE}) the connection idle longest is closed to admit a new
+    one (L{ocicache._web._admission}); a connection refused gets a C{503}
+    with C{Retry-After} and is closed; those open are served as before.
 
 Only HTTP/1.x is served (the channel is twisted.web's plain
 L{HTTPChannel}: ocicache negotiates no HTTP/2).
@@ -41,6 +43,7 @@ L{HTTPChannel}: ocicache negotiates no HTTP/2).
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -55,6 +58,7 @@ from .._ops._config import ServerConfig
 from .._ops._logging import log_access
 from .._ops._metrics import Metrics
 from .._spec._errors import RegistryError
+from ._admission import Admission, Refused
 from ._channel import BoundedChannel
 from ._descriptors import default_max_connections, raise_descriptor_limit, warn_about_descriptors
 from ._early_answer import Lingering, early_response
@@ -74,18 +78,19 @@ class _Request(Request):
 
 class _Refusal(Protocol):
     """
-    A connection past C{max_connections}: answered with a C{503} and
+    A connection refused (L{ocicache._web._admission}): answered with a C{503} and
     C{Retry-After} at once (RFC 9110 §15.6.4), without reading its request.
     """
 
-    def __init__(self, site: DrainingSite) -> None:
+    def __init__(self, site: DrainingSite, error: RegistryError) -> None:
         self._site = site
+        self._error = error
         self._lingering: Lingering | None = None
 
     def connectionMade(self) -> None:
         self._site.refusing += 1
         assert self.transport is not None
-        self.transport.write(early_response(_OVER_CAPACITY))
+        self.transport.write(early_response(self._error))
         self._lingering = Lingering(self.transport, self._site.clock)
 
     def dataReceived(self, data: bytes) -> None:
@@ -111,12 +116,24 @@ class _Drop(Protocol):
 
 
 _RETRY_AFTER = b"5"
-_OVER_CAPACITY = RegistryError(
-    "TOOMANYREQUESTS", "ocicache is serving as many connections as it may (server.max_connections); retry later",
-    status=503, headers=((b"retry-after", _RETRY_AFTER),),
-)
+_REFUSALS = {
+    Refused.CAP: RegistryError(
+        "TOOMANYREQUESTS", "ocicache is serving as many connections as it may (server.max_connections);"
+        " retry later", status=503, headers=((b"retry-after", _RETRY_AFTER),),
+    ),
+    Refused.ADDRESS: RegistryError(
+        "TOOMANYREQUESTS", "ocicache is serving as many connections from this address as it may"
+        " (server.max_connections_per_address); retry later", status=503, headers=((b"retry-after", _RETRY_AFTER),),
+    ),
+}
 _MAX_REFUSING = 64
 """Past this many 503s still lingering, further connections are closed at once."""
+
+
+def _host_of(address: IAddress | None) -> str | None:
+    """The source address a connection is counted under; C{None} for a UNIX socket."""
+    host = getattr(address, "host", None)
+    return host if isinstance(host, str) else None
 
 
 class QuietSite(Site):
@@ -161,10 +178,12 @@ class DrainingSite(Site):
         derived = default_max_connections(descriptors)
         warn_about_descriptors(descriptors, derived, self.limits.max_connections)
         self.max_connections = self.limits.max_connections or derived
-        self._channels: set[BoundedChannel] = set()
+        per_address = self.limits.max_connections_per_address
+        self.admission: Admission[BoundedChannel] = Admission(
+            self.max_connections, max(1, self.max_connections // 4) if per_address is None else per_address)
         self.refusing = 0
-        self._refused = 0
-        self._refusal_logged_at: float | None = None
+        self._refused: Counter[Refused] = Counter()
+        self._refusal_logged_at: dict[Refused, float] = {}
         self._drained: Deferred[int] | None = None
         self._deadline: IDelayedCall | None = None
         self._cut = 0
@@ -174,32 +193,54 @@ class DrainingSite(Site):
 
     @property
     def connections(self) -> int:
-        return len(self._channels)
+        return len(self.admission)
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol:  # type: ignore[override]
         """
-        A channel, or past C{max_connections} a L{_Refusal} (503), or past
-        that too (a flood of them) a L{_Drop}.
+        A channel, once admitted (L{ocicache._web._admission}: the
+        connection idle longest may be closed to make room); else a
+        L{_Refusal} (503), or past many of those (a flood) a L{_Drop}.
         """
-        if len(self._channels) < self.max_connections:
+        decision = self.admission.decide(_host_of(addr))
+        if not isinstance(decision, Refused):
+            if decision is not None:
+                decision.evict()
             return Site.buildProtocol(self, addr)  # type: ignore[no-any-return]
-        self._refused += 1
-        now = self.clock.seconds()
-        if self._refusal_logged_at is None or now - self._refusal_logged_at >= 60:
-            self._refusal_logged_at = now
-            log.warn("Connection limit reached ({limit} open, server.max_connections):"
-                     " refused {count} new connection(s)", limit=self.max_connections, count=self._refused)
-            self._refused = 0
-        refusal: Protocol = _Refusal(self) if self.refusing < _MAX_REFUSING else _Drop()
+        self._log_refusal(decision, _host_of(addr))
+        refusal: Protocol = _Refusal(self, _REFUSALS[decision]) if self.refusing < _MAX_REFUSING else _Drop()
         refusal.factory = self
         return refusal
 
+    def _log_refusal(self, why: Refused, address: str | None) -> None:
+        """At most one warning a minute for each reason, with the count refused since the last."""
+        self._refused[why] += 1
+        now = self.clock.seconds()
+        logged = self._refusal_logged_at.get(why)
+        if logged is not None and now - logged < 60:
+            return
+        self._refusal_logged_at[why] = now
+        count, self._refused[why] = self._refused[why], 0
+        if why is Refused.CAP:
+            log.warn("Connection limit reached ({limit} open, server.max_connections, none idle):"
+                     " refused {count} new connection(s)", limit=self.max_connections, count=count)
+        else:
+            log.warn("Connections from one address past server.max_connections_per_address ({limit}),"
+                     " {address} the latest: refused {count} new connection(s)",
+                     limit=self.admission.per_address, address=address, count=count)
+
     def channel_opened(self, channel: BoundedChannel) -> None:
-        self._channels.add(channel)
+        assert channel.transport is not None
+        self.admission.opened(channel, _host_of(channel.transport.getPeer()))
+
+    def channel_busy(self, channel: BoundedChannel) -> None:
+        self.admission.busy(channel)
+
+    def channel_idle(self, channel: BoundedChannel) -> None:
+        self.admission.idle(channel)
 
     def channel_closed(self, channel: BoundedChannel) -> None:
-        self._channels.discard(channel)
-        if self.draining and not self._channels:
+        self.admission.closed(channel)
+        if self.draining and not len(self.admission):
             self._finish_drain()
 
     def drain(self, timeout: float) -> Deferred[int]:
@@ -214,7 +255,7 @@ class DrainingSite(Site):
         self.draining = True
         self._drained = Deferred()
         busy = 0
-        for channel in list(self._channels):
+        for channel in self.admission.connections:
             if not channel.requests:
                 channel.loseConnection()
                 continue
@@ -226,7 +267,7 @@ class DrainingSite(Site):
         if busy:
             log.info("Draining {count} connection(s) with requests in progress, for up to {timeout}s",
                      count=busy, timeout=timeout)
-        if not self._channels:
+        if not len(self.admission):
             self._finish_drain()
         else:
             self._deadline = self.clock.callLater(timeout, self._abort_all)
@@ -234,7 +275,7 @@ class DrainingSite(Site):
 
     def _abort_all(self) -> None:
         self._deadline = None
-        remaining = list(self._channels)
+        remaining = self.admission.connections
         self._cut = len(remaining)
         log.warn("Drain timeout: cutting {count} connection(s) still open", count=len(remaining))
         for channel in remaining:
