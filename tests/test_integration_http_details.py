@@ -100,6 +100,8 @@ def test_an_upstream_refusal_is_a_401_with_a_challenge(daemon: Daemon, hop: Hop,
     pytest.param(b"G\xc3\x89T /v2/ HTTP/1.1\r\nHost: a\r\n\r\n", id="non-ascii-method"),
     pytest.param(b"GET /v2/ HTTP/1.1\r\nHost: a\r\nno colon here\r\n\r\n", id="header-without-colon"),
     pytest.param(b"GET /v2/ HTTP/2.5\r\nHost: a\r\n\r\n", id="bad-version"),
+    pytest.param(bytes.fromhex("160301") + b"\x00\x2f\x01\x00\x00\x2b\x03\x03" + b"\x00" * 40,
+                 id="tls-client-hello"),
 ])
 def test_a_malformed_head_gets_400_with_a_spec_error_body(daemon: Daemon, head: bytes) -> None:
     answer = _raw(daemon, head)

@@ -23,10 +23,8 @@ if TYPE_CHECKING:
 
 __all__ = ["BoundedChannel"]
 
-_TLS_ON_PLAIN_PORT = (
-    b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
-    b"Client sent a TLS handshake to a plain-HTTP port.\n"
-)
+_TLS_ON_PLAIN_PORT = RegistryError(
+    ErrorCode.UNSUPPORTED, "the client sent a TLS handshake to a plain-HTTP port", status=400)
 
 
 class BoundedChannel(HTTPChannel):
@@ -112,7 +110,7 @@ class BoundedChannel(HTTPChannel):
                 self._closing = True
                 self._cancel_timers()
                 assert self.transport is not None
-                self.transport.write(_TLS_ON_PLAIN_PORT)
+                self.transport.write(early_response(_TLS_ON_PLAIN_PORT))
                 self.transport.loseConnection()
                 return
         if self._idle and data:
