@@ -23,7 +23,7 @@ from ocicache._policy import Policy, ReferenceKind, decide
 from ocicache._upstream._client import Upstream, make_pool
 from ocicache._upstream._credentials import CredentialHelper
 from ocicache._upstream._tokens import TokenCache
-from ocicache._web._resources import Services
+from ocicache._web._services import Services
 
 
 def write(path: str, password_file: str, extra: str = "", listen: int = 5000) -> None:

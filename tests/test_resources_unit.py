@@ -1,7 +1,8 @@
 """
-Unit tests for L{ocicache._web._resources}: real C{twisted.web} requests over a
-fake socket, answered by the resources with fake blob and manifest
-services, on a L{MemoryReactorClock}.
+Unit tests for the C{/v2/} resources (L{ocicache._web._pipeline} and the
+endpoints): real C{twisted.web} requests over a fake socket, answered by
+the resources with fake blob and manifest services, on a
+L{MemoryReactorClock}.
 """
 
 from __future__ import annotations

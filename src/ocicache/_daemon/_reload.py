@@ -33,7 +33,7 @@ from .._ops._reactor import Reactor
 from .._policy import Policy
 from .._upstream._client import Upstream
 from .._upstream._credentials import CredentialSource, credentials_for
-from .._web._resources import Services
+from .._web._services import Services
 
 __all__ = ["Reloader", "restart_only_changes"]
 

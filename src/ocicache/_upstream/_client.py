@@ -34,7 +34,14 @@ from .._spec._referrers import IMAGE_INDEX
 from .._version import __version__
 from ._body import discard_body, read_body
 from ._credentials import CredentialSource, credentials_for
-from ._errors import Unavailability, UpstreamDenied, UpstreamRateLimited, UpstreamUnavailable, unavailability_of
+from ._errors import (
+    Unavailability,
+    UpstreamDenied,
+    UpstreamRateLimited,
+    UpstreamUnavailable,
+    describe,
+    unavailability_of,
+)
 from ._ratelimit import Quota, parse_ratelimit, parse_retry_after
 from ._refusals import Refusals
 from ._tls import UpstreamTLSPolicy
@@ -588,5 +595,4 @@ def _basic(username: str, password: str) -> bytes:
 
 
 def _describe(error: Exception) -> str:
-    text = str(error)
-    return text if len(text) < 200 else text[:200] + "..."
+    return describe(error)

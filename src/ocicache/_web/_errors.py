@@ -27,7 +27,9 @@ from .._spec._auth import Challenge, format_challenge
 from .._spec._errors import ErrorCode, RegistryError
 from .._upstream._errors import UpstreamDenied, UpstreamRateLimited, UpstreamUnavailable
 
-__all__ = ["DEFAULT_RETRY_AFTER", "challenged", "internal_error", "registry_error", "render_error"]
+__all__ = [
+    "DEFAULT_RETRY_AFTER", "challenged", "internal_error", "registry_error", "render_error", "with_challenge",
+]
 
 _INTERNAL = RegistryError(ErrorCode.UNKNOWN, "internal error")
 
@@ -105,7 +107,19 @@ def challenged(error: Unauthenticated, challenge: Challenge) -> RegistryError:
     answer = registry_error(error)
     if answer is None:
         raise TypeError("not an authentication error")
-    return evolve(answer, headers=(*answer.headers, (b"www-authenticate", format_challenge(challenge))))
+    return with_challenge(answer, challenge)
+
+
+def with_challenge(error: RegistryError, challenge: Challenge) -> RegistryError:
+    """
+    C{error}, a 401, with C{challenge} unless it already carries one: every
+    401 must say how to authenticate (RFC 9110 §15.5.2), the upstream's
+    refusal of our credentials too.  (The upstream's own challenge names
+    the upstream's realm, useless to our client: ours is sent instead.)
+    """
+    if any(name.lower() == b"www-authenticate" for name, _ in error.headers):
+        return error
+    return evolve(error, headers=(*error.headers, (b"www-authenticate", format_challenge(challenge))))
 
 
 def internal_error() -> RegistryError:

@@ -32,7 +32,7 @@ from .._spec._errors import ErrorCode, RegistryError
 from ._errors import challenged, internal_error, registry_error, render_error
 
 if TYPE_CHECKING:
-    from ._resources import Services
+    from ._services import Services
 
 __all__ = ["TokenResource"]
 
