@@ -42,12 +42,6 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from .._cache._access import RepoAccess
-from .._cache._blobs import BlobService
-from .._cache._manifests import ManifestService
-from .._cache._referrers import ReferrerService
-from .._cache._tags import TagService
-from .._cache._warm import Warmer
 from .._fetch._incoming import DownloadError
 from .._fetch._negative import NegativeCache
 from .._fetch._observe import observed
@@ -62,6 +56,14 @@ from .._fleet._redis import Redis
 from .._fleet._tags import RedisManifests
 from .._identity._authenticator import Authenticator, build_authenticator
 from .._identity._oidc import fetch_with
+from .._oci._access import RepoAccess
+from .._oci._blobs import BlobService
+from .._oci._manifests import ManifestService
+from .._oci._pins import PinsResource
+from .._oci._referrers import ReferrerService
+from .._oci._resources import Services, registry_resources
+from .._oci._tags import TagService
+from .._oci._warm import Warmer
 from .._ops._config import Config
 from .._ops._metrics import ManifestTally, Metrics
 from .._ops._reactor import Reactor
@@ -78,8 +80,7 @@ from .._storage._store import Kind, Store
 from .._upstream._client import Upstream, make_pool
 from .._upstream._tokens import TokenCache
 from .._web._operator import OperatorResource
-from .._web._pins import PinsResource
-from .._web._resources import RootResource, Services
+from .._web._root import RootResource
 from .._web._site import DrainingSite, QuietSite
 from ._bucket_client import s3_client
 from ._housekeeping import Housekeeping
@@ -196,7 +197,7 @@ class OcicacheService(MultiService):
             on_manifest_stored=self.manifest_tally.added, referrers=referrers,
             tags=TagService(reactor, self._tag_ttl, negative=negative),
             authenticator=self.authenticator_for(config))
-        self.site = DrainingSite(RootResource(services), reactor, self.metrics, config.server)
+        self.site = DrainingSite(RootResource(registry_resources(services)), reactor, self.metrics, config.server)
         self.site.displayTracebacks = False
         self._registry_listeners = [self._listen(description, self.site) for description in config.server.listen]
         self.metrics.inflight_downloads.set_function(lambda: len(self.blobs.inflight))

@@ -16,7 +16,7 @@ from twisted.web.http import HTTPChannel
 from .._spec._errors import ErrorCode, RegistryError
 from .._spec._host import is_host_field
 from ._early_answer import Lingering, early_response
-from ._routing import read_only_error
+from ._errors import read_only_error
 
 if TYPE_CHECKING:
     from ._site import DrainingSite

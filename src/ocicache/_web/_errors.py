@@ -11,15 +11,7 @@ import re
 from attrs import evolve
 from twisted.web.iweb import IRequest
 
-from .._cache._errors import (
-    BlobUnknown,
-    DigestMismatch,
-    ManifestTooLarge,
-    ManifestUnknown,
-    PinRefused,
-    RepositoryUnknown,
-    StoreUnavailable,
-)
+from .._fetch._errors import CacheError
 from .._fetch._slots import Busy
 from .._identity._errors import Denied, Unauthenticated
 from .._policy import AccessDenied
@@ -28,7 +20,8 @@ from .._spec._errors import ErrorCode, RegistryError
 from .._upstream._errors import UpstreamDenied, UpstreamRateLimited, UpstreamUnavailable
 
 __all__ = [
-    "DEFAULT_RETRY_AFTER", "challenged", "internal_error", "registry_error", "render_error", "with_challenge",
+    "DEFAULT_RETRY_AFTER", "challenged", "internal_error", "read_only_error", "registry_error", "render_error",
+    "with_challenge",
 ]
 
 _INTERNAL = RegistryError(ErrorCode.UNKNOWN, "internal error")
@@ -54,12 +47,6 @@ def registry_error(error: BaseException) -> RegistryError | None:
     match error:
         case RegistryError():
             return error
-        case BlobUnknown():
-            return RegistryError(ErrorCode.BLOB_UNKNOWN, str(error))
-        case ManifestUnknown():
-            return RegistryError(ErrorCode.MANIFEST_UNKNOWN, str(error))
-        case RepositoryUnknown():
-            return RegistryError(ErrorCode.NAME_UNKNOWN, str(error))
         # distribution-spec "Error Codes": 401 UNAUTHORIZED, 403 DENIED.
         case Unauthenticated():
             return RegistryError(ErrorCode.UNAUTHORIZED, str(error))
@@ -82,19 +69,11 @@ def registry_error(error: BaseException) -> RegistryError | None:
                                  headers=((b"retry-after", b"%d" % seconds),))
         # The upstream's fault, never a 500 of ours: 502 Bad Gateway
         # (RFC 9110 §15.6.3).
-        case DigestMismatch():
-            return RegistryError(ErrorCode.DIGEST_INVALID, str(error), status=502)
-        case ManifestTooLarge():
-            return RegistryError(ErrorCode.MANIFEST_INVALID, str(error), status=502)
         case UpstreamUnavailable():
             return RegistryError(ErrorCode.UPSTREAM_UNAVAILABLE, str(error), status=502)
-        # Ours, and passing: 503 Service Unavailable (RFC 9110 §15.6.4).
-        # A pin that cannot fit: the operator's request conflicts with the
-        # store's limit (RFC 9110 §15.5.10).
-        case PinRefused():
-            return RegistryError(ErrorCode.DENIED, str(error), status=409)
-        case StoreUnavailable():
-            return RegistryError(ErrorCode.UPSTREAM_UNAVAILABLE, str(error), status=503)
+        # Every front-end's domain errors say which registry error they are.
+        case CacheError(code=code, status=status):
+            return RegistryError(code, str(error), status=status)
     return None
 
 
@@ -120,6 +99,15 @@ def with_challenge(error: RegistryError, challenge: Challenge) -> RegistryError:
     if any(name.lower() == b"www-authenticate" for name, _ in error.headers):
         return error
     return evolve(error, headers=(*error.headers, (b"www-authenticate", format_challenge(challenge))))
+
+
+def read_only_error() -> RegistryError:
+    """What a method other than GET and HEAD gets: ocicache is a read-only mirror."""
+    return RegistryError(
+        ErrorCode.UNSUPPORTED,
+        "ocicache is a read-only mirror: push and delete are not supported",
+        headers=((b"allow", b"GET, HEAD"),),
+    )
 
 
 def internal_error() -> RegistryError:

@@ -1,14 +1,11 @@
 """
 What every endpoint's response shares: the headers every answer carries,
-the cache's own headers, small bodies sent whole, and pagination links
-pointed back at ocicache.
+the cache's own headers, small bodies sent whole, and conditional
+requests answered (RFC 9110 §13).
 """
 
 from __future__ import annotations
 
-from urllib.parse import quote, urlencode
-
-from hyperlink import DecodedURL
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 
@@ -18,11 +15,10 @@ from .._spec._conditional import not_modified
 from .._spec._reference import Digest
 from .._version import __version__
 from ._exchange import Exchange
-from ._routing import Route
 
 __all__ = [
     "SERVER", "STALE_WARNING", "blob_headers", "cache_header", "common_headers", "count_bytes",
-    "echo_namespace", "etag", "is_not_modified", "rewrite_link", "send_bytes", "send_not_modified",
+    "etag", "is_not_modified", "send_bytes", "send_not_modified",
     "warn_if_stale",
 ]
 
@@ -109,36 +105,3 @@ def count_bytes(metrics: Metrics, result: CacheResult, count: int) -> None:
     """Count a small body's bytes as served from the cache or the upstream."""
     source = "upstream" if result == CacheResult.MISS else "cache"
     metrics.bytes_served.labels(source).inc(count)
-
-
-def echo_namespace(request: Request, ns: str) -> None:
-    # distribution-spec "Registry Proxying": a registry that honours ?ns=
-    # says so, naming the namespace it served.
-    request.setHeader(b"oci-namespace", ns.encode("ascii"))
-
-
-def rewrite_link(link: bytes, target: Route, tail: tuple[str, ...], keys: tuple[str, ...]) -> bytes | None:
-    """
-    Point the upstream's pagination C{Link} (distribution-spec "Listing
-    Tags", "Listing Referrers"; RFC 8288) back at ocicache, under the name
-    the client used: C{/v2/<name>/<tail>}, keeping only the query C{keys}
-    ocicache validates and passes on.
-    """
-    text = link.decode("ascii", "replace")
-    start, end = text.find("<"), text.find(">")
-    if start < 0 or end < start:
-        return None
-    try:
-        upstream_url = DecodedURL.from_text(text[start + 1:end])
-    except Exception:
-        return None
-    # The path by hand: every segment has passed the spec's grammar, whose
-    # characters are all safe in a path, and a digest's ":" must stay one
-    # (an encoded %3A is refused, as clients never send it).
-    path = "/".join(("", "v2", target.client_name, *tail))
-    query = [(key, value) for key, value in upstream_url.query if key in keys and value is not None]
-    if target.ns is not None:
-        query.append(("ns", target.ns))
-    if query:
-        path += "?" + urlencode(query, quote_via=quote)
-    return f"<{path}>{text[end + 1:]}".encode("ascii")

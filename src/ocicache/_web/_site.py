@@ -156,7 +156,7 @@ class DrainingSite(Site):
     The registry's Site.
 
     Requests under C{/v2/} emit their access event and metrics themselves
-    (L{ocicache._web._resources}); twisted.web's own combined-log line is not
+    (L{ocicache._oci._resources}); twisted.web's own combined-log line is not
     written, and the few requests outside C{/v2/} (all answered with a JSON
     404) get their access event and metrics here, under the route
     C{other}.

@@ -29,7 +29,7 @@ from .._identity import ANONYMOUS, Identity
 from .._identity._errors import Unauthenticated
 from .._ops._logging import log_access
 from .._spec._errors import ErrorCode, RegistryError
-from ._errors import challenged, internal_error, registry_error, render_error
+from .._web._errors import challenged, internal_error, registry_error, render_error
 
 if TYPE_CHECKING:
     from ._services import Services

@@ -10,8 +10,9 @@ from twisted.web.server import Request
 from .._spec._reference import Digest
 from .._spec._referrers import ARTIFACT_TYPE_FILTER, IMAGE_INDEX
 from .._upstream._client import Upstream
-from ._exchange import Exchange
-from ._responses import count_bytes, rewrite_link, send_bytes
+from .._web._exchange import Exchange
+from .._web._responses import count_bytes, send_bytes
+from ._links import rewrite_link
 from ._routing import Route
 from ._services import Services
 

@@ -11,8 +11,9 @@ from twisted.web.server import Request
 from .._spec._errors import ErrorCode, RegistryError
 from .._spec._reference import InvalidReference, validate_tag
 from .._upstream._client import Upstream
-from ._exchange import Exchange
-from ._responses import count_bytes, rewrite_link, send_bytes, warn_if_stale
+from .._web._exchange import Exchange
+from .._web._responses import count_bytes, send_bytes, warn_if_stale
+from ._links import rewrite_link
 from ._routing import Route
 from ._services import Services
 

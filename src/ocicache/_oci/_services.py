@@ -9,16 +9,16 @@ from collections.abc import Callable
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThread
 
-from .._cache._blobs import BlobService
-from .._cache._manifests import ManifestService
-from .._cache._referrers import ReferrerService
-from .._cache._tags import TagService
 from .._identity._authenticator import Authenticator, build_authenticator
 from .._ops._config import Config
 from .._ops._metrics import Metrics
 from .._policy import Policy
 from .._upstream._client import Upstream
-from ._streamer import WriteBudget
+from .._web._streamer import WriteBudget
+from ._blobs import BlobService
+from ._manifests import ManifestService
+from ._referrers import ReferrerService
+from ._tags import TagService
 
 __all__ = ["Services"]
 

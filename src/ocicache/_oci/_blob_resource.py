@@ -17,12 +17,12 @@ from .._spec._errors import ErrorCode, RegistryError
 from .._spec._range import Unsatisfiable, if_range_holds, parse_range
 from .._spec._reference import Digest
 from .._upstream._client import Upstream
-from ._exchange import Exchange
-from ._responses import blob_headers, cache_header, etag, is_not_modified, send_not_modified
+from .._web._exchange import Exchange
+from .._web._responses import blob_headers, cache_header, etag, is_not_modified, send_not_modified
+from .._web._sendfile import SendfileStreamer, can_sendfile
+from .._web._streamer import Streamer
 from ._routing import Route
-from ._sendfile import SendfileStreamer, can_sendfile
 from ._services import Services
-from ._streamer import Streamer
 
 __all__ = ["answer_blob"]
 

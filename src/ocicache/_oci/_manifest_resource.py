@@ -11,8 +11,16 @@ from .._fetch._result import CacheResult
 from .._spec._media_types import accepted_manifest_types
 from .._spec._reference import Digest
 from .._upstream._client import Upstream
-from ._exchange import Exchange
-from ._responses import cache_header, count_bytes, etag, is_not_modified, send_bytes, send_not_modified, warn_if_stale
+from .._web._exchange import Exchange
+from .._web._responses import (
+    cache_header,
+    count_bytes,
+    etag,
+    is_not_modified,
+    send_bytes,
+    send_not_modified,
+    warn_if_stale,
+)
 from ._routing import Route
 from ._services import Services
 

@@ -4,7 +4,7 @@ C{/v2/...}: the steps every request of the pull API goes through.
 Each request is first authenticated (L{ocicache._identity}: before any
 routing, cache lookup or upstream request; C{/v2/} itself too, since a
 401 there is how clients discover that they must log in), then routed
-and validated (L{ocicache._web._routing}), then authorized by the policy,
+and validated (L{ocicache._oci._routing}), then authorized by the policy,
 then answered by its endpoint's module (C{_manifest_resource},
 C{_blob_resource}, C{_tags_resource}, C{_referrers_resource}).  Whatever
 it raises is answered through the one error map (L{ocicache._web._errors}),
@@ -31,15 +31,16 @@ from .._policy import AccessDenied, Decision, ReferenceKind, decide, identity_te
 from .._spec._errors import ErrorCode, RegistryError
 from .._spec._reference import Digest, is_registry_host
 from .._upstream._client import Upstream
+from .._web._errors import challenged, internal_error, read_only_error, registry_error, render_error, with_challenge
+from .._web._exchange import Exchange
+from .._web._responses import common_headers, send_bytes
+from .._web._streamer import abort_response
 from ._blob_resource import answer_blob
-from ._errors import challenged, internal_error, registry_error, render_error, with_challenge
-from ._exchange import Exchange
+from ._links import echo_namespace
 from ._manifest_resource import answer_manifest
 from ._referrers_resource import answer_referrers
-from ._responses import common_headers, echo_namespace, send_bytes
-from ._routing import Endpoint, Route, namespace, read_only_error, route
+from ._routing import Endpoint, Route, namespace, route
 from ._services import Services
-from ._streamer import abort_response
 from ._tags_resource import answer_tags
 
 __all__ = ["RegistryResource", "origin"]

@@ -1,22 +1,21 @@
 """
-The twisted.web resource tree: C{/v2/} (the distribution-spec pull API,
-L{ocicache._web._pipeline}) and C{/token} (L{ocicache._web._token}) under a
-root that answers everything else with a JSON 404.
+The root of the site's resource tree: each protocol front-end's resources
+under their own first path segment (C{/v2/} and C{/token} for images),
+and a JSON 404 for everything else, never an HTML page.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from twisted.web.iweb import IRequest
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 
 from .._spec._errors import ErrorCode, RegistryError
 from ._errors import render_error
-from ._pipeline import RegistryResource
 from ._responses import common_headers
-from ._services import Services
-from ._token import TokenResource
 
-__all__ = ["RootResource", "Services"]
+__all__ = ["RootResource"]
 
 
 class _ErrorResource(Resource):
@@ -35,14 +34,13 @@ class _ErrorResource(Resource):
 
 class RootResource(Resource):
     """
-    C{/}: only C{/v2/} lives here; everything else is a JSON 404, never an
-    HTML page.
+    C{/}: the front-ends' resources, by their first path segment.
     """
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, children: Mapping[bytes, IResource]) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
-        self.putChild(b"v2", RegistryResource(services))
-        self.putChild(b"token", TokenResource(services))
+        for name, child in children.items():
+            self.putChild(name, child)
 
     def getChild(self, path: bytes, request: IRequest) -> Resource:
         return _ErrorResource(RegistryError(ErrorCode.UNSUPPORTED, "not a registry endpoint", status=404))
