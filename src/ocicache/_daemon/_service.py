@@ -180,7 +180,7 @@ class OcicacheService(MultiService):
         MultiService.addService(self, self.housekeeping)
         self.manifests = ManifestService(
             disk, access, self._tag_ttl, slots=slots, health=health, negative=negative,
-            shared=self._shared_manifests(),
+            shared=self._shared_manifests(), on_stored=self.manifest_tally.added,
         )
         self.warming = Warming(
             Warmer(disk, self.manifests, self.blobs, self.upstreams, lambda: self.config.cache.max_size,
@@ -194,7 +194,7 @@ class OcicacheService(MultiService):
         # authenticator (authenticator_for the new config).
         self.registry = services = Services(
             reactor, config, self.upstreams, self.blobs, self.manifests, self.metrics,
-            on_manifest_stored=self.manifest_tally.added, referrers=referrers,
+            referrers=referrers,
             tags=TagService(reactor, self._tag_ttl, negative=negative),
             authenticator=self.authenticator_for(config))
         self.site = DrainingSite(RootResource(registry_resources(services)), reactor, self.metrics, config.server)

@@ -23,7 +23,6 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from .._fetch._result import CacheResult
 from .._identity import ANONYMOUS
 from .._identity._errors import Unauthenticated
 from .._ops._logging import log_access
@@ -201,11 +200,6 @@ class RegistryResource(Resource):
         method = request.method.decode("ascii", "replace")
         code = request.code if result is None else 499
         self._services.metrics.request_done(exchange.route, method, code, duration)
-        if exchange.route == Endpoint.MANIFESTS and exchange.result == CacheResult.MISS and code == 200:
-            digest = request.responseHeaders.getRawHeaders(b"docker-content-digest", [None])[0]
-            length = request.responseHeaders.getRawHeaders(b"content-length", [b""])[0]
-            if digest is not None and length.isdigit():
-                self._services.on_manifest_stored(digest.decode("ascii", "replace"), int(length))
         log_access(
             method, request.uri.decode("ascii", "replace"), code,
             # A small body is finished (and this called) before the handler

@@ -4,8 +4,6 @@ L{Services}: everything the resources need, wired once by the daemon.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThread
 
@@ -39,7 +37,6 @@ class Services:
         blobs: BlobService,
         manifests: ManifestService,
         metrics: Metrics,
-        on_manifest_stored: Callable[[str, int], None] = lambda digest, size: None,
         tags: TagService | None = None,
         referrers: ReferrerService | None = None,
         authenticator: Authenticator | None = None,
@@ -56,7 +53,6 @@ class Services:
         self.metrics = metrics
         # Told (digest, size) after a manifest miss, which stored it: keeps
         # the cache-size metrics current without a scan.
-        self.on_manifest_stored = on_manifest_stored
         self.write_budget = WriteBudget()
         self.policy = Policy.from_config(config)
         self.authenticator = authenticator if authenticator is not None else build_authenticator(
