@@ -13,7 +13,6 @@ and its access event and metrics are emitted once it ends.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 
 from twisted.internet.defer import Deferred
@@ -25,6 +24,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from .._identity import ANONYMOUS
 from .._identity._errors import Unauthenticated
+from .._ops._clock import Stopwatch
 from .._ops._logging import log_access
 from .._policy import AccessDenied, Decision, ReferenceKind, decide, identity_text
 from .._spec._errors import ErrorCode, RegistryError
@@ -74,8 +74,7 @@ class RegistryResource(Resource):
     def render(self, request: Request) -> int | bytes:
         common_headers(request)
         exchange = Exchange()
-        started = time.monotonic()
-        request.notifyFinish().addBoth(self._finished, request, exchange, started)
+        request.notifyFinish().addBoth(self._finished, request, exchange, Stopwatch())
         handling = Deferred.fromCoroutine(self._handle(request, exchange))
         handling.addErrback(self._failed, request, exchange)
         return NOT_DONE_YET
@@ -194,9 +193,9 @@ class RegistryResource(Resource):
         request.write(body)
         request.finish()
 
-    def _finished(self, result: None | Failure, request: Request, exchange: Exchange, started: float) -> None:
+    def _finished(self, result: None | Failure, request: Request, exchange: Exchange, took: Stopwatch) -> None:
         exchange.finished = True
-        duration = time.monotonic() - started
+        duration = took.elapsed()
         method = request.method.decode("ascii", "replace")
         code = request.code if result is None else 499
         self._services.metrics.request_done(exchange.route, method, code, duration)

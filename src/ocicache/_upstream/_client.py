@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import math
-import time
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
@@ -27,6 +26,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
+from .._ops._clock import Stopwatch
 from .._ops._config import Credentials, UpstreamConfig
 from .._ops._metrics import Metrics
 from .._spec._auth import Challenge, parse_token_response, parse_www_authenticate
@@ -268,7 +268,7 @@ class Upstream:
         all_headers.setRawHeaders(b"user-agent", [USER_AGENT])
         if authorization is not None:
             all_headers.setRawHeaders(b"authorization", [authorization])
-        started = time.monotonic()
+        took = Stopwatch()
         try:
             response: IResponse = await self._http.request(
                 method,
@@ -279,7 +279,7 @@ class Upstream:
                 timeout=self._response_timeout,
             )
         except Exception as e:
-            self._observe(kind, "error", started)
+            self._observe(kind, "error", took)
             why = unavailability_of(e)
             # The message names the host but never the headers we sent.
             if why is Unavailability.TIMEOUT:
@@ -287,7 +287,7 @@ class Upstream:
             else:
                 message = f"{self.name}: {type(e).__name__}: {_describe(e)}"
             raise UpstreamUnavailable(message, why) from None
-        self._observe(kind, str(response.code), started)
+        self._observe(kind, str(response.code), took)
         self.note_quota(response)
         if not self._chain_checked:
             self._check_chain(response)
@@ -308,14 +308,14 @@ class Upstream:
                      upstream=self.name, url=self.config.url.to_text(),
                      server=server.decode("ascii", "replace")[:64])
 
-    def _observe(self, kind: RequestKind, code: str, started: float) -> None:
+    def _observe(self, kind: RequestKind, code: str, took: Stopwatch) -> None:
         """
         Count one upstream request and the time until its headers came
         (C{code} is C{error} when there was no answer).
         """
         if self._metrics is not None:
             self._metrics.upstream_requests.labels(self.name, kind, code).inc()
-            self._metrics.upstream_duration.labels(self.name).observe(time.monotonic() - started)
+            self._metrics.upstream_duration.labels(self.name).observe(took.elapsed())
 
     async def _authorization_for(self, scope: str) -> bytes | None:
         if self.config.token is not None:

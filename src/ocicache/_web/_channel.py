@@ -6,13 +6,13 @@ read, before any resource runs, and a stalled client is cut.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
+from .._ops._clock import Stopwatch
 from .._spec._errors import ErrorCode, RegistryError
 from .._spec._host import is_host_field
 from ._early_answer import Lingering, early_response
@@ -81,7 +81,7 @@ class BoundedChannel(HTTPChannel):
         self._method = b""
         self._target = b""
         self._http_version = b""
-        self._head_started = 0.0
+        self._head: Stopwatch | None = None
         self._head_bytes = 0
         self._head_fields = 0
 
@@ -161,7 +161,7 @@ class BoundedChannel(HTTPChannel):
         if self._at_request_line:
             if line:
                 self._at_request_line = False
-                self._head_started = time.monotonic()
+                self._head = Stopwatch()
                 self._method, _, rest = line.partition(b" ")
                 self._target, _, self._http_version = rest.partition(b" ")
                 self._head_bytes = self._head_fields = 0
@@ -190,7 +190,7 @@ class BoundedChannel(HTTPChannel):
         if self._at_request_line:
             self._method, _, rest = line.partition(b" ")
             self._target = rest.partition(b" ")[0]
-            self._head_started = time.monotonic()
+            self._head = Stopwatch()
             self._too_long(414)
         else:
             self._too_long(431)
@@ -274,7 +274,7 @@ class BoundedChannel(HTTPChannel):
             # pauses or resumes this channel.
             IConsumer(self.transport).unregisterProducer()
         self.site.answered_early(self._method, self._target, error.status, len(data),
-                                  time.monotonic() - self._head_started)
+                                  self._head.elapsed() if self._head is not None else 0.0)
         self._lingering = Lingering(self.transport, self.site.clock)
 
     # -- timeouts

@@ -42,7 +42,6 @@ L{HTTPChannel}: ocicache negotiates no HTTP/2).
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from typing import Any
 
@@ -54,6 +53,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
+from .._ops._clock import Stopwatch
 from .._ops._config import ServerConfig
 from .._ops._logging import log_access
 from .._ops._metrics import Metrics
@@ -73,7 +73,7 @@ class _Request(Request):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         Request.__init__(self, *args, **kwargs)
-        self.received_at = time.monotonic()
+        self.received = Stopwatch()
 
 
 class _Refusal(Protocol):
@@ -308,7 +308,8 @@ class DrainingSite(Site):
         if prepath[:1] in ([b"v2"], [b"token"]):
             return  # the registry (or token) resource logs and counts it
         method = request.method.decode("ascii", "replace")
-        duration = time.monotonic() - getattr(request, "received_at", time.monotonic())
+        received = getattr(request, "received", None)
+        duration = received.elapsed() if isinstance(received, Stopwatch) else 0.0
         if self._metrics is not None:
             self._metrics.request_done("other", method, request.code, duration)
         log_access(method, request.uri.decode("ascii", "replace"), request.code,
