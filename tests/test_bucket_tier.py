@@ -109,18 +109,6 @@ class Books:
         pass
 
 
-@pytest.fixture
-def clock() -> Reactor:
-    return Reactor()
-
-
-@pytest.fixture
-def store(tmp_path: Any) -> Store:
-    s = Store(str(tmp_path / "cache"))
-    s.prepare()
-    return s
-
-
 def _tier(clock: Reactor, store: Store) -> tuple[BucketTier, FakeBucket, Fills[Digest], Books, list[Digest]]:
     bucket = FakeBucket()
     fills: Fills[Digest] = Fills()

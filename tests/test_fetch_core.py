@@ -86,18 +86,6 @@ class Books:
         self.released.append(size)
 
 
-@pytest.fixture
-def clock() -> Reactor:
-    return Reactor()
-
-
-@pytest.fixture
-def store(tmp_path: Any) -> Store:
-    s = Store(str(tmp_path / "cache"))
-    s.prepare()
-    return s
-
-
 class World:
     """One kind of entry on one node: the store, the fills, the sink and the walk."""
 
