@@ -62,6 +62,7 @@ from .._fleet._peer import PeerClient
 from .._fleet._proofs import RedisProofs
 from .._fleet._redis import Redis
 from .._fleet._tags import RedisManifests
+from .._git._service import GitParts
 from .._identity._authenticator import Authenticator, build_authenticator
 from .._identity._oidc import fetch_with
 from .._ops._config import Config, S3Config, WarmConfig
@@ -82,6 +83,7 @@ from .._upstream._credentials import CredentialHelper
 from .._upstream._ratelimit import Quota
 from .._upstream._tls import UpstreamTLSPolicy
 from .._upstream._tokens import TokenCache
+from .._web._git import GitResource, takes_body
 from .._web._operator import OperatorResource
 from .._web._pins import PinsResource
 from .._web._resources import RootResource, Services
@@ -198,7 +200,17 @@ class OcicacheService(MultiService):
             on_manifest_stored=self.manifest_tally.added, referrers=referrers,
             tags=TagService(reactor, self._tag_ttl, negative=negative),
             authenticator=self.authenticator_for(config))
-        self.site = DrainingSite(RootResource(services), reactor, self.metrics, config.server)
+        root = RootResource(services)
+        self.site = DrainingSite(root, reactor, self.metrics, config.server)
+        if config.git is not None and config.git.upstreams:
+            # Git repositories (docs/git.md): /git/, and its upload-pack bodies.
+            self.git = GitParts(config.git, reactor, disk, self.http_pool, slots, health, self.metrics,
+                                local_max_size, config.cache.min_free, config.cache.janitor_interval)
+            self.git.upkeep.setServiceParent(self)
+            root.putChild(b"git", GitResource(config.git, self.git.upstreams, self.git.refs, self.git.packs, disk,
+                                              self.metrics, config.server.sendfile, config.server.stall_timeout,
+                                              services.write_budget))
+            self.site.takes_body = takes_body
         self.site.displayTracebacks = False
         self._registry_listeners = [
             self._listen(description, self.site) for description in config.server.listen

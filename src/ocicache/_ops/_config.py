@@ -14,7 +14,7 @@ import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from attrs import field, frozen
 from hyperlink import DecodedURL
@@ -23,6 +23,9 @@ from .._spec._closure import Platform, host_platform
 from .._spec._reference import InvalidReference, is_registry_host, parse_image_reference
 from ._auth_files import StaticToken, read_htpasswd, read_jwks, read_signing_key, read_tokens_file
 from ._patterns import Pattern
+
+if TYPE_CHECKING:
+    from .._git._config import GitConfig
 
 __all__ = [
     "AuthConfig",
@@ -398,6 +401,8 @@ class Config:
     auth: AuthConfig | None = None
     """C{None}: no C{[auth]} section, every request is anonymous."""
     storage: StorageConfig = StorageConfig()
+    git: GitConfig | None = None
+    """The C{[[git]]} tables (L{ocicache._git._config}); C{None}: none."""
 
     @property
     def default_upstream(self) -> UpstreamConfig | None:
@@ -1285,6 +1290,8 @@ def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None =
     raw_upstreams = top.get("upstream", list, None)
     raw_rules = top.get("rule", list, None)
     raw_warm = top.get("warm", list, [])
+    from .._git._config import parse_git  # its section's parser, which raises this module's ConfigError
+    git = parse_git(top.get("git", list, None)) if "git" in top.given else None
     top.finish()
     if raw_upstreams is None:
         upstreams = tuple(
@@ -1307,7 +1314,8 @@ def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None =
     rules = _parse_rules(raw_rules, upstreams)
     warm = _parse_warm_tables(raw_warm, upstreams)
     return Config(server=server, cache=cache,
-                  upstreams=upstreams, metrics=metrics, rules=rules, warm=warm, auth=auth, storage=storage, fleet=fleet)
+                  upstreams=upstreams, metrics=metrics, rules=rules, warm=warm, auth=auth, storage=storage, fleet=fleet,
+                  git=git)
 
 
 # -- [[warm]]: images fetched, and perhaps pinned, by the daemon itself

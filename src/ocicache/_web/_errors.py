@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from attrs import evolve
+from attrs import evolve, frozen
 from twisted.web.iweb import IRequest
 
 from .._cache._errors import (
@@ -21,13 +21,22 @@ from .._cache._errors import (
     StoreUnavailable,
 )
 from .._fetch._slots import Busy
+from .._git._errors import (
+    BadGitRequest,
+    GitDenied,
+    GitUpstreamFailed,
+    NoSuchGitHost,
+    PushRefused,
+    RequestTooLarge,
+)
 from .._identity._errors import Denied, Unauthenticated
 from .._policy import AccessDenied
 from .._spec._auth import Challenge, format_challenge
 from .._spec._errors import ErrorCode, RegistryError
 from .._upstream._errors import UpstreamDenied, UpstreamRateLimited, UpstreamUnavailable
 
-__all__ = ["DEFAULT_RETRY_AFTER", "challenged", "internal_error", "registry_error", "render_error"]
+__all__ = ["DEFAULT_RETRY_AFTER", "GitAnswer", "challenged", "git_answer", "internal_error", "registry_error",
+           "render_error"]
 
 _INTERNAL = RegistryError(ErrorCode.UNKNOWN, "internal error")
 
@@ -141,3 +150,45 @@ def _retry_after(error: RegistryError) -> bytes:
         if name.lower() == b"retry-after" and _RETRY_AFTER.fullmatch(value) is not None:
             return value
     return DEFAULT_RETRY_AFTER
+
+
+@frozen
+class GitAnswer:
+    """
+    What a git client is told: a status and one line of C{text/plain},
+    which git shows its user (remote-curl's C{show_http_message}).
+    """
+
+    status: int
+    message: str
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+def git_answer(error: BaseException) -> GitAnswer | None:
+    """
+    The answer to a git request that failed with C{error}, or C{None}
+    when it is not one we expect (a bug: the caller logs it and answers
+    500).
+    """
+    match error:
+        case PushRefused():
+            return GitAnswer(403, str(error))
+        case NoSuchGitHost():
+            return GitAnswer(404, str(error))
+        case BadGitRequest():
+            return GitAnswer(400, str(error))
+        case RequestTooLarge():
+            return GitAnswer(413, str(error))
+        case GitDenied(status=401, challenge=challenge):
+            # RFC 9110 §15.5.2: a 401 carries a challenge; the upstream's,
+            # so that git asks its credential helper for that realm.
+            return GitAnswer(401, str(error), ((b"www-authenticate", challenge or b'Basic realm="ocicache"'),))
+        case GitDenied(status=status):
+            return GitAnswer(status, str(error))
+        case GitUpstreamFailed():
+            return GitAnswer(502, str(error))
+        case Busy(retry_after=seconds):
+            return GitAnswer(429, str(error), ((b"retry-after", b"%d" % seconds),))
+        case StoreUnavailable():
+            return GitAnswer(503, str(error))
+    return None

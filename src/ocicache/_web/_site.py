@@ -38,6 +38,7 @@ L{HTTPChannel}: ocicache negotiates no HTTP/2).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from resource import RLIM_INFINITY, RLIMIT_NOFILE, getrlimit, setrlimit
 from typing import Any
 
@@ -301,6 +302,8 @@ class _Channel(HTTPChannel):
     _lingering: _Lingering | None = None
     _closing = False
     """Answered early (or rejected): nothing more is parsed."""
+    _body_left = 0
+    """Bytes the request body being read may still have (L{DrainingSite.takes_body})."""
 
     def __init__(self) -> None:
         HTTPChannel.__init__(self)
@@ -425,8 +428,13 @@ class _Channel(HTTPChannel):
         headers = self.requests[-1].requestHeaders
         lengths = headers.getRawHeaders(b"content-length") or []
         if headers.hasHeader(b"transfer-encoding") or any(int(value) > 0 for value in lengths):
-            self._refuse_body()
-            return
+            self._body_left = self.site.takes_body(self._method, self._target)
+            if not self._body_left:
+                self._refuse_body()
+                return
+            if any(int(value) > self._body_left for value in lengths):
+                self._answer(RegistryError("UNSUPPORTED", "the request body exceeds ocicache's limit", status=413))
+                return
         HTTPChannel.allHeadersReceived(self)
 
     def allContentReceived(self) -> None:
@@ -438,6 +446,12 @@ class _Channel(HTTPChannel):
         if self._closing:
             if self._lingering is not None:
                 self._lingering.drop(data)
+            return
+        # A body a route takes (chunked ones too) stays within its bound,
+        # framing included.
+        self._body_left -= len(data)
+        if self._body_left < -(64 << 10):
+            self._answer(RegistryError("UNSUPPORTED", "the request body exceeds ocicache's limit", status=413))
             return
         HTTPChannel.rawDataReceived(self, data)
 
@@ -595,6 +609,12 @@ class DrainingSite(Site):
         self._deadline: IDelayedCall | None = None
         self._cut = 0
         self.draining = False
+        self.takes_body: Callable[[bytes, bytes], int] = lambda method, target: 0
+        """
+        The bound on the body of a request (method, target), 0: none
+        allowed.  Set by the service for the routes that take one (git's
+        upload-pack POST).
+        """
 
     # -- connections
 
@@ -690,8 +710,8 @@ class DrainingSite(Site):
 
     def log(self, request: Any) -> None:
         prepath = getattr(request, "prepath", None) or []
-        if prepath[:1] in ([b"v2"], [b"token"]):
-            return  # the registry (or token) resource logs and counts it
+        if prepath[:1] in ([b"v2"], [b"token"], [b"git"]):
+            return  # the registry (token, git) resource logs and counts it
         method = request.method.decode("ascii", "replace")
         duration = time.monotonic() - getattr(request, "received_at", time.monotonic())
         if self._metrics is not None:
