@@ -1,0 +1,271 @@
+"""
+Git repositories through ocicache, against real git: C{git} clients, and
+an upstream served by C{git http-backend} behind lighttpd
+(L{ocitest.gitserver}), with a counting, fault-injecting hop between the
+daemon and it.  A private repository sits behind Basic auth.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from ocitest import free_port, http_request
+from ocitest.daemon import Daemon, config_text
+from ocitest.gitserver import PASSWORD, USER, GitServer, git
+from ocitest.hop import Hop
+
+pytestmark = pytest.mark.integration
+
+HOST = "git.example"
+PACK = 1000
+"""Response bytes above which an upload-pack response carries a pack (ls-refs answers are a few hundred)."""
+
+
+@pytest.fixture(scope="module")
+def git_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
+    server = GitServer(str(tmp_path_factory.mktemp("gitserver"))).start()
+    server.create("public/app.git")
+    server.create("private/secret.git")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def git_hop_server(git_server: GitServer) -> Iterator[Hop]:
+    hop = Hop(f"http://127.0.0.1:{git_server.port}").start()
+    yield hop
+    hop.stop()
+
+
+@pytest.fixture
+def git_hop(git_hop_server: Hop) -> Hop:
+    git_hop_server.reset()
+    return git_hop_server
+
+
+@pytest.fixture
+def mirror(tmp_path: Any, git_hop: Hop) -> Iterator[Callable[..., Daemon]]:
+    started: list[Daemon] = []
+
+    def start(**git_extra: object) -> Daemon:
+        port = free_port()
+        lines = [f'name = "{HOST}"', f'url = "{git_hop.url}/repos"']
+        lines += [f"{key} = {str(value).lower() if isinstance(value, bool) else repr(value)}"
+                  for key, value in git_extra.items()]
+        text = config_text(port=port, cache_dir=str(tmp_path / "cache"), upstreams=[])
+        text += "\n[[git]]\n" + "\n".join(lines) + "\n"
+        path = tmp_path / "ocicache.toml"
+        path.write_text(text)
+        daemon = Daemon(str(path), port=port, workdir=str(tmp_path / "daemon")).start()
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()
+
+
+def pack_requests(hop: Hop) -> list[Any]:
+    return [r for r in hop.requests if r.method == "POST" and r.path.endswith("/git-upload-pack")
+            and r.bytes_sent > PACK]
+
+
+def url_of(daemon: Daemon, repo: str, credentials: tuple[str, str] | None = None) -> str:
+    auth = f"{credentials[0]}:{credentials[1]}@" if credentials else ""
+    return f"http://{auth}127.0.0.1:{daemon.port}/git/{HOST}/{repo}"
+
+
+def clone(daemon: Daemon, repo: str, into: str, *options: str, check: bool = True,
+          credentials: tuple[str, str] | None = None, version: int = 2) -> Any:
+    return git("-c", f"protocol.version={version}", "clone", *options, url_of(daemon, repo, credentials), into,
+               cwd=os.path.dirname(into), check=check)
+
+
+def stored_responses(daemon: Daemon) -> list[str]:
+    found = []
+    for top, _, files in os.walk(os.path.join(daemon.cache_dir, "git")):
+        found += [os.path.join(top, name) for name in files]
+    return found
+
+
+def test_a_second_clone_is_served_from_the_cache(mirror: Callable[..., Daemon], git_hop: Hop,
+                                                 git_server: GitServer, tmp_path: Any) -> None:
+    daemon = mirror()
+    clone(daemon, "public/app.git", str(tmp_path / "one"))
+    assert len(pack_requests(git_hop)) == 1
+    clone(daemon, "public/app.git", str(tmp_path / "two"))
+    # The refs went upstream again (never stale); the pack did not.
+    assert git_hop.count("GET", "/repos/public/app.git/info/refs") == 2
+    assert len(pack_requests(git_hop)) == 1
+    head = git_server.head("public/app.git")
+    for name in ("one", "two"):
+        assert git("rev-parse", "HEAD", cwd=str(tmp_path / name)).stdout.strip() == head
+        git("fsck", "--full", cwd=str(tmp_path / name))
+    assert len(stored_responses(daemon)) == 1
+    status, _, _ = http_request(f"{daemon.url}/git/{HOST}/public/app.git/info/refs")
+    assert status == 400  # no service=: dumb HTTP is not served
+
+
+def test_concurrent_clones_cost_one_upstream_pack(mirror: Callable[..., Daemon], git_hop: Hop,
+                                                  tmp_path: Any) -> None:
+    daemon = mirror()
+    git_hop.delay = 0.3  # every upstream answer is slow: the clones overlap
+    results: list[int] = []
+
+    def one(index: int) -> None:
+        results.append(clone(daemon, "public/app.git", str(tmp_path / f"c{index}"), check=False).returncode)
+
+    threads = [threading.Thread(target=one, args=(index,)) for index in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert results == [0] * 6
+    assert len(pack_requests(git_hop)) == 1
+
+
+@pytest.mark.parametrize("options", [("--depth", "1"), ("--filter=blob:none",)], ids=["shallow", "partial"])
+def test_shallow_and_partial_clones(mirror: Callable[..., Daemon], git_hop: Hop, git_server: GitServer,
+                                    tmp_path: Any, options: tuple[str, ...]) -> None:
+    daemon = mirror()
+    posts = []
+    for name in ("one", "two"):
+        clone(daemon, "public/app.git", str(tmp_path / name), *options)
+        assert git("rev-parse", "HEAD", cwd=str(tmp_path / name)).stdout.strip() == git_server.head("public/app.git")
+        git("fsck", cwd=str(tmp_path / name))
+        posts.append(git_hop.count("POST", "git-upload-pack"))
+    if options[0] == "--depth":
+        assert git("rev-list", "--count", "HEAD", cwd=str(tmp_path / "two")).stdout.strip() == "1"
+    # The second clone asked the upstream only for its refs (v2 ls-refs):
+    # the commits (and, for the partial clone, the blobs fetched on
+    # checkout) came from the cache.
+    assert posts[1] - posts[0] == 1
+    assert len(pack_requests(git_hop)) >= 1
+
+
+@pytest.mark.parametrize("version", [0, 2])
+def test_a_fetch_after_a_new_upstream_commit_brings_it(mirror: Callable[..., Daemon], git_hop: Hop,
+                                                       git_server: GitServer, tmp_path: Any, version: int) -> None:
+    daemon = mirror()
+    work = str(tmp_path / "work")
+    clone(daemon, "public/app.git", work, version=version)
+    new = git_server.commit("public/app.git", f"new commit v{version}")
+    git("-c", f"protocol.version={version}", "fetch", "origin", cwd=work)
+    assert git("rev-parse", "origin/main", cwd=work).stdout.strip() == new
+    clone(daemon, "public/app.git", str(tmp_path / "again"), version=version)
+    assert git("rev-parse", "HEAD", cwd=str(tmp_path / "again")).stdout.strip() == new
+
+
+def test_protocol_v0_clones_are_kept_too(mirror: Callable[..., Daemon], git_hop: Hop, tmp_path: Any) -> None:
+    daemon = mirror()
+    clone(daemon, "public/app.git", str(tmp_path / "one"), version=0)
+    clone(daemon, "public/app.git", str(tmp_path / "two"), version=0)
+    assert len(pack_requests(git_hop)) == 1
+    assert not any("git-protocol" in {k.lower() for k in r.headers} for r in git_hop.requests
+                   if r.method == "GET")
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def _want_body(head: str) -> bytes:
+    def pkt(line: str) -> bytes:
+        return b"%04x" % (len(line) + 4) + line.encode()
+
+    return pkt(f"want {head} side-band-64k ofs-delta\n") + b"0000" + pkt("done\n")
+
+
+def test_a_private_repository_needs_the_upstreams_yes(mirror: Callable[..., Daemon], git_hop: Hop,
+                                                      git_server: GitServer, tmp_path: Any) -> None:
+    daemon = mirror()
+    clone(daemon, "private/secret.git", str(tmp_path / "right"), credentials=(USER, PASSWORD))
+    wrong = clone(daemon, "private/secret.git", str(tmp_path / "wrong"), credentials=(USER, "nope"), check=False)
+    assert wrong.returncode != 0 and not os.path.exists(tmp_path / "wrong" / ".git" / "objects" / "pack")
+    none = clone(daemon, "private/secret.git", str(tmp_path / "none"), check=False)
+    assert none.returncode != 0
+    # The same upload-pack request, cached by a client with access, is
+    # not served to one without: the upstream is asked first.
+    url = f"{daemon.url}/git/{HOST}/private/secret.git/git-upload-pack"
+    body = _want_body(git_server.head("private/secret.git"))
+    headers = {"Content-Type": "application/x-git-upload-pack-request"}
+    status, _, first = http_request(url, "POST", {**headers, "Authorization": _basic(USER, PASSWORD)}, body)
+    assert status == 200 and b"PACK" in first
+    packs = len(pack_requests(git_hop))
+    for authorization in (_basic(USER, "nope"), None):
+        extra = {"Authorization": authorization} if authorization else {}
+        status, answer_headers, answer = http_request(url, "POST", {**headers, **extra}, body)
+        assert status == 401 and b"PACK" not in answer
+        assert answer_headers["www-authenticate"].startswith("Basic")
+    status, _, again = http_request(url, "POST", {**headers, "Authorization": _basic(USER, PASSWORD)}, body)
+    assert status == 200 and again == first
+    assert len(pack_requests(git_hop)) == packs  # served from the cache
+
+
+def test_push_is_refused_before_the_upstream(mirror: Callable[..., Daemon], git_hop: Hop, tmp_path: Any) -> None:
+    daemon = mirror()
+    work = str(tmp_path / "work")
+    clone(daemon, "public/app.git", work)
+    (tmp_path / "work" / "pushed.txt").write_text("no")
+    git("add", "pushed.txt", cwd=work)
+    git("commit", "-q", "-m", "a push", cwd=work)
+    pushed = git("push", "origin", "HEAD:main", cwd=work, check=False)
+    assert pushed.returncode != 0
+    assert "read-only git mirror" in pushed.stderr
+    assert git_hop.count(path_contains="receive-pack") == 0
+    status, _, body = http_request(f"{daemon.url}/git/{HOST}/public/app.git/git-receive-pack", "POST")
+    assert status == 403 and b"read-only git mirror" in body
+
+
+def test_unconfigured_hosts_and_bad_paths_fetch_nothing(mirror: Callable[..., Daemon], git_hop: Hop) -> None:
+    daemon = mirror()
+    refs = "info/refs?service=git-upload-pack"
+    for path, expected in [
+        (f"/git/github.com/owner/repo.git/{refs}", 404),
+        (f"/git/{HOST}/../secret.git/{refs}", 400),
+        (f"/git/{HOST}/a/%2e%2e/b.git/{refs}", 400),
+        (f"/git/{HOST}/.hidden.git/{refs}", 400),
+        (f"/git/{HOST}/public/app.git/info/refs?service=git-upload-archive", 400),
+        (f"/git/{HOST}/public/app.git/info/refs?service=git-receive-pack", 403),
+    ]:
+        status, headers, body = http_request(daemon.url + path)
+        assert status == expected, (path, status, body)
+        assert headers["content-type"].startswith("text/plain")
+    assert git_hop.requests == []
+
+
+def test_a_pack_cut_mid_stream_fails_the_clone_and_is_not_kept(mirror: Callable[..., Daemon], git_hop: Hop,
+                                                               tmp_path: Any) -> None:
+    daemon = mirror()
+    git_hop.fail_mid_stream(20000, path_contains="git-upload-pack", method="POST", times=None)
+    # Only the pack response is long enough to be cut: ls-refs passes.
+    cut = clone(daemon, "public/app.git", str(tmp_path / "cut"), check=False)
+    assert cut.returncode != 0
+    assert stored_responses(daemon) == []
+    git_hop.reset()
+    clone(daemon, "public/app.git", str(tmp_path / "whole"))
+    git("fsck", "--full", cwd=str(tmp_path / "whole"))
+    assert len(pack_requests(git_hop)) == 1  # fetched again: nothing of the cut one was kept
+    assert len(stored_responses(daemon)) == 1
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["stale-off", "stale-on"])
+def test_the_upstream_down(mirror: Callable[..., Daemon], git_hop: Hop, tmp_path: Any, stale: bool) -> None:
+    daemon = mirror(stale_refs=stale)
+    clone(daemon, "public/app.git", str(tmp_path / "before"), version=0)
+    git_hop.down = True
+    during = clone(daemon, "public/app.git", str(tmp_path / "during"), version=0, check=False)
+    if stale:
+        # The last advertisement, and the kept pack under a live proof.
+        assert during.returncode == 0, during.stderr
+        fetched = git("-c", "protocol.version=0", "fetch", "origin", cwd=str(tmp_path / "before"), check=False)
+        assert fetched.returncode == 0
+    else:
+        assert during.returncode != 0
+        assert "502" in during.stderr or "did not answer" in during.stderr or "answered" in during.stderr
