@@ -8,14 +8,17 @@ daemon and it.  A private repository sits behind Basic auth.
 from __future__ import annotations
 
 import base64
+import json
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from ocitest import free_port, http_request
+from ocitest import SRC_ROOT, free_port, http_request
 from ocitest.daemon import Daemon, config_text
 from ocitest.gitserver import PASSWORD, USER, GitServer, git
 from ocitest.hop import Hop
@@ -49,20 +52,30 @@ def git_hop(git_hop_server: Hop) -> Hop:
     return git_hop_server
 
 
-@pytest.fixture
-def mirror(tmp_path: Any, git_hop: Hop) -> Iterator[Callable[..., Daemon]]:
-    started: list[Daemon] = []
+class Mirror(Daemon):
+    """The daemon, with the port of its operator listener (metrics)."""
 
-    def start(**git_extra: object) -> Daemon:
+    metrics_port = 0
+
+
+@pytest.fixture
+def mirror(tmp_path: Any, git_hop: Hop) -> Iterator[Callable[..., Mirror]]:
+    started: list[Mirror] = []
+
+    def start(**git_extra: object) -> Mirror:
         port = free_port()
         lines = [f'name = "{HOST}"', f'url = "{git_hop.url}/repos"']
         lines += [f"{key} = {str(value).lower() if isinstance(value, bool) else repr(value)}"
                   for key, value in git_extra.items()]
-        text = config_text(port=port, cache_dir=str(tmp_path / "cache"), upstreams=[])
+        metrics_port = free_port()
+        text = config_text(port=port, cache_dir=str(tmp_path / "cache"), upstreams=[],
+                           extra_tables={"metrics": {"listen": f"tcp:{metrics_port}:interface=127.0.0.1"}})
         text += "\n[[git]]\n" + "\n".join(lines) + "\n"
         path = tmp_path / "ocicache.toml"
         path.write_text(text)
-        daemon = Daemon(str(path), port=port, workdir=str(tmp_path / "daemon")).start()
+        daemon = Mirror(str(path), port=port, workdir=str(tmp_path / "daemon"))
+        daemon.metrics_port = metrics_port
+        daemon.start()
         started.append(daemon)
         return daemon
 
@@ -94,7 +107,7 @@ def stored_responses(daemon: Daemon) -> list[str]:
     return found
 
 
-def test_a_second_clone_is_served_from_the_cache(mirror: Callable[..., Daemon], git_hop: Hop,
+def test_a_second_clone_is_served_from_the_cache(mirror: Callable[..., Mirror], git_hop: Hop,
                                                  git_server: GitServer, tmp_path: Any) -> None:
     daemon = mirror()
     clone(daemon, "public/app.git", str(tmp_path / "one"))
@@ -110,9 +123,22 @@ def test_a_second_clone_is_served_from_the_cache(mirror: Callable[..., Daemon], 
     assert len(stored_responses(daemon)) == 1
     status, _, _ = http_request(f"{daemon.url}/git/{HOST}/public/app.git/info/refs")
     assert status == 400  # no service=: dumb HTTP is not served
+    # The operator sees them: ocicache stats, and the metrics.
+    env = dict(os.environ, PYTHONPATH=SRC_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    stats = subprocess.run([sys.executable, "-m", "ocicache", "stats", "--json", "--config", daemon.config_path],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert stats.returncode == 0, stats.stderr
+    data = json.loads(stats.stdout)
+    kept = os.path.getsize(stored_responses(daemon)[0])
+    assert data["entries"]["git"] == 1 and data["bytes"]["git"] == kept
+    scraped = http_request(f"http://127.0.0.1:{daemon.metrics_port}/metrics")[2].decode()
+    assert f'ocicache_git_requests_total{{endpoint="git-upload-pack",result="hit",upstream="{HOST}"}} 1.0' in scraped
+    assert f'ocicache_git_requests_total{{endpoint="git-upload-pack",result="miss",upstream="{HOST}"}} 1.0' in scraped
+    assert f'ocicache_git_bytes_saved_total{{upstream="{HOST}"}} {float(kept)}' in scraped
+    assert "ocicache_git_entries 1.0" in scraped and f"ocicache_git_size_bytes {float(kept)}" in scraped
 
 
-def test_concurrent_clones_cost_one_upstream_pack(mirror: Callable[..., Daemon], git_hop: Hop,
+def test_concurrent_clones_cost_one_upstream_pack(mirror: Callable[..., Mirror], git_hop: Hop,
                                                   tmp_path: Any) -> None:
     daemon = mirror()
     git_hop.delay = 0.3  # every upstream answer is slow: the clones overlap
@@ -131,7 +157,7 @@ def test_concurrent_clones_cost_one_upstream_pack(mirror: Callable[..., Daemon],
 
 
 @pytest.mark.parametrize("options", [("--depth", "1"), ("--filter=blob:none",)], ids=["shallow", "partial"])
-def test_shallow_and_partial_clones(mirror: Callable[..., Daemon], git_hop: Hop, git_server: GitServer,
+def test_shallow_and_partial_clones(mirror: Callable[..., Mirror], git_hop: Hop, git_server: GitServer,
                                     tmp_path: Any, options: tuple[str, ...]) -> None:
     daemon = mirror()
     posts = []
@@ -150,7 +176,7 @@ def test_shallow_and_partial_clones(mirror: Callable[..., Daemon], git_hop: Hop,
 
 
 @pytest.mark.parametrize("version", [0, 2])
-def test_a_fetch_after_a_new_upstream_commit_brings_it(mirror: Callable[..., Daemon], git_hop: Hop,
+def test_a_fetch_after_a_new_upstream_commit_brings_it(mirror: Callable[..., Mirror], git_hop: Hop,
                                                        git_server: GitServer, tmp_path: Any, version: int) -> None:
     daemon = mirror()
     work = str(tmp_path / "work")
@@ -162,7 +188,7 @@ def test_a_fetch_after_a_new_upstream_commit_brings_it(mirror: Callable[..., Dae
     assert git("rev-parse", "HEAD", cwd=str(tmp_path / "again")).stdout.strip() == new
 
 
-def test_protocol_v0_clones_are_kept_too(mirror: Callable[..., Daemon], git_hop: Hop, tmp_path: Any) -> None:
+def test_protocol_v0_clones_are_kept_too(mirror: Callable[..., Mirror], git_hop: Hop, tmp_path: Any) -> None:
     daemon = mirror()
     clone(daemon, "public/app.git", str(tmp_path / "one"), version=0)
     clone(daemon, "public/app.git", str(tmp_path / "two"), version=0)
@@ -182,7 +208,7 @@ def _want_body(head: str) -> bytes:
     return pkt(f"want {head} side-band-64k ofs-delta\n") + b"0000" + pkt("done\n")
 
 
-def test_a_private_repository_needs_the_upstreams_yes(mirror: Callable[..., Daemon], git_hop: Hop,
+def test_a_private_repository_needs_the_upstreams_yes(mirror: Callable[..., Mirror], git_hop: Hop,
                                                       git_server: GitServer, tmp_path: Any) -> None:
     daemon = mirror()
     clone(daemon, "private/secret.git", str(tmp_path / "right"), credentials=(USER, PASSWORD))
@@ -208,7 +234,7 @@ def test_a_private_repository_needs_the_upstreams_yes(mirror: Callable[..., Daem
     assert len(pack_requests(git_hop)) == packs  # served from the cache
 
 
-def test_push_is_refused_before_the_upstream(mirror: Callable[..., Daemon], git_hop: Hop, tmp_path: Any) -> None:
+def test_push_is_refused_before_the_upstream(mirror: Callable[..., Mirror], git_hop: Hop, tmp_path: Any) -> None:
     daemon = mirror()
     work = str(tmp_path / "work")
     clone(daemon, "public/app.git", work)
@@ -223,7 +249,7 @@ def test_push_is_refused_before_the_upstream(mirror: Callable[..., Daemon], git_
     assert status == 403 and b"read-only git mirror" in body
 
 
-def test_unconfigured_hosts_and_bad_paths_fetch_nothing(mirror: Callable[..., Daemon], git_hop: Hop) -> None:
+def test_unconfigured_hosts_and_bad_paths_fetch_nothing(mirror: Callable[..., Mirror], git_hop: Hop) -> None:
     daemon = mirror()
     refs = "info/refs?service=git-upload-pack"
     for path, expected in [
@@ -240,7 +266,7 @@ def test_unconfigured_hosts_and_bad_paths_fetch_nothing(mirror: Callable[..., Da
     assert git_hop.requests == []
 
 
-def test_a_pack_cut_mid_stream_fails_the_clone_and_is_not_kept(mirror: Callable[..., Daemon], git_hop: Hop,
+def test_a_pack_cut_mid_stream_fails_the_clone_and_is_not_kept(mirror: Callable[..., Mirror], git_hop: Hop,
                                                                tmp_path: Any) -> None:
     daemon = mirror()
     git_hop.fail_mid_stream(20000, path_contains="git-upload-pack", method="POST", times=None)
@@ -256,7 +282,7 @@ def test_a_pack_cut_mid_stream_fails_the_clone_and_is_not_kept(mirror: Callable[
 
 
 @pytest.mark.parametrize("stale", [False, True], ids=["stale-off", "stale-on"])
-def test_the_upstream_down(mirror: Callable[..., Daemon], git_hop: Hop, tmp_path: Any, stale: bool) -> None:
+def test_the_upstream_down(mirror: Callable[..., Mirror], git_hop: Hop, tmp_path: Any, stale: bool) -> None:
     daemon = mirror(stale_refs=stale)
     clone(daemon, "public/app.git", str(tmp_path / "before"), version=0)
     git_hop.down = True
