@@ -100,6 +100,9 @@ class PackService:
         upstream's refusal or failure.
         """
         request = parse_upload_request(body, protocol is not None and b"version=2" in protocol)
+        if request.command == "ls-refs":
+            refs = await self._refs.ls_refs(upstream, who, protocol, body)
+            return PackAnswer(_in_memory(refs.body), GitResult.STALE if refs.stale else GitResult.PASSTHROUGH)
         if not request.cacheable:
             return PackAnswer(await self._pass(upstream, who, protocol, body), GitResult.PASSTHROUGH)
         key = ResponseKey.of(upstream.name, who.repo, (protocol or b"").decode("ascii", "replace"), body)
@@ -152,6 +155,14 @@ class PackService:
             error=failure.getErrorMessage()))
         response.deliverBody(Feed(passing, self._reactor, partial(self._on_upstream_bytes, upstream.name)))
         return passing
+
+
+def _in_memory(body: bytes) -> PassThrough:
+    """A whole body already read, as a source the streamers read."""
+    source = PassThrough(ResponseKey.of("", "", "", body), len(body), verifier=_Anything()).acquire()
+    source.write(body)
+    source.finish()
+    return source
 
 
 def _release(result: object, slot: Slot) -> object:

@@ -30,7 +30,7 @@ from twisted.internet.interfaces import IReactorTime
 from .._fetch._lru import SizedLRU
 from .._fetch._singleflight import SingleFlight
 from ._errors import GitDenied, GitUpstreamFailed
-from ._upstream import ADVERTISEMENT, GitUpstream
+from ._upstream import ADVERTISEMENT, RESULT, GitUpstream
 
 __all__ = ["AccessProofs", "Advertisement", "RefService", "Who"]
 
@@ -114,8 +114,8 @@ class RefService:
                  on_stale: Callable[[str], None] = lambda upstream: None) -> None:
         self._clock = clock
         self.proofs = proofs
-        self._flights: SingleFlight[tuple[bytes, bytes | None], Advertisement] = SingleFlight()
-        self._last: SizedLRU[tuple[bytes, bytes | None], tuple[float, bytes]] = SizedLRU(
+        self._flights: SingleFlight[tuple[bytes, bytes | None, bytes], Advertisement] = SingleFlight()
+        self._last: SizedLRU[tuple[bytes, bytes | None, bytes], tuple[float, bytes]] = SizedLRU(
             STALE_BYTES, lambda kept: len(kept[1]) + 200, largest=MAX_REFS)
         self._on_stale = on_stale
 
@@ -125,7 +125,19 @@ class RefService:
         requests in flight share it.  Raises L{GitDenied} or
         L{GitUpstreamFailed}.
         """
-        flight, _ = self._flights.call((who.token, protocol), lambda: self._ask(upstream, who, protocol))
+        flight, _ = self._flights.call((who.token, protocol, b"info/refs"),
+                                       lambda: self._ask(upstream, who, protocol, ADVERTISEMENT, None))
+        return await flight
+
+    async def ls_refs(self, upstream: GitUpstream, who: Who, protocol: bytes | None, body: bytes) -> Advertisement:
+        """
+        The upstream's answer to a protocol v2 C{ls-refs} request (C{body}),
+        which is a ref request too: always asked, coalesced, stale only
+        as C{stale_refs} allows.
+        """
+        request = hashlib.sha256(body).digest()
+        flight, _ = self._flights.call((who.token, protocol, request),
+                                       lambda: self._ask(upstream, who, protocol, RESULT, body))
         return await flight
 
     async def authorize(self, upstream: GitUpstream, who: Who) -> None:
@@ -140,27 +152,36 @@ class RefService:
         if advertisement.stale or not self.proofs.holds(who):
             raise GitUpstreamFailed(f"git upstream {upstream.name} cannot confirm access now")
 
-    async def _ask(self, upstream: GitUpstream, who: Who, protocol: bytes | None) -> Advertisement:
+    async def _ask(self, upstream: GitUpstream, who: Who, protocol: bytes | None, expected: bytes,
+                   request: bytes | None) -> Advertisement:
+        """
+        C{info/refs} (C{request} is C{None}) or an C{ls-refs} POST, whose
+        answer must be of the C{expected} content type.
+        """
         config = upstream.config
+        last = (who.token, protocol, hashlib.sha256(request).digest() if request is not None else b"info/refs")
         try:
-            response = await upstream.refs(who.repo, who.authorization, protocol)
+            if request is None:
+                response = await upstream.refs(who.repo, who.authorization, protocol)
+            else:
+                response = await upstream.upload_pack(who.repo, who.authorization, protocol, request)
             if response.code != 200:
                 refusal = await upstream.refused(response)
                 if isinstance(refusal, GitDenied):
                     self.proofs.revoke(who)
-                    self._last.drop((who.token, protocol))
+                    self._last.drop(last)
                 raise refusal
             content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
             body = await upstream.read(response, MAX_REFS)
-            if content_type.split(b";")[0].strip() != ADVERTISEMENT:
+            if content_type.split(b";")[0].strip() != expected:
                 raise GitUpstreamFailed(f"git upstream {upstream.name} does not speak smart HTTP for this repository")
         except GitUpstreamFailed:
-            kept = self._last.get((who.token, protocol)) if config.stale_refs else None
+            kept = self._last.get(last) if config.stale_refs else None
             if kept is None or self._clock.seconds() - kept[0] > config.max_stale:
                 raise
             self._on_stale(upstream.name)
             return Advertisement(kept[1], stale=True)
         self.proofs.prove(who, config.proof_ttl)
         if config.stale_refs:
-            self._last.put((who.token, protocol), (self._clock.seconds(), body))
+            self._last.put(last, (self._clock.seconds(), body))
         return Advertisement(body)
