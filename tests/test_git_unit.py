@@ -65,6 +65,11 @@ def test_upload_requests() -> None:
     assert not parse_upload_request(ls_refs, v2=True).cacheable
     fetch = pkt("command=fetch\n") + b"0001" + want + pkt("done\n") + b"0000"
     assert parse_upload_request(fetch, v2=True).cacheable
+    assert parse_upload_request(fetch, v2=True).wants == ("a" * 40,)
+    with pytest.raises(BadGitRequest):
+        parse_upload_request(pkt("want ../../etc\n") + b"0000", v2=False)
+    by_name = pkt("command=fetch\n") + b"0001" + pkt("want-ref refs/heads/main\n") + b"0000"
+    assert parse_upload_request(by_name, v2=True).want_refs
     for bad in (b"zzzz", b"0010short", want[:-1], b"0003"):
         with pytest.raises(BadGitRequest):
             parse_upload_request(bad, v2=False)
@@ -85,10 +90,18 @@ def test_config_errors_name_the_key() -> None:
         ({"name": "a.b", "url": "https://x", "proof_ttl": "0s"}, "git[0].proof_ttl:"),
         ({"name": "a.b", "url": "https://x", "stale_refs": "yes"}, "git[0].stale_refs:"),
         ({"name": "a.b", "url": "https://x", "colour": 1}, "git[0]: unknown key(s): colour"),
+        ({"name": "a.b", "url": "https://x", "username": "u"}, "git[0]: set username and password_env together"),
+        ({"name": "a.b", "url": "https://x", "username": "u", "password_env": "OCITEST_GIT_PASSWORD"},
+         "git[0].username: only a mode = 'mirror'"),
+        ({"name": "a.b", "url": "https://x", "mode": "mirror", "username": "u", "password_env": "OCITEST_UNSET"},
+         "git[0].password_env: $OCITEST_UNSET is not set"),
     ]:
         with pytest.raises(ConfigError) as raised:
             parse_config({"git": [table]})
         assert str(raised.value).startswith(message)
+    mirrored = parse_git([{"name": "a.b", "url": "https://x", "mode": "mirror", "username": "u",
+                           "password_env": "PW"}], {"PW": "secret"})
+    assert mirrored.upstreams[0].credentials is not None and "secret" not in repr(mirrored)
     with pytest.raises(ConfigError, match="configured twice"):
         parse_git([{"name": "a.b", "url": "https://x"}, {"name": "a.b", "url": "https://y"}])
 

@@ -304,3 +304,45 @@ def test_the_upstream_down(mirror: Callable[..., Mirror], git_hop: Hop, tmp_path
     # Every request went to the upstream (and found it down): never a
     # stale answer without asking first.
     assert git_hop.count(path_contains="/info/refs") == 3 + (stale and 1)
+
+
+def _agent(request: Any) -> str:
+    return next((value for name, value in request.headers.items() if name.lower() == "user-agent"), "")
+
+
+def test_mirror_mode_serves_incremental_fetches_locally(mirror: Callable[..., Mirror], git_hop: Hop,
+                                                        git_server: GitServer, tmp_path: Any) -> None:
+    daemon = mirror(mode="mirror")
+    clone(daemon, "public/app.git", str(tmp_path / "one"))
+    clone(daemon, "public/app.git", str(tmp_path / "two"), version=0)
+    # The mirror's own clone is the one upstream pack request.
+    mirror_packs = [r for r in pack_requests(git_hop) if "ocicache" not in _agent(r)]
+    assert len(mirror_packs) == 1 and len(pack_requests(git_hop)) == 1
+    new = git_server.commit("public/app.git", "for the mirror")
+    before = len(git_hop.requests)
+    for name in ("one", "two"):
+        git("fetch", "origin", cwd=str(tmp_path / name))  # haves: never byte-identical to anything kept
+        assert git("rev-parse", "origin/main", cwd=str(tmp_path / name)).stdout.strip() == new
+        git("fsck", cwd=str(tmp_path / name))
+    later = git_hop.requests[before:]
+    # One mirror fetch for both; every client upload-pack answered locally.
+    assert len([r for r in later if r.method == "POST" and "ocicache" not in _agent(r) and r.bytes_sent > PACK]) == 1
+    assert [r for r in later if r.method == "POST" and "ocicache" in _agent(r) and r.bytes_sent > PACK] == []
+    scraped = http_request(f"http://127.0.0.1:{daemon.metrics_port}/metrics")[2].decode()
+    assert f'ocicache_git_requests_total{{endpoint="git-upload-pack",result="mirror",upstream="{HOST}"}}' in scraped
+    assert stored_responses(daemon) == []
+
+
+def test_mirror_mode_falls_back_to_the_upstream_for_what_it_cannot_have(
+        mirror: Callable[..., Mirror], git_hop: Hop, git_server: GitServer) -> None:
+    daemon = mirror(mode="mirror")
+    url = f"{daemon.url}/git/{HOST}/public/app.git/git-upload-pack"
+    headers = {"Content-Type": "application/x-git-upload-pack-request"}
+    # Not our ref: the mirror fetched once, then the upstream said so
+    # itself; its error is no pack, so the transfer fails, and nothing is kept.
+    with pytest.raises(OSError):
+        http_request(url, "POST", headers, _want_body("f" * 40))
+    agents = [_agent(r) for r in git_hop.requests if r.method == "POST"]
+    assert len([agent for agent in agents if "ocicache" in agent]) == 1
+    assert len([agent for agent in agents if "ocicache" not in agent]) >= 1  # the mirror's clone
+    assert stored_responses(daemon) == []

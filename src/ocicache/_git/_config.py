@@ -10,14 +10,16 @@ The C{[[git]]} tables: the git hosts ocicache serves under C{/git/<name>/}.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from collections.abc import Mapping
 from typing import Any
 
 from attrs import frozen
 from hyperlink import DecodedURL
 
-from .._ops._config import ConfigError, parse_duration
+from .._ops._config import ConfigError, Credentials, parse_duration
 
 __all__ = ["GitConfig", "GitUpstreamConfig", "parse_git"]
 
@@ -25,8 +27,8 @@ _HOST = re.compile(r"(?=.{1,253}(?::|$))[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\
                    r"(?::[0-9]{1,5})?")
 """A host name with an optional port (RFC 3986 §3.2.2, lower case): the first path segment after C{/git/}."""
 
-MODES = ("cache",)
-"""What a git upstream's C{mode} may be (C{mirror} is not built yet)."""
+MODES = ("cache", "mirror")
+"""What a git upstream's C{mode} may be."""
 
 
 @frozen
@@ -50,6 +52,8 @@ class GitUpstreamConfig:
     tls_verify: bool = True
     connect_timeout: float = 10.0
     response_timeout: float = 60.0
+    credentials: Credentials | None = None
+    """What a mirror fetches with (C{mode = "mirror"}); clients always use their own."""
 
 
 @frozen
@@ -66,10 +70,10 @@ class GitConfig:
 
 
 _KEYS = frozenset({"name", "url", "mode", "stale_refs", "max_stale", "proof_ttl", "pack_ttl", "tls_verify",
-                   "connect_timeout", "response_timeout"})
+                   "connect_timeout", "response_timeout", "username", "password_env"})
 
 
-def parse_git(raw: object) -> GitConfig:
+def parse_git(raw: object, environ: Mapping[str, str] | None = None) -> GitConfig:
     """
     Validate the C{git} array of tables; raises L{ConfigError} naming the
     key (C{git[0].url: ...}).
@@ -78,7 +82,8 @@ def parse_git(raw: object) -> GitConfig:
         return GitConfig()
     if not isinstance(raw, list):
         raise ConfigError("git: expected an array of tables ([[git]])")
-    upstreams = tuple(_parse_one(table, index) for index, table in enumerate(raw))
+    environ = os.environ if environ is None else environ
+    upstreams = tuple(_parse_one(table, index, environ) for index, table in enumerate(raw))
     seen: set[str] = set()
     for index, upstream in enumerate(upstreams):
         if upstream.name in seen:
@@ -87,7 +92,7 @@ def parse_git(raw: object) -> GitConfig:
     return GitConfig(upstreams)
 
 
-def _parse_one(table: object, index: int) -> GitUpstreamConfig:
+def _parse_one(table: object, index: int, environ: Mapping[str, str]) -> GitUpstreamConfig:
     path = f"git[{index}]"
     if not isinstance(table, Mapping):
         raise ConfigError(f"{path}: expected a table")
@@ -113,6 +118,20 @@ def _parse_one(table: object, index: int) -> GitUpstreamConfig:
     mode = _typed(table, path, "mode", str, "cache")
     if mode not in MODES:
         raise ConfigError(f"{path}.mode: {mode[:40]!r} must be one of: {', '.join(MODES)}")
+    if mode == "mirror" and shutil.which("git") is None:
+        raise ConfigError(f"{path}.mode: mirror needs the git program on PATH (apt-get install git)")
+    username = _typed(table, path, "username", str, None)
+    password_env = _typed(table, path, "password_env", str, None)
+    credentials = None
+    if (username is None) != (password_env is None):
+        raise ConfigError(f"{path}: set username and password_env together")
+    if username is not None and password_env is not None:
+        if mode != "mirror":
+            raise ConfigError(f"{path}.username: only a mode = 'mirror' upstream fetches with its own credentials")
+        password = environ.get(password_env)
+        if not password:
+            raise ConfigError(f"{path}.password_env: ${password_env[:80]} is not set")
+        credentials = Credentials(username, password)
     defaults = GitUpstreamConfig(name="", url=url)
     return GitUpstreamConfig(
         name=name,
@@ -125,6 +144,7 @@ def _parse_one(table: object, index: int) -> GitUpstreamConfig:
         tls_verify=_typed(table, path, "tls_verify", bool, defaults.tls_verify),
         connect_timeout=_duration(table, path, "connect_timeout", defaults.connect_timeout),
         response_timeout=_duration(table, path, "response_timeout", defaults.response_timeout),
+        credentials=credentials,
     )
 
 

@@ -39,6 +39,7 @@ from .._storage._store import Kind
 from ._books import GitBooks
 from ._errors import GitUpstreamFailed
 from ._key import ResponseKey
+from ._mirror import Mirrors
 from ._pktline import parse_upload_request
 from ._refs import RefService, Who
 from ._result import GitResult
@@ -78,7 +79,13 @@ class PackService:
     """Finds, fetches and keeps upload-pack responses."""
 
     def __init__(self, disk: Disk, books: GitBooks, refs: RefService, slots: Slots, health: DiskHealth,
-                 on_upstream_bytes: Callable[[str, int], None] = lambda upstream, count: None) -> None:
+                 on_upstream_bytes: Callable[[str, int], None] = lambda upstream, count: None,
+                 mirrors: Mirrors | None = None) -> None:
+        """
+        @param mirrors: the bare mirrors that answer the requests to
+            C{mode = "mirror"} upstreams.
+        """
+        self._mirrors = mirrors
         self._reactor: IReactorTime = disk.reactor
         self._books = books
         self._refs = refs
@@ -103,6 +110,14 @@ class PackService:
         if request.command == "ls-refs":
             refs = await self._refs.ls_refs(upstream, who, protocol, body)
             return PackAnswer(_in_memory(refs.body), GitResult.STALE if refs.stale else GitResult.PASSTHROUGH)
+        if (self._mirrors is not None and upstream.config.mode == "mirror" and request.command in (None, "fetch")
+                and request.wants and not request.want_refs):
+            # Only for a client the upstream lets read the repository: the
+            # mirror was fetched with the configured credentials, not its own.
+            await self._refs.authorize(upstream, who)
+            path = await self._mirrors.ready(upstream, who.repo, request.wants)
+            if path is not None:
+                return PackAnswer(self._mirrors.serve(path, protocol, body, request.done), GitResult.MIRROR)
         if not request.cacheable:
             return PackAnswer(await self._pass(upstream, who, protocol, body), GitResult.PASSTHROUGH)
         key = ResponseKey.of(upstream.name, who.repo, (protocol or b"").decode("ascii", "replace"), body)

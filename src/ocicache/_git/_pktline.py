@@ -14,6 +14,7 @@ everything before it (gitformat-pack(5)).
 from __future__ import annotations
 
 import hashlib
+import re
 
 from attrs import frozen
 
@@ -25,6 +26,8 @@ MAX_PKT = 65520
 """The largest pkt-line, its length included (gitprotocol-common(5), LARGE_PACKET_MAX)."""
 
 _HEX = frozenset(b"0123456789abcdef")
+_OID = re.compile(rb"[0-9a-f]{40}|[0-9a-f]{64}")
+"""An object id: SHA-1 or SHA-256, lowercase hex."""
 
 
 @frozen
@@ -40,6 +43,10 @@ class UploadRequest:
 
     command: str | None
     done: bool
+    wants: tuple[str, ...] = ()
+    """The object ids the client wants (C{want <oid>}), lowercase hex."""
+    want_refs: bool = False
+    """Whether it wants refs by name (v2 C{want-ref}): a mirror cannot tell what those are."""
 
     @property
     def cacheable(self) -> bool:
@@ -54,6 +61,8 @@ def parse_upload_request(body: bytes, v2: bool) -> UploadRequest:
     command: str | None = None
     done = False
     first = True
+    wants: list[str] = []
+    want_refs = False
     for kind, payload in _packets(body):
         if kind != "data":
             continue
@@ -65,9 +74,16 @@ def parse_upload_request(body: bytes, v2: bool) -> UploadRequest:
         first = False
         if line == b"done":
             done = True
+        elif line.startswith(b"want "):
+            oid = line[5:].split(b" ", 1)[0]
+            if _OID.fullmatch(oid) is None:
+                raise BadGitRequest("a want names an object id in hex")
+            wants.append(oid.decode("ascii"))
+        elif line.startswith(b"want-ref "):
+            want_refs = True
     if v2 and command is None:
         raise BadGitRequest("a protocol v2 request starts with command=")
-    return UploadRequest(command, done)
+    return UploadRequest(command, done, tuple(wants), want_refs)
 
 
 def _packets(body: bytes) -> list[tuple[str, bytes]]:

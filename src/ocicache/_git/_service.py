@@ -6,6 +6,7 @@ writes their reads and expires them.
 
 from __future__ import annotations
 
+import os
 from functools import partial
 from typing import Any
 
@@ -22,6 +23,7 @@ from .._storage._health import DiskHealth
 from .._storage._store import Kind
 from ._books import TABLE, GitBooks
 from ._config import GitConfig
+from ._mirror import Mirrors
 from ._packs import PackService
 from ._refs import AccessProofs, RefService
 from ._upstream import GitUpstream
@@ -46,8 +48,13 @@ class GitParts:
         ttl = max((upstream.pack_ttl for upstream in config.upstreams), default=86400.0)
         self.books = GitBooks(disk, self.capacity, ttl)
         self.refs = RefService(reactor, AccessProofs(reactor))
+        mirrors = None
+        if any(upstream.mode == "mirror" for upstream in config.upstreams):
+            mirrors = Mirrors(os.path.join(disk.store.root, "git-mirrors"), reactor,
+                              on_fetch=partial(_count_fetch, metrics))
         self.packs = PackService(disk, self.books, self.refs, slots, health,
-                                 lambda upstream, count: metrics.git_upstream_bytes.labels(upstream).inc(count))
+                                 lambda upstream, count: metrics.git_upstream_bytes.labels(upstream).inc(count),
+                                 mirrors)
         metrics.git_size.set_function(lambda: self.capacity.size)
         metrics.git_entries.set_function(lambda: len(self.capacity.policy))
         self._recovered = False
@@ -68,3 +75,7 @@ class GitParts:
 
 def _count(metrics: Metrics, upstream: str, kind: str, code: str) -> None:
     metrics.git_upstream_requests.labels(upstream, kind, code).inc()
+
+
+def _count_fetch(metrics: Metrics, upstream: str, outcome: str) -> None:
+    metrics.git_upstream_requests.labels(upstream, "mirror-fetch", outcome).inc()

@@ -58,6 +58,10 @@ class GitUpstream:
         # Every segment passed the route's grammar: nothing to escape.
         return str(self.config.url.encoded_url.child(*repo.split("/"), *tail).to_text())
 
+    def url_of(self, repo: str) -> str:
+        """The repository's URL upstream, for a mirror's fetch."""
+        return str(self.config.url.encoded_url.child(*repo.split("/")).to_text())
+
     async def refs(self, repo: str, authorization: bytes | None, protocol: bytes | None) -> IResponse:
         """C{GET <repo>/info/refs?service=git-upload-pack}."""
         url = self._url(repo, "info", "refs") + "?service=git-upload-pack"

@@ -1291,7 +1291,7 @@ def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None =
     raw_rules = top.get("rule", list, None)
     raw_warm = top.get("warm", list, [])
     from .._git._config import parse_git  # its section's parser, which raises this module's ConfigError
-    git = parse_git(top.get("git", list, None)) if "git" in top.given else None
+    git = parse_git(top.get("git", list, None), environ) if "git" in top.given else None
     top.finish()
     if raw_upstreams is None:
         upstreams = tuple(
