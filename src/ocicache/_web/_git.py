@@ -66,6 +66,10 @@ def takes_body(method: bytes, target: bytes) -> int:
     return 0
 
 
+_ROUTES: dict[str, str] = {GitEndpoint.REFS: "git-refs", GitEndpoint.UPLOAD_PACK: "git-upload-pack"}
+"""The C{route} label of C{ocicache_http_requests_total} for each endpoint; C{git} before routing."""
+
+
 @define
 class _Exchange:
     endpoint: str = "git"
@@ -206,7 +210,7 @@ class GitResource(Resource):
         duration = time.monotonic() - started
         method = request.method.decode("ascii", "replace")
         code = request.code if result is None else 499
-        self._metrics.request_done(f"git-{exchange.endpoint}", method, code, duration)
+        self._metrics.request_done(_ROUTES.get(exchange.endpoint, "git"), method, code, duration)
         log_access(method, request.uri.decode("ascii", "replace"), code, max(exchange.bytes, request.sentLength),
                    duration, exchange.result, exchange.upstream, "-")
 
