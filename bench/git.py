@@ -13,7 +13,7 @@ The repository is made by a script: commits of incompressible files
 
   - C{git clone}: end to end, including the client's own index-pack,
     which on 2 cores costs about as much as the transfer;
-  - the same v2 fetch request replayed over HTTP, its response read and
+  - the same v2 fetch request replayed with curl, its response read and
     dropped: what the server side costs, which is what a cache changes.
 
 Each is run direct, through ocicache cold (empty cache) and warm.  Then,
@@ -25,11 +25,11 @@ bytes.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import random
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -76,19 +76,18 @@ def _fetch_body(head: str) -> bytes:
 
 
 def _replay(host: str, port: int, path: str, body: bytes) -> int:
-    conn = http.client.HTTPConnection(host, port, timeout=600)
-    try:
-        conn.request("POST", path, body=body, headers={
-            "Content-Type": "application/x-git-upload-pack-request", "Git-Protocol": "version=2"})
-        response = conn.getresponse()
-        total = 0
-        while chunk := response.read(1 << 20):
-            total += len(chunk)
-        if response.status != 200:
-            raise RuntimeError(f"replay got {response.status}")
-        return total
-    finally:
-        conn.close()
+    """
+    One v2 fetch POSTed with curl (C, so the client is not what is
+    measured), its response read and dropped; returns its length.
+    """
+    done = subprocess.run(
+        ["curl", "-sS", "--fail", "-o", "/dev/null", "-w", "%{size_download}", "--data-binary", "@-",
+         "-H", "Content-Type: application/x-git-upload-pack-request", "-H", "Git-Protocol: version=2",
+         f"http://{host}:{port}{path}"],
+        input=body, capture_output=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"curl failed: {done.stderr.decode(errors='replace').strip()}")
+    return int(done.stdout)
 
 
 def _one_replay(port: int, path: str, body: bytes, index: int) -> int:
