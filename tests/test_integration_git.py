@@ -346,3 +346,26 @@ def test_mirror_mode_falls_back_to_the_upstream_for_what_it_cannot_have(
     assert len([agent for agent in agents if "ocicache" in agent]) == 1
     assert len([agent for agent in agents if "ocicache" not in agent]) >= 1  # the mirror's clone
     assert stored_responses(daemon) == []
+
+
+def test_identical_ref_requests_share_one_upstream_request(mirror: Callable[..., Mirror], git_hop: Hop) -> None:
+    daemon = mirror()
+    git_hop.delay = 0.5  # every upstream answer is slow: the requests overlap
+    url = f"{daemon.url}/git/{HOST}/private/secret.git/info/refs?service=git-upload-pack"
+    answers: list[tuple[int, bytes]] = []
+
+    def ask(authorization: str) -> None:
+        status, _, body = http_request(url, headers={"Authorization": authorization})
+        answers.append((status, body))
+
+    right, other = _basic(USER, PASSWORD), _basic(USER, "nope")
+    threads = [threading.Thread(target=ask, args=(right,)) for _ in range(6)]
+    threads.append(threading.Thread(target=ask, args=(other,)))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(status for status, _ in answers) == [200] * 6 + [401]
+    assert len({body for status, body in answers if status == 200}) == 1
+    # One for the six with the same credentials, one for the other: never shared across credentials.
+    assert git_hop.count("GET", "/info/refs") == 2
