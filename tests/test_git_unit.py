@@ -180,3 +180,35 @@ def test_nothing_is_in_the_key_but_the_request(tmp_path: Any) -> None:
                 ResponseKey.of("git.example", "b.git", "version=2", b"body"),
                 ResponseKey.of("git.example", "a.gi", "tversion=2", b"body")}) == 4
     assert one.digest.algorithm == "sha256" and len(one.encoded) == 64
+
+
+def test_access_proofs_expire_are_bounded_and_hold_no_credentials() -> None:
+    from ocicache._git import _refs
+    from ocicache._git._refs import AccessProofs
+    from ocitest.fakes import Reactor
+
+    clock = Reactor()
+    proofs = AccessProofs(clock)
+    alice = proofs.who("git.example", "a.git", b"Basic YWxpY2U6cHc=")
+    assert alice == proofs.who("git.example", "a.git", b"Basic YWxpY2U6cHc=")
+    assert b"YWxpY2U6cHc" not in alice.token and len(alice.token) == 32
+    # Another repository, other credentials, none: other proofs.
+    others = [proofs.who("git.example", "b.git", b"Basic YWxpY2U6cHc="),
+              proofs.who("git.example", "a.git", b"Basic Ym9iOnB3"), proofs.who("git.example", "a.git", None)]
+    assert len({alice.token, *(who.token for who in others)}) == 4
+    assert not proofs.holds(alice)
+    proofs.prove(alice, 60)
+    assert proofs.holds(alice) and not any(proofs.holds(who) for who in others)
+    clock.advance(59)
+    assert proofs.holds(alice)
+    clock.advance(2)
+    assert not proofs.holds(alice)
+    proofs.prove(alice, 60)
+    proofs.revoke(alice)
+    assert not proofs.holds(alice)
+    # A crowd of credentials cannot grow the memo without bound.
+    for index in range(_refs.MAX_PROOFS + 10):
+        proofs.prove(proofs.who("git.example", "a.git", b"Basic %d" % index), 60)
+    assert len(proofs._until) == _refs.MAX_PROOFS
+    # A process of its own keys its own hashes: nothing to compare offline.
+    assert AccessProofs(clock).who("git.example", "a.git", b"Basic YWxpY2U6cHc=").token != alice.token
