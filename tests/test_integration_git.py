@@ -331,6 +331,12 @@ def test_mirror_mode_serves_incremental_fetches_locally(mirror: Callable[..., Mi
     scraped = http_request(f"http://127.0.0.1:{daemon.metrics_port}/metrics")[2].decode()
     assert f'ocicache_git_requests_total{{endpoint="git-upload-pack",result="mirror",upstream="{HOST}"}}' in scraped
     assert stored_responses(daemon) == []
+    # The mirror is one entry of the store's books, of its directory's size.
+    mirrors = os.path.join(daemon.cache_dir, "git-mirrors")
+    on_disk = sum(os.lstat(os.path.join(top, name)).st_size for top, _, names in os.walk(mirrors) for name in names)
+    assert "ocicache_git_entries 1.0" in scraped
+    size = float(next(line.split()[1] for line in scraped.splitlines() if line.startswith("ocicache_git_size_bytes")))
+    assert 0.5 * on_disk < size <= on_disk
 
 
 def test_mirror_mode_falls_back_to_the_upstream_for_what_it_cannot_have(
@@ -369,3 +375,23 @@ def test_identical_ref_requests_share_one_upstream_request(mirror: Callable[...,
     assert len({body for status, body in answers if status == 200}) == 1
     # One for the six with the same credentials, one for the other: never shared across credentials.
     assert git_hop.count("GET", "/info/refs") == 2
+
+
+def test_a_mirror_larger_than_max_size_is_not_kept(mirror: Callable[..., Mirror], git_hop: Hop,
+                                                   git_server: GitServer, tmp_path: Any) -> None:
+    if not os.path.isdir(os.path.join(git_server.root, "public/big.git")):
+        git_server.create("public/big.git", commits=1, size=3 << 20)
+    daemon = mirror(mode="mirror")
+    # max_size is the [cache] table's: set on the daemon's config by hand.
+    daemon.stop()
+    text = open(daemon.config_path).read().replace("[cache]\n", '[cache]\nmax_size = "2MiB"\n', 1)
+    with open(daemon.config_path, "w") as f:
+        f.write(text)
+    daemon.start()
+    clone(daemon, "public/big.git", str(tmp_path / "big"))
+    git("fsck", cwd=str(tmp_path / "big"))
+    mirrors = os.path.join(daemon.cache_dir, "git-mirrors")
+    assert [names for _, _, names in os.walk(mirrors) if names] == []
+    # Served by the upstream instead, and kept as a response only if it fits (it does not).
+    assert len([r for r in pack_requests(git_hop) if "ocicache" in _agent(r)]) == 1
+    assert stored_responses(daemon) == []

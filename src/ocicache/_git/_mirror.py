@@ -1,5 +1,7 @@
 """
-Mirror mode (C{mode = "mirror"}): a bare mirror of each repository,
+Mirror mode (C{mode = "mirror"}): a bare mirror of each repository
+(under C{<cache dir>/git-mirrors/}, counted toward C{max_size} by
+L{GitBooks}),
 fetched from the upstream with the configured credentials, and
 upload-pack requests answered by a local C{git upload-pack
 --stateless-rpc}, so that a fetch with any haves is served locally (the
@@ -27,6 +29,9 @@ from twisted.logger import Logger
 from .._fetch._key import Verifier
 from .._fetch._passthrough import PassThrough
 from .._fetch._singleflight import SingleFlight
+from .._spec._reference import Digest
+from .._storage._disk import Disk
+from ._books import GitBooks, mirror_path
 from ._key import ResponseKey
 from ._pktline import PackResponseCheck
 from ._process import run, stream
@@ -48,18 +53,24 @@ class _Anything:
 class Mirrors:
     """The bare mirrors under C{root}, one per upstream repository."""
 
-    def __init__(self, root: str, reactor: Any, git: str | None = None,
+    def __init__(self, disk: Disk, books: GitBooks, git: str | None = None,
                  on_fetch: Callable[[str, str], None] = lambda upstream, outcome: None) -> None:
-        self._root = root
-        self._reactor = reactor
+        """
+        @param books: where each mirror's size is counted toward
+            C{max_size}, and its reads toward its TTL.
+        """
+        self._disk = disk
+        self._books = books
+        self._root = disk.store.root
+        self._reactor: Any = disk.reactor
         self._git = git or shutil.which("git") or "git"
         self._flights: SingleFlight[str, None] = SingleFlight()
         self._on_fetch = on_fetch
 
-    def path(self, upstream: GitUpstream, repo: str) -> str:
+    @staticmethod
+    def digest(upstream: GitUpstream, repo: str) -> Digest:
         # A hash names the directory: no client-chosen text reaches the filesystem.
-        name = hashlib.sha256(f"{upstream.name}\0{repo}".encode()).hexdigest()
-        return os.path.join(self._root, name[:2], name + ".git")
+        return Digest("sha256", hashlib.sha256(f"{upstream.name}\0{repo}".encode()).hexdigest())
 
     def _env(self, protocol: bytes | None = None, upstream: GitUpstream | None = None) -> dict[str, str]:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self._root,
@@ -79,12 +90,15 @@ class Mirrors:
         The mirror's directory once it has every wanted object (fetching
         it at most once for this call), or C{None}: ask the upstream.
         """
-        path = self.path(upstream, repo)
-        if await self._has(path, wants):
-            return path
-        flight, _ = self._flights.call(path, lambda: self._fetch(upstream, repo, path))
-        await flight
-        return path if await self._has(path, wants) else None
+        digest = self.digest(upstream, repo)
+        path = mirror_path(self._root, digest)
+        if not await self._has(path, wants):
+            flight, _ = self._flights.call(path, lambda: self._fetch(upstream, repo, digest, path))
+            await flight
+            if not await self._has(path, wants):
+                return None
+        self._books.capacity.accessed(digest)
+        return path
 
     async def _has(self, path: str, wants: Sequence[str]) -> bool:
         if not os.path.isdir(path):
@@ -93,7 +107,7 @@ class Mirrors:
                             self._env(), ("\n".join(wants) + "\n").encode())
         return checked.code == 0 and b" missing" not in checked.out
 
-    async def _fetch(self, upstream: GitUpstream, repo: str, path: str) -> None:
+    async def _fetch(self, upstream: GitUpstream, repo: str, digest: Digest, path: str) -> None:
         url = upstream.url_of(repo)
         if os.path.isdir(path):
             argv = [self._git, "--git-dir", path, "fetch", "--prune", "--quiet", "origin"]
@@ -107,6 +121,11 @@ class Mirrors:
             lines = done.err.decode("utf-8", "replace").strip().splitlines()
             log.warn("Mirror fetch of {upstream}/{repo} failed: {error}", upstream=upstream.name, repo=repo,
                      error=lines[-1][:200] if lines else f"exit status {done.code}")
+        if os.path.isdir(path) and not await self._books.keep_mirror(digest):
+            # Larger than max_size allows: not kept, its requests go upstream.
+            log.warn("Not keeping the mirror of {upstream}/{repo}: no room for it within max_size",
+                     upstream=upstream.name, repo=repo)
+            await self._disk.run(shutil.rmtree, path, True)
 
     def serve(self, path: str, protocol: bytes | None, body: bytes, whole: bool) -> PassThrough:
         """

@@ -6,7 +6,6 @@ writes their reads and expires them.
 
 from __future__ import annotations
 
-import os
 from functools import partial
 from typing import Any
 
@@ -21,7 +20,7 @@ from .._storage._capacity import Capacity
 from .._storage._disk import Disk
 from .._storage._health import DiskHealth
 from .._storage._store import Kind
-from ._books import TABLE, GitBooks
+from ._books import TABLE, GitBooks, remove_entries
 from ._config import GitConfig
 from ._mirror import Mirrors
 from ._packs import PackService
@@ -44,14 +43,14 @@ class GitParts:
             upstream.name: GitUpstream(upstream, reactor, pool, partial(_count, metrics, upstream.name))
             for upstream in config.upstreams
         }
-        self.capacity = Capacity(disk, max_size, min_free, table=TABLE, kind=Kind.GIT)
+        self.capacity = Capacity(disk, max_size, min_free, table=TABLE, kind=Kind.GIT,
+                                 remove=partial(remove_entries, disk))
         ttl = max((upstream.pack_ttl for upstream in config.upstreams), default=86400.0)
         self.books = GitBooks(disk, self.capacity, ttl)
         self.refs = RefService(reactor, AccessProofs(reactor))
         mirrors = None
         if any(upstream.mode == "mirror" for upstream in config.upstreams):
-            mirrors = Mirrors(os.path.join(disk.store.root, "git-mirrors"), reactor,
-                              on_fetch=partial(_count_fetch, metrics))
+            mirrors = Mirrors(disk, self.books, on_fetch=partial(_count_fetch, metrics))
         self.packs = PackService(disk, self.books, self.refs, slots, health,
                                  lambda upstream, count: metrics.git_upstream_bytes.labels(upstream).inc(count),
                                  mirrors)
