@@ -212,3 +212,12 @@ def test_access_proofs_expire_are_bounded_and_hold_no_credentials() -> None:
     assert len(proofs._until) == _refs.MAX_PROOFS
     # A process of its own keys its own hashes: nothing to compare offline.
     assert AccessProofs(clock).who("git.example", "a.git", b"Basic YWxpY2U6cHc=").token != alice.token
+
+
+def test_a_reload_says_git_changes_need_a_restart() -> None:
+    from ocicache._daemon._reload import restart_only_changes
+
+    running = parse_config({"git": [{"name": "a.b", "url": "https://x"}]})
+    changed = parse_config({"git": [{"name": "a.b", "url": "https://y"}]})
+    assert restart_only_changes(running, changed) == ["git"]
+    assert restart_only_changes(running, running) == []
