@@ -428,3 +428,39 @@ def test_a_kept_response_corrupt_at_rest_is_never_sent_whole(mirror: Callable[..
         check = PackResponseCheck()
         check.update(f.read())
     assert check.mismatch() is None
+
+
+def _curl_post(url: str, body: bytes, *headers: str) -> tuple[int, bytes]:
+    done = subprocess.run(
+        ["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", "--data-binary", "@-",
+         "-H", "Content-Type: application/x-git-upload-pack-request", *sum((["-H", h] for h in headers), []), url],
+        input=body, capture_output=True, timeout=120)
+    output, _, code = done.stdout.rpartition(b"\n")
+    return int(code or 0), output
+
+
+def test_large_gzip_chunked_request_bodies(mirror: Callable[..., Mirror], git_hop: Hop,
+                                           git_server: GitServer) -> None:
+    import gzip
+
+    daemon = mirror()
+    url = f"{daemon.url}/git/{HOST}/public/app.git/git-upload-pack"
+    head = git_server.head("public/app.git")
+
+    def pkt(line: str) -> bytes:
+        return b"%04x" % (len(line) + 4) + line.encode()
+
+    haves = b"".join(pkt(f"have {os.urandom(20).hex()}\n") for _ in range(50000))
+    body = pkt(f"want {head} side-band-64k ofs-delta\n") + b"0000" + haves + pkt("done\n")
+    compressed = gzip.compress(body)
+    assert len(compressed) > 1 << 20  # chunked by curl, as git sends large bodies
+    status, answer = _curl_post(url, compressed, "Content-Encoding: gzip", "Transfer-Encoding: chunked")
+    assert status == 200 and b"PACK" in answer
+    # Past the bound, compressed or inflated: a 413, nothing sent upstream.
+    before = git_hop.count("POST")
+    bomb = gzip.compress(body + b"0" * (17 << 20))
+    status, answer = _curl_post(url, bomb, "Content-Encoding: gzip")
+    assert status == 413, answer
+    status, _ = _curl_post(url, b"0" * (17 << 20), "Transfer-Encoding: chunked")
+    assert status == 413
+    assert git_hop.count("POST") == before
