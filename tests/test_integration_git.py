@@ -420,6 +420,9 @@ def test_a_kept_response_corrupt_at_rest_is_never_sent_whole(mirror: Callable[..
     again = clone(daemon, "public/app.git", str(tmp_path / "two"), check=False)
     if again.returncode == 0:
         git("fsck", "--full", cwd=str(tmp_path / "two"))
+    clone(daemon, "public/app.git", str(tmp_path / "three"))
+    git("fsck", "--full", cwd=str(tmp_path / "three"))
+    # Fetched once more (by the retry, or by the next clone), then kept again.
     assert len(pack_requests(git_hop)) == 2
     scraped = http_request(f"http://127.0.0.1:{daemon.metrics_port}/metrics")[2].decode()
     assert 'code="499",method="other",route="git-upload-pack"} 1.0' in scraped

@@ -16,7 +16,7 @@ from attrs import frozen
 from .._spec._reference import Digest
 from ._pktline import PackResponseCheck
 
-__all__ = ["ResponseKey"]
+__all__ = ["ResponseKey", "Unchecked"]
 
 
 @frozen
@@ -48,3 +48,16 @@ class ResponseKey:
 
     def __str__(self) -> str:
         return f"git response {self.encoded[:16]}"
+
+
+class Unchecked:
+    """
+    The verifier of a body passed through and never kept (a ref answer,
+    a negotiation round): whatever the upstream sent is what it said.
+    """
+
+    def update(self, data: bytes) -> None:
+        pass
+
+    def mismatch(self) -> str | None:
+        return None

@@ -32,7 +32,7 @@ from .._fetch._singleflight import SingleFlight
 from .._spec._reference import Digest
 from .._storage._disk import Disk
 from ._books import GitBooks, mirror_path
-from ._key import ResponseKey
+from ._key import ResponseKey, Unchecked
 from ._pktline import PackResponseCheck
 from ._process import run, stream
 from ._upstream import GitUpstream
@@ -42,16 +42,8 @@ __all__ = ["Mirrors"]
 log = Logger()
 
 
-class _Anything:
-    def update(self, data: bytes) -> None:
-        pass
-
-    def mismatch(self) -> str | None:
-        return None
-
-
 class Mirrors:
-    """The bare mirrors under C{root}, one per upstream repository."""
+    """The bare mirrors under C{<cache dir>/git-mirrors/}, one per upstream repository."""
 
     def __init__(self, disk: Disk, books: GitBooks, git: str | None = None,
                  on_fetch: Callable[[str, str], None] = lambda upstream, outcome: None) -> None:
@@ -132,7 +124,7 @@ class Mirrors:
         The local upload-pack's answer to C{body}, streamed as it comes;
         checked as a kept response is when it carries a pack (C{whole}).
         """
-        verifier: Verifier = PackResponseCheck() if whole else _Anything()
+        verifier: Verifier = PackResponseCheck() if whole else Unchecked()
         sink = PassThrough(ResponseKey.of("mirror", path, "", body), None, verifier=verifier).acquire()
         argv = [self._git, "-c", "uploadpack.allowFilter=true", "-c", "uploadpack.allowReachableSHA1InWant=true",
                 "upload-pack", "--stateless-rpc", path]

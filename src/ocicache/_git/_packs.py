@@ -38,7 +38,7 @@ from .._storage._health import DiskHealth
 from .._storage._store import Kind
 from ._books import GitBooks
 from ._errors import GitUpstreamFailed
-from ._key import ResponseKey
+from ._key import ResponseKey, Unchecked
 from ._mirror import Mirrors
 from ._pktline import parse_upload_request
 from ._refs import RefService, Who
@@ -63,16 +63,6 @@ class PackAnswer:
     source: Source
     result: GitResult
     key: ResponseKey | None = None
-
-
-class _Anything:
-    """The verifier of a response passed through and never kept: whatever the upstream sent."""
-
-    def update(self, data: bytes) -> None:
-        pass
-
-    def mismatch(self) -> str | None:
-        return None
 
 
 class PackService:
@@ -164,7 +154,7 @@ class PackService:
         response = await self._post(upstream, who, protocol, body)
         key = ResponseKey.of(upstream.name, who.repo, "", body)
         size = response.length if isinstance(response.length, int) else None
-        passing = PassThrough(key, size, verifier=_Anything()).acquire()
+        passing = PassThrough(key, size, verifier=Unchecked()).acquire()
         passing.settled.addErrback(lambda failure: log.info(
             "Upload-pack pass-through from {upstream} failed: {error}", upstream=upstream.name,
             error=failure.getErrorMessage()))
@@ -174,7 +164,7 @@ class PackService:
 
 def _in_memory(body: bytes) -> PassThrough:
     """A whole body already read, as a source the streamers read."""
-    source = PassThrough(ResponseKey.of("", "", "", body), len(body), verifier=_Anything()).acquire()
+    source = PassThrough(ResponseKey.of("", "", "", body), len(body), verifier=Unchecked()).acquire()
     source.write(body)
     source.finish()
     return source

@@ -30,7 +30,7 @@ from .._fetch._source import Source, StoredFile
 from .._git._config import GitConfig
 from .._git._errors import BadGitRequest, RequestTooLarge
 from .._git._packs import PackAnswer, PackService
-from .._git._refs import RefService
+from .._git._refs import RefService, Who
 from .._git._result import GitResult
 from .._git._route import GitEndpoint, route_git
 from .._git._upstream import ADVERTISEMENT, REQUEST, RESULT, GitUpstream
@@ -119,18 +119,29 @@ class GitResource(Resource):
             raise BadGitRequest("Git-Protocol is not a list of key=value parameters")
         who = self._refs.proofs.who(upstream.name, target.repo, request.getHeader(b"authorization"))
         if target.endpoint is GitEndpoint.REFS:
-            advertisement = await self._refs.advertise(upstream, who, protocol)
-            exchange.result = GitResult.STALE if advertisement.stale else GitResult.PASSTHROUGH
-            self._count(exchange)
-            if not exchange.finished:
-                request.setHeader(b"content-type", ADVERTISEMENT)
-                request.setHeader(b"cache-control", b"no-cache")
-                request.setHeader(b"content-length", b"%d" % len(advertisement.body))
-                if request.method == b"GET":
-                    request.write(advertisement.body)
-                    exchange.bytes = len(advertisement.body)
-                request.finish()
+            await self._advertise(request, exchange, upstream, who, protocol)
+        else:
+            await self._upload_pack(request, exchange, upstream, who, protocol)
+
+    async def _advertise(self, request: Request, exchange: _Exchange, upstream: GitUpstream, who: Who,
+                         protocol: bytes | None) -> None:
+        """C{info/refs}: the upstream's advertisement (gitprotocol-http(5), "Smart Clients")."""
+        advertisement = await self._refs.advertise(upstream, who, protocol)
+        exchange.result = GitResult.STALE if advertisement.stale else GitResult.PASSTHROUGH
+        self._count(exchange)
+        if exchange.finished:
             return
+        request.setHeader(b"content-type", ADVERTISEMENT)
+        request.setHeader(b"cache-control", b"no-cache")
+        request.setHeader(b"content-length", b"%d" % len(advertisement.body))
+        if request.method == b"GET":
+            request.write(advertisement.body)
+            exchange.bytes = len(advertisement.body)
+        request.finish()
+
+    async def _upload_pack(self, request: Request, exchange: _Exchange, upstream: GitUpstream, who: Who,
+                           protocol: bytes | None) -> None:
+        """C{git-upload-pack}: its body read and checked, then answered by L{PackService}."""
         content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip()
         if content_type != REQUEST:
             raise BadGitRequest("an upload-pack request is application/x-git-upload-pack-request")
