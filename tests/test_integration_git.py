@@ -467,3 +467,80 @@ def test_large_gzip_chunked_request_bodies(mirror: Callable[..., Mirror], git_ho
     status, _ = _curl_post(url, b"0" * (17 << 20), "Transfer-Encoding: chunked")
     assert status == 413
     assert git_hop.count("POST") == before
+
+
+class _Corrupting:
+    """
+    A small test upstream of our own beside the real one: it passes every
+    request to lighttpd, and flips one byte in the middle of each pack it
+    returns, keeping the framing whole and the length right.  No real
+    server sends such a response; a disk or a proxy can.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        import http.client
+        import http.server
+
+        self.port = free_port()
+        corrupted: list[int] = []
+        self.corrupted = corrupted
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                conn = http.client.HTTPConnection("127.0.0.1", target_port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+                pack = data.find(b"PACK")
+                if pack >= 0:
+                    middle = pack + (len(data) - pack) // 2
+                    data = data[:middle] + bytes([data[middle] ^ 0x01]) + data[middle + 1:]
+                    corrupted.append(len(data))
+                self.send_response(response.status)
+                for name, value in response.getheaders():
+                    if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _forward
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_a_corrupt_upstream_pack_fails_every_client_and_is_not_kept(git_server: GitServer, tmp_path: Any) -> None:
+    corrupting = _Corrupting(git_server.port)
+    port = free_port()
+    text = config_text(port=port, cache_dir=str(tmp_path / "cache"), upstreams=[])
+    text += f'\n[[git]]\nname = "{HOST}"\nurl = "http://127.0.0.1:{corrupting.port}/repos"\n'
+    (tmp_path / "ocicache.toml").write_text(text)
+    daemon = Daemon(str(tmp_path / "ocicache.toml"), port=port, workdir=str(tmp_path / "daemon")).start()
+    try:
+        results: list[Any] = []
+        threads = [threading.Thread(target=lambda index=index: results.append(
+            clone(daemon, "public/app.git", str(tmp_path / f"c{index}"), check=False))) for index in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert corrupting.corrupted
+        assert [result.returncode != 0 for result in results] == [True] * 3, [r.stderr for r in results]
+        assert stored_responses(daemon) == []
+    finally:
+        daemon.stop()
+        corrupting.stop()
