@@ -22,7 +22,6 @@ import hashlib
 import hmac
 import os
 from collections import OrderedDict
-from collections.abc import Callable
 
 from attrs import frozen
 from twisted.internet.interfaces import IReactorTime
@@ -110,14 +109,12 @@ class AccessProofs:
 class RefService:
     """Ref requests to the upstreams, coalesced, and the proofs they give."""
 
-    def __init__(self, clock: IReactorTime, proofs: AccessProofs,
-                 on_stale: Callable[[str], None] = lambda upstream: None) -> None:
+    def __init__(self, clock: IReactorTime, proofs: AccessProofs) -> None:
         self._clock = clock
         self.proofs = proofs
         self._flights: SingleFlight[tuple[bytes, bytes | None, bytes], Advertisement] = SingleFlight()
         self._last: SizedLRU[tuple[bytes, bytes | None, bytes], tuple[float, bytes]] = SizedLRU(
             STALE_BYTES, lambda kept: len(kept[1]) + 200, largest=MAX_REFS)
-        self._on_stale = on_stale
 
     async def advertise(self, upstream: GitUpstream, who: Who, protocol: bytes | None) -> Advertisement:
         """
@@ -179,7 +176,6 @@ class RefService:
             kept = self._last.get(last) if config.stale_refs else None
             if kept is None or self._clock.seconds() - kept[0] > config.max_stale:
                 raise
-            self._on_stale(upstream.name)
             return Advertisement(kept[1], stale=True)
         self.proofs.prove(who, config.proof_ttl)
         if config.stale_refs:
