@@ -17,6 +17,7 @@ protocol v2 (http-backend reads C{HTTP_GIT_PROTOCOL}).
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 
@@ -95,7 +96,6 @@ $HTTP["url"] =~ "^/repos/private/" {{
         self._proc = spawn([require_binary("lighttpd"), "-D", "-f", config], self.log_path + ".out",
                            self.workdir)
         deadline = time.monotonic() + 10
-        import socket
         while True:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
