@@ -174,10 +174,13 @@ class OcicacheService(MultiService):
             on_corrupt=lambda digest: self.metrics.corrupt_blobs.labels("scrub").inc(),
         )
         self.manifest_tally = ManifestTally()
+        self.git: GitParts | None = None
+        """C{/git/}'s parts, when C{[[git]]} tables are configured."""
         self._flushed_quota: dict[str, Quota] = {}
         self.janitor = Janitor(
             disk, self.capacity, config.cache.blob_ttl,
-            lambda: [download.temp_path for download in self.blobs.inflight.values()],
+            lambda: [download.temp_path for download in
+                     [*self.blobs.inflight.values(), *(self.git.packs.inflight.values() if self.git else ())]],
             manifest_ttl=config.cache.manifest_ttl, manifest_accesses=lambda: self.manifests.take_reads(),
             on_manifests_removed=self._manifests_removed,
         )
