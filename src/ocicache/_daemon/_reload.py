@@ -74,6 +74,9 @@ def restart_only_changes(running: Config, new: Config) -> list[str]:
     if running.fleet != new.fleet:
         # The Redis connection and the internal listener are set up at start.
         changed.append("fleet")
+    if running.git != new.git:
+        # The /git/ resource and its upstreams' clients are set up at start.
+        changed.append("git")
     return sorted(changed)
 
 

@@ -54,6 +54,8 @@ from .._fleet._peer import PeerClient
 from .._fleet._proofs import RedisProofs
 from .._fleet._redis import Redis
 from .._fleet._tags import RedisManifests
+from .._git._resource import GitResource, takes_body
+from .._git._service import GitParts
 from .._identity._authenticator import Authenticator, build_authenticator
 from .._identity._oidc import fetch_with
 from .._oci._access import RepoAccess
@@ -169,9 +171,12 @@ class OcicacheService(MultiService):
             on_corrupt=lambda digest: self.metrics.corrupt_blobs.labels("scrub").inc(),
         )
         self.manifest_tally = ManifestTally()
+        self.git: GitParts | None = None
+        """C{/git/}'s parts, when C{[[git]]} tables are configured."""
         self.janitor = Janitor(
             disk, self.capacity, config.cache.blob_ttl,
-            lambda: [download.temp_path for download in self.blobs.inflight.values()],
+            lambda: [download.temp_path for download in
+                     [*self.blobs.inflight.values(), *(self.git.packs.inflight.values() if self.git else ())]],
             manifest_ttl=config.cache.manifest_ttl, manifest_accesses=lambda: self.manifests.take_reads(),
             on_manifests_removed=self._manifests_removed,
         )
@@ -197,7 +202,18 @@ class OcicacheService(MultiService):
             referrers=referrers,
             tags=TagService(reactor, self._tag_ttl, negative=negative),
             authenticator=self.authenticator_for(config))
-        self.site = DrainingSite(RootResource(registry_resources(services)), reactor, self.metrics, config.server)
+        children = registry_resources(services)
+        if config.git is not None and config.git.upstreams:
+            # Git repositories (docs/git.md): /git/, and its upload-pack bodies.
+            self.git = GitParts(config.git, reactor, disk, self.http_pool, slots, health, self.metrics,
+                                local_max_size, config.cache.min_free, config.cache.janitor_interval)
+            self.git.upkeep.setServiceParent(self)
+            children[b"git"] = GitResource(config.git, self.git.upstreams, self.git.refs, self.git.packs, disk,
+                                           self.metrics, config.server.sendfile, config.server.stall_timeout,
+                                           services.write_budget)
+        self.site = DrainingSite(RootResource(children), reactor, self.metrics, config.server)
+        if self.git is not None:
+            self.site.takes_body = takes_body
         self.site.displayTracebacks = False
         self._registry_listeners = [self._listen(description, self.site) for description in config.server.listen]
         self.metrics.inflight_downloads.set_function(lambda: len(self.blobs.inflight))

@@ -21,11 +21,15 @@ class CacheError(Exception):
     The base of the cache's errors; the message is safe to show.
 
     @cvar code: the distribution-spec error code a client is answered with.
-    @cvar status: the HTTP status, when not the code's own (0).
+    @ivar status: the HTTP status, when not the code's own (0).
     """
 
     code: ClassVar[ErrorCode] = ErrorCode.UNKNOWN
-    status: ClassVar[int] = 0
+    status: int = 0
+
+    def headers(self) -> tuple[tuple[bytes, bytes], ...]:
+        """Header fields the answer carries (a 401's challenge)."""
+        return ()
 
 
 @frozen

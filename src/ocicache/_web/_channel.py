@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 __all__ = ["BoundedChannel"]
 
+_BODY_TOO_LARGE = RegistryError(ErrorCode.UNSUPPORTED, "the request body exceeds ocicache's limit", status=413)
+
 _TLS_ON_PLAIN_PORT = RegistryError(
     ErrorCode.UNSUPPORTED, "the client sent a TLS handshake to a plain-HTTP port", status=400)
 
@@ -68,6 +70,8 @@ class BoundedChannel(HTTPChannel):
     _lingering: Lingering | None = None
     _closing = False
     """Answered early (or rejected): nothing more is parsed."""
+    _body_left = 0
+    """Bytes the request body being read may still have (L{DrainingSite.takes_body})."""
 
     def __init__(self) -> None:
         HTTPChannel.__init__(self)
@@ -204,8 +208,15 @@ class BoundedChannel(HTTPChannel):
         headers = self.requests[-1].requestHeaders
         lengths = headers.getRawHeaders(b"content-length") or []
         if headers.hasHeader(b"transfer-encoding") or any(int(value) > 0 for value in lengths):
-            self._refuse_body()
-            return
+            # Only a route that takes a body (git's upload-pack POST) reads
+            # one, within its bound; every other request is refused unread.
+            self._body_left = self.site.takes_body(self._method, self._target)
+            if not self._body_left:
+                self._refuse_body()
+                return
+            if any(int(value) > self._body_left for value in lengths):
+                self._answer(_BODY_TOO_LARGE)
+                return
         hosts = headers.getRawHeaders(b"host") or []
         # RFC 9112 §3.2: a 400 for an HTTP/1.1 request without Host, and for
         # any request with more than one, or with one that is malformed.
@@ -226,6 +237,12 @@ class BoundedChannel(HTTPChannel):
         if self._closing:
             if self._lingering is not None:
                 self._lingering.drop(data)
+            return
+        # A body a route takes (chunked ones too) stays within its bound,
+        # framing included.
+        self._body_left -= len(data)
+        if self._body_left < -(64 << 10):
+            self._answer(_BODY_TOO_LARGE)
             return
         HTTPChannel.rawDataReceived(self, data)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from attrs import evolve
+from attrs import evolve, frozen
 from twisted.web.iweb import IRequest
 
 from .._fetch._errors import CacheError
@@ -20,8 +20,8 @@ from .._spec._errors import ErrorCode, RegistryError
 from .._upstream._errors import UpstreamDenied, UpstreamRateLimited, UpstreamUnavailable
 
 __all__ = [
-    "DEFAULT_RETRY_AFTER", "challenged", "internal_error", "read_only_error", "registry_error", "render_error",
-    "with_challenge",
+    "DEFAULT_RETRY_AFTER", "PlainAnswer", "challenged", "internal_error", "plain_answer", "read_only_error",
+    "registry_error", "render_error", "with_challenge",
 ]
 
 _INTERNAL = RegistryError(ErrorCode.UNKNOWN, "internal error")
@@ -73,7 +73,7 @@ def registry_error(error: BaseException) -> RegistryError | None:
             return RegistryError(ErrorCode.UPSTREAM_UNAVAILABLE, str(error), status=502)
         # Every front-end's domain errors say which registry error they are.
         case CacheError(code=code, status=status):
-            return RegistryError(code, str(error), status=status)
+            return RegistryError(code, str(error), status=status, headers=error.headers())
     return None
 
 
@@ -143,3 +143,31 @@ def _retry_after(error: RegistryError) -> bytes:
         if name.lower() == b"retry-after" and _RETRY_AFTER.fullmatch(value) is not None:
             return value
     return DEFAULT_RETRY_AFTER
+
+
+@frozen
+class PlainAnswer:
+    """
+    An answer in one line of C{text/plain}, for clients that show the
+    body to their user rather than read JSON (git: remote-curl's
+    C{show_http_message}).
+    """
+
+    status: int
+    message: str
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+def plain_answer(error: BaseException) -> PlainAnswer | None:
+    """
+    The registry error for C{error} (L{registry_error}, the one map), as a
+    status and a line of text; C{None} when it is not one we expect (a
+    bug: the caller logs it and answers 500).
+    """
+    answer = registry_error(error)
+    if answer is None:
+        return None
+    headers = answer.headers
+    if answer.status == 429 and not any(name.lower() == b"retry-after" for name, _ in headers):
+        headers = (*headers, (b"retry-after", DEFAULT_RETRY_AFTER))
+    return PlainAnswer(answer.status, answer.message, headers)

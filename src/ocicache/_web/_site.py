@@ -43,6 +43,7 @@ L{HTTPChannel}: ocicache negotiates no HTTP/2).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -188,6 +189,12 @@ class DrainingSite(Site):
         self._deadline: IDelayedCall | None = None
         self._cut = 0
         self.draining = False
+        self.takes_body: Callable[[bytes, bytes], int] = lambda method, target: 0
+        """
+        The bound on the body of a request (method, target), 0: none
+        allowed.  Set by the service for the routes that take one (git's
+        upload-pack POST).
+        """
 
     # -- connections
 
@@ -305,8 +312,8 @@ class DrainingSite(Site):
 
     def log(self, request: Any) -> None:
         prepath = getattr(request, "prepath", None) or []
-        if prepath[:1] in ([b"v2"], [b"token"]):
-            return  # the registry (or token) resource logs and counts it
+        if prepath[:1] in ([b"v2"], [b"token"], [b"git"]):
+            return  # the registry (token, git) resource logs and counts it
         method = request.method.decode("ascii", "replace")
         received = getattr(request, "received", None)
         duration = received.elapsed() if isinstance(received, Stopwatch) else 0.0

@@ -9,7 +9,7 @@ tables (C{_upstream}, C{_access}, C{_storage}, C{_fleet}) once validated.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attrs import field, frozen
 from hyperlink import DecodedURL
@@ -17,6 +17,9 @@ from hyperlink import DecodedURL
 from ..._identity._auth_files import StaticToken
 from ._local import CacheConfig, MetricsConfig, ServerConfig
 from ._warm import WarmConfig
+
+if TYPE_CHECKING:
+    from ._git import GitConfig
 
 __all__ = [
     "AuthConfig", "Config", "ConfigError", "CredentialCommand", "Credentials", "FleetConfig", "MAX_STALE_LIMIT",
@@ -295,6 +298,8 @@ class Config:
     auth: AuthConfig | None = None
     """C{None}: no C{[auth]} section, every request is anonymous."""
     storage: StorageConfig = StorageConfig()
+    git: GitConfig | None = None
+    """The C{[[git]]} tables; C{None}: no git host is served."""
 
     @property
     def default_upstream(self) -> UpstreamConfig | None:
