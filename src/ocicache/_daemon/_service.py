@@ -43,7 +43,8 @@ from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.server import Site
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
 
 from .._cache._access import RepoAccess
 from .._cache._blobs import BlobService
@@ -51,10 +52,12 @@ from .._cache._manifests import ManifestService
 from .._cache._referrers import ReferrerService
 from .._cache._tags import TagService
 from .._cache._warm import Warmer, WarmReport
+from .._fetch._download import Download
 from .._fetch._incoming import DownloadError
 from .._fetch._negative import NegativeCache
 from .._fetch._replicate import Replicator
 from .._fetch._slots import Slots
+from .._files._service import FileService
 from .._fleet._bucket_book import RedisBucketBook
 from .._fleet._fleet import Fleet
 from .._fleet._internal import InternalResource
@@ -63,9 +66,10 @@ from .._fleet._proofs import RedisProofs
 from .._fleet._redis import Redis
 from .._fleet._tags import RedisManifests
 from .._identity._authenticator import Authenticator, build_authenticator
+from .._identity._errors import Unauthenticated
 from .._identity._oidc import fetch_with
 from .._ops._config import Config, S3Config, WarmConfig
-from .._ops._metrics import ManifestTally, Metrics
+from .._ops._metrics import FileMetrics, ManifestTally, Metrics
 from .._spec._reference import Digest, parse_image_reference
 from .._storage._bucket import Bucket
 from .._storage._bucket_janitor import BucketJanitor
@@ -82,9 +86,11 @@ from .._upstream._credentials import CredentialHelper
 from .._upstream._ratelimit import Quota
 from .._upstream._tls import UpstreamTLSPolicy
 from .._upstream._tokens import TokenCache
+from .._web._errors import challenged
+from .._web._files import FilesResource
 from .._web._operator import OperatorResource
 from .._web._pins import PinsResource
-from .._web._resources import RootResource, Services
+from .._web._resources import RootResource, Services, origin
 from .._web._site import DrainingSite, QuietSite
 from ._reload import Reloader
 from ._stopping import hold_stop_signals
@@ -175,7 +181,7 @@ class OcicacheService(MultiService):
         self._flushed_quota: dict[str, Quota] = {}
         self.janitor = Janitor(
             disk, self.capacity, config.cache.blob_ttl,
-            lambda: [download.temp_path for download in self.blobs.inflight.values()],
+            lambda: [download.temp_path for download in (*self.blobs.inflight.values(), *self._files_inflight())],
             manifest_ttl=config.cache.manifest_ttl, manifest_accesses=lambda: self.manifests.take_reads(),
             on_manifests_removed=self._manifests_removed,
         )
@@ -198,7 +204,9 @@ class OcicacheService(MultiService):
             on_manifest_stored=self.manifest_tally.added, referrers=referrers,
             tags=TagService(reactor, self._tag_ttl, negative=negative),
             authenticator=self.authenticator_for(config))
-        self.site = DrainingSite(RootResource(services), reactor, self.metrics, config.server)
+        root = RootResource(services)
+        self.files = self._wire_files(config, root, health)
+        self.site = DrainingSite(root, reactor, self.metrics, config.server)
         self.site.displayTracebacks = False
         self._registry_listeners = [
             self._listen(description, self.site) for description in config.server.listen
@@ -219,6 +227,28 @@ class OcicacheService(MultiService):
             operator_site = QuietSite(operator)
             operator_site.displayTracebacks = False
             self._listen(config.metrics.listen, operator_site)
+
+    def _files_inflight(self) -> list[Download]:
+        files: FileService | None = getattr(self, "files", None)
+        return list(files.inflight.values()) if files is not None else []
+
+    def _wire_files(self, config: Config, root: Resource, health: DiskHealth) -> FileService | None:
+        """C{[[files]]}: the file remotes' service, mounted at C{/files/} (L{ocicache._files})."""
+        if config.files is None or not config.files.remotes:
+            return None
+        files = FileService(config.files, self.disk, self.http_pool, config.cache.min_free, health,
+                            FileMetrics(self.metrics), config.cache.abandon_after, config.cache.abandon_below)
+
+        async def authenticate(request: Request) -> None:
+            authenticator = self.registry.authenticator
+            try:
+                await authenticator.authenticate(request.getHeader(b"authorization"))
+            except Unauthenticated as e:
+                raise challenged(e, authenticator.challenge(origin(request), None)) from None
+
+        root.putChild(b"files", FilesResource(files, self._reactor, self.metrics, config.server, authenticate,
+                                              self.registry.write_budget))
+        return files
 
     def _join_fleet(self, config: Config) -> Fleet | None:
         """With C{[fleet]}: this node's part in the fleet (L{ocicache._fleet})."""
@@ -416,6 +446,9 @@ class OcicacheService(MultiService):
         self.metrics.cache_entries.labels("blob").set(blobs)
         self.metrics.cache_entries.labels("manifest").set(len(self.manifest_tally))
         self.metrics.cache_size.set(self.capacity.size + self.manifest_tally.size)
+        if self.files is not None:
+            self.metrics.files_size.set(self.files.capacity.size)
+            self.metrics.files_entries.set(len(self.files.capacity.policy))
         if self.bucket is not None:
             self.metrics.s3_store_size.set(self.bucket.capacity.size)
             self.metrics.s3_store_blobs.set(len(self.bucket.capacity.policy))
@@ -573,6 +606,9 @@ class OcicacheService(MultiService):
                 self._reactor.callLater(0, self._warm_soon, entry)
         restoring = Deferred.fromCoroutine(self._restore_quota())
         restoring.addErrback(lambda failure: log.failure("Could not read the last rate-limit state", failure))
+        if self.files is not None:
+            loading = Deferred.fromCoroutine(self.files.load())
+            loading.addErrback(lambda failure: log.failure("Could not load the stored files", failure))
         scanning = self.disk.run(_scan_manifests, self.store)
         scanning.addCallback(self.manifest_tally.loaded)
         scanning.addErrback(lambda failure: log.failure("Could not count stored manifests", failure))

@@ -14,7 +14,7 @@ import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from attrs import field, frozen
 from hyperlink import DecodedURL
@@ -23,6 +23,9 @@ from .._spec._closure import Platform, host_platform
 from .._spec._reference import InvalidReference, is_registry_host, parse_image_reference
 from ._auth_files import StaticToken, read_htpasswd, read_jwks, read_signing_key, read_tokens_file
 from ._patterns import Pattern
+
+if TYPE_CHECKING:
+    from .._files._config import FilesConfig
 
 __all__ = [
     "AuthConfig",
@@ -398,6 +401,8 @@ class Config:
     auth: AuthConfig | None = None
     """C{None}: no C{[auth]} section, every request is anonymous."""
     storage: StorageConfig = StorageConfig()
+    files: FilesConfig | None = None
+    """The C{[[files]]} remotes and C{[files_cache]}; C{None}: neither is configured."""
 
     @property
     def default_upstream(self) -> UpstreamConfig | None:
@@ -1285,6 +1290,7 @@ def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None =
     raw_upstreams = top.get("upstream", list, None)
     raw_rules = top.get("rule", list, None)
     raw_warm = top.get("warm", list, [])
+    files = _parse_files(top.get("files", list, None), top.get("files_cache", dict, None), environ)
     top.finish()
     if raw_upstreams is None:
         upstreams = tuple(
@@ -1307,7 +1313,18 @@ def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None =
     rules = _parse_rules(raw_rules, upstreams)
     warm = _parse_warm_tables(raw_warm, upstreams)
     return Config(server=server, cache=cache,
-                  upstreams=upstreams, metrics=metrics, rules=rules, warm=warm, auth=auth, storage=storage, fleet=fleet)
+                  upstreams=upstreams, metrics=metrics, rules=rules, warm=warm, auth=auth, storage=storage, fleet=fleet,
+                  files=files)
+
+
+def _parse_files(tables: list[object] | None, cache: dict[str, object] | None,
+                 environ: Mapping[str, str]) -> FilesConfig | None:
+    """C{[[files]]} and C{[files_cache]}: their own module (L{ocicache._files._config}) reads them."""
+    if tables is None and cache is None:
+        return None
+    from .._files._config import parse_files
+
+    return parse_files(tables if tables is not None else [], cache if cache is not None else {}, environ)
 
 
 # -- [[warm]]: images fetched, and perhaps pinned, by the daemon itself

@@ -21,6 +21,7 @@ from .._cache._errors import (
     StoreUnavailable,
 )
 from .._fetch._slots import Busy
+from .._files._errors import BadPath, FileUnknown, RemoteUnknown
 from .._identity._errors import Denied, Unauthenticated
 from .._policy import AccessDenied
 from .._spec._auth import Challenge, format_challenge
@@ -58,6 +59,13 @@ def registry_error(error: BaseException) -> RegistryError | None:
             return RegistryError(ErrorCode.MANIFEST_UNKNOWN, str(error))
         case RepositoryUnknown():
             return RegistryError(ErrorCode.NAME_UNKNOWN, str(error))
+        # /files/: a path outside the grammar, an unconfigured remote, a 404 upstream.
+        case BadPath():
+            return RegistryError(ErrorCode.NAME_INVALID, str(error), status=400)
+        case RemoteUnknown():
+            return RegistryError(ErrorCode.NAME_UNKNOWN, str(error), status=404)
+        case FileUnknown():
+            return RegistryError(ErrorCode.BLOB_UNKNOWN, str(error), status=404)
         # distribution-spec "Error Codes": 401 UNAUTHORIZED, 403 DENIED.
         case Unauthenticated():
             return RegistryError(ErrorCode.UNAUTHORIZED, str(error))
