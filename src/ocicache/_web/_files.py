@@ -7,7 +7,6 @@ held back until the file is verified.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 
 from twisted.internet.defer import Deferred
@@ -23,7 +22,6 @@ from .._files._key import FileKey
 from .._files._paths import FilePath, parse_path
 from .._files._service import FileService
 from .._ops._config import ServerConfig
-from .._ops._logging import log_access
 from .._ops._metrics import Metrics
 from .._spec._errors import ErrorCode, RegistryError
 from .._spec._range import Unsatisfiable, if_range_holds, parse_range
@@ -37,7 +35,6 @@ __all__ = ["FilesResource"]
 log = Logger()
 
 SERVER = f"ocicache/{__version__}".encode("ascii")
-ROUTE = "files"
 
 
 class FilesResource(Resource):
@@ -61,9 +58,8 @@ class FilesResource(Resource):
 
     def render(self, request: Request) -> int:
         request.setHeader(b"server", SERVER)
-        started = time.monotonic()
         state = _State()
-        request.notifyFinish().addBoth(self._finished, request, state, started)
+        request.notifyFinish().addBoth(self._finished, request, state)
         handling = Deferred.fromCoroutine(self._handle(request, state))
         handling.addErrback(self._failed, request, state)
         return NOT_DONE_YET
@@ -166,14 +162,10 @@ class FilesResource(Resource):
         request.write(render_error(request, error))
         request.finish()
 
-    def _finished(self, result: None | Failure, request: Request, state: _State, started: float) -> None:
+    def _finished(self, result: None | Failure, request: Request, state: _State) -> None:
+        # The site writes the access event and counts the request (route
+        # "other"); the cache's answer is in ocicache_files_requests.
         state.finished = True
-        duration = time.monotonic() - started
-        method = request.method.decode("ascii", "replace")
-        code = request.code if result is None else 499
-        self._metrics.request_done(ROUTE, method, code, duration)
-        log_access(method, request.uri.decode("ascii", "replace"), code, max(state.bytes, request.sentLength),
-                   duration, state.result, state.remote)
 
 
 class _State:

@@ -1,0 +1,229 @@
+"""
+Package repositories and plain files through ocicache (issue 21), against
+real software on loopback: a Debian repository made by C{dpkg-deb} and
+C{apt-ftparchive}, served by nginx behind a counting hop, and C{apt-get}
+pointed at C{/files/debian} with a private configuration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ocitest import free_port, http_request
+from ocitest.daemon import Daemon
+from ocitest.hop import Hop
+from ocitest.packages import Apt, DebRepository, Nginx
+
+pytestmark = pytest.mark.integration
+
+TTL = 2.0
+
+
+class World:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.repo = DebRepository(tmp / "repo")
+        self.repo.add("hello", "1.0")
+        self.repo.add("big", "1.0", payload_size=8 << 20)
+        self.repo.publish()
+        (self.repo.root / "files").mkdir()
+        self.big = os.urandom(24 << 20)
+        (self.repo.root / "files" / "big.bin").write_bytes(self.big)
+        self.nginx = Nginx(self.repo.root, tmp / "nginx").start()
+        self.hop = Hop(self.nginx.url).start()
+        port = free_port()
+        config = tmp / "ocicache.toml"
+        config.write_text(
+            f'[server]\nlisten = ["tcp:{port}:interface=127.0.0.1"]\n'
+            f'[cache]\ndir = "{tmp / "cache"}"\n'
+            '[[upstream]]\nname = "docker.io"\nurl = "http://127.0.0.1:9"\n'
+            f'[[files]]\nname = "debian"\nurl = "{self.hop.url}"\nkind = "deb"\nmutable_ttl = "{TTL}s"\n'
+            f'negative_ttl = "30s"\n'
+            f'[[files]]\nname = "plain"\nurl = "{self.hop.url}/files"\n')
+        self.daemon = Daemon(str(config), port=port, workdir=str(tmp)).start()
+        self.url = f"{self.daemon.url}/files/debian"
+
+    def stop(self) -> None:
+        self.daemon.stop()
+        self.hop.stop()
+        self.nginx.stop()
+
+    def apt(self, name: str) -> Apt:
+        return Apt(self.tmp / name, self.url)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    w = World(tmp_path)
+    try:
+        yield w
+    finally:
+        w.stop()
+
+
+def _partial(url: str) -> tuple[int, int, int]:
+    """GET C{url}: the status, the announced length, and how many bytes came before the connection ended."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
+    try:
+        conn.request("GET", parts.path)
+        response = conn.getresponse()
+        length = int(response.getheader("content-length", "-1"))
+        received = 0
+        try:
+            while chunk := response.read1(65536):
+                received += len(chunk)
+        except (OSError, http.client.HTTPException):
+            pass
+        return response.status, length, received
+    finally:
+        conn.close()
+
+
+def _exactly(hop: Hop, path: str) -> int:
+    return sum(1 for request in hop.matching("GET") if request.target == path)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_apt_installs_through_ocicache_and_a_second_client_costs_no_package_fetch(world: World) -> None:
+    first = world.apt("apt1")
+    first.run("update")
+    first.run("install", "--download-only", "-y", "hello")
+    deb = first.archives / "hello_1.0_all.deb"
+    assert _sha256(deb) == _sha256(world.repo.root / "pool/main/hello_1.0_all.deb")
+    second = world.apt("apt2")
+    second.run("update")
+    second.run("install", "--download-only", "-y", "hello")
+    assert _sha256(second.archives / "hello_1.0_all.deb") == _sha256(deb)
+    assert world.hop.count("GET", "/pool/main/hello_1.0_all.deb") == 1
+    # Within the TTL, the index was not asked for again either.
+    assert _exactly(world.hop, "/dists/stable/Release") == 1
+    assert _exactly(world.hop, "/dists/stable/InRelease") == 1  # its 404, remembered
+
+
+def test_a_new_version_published_upstream_arrives_after_the_ttl(world: World) -> None:
+    apt = world.apt("apt")
+    apt.run("update")
+    world.repo.add("hello", "2.0")
+    world.repo.publish()
+    apt.run("update")
+    shown = apt.run("install", "--download-only", "-y", "--print-uris", "hello").stdout
+    assert "hello_1.0" in shown  # still fresh: the stored index
+    time.sleep(TTL + 0.5)
+    apt.run("update")
+    apt.run("install", "--download-only", "-y", "hello")
+    assert (apt.archives / "hello_2.0_all.deb").exists()
+    # Revalidated with conditional GETs: an unchanged file came back 304.
+    assert world.hop.count("GET", "/dists/stable/Release", status=304) >= 1 or \
+        world.hop.count("GET", "/dists/stable/InRelease", status=404) >= 1
+
+
+def test_a_corrupted_package_is_not_kept_and_the_client_fails(world: World) -> None:
+    apt = world.apt("apt")
+    apt.run("update")  # the cache now holds the Packages index listing hello's SHA256
+    deb = world.repo.root / "pool/main/hello_1.0_all.deb"
+    good = deb.read_bytes()
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 0xFF
+    deb.write_bytes(bytes(bad))
+    status, length, received = _partial(f"{world.url}/pool/main/hello_1.0_all.deb")
+    # Cut short of its Content-Length: the last byte was held back.
+    assert status == 200 and length == len(good) and received < len(good)
+    failed = apt.run("install", "--download-only", "-y", "hello", check=False)
+    assert failed.returncode != 0
+    assert not (apt.archives / "hello_1.0_all.deb").exists()
+    # Never kept: once the upstream has the right bytes, they are fetched again and served.
+    deb.write_bytes(good)
+    before = world.hop.count("GET", "/pool/main/hello_1.0_all.deb")
+    apt.run("install", "--download-only", "-y", "hello")
+    assert world.hop.count("GET", "/pool/main/hello_1.0_all.deb") == before + 1
+    assert (apt.archives / "hello_1.0_all.deb").read_bytes() == good
+
+
+def test_with_the_upstream_down_the_stale_index_and_its_packages_are_served(world: World) -> None:
+    apt = world.apt("apt")
+    apt.run("update")
+    apt.run("install", "--download-only", "-y", "hello")
+    time.sleep(TTL + 0.5)
+    world.hop.down = True
+    other = world.apt("other")
+    other.run("update")
+    other.run("install", "--download-only", "-y", "hello")
+    assert _sha256(other.archives / "hello_1.0_all.deb") == _sha256(world.repo.root / "pool/main/hello_1.0_all.deb")
+    status, headers, _ = http_request(f"{world.url}/dists/stable/main/binary-amd64/Packages")
+    assert status == 200 and headers.get("ocicache-cache") == "stale" and "110" in headers.get("warning", "")
+
+
+def test_concurrent_clients_cost_one_upstream_request_per_file(world: World) -> None:
+    results: list[tuple[int, bytes]] = []
+
+    def fetch() -> None:
+        status, _, body = http_request(f"{world.daemon.url}/files/plain/big.bin", timeout=60)
+        results.append((status, body))
+
+    threads = [threading.Thread(target=fetch) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [status for status, _ in results] == [200] * 8
+    assert all(body == world.big for _, body in results)
+    assert world.hop.count("GET", "/files/big.bin") == 1
+    # And concurrent apt clients: one request per package.
+    clients = [world.apt(f"apt{n}") for n in range(4)]
+    for apt in clients:
+        apt.run("update")
+    runs = [threading.Thread(target=apt.run, args=("install", "--download-only", "-y", "big")) for apt in clients]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join()
+    for apt in clients:
+        assert (apt.archives / "big_1.0_all.deb").exists()
+    assert world.hop.count("GET", "/pool/main/big_1.0_all.deb") == 1
+
+
+def test_a_range_request_on_an_index_does_not_corrupt_it(world: World) -> None:
+    whole = (world.repo.root / "dists/stable/main/binary-amd64/Packages").read_bytes()
+    url = f"{world.url}/dists/stable/main/binary-amd64/Packages"
+    status, headers, body = http_request(url, headers={"Range": "bytes=10-19"})
+    assert status == 206 and body == whole[10:20]
+    status, _, body = http_request(url)
+    assert status == 200 and body == whole
+    status, headers, body = http_request(url, headers={"Range": "bytes=5-"})
+    assert status == 206 and body == whole[5:] and headers["content-range"] == f"bytes 5-{len(whole) - 1}/{len(whole)}"
+    apt = world.apt("apt")
+    apt.run("update")
+    apt.run("install", "--download-only", "-y", "hello")
+
+
+@pytest.mark.parametrize("path", [
+    "/files/debian/../etc/passwd", "/files/debian/%2e%2e/etc/passwd", "/files/debian/pool/..%2f..%2fetc",
+    "/files/debian/pool//x", "/files/debian/pool/%00x", "/files/debian/pool/a%5cb", "/files/debian/pool/a\\b",
+    "/files/debian/./pool", "/files/debian/pool/%2E%2E", "/files/debian/pool/x?y=1", "/files/debian/%ff",
+])
+def test_traversal_is_refused_before_any_fetch(world: World, path: str) -> None:
+    status, _, _ = http_request(world.daemon.url + path)
+    assert status in (400, 404)
+    assert world.hop.count() == 0
+
+
+def test_an_unconfigured_remote_is_404_with_no_fetch_and_404s_are_remembered(world: World) -> None:
+    status, _, _ = http_request(f"{world.daemon.url}/files/nosuch/pool/x.deb")
+    assert status == 404 and world.hop.count() == 0
+    for _ in range(3):
+        status, _, _ = http_request(f"{world.daemon.url}/files/plain/missing.bin")
+        assert status == 404
+    assert world.hop.count("GET", "/files/missing.bin") == 1
