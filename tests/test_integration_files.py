@@ -162,7 +162,7 @@ def test_with_the_upstream_down_the_stale_index_and_its_packages_are_served(worl
     other.run("update")
     other.run("install", "--download-only", "-y", "hello")
     assert _sha256(other.archives / "hello_1.0_all.deb") == _sha256(world.repo.root / "pool/main/hello_1.0_all.deb")
-    status, headers, _ = http_request(f"{world.url}/dists/stable/main/binary-amd64/Packages")
+    status, headers, _ = http_request(f"{world.url}/dists/stable/main/binary-amd64/Packages.gz")
     assert status == 200 and headers.get("ocicache-cache") == "stale" and "110" in headers.get("warning", "")
 
 
