@@ -21,7 +21,7 @@ import pytest
 from ocitest import free_port, http_request
 from ocitest.daemon import Daemon
 from ocitest.hop import Hop
-from ocitest.packages import Apt, DebRepository, Nginx
+from ocitest.packages import Apt, DebRepository, Dnf, Nginx, RpmRepository
 
 pytestmark = pytest.mark.integration
 
@@ -35,6 +35,13 @@ class World:
         self.repo.add("hello", "1.0")
         self.repo.add("big", "1.0", payload_size=8 << 20)
         self.repo.publish()
+        self.rpm = RpmRepository(tmp / "repo" / "rpm")
+        self.rpm.add("hello", "1.0")
+        self.rpm.publish()
+        self.apk = tmp / "repo" / "alpine" / "main" / "x86_64"
+        self.apk.mkdir(parents=True)
+        (self.apk / "APKINDEX.tar.gz").write_bytes(b"index one")
+        (self.apk / "hello-1.0-r0.apk").write_bytes(b"package one")
         (self.repo.root / "files").mkdir()
         self.big = os.urandom(24 << 20)
         (self.repo.root / "files" / "big.bin").write_bytes(self.big)
@@ -48,7 +55,9 @@ class World:
             '[[upstream]]\nname = "docker.io"\nurl = "http://127.0.0.1:9"\n'
             f'[[files]]\nname = "debian"\nurl = "{self.hop.url}"\nkind = "deb"\nmutable_ttl = "{TTL}s"\n'
             f'negative_ttl = "30s"\n'
-            f'[[files]]\nname = "plain"\nurl = "{self.hop.url}/files"\n')
+            f'[[files]]\nname = "plain"\nurl = "{self.hop.url}/files"\n'
+            f'[[files]]\nname = "rpms"\nurl = "{self.hop.url}/rpm"\nkind = "rpm"\nmutable_ttl = "{TTL}s"\n'
+            f'[[files]]\nname = "alpine"\nurl = "{self.hop.url}/alpine"\nkind = "apk"\nmutable_ttl = "{TTL}s"\n')
         self.daemon = Daemon(str(config), port=port, workdir=str(tmp)).start()
         self.url = f"{self.daemon.url}/files/debian"
 
@@ -227,3 +236,69 @@ def test_an_unconfigured_remote_is_404_with_no_fetch_and_404s_are_remembered(wor
         status, _, _ = http_request(f"{world.daemon.url}/files/plain/missing.bin")
         assert status == 404
     assert world.hop.count("GET", "/files/missing.bin") == 1
+
+
+def test_dnf_installs_through_ocicache_and_a_second_client_costs_no_package_fetch(world: World) -> None:
+    url = f"{world.daemon.url}/files/rpms"
+    first = Dnf(world.tmp / "dnf1", url)
+    first.run("install", "hello")
+    rpm = world.rpm.root / "Packages" / "hello-1.0-1.noarch.rpm"
+    assert (first.dest / rpm.name).read_bytes() == rpm.read_bytes()
+    second = Dnf(world.tmp / "dnf2", url)
+    second.run("install", "hello")
+    assert (second.dest / rpm.name).read_bytes() == rpm.read_bytes()
+    assert world.hop.count("GET", "/rpm/Packages/hello-1.0-1.noarch.rpm") == 1
+    assert world.hop.count("GET", "primary.xml") == 1
+
+
+def test_a_corrupted_rpm_is_not_kept(world: World) -> None:
+    rpm = world.rpm.root / "Packages" / "hello-1.0-1.noarch.rpm"
+    good = rpm.read_bytes()
+    bad = bytearray(good)
+    bad[-100] ^= 0xFF
+    rpm.write_bytes(bytes(bad))
+    client = Dnf(world.tmp / "dnf", f"{world.daemon.url}/files/rpms")
+    assert client.run("install", "hello", check=False).returncode != 0
+    # primary.xml's checksum refused it: with the right bytes upstream, it is fetched again.
+    tried = world.hop.count("GET", f"/rpm/Packages/{rpm.name}")
+    rpm.write_bytes(good)
+    status, _, body = http_request(f"{world.daemon.url}/files/rpms/Packages/{rpm.name}")
+    assert status == 200 and body == good
+    assert world.hop.count("GET", f"/rpm/Packages/{rpm.name}") == tried + 1
+
+
+def test_repodata_named_by_checksum_is_verified_against_it(world: World) -> None:
+    primary = next((world.rpm.root / "repodata").glob("*-primary.xml.gz"))
+    good = primary.read_bytes()
+    primary.write_bytes(bytes(len(good)))  # the same length, the wrong bytes
+    status, length, received = _partial(f"{world.daemon.url}/files/rpms/repodata/{primary.name}")
+    assert status == 200 and length == len(good) and received < len(good)
+    primary.write_bytes(good)
+    status, _, body = http_request(f"{world.daemon.url}/files/rpms/repodata/{primary.name}")
+    assert status == 200 and body == good
+    assert world.hop.count("GET", primary.name) == 2
+
+
+def test_apk_index_is_revalidated_and_packages_are_kept(world: World) -> None:
+    base = f"{world.daemon.url}/files/alpine/main/x86_64"
+    assert http_request(f"{base}/APKINDEX.tar.gz")[2] == b"index one"
+    assert http_request(f"{base}/hello-1.0-r0.apk")[2] == b"package one"
+    (world.apk / "APKINDEX.tar.gz").write_bytes(b"index two")
+    (world.apk / "hello-1.0-r0.apk").write_bytes(b"package changed")
+    status, headers, body = http_request(f"{base}/APKINDEX.tar.gz")
+    assert body == b"index one" and headers["ocicache-cache"] == "hit"
+    time.sleep(TTL + 0.5)
+    status, headers, body = http_request(f"{base}/APKINDEX.tar.gz")
+    assert body == b"index two" and headers["ocicache-cache"] == "miss"
+    # An immutable file is never asked for again.
+    assert http_request(f"{base}/hello-1.0-r0.apk")[2] == b"package one"
+    assert world.hop.count("GET", "hello-1.0-r0.apk") == 1
+    # Unchanged after the TTL: a 304, the stored version renewed.
+    time.sleep(TTL + 0.5)
+    status, headers, body = http_request(f"{base}/APKINDEX.tar.gz")
+    assert body == b"index two" and headers["ocicache-cache"] == "hit"
+    assert world.hop.count("GET", "APKINDEX.tar.gz", status=304) == 1
+    # A Range on it is served from the store, and does not change it.
+    status, _, body = http_request(f"{base}/APKINDEX.tar.gz", headers={"Range": "bytes=6-"})
+    assert status == 206 and body == b"two"
+    assert http_request(f"{base}/APKINDEX.tar.gz")[2] == b"index two"

@@ -66,6 +66,7 @@ _PACKAGES = {
     "dpkg-deb": "dpkg",
     "createrepo_c": "createrepo-c",
     "dnf": "dnf",
+    "rpmbuild": "rpm",
 }
 
 

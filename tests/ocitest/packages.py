@@ -21,7 +21,7 @@ from pathlib import Path
 
 from . import free_port, require_binary, spawn, stop_process, wait_for_http
 
-__all__ = ["Apt", "DebRepository", "Nginx"]
+__all__ = ["Apt", "DebRepository", "Dnf", "Nginx", "RpmRepository"]
 
 
 class DebRepository:
@@ -143,4 +143,64 @@ class Apt:
                               timeout=120)
         if check and done.returncode != 0:
             raise AssertionError(f"apt-get {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        return done
+
+
+class RpmRepository:
+    """An RPM repository: noarch packages built by C{rpmbuild}, indexed by C{createrepo_c}."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._work = root.parent / (root.name + "-build")
+
+    def add(self, name: str, version: str, payload_size: int = 4096) -> Path:
+        require_binary("rpmbuild")
+        self._work.mkdir(parents=True, exist_ok=True)
+        spec = self._work / f"{name}-{version}.spec"
+        spec.write_text(
+            f"Name: {name}\nVersion: {version}\nRelease: 1\nSummary: a test package\nLicense: MIT\n"
+            "BuildArch: noarch\n%description\na test package\n%install\n"
+            f"mkdir -p %{{buildroot}}/usr/share/{name}\n"
+            f"head -c {payload_size} /dev/urandom > %{{buildroot}}/usr/share/{name}/payload\n"
+            f"%files\n/usr/share/{name}/payload\n")
+        top = self._work / "top"
+        subprocess.run(["rpmbuild", "--define", f"_topdir {top}", "-bb", str(spec)], check=True,
+                       capture_output=True)
+        built = top / "RPMS" / "noarch" / f"{name}-{version}-1.noarch.rpm"
+        target = self.root / "Packages" / built.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(built.read_bytes())
+        return target
+
+    def publish(self) -> None:
+        require_binary("createrepo_c")
+        subprocess.run(["createrepo_c", "--no-database", "--general-compress-type=gz", str(self.root)],
+                       check=True, capture_output=True)
+
+
+class Dnf:
+    """dnf with its own repository file, cache and install root."""
+
+    def __init__(self, workdir: Path, url: str) -> None:
+        require_binary("dnf")
+        self.workdir = workdir
+        for sub in ("repos", "root", "cache", "dest"):
+            (workdir / sub).mkdir(parents=True, exist_ok=True)
+        (workdir / "repos" / "ocicache.repo").write_text(
+            f"[ocicache]\nname=ocicache\nbaseurl={url}/\ngpgcheck=0\nenabled=1\nmetadata_expire=0\n")
+
+    @property
+    def dest(self) -> Path:
+        return self.workdir / "dest"
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        w = self.workdir
+        command = ["dnf", "-y", f"--installroot={w}/root", "--releasever=1", f"--setopt=reposdir={w}/repos",
+                   f"--setopt=cachedir={w}/cache", "--setopt=install_weak_deps=0", "--disableplugin=*",
+                   "--setopt=retries=1", "--downloadonly", f"--destdir={w}/dest", *args]
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+        if check and done.returncode != 0:
+            raise AssertionError(f"dnf {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
         return done
