@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from ocitest import free_port, http_request
+from ocitest import SRC_ROOT, free_port, http_request
 from ocitest.daemon import Daemon
 from ocitest.hop import Hop
 from ocitest.packages import Apt, DebRepository, Dnf, Nginx, RpmRepository
@@ -120,6 +123,13 @@ def test_apt_installs_through_ocicache_and_a_second_client_costs_no_package_fetc
     # Within the TTL, the index was not asked for again either.
     assert _exactly(world.hop, "/dists/stable/Release") == 1
     assert _exactly(world.hop, "/dists/stable/InRelease") == 1  # its 404, remembered
+    env = dict(os.environ, PYTHONPATH=SRC_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    stats = subprocess.run([sys.executable, "-m", "ocicache", "stats", "--json", "--config", world.daemon.config_path],
+                           capture_output=True, text=True, env=env, timeout=120)
+    files = json.loads(stats.stdout)["files"]
+    kept = ("dists/stable/Release", "dists/stable/main/binary-amd64/Packages.gz", "pool/main/hello_1.0_all.deb")
+    assert files["entries"] == 3
+    assert files["bytes"] == sum((world.repo.root / path).stat().st_size for path in kept)
 
 
 def test_a_new_version_published_upstream_arrives_after_the_ttl(world: World) -> None:
@@ -302,3 +312,21 @@ def test_apk_index_is_revalidated_and_packages_are_kept(world: World) -> None:
     status, _, body = http_request(f"{base}/APKINDEX.tar.gz", headers={"Range": "bytes=6-"})
     assert status == 206 and body == b"two"
     assert http_request(f"{base}/APKINDEX.tar.gz")[2] == b"index two"
+
+
+def test_a_restart_keeps_files_and_the_validators_of_mutable_ones(world: World) -> None:
+    apt = world.apt("apt")
+    apt.run("update")
+    apt.run("install", "--download-only", "-y", "hello")
+    world.daemon.stop()
+    world.daemon.start()
+    world.hop.reset()
+    other = world.apt("other")
+    other.run("update")
+    other.run("install", "--download-only", "-y", "hello")
+    assert world.hop.count("GET", "/pool/") == 0
+    time.sleep(TTL + 0.5)
+    other.run("update")
+    # Revalidated with the validators kept across the restart: 304s, no body fetched again.
+    assert world.hop.count("GET", "/dists/stable/Release", status=304) >= 1
+    assert world.hop.count("GET", "/dists/stable/Release", status=200) == 0

@@ -264,6 +264,7 @@ async def _stats(reactor: Any, config: Config, metadata: Metadata, arguments: ar
         "biggest_repositories": summary["repositories"],
         "oldest_entry_age_seconds": None if oldest is None else max(0.0, now - oldest),
         "upstreams": [_quota_entry(row, now) for row in quota],
+        "files": await _files_stats(config, metadata),
     }
     if arguments.json:
         print(json.dumps(result, indent=2))
@@ -273,6 +274,11 @@ async def _stats(reactor: Any, config: Config, metadata: Metadata, arguments: ar
     print(f"size:     {_human(result['size_bytes'])}{limit}")
     print(f"entries:  {len(sizes[Kind.BLOB])} blobs ({_human(sum(sizes[Kind.BLOB]))}), "
           f"{len(sizes[Kind.MANIFEST])} manifests, {summary['tags']} tags")
+    files = result["files"]
+    if files["remotes"]:
+        files_limit = f" of {_human(files['max_size_bytes'])}" if files["max_size_bytes"] else ""
+        print(f"files:    {files['entries']} files ({_human(files['bytes'])}{files_limit}) for "
+              f"{', '.join(files['remotes'])}")
     age = result["oldest_entry_age_seconds"]
     print(f"oldest:   {'-' if age is None else _age(age)}")
     print("biggest repositories:")
@@ -290,6 +296,17 @@ async def _stats(reactor: Any, config: Config, metadata: Metadata, arguments: ar
         if row.limited_until is not None and row.limited_until > now:
             print(f"    rate limited for {_age(row.limited_until - now)} more")
     return 0
+
+
+async def _files_stats(config: Config, metadata: Metadata) -> dict[str, Any]:
+    """The files of [[files]] remotes (L{ocicache._files}): their own table and budget."""
+    rows = await metadata.blobs("file_entries")
+    return {
+        "remotes": [remote.name for remote in config.files.remotes] if config.files is not None else [],
+        "entries": len(rows),
+        "bytes": sum(row.size for row in rows),
+        "max_size_bytes": config.files.max_size if config.files is not None else None,
+    }
 
 
 def _quota_entry(row: QuotaRow, now: float) -> dict[str, Any]:
