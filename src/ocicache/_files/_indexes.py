@@ -196,7 +196,7 @@ def _rpm_packages(stream: _Bounded, root: str, source: str) -> Iterator[tuple[st
 def _rpm_entry(package: ElementTree.Element, root: str, source: str) -> tuple[str, Expected] | None:
     checksum = package.find(f"{_NS}checksum")
     location = package.find(f"{_NS}location")
-    if checksum is None or location is None or location.get("xml:base") is not None:
+    if checksum is None or location is None or location.get("{http://www.w3.org/XML/1998/namespace}base") is not None:
         return None
     algorithm = (checksum.get("type") or "").lower()
     if algorithm == "sha":
