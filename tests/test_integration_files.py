@@ -17,11 +17,12 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from ocitest import SRC_ROOT, free_port, http_request
+from ocitest import SRC_ROOT, free_port, http_request, wait_for
 from ocitest.daemon import Daemon
 from ocitest.hop import Hop
 from ocitest.packages import Apt, DebRepository, Dnf, Nginx, RpmRepository
@@ -32,7 +33,7 @@ TTL = 2.0
 
 
 class World:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, extra: str = "") -> None:
         self.tmp = tmp
         self.repo = DebRepository(tmp / "repo")
         self.repo.add("hello", "1.0")
@@ -60,7 +61,8 @@ class World:
             f'negative_ttl = "30s"\n'
             f'[[files]]\nname = "plain"\nurl = "{self.hop.url}/files"\n'
             f'[[files]]\nname = "rpms"\nurl = "{self.hop.url}/rpm"\nkind = "rpm"\nmutable_ttl = "{TTL}s"\n'
-            f'[[files]]\nname = "alpine"\nurl = "{self.hop.url}/alpine"\nkind = "apk"\nmutable_ttl = "{TTL}s"\n')
+            f'[[files]]\nname = "alpine"\nurl = "{self.hop.url}/alpine"\nkind = "apk"\nmutable_ttl = "{TTL}s"\n'
+            + extra)
         self.daemon = Daemon(str(config), port=port, workdir=str(tmp)).start()
         self.url = f"{self.daemon.url}/files/debian"
 
@@ -330,3 +332,42 @@ def test_a_restart_keeps_files_and_the_validators_of_mutable_ones(world: World) 
     # Revalidated with the validators kept across the restart: 304s, no body fetched again.
     assert world.hop.count("GET", "/dists/stable/Release", status=304) >= 1
     assert world.hop.count("GET", "/dists/stable/Release", status=200) == 0
+
+
+def test_files_stay_within_their_max_size_and_show_in_the_metrics(tmp_path: Path) -> None:
+    metrics_port = free_port()
+    world = World(tmp_path, '[files_cache]\nmax_size = "1MiB"\n'
+                            f'[metrics]\nlisten = "tcp:{metrics_port}:interface=127.0.0.1"\n')
+    try:
+        files = world.repo.root / "files"
+        bodies = {f"part{n}.bin": os.urandom(400 << 10) for n in range(4)}
+        for name, body in bodies.items():
+            (files / name).write_bytes(body)
+
+        def stored() -> int:
+            return sum(1 for path in (tmp_path / "cache" / "files").rglob("*")
+                       if path.is_file() and path.stat().st_size == 400 << 10)
+
+        def exposition() -> str:
+            return http_request(f"http://127.0.0.1:{metrics_port}/metrics")[2].decode()
+
+        def settled(number: int) -> bool:
+            return stored() == min(number + 1, 2) and \
+                f"ocicache_files_evictions_total {max(number - 1, 0)}.0" in exposition()
+
+        # One at a time, each committed (after its last byte went out) before the next.
+        for number, (name, body) in enumerate(bodies.items()):
+            assert http_request(f"{world.daemon.url}/files/plain/{name}")[2] == body
+            wait_for(partial(settled, number), timeout=10)
+        # 1 MiB holds two at most; an evicted file is fetched again, whole.
+        assert http_request(f"{world.daemon.url}/files/plain/part0.bin")[2] == bodies["part0.bin"]
+        assert world.hop.count("GET", "/files/part0.bin") == 2
+        wait_for(lambda: "ocicache_files_evictions_total 3.0" in exposition(), timeout=10)
+        text = exposition()
+        assert stored() == 2
+        assert 'ocicache_files_requests_total{remote="plain",result="miss"} 5.0' in text
+        assert 'ocicache_files_upstream_requests_total{code="200",remote="plain"} 5.0' in text
+        size = next(line for line in text.splitlines() if line.startswith("ocicache_files_size_bytes "))
+        assert float(size.split()[1]) == 2 * (400 << 10)
+    finally:
+        world.stop()

@@ -73,6 +73,9 @@ def restart_only_changes(running: Config, new: Config) -> list[str]:
     if running.fleet != new.fleet:
         # The Redis connection and the internal listener are set up at start.
         changed.append("fleet")
+    if running.files != new.files:
+        # The file remotes' service is built at start (ocicache._files).
+        changed.append("files")
     return sorted(changed)
 
 

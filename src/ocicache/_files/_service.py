@@ -226,9 +226,7 @@ class FileService:
         return await self._walk.size(key, _no_proof)
 
     async def _immutable(self, remote: Remote, path: FilePath, want: Want) -> FileLookup:
-        text = path.text
-        expected = named_checksum(remote.config.kind, text) or await self.listed.expected(remote.name, text)
-        key = file_key(remote.name, text, expected)
+        key = file_key(remote.name, path.text)
         hit = await self._walk.open(key, want, _no_proof, partial(self._fetch, remote, path, key))
         self._seen(remote, path, key, hit)
         return FileLookup(hit, key)
@@ -283,6 +281,12 @@ class FileService:
         """
         negative = self._negative[remote.name]
         negative.check((remote.name, path.text))
+        if not is_mutable(remote.config, path):
+            # What the bytes must be: asked only on a miss, so that a hit
+            # never waits for an index being read.
+            text = path.text
+            expected = named_checksum(remote.config.kind, text) or await self.listed.expected(remote.name, text)
+            key = file_key(remote.name, text, expected)
         slot = await self._slots.acquire(remote.name, Priority.BLOB)
         try:
             response = await remote.request("GET", path)
