@@ -310,6 +310,12 @@ def test_apk_index_is_revalidated_and_packages_are_kept(world: World) -> None:
     status, headers, body = http_request(f"{base}/APKINDEX.tar.gz")
     assert body == b"index two" and headers["ocicache-cache"] == "hit"
     assert world.hop.count("GET", "APKINDEX.tar.gz", status=304) == 1
+    # The client's own conditional requests: answered from the store.
+    etag, last_modified = headers["etag"], headers["last-modified"]
+    assert http_request(f"{base}/APKINDEX.tar.gz", headers={"If-None-Match": etag})[0] == 304
+    assert http_request(f"{base}/APKINDEX.tar.gz", headers={"If-Modified-Since": last_modified})[0] == 304
+    assert http_request(f"{base}/APKINDEX.tar.gz", headers={"If-None-Match": '"other"'})[0] == 200
+    assert http_request(f"{base}/hello-1.0-r0.apk", headers={"If-Modified-Since": last_modified})[0] == 200
     # A Range on it is served from the store, and does not change it.
     status, _, body = http_request(f"{base}/APKINDEX.tar.gz", headers={"Range": "bytes=6-"})
     assert status == 206 and body == b"two"

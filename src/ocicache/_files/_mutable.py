@@ -91,6 +91,7 @@ def _read(store: Store, key: FileKey) -> Record | None:
     except (ValueError, TypeError):
         return None
     for validator in (record.etag, record.last_modified):
-        if validator is not None and (not isinstance(validator, str) or len(validator) > MAX_VALIDATOR):
+        if validator is not None and (not isinstance(validator, str) or len(validator) > MAX_VALIDATOR
+                                      or not validator.isascii() or not validator.isprintable()):
             return None
     return record

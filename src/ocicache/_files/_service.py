@@ -66,6 +66,8 @@ class FileLookup:
 
     hit: Hit
     key: FileKey
+    last_modified: str | None = None
+    """The remote's C{Last-Modified} of a mutable file's version, when it sent one."""
 
 
 @frozen
@@ -75,6 +77,7 @@ class _Revalidated:
     key: FileKey
     filling: Filling | None
     result: CacheResult
+    last_modified: str | None = None
 
 
 class Observer(Protocol):
@@ -242,7 +245,7 @@ class FileService:
             key = record.key(path.text)
             hit = await self._walk.open(key, want, _no_proof, partial(self._fetch, remote, path, key))
             self._seen(remote, path, key, hit)
-            return FileLookup(hit, key)
+            return FileLookup(hit, key, record.last_modified)
         waiting, joined = self._revalidations.call(name, partial(self._revalidate, remote, path, record))
         revalidated = await waiting
         if revalidated.filling is not None:
@@ -254,7 +257,7 @@ class FileService:
             if hit.result is CacheResult.HIT:
                 hit = Hit(hit.source, revalidated.result, hit.accessed)
         self._seen(remote, path, revalidated.key, hit)
-        return FileLookup(hit, revalidated.key)
+        return FileLookup(hit, revalidated.key, revalidated.last_modified)
 
     def _current(self, remote: RemoteConfig, record: Record) -> bool:
         return time.time() < record.checked + remote.mutable_ttl
@@ -329,19 +332,19 @@ class FileService:
                         + config.max_stale:
                     log.info("{remote}/{path}: the remote failed, serving the stored version stale",
                              remote=remote.name, path=path.text)
-                    return _Revalidated(old, None, CacheResult.STALE)
+                    return _Revalidated(old, None, CacheResult.STALE, record.last_modified)
                 raise
             if response.code == 304 and record is not None and old is not None:
                 await remote.discard(response)
                 renewed = Record(record.encoded, record.size, asked, record.etag, record.last_modified)
                 await self._records.put(remote.name, path.text, renewed)
-                return _Revalidated(old, None, CacheResult.HIT)
+                return _Revalidated(old, None, CacheResult.HIT, record.last_modified)
             if response.code != 200:
                 await remote.discard(response)
                 error = self._not_ok(remote, path, response.code)
                 if isinstance(error, UpstreamUnavailable) and record is not None and old is not None \
                         and asked < record.checked + config.mutable_ttl + config.max_stale:
-                    return _Revalidated(old, None, CacheResult.STALE)
+                    return _Revalidated(old, None, CacheResult.STALE, record.last_modified)
                 raise error
             key = generation_key(remote.name, path.text, secrets.token_hex(16))
             filling = self._fill(remote, path, key, response)
@@ -353,7 +356,7 @@ class FileService:
         self._replacing[name] = key
         filling.settled.addBoth(self._replaced_by, name, key)
         filling.settled.addBoth(self._replaced, filling, remote, path, key, response, old)
-        return _Revalidated(key, filling, CacheResult.MISS)
+        return _Revalidated(key, filling, CacheResult.MISS, _validator(response, b"last-modified"))
 
     def _fill(self, remote: Remote, path: FilePath, key: FileKey, response: IResponse) -> Filling:
         """Start writing C{response}'s body under C{key}; its length must be its C{Content-Length}."""
