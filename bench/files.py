@@ -2,10 +2,10 @@
 C{bench/run --files}: ocicache's C{/files/} against apt-cacher-ng, side by
 side in one run (issue 21):
 
-    nginx (a Debian repository made by dpkg-deb and apt-ftparchive)
-      └─ hop  (counts every upstream request and byte)
-           ├─ ocicache       [[files]] kind = "deb"
-           └─ apt-cacher-ng  Remap-bench: /bench ; <hop>
+    nginx (a Debian repository made by dpkg-deb and apt-ftparchive;
+      │    its access log counts every upstream request and byte)
+      ├─ ocicache       [[files]] kind = "deb"
+      └─ apt-cacher-ng  Remap-bench: /bench ; <nginx>
 
 For each mirror, on an empty cache: C{clients} curl processes (one
 keep-alive connection each) released at once download every package of
@@ -31,7 +31,6 @@ from pathlib import Path
 
 from ocitest import free_port, require_binary, spawn, stop_process, wait_for_http
 from ocitest.daemon import Daemon
-from ocitest.hop import Hop
 from ocitest.packages import DebRepository, Nginx
 
 __all__ = ["run_files"]
@@ -63,6 +62,19 @@ def _peak_rss_mib(pid: int) -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def _upstream(access_log: Path) -> tuple[int, int]:
+    """Requests and body bytes nginx logged so far (the combined format: C{"GET ..." status bytes})."""
+    requests = sent = 0
+    if access_log.exists():
+        for line in access_log.read_text().splitlines():
+            _, quote, rest = line.partition('" ')
+            fields = rest.split()
+            if quote and len(fields) >= 2 and fields[1].isdigit():
+                requests += 1
+                sent += int(fields[1])
+    return requests, sent
 
 
 def _round(urls: list[str], sizes: list[int], clients: int) -> tuple[float, int, int]:
@@ -155,25 +167,28 @@ def run_files(total_mib: int, log: Callable[[str], None], json_path: str | None 
         paths.append(str(deb.relative_to(repo.root)))
     repo.publish()
     sizes = [(repo.root / path).stat().st_size for path in paths]
-    nginx = Nginx(repo.root, workdir / "nginx").start()
-    hop = Hop(nginx.url, port=_port_below_32768()).start()  # apt-cacher-ng's backend too
+    nginx = Nginx(repo.root, workdir / "nginx")
+    nginx.port = _port_below_32768()  # apt-cacher-ng's backend
+    nginx.start()
     rounds: list[Round] = []
     try:
         for mirror in ("ocicache", "apt-cacher-ng"):
             stop: Callable[[], object]
             if mirror == "ocicache":
-                daemon = _ocicache(workdir / "ocicache", hop.url)
+                daemon = _ocicache(workdir / "ocicache", nginx.url)
                 base, pid, stop = f"{daemon.url}/files/bench", daemon.pid, daemon.stop
             else:
-                acng = _AptCacherNg(workdir / "acng", hop.url).start()
+                acng = _AptCacherNg(workdir / "acng", nginx.url).start()
                 base, pid, stop = acng.base, acng.proc.pid if acng.proc else None, acng.stop
             try:
                 urls = [f"{base}/{path}" for path in paths]
                 for name in ("cold", "warm"):
-                    hop.reset()
+                    seen = _upstream(nginx.access_log)
                     wall, delivered, errors = _round(urls, sizes, CLIENTS)
-                    hop.wait_idle(timeout=60)
-                    result = Round(mirror, name, wall, delivered, hop.count("GET"), hop.bytes_sent,
+                    time.sleep(1)  # the mirror's last upstream requests end and are logged
+                    requests, sent = (now - before for now, before in zip(_upstream(nginx.access_log), seen,
+                                                                        strict=True))
+                    result = Round(mirror, name, wall, delivered, requests, sent,
                                    _peak_rss_mib(pid) if pid is not None else 0.0, errors)
                     rounds.append(result)
                     log(f"files: {mirror} {name}: {wall:.2f}s, {result.throughput_mib_s:.0f} MiB/s, "
@@ -181,7 +196,6 @@ def run_files(total_mib: int, log: Callable[[str], None], json_path: str | None 
             finally:
                 stop()
     finally:
-        hop.stop()
         nginx.stop()
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
