@@ -310,6 +310,23 @@ def test_apk_index_is_revalidated_and_packages_are_kept(world: World) -> None:
     status, headers, body = http_request(f"{base}/APKINDEX.tar.gz")
     assert body == b"index two" and headers["ocicache-cache"] == "hit"
     assert world.hop.count("GET", "APKINDEX.tar.gz", status=304) == 1
+    # Past the TTL, many clients at once: one conditional GET upstream for all of them.
+    (world.apk / "APKINDEX.tar.gz").write_bytes(b"index three")
+    time.sleep(TTL + 0.5)
+    asked = world.hop.count("GET", "APKINDEX.tar.gz")
+    bodies: list[bytes] = []
+    clients = [threading.Thread(target=lambda: bodies.append(http_request(f"{base}/APKINDEX.tar.gz")[2]))
+               for _ in range(8)]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join()
+    assert bodies == [b"index three"] * 8
+    assert world.hop.count("GET", "APKINDEX.tar.gz") == asked + 1
+    status, headers, body = http_request(f"{base}/APKINDEX.tar.gz")
+    # Joined while its commit lands, or stored.
+    assert body == b"index three" and headers["ocicache-cache"] in ("coalesced", "hit")
+    assert world.hop.count("GET", "APKINDEX.tar.gz") == asked + 1
     # The client's own conditional requests: answered from the store.
     etag, last_modified = headers["etag"], headers["last-modified"]
     assert http_request(f"{base}/APKINDEX.tar.gz", headers={"If-None-Match": etag})[0] == 304
@@ -318,8 +335,8 @@ def test_apk_index_is_revalidated_and_packages_are_kept(world: World) -> None:
     assert http_request(f"{base}/hello-1.0-r0.apk", headers={"If-Modified-Since": last_modified})[0] == 200
     # A Range on it is served from the store, and does not change it.
     status, _, body = http_request(f"{base}/APKINDEX.tar.gz", headers={"Range": "bytes=6-"})
-    assert status == 206 and body == b"two"
-    assert http_request(f"{base}/APKINDEX.tar.gz")[2] == b"index two"
+    assert status == 206 and body == b"three"
+    assert http_request(f"{base}/APKINDEX.tar.gz")[2] == b"index three"
 
 
 def test_a_restart_keeps_files_and_the_validators_of_mutable_ones(world: World) -> None:

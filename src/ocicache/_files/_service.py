@@ -163,7 +163,7 @@ class FileService:
                           for remote in config.remotes}
         self._records = Records(disk)
         self._revalidations: SingleFlight[tuple[str, str], _Revalidated] = SingleFlight()
-        self._replacing: dict[tuple[str, str], FileKey] = {}
+        self._replacing: dict[tuple[str, str], tuple[FileKey, str | None]] = {}
         """Mutable files whose new version is being downloaded: joined, not revalidated again."""
         self.listed = Listed(disk)
 
@@ -236,10 +236,10 @@ class FileService:
 
     async def _mutable(self, remote: Remote, path: FilePath, want: Want) -> FileLookup:
         name = (remote.name, path.text)
-        replacing = self._replacing.get(name)
+        replacing, modified = self._replacing.get(name, (None, None))
         if replacing is not None and self._fills.joinable(replacing) is not None:
             hit = await self._walk.open(replacing, want, _no_proof, partial(self._fetch, remote, path, replacing))
-            return FileLookup(hit, replacing)
+            return FileLookup(hit, replacing, modified)
         record = await self._records.get(*name)
         if record is not None and self._stored(record.key(path.text)) and self._current(remote.config, record):
             key = record.key(path.text)
@@ -353,10 +353,11 @@ class FileService:
             raise
         filling.settled.addBoth(_release, slot)
         name = (remote.name, path.text)
-        self._replacing[name] = key
+        modified = _validator(response, b"last-modified")
+        self._replacing[name] = (key, modified)
         filling.settled.addBoth(self._replaced_by, name, key)
         filling.settled.addBoth(self._replaced, filling, remote, path, key, response, old)
-        return _Revalidated(key, filling, CacheResult.MISS, _validator(response, b"last-modified"))
+        return _Revalidated(key, filling, CacheResult.MISS, modified)
 
     def _fill(self, remote: Remote, path: FilePath, key: FileKey, response: IResponse) -> Filling:
         """Start writing C{response}'s body under C{key}; its length must be its C{Content-Length}."""
@@ -376,7 +377,7 @@ class FileService:
         return UpstreamUnavailable(f"{remote.name} answered {code}")
 
     def _replaced_by(self, result: object, name: tuple[str, str], key: FileKey) -> object:
-        if self._replacing.get(name) == key:
+        if self._replacing.get(name, (None,))[0] == key:
             del self._replacing[name]
         return result
 
