@@ -41,7 +41,7 @@ from .._fetch._walk import Filling, Hit, TierWalk, Want
 from .._storage._capacity import Capacity
 from .._storage._disk import Disk
 from .._storage._health import DiskHealth
-from .._storage._store import Kind
+from .._storage._store import Kind, Store
 from .._upstream._errors import Unavailability, UpstreamUnavailable
 from ._config import FilesConfig, RemoteConfig
 from ._errors import FileUnknown, RemoteUnknown
@@ -184,21 +184,21 @@ class FileService:
         eviction policy (oldest read first); rows whose file is gone are
         dropped.  Returns how many were loaded.
         """
-        rows = await self._disk.metadata.blobs(TABLE)
-        store = self._disk.store
-        kept: list[tuple[FileKey, int, bool]] = []
+        rows = sorted(await self._disk.metadata.blobs(TABLE), key=lambda row: row.last_access)
+        keys: list[tuple[FileKey, bool]] = []
         gone: list[str] = []
-        for row in sorted(rows, key=lambda row: row.last_access):
+        for row in rows:
             try:
-                key = FileKey.parse(row.digest)
+                keys.append((FileKey.parse(row.digest), row.hits > 1))
             except ValueError:
                 gone.append(row.digest)
-                continue
-            size = await self._disk.run(store.size, Kind.FILES, key)
+        sizes = await self._disk.run(_sizes, self._disk.store, [key for key, _ in keys])
+        kept: list[tuple[FileKey, int, bool]] = []
+        for (key, hot), size in zip(keys, sizes, strict=True):
             if size is None:
-                gone.append(row.digest)
+                gone.append(str(key))
             else:
-                kept.append((key, size, row.hits > 1))
+                kept.append((key, size, hot))
         if gone:
             await self._disk.metadata.delete_blobs(gone, table=TABLE)
         self.capacity.load(kept)  # type: ignore[arg-type]  # typed for digests, keyed by any hashable
@@ -416,6 +416,11 @@ def _validator(response: IResponse, name: bytes) -> str | None:
     except UnicodeDecodeError:
         return None
     return text if text.isprintable() else None
+
+
+def _sizes(store: Store, keys: list[FileKey]) -> list[int | None]:
+    """The size of each stored file, C{None} for one that is gone.  Blocking: run it in the disk pool."""
+    return [store.size(Kind.FILES, key) for key in keys]
 
 
 def _release(result: object, slot: Slot) -> object:
