@@ -7,6 +7,7 @@ pointed at C{/files/debian} with a private configuration.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import json
@@ -25,6 +26,7 @@ import pytest
 from ocitest import SRC_ROOT, free_port, http_request, wait_for
 from ocitest.daemon import Daemon
 from ocitest.hop import Hop
+from ocitest.ops import htpasswd_line
 from ocitest.packages import Apt, DebRepository, Dnf, Nginx, RpmRepository
 
 pytestmark = pytest.mark.integration
@@ -392,5 +394,25 @@ def test_files_stay_within_their_max_size_and_show_in_the_metrics(tmp_path: Path
         assert 'ocicache_files_upstream_requests_total{code="200",remote="plain"} 5.0' in text
         size = next(line for line in text.splitlines() if line.startswith("ocicache_files_size_bytes "))
         assert float(size.split()[1]) == 2 * (400 << 10)
+    finally:
+        world.stop()
+
+
+def test_with_client_authentication_files_need_credentials_too(tmp_path: Path) -> None:
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(htpasswd_line("alice", "correct horse"))
+    world = World(tmp_path, f'[auth]\nhtpasswd_file = "{htpasswd}"\n')
+    try:
+        (world.repo.root / "files" / "a.bin").write_bytes(b"secret bytes")
+        status, headers, _ = http_request(f"{world.daemon.url}/files/plain/a.bin")
+        assert status == 401 and "www-authenticate" in headers
+        assert world.hop.count() == 0
+        basic = "Basic " + base64.b64encode(b"alice:correct horse").decode()
+        status, _, body = http_request(f"{world.daemon.url}/files/plain/a.bin", headers={"Authorization": basic})
+        assert status == 200 and body == b"secret bytes"
+        apt = Apt(tmp_path / "apt", world.url.replace("http://", "http://alice:correct%20horse@"))
+        apt.run("update")
+        apt.run("install", "--download-only", "-y", "hello")
+        assert (apt.archives / "hello_1.0_all.deb").exists()
     finally:
         world.stop()
