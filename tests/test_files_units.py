@@ -8,12 +8,18 @@ from __future__ import annotations
 import gzip
 import hashlib
 import lzma
+from collections.abc import Iterable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.threadpool import ThreadPool
 
 from ocicache._files._config import FileKind, parse_files
 from ocicache._files._errors import BadPath
@@ -21,6 +27,11 @@ from ocicache._files._indexes import MAX_INDEX, index_kind, named_checksum, pars
 from ocicache._files._key import ChecksumCheck, Expected, FileKey, file_key, generation_key
 from ocicache._files._paths import is_mutable, parse_path
 from ocicache._ops._config import ConfigError, parse_config
+from ocicache._storage._capacity import Capacity
+from ocicache._storage._disk import Disk
+from ocicache._storage._metadata import Metadata
+from ocicache._storage._store import Kind, Store
+from ocitest.fakes import Reactor, SyncPool, run
 
 
 def _path(text: str) -> list[bytes]:
@@ -209,3 +220,29 @@ def test_keys_name_files_not_what_clients_wrote() -> None:
     wrong = ChecksumCheck(Expected("sha256", hashlib.sha256(b"abc").hexdigest()), "p")
     wrong.update(b"abd")
     assert "does not match" in (wrong.mismatch() or "")
+
+
+def test_capacity_evicts_and_deletes_files_not_only_digests(tmp_path: Path) -> None:
+    clock = Reactor()
+    store = Store(str(tmp_path / "cache"))
+    store.prepare()
+    forgotten: list[str] = []
+
+    def delete_blobs(names: Iterable[str], table: str) -> Deferred[None]:
+        assert table == "file_entries"
+        forgotten.extend(names)
+        return succeed(None)
+
+    disk = Disk(cast(IReactorTime, clock), store, cast(Metadata, SimpleNamespace(delete_blobs=delete_blobs)),
+                cast(ThreadPool, SyncPool()))
+    capacity = Capacity(disk, 1000, None, table="file_entries", kind=Kind.FILES)
+    keys = [file_key("r", f"f{n}") for n in range(3)]
+    for key in keys:
+        room = ensureDeferred(capacity.make_room(400))
+        run(clock)
+        assert room.result is True
+        store.write_small(Kind.FILES, key, b"x" * 400)
+        capacity.committed(key, 400)  # type: ignore[arg-type]
+    # The third made room by evicting the first: from the policy, the store and the table.
+    assert store.size(Kind.FILES, keys[0]) is None and forgotten == [str(keys[0])]
+    assert capacity.size == 800 and all(store.size(Kind.FILES, key) == 400 for key in keys[1:])
