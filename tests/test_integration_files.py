@@ -250,6 +250,15 @@ def test_an_unconfigured_remote_is_404_with_no_fetch_and_404s_are_remembered(wor
         status, _, _ = http_request(f"{world.daemon.url}/files/plain/missing.bin")
         assert status == 404
     assert world.hop.count("GET", "/files/missing.bin") == 1
+    # HEAD: from the store when it holds the file, else the remote's HEAD, nothing fetched.
+    status, headers, body = http_request(f"{world.daemon.url}/files/plain/big.bin", method="HEAD")
+    assert status == 200 and headers["content-length"] == str(len(world.big)) and body == b""
+    assert world.hop.count("HEAD", "/files/big.bin") == 1 and world.hop.count("GET", "/files/big.bin") == 0
+    assert http_request(f"{world.daemon.url}/files/plain/big.bin")[2] == world.big
+    status, headers, _ = http_request(f"{world.daemon.url}/files/plain/big.bin", method="HEAD")
+    assert status == 200 and headers["content-length"] == str(len(world.big))
+    assert world.hop.count("HEAD", "/files/big.bin") == 1
+    assert http_request(f"{world.daemon.url}/files/plain/missing.bin", method="HEAD")[0] == 404
 
 
 def test_dnf_installs_through_ocicache_and_a_second_client_costs_no_package_fetch(world: World) -> None:

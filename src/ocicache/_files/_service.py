@@ -228,6 +228,17 @@ class FileService:
             key = file_key(remote.name, path.text)
         return await self._walk.size(key, _no_proof)
 
+    async def remote_size(self, name: str, path: FilePath) -> int | None:
+        """The length the remote gives C{path} in answer to a C{HEAD} (C{None}: it gave none)."""
+        remote = self.remote(name)
+        self._negative[remote.name].check((remote.name, path.text))
+        response = await remote.request("HEAD", path)
+        await remote.discard(response)
+        if response.code != 200:
+            raise self._not_ok(remote, path, response.code)
+        length = response.headers.getRawHeaders(b"content-length", [b""])[0]
+        return int(length) if length.isdigit() and len(length) < 20 else None
+
     async def _immutable(self, remote: Remote, path: FilePath, want: Want) -> FileLookup:
         key = file_key(remote.name, path.text)
         hit = await self._walk.open(key, want, _no_proof, partial(self._fetch, remote, path, key))

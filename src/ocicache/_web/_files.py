@@ -143,10 +143,8 @@ class FilesResource(Resource):
     async def _head(self, request: Request, state: _State, name: str, path: FilePath) -> None:
         size = await self._files.size(name, path)
         if size is None:
-            # Not stored: the whole GET answers it (and keeps the file).
-            found = await self._files.lookup(name, path)
-            size = found.hit.source.size
-            found.hit.source.release()
+            # Not stored: the remote's own HEAD (nothing fetched, nothing kept).
+            size = await self._files.remote_size(name, path)
         if state.finished:
             return
         request.setHeader(b"accept-ranges", b"bytes")
