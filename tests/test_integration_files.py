@@ -415,6 +415,8 @@ def test_with_client_authentication_files_need_credentials_too(tmp_path: Path) -
         (world.repo.root / "files" / "a.bin").write_bytes(b"secret bytes")
         status, headers, _ = http_request(f"{world.daemon.url}/files/plain/a.bin")
         assert status == 401 and "www-authenticate" in headers
+        # Before routing: which remotes exist is not told either.
+        assert http_request(f"{world.daemon.url}/files/nosuch/a.bin")[0] == 401
         assert world.hop.count() == 0
         basic = "Basic " + base64.b64encode(b"alice:correct horse").decode()
         status, _, body = http_request(f"{world.daemon.url}/files/plain/a.bin", headers={"Authorization": basic})

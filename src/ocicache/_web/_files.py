@@ -68,6 +68,10 @@ class FilesResource(Resource):
         if request.method not in (b"GET", b"HEAD"):
             raise RegistryError(ErrorCode.UNSUPPORTED, "files are read-only: GET or HEAD", status=405,
                                 headers=((b"allow", b"GET, HEAD"),))
+        # Before any routing: who the client is decides what it may learn.
+        await self._authenticate(request)
+        if state.finished:
+            return
         if b"?" in request.uri:
             raise BadPath("a file path takes no query")
         # The raw path, never twisted.web's decoded one: "%2e%2e" must be seen.
@@ -78,15 +82,11 @@ class FilesResource(Resource):
         if name not in self._files.remotes:
             raise RemoteUnknown(f"no file remote is named {name!r}")
         path = parse_path(raw[1:])
-        state.remote = name
-        await self._authenticate(request)
-        if state.finished:
-            return
         if request.method == b"HEAD":
             await self._head(request, state, name, path)
             return
         found = await self._files.lookup(name, path, ranged=request.getHeader(b"range") is not None)
-        state.result = found.hit.result
+        result = found.hit.result
         source = found.hit.source
         if state.finished:
             source.release()
@@ -122,12 +122,8 @@ class FilesResource(Resource):
                 request.setHeader(b"content-range", wanted.content_range(total))
                 start, end = wanted.start, wanted.end
             request.setHeader(b"content-length", b"%d" % ((end if end is not None else total) - start))
-        served = self._metrics.bytes_served.labels("upstream" if state.result is CacheResult.MISS else "cache")
-
-        def on_bytes(count: int) -> None:
-            state.bytes += count
-            served.inc(count)
-
+        served = self._metrics.bytes_served.labels("upstream" if result is CacheResult.MISS else "cache")
+        on_bytes = served.inc
         if self._server.sendfile and end is not None and can_sendfile(request, end):
             by_sendfile = self._metrics.sendfile_bytes
 
@@ -175,12 +171,9 @@ class FilesResource(Resource):
 
 
 class _State:
-    """What one request did, for its access event and its metrics."""
+    """Whether the client is gone (the response ended, or the connection was lost)."""
 
     def __init__(self) -> None:
-        self.result: CacheResult | None = None
-        self.remote: str | None = None
-        self.bytes = 0
         self.finished = False
 
 
