@@ -72,7 +72,11 @@ class Listed:
         if download is None:
             started.callback(self._disk.store.path(Kind.FILES, key))
         else:
-            download.settled.addBoth(lambda result: started.callback(download.path))
+            def settled(result: object) -> object:
+                started.callback(download.path)  # None: not kept, nothing to read
+                return result
+
+            download.settled.addBoth(settled)
         started.addCallback(lambda file_path: Deferred.fromCoroutine(self._parse(file_path, remote, path, root, key)))
         started.addErrback(self._failed, remote, path, key)
         started.addBoth(done)
