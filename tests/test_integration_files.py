@@ -427,3 +427,32 @@ def test_with_client_authentication_files_need_credentials_too(tmp_path: Path) -
         assert (apt.archives / "hello_1.0_all.deb").exists()
     finally:
         world.stop()
+
+
+def test_apt_by_hash_indexes_are_verified_and_list_the_packages(world: World) -> None:
+    world.repo.publish(by_hash=True)
+    apt = world.apt("apt")
+    apt.run("update")
+    assert world.hop.count("GET", "/binary-amd64/by-hash/SHA512/") == 1  # apt takes the strongest
+    assert world.hop.count("GET", "/binary-amd64/Packages") == 0
+    # The by-hash Packages index was read: a corrupted package is not kept.
+    deb = world.repo.root / "pool/main/hello_1.0_all.deb"
+    good = deb.read_bytes()
+    bad = bytearray(good)
+    bad[-10] ^= 0xFF
+    deb.write_bytes(bytes(bad))
+    status, length, received = _partial(f"{world.url}/pool/main/hello_1.0_all.deb")
+    assert status == 200 and length == len(good) and received < len(good)
+    deb.write_bytes(good)
+    apt.run("install", "--download-only", "-y", "hello")
+    assert (apt.archives / "hello_1.0_all.deb").read_bytes() == good
+    # A by-hash file whose bytes are not its name is not kept.
+    # A by-hash file whose bytes are not its name is not kept (a SHA256 one: apt fetched none).
+    hashed = next((world.repo.root / "dists/stable/main/binary-amd64/by-hash/SHA256").iterdir())
+    real = hashed.read_bytes()
+    hashed.write_bytes(bytes(len(real)))
+    url = f"{world.url}/dists/stable/main/binary-amd64/by-hash/SHA256/{hashed.name}"
+    status, length, received = _partial(url)
+    assert status == 200 and length == len(real) and received < len(real)
+    hashed.write_bytes(real)
+    assert http_request(url)[2] == real

@@ -49,8 +49,12 @@ class DebRepository:
         subprocess.run(["dpkg-deb", "-Zgzip", "--build", str(build), str(deb)], check=True, capture_output=True)
         return deb
 
-    def publish(self) -> None:
-        """Write the indexes: C{Packages}, C{Packages.gz} and C{Release}."""
+    def publish(self, by_hash: bool = False) -> None:
+        """
+        Write the indexes: C{Packages}, C{Packages.gz} and C{Release}; with
+        C{by_hash}, also their C{by-hash/} copies, which C{Release} then
+        tells apt to fetch (C{Acquire-By-Hash: yes}).
+        """
         require_binary("apt-ftparchive")
         binary = self.root / "dists" / "stable" / "main" / "binary-amd64"
         binary.mkdir(parents=True, exist_ok=True)
@@ -59,7 +63,8 @@ class DebRepository:
         (binary / "Packages").write_bytes(packages)
         (binary / "Packages.gz").write_bytes(gzip.compress(packages))
         release = subprocess.run(
-            ["apt-ftparchive", "-o", "APT::FTPArchive::Release::Codename=stable",
+            ["apt-ftparchive", "-o", f"APT::FTPArchive::DoByHash={int(by_hash)}",
+             "-o", "APT::FTPArchive::Release::Codename=stable",
              "-o", "APT::FTPArchive::Release::Suite=stable", "-o", "APT::FTPArchive::Release::Components=main",
              "-o", "APT::FTPArchive::Release::Architectures=amd64", "release", "dists/stable"],
             cwd=self.root, check=True, capture_output=True).stdout
