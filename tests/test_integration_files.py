@@ -12,6 +12,7 @@ import hashlib
 import http.client
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ import urllib.parse
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,6 +107,15 @@ def _partial(url: str) -> tuple[int, int, int]:
         conn.close()
 
 
+def _stats(world: World) -> dict[str, Any]:
+    """What C{ocicache stats --json} says of the files."""
+    env = dict(os.environ, PYTHONPATH=SRC_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    stats = subprocess.run([sys.executable, "-m", "ocicache", "stats", "--json", "--config", world.daemon.config_path],
+                           capture_output=True, text=True, env=env, timeout=120, check=True)
+    files: dict[str, Any] = json.loads(stats.stdout)["files"]
+    return files
+
+
 def _exactly(hop: Hop, path: str) -> int:
     return sum(1 for request in hop.matching("GET") if request.target == path)
 
@@ -127,10 +138,7 @@ def test_apt_installs_through_ocicache_and_a_second_client_costs_no_package_fetc
     # Within the TTL, the index was not asked for again either.
     assert _exactly(world.hop, "/dists/stable/Release") == 1
     assert _exactly(world.hop, "/dists/stable/InRelease") == 1  # its 404, remembered
-    env = dict(os.environ, PYTHONPATH=SRC_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    stats = subprocess.run([sys.executable, "-m", "ocicache", "stats", "--json", "--config", world.daemon.config_path],
-                           capture_output=True, text=True, env=env, timeout=120)
-    files = json.loads(stats.stdout)["files"]
+    files = _stats(world)
     kept = ("dists/stable/Release", "dists/stable/main/binary-amd64/Packages.gz", "pool/main/hello_1.0_all.deb")
     assert files["entries"] == 3
     assert files["bytes"] == sum((world.repo.root / path).stat().st_size for path in kept)
@@ -354,8 +362,13 @@ def test_a_restart_keeps_files_and_the_validators_of_mutable_ones(world: World) 
     apt = world.apt("apt")
     apt.run("update")
     apt.run("install", "--download-only", "-y", "hello")
+    wait_for(lambda: _stats(world)["entries"] == 3, timeout=10)  # committed after the last byte went out
     world.daemon.stop()
+    # As after a crash between a commit and its row: the files are adopted at start-up.
+    with sqlite3.connect(world.tmp / "cache" / "metadata.sqlite") as db:
+        assert db.execute("DELETE FROM file_entries").rowcount == 3
     world.daemon.start()
+    wait_for(lambda: _stats(world)["entries"] == 3, timeout=10)
     world.hop.reset()
     other = world.apt("other")
     other.run("update")

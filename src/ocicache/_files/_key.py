@@ -116,5 +116,8 @@ def generation_key(remote: str, path: str, generation: str) -> FileKey:
 
 
 def record_key(remote: str, path: str) -> FileKey:
-    """The key of a mutable file's record (L{ocicache._files._mutable.Record})."""
-    return FileKey("sha256", _named("record", remote, path), path)
+    """
+    The key of a mutable file's record (L{ocicache._files._mutable.Record}),
+    in a directory of its own (C{files/record/}), apart from the files.
+    """
+    return FileKey("record", _named("record", remote, path), path)

@@ -180,29 +180,27 @@ class FileService:
 
     async def load(self) -> int:
         """
-        At start-up: the stored files the metadata lists, into the
-        eviction policy (oldest read first); rows whose file is gone are
-        dropped.  Returns how many were loaded.
+        At start-up: reconcile the metadata with the stored files, and load
+        them into the eviction policy (oldest read first).  A row whose
+        file is gone is dropped; a file without a row (its commit landed,
+        its row did not: a crash between them) is adopted, since only
+        verified bytes are ever renamed into place.  Returns how many
+        files were loaded.
         """
-        rows = sorted(await self._disk.metadata.blobs(TABLE), key=lambda row: row.last_access)
-        keys: list[tuple[FileKey, bool]] = []
-        gone: list[str] = []
-        for row in rows:
-            try:
-                keys.append((FileKey.parse(row.digest), row.hits > 1))
-            except ValueError:
-                gone.append(row.digest)
-        sizes = await self._disk.run(_sizes, self._disk.store, [key for key, _ in keys])
-        kept: list[tuple[FileKey, int, bool]] = []
-        for (key, hot), size in zip(keys, sizes, strict=True):
-            if size is None:
-                gone.append(str(key))
-            else:
-                kept.append((key, size, hot))
+        metadata = self._disk.metadata
+        stored: dict[str, int] = await self._disk.run(_stored_files, self._disk.store)
+        rows = sorted(await metadata.blobs(TABLE), key=lambda row: row.last_access)
+        known = {row.digest for row in rows}
+        gone = [row.digest for row in rows if row.digest not in stored]
         if gone:
-            await self._disk.metadata.delete_blobs(gone, table=TABLE)
-        self.capacity.load(kept)  # type: ignore[arg-type]  # typed for digests, keyed by any hashable
-        return len(kept)
+            await metadata.delete_blobs(gone, table=TABLE)
+        now = time.time()
+        adopted = [(FileKey.parse(text), size, False) for text, size in stored.items() if text not in known]
+        for key, size, _ in adopted:
+            await metadata.put_blob(str(key), size, now, table=TABLE)
+        kept = [(FileKey.parse(row.digest), stored[row.digest], row.hits > 1) for row in rows if row.digest in stored]
+        self.capacity.load([*adopted, *kept])  # type: ignore[list-item]  # typed for digests, keyed by any hashable
+        return len(adopted) + len(kept)
 
     # -- lookups
 
@@ -429,9 +427,9 @@ def _validator(response: IResponse, name: bytes) -> str | None:
     return text if text.isprintable() else None
 
 
-def _sizes(store: Store, keys: list[FileKey]) -> list[int | None]:
-    """The size of each stored file, C{None} for one that is gone.  Blocking: run it in the disk pool."""
-    return [store.size(Kind.FILES, key) for key in keys]
+def _stored_files(store: Store) -> dict[str, int]:
+    """Every stored file (not the records): its key as the metadata writes it, and its size.  Blocking."""
+    return {str(digest): size for digest, _, size in store.walk(Kind.FILES) if digest.algorithm == "sha256"}
 
 
 def _release(result: object, slot: Slot) -> object:
