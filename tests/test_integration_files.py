@@ -107,12 +107,16 @@ def _partial(url: str) -> tuple[int, int, int]:
         conn.close()
 
 
+def _ocicache(world: World, *args: str) -> subprocess.CompletedProcess[str]:
+    """The operator command on the daemon's configuration."""
+    env = dict(os.environ, PYTHONPATH=SRC_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "ocicache", *args, "--config", world.daemon.config_path],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
 def _stats(world: World) -> dict[str, Any]:
     """What C{ocicache stats --json} says of the files."""
-    env = dict(os.environ, PYTHONPATH=SRC_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    stats = subprocess.run([sys.executable, "-m", "ocicache", "stats", "--json", "--config", world.daemon.config_path],
-                           capture_output=True, text=True, env=env, timeout=120, check=True)
-    files: dict[str, Any] = json.loads(stats.stdout)["files"]
+    files: dict[str, Any] = json.loads(_ocicache(world, "stats", "--json").stdout)["files"]
     return files
 
 
@@ -138,10 +142,15 @@ def test_apt_installs_through_ocicache_and_a_second_client_costs_no_package_fetc
     # Within the TTL, the index was not asked for again either.
     assert _exactly(world.hop, "/dists/stable/Release") == 1
     assert _exactly(world.hop, "/dists/stable/InRelease") == 1  # its 404, remembered
-    files = _stats(world)
+    wait_for(lambda: _stats(world)["entries"] == 3, timeout=10)  # committed after the last byte went out
     kept = ("dists/stable/Release", "dists/stable/main/binary-amd64/Packages.gz", "pool/main/hello_1.0_all.deb")
-    assert files["entries"] == 3
-    assert files["bytes"] == sum((world.repo.root / path).stat().st_size for path in kept)
+    assert _stats(world)["bytes"] == sum((world.repo.root / path).stat().st_size for path in kept)
+    # Named by their remote and path, not their content: ocicache verify leaves them be.
+    verify = _ocicache(world, "verify", "--repair")
+    assert verify.returncode == 0 and "0 corrupt" in verify.stdout, verify.stdout
+    assert _stats(world)["entries"] == 3
+    assert http_request(f"{world.url}/pool/main/hello_1.0_all.deb")[2] == deb.read_bytes()
+    assert world.hop.count("GET", "/pool/main/hello_1.0_all.deb") == 1
 
 
 def test_a_new_version_published_upstream_arrives_after_the_ttl(world: World) -> None:
