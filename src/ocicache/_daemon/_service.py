@@ -116,7 +116,8 @@ class OcicacheService(MultiService):
         self.http_pool = make_pool(reactor)
         tokens = TokenCache(reactor)
         self.upstreams = {
-            upstream.name: Upstream(upstream, reactor, self.http_pool, tokens, metrics=self.metrics)
+            upstream.name: Upstream(upstream, reactor, self.http_pool, tokens, metrics=self.metrics,
+                                    routes=config.proxy.routes_for(upstream.proxy))
             for upstream in config.upstreams
         }
         # One view of the disk's health, one bound on upstream fetches, for
@@ -481,7 +482,8 @@ class OcicacheService(MultiService):
         # Joined in a thread of its own: a commit still running finishes
         # without the reactor waiting on it.
         await deferToThread(self.disk_pool.stop)
-        closing = [self.metadata.close(), self.http_pool.closeCachedConnections()]
+        closing = [self.metadata.close(), self.http_pool.closeCachedConnections(),
+                   *(upstream.close() for upstream in self.upstreams.values())]
         if self.s3_pool is not None:
             closing.append(self.s3_pool.closeCachedConnections())
         await DeferredList(closing)

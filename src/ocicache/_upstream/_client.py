@@ -23,11 +23,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from .._ops._config import Credentials, UpstreamConfig
+from .._ops._config._proxy import DIRECT, ProxyRoutes
 from .._ops._metrics import Metrics
 from .._spec._auth import Challenge, parse_token_response, parse_www_authenticate
 from .._spec._referrers import IMAGE_INDEX
@@ -35,6 +36,7 @@ from .._version import __version__
 from ._body import discard_body, read_body
 from ._credentials import CredentialSource, credentials_for
 from ._errors import Unavailability, UpstreamDenied, UpstreamRateLimited, UpstreamUnavailable, unavailability_of
+from ._proxy import RoutedAgent
 from ._ratelimit import Quota, parse_ratelimit, parse_retry_after
 from ._refusals import Refusals
 from ._tls import UpstreamTLSPolicy
@@ -86,6 +88,7 @@ class Upstream:
         pool: HTTPConnectionPool,
         tokens: TokenCache,
         metrics: Metrics | None = None,
+        routes: ProxyRoutes = DIRECT,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -95,13 +98,11 @@ class Upstream:
         self._metrics = metrics
         self._tokens = tokens
         self._response_timeout = config.response_timeout
-        agent = Agent(
-            reactor,
-            contextFactory=UpstreamTLSPolicy(config),
-            connectTimeout=config.connect_timeout,
-            pool=pool,
-        )
-        self._http = HTTPClient(agent)
+        # Direct, or through the outbound proxy that routes choose per URL:
+        # the registry, its token realm and its CDN redirects alike.
+        self._agent = RoutedAgent(reactor, routes, UpstreamTLSPolicy(config), config.connect_timeout, pool,
+                                  config.name)
+        self._http = HTTPClient(self._agent)
         # The last Bearer challenge seen: lets later requests fetch their
         # token up front instead of paying a 401 round trip each.
         self._bearer: Challenge | None = None
@@ -135,6 +136,10 @@ class Upstream:
             # A mirror tier serves many registries: say which one this is for.
             url = url.add("ns", ns)
         return _Target(url, f"repository:{repo}:pull", _KINDS.get(segments[0], "other"))
+
+    def close(self) -> Deferred[None]:
+        """Close the connections this upstream keeps through a proxy (the shared pool is its owner's)."""
+        return self._agent.close()
 
     # -- the API ocicache uses
 

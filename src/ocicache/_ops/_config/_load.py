@@ -36,6 +36,7 @@ from ._access import AuthTable, RuleTable
 from ._fields import render_path, structure
 from ._fleet import FleetTable
 from ._local import CacheConfig, MetricsConfig, ServerConfig
+from ._proxy import ProxyTable
 from ._secrets import Files
 from ._storage import S3Table, storage_table
 from ._types import Invalid
@@ -108,6 +109,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("warm", WarmConfig, "warm", many=True, absent=tuple),
     Section("auth", AuthTable, "auth", absent=lambda: None, example="commented"),
     Section("storage", storage_table, "storage", absent=StorageConfig, example="keys", documented=S3Table),
+    Section("proxy", ProxyTable, "proxy", example="commented"),
     Section("upstream", UpstreamTable, "upstreams", many=True, absent=_well_known),
     Section("rule", RuleTable, "rules", many=True, absent=tuple, example="commented"),
 )

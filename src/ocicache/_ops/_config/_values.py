@@ -16,6 +16,7 @@ from hyperlink import DecodedURL
 
 from ..._identity._auth_files import StaticToken
 from ._local import CacheConfig, MetricsConfig, ServerConfig
+from ._proxy import ProxyConfig
 from ._warm import WarmConfig
 
 __all__ = [
@@ -133,6 +134,8 @@ class UpstreamConfig:
     quota_stretch: float = 21600.0
     """The tag TTL while the upstream's remaining pulls are below C{quota_floor}."""
     stale: StalePolicy = StalePolicy()
+    proxy: str | None = None
+    """Its outbound proxy URL, C{""} for none; C{None}: C{[proxy]}'s (L{ProxyConfig.routes_for})."""
 
     @property
     def mirror_ns(self) -> str | None:
@@ -295,6 +298,8 @@ class Config:
     auth: AuthConfig | None = None
     """C{None}: no C{[auth]} section, every request is anonymous."""
     storage: StorageConfig = StorageConfig()
+    proxy: ProxyConfig = ProxyConfig()
+    """The outbound proxy of the upstreams (C{[proxy]}, else the environment)."""
 
     @property
     def default_upstream(self) -> UpstreamConfig | None:
