@@ -34,6 +34,7 @@ from .._spec._auth import Challenge, parse_token_response, parse_www_authenticat
 from .._spec._referrers import IMAGE_INDEX
 from .._version import __version__
 from ._body import discard_body, read_body
+from ._circuit import Circuit, status_error
 from ._credentials import CredentialSource, credentials_for
 from ._errors import Unavailability, UpstreamDenied, UpstreamRateLimited, UpstreamUnavailable, unavailability_of
 from ._proxy import RoutedAgent
@@ -114,6 +115,8 @@ class Upstream:
         self._logins: dict[TokenKey, list[Deferred[str | None]]] = {}
         self.quota = Quota()
         """What the upstream's responses said of its pull quota (L{note_quota})."""
+        self.circuit = Circuit(self.name, reactor, metrics, offline=config.offline)
+        """Its circuit breaker and offline switch: every exchange asks it first."""
         self._below_floor = False
         self._limited = False
         self._chain_checked = False
@@ -179,6 +182,26 @@ class Upstream:
         target: _Target,
         headers: Mapping[bytes, list[bytes]],
         follow_redirects: bool = False,
+    ) -> IResponse:
+        """
+        One exchange, if the circuit lets it begin: each call in it gives
+        the circuit a verdict (L{_request}), and a final 401 is one too.
+        """
+        probe = self.circuit.admit()
+        try:
+            response = await self._exchange(method, target, headers, follow_redirects)
+            if response.code == 401:
+                self.circuit.failed(UpstreamDenied(f"{self.name} answered 401", 401))
+            return response
+        finally:
+            self.circuit.release(probe)
+
+    async def _exchange(
+        self,
+        method: str,
+        target: _Target,
+        headers: Mapping[bytes, list[bytes]],
+        follow_redirects: bool,
     ) -> IResponse:
         credentials = await self.credentials.get()
         scoped = _ScopeRefusal(target.scope, credentials)
@@ -284,8 +307,17 @@ class Upstream:
                 message = f"{self.name}: no answer within {self._response_timeout:g}s (response_timeout)"
             else:
                 message = f"{self.name}: {type(e).__name__}: {_describe(e)}"
-            raise UpstreamUnavailable(message, why) from None
+            unavailable = UpstreamUnavailable(message, why)
+            self.circuit.failed(unavailable)
+            raise unavailable from None
         self._observe(kind, str(response.code), started)
+        # A registry's 401 is a challenge until the exchange ends in it
+        # (L{_send}); a token server's is a refusal.
+        failure = status_error(response.code)
+        if failure is None:
+            self.circuit.succeeded()
+        elif response.code != 401 or kind == "token":
+            self.circuit.failed(failure)
         self.note_quota(response)
         if not self._chain_checked:
             self._check_chain(response)

@@ -177,6 +177,9 @@ redirect, a body cut short, an unexpected status), "429" (rate limited),
     proxy: str | None = key(ProxyURL(empty=True), 'This upstream\'s outbound proxy (see [proxy]); "": direct.',
                             example="http://proxy.internal:3128", shown="[proxy] url")
 
+    offline: bool = key(BOOLEAN, "Never call it: serve only what the cache holds (a SIGHUP applies a change).",
+                        default=False)
+
     def check(self) -> None:
         """The rules between keys, before anything is read."""
         self.check_program()
@@ -216,4 +219,5 @@ redirect, a body cut short, an unexpected status), "429" (rate limited),
             tags=self.tags or (), digest_only=self.digest_only, credential_command=self.program(self.url),
             kind=self.kind, ns=self.ns, token=token, quota_floor=self.quota_floor, quota_stretch=self.quota_stretch,
             stale=StalePolicy(self.stale_on, self.max_stale, self.on_404), proxy=self.proxy,
+            offline=self.offline,
         )

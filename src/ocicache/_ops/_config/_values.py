@@ -134,6 +134,8 @@ class UpstreamConfig:
     quota_stretch: float = 21600.0
     """The tag TTL while the upstream's remaining pulls are below C{quota_floor}."""
     stale: StalePolicy = StalePolicy()
+    offline: bool = False
+    """Never called: only what the cache holds is served (L{ocicache._upstream._circuit})."""
     proxy: str | None = None
     """Its outbound proxy URL, C{""} for none; C{None}: C{[proxy]}'s (L{ProxyConfig.routes_for})."""
 
