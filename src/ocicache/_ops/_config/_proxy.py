@@ -67,7 +67,7 @@ def parse_proxy(text: str) -> Proxy:
         raise ValueError("is not a proxy URL such as 'http://proxy.internal:3128'") from None
     if url.scheme != "http":
         raise ValueError(f"{url.scheme}:// proxies are not supported (only http://, which tunnels https)")
-    if not url.host or port is None or any(url.path) or url.query or url.fragment:
+    if not url.host or port is None or not 0 < port < 65536 or any(url.path) or url.query or url.fragment:
         raise ValueError("must be a proxy URL such as 'http://proxy.internal:3128', with no path or query")
     authorization = None
     if any(url.userinfo):
