@@ -73,10 +73,13 @@ from .._storage._disk import Disk
 from .._storage._health import DiskHealth
 from .._storage._janitor import Janitor
 from .._storage._metadata import Metadata, MetadataUnavailable
+from .._storage._pull_log import PullLog
+from .._storage._purge import Purger
 from .._storage._scrub import Scrubber
 from .._storage._store import Kind, Store
 from .._upstream._client import Upstream, make_pool
 from .._upstream._tokens import TokenCache
+from .._web._admin import Admin, AdminResource
 from .._web._operator import OperatorResource
 from .._web._pins import PinsResource
 from .._web._resources import RootResource, Services
@@ -192,11 +195,13 @@ class OcicacheService(MultiService):
         # MultiService's "services", the children), and what a reload swaps
         # parts of: the policy, the upstream credentials, and the
         # authenticator (authenticator_for the new config).
+        self.pull_log = PullLog(os.path.join(self.store.root, "pulls"), config.admin.pull_log_days, reactor,
+                                disk.run)
         self.registry = services = Services(
             reactor, config, self.upstreams, self.blobs, self.manifests, self.metrics,
             on_manifest_stored=self.manifest_tally.added, referrers=referrers,
             tags=TagService(reactor, self._tag_ttl, negative=negative),
-            authenticator=self.authenticator_for(config))
+            authenticator=self.authenticator_for(config), on_pull=self.pull_log.record)
         self.site = DrainingSite(RootResource(services), reactor, self.metrics, config.server)
         self.site.displayTracebacks = False
         self._registry_listeners = [self._listen(description, self.site) for description in config.server.listen]
@@ -213,9 +218,17 @@ class OcicacheService(MultiService):
                 problems=self._store_problems,
             )
             operator.putChild(b"pins", PinsResource(self.warming.warmer, on_changed=self.warming.pins_changed))
+            operator.putChild(b"admin", AdminResource(Admin(
+                self.metadata, Purger(disk, self.capacity, self._manifests_removed), self.janitor, self.pull_log,
+                self.upstreams, self._default_upstream_name, reactor,
+                lambda: self.config.admin.token)))
             operator_site = QuietSite(operator)
             operator_site.displayTracebacks = False
             self._listen(config.metrics.listen, operator_site)
+
+    def _default_upstream_name(self) -> str | None:
+        default = self.config.default_upstream
+        return default.name if default is not None else None
 
     def _join_fleet(self, config: Config) -> Fleet | None:
         """With C{[fleet]}: this node's part in the fleet (L{ocicache._fleet})."""
@@ -386,6 +399,7 @@ class OcicacheService(MultiService):
         # The TimerService's first pass runs now and does the recovery.
         MultiService.startService(self)
         self.scrubber.start()
+        self.pull_log.start()
         if self.fleet is not None:
             self.fleet.start()
         self.reloader = Reloader(self.config_path, self.config, self.registry, self.upstreams, self._reactor,
@@ -479,6 +493,7 @@ class OcicacheService(MultiService):
         if scrubbing is not None:
             await scrubbing
         await self.housekeeping.flush_quota()
+        await self.pull_log.stop()
         # Joined in a thread of its own: a commit still running finishes
         # without the reactor waiting on it.
         await deferToThread(self.disk_pool.stop)

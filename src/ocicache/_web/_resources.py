@@ -46,6 +46,7 @@ from .._spec._media_types import accepted_manifest_types
 from .._spec._range import Unsatisfiable, if_range_holds, parse_range
 from .._spec._reference import Digest, InvalidReference, is_registry_host, validate_tag
 from .._spec._referrers import ARTIFACT_TYPE_FILTER, IMAGE_INDEX
+from .._storage._pull_log import Pull
 from .._upstream._client import Upstream
 from .._version import __version__
 from ._errors import challenged, internal_error, registry_error, render_error
@@ -99,8 +100,11 @@ class Services:
         tags: TagService | None = None,
         referrers: ReferrerService | None = None,
         authenticator: Authenticator | None = None,
+        on_pull: Callable[[Pull], None] = lambda pull: None,
     ) -> None:
         self.reactor = reactor
+        self.on_pull = on_pull
+        """Told of every manifest GET answered (the pull log)."""
         self.config = config
         self.upstreams = upstreams
         self.blobs = blobs
@@ -299,6 +303,12 @@ class RegistryResource(Resource):
         request.setHeader(b"etag", _etag(manifest.digest))
         exchange.bytes = _send_bytes(request, exchange, manifest.body, manifest.media_type.encode("ascii"))
         self._count_bytes(lookup.result, exchange.bytes)
+        if request.method == b"GET":
+            # Who: the identity proven, else the client's address.
+            who = (identity_text(exchange.identity) if exchange.identity is not ANONYMOUS
+                   else str(getattr(request.getClientAddress(), "host", "-")))
+            self._services.on_pull(Pull(self._services.reactor.seconds(), who, upstream.name, target.repo,
+                                        str(reference), str(manifest.digest)))
 
     # -- blobs
 

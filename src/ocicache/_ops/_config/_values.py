@@ -15,6 +15,7 @@ from attrs import field, frozen
 from hyperlink import DecodedURL
 
 from ..._identity._auth_files import StaticToken
+from ._admin import AdminConfig
 from ._local import CacheConfig, MetricsConfig, ServerConfig
 from ._proxy import ProxyConfig
 from ._warm import WarmConfig
@@ -300,6 +301,8 @@ class Config:
     auth: AuthConfig | None = None
     """C{None}: no C{[auth]} section, every request is anonymous."""
     storage: StorageConfig = StorageConfig()
+    admin: AdminConfig = AdminConfig()
+    """The admin API's token and the pull log's retention (C{[admin]})."""
     proxy: ProxyConfig = ProxyConfig()
     """The outbound proxy of the upstreams (C{[proxy]}, else the environment)."""
 
