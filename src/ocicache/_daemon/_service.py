@@ -84,6 +84,7 @@ from .._web._operator import OperatorResource
 from .._web._pins import PinsResource
 from .._web._resources import RootResource, Services
 from .._web._site import DrainingSite, QuietSite
+from .._web._status_page import RecentProblems, StatusPage, StatusSources
 from ._bucket_client import s3_client
 from ._housekeeping import Housekeeping
 from ._listening import ListenError, listener, plain_and_reachable
@@ -195,6 +196,7 @@ class OcicacheService(MultiService):
         # MultiService's "services", the children), and what a reload swaps
         # parts of: the policy, the upstream credentials, and the
         # authenticator (authenticator_for the new config).
+        self.problems = RecentProblems()
         self.pull_log = PullLog(os.path.join(self.store.root, "pulls"), config.admin.pull_log_days, reactor,
                                 disk.run)
         self.registry = services = Services(
@@ -222,6 +224,8 @@ class OcicacheService(MultiService):
                 self.metadata, Purger(disk, self.capacity, self._manifests_removed), self.janitor, self.pull_log,
                 self.upstreams, self._default_upstream_name, reactor,
                 lambda: self.config.admin.token)))
+            operator.putChild(b"", StatusPage(StatusSources(
+                self.metrics, self.metadata, self.upstreams, lambda: self.blobs.inflight, self.problems, reactor)))
             operator_site = QuietSite(operator)
             operator_site.displayTracebacks = False
             self._listen(config.metrics.listen, operator_site)
@@ -400,6 +404,7 @@ class OcicacheService(MultiService):
         MultiService.startService(self)
         self.scrubber.start()
         self.pull_log.start()
+        self.problems.start()
         if self.fleet is not None:
             self.fleet.start()
         self.reloader = Reloader(self.config_path, self.config, self.registry, self.upstreams, self._reactor,
@@ -494,6 +499,7 @@ class OcicacheService(MultiService):
             await scrubbing
         await self.housekeeping.flush_quota()
         await self.pull_log.stop()
+        self.problems.stop()
         # Joined in a thread of its own: a commit still running finishes
         # without the reactor waiting on it.
         await deferToThread(self.disk_pool.stop)
