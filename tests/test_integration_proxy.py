@@ -21,7 +21,7 @@ from ocitest import free_port, http_request
 from ocitest.daemon import Daemon, Upstream
 from ocitest.hop import Hop
 from ocitest.images import MEDIA
-from ocitest.ops import PKI, AuxRegistry, make_pki
+from ocitest.ops import PKI, AuxRegistry, TokenServer, make_pki
 from ocitest.proxy import Tinyproxy
 from ocitest.registry import Registry
 
@@ -183,3 +183,25 @@ def test_proxy_empty_goes_direct_despite_the_default(
                                 headers={"Accept": ACCEPT})
     assert status == 200
     assert f"GET {hop.url}/v2/{image.repo}/manifests/{image.tag} HTTP/1.1" in open_proxy.requests()
+
+
+def test_the_token_realm_goes_through_the_proxy_too(
+    tmp_path: os.PathLike[str], daemon_factory: Callable[..., Daemon], upstream: Registry, guarded_proxy: Tinyproxy,
+) -> None:
+    """A registry with token auth: the registry and its token realm are both reached through the proxy."""
+    tokens = TokenServer(os.path.join(str(tmp_path), "tokens"), "ocibot", "bot-password").start()
+    try:
+        with AuxRegistry(os.path.join(str(tmp_path), "registry"), upstream.storage,
+                         auth_yaml=tokens.registry_auth_yaml()) as registry:
+            password_file = os.path.join(str(tmp_path), "password")
+            with open(password_file, "w") as f:
+                f.write("bot-password\n")
+            daemon = daemon_factory(upstreams=[Upstream("docker.io", registry.url, default=True, extra={
+                "username": "ocibot", "password_file": password_file, "proxy": guarded_proxy.url(CREDENTIALS)})])
+            _pull(daemon, upstream)
+            carried = guarded_proxy.requests()
+            assert any(line.startswith(f"GET {tokens.realm}?") for line in carried), carried
+            assert any(line.startswith(f"GET {registry.url}/v2/") for line in carried), carried
+            assert len(tokens.requests) >= 1 and all(request["authorized"] for request in tokens.requests)
+    finally:
+        tokens.stop()
