@@ -26,12 +26,14 @@ from typing import Any
 from ocitest.images import all_images
 
 from . import clients, plot, scale_out
+from . import git as bench_git
 from .report import Section, render_markdown, to_json, write_json
 from .rig import REPO_ROOT, Rig, ensure_installed, layered_image
 from .scenarios import CHOICES, SCENARIOS, THROUGHPUT_PARTS, Context, Plan, evaluate_targets, plan_for
 
 DEFAULT_JSON = os.path.join(REPO_ROOT, "bench", "results", "latest.json")
 SCALE_OUT_JSON = os.path.join(REPO_ROOT, "bench", "results", "scale-out.json")
+GIT_JSON = os.path.join(REPO_ROOT, "bench", "results", "git.json")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -73,6 +75,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="record ocicache with py-spy during every measured phase into DIR (needs py-spy)")
     p.add_argument("--no-install", action="store_true", help="never apt-get install missing programs")
+    p.add_argument("--git", action="store_true",
+                   help="instead: git clones direct vs through ocicache, cold and warm, and an incremental"
+                        " fetch in mirror mode (needs git lighttpd; docs/git.md)")
+    p.add_argument("--git-mib", type=int, default=None, metavar="N",
+                   help="MiB of history in the --git repository (default: 100, --quick 32, --tiny 8)")
     args = p.parse_args(argv)
     args.mode = "tiny" if args.tiny else ("quick" if args.quick else "full")
     if args.scale_out and args.only is not None:
@@ -94,7 +101,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.scale_out:
         args.scenarios = [scale_out.SCENARIO]
     if args.json is None:
-        args.json = SCALE_OUT_JSON if args.scale_out else DEFAULT_JSON
+        args.json = SCALE_OUT_JSON if args.scale_out else GIT_JSON if args.git else DEFAULT_JSON
     return args
 
 
@@ -211,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def log(message: str) -> None:
         print(f"[bench {time.monotonic() - t_start:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    if args.git:
+        return bench_git.main(args, log)
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)

@@ -40,10 +40,12 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 if TESTS_DIR not in sys.path:
     sys.path.insert(0, TESTS_DIR)
 
+from ocicache._storage._store import Store  # noqa: E402
 from ocitest import REPO_ROOT, MissingBinary, require_binary  # noqa: E402
 from ocitest.ceph import Radosgw  # noqa: E402
 from ocitest.containerd import Containerd  # noqa: E402
 from ocitest.daemon import Daemon, DaemonPool, default_upstreams  # noqa: E402
+from ocitest.fakes import Reactor  # noqa: E402
 from ocitest.hop import Hop  # noqa: E402
 from ocitest.images import Image, all_images  # noqa: E402
 from ocitest.redis import RedisServer  # noqa: E402
@@ -229,3 +231,17 @@ def bucket_name(request: pytest.FixtureRequest) -> str:
 def skopeo() -> str:
     _require("skopeo")
     return require_binary("skopeo")
+
+
+@pytest.fixture
+def clock() -> Reactor:
+    """A fake reactor: its clock, and results "from threads" on the next turn (unit tests)."""
+    return Reactor()
+
+
+@pytest.fixture
+def store(tmp_path: Any) -> Store:
+    """A fresh, prepared store under the test's own directory (unit tests)."""
+    prepared = Store(str(tmp_path / "cache"))
+    prepared.prepare()
+    return prepared

@@ -1,5 +1,5 @@
 """
-Tests for L{ocicache._cache._access}: proofs are remembered in a bounded
+Tests for L{ocicache._oci._access}: proofs are remembered in a bounded
 memo in front of the database, so memory does not grow with weeks of
 traffic, and a forgotten proof is found in the database again rather than
 proved upstream again.
@@ -13,7 +13,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
-from ocicache._cache._access import RepoAccess
+from ocicache._oci._access import RepoAccess
 from ocicache._spec._reference import Digest
 from ocicache._storage._metadata import Metadata
 from ocicache._upstream._client import Upstream

@@ -152,3 +152,24 @@ def test_bench_scale_out_tiny(tmp_path: os.PathLike[str]) -> None:
 
     leftovers = subprocess.run(["pgrep", "-f", workdir], capture_output=True, text=True).stdout.split()
     assert not leftovers, f"processes still running from {workdir}: {leftovers}"
+
+
+def test_bench_git_tiny(tmp_path: os.PathLike[str]) -> None:
+    """
+    C{bench/run --git} end to end on 8 MiB of history and 4 clients: the
+    git server, the hop and three daemons started and stopped, its table
+    printed, and the counts docs/git.md reports: one upstream pack
+    request for the cold burst, none warm, one mirror fetch for the
+    incremental fetch, which brings the new commit.
+    """
+    result_json = os.path.join(str(tmp_path), "results", "git.json")
+    command = [sys.executable, os.path.join(REPO_ROOT, "bench", "run"), "--git", "--tiny", "--no-install",
+               "--json", result_json, "--workdir", os.path.join(str(tmp_path), "work")]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD, cwd=REPO_ROOT)
+    assert proc.returncode == 0, f"bench/run --git exited {proc.returncode}\n{proc.stderr[-6000:]}"
+    assert "| git clone (end to end): upstream pack requests | 4 | 1 | 0 | |" in proc.stdout, proc.stdout
+    with open(result_json) as f:
+        data = json.load(f)
+    for kind in ("replay", "clone"):
+        assert data[f"{kind}_cold"]["upstream_packs"] == 1 and data[f"{kind}_warm"]["upstream_packs"] == 0
+    assert data["incremental_mirror"]["upstream_packs"] == 1 and data["incremental_mirror"]["fresh"]

@@ -197,6 +197,14 @@ def test_server_limits() -> None:
     assert (server.max_header_bytes, server.max_headers, server.max_request_line) == (32 << 10, 50, 4096)
 
 
+def test_connections_per_address() -> None:
+    assert parse_config({}, {}).server.max_connections_per_address is None  # a quarter of max_connections
+    server = parse_config({"server": {"max_connections_per_address": 0}}, {}).server
+    assert server.max_connections_per_address == 0
+    with pytest.raises(ConfigError, match=r"server\.max_connections_per_address: must be 0 \(no limit\) or more"):
+        parse_config({"server": {"max_connections_per_address": -1}}, {})
+
+
 def test_download_bounds_and_scrub() -> None:
     config = parse_config({
         "cache": {"max_downloads": 8, "download_queue": 0, "abandon_after": "30s", "abandon_below": 1,

@@ -260,18 +260,6 @@ def small_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_download, "BATCH", 4000)
 
 
-@pytest.fixture
-def clock() -> Reactor:
-    return Reactor()
-
-
-@pytest.fixture
-def store(tmp_path: Any) -> Store:
-    s = Store(str(tmp_path / "cache"))
-    s.prepare()
-    return s
-
-
 def blob(size: int, seed: int = 0) -> tuple[bytes, Digest]:
     data = random.Random(seed).randbytes(size)
     return data, Digest("sha256", hashlib.sha256(data).hexdigest())

@@ -86,18 +86,6 @@ class Books:
         self.released.append(size)
 
 
-@pytest.fixture
-def clock() -> Reactor:
-    return Reactor()
-
-
-@pytest.fixture
-def store(tmp_path: Any) -> Store:
-    s = Store(str(tmp_path / "cache"))
-    s.prepare()
-    return s
-
-
 class World:
     """One kind of entry on one node: the store, the fills, the sink and the walk."""
 
@@ -476,3 +464,22 @@ def test_a_lookups_own_miss_failing_is_its_failure(clock: Reactor, store: Store)
 
     with pytest.raises(NotHere):
         result_of(ensureDeferred(world.walk.open(key, Want(), world.authorize, refused)))
+
+
+def test_a_download_that_cannot_open_its_reader_leaves_no_temp_file(
+        clock: Reactor, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    The temp file is made, then opened again for reading: when that second
+    open fails (EMFILE), the first is not leaked (issue 18's review).
+    """
+    real_open = os.open
+
+    def no_reader(path: str, flags: int, *args: Any) -> int:
+        if flags & os.O_ACCMODE == os.O_RDONLY and path.startswith(store.tmp_dir):
+            raise OSError(24, "Too many open files")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_reader)
+    with pytest.raises(OSError):
+        Download(disk_of(clock, SyncPool(), store), Named.of("emfile"), None)
+    assert os.listdir(store.tmp_dir) == []

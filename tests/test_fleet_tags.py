@@ -16,9 +16,9 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
-from ocicache._cache._manifests import MAX_MANIFEST_SIZE, SharedTag
 from ocicache._fleet._redis import Redis
 from ocicache._fleet._tags import MANIFEST_TTL, TAG_GRACE, TURN_TTL, RedisManifests, manifest_key, tag_key, turn_key
+from ocicache._oci._manifests import MAX_MANIFEST_SIZE, SharedTag
 from ocicache._spec._reference import Digest
 from ocitest.redis import RedisServer
 

@@ -67,7 +67,7 @@ def _slow_clients(daemon: Daemon, requests: list[bytes], seconds: float, rss: Ca
 
 def test_a_thousand_slow_clients_then_none(
         ocitest_images: dict[str, Image], daemon_factory: Callable[..., Daemon], hop: Hop) -> None:
-    daemon = daemon_factory(server_extra={"max_connections": 2 * CLIENTS})
+    daemon = daemon_factory(server_extra={"max_connections": 2 * CLIENTS, "max_connections_per_address": 0})
     big, small = ocitest_images["big1"], ocitest_images["oci"]
     blob = max(big.layers, key=lambda b: b.size)
     accept = ", ".join(MEDIA.MANIFEST_TYPES)

@@ -1,11 +1,11 @@
 """
-Tests for L{ocicache._cache._manifests.variant_key}: each Accept set keeps
+Tests for L{ocicache._oci._manifests.variant_key}: each Accept set keeps
 what a tag resolves to under its own key.
 """
 
 from __future__ import annotations
 
-from ocicache._cache._manifests import variant_key
+from ocicache._oci._manifests import variant_key
 from ocicache._spec._media_types import MANIFEST_MEDIA_TYPES
 
 SCHEMA2 = "application/vnd.docker.distribution.manifest.v2+json"
@@ -29,8 +29,8 @@ def test_no_variant_is_another_tag() -> None:
 
 
 def test_hot_manifests_are_bounded_by_bytes() -> None:
-    from ocicache._cache._manifests import Manifest
     from ocicache._fetch._lru import SizedLRU
+    from ocicache._oci._manifests import Manifest
     from ocicache._spec._reference import Digest
 
     hot: SizedLRU[Digest, Manifest] = SizedLRU(8000, lambda m: len(m.body), 8000 // 8)

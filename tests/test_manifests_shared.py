@@ -1,6 +1,6 @@
 """
-L{ocicache._cache._manifests.ManifestService} with a fleet's shared view
-(L{ocicache._cache._manifests.SharedManifests}): three nodes, each with its
+L{ocicache._oci._manifests.ManifestService} with a fleet's shared view
+(L{ocicache._oci._manifests.SharedManifests}): three nodes, each with its
 own store and metadata database, one fake shared store and one fake
 upstream.  What one node learnt from the upstream spares the other its
 C{GET} and C{HEAD}; shared bytes that are not what their digest names, or
@@ -27,11 +27,11 @@ from twisted.internet.task import deferLater
 from twisted.python.threadpool import ThreadPool
 from twisted.web.http_headers import Headers
 
-from ocicache._cache import _manifest_fleet
-from ocicache._cache._access import RepoAccess
-from ocicache._cache._errors import ManifestUnknown
-from ocicache._cache._manifests import ManifestLookup, ManifestService, SharedTag
 from ocicache._fetch._result import CacheResult
+from ocicache._oci import _manifest_fleet
+from ocicache._oci._access import RepoAccess
+from ocicache._oci._errors import ManifestUnknown
+from ocicache._oci._manifests import ManifestLookup, ManifestService, SharedTag
 from ocicache._ops._config import StalePolicy
 from ocicache._spec._media_types import MANIFEST_MEDIA_TYPES
 from ocicache._spec._reference import Digest

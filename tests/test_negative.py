@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 from twisted.internet.task import Clock
 
-from ocicache._cache._errors import BlobUnknown, ManifestUnknown, RepositoryUnknown
 from ocicache._fetch._negative import ENTRY_OVERHEAD, NegativeCache
+from ocicache._oci._errors import BlobUnknown, ManifestUnknown, RepositoryUnknown
 
 TAG = ("docker.io", "library/alpine", "manifest", "nosuch")
 DIGEST = ("docker.io", "library/alpine", "blob", "sha256:" + "0" * 64)

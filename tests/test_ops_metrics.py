@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -52,12 +53,17 @@ def test_metrics_in_a_realistic_flow(
     manifest_url = f"{daemon.url}/v2/{oci.repo}/manifests/{oci.tag}"
 
     # Misses, then hits.
-    for _ in range(2):
+    for round in range(2):
         status, headers, body = http_request(manifest_url, headers={"Accept": ACCEPT})
         assert status == 200 and body == oci.manifest_bytes
         for blob in oci.blobs:
             status, _, body = http_request(f"{daemon.url}/v2/{oci.repo}/blobs/{blob.digest}")
             assert status == 200 and len(body) == blob.size
+        if round == 0:
+            # A client has every byte once they are verified, a moment
+            # before the commit's rename: the hits come after it.
+            wait_for(lambda: all(os.path.exists(_stored(daemon, blob.hex)) for blob in oci.blobs),
+                     timeout=30, what="the blobs committed")
 
     # Four concurrent clients on one cold, slow download: one miss, three
     # coalesced.
@@ -164,3 +170,7 @@ def test_readyz_fails_when_the_cache_dir_is_not_writable(
         assert status == 503 and b"cache directory is not writable" in body
     finally:
         os.rename(tmp + ".moved", tmp)
+
+
+def _stored(daemon: Daemon, hex_digest: str) -> str:
+    return os.path.join(daemon.cache_dir, "blobs", "sha256", hex_digest[:2], hex_digest)

@@ -291,7 +291,10 @@ def test_tls_handshake_on_the_plain_port_is_refused_at_once() -> None:
     site = DrainingSite(_Slow(), MemoryReactorClock())
     protocol, transport = _connect(site)
     protocol.dataReceived(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64)
-    assert transport.value().startswith(b"HTTP/1.0 400 Bad Request\r\n")
+    answer = transport.value()
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    # Like every 400, with a distribution-spec error body.
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["errors"][0]["code"] == "UNSUPPORTED"
     assert transport.disconnecting
     protocol.dataReceived(b"GET /v2/ HTTP/1.1\r\nHost: a\r\n\r\n")  # ignored
     assert transport.value().count(b"HTTP/") == 1

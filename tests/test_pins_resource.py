@@ -13,7 +13,7 @@ import pytest
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.web.test.requesthelper import DummyRequest
 
-from ocicache._web._pins import PinsResource
+from ocicache._oci._pins import PinsResource
 
 
 class _NoWarmer:

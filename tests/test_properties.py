@@ -9,7 +9,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ocicache._cache._manifests import variant_key
+from ocicache._oci._manifests import variant_key
 from ocicache._spec._auth import parse_www_authenticate
 from ocicache._spec._media_types import MANIFEST_MEDIA_TYPES
 from ocicache._spec._range import Unsatisfiable, parse_range

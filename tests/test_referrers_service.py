@@ -1,5 +1,5 @@
 """
-Unit tests for L{ocicache._cache._referrers.ReferrerService} with a fake
+Unit tests for L{ocicache._oci._referrers.ReferrerService} with a fake
 upstream and manifest service: which answers mean "no referrers API", what
 is filtered and said to be, and what is served when the upstream fails.
 (The real thing, against distribution and a referrers upstream, is in
@@ -18,10 +18,10 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
-from ocicache._cache._errors import ManifestUnknown
-from ocicache._cache._manifests import Manifest, ManifestLookup, ManifestService
-from ocicache._cache._referrers import ReferrerService
 from ocicache._fetch._result import CacheResult
+from ocicache._oci._errors import ManifestUnknown
+from ocicache._oci._manifests import Manifest, ManifestLookup, ManifestService
+from ocicache._oci._referrers import ReferrerService
 from ocicache._spec._reference import Digest
 from ocicache._spec._referrers import IMAGE_INDEX
 from ocicache._upstream._client import Upstream

@@ -17,13 +17,13 @@ from twisted.python.threadpool import ThreadPool
 
 from ocicache._daemon._reload import Reloader, restart_only_changes
 from ocicache._identity import ANONYMOUS
+from ocicache._oci._services import Services
 from ocicache._ops._config import Credentials, load_config
 from ocicache._ops._reactor import the_reactor
 from ocicache._policy import Policy, ReferenceKind, decide
 from ocicache._upstream._client import Upstream, make_pool
 from ocicache._upstream._credentials import CredentialHelper
 from ocicache._upstream._tokens import TokenCache
-from ocicache._web._resources import Services
 
 
 def write(path: str, password_file: str, extra: str = "", listen: int = 5000) -> None:

@@ -14,7 +14,6 @@ import os
 from types import SimpleNamespace
 from typing import Any, cast
 
-import pytest
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
@@ -77,18 +76,6 @@ class FakeMetadata:
     def put_blob(self, digest: str, size: int, now: float, table: str = "blobs") -> Deferred[None]:
         self.rows.append((digest, size, table))
         return succeed(None)
-
-
-@pytest.fixture
-def clock() -> Reactor:
-    return Reactor()
-
-
-@pytest.fixture
-def store(tmp_path: Any) -> Store:
-    s = Store(str(tmp_path))
-    s.prepare()
-    return s
 
 
 class World:

@@ -1,7 +1,8 @@
 """
-Unit tests for L{ocicache._web._resources}: real C{twisted.web} requests over a
-fake socket, answered by the resources with fake blob and manifest
-services, on a L{MemoryReactorClock}.
+Unit tests for the C{/v2/} resources (L{ocicache._oci._pipeline} and the
+endpoints): real C{twisted.web} requests over a fake socket, answered by
+the resources with fake blob and manifest services, on a
+L{MemoryReactorClock}.
 """
 
 from __future__ import annotations
@@ -19,15 +20,16 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
-from ocicache._cache._blobs import BlobLookup
 from ocicache._fetch._download import Download
 from ocicache._fetch._source import StoredFile
+from ocicache._oci._blobs import BlobLookup
+from ocicache._oci._resources import Services, registry_resources
 from ocicache._ops._config import parse_config
 from ocicache._ops._metrics import Metrics
 from ocicache._spec._errors import RegistryError
 from ocicache._spec._reference import Digest
 from ocicache._storage._store import Kind, Store
-from ocicache._web._resources import RootResource, Services
+from ocicache._web._root import RootResource
 from ocitest.fakes import Reactor, SyncPool, disk_of, run
 
 # -- plumbing
@@ -120,7 +122,7 @@ class Server:
             self.blobs, object(), Metrics(),  # type: ignore[arg-type]
         )
         self.services = services
-        self.site = Site(RootResource(services), timeout=None, reactor=self.clock)
+        self.site = Site(RootResource(registry_resources(services)), timeout=None, reactor=self.clock)
 
     def request(self, method: str, path: str, headers: dict[str, str] | None = None,
                 ) -> tuple[Transport, Any]:

@@ -1,5 +1,5 @@
 """
-Tests for L{ocicache._web._routing.route}: which upstream, which repository,
+Tests for L{ocicache._oci._routing.route}: which upstream, which repository,
 which endpoint, and the distribution-spec error for everything else.
 """
 
@@ -9,10 +9,10 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 
+from ocicache._oci._routing import Endpoint, Route, route
 from ocicache._ops._config import Config, parse_config
 from ocicache._spec._errors import RegistryError
 from ocicache._spec._reference import Digest
-from ocicache._web._routing import Endpoint, Route, route
 
 SHA = "sha256:" + "ab" * 32
 

@@ -158,18 +158,6 @@ class Client:
         self.protocol.connectionLost(Failure(ConnectionLost("the client went away")))
 
 
-@pytest.fixture
-def clock() -> Reactor:
-    return Reactor()
-
-
-@pytest.fixture
-def store(tmp_path: Any) -> Store:
-    s = Store(str(tmp_path / "cache"))
-    s.prepare()
-    return s
-
-
 def _stored(store: Store, size: int, seed: int = 0) -> tuple[bytes, StoredFile]:
     data = random.Random(seed).randbytes(size)
     digest = Digest("sha256", hashlib.sha256(data).hexdigest())

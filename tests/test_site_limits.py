@@ -1,8 +1,8 @@
 """
 Unit tests for the bounds the registry Site holds each connection to
-(L{ocicache._web._site}): request bodies refused unread, head limits,
-header, idle and stall timeouts, the connection cap and the descriptor
-limit.  In memory: Twisted's L{StringTransport} and L{MemoryReactorClock}.
+(L{ocicache._web._site}, L{ocicache._web._channel}): request bodies
+refused unread, head limits, header, idle and stall timeouts, the
+connection cap and the descriptor limit.  In memory: Twisted's L{StringTransport} and L{MemoryReactorClock}.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs
@@ -23,8 +24,9 @@ from zope.interface import implementer
 
 from ocicache._ops._config import ServerConfig
 from ocicache._ops._metrics import Metrics
-from ocicache._web import _site
-from ocicache._web._site import DrainingSite, default_max_connections, raise_descriptor_limit
+from ocicache._web import _descriptors, _early_answer, _site
+from ocicache._web._descriptors import default_max_connections, raise_descriptor_limit
+from ocicache._web._site import DrainingSite
 
 LIMITS = ServerConfig(header_timeout=10.0, idle_timeout=20.0, stall_timeout=30.0, max_connections=1000)
 
@@ -146,7 +148,7 @@ def test_a_push_body_is_refused_before_it_is_read(method: bytes) -> None:
     assert tcp.write_closed and not transport.disconnecting
     channel.dataReceived(b"x" * 65536)
     assert transport.value().count(b"HTTP/1.1") == 1
-    clock.advance(_site._LINGER)
+    clock.advance(_early_answer.LINGER)
     assert transport.disconnected  # aborted
     channel.connectionLost(Failure(ConnectionError()))
     assert not clock.getDelayedCalls()
@@ -285,11 +287,11 @@ def test_headers_adding_up_past_the_limit_get_431() -> None:
 def test_too_many_headers_get_431_and_the_limit_itself_is_fine() -> None:
     site, resource, _ = _site_with()
     channel, transport = _connect(site)
-    fields = b"".join(b"X-N%d: 1\r\n" % i for i in range(LIMITS.max_headers))
+    fields = b"Host: a\r\n" + b"".join(b"X-N%d: 1\r\n" % i for i in range(LIMITS.max_headers - 1))
     channel.dataReceived(b"GET /ok HTTP/1.1\r\n" + fields + b"\r\n")
     assert transport.value().startswith(b"HTTP/1.1 200 ")
     channel2, transport2 = _connect(site)
-    channel2.dataReceived(b"GET /no HTTP/1.1\r\nHost: a\r\n" + fields + b"\r\n")
+    channel2.dataReceived(b"GET /no HTTP/1.1\r\nX-One-More: a\r\n" + fields + b"\r\n")
     assert transport2.value().startswith(b"HTTP/1.1 431 ")
     assert len(resource.rendered) == 1
 
@@ -429,8 +431,12 @@ def test_no_timer_outlives_its_connection() -> None:
 
 def test_connections_past_the_cap_get_503_and_the_open_ones_keep_working() -> None:
     site, resource, clock = _site_with(ServerConfig(max_connections=2))
+    # Both open connections have a request in progress: none can make room.
+    resource.hold = True
     first, first_transport = _connect(site)
+    first.dataReceived(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
     second, _ = _connect(site)
+    second.dataReceived(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
     tcp = _TCP()
     refused, refused_transport = _connect(site, tcp)
     status, headers, body = _parse(refused_transport.value())
@@ -441,13 +447,15 @@ def test_connections_past_the_cap_get_503_and_the_open_ones_keep_working() -> No
     assert tcp.write_closed
     refused.dataReceived(b"GET /v2/ HTTP/1.1\r\nHost: a\r\n\r\n")  # dropped
     assert refused_transport.value().count(b"HTTP/1.1") == 1
-    clock.advance(_site._LINGER)
+    clock.advance(_early_answer.LINGER)
     assert refused_transport.disconnected
     refused.connectionLost(Failure(ConnectionError()))
-    assert site.connections == 2 and resource.rendered == []
+    assert site.connections == 2 and len(resource.rendered) == 2
 
-    first.dataReceived(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+    resource.rendered[0].write(b"hello")
+    resource.rendered[0].finish()
     assert first_transport.value().startswith(b"HTTP/1.1 200 ")
+    resource.hold = False
     # A slot frees up: the next connection is served again.
     second.connectionLost(Failure(ConnectionError()))
     third, third_transport = _connect(site)
@@ -456,8 +464,10 @@ def test_connections_past_the_cap_get_503_and_the_open_ones_keep_working() -> No
 
 
 def test_a_flood_past_the_cap_is_closed_without_an_answer() -> None:
-    site, _, _ = _site_with(ServerConfig(max_connections=1))
-    _connect(site)
+    site, resource, _ = _site_with(ServerConfig(max_connections=1))
+    resource.hold = True
+    busy, _ = _connect(site)
+    busy.dataReceived(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
     refusals = [_connect(site) for _ in range(_site._MAX_REFUSING)]
     assert all(t.value().startswith(b"HTTP/1.1 503 ") for _, t in refusals)
     _, dropped = _connect(site)
@@ -468,17 +478,77 @@ def test_a_flood_past_the_cap_is_closed_without_an_answer() -> None:
     assert answered.value().startswith(b"HTTP/1.1 503 ")
 
 
+def _connect_from(site: DrainingSite, host: str) -> tuple[Any, StringTransport]:
+    address = IPv4Address("TCP", host, 40000)
+    factory: Site = site
+    protocol = factory.buildProtocol(address)
+    assert protocol is not None
+    transport = StringTransport(peerAddress=address)
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def test_at_the_cap_the_connection_idle_longest_makes_room() -> None:
+    site, resource, _ = _site_with(ServerConfig(max_connections=3, max_connections_per_address=0))
+    resource.hold = True
+    busy, busy_transport = _connect(site)
+    busy.dataReceived(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+    resource.hold = False
+    older, older_transport = _connect(site)
+    newer, newer_transport = _connect(site)
+    # The older one finishes a request: now it has been idle the shortest.
+    older.dataReceived(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert older_transport.value().startswith(b"HTTP/1.1 200 ")
+    admitted, admitted_transport = _connect(site)
+    assert newer_transport.disconnecting and not older_transport.disconnecting
+    assert not busy_transport.disconnecting
+    admitted.dataReceived(b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert admitted_transport.value().startswith(b"HTTP/1.1 200 ")
+    newer.connectionLost(Failure(ConnectionError()))
+    assert site.connections == 3
+    # Then the next idle one, never the one with a request in progress.
+    _connect(site)
+    assert older_transport.disconnecting and not busy_transport.disconnecting
+
+
+def test_one_address_is_held_to_its_share() -> None:
+    site, resource, _ = _site_with(ServerConfig(max_connections=100, max_connections_per_address=2))
+    held = [_connect_from(site, "10.0.0.1") for _ in range(2)]
+    _, refused = _connect_from(site, "10.0.0.1")
+    status, headers, body = _parse(refused.value())
+    assert status == 503 and headers["retry-after"].isdigit()
+    assert b"max_connections_per_address" in body and _error_code(body) == "TOOMANYREQUESTS"
+    other, other_transport = _connect_from(site, "10.0.0.2")
+    other.dataReceived(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert other_transport.value().startswith(b"HTTP/1.1 200 ")
+    # A connection of its own closes: the address may open another.
+    held[0][0].connectionLost(Failure(ConnectionError()))
+    again, again_transport = _connect_from(site, "10.0.0.1")
+    again.dataReceived(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert again_transport.value().startswith(b"HTTP/1.1 200 ")
+
+
+def test_the_share_per_address_defaults_to_a_quarter_and_0_lifts_it() -> None:
+    site, _, _ = _site_with(ServerConfig(max_connections=400))
+    assert site.admission.per_address == 100
+    site, _, _ = _site_with(ServerConfig(max_connections=400, max_connections_per_address=0))
+    assert site.admission.per_address == 0
+    for _ in range(150):
+        _, transport = _connect_from(site, "10.0.0.1")
+        assert transport.value() == b""
+
+
 # -- the descriptor limit
 
 
 def test_the_soft_descriptor_limit_is_raised_to_the_hard_one(monkeypatch: pytest.MonkeyPatch) -> None:
     limits = {"soft": 1024, "hard": 4096}
-    monkeypatch.setattr(_site, "getrlimit", lambda which: (limits["soft"], limits["hard"]))
+    monkeypatch.setattr(_descriptors, "getrlimit", lambda which: (limits["soft"], limits["hard"]))
 
     def setrlimit(which: int, values: tuple[int, int]) -> None:
         limits["soft"] = values[0]
 
-    monkeypatch.setattr(_site, "setrlimit", setrlimit)
+    monkeypatch.setattr(_descriptors, "setrlimit", setrlimit)
     assert raise_descriptor_limit() == 4096
     assert limits["soft"] == 4096
 
@@ -491,8 +561,8 @@ def test_the_default_cap_leaves_room_for_other_descriptors() -> None:
 
 
 def test_a_low_descriptor_limit_is_warned_about_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_site, "getrlimit", lambda which: (1024, 1024))
-    monkeypatch.setattr(_site, "_warned_about_descriptors", False)
+    monkeypatch.setattr(_descriptors, "getrlimit", lambda which: (1024, 1024))
+    monkeypatch.setattr(_descriptors, "_warned_about_descriptors", False)
     with capturedLogs() as events:
         first, _, _ = _site_with(ServerConfig())
         _site_with(ServerConfig())
@@ -502,8 +572,8 @@ def test_a_low_descriptor_limit_is_warned_about_once(monkeypatch: pytest.MonkeyP
 
 
 def test_a_configured_cap_above_the_descriptor_limit_is_warned_about(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_site, "getrlimit", lambda which: (1024, 1024))
-    monkeypatch.setattr(_site, "_warned_about_descriptors", False)
+    monkeypatch.setattr(_descriptors, "getrlimit", lambda which: (1024, 1024))
+    monkeypatch.setattr(_descriptors, "_warned_about_descriptors", False)
     with capturedLogs() as events:
         site, _, _ = _site_with(ServerConfig(max_connections=5000))
     assert site.max_connections == 5000

@@ -2,7 +2,7 @@
 Tests for the stale policy: the C{[[upstream]]} keys that set it
 (L{ocicache._ops._config}), how upstream failures are classified
 (L{ocicache._upstream._errors}), and the one function that decides whether
-a tag is served stale (L{ocicache._cache._stale}).
+a tag is served stale (L{ocicache._oci._stale}).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from twisted.internet.error import ConnectingCancelledError, ConnectionRefusedEr
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 
-from ocicache._cache._errors import BlobUnknown, ManifestUnknown, RepositoryUnknown
-from ocicache._cache._stale import failure_class, serves_stale
+from ocicache._oci._errors import BlobUnknown, ManifestUnknown, RepositoryUnknown
+from ocicache._oci._stale import failure_class, serves_stale
 from ocicache._ops._config import ConfigError, StalePolicy, parse_config
 from ocicache._upstream._errors import (
     Unavailability,

@@ -22,7 +22,6 @@ C{sys.path}; it may write a C{dropin.cache} next to the plugin).
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -32,6 +31,8 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from ocicache._ops._config._reference import toml_literal
 
 from . import SRC_ROOT, free_port, log_tail, spawn, stop_process, wait_for_http
 
@@ -73,26 +74,11 @@ class Upstream:
     extra: dict[str, object] = field(default_factory=dict)
 
 
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        # JSON string escapes are valid TOML basic-string escapes.
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot write {value!r} as TOML")
-
-
 def _table(lines: list[str], header: str, values: Mapping[str, object]) -> None:
     lines.append(header)
     for key, value in values.items():
         if value is not None:
-            lines.append(f"{key} = {_toml_value(value)}")
+            lines.append(f"{key} = {toml_literal(value)}")
     lines.append("")
 
 

@@ -260,17 +260,19 @@ async def _gc(reactor: Reactor, config: Config, metadata: Metadata, arguments: a
 async def _stats(reactor: Reactor, config: Config, metadata: Metadata, arguments: argparse.Namespace) -> int:
     store = Store(config.cache.dir)
     sizes = {kind: [size for _, _, size in store.walk(kind)] for kind in Kind}
+    # Git responses and mirrors, as their table counts them (a mirror is a directory).
+    sizes[Kind.GIT] = [row.size for row in await metadata.blobs("git_entries")]
     summary = await metadata.summary()
     quota = await metadata.quota()
     now = time.time()
     oldest = summary["oldest"]
     result = {
         "dir": store.root,
-        "size_bytes": sum(sizes[Kind.BLOB]) + sum(sizes[Kind.MANIFEST]),
+        "size_bytes": sum(sizes[Kind.BLOB]) + sum(sizes[Kind.MANIFEST]) + sum(sizes[Kind.GIT]),
         "max_size_bytes": config.cache.max_size,
         "entries": {"blob": len(sizes[Kind.BLOB]), "manifest": len(sizes[Kind.MANIFEST]),
-                    "tag": summary["tags"]},
-        "bytes": {"blob": sum(sizes[Kind.BLOB]), "manifest": sum(sizes[Kind.MANIFEST])},
+                    "tag": summary["tags"], "git": len(sizes[Kind.GIT])},
+        "bytes": {"blob": sum(sizes[Kind.BLOB]), "manifest": sum(sizes[Kind.MANIFEST]), "git": sum(sizes[Kind.GIT])},
         "biggest_repositories": summary["repositories"],
         "oldest_entry_age_seconds": None if oldest is None else max(0.0, now - oldest),
         "upstreams": [_quota_entry(row, now) for row in quota],
@@ -283,6 +285,8 @@ async def _stats(reactor: Reactor, config: Config, metadata: Metadata, arguments
     print(f"size:     {_human(result['size_bytes'])}{limit}")
     print(f"entries:  {len(sizes[Kind.BLOB])} blobs ({_human(sum(sizes[Kind.BLOB]))}), "
           f"{len(sizes[Kind.MANIFEST])} manifests, {summary['tags']} tags")
+    if sizes[Kind.GIT]:
+        print(f"git:      {len(sizes[Kind.GIT])} upload-pack responses and mirrors ({_human(sum(sizes[Kind.GIT]))})")
     age = result["oldest_entry_age_seconds"]
     print(f"oldest:   {'-' if age is None else _age(age)}")
     print("biggest repositories:")

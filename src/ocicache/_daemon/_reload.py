@@ -27,13 +27,13 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from .._identity._authenticator import Authenticator
+from .._oci._services import Services
 from .._ops._config import Config, ConfigError, UpstreamConfig, load_config
 from .._ops._metrics import Metrics
 from .._ops._reactor import Reactor
 from .._policy import Policy
 from .._upstream._client import Upstream
 from .._upstream._credentials import CredentialSource, credentials_for
-from .._web._resources import Services
 
 __all__ = ["Reloader", "restart_only_changes"]
 
@@ -77,6 +77,9 @@ def restart_only_changes(running: Config, new: Config) -> list[str]:
     if running.fleet != new.fleet:
         # The Redis connection and the internal listener are set up at start.
         changed.append("fleet")
+    if running.git != new.git:
+        # The /git/ resource and its upstreams' clients are set up at start.
+        changed.append("git")
     return sorted(changed)
 
 

@@ -42,12 +42,6 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from .._cache._access import RepoAccess
-from .._cache._blobs import BlobService
-from .._cache._manifests import ManifestService
-from .._cache._referrers import ReferrerService
-from .._cache._tags import TagService
-from .._cache._warm import Warmer
 from .._fetch._incoming import DownloadError
 from .._fetch._negative import NegativeCache
 from .._fetch._observe import observed
@@ -60,8 +54,18 @@ from .._fleet._peer import PeerClient
 from .._fleet._proofs import RedisProofs
 from .._fleet._redis import Redis
 from .._fleet._tags import RedisManifests
+from .._git._resource import GitResource, takes_body
+from .._git._service import GitParts
 from .._identity._authenticator import Authenticator, build_authenticator
 from .._identity._oidc import fetch_with
+from .._oci._access import RepoAccess
+from .._oci._blobs import BlobService
+from .._oci._manifests import ManifestService
+from .._oci._pins import PinsResource
+from .._oci._referrers import ReferrerService
+from .._oci._resources import Services, registry_resources
+from .._oci._tags import TagService
+from .._oci._warm import Warmer
 from .._ops._config import Config
 from .._ops._metrics import ManifestTally, Metrics
 from .._ops._reactor import Reactor
@@ -81,8 +85,7 @@ from .._upstream._client import Upstream, make_pool
 from .._upstream._tokens import TokenCache
 from .._web._admin import Admin, AdminResource
 from .._web._operator import OperatorResource
-from .._web._pins import PinsResource
-from .._web._resources import RootResource, Services
+from .._web._root import RootResource
 from .._web._site import DrainingSite, QuietSite
 from .._web._status_page import RecentProblems, StatusPage, StatusSources
 from ._bucket_client import s3_client
@@ -173,9 +176,12 @@ class OcicacheService(MultiService):
             on_corrupt=lambda digest: self.metrics.corrupt_blobs.labels("scrub").inc(),
         )
         self.manifest_tally = ManifestTally()
+        self.git: GitParts | None = None
+        """C{/git/}'s parts, when C{[[git]]} tables are configured."""
         self.janitor = Janitor(
             disk, self.capacity, config.cache.blob_ttl,
-            lambda: [download.temp_path for download in self.blobs.inflight.values()],
+            lambda: [download.temp_path for download in
+                     [*self.blobs.inflight.values(), *(self.git.packs.inflight.values() if self.git else ())]],
             manifest_ttl=config.cache.manifest_ttl, manifest_accesses=lambda: self.manifests.take_reads(),
             on_manifests_removed=self._manifests_removed,
         )
@@ -184,7 +190,7 @@ class OcicacheService(MultiService):
         MultiService.addService(self, self.housekeeping)
         self.manifests = ManifestService(
             disk, access, self._tag_ttl, slots=slots, health=health, negative=negative,
-            shared=self._shared_manifests(),
+            shared=self._shared_manifests(), on_stored=self.manifest_tally.added,
         )
         self.warming = Warming(
             Warmer(disk, self.manifests, self.blobs, self.upstreams, lambda: self.config.cache.max_size,
@@ -201,10 +207,21 @@ class OcicacheService(MultiService):
                                 disk.run)
         self.registry = services = Services(
             reactor, config, self.upstreams, self.blobs, self.manifests, self.metrics,
-            on_manifest_stored=self.manifest_tally.added, referrers=referrers,
+            referrers=referrers,
             tags=TagService(reactor, self._tag_ttl, negative=negative),
             authenticator=self.authenticator_for(config), on_pull=self.pull_log.record)
-        self.site = DrainingSite(RootResource(services), reactor, self.metrics, config.server)
+        children = registry_resources(services)
+        if config.git is not None and config.git.upstreams:
+            # Git repositories (docs/git.md): /git/, and its upload-pack bodies.
+            self.git = GitParts(config.git, reactor, disk, self.http_pool, slots, health, self.metrics,
+                                local_max_size, config.cache.min_free, config.cache.janitor_interval)
+            self.git.upkeep.setServiceParent(self)
+            children[b"git"] = GitResource(config.git, self.git.upstreams, self.git.refs, self.git.packs, disk,
+                                           self.metrics, config.server.sendfile, config.server.stall_timeout,
+                                           services.write_budget)
+        self.site = DrainingSite(RootResource(children), reactor, self.metrics, config.server)
+        if self.git is not None:
+            self.site.takes_body = takes_body
         self.site.displayTracebacks = False
         self._registry_listeners = [self._listen(description, self.site) for description in config.server.listen]
         self.metrics.inflight_downloads.set_function(lambda: len(self.blobs.inflight))

@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from .._cache._warm import Warmer, WarmReport
+from .._oci._warm import Warmer, WarmReport
 from .._ops._config import WarmConfig
 from .._ops._metrics import Metrics
 from .._spec._reference import parse_image_reference

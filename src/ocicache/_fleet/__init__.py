@@ -9,10 +9,12 @@ Redis is reached through the one typed wrapper around txredisapi
 (L{_redis}); when Redis is gone, every node falls back to its own local
 singleflight.
 
-It sits above the cache and the HTTP side: the cache only knows the
-L{ocicache._cache._blobs.FleetStep} protocol, which this implements.
+It sits above the image mirror and the HTTP side: the mirror only knows
+the L{ocicache._oci._blobs.FleetStep} and
+L{ocicache._oci._manifest_fleet.SharedManifests} protocols, which this
+implements.
 
 May import: L{ocicache._spec}, L{ocicache._ops}, L{ocicache._upstream},
-L{ocicache._storage}, L{ocicache._cache}, L{ocicache._web}.  Only
-L{ocicache._daemon} imports it.
+L{ocicache._storage}, L{ocicache._fetch}, L{ocicache._oci},
+L{ocicache._web}.  Only L{ocicache._daemon} imports it.
 """

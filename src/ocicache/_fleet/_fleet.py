@@ -1,5 +1,5 @@
 """
-The fleet step of the blob lookup (L{ocicache._cache._blobs.FleetStep}):
+The fleet step of the blob lookup (L{ocicache._oci._blobs.FleetStep}):
 across nodes, one upstream fetch per digest.
 
 The first node to miss a digest takes its fill lock (L{_lock}) and
@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 
-from .._cache._blobs import FleetClaim
+from .._oci._blobs import FleetClaim
 from .._ops._config import FleetConfig
 from .._spec._reference import Digest
 from ._lock import FillLock, Lease

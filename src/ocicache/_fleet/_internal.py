@@ -21,8 +21,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from .._cache._blobs import BlobService
 from .._fetch._source import Source, StoredFile
+from .._oci._blobs import BlobService
 from .._spec._errors import ErrorCode, RegistryError
 from .._spec._range import Unsatisfiable, parse_range
 from .._spec._reference import Digest, InvalidReference

@@ -1,5 +1,5 @@
 """
-Access proofs shared by the fleet (L{ocicache._cache._access.SharedProofs}):
+Access proofs shared by the fleet (L{ocicache._oci._access.SharedProofs}):
 C{fleet:proof:<digest>}, a set of C{<upstream>/<repo>} that showed the
 upstream holds that digest.  One node's proof spares the others their
 upstream C{HEAD}.  Each set lives L{PROOF_TTL} after its last addition,
@@ -23,7 +23,7 @@ __all__ = ["PROOF_TTL", "RedisProofs"]
 log = Logger()
 
 PROOF_TTL = 24 * 3600
-"""Seconds a digest's proofs are kept after the last one, as L{ocicache._cache._access.TTL}."""
+"""Seconds a digest's proofs are kept after the last one, as L{ocicache._oci._access.TTL}."""
 
 
 class RedisProofs:

@@ -1,5 +1,5 @@
 """
-Tags and manifests shared by the fleet (L{ocicache._cache._manifests.SharedManifests}),
+Tags and manifests shared by the fleet (L{ocicache._oci._manifests.SharedManifests}),
 so that however many nodes are asked for one tag, the upstream sees one
 revalidation C{HEAD} per C{tag_ttl} and one manifest C{GET} (a Docker Hub
 pull) per change:
@@ -38,7 +38,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from .._cache._manifests import MAX_MANIFEST_SIZE, SharedTag, no_turn
+from .._oci._manifests import MAX_MANIFEST_SIZE, SharedTag, no_turn
 from .._spec._reference import Digest
 from ._lock import COMPARE_AND_DELETE
 from ._redis import Redis, RedisUnavailable, text
@@ -57,7 +57,7 @@ TURN_TTL = 10
 """Seconds a turn outlives a node that died while asking the upstream."""
 
 def tag_key(upstream: str, repo: str, key: str) -> str:
-    """Where a tag's variant (L{ocicache._cache._manifests.variant_key}) is shared."""
+    """Where a tag's variant (L{ocicache._oci._manifests.variant_key}) is shared."""
     return f"fleet:tag:{upstream}/{repo}:{key}"
 
 

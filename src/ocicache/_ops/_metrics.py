@@ -144,6 +144,26 @@ class Metrics:
         self.password_checks = Counter(
             "ocicache_password_checks", "bcrypt checks of htpasswd passwords run (a memo spares the rest).",
             registry=registry)
+        # Git repositories ([[git]], docs/git.md).
+        self.git_requests = Counter(
+            "ocicache_git_requests", "Git requests, by endpoint (refs, upload-pack) and result: hit, miss,"
+            " coalesced, passthrough (never kept: refs, ls-refs, negotiation), stale, mirror.",
+            ["upstream", "endpoint", "result"], registry=registry)
+        self.git_upstream_requests = Counter(
+            "ocicache_git_upstream_requests", "Requests sent to git upstreams, by kind (refs, upload-pack)"
+            " and status code (error: no answer).",
+            ["upstream", "kind", "code"], registry=registry)
+        self.git_upstream_bytes = Counter(
+            "ocicache_git_upstream_bytes", "Upload-pack response bytes received from git upstreams.",
+            ["upstream"], registry=registry)
+        self.git_bytes_saved = Counter(
+            "ocicache_git_bytes_saved", "Upload-pack response bytes sent to clients that no upstream"
+            " request fetched for them (hits and coalesced).",
+            ["upstream"], registry=registry)
+        self.git_entries = Gauge(
+            "ocicache_git_entries", "Upload-pack responses kept in the store.", registry=registry)
+        self.git_size = Gauge(
+            "ocicache_git_size_bytes", "Bytes of the upload-pack responses kept in the store.", registry=registry)
 
     def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
         """

@@ -243,11 +243,11 @@ class Metadata(Database):
 
     def forget(self, kind: str, digests: list[str]) -> Deferred[None]:
         """
-        Drop every row about C{digests} of C{kind} (C{"blobs"} or
-        C{"manifests"}): they are gone and will be fetched again.
+        Drop every row about C{digests} of C{kind} (C{"manifests"}, or a
+        table of L{BLOB_TABLES}): they are gone and will be fetched again.
         """
 
-        table = {"blobs": "blobs", "manifests": "manifests"}[kind]
+        table = "manifests" if kind == "manifests" else blob_table(kind)
 
         def forget(db: sqlite3.Connection) -> None:
             with db:

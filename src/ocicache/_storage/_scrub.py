@@ -1,5 +1,6 @@
 """
-The scrub: stored blobs are re-hashed in the background, at a bounded rate,
+The scrub: stored entries are checked again in the background (a blob
+re-hashed; another kind of entry by its own check), at a bounded rate,
 so that a blob corrupted at rest (a bad sector, a stray write) is found and
 taken out of the store before anyone is served it again, without an
 operator running C{ocicache verify}.
@@ -47,7 +48,17 @@ class Scrubber:
         rate: int,
         on_scrubbed: Callable[[int], None] = lambda size: None,
         on_corrupt: Callable[[Digest], None] = lambda digest: None,
+        kind: Kind = Kind.BLOB,
+        check: Callable[[str, Digest], bool] = verify_file,
     ) -> None:
+        """
+        @param kind: the entries scrubbed (one scrubber per kind).
+        @param check: whether the file at a path is still the entry of that
+            name; blocking (run in the disk thread).  For blobs, that it
+            hashes to its digest.
+        """
+        self._kind = kind
+        self._check = check
         self._disk = disk
         self._capacity = capacity
         self._rate = rate
@@ -82,13 +93,13 @@ class Scrubber:
 
     async def _one(self) -> None:
         if not self._queue:
-            blobs = await self._disk.run(lambda: list(self._disk.store.walk(Kind.BLOB)))
+            blobs = await self._disk.run(lambda: list(self._disk.store.walk(self._kind)))
             self._queue.extend(blobs)
             if not self._queue:
                 self._schedule(ROUND_PAUSE)
                 return
         digest, path, size = self._queue.popleft()
-        good = await self._disk.run(verify_file, path, digest)
+        good = await self._disk.run(self._check, path, digest)
         if not good and not await self._quarantine(digest):
             self._schedule(0)  # evicted meanwhile: costs nothing
             return
@@ -97,23 +108,23 @@ class Scrubber:
 
     async def _quarantine(self, digest: Digest) -> bool:
         """Whether the corrupt blob was still there, and is now quarantined."""
-        moved = await quarantine(self._disk, self._capacity, digest)
+        moved = await quarantine(self._disk, self._capacity, digest, self._kind)
         if moved:
             self._on_corrupt(digest)
         return moved
 
 
-async def quarantine(disk: Disk, capacity: Capacity, digest: Digest) -> bool:
+async def quarantine(disk: Disk, capacity: Capacity, digest: Digest, kind: Kind = Kind.BLOB) -> bool:
     """
-    Take a blob that failed its digest check out of the store: moved to
+    Take an entry that failed its check out of the store: moved to
     C{quarantine/}, forgotten by the eviction policy and the database.
     Whether it was still there.
     """
-    moved = await disk.run(disk.store.quarantine, Kind.BLOB, digest)
+    moved = await disk.run(disk.store.quarantine, kind, digest)
     if moved is None:
         return False
     capacity.forget([digest])
-    await disk.metadata.forget("blobs", [str(digest)])
-    log.error("Blob {digest} did not match its digest on disk: moved to {path}; it will be fetched again",
-              digest=str(digest), path=moved)
+    await disk.metadata.forget(capacity.table, [str(digest)])
+    what = "Blob {digest} did not match its digest" if kind is Kind.BLOB else "Entry {digest} failed its check"
+    log.error(what + " on disk: moved to {path}; it will be fetched again", digest=str(digest), path=moved)
     return True

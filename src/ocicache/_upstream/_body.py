@@ -17,7 +17,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 
-from ._errors import Unavailability, UpstreamUnavailable
+from ._errors import Unavailability, UpstreamUnavailable, describe
 
 __all__ = ["BodyReceiver", "discard_body", "read_body", "stop_body"]
 
@@ -55,7 +55,7 @@ class BodyReceiver(Protocol):
         if reason.check(ResponseDone, PotentialDataLoss):
             self.ended()
         else:
-            self.failed(Failure(UpstreamUnavailable(f"upstream body failed: {reason.getErrorMessage()}")))
+            self.failed(Failure(UpstreamUnavailable(f"upstream body failed: {describe(reason)}")))
 
     def stop(self) -> None:
         """Stop the transfer: the rest of the body is not wanted."""

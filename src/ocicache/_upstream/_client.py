@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import math
-import time
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
@@ -27,6 +26,7 @@ from twisted.web.client import HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
+from .._ops._clock import Stopwatch
 from .._ops._config import Credentials, UpstreamConfig
 from .._ops._config._proxy import DIRECT, ProxyRoutes
 from .._ops._metrics import Metrics
@@ -36,7 +36,14 @@ from .._version import __version__
 from ._body import discard_body, read_body
 from ._circuit import Circuit, status_error
 from ._credentials import CredentialSource, credentials_for
-from ._errors import Unavailability, UpstreamDenied, UpstreamRateLimited, UpstreamUnavailable, unavailability_of
+from ._errors import (
+    Unavailability,
+    UpstreamDenied,
+    UpstreamRateLimited,
+    UpstreamUnavailable,
+    describe,
+    unavailability_of,
+)
 from ._proxy import RoutedAgent
 from ._ratelimit import Quota, parse_ratelimit, parse_retry_after
 from ._refusals import Refusals
@@ -289,7 +296,7 @@ class Upstream:
         all_headers.setRawHeaders(b"user-agent", [USER_AGENT])
         if authorization is not None:
             all_headers.setRawHeaders(b"authorization", [authorization])
-        started = time.monotonic()
+        took = Stopwatch()
         try:
             response: IResponse = await self._http.request(
                 method,
@@ -300,7 +307,7 @@ class Upstream:
                 timeout=self._response_timeout,
             )
         except Exception as e:
-            self._observe(kind, "error", started)
+            self._observe(kind, "error", took)
             why = unavailability_of(e)
             # The message names the host but never the headers we sent.
             if why is Unavailability.TIMEOUT:
@@ -310,7 +317,7 @@ class Upstream:
             unavailable = UpstreamUnavailable(message, why)
             self.circuit.failed(unavailable)
             raise unavailable from None
-        self._observe(kind, str(response.code), started)
+        self._observe(kind, str(response.code), took)
         # A registry's 401 is a challenge until the exchange ends in it
         # (L{_send}); a token server's is a refusal.
         failure = status_error(response.code)
@@ -338,14 +345,14 @@ class Upstream:
                      upstream=self.name, url=self.config.url.to_text(),
                      server=server.decode("ascii", "replace")[:64])
 
-    def _observe(self, kind: RequestKind, code: str, started: float) -> None:
+    def _observe(self, kind: RequestKind, code: str, took: Stopwatch) -> None:
         """
         Count one upstream request and the time until its headers came
         (C{code} is C{error} when there was no answer).
         """
         if self._metrics is not None:
             self._metrics.upstream_requests.labels(self.name, kind, code).inc()
-            self._metrics.upstream_duration.labels(self.name).observe(time.monotonic() - started)
+            self._metrics.upstream_duration.labels(self.name).observe(took.elapsed())
 
     async def _authorization_for(self, scope: str) -> bytes | None:
         if self.config.token is not None:
@@ -625,5 +632,4 @@ def _basic(username: str, password: str) -> bytes:
 
 
 def _describe(error: Exception) -> str:
-    text = str(error)
-    return text if len(text) < 200 else text[:200] + "..."
+    return describe(error)

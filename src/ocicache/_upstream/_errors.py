@@ -10,7 +10,13 @@ from enum import StrEnum
 from attrs import frozen
 from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
-from twisted.web.client import ResponseNeverReceived
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    RequestGenerationFailed,
+    RequestTransmissionFailed,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
 from twisted.web.iweb import IResponse
 
 __all__ = [
@@ -117,3 +123,30 @@ def unavailability_of(error: BaseException) -> Unavailability:
             reason.check(CancelledError) for reason in reasons):
         return Unavailability.TIMEOUT
     return Unavailability.PROTOCOL
+
+
+_MAX_DESCRIPTION = 200
+_CARRYING_REASONS = (RequestGenerationFailed, RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived)
+"""Twisted's client errors that hold their causes as a list of Failures."""
+
+
+def describe(error: BaseException | Failure) -> str:
+    """
+    C{error} in words for a log line or a client's error message: the
+    reasons of Twisted's client errors (C{ResponseFailed},
+    C{ResponseNeverReceived}, ...), whose own C{str} is a list of
+    C{Failure} reprs, named by type and message; at most 200 characters.
+    """
+    if isinstance(error, Failure):
+        return _reason(error)
+    if isinstance(error, _CARRYING_REASONS):
+        text = "; ".join(_reason(reason) for reason in error.reasons) or type(error).__name__
+    else:
+        text = str(error)
+    return text if len(text) < _MAX_DESCRIPTION else text[:_MAX_DESCRIPTION] + "..."
+
+
+def _reason(reason: object) -> str:
+    if isinstance(reason, Failure) and reason.value is not None:
+        return f"{type(reason.value).__name__}: {describe(reason.value)}"
+    return type(reason).__name__

@@ -8,18 +8,10 @@ from __future__ import annotations
 
 import re
 
-from attrs import evolve
+from attrs import evolve, frozen
 from twisted.web.iweb import IRequest
 
-from .._cache._errors import (
-    BlobUnknown,
-    DigestMismatch,
-    ManifestTooLarge,
-    ManifestUnknown,
-    PinRefused,
-    RepositoryUnknown,
-    StoreUnavailable,
-)
+from .._fetch._errors import CacheError
 from .._fetch._slots import Busy
 from .._identity._errors import Denied, Unauthenticated
 from .._policy import AccessDenied
@@ -27,7 +19,10 @@ from .._spec._auth import Challenge, format_challenge
 from .._spec._errors import ErrorCode, RegistryError
 from .._upstream._errors import UpstreamDenied, UpstreamRateLimited, UpstreamUnavailable
 
-__all__ = ["DEFAULT_RETRY_AFTER", "challenged", "internal_error", "registry_error", "render_error"]
+__all__ = [
+    "DEFAULT_RETRY_AFTER", "PlainAnswer", "challenged", "internal_error", "plain_answer", "read_only_error",
+    "registry_error", "render_error", "with_challenge",
+]
 
 _INTERNAL = RegistryError(ErrorCode.UNKNOWN, "internal error")
 
@@ -52,12 +47,6 @@ def registry_error(error: BaseException) -> RegistryError | None:
     match error:
         case RegistryError():
             return error
-        case BlobUnknown():
-            return RegistryError(ErrorCode.BLOB_UNKNOWN, str(error))
-        case ManifestUnknown():
-            return RegistryError(ErrorCode.MANIFEST_UNKNOWN, str(error))
-        case RepositoryUnknown():
-            return RegistryError(ErrorCode.NAME_UNKNOWN, str(error))
         # distribution-spec "Error Codes": 401 UNAUTHORIZED, 403 DENIED.
         case Unauthenticated():
             return RegistryError(ErrorCode.UNAUTHORIZED, str(error))
@@ -80,19 +69,11 @@ def registry_error(error: BaseException) -> RegistryError | None:
                                  headers=((b"retry-after", b"%d" % seconds),))
         # The upstream's fault, never a 500 of ours: 502 Bad Gateway
         # (RFC 9110 §15.6.3).
-        case DigestMismatch():
-            return RegistryError(ErrorCode.DIGEST_INVALID, str(error), status=502)
-        case ManifestTooLarge():
-            return RegistryError(ErrorCode.MANIFEST_INVALID, str(error), status=502)
         case UpstreamUnavailable():
             return RegistryError(ErrorCode.UPSTREAM_UNAVAILABLE, str(error), status=502)
-        # Ours, and passing: 503 Service Unavailable (RFC 9110 §15.6.4).
-        # A pin that cannot fit: the operator's request conflicts with the
-        # store's limit (RFC 9110 §15.5.10).
-        case PinRefused():
-            return RegistryError(ErrorCode.DENIED, str(error), status=409)
-        case StoreUnavailable():
-            return RegistryError(ErrorCode.UPSTREAM_UNAVAILABLE, str(error), status=503)
+        # Every front-end's domain errors say which registry error they are.
+        case CacheError(code=code, status=status):
+            return RegistryError(code, str(error), status=status, headers=error.headers())
     return None
 
 
@@ -105,7 +86,28 @@ def challenged(error: Unauthenticated, challenge: Challenge) -> RegistryError:
     answer = registry_error(error)
     if answer is None:
         raise TypeError("not an authentication error")
-    return evolve(answer, headers=(*answer.headers, (b"www-authenticate", format_challenge(challenge))))
+    return with_challenge(answer, challenge)
+
+
+def with_challenge(error: RegistryError, challenge: Challenge) -> RegistryError:
+    """
+    C{error}, a 401, with C{challenge} unless it already carries one: every
+    401 must say how to authenticate (RFC 9110 §15.5.2), the upstream's
+    refusal of our credentials too.  (The upstream's own challenge names
+    the upstream's realm, useless to our client: ours is sent instead.)
+    """
+    if any(name.lower() == b"www-authenticate" for name, _ in error.headers):
+        return error
+    return evolve(error, headers=(*error.headers, (b"www-authenticate", format_challenge(challenge))))
+
+
+def read_only_error() -> RegistryError:
+    """What a method other than GET and HEAD gets: ocicache is a read-only mirror."""
+    return RegistryError(
+        ErrorCode.UNSUPPORTED,
+        "ocicache is a read-only mirror: push and delete are not supported",
+        headers=((b"allow", b"GET, HEAD"),),
+    )
 
 
 def internal_error() -> RegistryError:
@@ -141,3 +143,31 @@ def _retry_after(error: RegistryError) -> bytes:
         if name.lower() == b"retry-after" and _RETRY_AFTER.fullmatch(value) is not None:
             return value
     return DEFAULT_RETRY_AFTER
+
+
+@frozen
+class PlainAnswer:
+    """
+    An answer in one line of C{text/plain}, for clients that show the
+    body to their user rather than read JSON (git: remote-curl's
+    C{show_http_message}).
+    """
+
+    status: int
+    message: str
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+def plain_answer(error: BaseException) -> PlainAnswer | None:
+    """
+    The registry error for C{error} (L{registry_error}, the one map), as a
+    status and a line of text; C{None} when it is not one we expect (a
+    bug: the caller logs it and answers 500).
+    """
+    answer = registry_error(error)
+    if answer is None:
+        return None
+    headers = answer.headers
+    if answer.status == 429 and not any(name.lower() == b"retry-after" for name, _ in headers):
+        headers = (*headers, (b"retry-after", DEFAULT_RETRY_AFTER))
+    return PlainAnswer(answer.status, answer.message, headers)

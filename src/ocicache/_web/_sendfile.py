@@ -66,7 +66,7 @@ def can_sendfile(request: Request, end: int | None) -> bool:
         _sendfile is not None
         and end is not None
         and not request.startedWriting
-        and request.method == b"GET"
+        and request.method in (b"GET", b"POST")  # a HEAD sends no body
         and type(transport) is tcp.Server
         and not getattr(transport, "TLS", False)
         and request.clientproto in (b"HTTP/1.1", b"HTTP/1.0")

@@ -24,6 +24,7 @@ generated from the same schema (L{_reference}).
     _reference.py  etc/ocicache.toml and docs/reference/configuration.md
 """
 
+from ._git import GitConfig, GitUpstreamConfig
 from ._load import WELL_KNOWN_UPSTREAMS, load_config, parse_config
 from ._local import CacheConfig, MetricsConfig, ServerConfig, default_cache_dir
 from ._names import check_glob
@@ -55,6 +56,8 @@ __all__ = [
     "CredentialCommand",
     "Credentials",
     "FleetConfig",
+    "GitConfig",
+    "GitUpstreamConfig",
     "MAX_STALE_LIMIT",
     "MetricsConfig",
     "OIDCIssuerConfig",

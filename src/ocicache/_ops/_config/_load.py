@@ -36,6 +36,7 @@ from ._access import AuthTable, RuleTable
 from ._admin import AdminTable
 from ._fields import render_path, structure
 from ._fleet import FleetTable
+from ._git import GitConfig, GitTable
 from ._local import CacheConfig, MetricsConfig, ServerConfig
 from ._proxy import ProxyTable
 from ._secrets import Files
@@ -91,6 +92,8 @@ class Section:
 
     documented: type | None = None
     """The schema the reference documents when C{schema} is chosen per table: the one with every key."""
+    gather: Callable[[tuple[Any, ...]], Any] | None = None
+    """For an array of tables: what the tables' values together make (C{None}: their tuple)."""
 
     def table_class(self, value: object) -> type:
         if isinstance(self.schema, type):
@@ -114,6 +117,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("proxy", ProxyTable, "proxy", example="commented"),
     Section("upstream", UpstreamTable, "upstreams", many=True, absent=_well_known),
     Section("rule", RuleTable, "rules", many=True, absent=tuple, example="commented"),
+    Section("git", GitTable, "git", many=True, absent=lambda: None, gather=GitConfig.gathered, example="commented"),
 )
 """The top-level tables, in the order they are read, documented and written in the example file."""
 
@@ -207,7 +211,11 @@ def parse_config(data: Mapping[str, object], environ: Mapping[str, str] | None =
                         built.append(_build(section, table, files, index))
                     except Invalid as e:
                         raise e.at(section.name, index) from None
-                values[section.attribute] = tuple(built)
+                try:
+                    values[section.attribute] = (
+                        tuple(built) if section.gather is None else section.gather(tuple(built)))
+                except Invalid as e:
+                    raise e.at(section.name) from None
             else:
                 try:
                     values[section.attribute] = _build(section, tables[section.name], files, None)

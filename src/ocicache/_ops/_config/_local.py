@@ -80,6 +80,17 @@ Retry-After and are closed; those already open are served as before.
 Default: derived from the descriptor limit (RLIMIT_NOFILE, whose soft
 value ocicache raises to the hard one at start-up): (limit - 256) / 2,
 e.g. 384 under `ulimit -n 1024`. A low limit is warned about at start-up.""")
+    max_connections_per_address: int | None = key(
+        Integer(0, refusal="must be 0 (no limit) or more"),
+        "Client connections at once from one address; unset: a quarter of max_connections; 0: no limit.",
+        example=96, shown="max_connections / 4",
+        note="""Client connections at once from one source address, so that one address
+(an attacker reopening sockets as fast as they close) cannot take every
+slot; past it, that address's new connections get a 503. Default: a quarter
+of max_connections. At max_connections, the connection idle longest is
+closed to admit a new one. Behind a load balancer or a NAT, where every
+client has the same address, set 0 (no limit) and let the balancer limit
+clients.""")
     max_header_bytes: int = key(_HEAD_SIZE, "The request's header fields at most, in bytes; more: 431.",
                                 default=16 << 10)
     max_headers: int = key(Integer(1, 10_000, "must be between 1 and 10000"),

@@ -17,7 +17,7 @@ import inspect
 import json
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from ._fields import KeyInfo, Table, keys
 from ._load import SECTIONS, Section
 from ._types import ListOf, Refused
 
-__all__ = ["EXAMPLE_PATH", "REFERENCE_PATH", "example_file", "main", "reference_page"]
+__all__ = ["EXAMPLE_PATH", "REFERENCE_PATH", "example_file", "main", "reference_page", "toml_literal"]
 
 EXAMPLE_PATH = Path("etc/ocicache.toml")
 REFERENCE_PATH = Path("docs/reference/configuration.md")
@@ -45,19 +45,26 @@ _HEADER = f"""\
 """
 
 
-def _toml(value: object) -> str:
+def toml_literal(value: object) -> str:
     """A TOML literal: strings, booleans, numbers, arrays and inline tables."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
+        # JSON string escapes are valid TOML basic-string escapes.
         return json.dumps(value)
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(item) for item in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{name} = {_toml(item)}" for name, item in value.items()) + " }"
+        return "[" + ", ".join(toml_literal(item) for item in value) + "]"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{_key(name)} = {toml_literal(item)}" for name, item in value.items()) + " }"
     raise TypeError(f"no TOML literal for {value!r}")
+
+
+def _key(name: object) -> str:
+    """A TOML key: bare when it may be, else quoted (TOML 1.0, "Keys")."""
+    text = str(name)
+    return text if re.fullmatch(r"[A-Za-z0-9_-]+", text) else json.dumps(text)
 
 
 def _plain(text: str | None) -> str:
@@ -98,7 +105,7 @@ def _table_lines(section: Section, schema: type, header: str) -> Iterator[str]:
             nested.append((name, described.kind.item.table))
             continue
         yield from _comment(described.note)
-        line = f"{name} = {_toml(_shown(described, default))}"
+        line = f"{name} = {toml_literal(_shown(described, default))}"
         yield f"# {line}" if _commented(section, described, default) else line
     for name, table in nested:
         yield from _table_lines(section, table, f"[[{section.name}.{name}]]")
@@ -127,7 +134,7 @@ def _default(described: KeyInfo, default: Any) -> str:
         return "required"
     if default is None or default is NOTHING:
         return "unset"
-    return f"`{_cell(_toml(described.kind.show(default)))}`"
+    return f"`{_cell(toml_literal(described.kind.show(default)))}`"
 
 
 def _reference_tables(name: str, schema: type) -> Iterator[str]:

@@ -9,7 +9,7 @@ tables (C{_upstream}, C{_access}, C{_storage}, C{_fleet}) once validated.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attrs import field, frozen
 from hyperlink import DecodedURL
@@ -19,6 +19,9 @@ from ._admin import AdminConfig
 from ._local import CacheConfig, MetricsConfig, ServerConfig
 from ._proxy import ProxyConfig
 from ._warm import WarmConfig
+
+if TYPE_CHECKING:
+    from ._git import GitConfig
 
 __all__ = [
     "AuthConfig", "Config", "ConfigError", "CredentialCommand", "Credentials", "FleetConfig", "MAX_STALE_LIMIT",
@@ -301,6 +304,8 @@ class Config:
     auth: AuthConfig | None = None
     """C{None}: no C{[auth]} section, every request is anonymous."""
     storage: StorageConfig = StorageConfig()
+    git: GitConfig | None = None
+    """The C{[[git]]} tables; C{None}: no git host is served."""
     admin: AdminConfig = AdminConfig()
     """The admin API's token and the pull log's retention (C{[admin]})."""
     proxy: ProxyConfig = ProxyConfig()

@@ -23,11 +23,11 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from .._cache._warm import Warmer
 from .._spec._closure import Platform, host_platform
 from .._spec._errors import ErrorCode, RegistryError
 from .._spec._reference import Digest, InvalidReference, parse_image_reference
-from ._errors import internal_error, registry_error, render_error
+from .._web._errors import internal_error, registry_error, render_error
+from ._warm import Warmer
 
 __all__ = ["PinsResource"]
 

@@ -34,8 +34,9 @@ from .._spec._reference import (
     validate_name,
 )
 from .._spec._referrers import ARTIFACT_TYPE_FILTER, is_media_type
+from .._web._errors import read_only_error
 
-__all__ = ["Endpoint", "Route", "namespace", "read_only_error", "route"]
+__all__ = ["Endpoint", "Route", "namespace", "route"]
 
 _MAX_SEGMENTS = 64
 
@@ -207,12 +208,4 @@ def _referrers_params(args: Mapping[bytes, Sequence[bytes]]) -> tuple[tuple[str,
             raise RegistryError(ErrorCode.PAGINATION_NUMBER_INVALID, "last is not a valid page cursor")
         params[name] = str(int(value)) if name == "n" else value
     return tuple(sorted(params.items()))
-
-
-def read_only_error() -> RegistryError:
-    return RegistryError(
-        ErrorCode.UNSUPPORTED,
-        "ocicache is a read-only mirror: push and delete are not supported",
-        headers=((b"allow", b"GET, HEAD"),),
-    )
 

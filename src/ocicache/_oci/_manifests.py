@@ -145,7 +145,13 @@ class ManifestService:
         health: DiskHealth | None = None,
         negative: NegativeCache | None = None,
         shared: SharedManifests | None = None,
+        on_stored: Callable[[str, int], None] = lambda digest, size: None,
     ) -> None:
+        """
+        @param on_stored: told of each manifest written to the store, with
+            its size (the store's tally of manifests).
+        """
+        self._on_stored = on_stored
         self._disk = disk
         self._fleet = FleetManifests(shared, disk.reactor, tag_ttl, MAX_MANIFEST_SIZE)
         self._reactor = disk.reactor
@@ -473,6 +479,7 @@ class ManifestService:
         """
         digest = manifest.digest
         await self._disk.run(self._store.write_small, Kind.MANIFEST, digest, manifest.body)
+        self._on_stored(str(digest), len(manifest.body))
         now = self._reactor.seconds()
         await self._metadata.put_manifest(str(digest), manifest.media_type, len(manifest.body), now)
         children = await self._disk.run(_children, manifest.body)

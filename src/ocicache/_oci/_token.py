@@ -15,7 +15,6 @@ tokens, C{403}: a token is never renewed by itself.
 from __future__ import annotations
 
 import json
-import time
 from typing import TYPE_CHECKING
 
 from attrs import define
@@ -27,12 +26,13 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from .._identity import ANONYMOUS, Identity
 from .._identity._errors import Unauthenticated
+from .._ops._clock import Stopwatch
 from .._ops._logging import log_access
 from .._spec._errors import ErrorCode, RegistryError
-from ._errors import challenged, internal_error, registry_error, render_error
+from .._web._errors import challenged, internal_error, registry_error, render_error
 
 if TYPE_CHECKING:
-    from ._resources import Services
+    from ._services import Services
 
 __all__ = ["TokenResource"]
 
@@ -60,9 +60,8 @@ class TokenResource(Resource):
         self._services = services
 
     def render(self, request: Request) -> int | bytes:
-        started = time.monotonic()
         asked = _Asked()
-        request.notifyFinish().addBoth(self._finished, request, asked, started)
+        request.notifyFinish().addBoth(self._finished, request, asked, Stopwatch())
         answering = Deferred.fromCoroutine(self._answer(request, asked))
         answering.addErrback(self._failed, request, asked)
         return NOT_DONE_YET
@@ -104,9 +103,9 @@ class TokenResource(Resource):
         request.write(render_error(request, error))
         request.finish()
 
-    def _finished(self, result: None | Failure, request: Request, asked: _Asked, started: float) -> None:
+    def _finished(self, result: None | Failure, request: Request, asked: _Asked, took: Stopwatch) -> None:
         asked.finished = True
-        duration = time.monotonic() - started
+        duration = took.elapsed()
         method = request.method.decode("ascii", "replace")
         code = request.code if result is None else 499
         self._services.metrics.request_done("token", method, code, duration)

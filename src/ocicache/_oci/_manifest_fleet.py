@@ -1,6 +1,6 @@
 """
 The fleet's view of tags and manifests, the manifest service's seam to the
-fleet as L{ocicache._cache._blobs.FleetStep} is the blob service's.
+fleet as L{ocicache._oci._blobs.FleetStep} is the blob service's.
 
 In a fleet (L{SharedManifests}, implemented in L{ocicache._fleet}), a node
 whose tag is not fresh first asks what another node checked against the

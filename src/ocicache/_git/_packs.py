@@ -1,0 +1,175 @@
+"""
+Upload-pack requests, the git front-end of the fetch core.
+
+A request whose response carries a pack (v0/v1, or v2 C{fetch}, that
+says C{done}) is an entry named by L{ResponseKey}: the local store, then a
+response in flight, walked by L{TierWalk}; on a miss one upstream request
+however many clients ask, its body streamed to all of them as it arrives
+and committed only once L{PackResponseCheck} passes.  A kept response is
+served only to a client with a live access proof (L{RefService.authorize}).
+
+Everything else (v2 C{ls-refs}, a negotiation round without C{done}) goes
+to the upstream every time and passes through memory, kept nowhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+from attrs import frozen
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.iweb import IResponse
+
+from .._fetch._download import Download
+from .._fetch._feed import Feed
+from .._fetch._fills import Fills
+from .._fetch._passthrough import PassThrough
+from .._fetch._result import CacheResult
+from .._fetch._sink import DiskSink
+from .._fetch._slots import Priority, Slot, Slots
+from .._fetch._source import Source
+from .._fetch._tiers import InFlightTier, StoreTier
+from .._fetch._walk import TierWalk, Want
+from .._storage._disk import Disk
+from .._storage._health import DiskHealth
+from .._storage._store import Kind
+from ._books import GitBooks
+from ._errors import GitUpstreamFailed
+from ._key import ResponseKey, Unchecked
+from ._mirror import Mirrors
+from ._pktline import parse_upload_request
+from ._refs import RefService, Who
+from ._result import GitResult
+from ._upstream import RESULT, GitUpstream
+
+__all__ = ["PackAnswer", "PackService"]
+
+log = Logger()
+
+_RESULTS = {CacheResult.HIT: GitResult.HIT, CacheResult.MISS: GitResult.MISS,
+            CacheResult.COALESCED: GitResult.COALESCED}
+
+
+@frozen
+class PackAnswer:
+    """
+    What a client is sent: the response bytes, how they were found, and
+    the entry's key (C{None}: passed through, not an entry).
+    """
+
+    source: Source
+    result: GitResult
+    key: ResponseKey | None = None
+
+
+class PackService:
+    """Finds, fetches and keeps upload-pack responses."""
+
+    def __init__(self, disk: Disk, books: GitBooks, refs: RefService, slots: Slots, health: DiskHealth,
+                 on_upstream_bytes: Callable[[str, int], None] = lambda upstream, count: None,
+                 mirrors: Mirrors | None = None) -> None:
+        """
+        @param mirrors: the bare mirrors that answer the requests to
+            C{mode = "mirror"} upstreams.
+        """
+        self._mirrors = mirrors
+        self._reactor: IReactorTime = disk.reactor
+        self._books = books
+        self._refs = refs
+        self._slots = slots
+        self._on_upstream_bytes = on_upstream_bytes
+        self._fills: Fills[ResponseKey] = Fills()
+        self._sink = DiskSink(disk, self._fills, books, health, Kind.GIT)
+        self._walk = TierWalk([StoreTier(disk.store, Kind.GIT, books.accessed), InFlightTier(self._fills)],
+                              self._fills)
+
+    @property
+    def inflight(self) -> dict[ResponseKey, Download]:
+        return self._fills.inflight
+
+    async def upload_pack(self, upstream: GitUpstream, who: Who, protocol: bytes | None, body: bytes) -> PackAnswer:
+        """
+        The answer to one C{git-upload-pack} POST with the (decompressed)
+        C{body}.  Raises L{BadGitRequest} for a malformed body, and the
+        upstream's refusal or failure.
+        """
+        request = parse_upload_request(body, protocol is not None and b"version=2" in protocol)
+        if request.command == "ls-refs":
+            refs = await self._refs.ls_refs(upstream, who, protocol, body)
+            return PackAnswer(_in_memory(refs.body), GitResult.STALE if refs.stale else GitResult.PASSTHROUGH)
+        if (self._mirrors is not None and upstream.config.mode == "mirror" and request.command in (None, "fetch")
+                and request.wants and not request.want_refs):
+            # Only for a client the upstream lets read the repository: the
+            # mirror was fetched with the configured credentials, not its own.
+            await self._refs.authorize(upstream, who)
+            path = await self._mirrors.ready(upstream, who.repo, request.wants)
+            if path is not None:
+                return PackAnswer(self._mirrors.serve(path, protocol, body, request.done), GitResult.MIRROR)
+        if not request.cacheable:
+            return PackAnswer(await self._pass(upstream, who, protocol, body), GitResult.PASSTHROUGH)
+        key = ResponseKey.of(upstream.name, who.repo, (protocol or b"").decode("ascii", "replace"), body)
+        hit = await self._walk.open(key, Want(), partial(self._refs.authorize, upstream, who),
+                                    partial(self._fill, upstream, who, protocol, body, key))
+        return PackAnswer(hit.source, _RESULTS.get(hit.result, GitResult.MISS), key)
+
+    def corrupt(self, key: ResponseKey) -> None:
+        """
+        A kept response did not pass its check as it was read: out of the
+        store, so that the next client fetches it again.
+        """
+        log.warn("{key} no longer matches its bytes on disk: removed", key=str(key))
+        removing = Deferred.fromCoroutine(self._books.capacity.delete([key.digest]))
+        removing.addErrback(lambda failure: log.failure("Could not remove {key}", failure, key=str(key)))
+
+    async def _post(self, upstream: GitUpstream, who: Who, protocol: bytes | None, body: bytes) -> IResponse:
+        response = await upstream.upload_pack(who.repo, who.authorization, protocol, body)
+        if response.code != 200:
+            raise await upstream.refused(response)
+        content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
+        if content_type.split(b";")[0].strip() != RESULT:
+            await upstream.refused(response)
+            raise GitUpstreamFailed(f"git upstream {upstream.name} sent no upload-pack result")
+        # The upstream let these credentials read the repository.
+        self._refs.proofs.prove(who, upstream.config.proof_ttl)
+        return response
+
+    async def _fill(self, upstream: GitUpstream, who: Who, protocol: bytes | None, body: bytes,
+                    key: ResponseKey) -> Download | PassThrough:
+        slot = await self._slots.acquire(upstream.name, Priority.BLOB)
+        try:
+            response = await self._post(upstream, who, protocol, body)
+        except BaseException:
+            slot.release()
+            raise
+        size = response.length if isinstance(response.length, int) else None
+        started = self._sink.open(key, size, f"{upstream.name}/{who.repo}")
+        started.settled.addBoth(_release, slot)
+        response.deliverBody(Feed(started, self._reactor, partial(self._on_upstream_bytes, upstream.name)))
+        return started
+
+    async def _pass(self, upstream: GitUpstream, who: Who, protocol: bytes | None, body: bytes) -> PassThrough:
+        response = await self._post(upstream, who, protocol, body)
+        key = ResponseKey.of(upstream.name, who.repo, "", body)
+        size = response.length if isinstance(response.length, int) else None
+        passing = PassThrough(key, size, verifier=Unchecked()).acquire()
+        passing.settled.addErrback(lambda failure: log.info(
+            "Upload-pack pass-through from {upstream} failed: {error}", upstream=upstream.name,
+            error=failure.getErrorMessage()))
+        response.deliverBody(Feed(passing, self._reactor, partial(self._on_upstream_bytes, upstream.name)))
+        return passing
+
+
+def _in_memory(body: bytes) -> PassThrough:
+    """A whole body already read, as a source the streamers read."""
+    source = PassThrough(ResponseKey.of("", "", "", body), len(body), verifier=Unchecked()).acquire()
+    source.write(body)
+    source.finish()
+    return source
+
+
+def _release(result: object, slot: Slot) -> object:
+    slot.release()
+    return result

@@ -1,0 +1,67 @@
+"""
+Conditional requests (RFC 9110 §13) on content named by a digest:
+C{If-None-Match} and C{If-Modified-Since}, evaluated in the order of
+§13.2.2 (C{If-None-Match} first; C{If-Modified-Since} only without it).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from email.utils import parsedate_to_datetime
+
+__all__ = ["not_modified"]
+
+# RFC 9110 §8.8.3: entity-tag = [ weak ] opaque-tag; weak = %s"W/";
+# opaque-tag = DQUOTE *etagc DQUOTE; etagc = %x21 / %x23-7E / obs-text.
+_ENTITY_TAG = re.compile(rb'\s*(?:W/)?("[\x21\x23-\x7e\x80-\xff]*")\s*')
+
+
+def _entity_tags(values: Sequence[bytes]) -> list[bytes] | None:
+    """
+    The opaque tags of an C{If-None-Match} list (its field lines joined,
+    RFC 9110 §5.3), or C{None} when it is malformed and so ignored.
+    """
+    tags = []
+    for value in values:
+        for member in value.split(b","):
+            if not member.strip():
+                continue  # RFC 9110 §5.6.1: empty list elements are ignored
+            match = _ENTITY_TAG.fullmatch(member)
+            if match is None:
+                return None
+            tags.append(match.group(1))
+    return tags
+
+
+def _is_http_date(values: Sequence[bytes]) -> bool:
+    """Whether C{If-Modified-Since} is one valid HTTP-date (RFC 9110 §5.6.7)."""
+    if len(values) != 1:
+        return False
+    try:
+        parsedate_to_datetime(values[0].decode("ascii"))
+    except (ValueError, TypeError, UnicodeDecodeError, IndexError):
+        return False
+    return True
+
+
+def not_modified(if_none_match: Sequence[bytes], if_modified_since: Sequence[bytes], etag: bytes,
+                 immutable: bool) -> bool:
+    """
+    Whether a C{GET} or C{HEAD} of the representation with strong
+    validator C{etag} is answered C{304 Not Modified}.
+
+    C{If-None-Match} (§13.1.2) is false, so 304, when C{*} or any listed
+    tag matches C{etag} by the weak comparison (C{W/"x"} matches C{"x"}).
+    When it is absent, C{If-Modified-Since} (§13.1.3) is false when the
+    representation has not changed since the date given: always, for
+    content named by its digest (C{immutable}), which has one
+    representation ever; otherwise there is no modification date and the
+    field is ignored.
+    """
+    if if_none_match:
+        if any(value.strip() == b"*" for value in if_none_match):
+            return True
+        tags = _entity_tags(if_none_match)
+        return tags is not None and etag in tags
+    return immutable and _is_http_date(if_modified_since)
