@@ -38,6 +38,8 @@ from .._storage._janitor import Janitor, verify_file
 from .._storage._metadata import Metadata, MetadataCorrupt, MetadataUnavailable, QuotaRow
 from .._storage._store import Kind, Store
 from .._version import __version__
+from ._admin_cli import ADMIN_COMMANDS, add_admin_commands, run_admin_command
+from ._clients_cli import add_clients_command, run_clients
 from ._warm_cli import add_commands, run_command
 
 __all__ = ["main"]
@@ -61,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
                              " and pulls per upstream")
     stats.add_argument("--json", action="store_true", help="print JSON")
     add_commands(command)
+    add_clients_command(command)
+    add_admin_commands(command)
     return parser
 
 
@@ -72,6 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         sys.stderr.write(f"ocicache: {e}\n")
         return 2
+    if arguments.command in ADMIN_COMMANDS:
+        return run_admin_command(config, arguments)
+    if arguments.command == "clients":
+        # This host's client files: neither the store nor the daemon.
+        return run_clients(config, arguments)
     if arguments.command in ("warm", "pin", "unpin", "pins"):
         # Through the running daemon: never the store behind its back.
         return run_command(config, arguments)

@@ -40,7 +40,7 @@ __all__ = ["Reloader", "restart_only_changes"]
 log = Logger()
 
 RELOADABLE_UPSTREAM_KEYS = frozenset({"credentials", "credential_command", "include", "exclude", "tags",
-                                      "digest_only"})
+                                      "digest_only", "offline"})
 """The L{UpstreamConfig} fields a reload swaps; every other field waits for a restart."""
 
 
@@ -71,6 +71,9 @@ def restart_only_changes(running: Config, new: Config) -> list[str]:
     if running.warm != new.warm:
         # The warm timers are set up at start.
         changed.append("warm")
+    if running.proxy != new.proxy:
+        # Each upstream's agent chose its routes at start.
+        changed.append("proxy")
     if running.fleet != new.fleet:
         # The Redis connection and the internal listener are set up at start.
         changed.append("fleet")
@@ -187,6 +190,14 @@ class Reloader:
             self._services.policy = policy
             for name, source in credentials.items():
                 self._upstreams[name].credentials = source
+            for name in credentials:
+                fresh = new.upstream_named(name)
+                # New credentials, a fixed upstream: a reload tries at once.
+                self._upstreams[name].circuit.reset()
+                if fresh is not None and self._upstreams[name].circuit.offline != fresh.offline:
+                    self._upstreams[name].circuit.offline = fresh.offline
+                    log.info("{upstream}: {state}", upstream=name,
+                             state="offline: serving only what the cache holds" if fresh.offline else "online again")
         except Exception:
             log.failure("Config reload failed, the running config stays in force")
             self._count("refused")

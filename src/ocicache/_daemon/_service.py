@@ -83,14 +83,18 @@ from .._storage._disk import Disk
 from .._storage._health import DiskHealth
 from .._storage._janitor import Janitor
 from .._storage._metadata import Metadata, MetadataUnavailable
+from .._storage._pull_log import PullLog
+from .._storage._purge import Purger
 from .._storage._scrub import Scrubber
 from .._storage._store import Kind, Store
 from .._upstream._client import Upstream, make_pool
 from .._upstream._tokens import TokenCache
+from .._web._admin import Admin, AdminResource
 from .._web._errors import challenged
 from .._web._operator import OperatorResource
 from .._web._root import RootResource
 from .._web._site import DrainingSite, QuietSite
+from .._web._status_page import RecentProblems, StatusPage, StatusSources
 from ._bucket_client import s3_client
 from ._housekeeping import Housekeeping
 from ._listening import ListenError, listener, plain_and_reachable
@@ -126,7 +130,8 @@ class OcicacheService(MultiService):
         self.http_pool = make_pool(reactor)
         tokens = TokenCache(reactor)
         self.upstreams = {
-            upstream.name: Upstream(upstream, reactor, self.http_pool, tokens, metrics=self.metrics)
+            upstream.name: Upstream(upstream, reactor, self.http_pool, tokens, metrics=self.metrics,
+                                    routes=config.proxy.routes_for(upstream.proxy))
             for upstream in config.upstreams
         }
         # One view of the disk's health, one bound on upstream fetches, for
@@ -206,11 +211,14 @@ class OcicacheService(MultiService):
         # MultiService's "services", the children), and what a reload swaps
         # parts of: the policy, the upstream credentials, and the
         # authenticator (authenticator_for the new config).
+        self.problems = RecentProblems()
+        self.pull_log = PullLog(os.path.join(self.store.root, "pulls"), config.admin.pull_log_days, reactor,
+                                disk.run)
         self.registry = services = Services(
             reactor, config, self.upstreams, self.blobs, self.manifests, self.metrics,
             referrers=referrers,
             tags=TagService(reactor, self._tag_ttl, negative=negative),
-            authenticator=self.authenticator_for(config))
+            authenticator=self.authenticator_for(config), on_pull=self.pull_log.record)
         children = registry_resources(services)
         if config.git is not None and config.git.upstreams:
             # Git repositories (docs/git.md): /git/, and its upload-pack bodies.
@@ -239,6 +247,12 @@ class OcicacheService(MultiService):
                 problems=self._store_problems,
             )
             operator.putChild(b"pins", PinsResource(self.warming.warmer, on_changed=self.warming.pins_changed))
+            operator.putChild(b"admin", AdminResource(Admin(
+                self.metadata, Purger(disk, self.capacity, self._manifests_removed), self.janitor, self.pull_log,
+                self.upstreams, self._default_upstream_name, reactor,
+                lambda: self.config.admin.token)))
+            operator.putChild(b"", StatusPage(StatusSources(
+                self.metrics, self.metadata, self.upstreams, lambda: self.blobs.inflight, self.problems, reactor)))
             operator_site = QuietSite(operator)
             operator_site.displayTracebacks = False
             self._listen(config.metrics.listen, operator_site)
@@ -260,6 +274,10 @@ class OcicacheService(MultiService):
         children[b"files"] = FilesResource(files, self._reactor, self.metrics, config.server, authenticate,
                                            self.registry.write_budget)
         return files
+
+    def _default_upstream_name(self) -> str | None:
+        default = self.config.default_upstream
+        return default.name if default is not None else None
 
     def _join_fleet(self, config: Config) -> Fleet | None:
         """With C{[fleet]}: this node's part in the fleet (L{ocicache._fleet})."""
@@ -433,6 +451,8 @@ class OcicacheService(MultiService):
         # The TimerService's first pass runs now and does the recovery.
         MultiService.startService(self)
         self.scrubber.start()
+        self.pull_log.start()
+        self.problems.start()
         if self.fleet is not None:
             self.fleet.start()
         self.reloader = Reloader(self.config_path, self.config, self.registry, self.upstreams, self._reactor,
@@ -529,10 +549,13 @@ class OcicacheService(MultiService):
         if scrubbing is not None:
             await scrubbing
         await self.housekeeping.flush_quota()
+        await self.pull_log.stop()
+        self.problems.stop()
         # Joined in a thread of its own: a commit still running finishes
         # without the reactor waiting on it.
         await deferToThread(self.disk_pool.stop)
-        closing = [self.metadata.close(), self.http_pool.closeCachedConnections()]
+        closing = [self.metadata.close(), self.http_pool.closeCachedConnections(),
+                   *(upstream.close() for upstream in self.upstreams.values())]
         if self.s3_pool is not None:
             closing.append(self.s3_pool.closeCachedConnections())
         await DeferredList(closing)

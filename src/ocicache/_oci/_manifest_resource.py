@@ -8,8 +8,11 @@ from __future__ import annotations
 from twisted.web.server import Request
 
 from .._fetch._result import CacheResult
+from .._identity import ANONYMOUS
+from .._policy import identity_text
 from .._spec._media_types import accepted_manifest_types
 from .._spec._reference import Digest
+from .._storage._pull_log import Pull
 from .._upstream._client import Upstream
 from .._web._exchange import Exchange
 from .._web._responses import (
@@ -50,3 +53,9 @@ async def answer_manifest(services: Services, request: Request, exchange: Exchan
     request.setHeader(b"etag", etag(manifest.digest))
     exchange.bytes = send_bytes(request, exchange, manifest.body, manifest.media_type.encode("ascii"))
     count_bytes(services.metrics, lookup.result, exchange.bytes)
+    if request.method == b"GET":
+        # The pull log: the identity proven, else the client's address.
+        who = (identity_text(exchange.identity) if exchange.identity is not ANONYMOUS
+               else str(getattr(request.getClientAddress(), "host", "-")))
+        services.on_pull(Pull(services.reactor.seconds(), who, upstream.name, target.repo, str(reference),
+                              str(manifest.digest)))

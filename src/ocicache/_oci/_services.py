@@ -4,6 +4,8 @@ L{Services}: everything the resources need, wired once by the daemon.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThread
 
@@ -11,6 +13,7 @@ from .._identity._authenticator import Authenticator, build_authenticator
 from .._ops._config import Config
 from .._ops._metrics import Metrics
 from .._policy import Policy
+from .._storage._pull_log import Pull
 from .._upstream._client import Upstream
 from .._web._streamer import WriteBudget
 from ._blobs import BlobService
@@ -40,8 +43,11 @@ class Services:
         tags: TagService | None = None,
         referrers: ReferrerService | None = None,
         authenticator: Authenticator | None = None,
+        on_pull: Callable[[Pull], None] = lambda pull: None,
     ) -> None:
         self.reactor = reactor
+        self.on_pull = on_pull
+        """Told of every manifest GET answered (the pull log)."""
         self.config = config
         self.upstreams = upstreams
         self.blobs = blobs

@@ -144,6 +144,13 @@ class Metrics:
             "ocicache_upstream_ratelimited",
             "1 while the upstream is left alone after a 429, until its Retry-After or window passes.",
             ["upstream"], registry=registry)
+        self.circuit_open = Gauge(
+            "ocicache_upstream_circuit_open",
+            "1 while the upstream's circuit is open (not called after failures in a row) or it is offline.",
+            ["upstream"], registry=registry)
+        self.circuit_changes = Counter(
+            "ocicache_upstream_circuit_changes", "The upstream's circuit opening and closing.",
+            ["upstream", "to"], registry=registry)
         self.pull_equivalents = Counter(
             "ocicache_pull_equivalents",
             "Manifest GETs, as Docker Hub counts pulls: made upstream, or saved (a client's GET answered"

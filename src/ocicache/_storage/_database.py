@@ -470,6 +470,13 @@ class Database:
 
         return self._run(guarded)
 
+    def read(self, work: Callable[[sqlite3.Connection], T]) -> Deferred[T]:
+        """
+        Run a query function of another module (L{ocicache._storage._catalog})
+        on the database thread, as this class's own methods run theirs.
+        """
+        return self._with_db(work)
+
     def _execute(self, sql: str, *args: Any) -> Deferred[list[tuple[Any, ...]]]:
         return self._with_db(lambda db: db.execute(sql, args).fetchall())
 

@@ -22,17 +22,19 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from .._ops._clock import Stopwatch
 from .._ops._config import Credentials, UpstreamConfig
+from .._ops._config._proxy import DIRECT, ProxyRoutes
 from .._ops._metrics import Metrics
 from .._spec._auth import Challenge, parse_token_response, parse_www_authenticate
 from .._spec._referrers import IMAGE_INDEX
 from .._version import __version__
 from ._body import discard_body, read_body
+from ._circuit import Circuit, status_error
 from ._credentials import CredentialSource, credentials_for
 from ._errors import (
     Unavailability,
@@ -42,6 +44,7 @@ from ._errors import (
     describe,
     unavailability_of,
 )
+from ._proxy import RoutedAgent
 from ._ratelimit import Quota, parse_ratelimit, parse_retry_after
 from ._refusals import Refusals
 from ._tls import UpstreamTLSPolicy
@@ -93,6 +96,7 @@ class Upstream:
         pool: HTTPConnectionPool,
         tokens: TokenCache,
         metrics: Metrics | None = None,
+        routes: ProxyRoutes = DIRECT,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -102,13 +106,11 @@ class Upstream:
         self._metrics = metrics
         self._tokens = tokens
         self._response_timeout = config.response_timeout
-        agent = Agent(
-            reactor,
-            contextFactory=UpstreamTLSPolicy(config),
-            connectTimeout=config.connect_timeout,
-            pool=pool,
-        )
-        self._http = HTTPClient(agent)
+        # Direct, or through the outbound proxy that routes choose per URL:
+        # the registry, its token realm and its CDN redirects alike.
+        self._agent = RoutedAgent(reactor, routes, UpstreamTLSPolicy(config), config.connect_timeout, pool,
+                                  config.name)
+        self._http = HTTPClient(self._agent)
         # The last Bearer challenge seen: lets later requests fetch their
         # token up front instead of paying a 401 round trip each.
         self._bearer: Challenge | None = None
@@ -120,6 +122,8 @@ class Upstream:
         self._logins: dict[TokenKey, list[Deferred[str | None]]] = {}
         self.quota = Quota()
         """What the upstream's responses said of its pull quota (L{note_quota})."""
+        self.circuit = Circuit(self.name, reactor, metrics, offline=config.offline)
+        """Its circuit breaker and offline switch: every exchange asks it first."""
         self._below_floor = False
         self._limited = False
         self._chain_checked = False
@@ -142,6 +146,10 @@ class Upstream:
             # A mirror tier serves many registries: say which one this is for.
             url = url.add("ns", ns)
         return _Target(url, f"repository:{repo}:pull", _KINDS.get(segments[0], "other"))
+
+    def close(self) -> Deferred[None]:
+        """Close the connections this upstream keeps through a proxy (the shared pool is its owner's)."""
+        return self._agent.close()
 
     # -- the API ocicache uses
 
@@ -181,6 +189,26 @@ class Upstream:
         target: _Target,
         headers: Mapping[bytes, list[bytes]],
         follow_redirects: bool = False,
+    ) -> IResponse:
+        """
+        One exchange, if the circuit lets it begin: each call in it gives
+        the circuit a verdict (L{_request}), and a final 401 is one too.
+        """
+        probe = self.circuit.admit()
+        try:
+            response = await self._exchange(method, target, headers, follow_redirects)
+            if response.code == 401:
+                self.circuit.failed(UpstreamDenied(f"{self.name} answered 401", 401))
+            return response
+        finally:
+            self.circuit.release(probe)
+
+    async def _exchange(
+        self,
+        method: str,
+        target: _Target,
+        headers: Mapping[bytes, list[bytes]],
+        follow_redirects: bool,
     ) -> IResponse:
         credentials = await self.credentials.get()
         scoped = _ScopeRefusal(target.scope, credentials)
@@ -286,8 +314,17 @@ class Upstream:
                 message = f"{self.name}: no answer within {self._response_timeout:g}s (response_timeout)"
             else:
                 message = f"{self.name}: {type(e).__name__}: {_describe(e)}"
-            raise UpstreamUnavailable(message, why) from None
+            unavailable = UpstreamUnavailable(message, why)
+            self.circuit.failed(unavailable)
+            raise unavailable from None
         self._observe(kind, str(response.code), took)
+        # A registry's 401 is a challenge until the exchange ends in it
+        # (L{_send}); a token server's is a refusal.
+        failure = status_error(response.code)
+        if failure is None:
+            self.circuit.succeeded()
+        elif response.code != 401 or kind == "token":
+            self.circuit.failed(failure)
         self.note_quota(response)
         if not self._chain_checked:
             self._check_chain(response)

@@ -33,11 +33,13 @@ from hyperlink import DecodedURL
 
 from ..._spec._reference import parse_image_reference
 from ._access import AuthTable, RuleTable
+from ._admin import AdminTable
 from ._fields import render_path, structure
 from ._files import FilesCacheTable, FilesConfig, FilesTable
 from ._fleet import FleetTable
 from ._git import GitConfig, GitTable
 from ._local import CacheConfig, MetricsConfig, ServerConfig
+from ._proxy import ProxyTable
 from ._secrets import Files
 from ._storage import S3Table, storage_table
 from ._types import Invalid
@@ -112,6 +114,8 @@ SECTIONS: tuple[Section, ...] = (
     Section("warm", WarmConfig, "warm", many=True, absent=tuple),
     Section("auth", AuthTable, "auth", absent=lambda: None, example="commented"),
     Section("storage", storage_table, "storage", absent=StorageConfig, example="keys", documented=S3Table),
+    Section("admin", AdminTable, "admin", example="commented"),
+    Section("proxy", ProxyTable, "proxy", example="commented"),
     Section("upstream", UpstreamTable, "upstreams", many=True, absent=_well_known),
     Section("rule", RuleTable, "rules", many=True, absent=tuple, example="commented"),
     Section("git", GitTable, "git", many=True, absent=lambda: None, gather=GitConfig.gathered, example="commented"),

@@ -74,6 +74,11 @@ class Files:
         except ValueError as e:
             raise Invalid(str(e), (key,)) from None
 
+    @property
+    def environ(self) -> Mapping[str, str]:
+        """The environment, for the keys whose default is read from it (the outbound proxy)."""
+        return self._environ
+
     def readable(self, key: str, path: str | None) -> str | None:
         """C{path}, once it is known to be a file (a CA bundle read later by TLS)."""
         if path is not None and not os.path.isfile(path):

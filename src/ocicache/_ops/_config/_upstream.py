@@ -13,6 +13,7 @@ from hyperlink import DecodedURL
 
 from ._fields import key
 from ._names import REGISTRY_HOST, Argv, Glob, HttpURL
+from ._proxy import ProxyURL
 from ._secrets import Files
 from ._types import BOOLEAN, POSITIVE, Choice, CountOrPercent, Duration, Integer, Invalid, ListOf, Refused, Subset, Text
 from ._values import MAX_STALE_LIMIT, STALE_FAILURES, CredentialCommand, Credentials, StalePolicy, UpstreamConfig
@@ -173,6 +174,12 @@ redirect, a body cut short, an unexpected status), "429" (rate limited),
     on_404: str = key(Choice(("keep", "forget")), '"keep": a 404 for a cached tag serves it stale; "forget": 404.',
                       default=_STALE.on_404)
 
+    proxy: str | None = key(ProxyURL(empty=True), 'This upstream\'s outbound proxy (see [proxy]); "": direct.',
+                            example="http://proxy.internal:3128", shown="[proxy] url")
+
+    offline: bool = key(BOOLEAN, "Never call it: serve only what the cache holds (a SIGHUP applies a change).",
+                        default=False)
+
     def check(self) -> None:
         """The rules between keys, before anything is read."""
         self.check_program()
@@ -211,5 +218,6 @@ redirect, a body cut short, an unexpected status), "429" (rate limited),
             response_timeout=self.response_timeout, include=self.include or (), exclude=self.exclude or (),
             tags=self.tags or (), digest_only=self.digest_only, credential_command=self.program(self.url),
             kind=self.kind, ns=self.ns, token=token, quota_floor=self.quota_floor, quota_stretch=self.quota_stretch,
-            stale=StalePolicy(self.stale_on, self.max_stale, self.on_404),
+            stale=StalePolicy(self.stale_on, self.max_stale, self.on_404), proxy=self.proxy,
+            offline=self.offline,
         )

@@ -15,7 +15,9 @@ from attrs import field, frozen
 from hyperlink import DecodedURL
 
 from ..._identity._auth_files import StaticToken
+from ._admin import AdminConfig
 from ._local import CacheConfig, MetricsConfig, ServerConfig
+from ._proxy import ProxyConfig
 from ._warm import WarmConfig
 
 if TYPE_CHECKING:
@@ -137,6 +139,10 @@ class UpstreamConfig:
     quota_stretch: float = 21600.0
     """The tag TTL while the upstream's remaining pulls are below C{quota_floor}."""
     stale: StalePolicy = StalePolicy()
+    offline: bool = False
+    """Never called: only what the cache holds is served (L{ocicache._upstream._circuit})."""
+    proxy: str | None = None
+    """Its outbound proxy URL, C{""} for none; C{None}: C{[proxy]}'s (L{ProxyConfig.routes_for})."""
 
     @property
     def mirror_ns(self) -> str | None:
@@ -305,6 +311,10 @@ class Config:
     files_cache: FilesCacheTable | None = None
     """C{[files_cache]}; C{None}: no such table."""
     """The C{[[git]]} tables; C{None}: no git host is served."""
+    admin: AdminConfig = AdminConfig()
+    """The admin API's token and the pull log's retention (C{[admin]})."""
+    proxy: ProxyConfig = ProxyConfig()
+    """The outbound proxy of the upstreams (C{[proxy]}, else the environment)."""
 
     @property
     def files(self) -> FilesConfig | None:
