@@ -478,3 +478,13 @@ def test_apt_by_hash_indexes_are_verified_and_list_the_packages(world: World) ->
     assert status == 200 and length == len(real) and received < len(real)
     hashed.write_bytes(real)
     assert http_request(url)[2] == real
+
+
+def test_a_transfer_cut_short_is_never_kept(world: World) -> None:
+    world.hop.fail_mid_stream(5 << 20, path_contains="/files/big.bin")
+    status, length, received = _partial(f"{world.daemon.url}/files/plain/big.bin")
+    assert status == 200 and length == len(world.big) and received < len(world.big)
+    assert http_request(f"{world.daemon.url}/files/plain/big.bin")[2] == world.big
+    assert world.hop.count("GET", "/files/big.bin") == 2
+    assert http_request(f"{world.daemon.url}/files/plain/big.bin")[2] == world.big
+    assert world.hop.count("GET", "/files/big.bin") == 2
