@@ -67,7 +67,12 @@ class World:
             f'[[files]]\nname = "rpms"\nurl = "{self.hop.url}/rpm"\nkind = "rpm"\nmutable_ttl = "{TTL}s"\n'
             f'[[files]]\nname = "alpine"\nurl = "{self.hop.url}/alpine"\nkind = "apk"\nmutable_ttl = "{TTL}s"\n'
             + extra)
-        self.daemon = Daemon(str(config), port=port, workdir=str(tmp)).start()
+        try:
+            self.daemon = Daemon(str(config), port=port, workdir=str(tmp)).start()
+        except BaseException:
+            self.hop.stop()
+            self.nginx.stop()
+            raise
         self.url = f"{self.daemon.url}/files/debian"
 
     def stop(self) -> None:
