@@ -112,8 +112,12 @@ class _AptCacherNg:
             f"Port: {self.port}\nBindAddress: 127.0.0.1\nForeGround: 1\nPidFile: {self.workdir}/pid\n"
             f"Remap-bench: /bench ; {self.upstream}/\n")
         self.proc = spawn([binary, "-c", str(conf)], str(self.workdir / "acng.out"), str(self.workdir))
-        wait_for_http(f"http://127.0.0.1:{self.port}/acng-report.html", expect=(200, 403, 404, 503), proc=self.proc,
-                      what="apt-cacher-ng", log=str(self.workdir / "acng.out"))
+        try:
+            wait_for_http(f"http://127.0.0.1:{self.port}/acng-report.html", expect=(200, 403, 404, 503),
+                          proc=self.proc, what="apt-cacher-ng", log=str(self.workdir / "acng.out"))
+        except BaseException:
+            self.stop()  # it may run without ever answering
+            raise
         return self
 
     @property

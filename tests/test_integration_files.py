@@ -67,7 +67,12 @@ class World:
             f'[[files]]\nname = "rpms"\nurl = "{self.hop.url}/rpm"\nkind = "rpm"\nmutable_ttl = "{TTL}s"\n'
             f'[[files]]\nname = "alpine"\nurl = "{self.hop.url}/alpine"\nkind = "apk"\nmutable_ttl = "{TTL}s"\n'
             + extra)
-        self.daemon = Daemon(str(config), port=port, workdir=str(tmp)).start()
+        try:
+            self.daemon = Daemon(str(config), port=port, workdir=str(tmp)).start()
+        except BaseException:
+            self.hop.stop()
+            self.nginx.stop()
+            raise
         self.url = f"{self.daemon.url}/files/debian"
 
     def stop(self) -> None:
@@ -478,3 +483,13 @@ def test_apt_by_hash_indexes_are_verified_and_list_the_packages(world: World) ->
     assert status == 200 and length == len(real) and received < len(real)
     hashed.write_bytes(real)
     assert http_request(url)[2] == real
+
+
+def test_a_transfer_cut_short_is_never_kept(world: World) -> None:
+    world.hop.fail_mid_stream(5 << 20, path_contains="/files/big.bin")
+    status, length, received = _partial(f"{world.daemon.url}/files/plain/big.bin")
+    assert status == 200 and length == len(world.big) and received < len(world.big)
+    assert http_request(f"{world.daemon.url}/files/plain/big.bin")[2] == world.big
+    assert world.hop.count("GET", "/files/big.bin") == 2
+    assert http_request(f"{world.daemon.url}/files/plain/big.bin")[2] == world.big
+    assert world.hop.count("GET", "/files/big.bin") == 2

@@ -104,8 +104,12 @@ class Nginx:
             "}\n")
         self.proc = spawn([binary, "-c", str(conf), "-p", str(self.workdir)], str(self.workdir / "nginx.out"),
                           str(self.workdir))
-        wait_for_http(self.url + "/", expect=(200, 403, 404), proc=self.proc, what="nginx",
-                      log=str(self.workdir / "error.log"))
+        try:
+            wait_for_http(self.url + "/", expect=(200, 403, 404), proc=self.proc, what="nginx",
+                          log=str(self.workdir / "error.log"))
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:

@@ -26,8 +26,11 @@ __all__ = ["Listed"]
 
 log = Logger()
 
-MAX_LISTED = 4_000_000
-"""Packages remembered at most, all remotes together (a few hundred MiB at worst)."""
+MAX_LISTED = 500_000
+"""
+Packages remembered at most, all remotes together: about 500 bytes each,
+so 250 MiB at worst; Debian's main suite lists some 65,000 per architecture.
+"""
 
 
 class Listed:
