@@ -17,7 +17,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from .._fetch._result import CacheResult
+from .._ops._clock import Stopwatch
 from .._ops._config import ServerConfig
+from .._ops._logging import log_access
 from .._ops._metrics import Metrics
 from .._spec._errors import ErrorCode, RegistryError
 from .._spec._range import Unsatisfiable, if_range_holds, parse_range
@@ -87,6 +89,7 @@ class FilesResource(Resource):
             return
         found = await self._files.lookup(name, path, ranged=request.getHeader(b"range") is not None)
         result = found.hit.result
+        state.result = result
         source = found.hit.source
         if state.finished:
             source.release()
@@ -123,7 +126,10 @@ class FilesResource(Resource):
                 start, end = wanted.start, wanted.end
             request.setHeader(b"content-length", b"%d" % ((end if end is not None else total) - start))
         served = self._metrics.bytes_served.labels("upstream" if result is CacheResult.MISS else "cache")
-        on_bytes = served.inc
+
+        def on_bytes(count: int) -> None:
+            state.bytes += count
+            served.inc(count)
         if self._server.sendfile and end is not None and can_sendfile(request, end):
             by_sendfile = self._metrics.sendfile_bytes
 
@@ -165,16 +171,27 @@ class FilesResource(Resource):
         request.finish()
 
     def _finished(self, result: None | Failure, request: Request, state: _State) -> None:
-        # The site writes the access event and counts the request (route
-        # "other"); the cache's answer is in ocicache_files_requests.
         state.finished = True
+        duration = state.took.elapsed()
+        method = request.method.decode("ascii", "replace")
+        code = request.code if result is None else 499
+        self._metrics.request_done("files", method, code, duration)
+        log_access(method, request.uri.decode("ascii", "replace"), code, max(state.bytes, request.sentLength),
+                   duration, state.result)
 
 
 class _State:
-    """Whether the client is gone (the response ended, or the connection was lost)."""
+    """
+    What one request did, for its access event: whether the client is gone
+    (the response ended, or the connection was lost), the cache's answer
+    and the body bytes sent.
+    """
 
     def __init__(self) -> None:
         self.finished = False
+        self.result: CacheResult | None = None
+        self.bytes = 0
+        self.took = Stopwatch()
 
 
 def _etag(key: FileKey) -> bytes:
