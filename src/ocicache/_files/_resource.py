@@ -17,14 +17,13 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from .._fetch._result import CacheResult
-from .._ops._clock import Stopwatch
 from .._ops._config import ServerConfig
-from .._ops._logging import log_access
 from .._ops._metrics import Metrics
 from .._spec._errors import ErrorCode, RegistryError
 from .._spec._range import Unsatisfiable, if_range_holds, parse_range
 from .._version import __version__
 from .._web._errors import internal_error, registry_error, render_error
+from .._web._exchange import Exchange
 from .._web._sendfile import SendfileStreamer, can_sendfile
 from .._web._streamer import Streamer, WriteBudget, abort_response
 from ._errors import BadPath, RemoteUnknown
@@ -60,13 +59,13 @@ class FilesResource(Resource):
 
     def render(self, request: Request) -> int:
         request.setHeader(b"server", SERVER)
-        state = _State()
-        request.notifyFinish().addBoth(self._finished, request, state)
+        state = Exchange(route="files")
+        request.notifyFinish().addBoth(state.ended, request, self._metrics)
         handling = Deferred.fromCoroutine(self._handle(request, state))
         handling.addErrback(self._failed, request, state)
         return NOT_DONE_YET
 
-    async def _handle(self, request: Request, state: _State) -> None:
+    async def _handle(self, request: Request, state: Exchange) -> None:
         if request.method not in (b"GET", b"HEAD"):
             raise RegistryError(ErrorCode.UNSUPPORTED, "files are read-only: GET or HEAD", status=405,
                                 headers=((b"allow", b"GET, HEAD"),))
@@ -142,7 +141,7 @@ class FilesResource(Resource):
         else:
             Streamer(request, source, start, end, self._reactor, on_bytes, self._budget).start()
 
-    async def _head(self, request: Request, state: _State, name: str, path: FilePath) -> None:
+    async def _head(self, request: Request, state: Exchange, name: str, path: FilePath) -> None:
         size = await self._files.size(name, path)
         if size is None:
             # Not stored: the remote's own HEAD (nothing fetched, nothing kept).
@@ -155,7 +154,7 @@ class FilesResource(Resource):
             request.setHeader(b"content-length", b"%d" % size)
         request.finish()
 
-    def _failed(self, failure: Failure, request: Request, state: _State) -> None:
+    def _failed(self, failure: Failure, request: Request, state: Exchange) -> None:
         error = registry_error(failure.value) if failure.value is not None else None
         if error is None:
             log.failure("Unexpected error answering {method} {uri}", failure,
@@ -169,29 +168,6 @@ class FilesResource(Resource):
             return
         request.write(render_error(request, error))
         request.finish()
-
-    def _finished(self, result: None | Failure, request: Request, state: _State) -> None:
-        state.finished = True
-        duration = state.took.elapsed()
-        method = request.method.decode("ascii", "replace")
-        code = request.code if result is None else 499
-        self._metrics.request_done("files", method, code, duration)
-        log_access(method, request.uri.decode("ascii", "replace"), code, max(state.bytes, request.sentLength),
-                   duration, state.result)
-
-
-class _State:
-    """
-    What one request did, for its access event: whether the client is gone
-    (the response ended, or the connection was lost), the cache's answer
-    and the body bytes sent.
-    """
-
-    def __init__(self) -> None:
-        self.finished = False
-        self.result: CacheResult | None = None
-        self.bytes = 0
-        self.took = Stopwatch()
 
 
 def _etag(key: FileKey) -> bytes:

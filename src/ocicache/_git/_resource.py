@@ -18,7 +18,6 @@ import re
 import zlib
 from typing import IO
 
-from attrs import define
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -26,11 +25,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from .._fetch._source import Source, StoredFile
-from .._ops._clock import Stopwatch
-from .._ops._logging import log_access
 from .._ops._metrics import Metrics
 from .._storage._disk import Disk
 from .._web._errors import plain_answer
+from .._web._exchange import Exchange
 from .._web._sendfile import SendfileStreamer, can_sendfile
 from .._web._streamer import Streamer, WriteBudget, abort_response
 from ._config import GitConfig
@@ -67,16 +65,9 @@ def takes_body(method: bytes, target: bytes) -> int:
 
 
 _ROUTES: dict[str, str] = {GitEndpoint.REFS: "git-refs", GitEndpoint.UPLOAD_PACK: "git-upload-pack"}
+_ENDPOINTS = {route: str(endpoint) for endpoint, route in _ROUTES.items()}
+"""The git_requests metric's endpoint label of each route."""
 """The C{route} label of C{ocicache_http_requests_total} for each endpoint; C{git} before routing."""
-
-
-@define
-class _Exchange:
-    endpoint: str = "git"
-    result: GitResult | None = None
-    upstream: str | None = None
-    bytes: int = 0
-    finished: bool = False
 
 
 class GitResource(Resource):
@@ -99,20 +90,20 @@ class GitResource(Resource):
         self._budget = budget if budget is not None else WriteBudget()
 
     def render(self, request: Request) -> int:
-        exchange = _Exchange()
-        request.notifyFinish().addBoth(self._finished, request, exchange, Stopwatch())
+        exchange = Exchange(route="git")
+        request.notifyFinish().addBoth(exchange.ended, request, self._metrics)
         handling = Deferred.fromCoroutine(self._handle(request, exchange))
         handling.addErrback(self._failed, request, exchange)
         return NOT_DONE_YET
 
-    async def _handle(self, request: Request, exchange: _Exchange) -> None:
+    async def _handle(self, request: Request, exchange: Exchange) -> None:
         # The raw path: the grammar has no percent-encoding, so "%2e%2e"
         # must stay visible to it.
         segments = request.path.partition(b"?")[0].split(b"/")[2:]
         target = route_git(segments, request.method, request.args or {}, self._config)
         upstream = self._upstreams[target.upstream.name]
         exchange.upstream = upstream.name
-        exchange.endpoint = str(target.endpoint)
+        exchange.route = _ROUTES.get(target.endpoint, "git")
         protocol = request.getHeader(b"git-protocol")
         if protocol is not None and _PROTOCOL.fullmatch(protocol) is None:
             raise BadGitRequest("Git-Protocol is not a list of key=value parameters")
@@ -122,7 +113,7 @@ class GitResource(Resource):
         else:
             await self._upload_pack(request, exchange, upstream, who, protocol)
 
-    async def _advertise(self, request: Request, exchange: _Exchange, upstream: GitUpstream, who: Who,
+    async def _advertise(self, request: Request, exchange: Exchange, upstream: GitUpstream, who: Who,
                          protocol: bytes | None) -> None:
         """C{info/refs}: the upstream's advertisement (gitprotocol-http(5), "Smart Clients")."""
         advertisement = await self._refs.advertise(upstream, who, protocol)
@@ -138,7 +129,7 @@ class GitResource(Resource):
             exchange.bytes = len(advertisement.body)
         request.finish()
 
-    async def _upload_pack(self, request: Request, exchange: _Exchange, upstream: GitUpstream, who: Who,
+    async def _upload_pack(self, request: Request, exchange: Exchange, upstream: GitUpstream, who: Who,
                            protocol: bytes | None) -> None:
         """C{git-upload-pack}: its body read and checked, then answered by L{PackService}."""
         content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip()
@@ -156,7 +147,7 @@ class GitResource(Resource):
         self._count(exchange)
         self._send(request, exchange, answer)
 
-    def _send(self, request: Request, exchange: _Exchange, answer: PackAnswer) -> None:
+    def _send(self, request: Request, exchange: Exchange, answer: PackAnswer) -> None:
         """
         Stream C{source} to the client: with sendfile and a length when it
         is kept, chunked as it arrives otherwise (its end, or its failure
@@ -188,11 +179,11 @@ class GitResource(Resource):
                 source = source.verified(answer.key, self._packs.corrupt)
         Streamer(request, source, 0, end, self._disk.reactor, on_bytes, self._budget).start()
 
-    def _count(self, exchange: _Exchange) -> None:
+    def _count(self, exchange: Exchange) -> None:
         if exchange.result is not None and exchange.upstream is not None:
-            self._metrics.git_requests.labels(exchange.upstream, exchange.endpoint, exchange.result).inc()
+            self._metrics.git_requests.labels(exchange.upstream, _ENDPOINTS[exchange.route], exchange.result).inc()
 
-    def _failed(self, failure: Failure, request: Request, exchange: _Exchange) -> None:
+    def _failed(self, failure: Failure, request: Request, exchange: Exchange) -> None:
         answer = plain_answer(failure.value) if failure.value is not None else None
         if answer is None:
             log.failure("Unexpected error answering {method} {uri}", failure,
@@ -214,15 +205,6 @@ class GitResource(Resource):
         if request.method != b"HEAD":
             request.write(body)
         request.finish()
-
-    def _finished(self, result: None | Failure, request: Request, exchange: _Exchange, took: Stopwatch) -> None:
-        exchange.finished = True
-        duration = took.elapsed()
-        method = request.method.decode("ascii", "replace")
-        code = request.code if result is None else 499
-        self._metrics.request_done(_ROUTES.get(exchange.endpoint, "git"), method, code, duration)
-        log_access(method, request.uri.decode("ascii", "replace"), code, max(exchange.bytes, request.sentLength),
-                   duration, exchange.result, exchange.upstream, "-")
 
 
 def _read_body(content: IO[bytes], gzipped: bool) -> bytes:

@@ -24,8 +24,6 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from .._identity import ANONYMOUS
 from .._identity._errors import Unauthenticated
-from .._ops._clock import Stopwatch
-from .._ops._logging import log_access
 from .._policy import AccessDenied, Decision, ReferenceKind, decide, identity_text
 from .._spec._errors import ErrorCode, RegistryError
 from .._spec._reference import Digest, is_registry_host
@@ -74,7 +72,7 @@ class RegistryResource(Resource):
     def render(self, request: Request) -> int | bytes:
         common_headers(request)
         exchange = Exchange()
-        request.notifyFinish().addBoth(self._finished, request, exchange, Stopwatch())
+        request.notifyFinish().addBoth(exchange.ended, request, self._services.metrics)
         handling = Deferred.fromCoroutine(self._handle(request, exchange))
         handling.addErrback(self._failed, request, exchange)
         return NOT_DONE_YET
@@ -192,20 +190,6 @@ class RegistryResource(Resource):
         body = render_error(request, error)
         request.write(body)
         request.finish()
-
-    def _finished(self, result: None | Failure, request: Request, exchange: Exchange, took: Stopwatch) -> None:
-        exchange.finished = True
-        duration = took.elapsed()
-        method = request.method.decode("ascii", "replace")
-        code = request.code if result is None else 499
-        self._services.metrics.request_done(exchange.route, method, code, duration)
-        log_access(
-            method, request.uri.decode("ascii", "replace"), code,
-            # A small body is finished (and this called) before the handler
-            # records its size; the request itself counted the bytes.
-            max(exchange.bytes, request.sentLength),
-            duration, exchange.result, exchange.upstream, str(exchange.identity),
-        )
 
 
 def _postpath(request: Request) -> list[bytes]:

@@ -17,19 +17,16 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from attrs import define
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from .._identity import ANONYMOUS, Identity
 from .._identity._errors import Unauthenticated
-from .._ops._clock import Stopwatch
-from .._ops._logging import log_access
 from .._spec._errors import ErrorCode, RegistryError
 from .._web._errors import challenged, internal_error, registry_error, render_error
+from .._web._exchange import Exchange
 
 if TYPE_CHECKING:
     from ._services import Services
@@ -42,14 +39,6 @@ _MAX_SCOPES = 32
 _NOT_HERE = RegistryError(ErrorCode.UNSUPPORTED, "not a registry endpoint", status=404)
 
 
-@define
-class _Asked:
-    """Who asked for a token, and whether the response is over."""
-
-    identity: Identity = ANONYMOUS
-    finished: bool = False
-
-
 class TokenResource(Resource):
     """C{/token}; a JSON 404 when this mirror issues no tokens."""
 
@@ -60,13 +49,13 @@ class TokenResource(Resource):
         self._services = services
 
     def render(self, request: Request) -> int | bytes:
-        asked = _Asked()
-        request.notifyFinish().addBoth(self._finished, request, asked, Stopwatch())
+        asked = Exchange(route="token")
+        request.notifyFinish().addBoth(asked.ended, request, self._services.metrics)
         answering = Deferred.fromCoroutine(self._answer(request, asked))
         answering.addErrback(self._failed, request, asked)
         return NOT_DONE_YET
 
-    async def _answer(self, request: Request, asked: _Asked) -> None:
+    async def _answer(self, request: Request, asked: Exchange) -> None:
         # Read once: a reload may replace it while this request waits.
         authenticator = self._services.authenticator
         if authenticator.issuer is None or request.postpath not in ([], [b""]):
@@ -93,7 +82,7 @@ class TokenResource(Resource):
         request.write(body)
         request.finish()
 
-    def _failed(self, failure: Failure, request: Request, asked: _Asked) -> None:
+    def _failed(self, failure: Failure, request: Request, asked: Exchange) -> None:
         error = registry_error(failure.value) if failure.value is not None else None
         if error is None:
             log.failure("Unexpected error answering a token request", failure)
@@ -102,15 +91,6 @@ class TokenResource(Resource):
             return  # nobody to tell
         request.write(render_error(request, error))
         request.finish()
-
-    def _finished(self, result: None | Failure, request: Request, asked: _Asked, took: Stopwatch) -> None:
-        asked.finished = True
-        duration = took.elapsed()
-        method = request.method.decode("ascii", "replace")
-        code = request.code if result is None else 499
-        self._services.metrics.request_done("token", method, code, duration)
-        log_access(method, request.uri.decode("ascii", "replace"), code, request.sentLength, duration,
-                   identity=str(asked.identity))
 
 
 def _scopes(request: Request) -> list[str]:
