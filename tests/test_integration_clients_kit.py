@@ -21,10 +21,11 @@ from collections.abc import Callable
 
 import pytest
 
-from ocitest import require_binary
+from ocitest import free_port, require_binary
 from ocitest.containerd import Containerd
-from ocitest.daemon import Daemon, daemon_env
+from ocitest.daemon import Daemon, config_text, daemon_env
 from ocitest.dockerd import Dockerd
+from ocitest.gitserver import GitServer, git
 from ocitest.registry import Registry
 
 pytestmark = pytest.mark.integration
@@ -191,3 +192,40 @@ def test_dockerd_pulls_through_the_mirror_with_the_generated_daemon_json(
     log = daemon.log_text()
     assert "/v2/library/ocitest-oci/manifests/v1 200" in log
     assert all(f"/v2/library/ocitest-oci/blobs/{blob.digest} 200" in log for blob in image.blobs)
+
+
+def test_git_clones_through_the_mirror_with_the_generated_gitconfig(tmp_path: os.PathLike[str]) -> None:
+    """
+    With a [[git]] host, /etc/gitconfig gets insteadOf rules (its other
+    settings kept): git, reading exactly that file as its system config,
+    clones the host's URL through the mirror.
+    """
+    server = GitServer(os.path.join(str(tmp_path), "gitserver")).start()
+    try:
+        server.create("public/app.git")
+        port = free_port()
+        text = config_text(port=port, cache_dir=os.path.join(str(tmp_path), "cache"), upstreams=[])
+        text += f'\n[[git]]\nname = "git.test"\nurl = "{server.url}"\n'
+        path = os.path.join(str(tmp_path), "ocicache.toml")
+        with open(path, "w") as f:
+            f.write(text)
+        with Daemon(path, port=port, workdir=os.path.join(str(tmp_path), "daemon")) as daemon:
+            root = os.path.join(str(tmp_path), "host")
+            os.makedirs(os.path.join(root, "etc"))
+            gitconfig = os.path.join(root, "etc", "gitconfig")
+            with open(gitconfig, "w") as f:
+                f.write("[core]\n\tautocrlf = false\n")
+            assert _clients(daemon, root, "--apply").returncode == 0
+            with open(gitconfig) as f:
+                assert f.read().startswith("[core]\n\tautocrlf = false\n# >>> ocicache clients")
+            env = {"GIT_CONFIG_NOSYSTEM": "0", "GIT_CONFIG_SYSTEM": gitconfig}
+            into = os.path.join(str(tmp_path), "clone")
+            git("clone", f"{server.url}/public/app.git", into, cwd=str(tmp_path), env=env)
+            assert git("rev-parse", "HEAD", cwd=into).stdout.strip() == \
+                git("rev-parse", "main", cwd=os.path.join(server.root, "public/app.git")).stdout.strip()
+            assert "/git/git.test/public/app.git/info/refs" in daemon.log_text()
+            # A second run changes nothing.
+            again = _clients(daemon, root, "--apply")
+            assert "wrote:" not in again.stdout, again.stdout
+    finally:
+        server.stop()

@@ -9,7 +9,10 @@ this host, so that its container runtimes pull through the mirror.
     C{/etc/containers/registries.conf.d/ocicache.conf}, with a
     path-prefixed mirror per upstream (C{mirror/docker.io});
   - docker: C{registry-mirrors} in C{/etc/docker/daemon.json}, merged into
-    the file as it is, its other keys kept.
+    the file as it is, its other keys kept;
+  - git, with C{[[git]]} hosts: C{url.<mirror>/git/<name>/.insteadOf} and a
+    C{pushInsteadOf} back to the host in C{/etc/gitconfig}, a block between
+    marker lines that replaces its previous self, the rest of the file kept.
 
 Without C{--apply} it prints each file as it would be.  With it, each
 file that would change is written atomically (a temporary file beside
@@ -37,6 +40,8 @@ from .._ops._config import Config, UpstreamConfig
 __all__ = ["ClientFile", "add_clients_command", "client_files", "parse_mirror", "run_clients"]
 
 BACKUP_SUFFIX = ".ocicache-backup"
+_GIT_BEGIN = "# >>> ocicache clients: git fetches through the mirror, pushes go to the host itself"
+_GIT_END = "# <<< ocicache clients"
 _DOCKER_HUB = "registry-1.docker.io"
 
 
@@ -157,6 +162,37 @@ def _daemon_json(mirror: DecodedURL, existing: str | None, path: str) -> str:
     return json.dumps(document, indent=2) + "\n"
 
 
+def _gitconfig(mirror: DecodedURL, config: Config, existing: str | None) -> str | None:
+    """
+    C{/etc/gitconfig} with the block of C{insteadOf} rules for every
+    C{[[git]]} host (git-config(1), "url.<base>.insteadOf"); C{None} when
+    there is none and no block to remove.
+    """
+    hosts = config.git.upstreams if config.git is not None else ()
+    kept: list[str] = []
+    inside = False
+    for line in (existing or "").splitlines():
+        if line == _GIT_BEGIN:
+            inside = True
+        elif line == _GIT_END and inside:
+            inside = False
+        elif not inside:
+            kept.append(line)
+    if not hosts and len(kept) == len((existing or "").splitlines()):
+        return None
+    block: list[str] = []
+    if hosts:
+        block.append(_GIT_BEGIN)
+        for host in hosts:
+            upstream = host.url.to_uri().to_text().rstrip("/") + "/"
+            through = f"{_origin(mirror)}/git/{host.name}/"
+            block += [f'[url "{through}"]', f"\tinsteadOf = {upstream}",
+                      f'[url "{upstream}"]', f"\tpushInsteadOf = {upstream}"]
+        block.append(_GIT_END)
+    lines = kept + block
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 def client_files(mirror: DecodedURL, config: Config, read: Callable[[str], str | None],
                  root: str = "") -> list[ClientFile]:
     """
@@ -178,6 +214,9 @@ def client_files(mirror: DecodedURL, config: Config, read: Callable[[str], str |
     path = "/etc/docker/daemon.json"
     files.append(ClientFile(path, _daemon_json(mirror, read(path), root + path),
                             "docker: the mirror for Docker Hub (the default upstream)"))
+    gitconfig = _gitconfig(mirror, config, read("/etc/gitconfig"))
+    if gitconfig is not None:
+        files.append(ClientFile("/etc/gitconfig", gitconfig, "git: the [[git]] hosts through the mirror"))
     return files
 
 
