@@ -34,6 +34,7 @@ from .scenarios import CHOICES, SCENARIOS, THROUGHPUT_PARTS, Context, Plan, eval
 DEFAULT_JSON = os.path.join(REPO_ROOT, "bench", "results", "latest.json")
 SCALE_OUT_JSON = os.path.join(REPO_ROOT, "bench", "results", "scale-out.json")
 GIT_JSON = os.path.join(REPO_ROOT, "bench", "results", "git.json")
+FILES_JSON = os.path.join(REPO_ROOT, "bench", "results", "files.json")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -64,6 +65,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="nodes per configuration of --scale-out (default: 3)")
     p.add_argument("--scale-out-clients", type=int, default=None, metavar="N",
                    help="clients per node of --scale-out (default: 16, --tiny 4)")
+    p.add_argument("--files", action="store_true",
+                   help="instead: /files/ against apt-cacher-ng, 16 clients, --size-mib of packages (200)")
     p.add_argument("--plot", default=None, metavar="DIR",
                    help="write PNG charts of the curves into DIR (needs matplotlib: pip install 'ocicache[bench]')")
     p.add_argument("--json", default=None, metavar="FILE",
@@ -101,7 +104,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.scale_out:
         args.scenarios = [scale_out.SCENARIO]
     if args.json is None:
-        args.json = SCALE_OUT_JSON if args.scale_out else GIT_JSON if args.git else DEFAULT_JSON
+        args.json = (SCALE_OUT_JSON if args.scale_out else GIT_JSON if args.git
+                     else FILES_JSON if args.files else DEFAULT_JSON)
     return args
 
 
@@ -211,6 +215,11 @@ def _on_signal(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.files:
+        from .files import run_files
+
+        return run_files(args.size_mib or 200, lambda message: print(f"[bench] {message}", file=sys.stderr),
+                         args.json, args.keep_workdir)
     plan = plan_for(args.mode, args.size_mib, args.slow_clients, args.scale_out_nodes, args.scale_out_clients)
     t_start = time.monotonic()
     started = datetime.now(UTC)

@@ -173,3 +173,24 @@ def test_bench_git_tiny(tmp_path: os.PathLike[str]) -> None:
     for kind in ("replay", "clone"):
         assert data[f"{kind}_cold"]["upstream_packs"] == 1 and data[f"{kind}_warm"]["upstream_packs"] == 0
     assert data["incremental_mirror"]["upstream_packs"] == 1 and data["incremental_mirror"]["fresh"]
+
+
+def test_bench_files_tiny(tmp_path: os.PathLike[str]) -> None:
+    """
+    C{bench/run --files} end to end on 20 MiB of packages: nginx, ocicache
+    and apt-cacher-ng started and stopped, every client's bytes right,
+    ocicache's one upstream request per package in the cold round and none
+    in the warm one.
+    """
+    result_json = os.path.join(str(tmp_path), "results", "files.json")
+    command = [sys.executable, os.path.join(REPO_ROOT, "bench", "run"), "--files", "--size-mib", "20",
+               "--json", result_json]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD, cwd=REPO_ROOT)
+    assert proc.returncode == 0, f"--- stdout ---\n{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
+    assert "| | ocicache | apt-cacher-ng |" in proc.stdout
+    with open(result_json) as f:
+        rounds = {(r["mirror"], r["round"]): r for r in json.load(f)}
+    assert set(rounds) == {(m, r) for m in ("ocicache", "apt-cacher-ng") for r in ("cold", "warm")}
+    assert all(r["errors"] == 0 and r["delivered_bytes"] > 16 * (20 << 20) for r in rounds.values())
+    assert rounds[("ocicache", "cold")]["upstream_requests"] == 2
+    assert rounds[("ocicache", "warm")]["upstream_requests"] == 0

@@ -61,6 +61,12 @@ _PACKAGES = {
     "ctr": "containerd",
     "wrk": "wrk",
     "redis-server": "redis-server",
+    "nginx": "nginx",
+    "apt-ftparchive": "apt-utils",
+    "dpkg-deb": "dpkg",
+    "createrepo_c": "createrepo-c",
+    "dnf": "dnf",
+    "rpmbuild": "rpm",
 }
 
 

@@ -192,7 +192,10 @@ class _Progress:
 
 async def _verify(reactor: Reactor, config: Config, metadata: Metadata, arguments: argparse.Namespace) -> int:
     store = Store(config.cache.dir)
-    files = [(kind, digest, path) for kind in Kind for digest, path, _ in store.walk(kind)]
+    # Only what a digest names can be checked by its name: the files of
+    # other kinds are named by what identifies them (their request, their
+    # remote and path) and were checked before they were kept.
+    files = [(kind, digest, path) for kind in (Kind.BLOB, Kind.MANIFEST) for digest, path, _ in store.walk(kind)]
     progress = _Progress(len(files), sys.stdout)
     corrupt: list[tuple[Kind, Digest]] = []
     for kind, digest, path in files:
@@ -276,6 +279,7 @@ async def _stats(reactor: Reactor, config: Config, metadata: Metadata, arguments
         "biggest_repositories": summary["repositories"],
         "oldest_entry_age_seconds": None if oldest is None else max(0.0, now - oldest),
         "upstreams": [_quota_entry(row, now) for row in quota],
+        "files": await _files_stats(config, metadata),
     }
     if arguments.json:
         print(json.dumps(result, indent=2))
@@ -287,6 +291,11 @@ async def _stats(reactor: Reactor, config: Config, metadata: Metadata, arguments
           f"{len(sizes[Kind.MANIFEST])} manifests, {summary['tags']} tags")
     if sizes[Kind.GIT]:
         print(f"git:      {len(sizes[Kind.GIT])} upload-pack responses and mirrors ({_human(sum(sizes[Kind.GIT]))})")
+    files = result["files"]
+    if files["remotes"]:
+        files_limit = f" of {_human(files['max_size_bytes'])}" if files["max_size_bytes"] else ""
+        print(f"files:    {files['entries']} files ({_human(files['bytes'])}{files_limit}) for "
+              f"{', '.join(files['remotes'])}")
     age = result["oldest_entry_age_seconds"]
     print(f"oldest:   {'-' if age is None else _age(age)}")
     print("biggest repositories:")
@@ -304,6 +313,17 @@ async def _stats(reactor: Reactor, config: Config, metadata: Metadata, arguments
         if row.limited_until is not None and row.limited_until > now:
             print(f"    rate limited for {_age(row.limited_until - now)} more")
     return 0
+
+
+async def _files_stats(config: Config, metadata: Metadata) -> dict[str, Any]:
+    """The files of [[files]] remotes (L{ocicache._files}): their own table and budget."""
+    rows = await metadata.blobs("file_entries")
+    return {
+        "remotes": [remote.name for remote in config.files.remotes] if config.files is not None else [],
+        "entries": len(rows),
+        "bytes": sum(row.size for row in rows),
+        "max_size_bytes": config.files.max_size if config.files is not None else None,
+    }
 
 
 def _quota_entry(row: QuotaRow, now: float) -> dict[str, Any]:

@@ -80,6 +80,9 @@ def restart_only_changes(running: Config, new: Config) -> list[str]:
     if running.git != new.git:
         # The /git/ resource and its upstreams' clients are set up at start.
         changed.append("git")
+    if running.files != new.files:
+        # The file remotes' service is built at start (ocicache._files).
+        changed.append("files")
     return sorted(changed)
 
 

@@ -41,12 +41,16 @@ from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.resource import IResource
+from twisted.web.server import Request
 
 from .._fetch._incoming import DownloadError
 from .._fetch._negative import NegativeCache
 from .._fetch._observe import observed
 from .._fetch._replicate import Replicator
 from .._fetch._slots import Slots
+from .._files._resource import FilesResource
+from .._files._service import FileService
 from .._fleet._bucket_book import RedisBucketBook
 from .._fleet._fleet import Fleet
 from .._fleet._internal import InternalResource
@@ -57,17 +61,19 @@ from .._fleet._tags import RedisManifests
 from .._git._resource import GitResource, takes_body
 from .._git._service import GitParts
 from .._identity._authenticator import Authenticator, build_authenticator
+from .._identity._errors import Unauthenticated
 from .._identity._oidc import fetch_with
 from .._oci._access import RepoAccess
 from .._oci._blobs import BlobService
 from .._oci._manifests import ManifestService
 from .._oci._pins import PinsResource
+from .._oci._pipeline import origin
 from .._oci._referrers import ReferrerService
 from .._oci._resources import Services, registry_resources
 from .._oci._tags import TagService
 from .._oci._warm import Warmer
 from .._ops._config import Config
-from .._ops._metrics import ManifestTally, Metrics
+from .._ops._metrics import FileMetrics, ManifestTally, Metrics
 from .._ops._reactor import Reactor
 from .._spec._reference import Digest
 from .._storage._bucket import Bucket
@@ -84,6 +90,7 @@ from .._storage._store import Kind, Store
 from .._upstream._client import Upstream, make_pool
 from .._upstream._tokens import TokenCache
 from .._web._admin import Admin, AdminResource
+from .._web._errors import challenged
 from .._web._operator import OperatorResource
 from .._web._root import RootResource
 from .._web._site import DrainingSite, QuietSite
@@ -177,11 +184,13 @@ class OcicacheService(MultiService):
         )
         self.manifest_tally = ManifestTally()
         self.git: GitParts | None = None
+        self.files: FileService | None = None
         """C{/git/}'s parts, when C{[[git]]} tables are configured."""
         self.janitor = Janitor(
             disk, self.capacity, config.cache.blob_ttl,
             lambda: [download.temp_path for download in
-                     [*self.blobs.inflight.values(), *(self.git.packs.inflight.values() if self.git else ())]],
+                     [*self.blobs.inflight.values(), *(self.git.packs.inflight.values() if self.git else ()),
+                      *(self.files.inflight.values() if self.files else ())]],
             manifest_ttl=config.cache.manifest_ttl, manifest_accesses=lambda: self.manifests.take_reads(),
             on_manifests_removed=self._manifests_removed,
         )
@@ -219,6 +228,7 @@ class OcicacheService(MultiService):
             children[b"git"] = GitResource(config.git, self.git.upstreams, self.git.refs, self.git.packs, disk,
                                            self.metrics, config.server.sendfile, config.server.stall_timeout,
                                            services.write_budget)
+        self.files = self._wire_files(config, children, health)
         self.site = DrainingSite(RootResource(children), reactor, self.metrics, config.server)
         if self.git is not None:
             self.site.takes_body = takes_body
@@ -246,6 +256,24 @@ class OcicacheService(MultiService):
             operator_site = QuietSite(operator)
             operator_site.displayTracebacks = False
             self._listen(config.metrics.listen, operator_site)
+
+    def _wire_files(self, config: Config, children: dict[bytes, IResource], health: DiskHealth) -> FileService | None:
+        """C{[[files]]}: the file remotes' service, mounted at C{/files/} (L{ocicache._files})."""
+        if config.files is None or not config.files.remotes:
+            return None
+        files = FileService(config.files, self.disk, self.http_pool, config.cache.min_free, health,
+                            FileMetrics(self.metrics), config.cache.abandon_after, config.cache.abandon_below)
+
+        async def authenticate(request: Request) -> None:
+            authenticator = self.registry.authenticator
+            try:
+                await authenticator.authenticate(request.getHeader(b"authorization"))
+            except Unauthenticated as e:
+                raise challenged(e, authenticator.challenge(origin(request), None)) from None
+
+        children[b"files"] = FilesResource(files, self._reactor, self.metrics, config.server, authenticate,
+                                           self.registry.write_budget)
+        return files
 
     def _default_upstream_name(self) -> str | None:
         default = self.config.default_upstream
@@ -332,6 +360,9 @@ class OcicacheService(MultiService):
         self.metrics.cache_entries.labels("blob").set(blobs)
         self.metrics.cache_entries.labels("manifest").set(len(self.manifest_tally))
         self.metrics.cache_size.set(self.capacity.size + self.manifest_tally.size)
+        if self.files is not None:
+            self.metrics.files_size.set(self.files.capacity.size)
+            self.metrics.files_entries.set(len(self.files.capacity.policy))
         if self.bucket is not None:
             self.metrics.s3_store_size.set(self.bucket.capacity.size)
             self.metrics.s3_store_blobs.set(len(self.bucket.capacity.policy))
@@ -444,6 +475,9 @@ class OcicacheService(MultiService):
                          " anyone on the path can impersonate it", upstream=upstream.name)
         restoring = Deferred.fromCoroutine(self.housekeeping.restore_quota())
         restoring.addErrback(lambda failure: log.failure("Could not read the last rate-limit state", failure))
+        if self.files is not None:
+            loading = Deferred.fromCoroutine(self.files.load())
+            loading.addErrback(lambda failure: log.failure("Could not load the stored files", failure))
         scanning = self.disk.run(_scan_manifests, self.store)
         scanning.addCallback(self.manifest_tally.loaded)
         scanning.addErrback(lambda failure: log.failure("Could not count stored manifests", failure))

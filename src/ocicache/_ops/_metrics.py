@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["CONTENT_TYPE_LATEST", "ManifestTally", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "FileMetrics", "ManifestTally", "Metrics"]
 
 
 class Metrics:
@@ -53,6 +53,25 @@ class Metrics:
         self.upstream_requests = Counter(
             "ocicache_upstream_requests", "Requests sent to upstream registries.",
             ["upstream", "kind", "code"], registry=registry)
+        self.files_requests = Counter(
+            "ocicache_files_requests", "File lookups under /files/, by remote and result.",
+            ["remote", "result"], registry=registry)
+        self.files_upstream_requests = Counter(
+            "ocicache_files_upstream_requests", "Requests sent to file remotes, by status code.",
+            ["remote", "code"], registry=registry)
+        self.files_upstream_bytes = Counter(
+            "ocicache_files_upstream_bytes", "Body bytes received from file remotes.",
+            ["remote"], registry=registry)
+        self.files_refused = Counter(
+            "ocicache_files_refused", "File bodies not kept: their length or their index's checksum did not match.",
+            ["remote"], registry=registry)
+        self.files_size = Gauge(
+            "ocicache_files_size_bytes", "Bytes of the files stored for file remotes.", registry=registry)
+        self.files_entries = Gauge(
+            "ocicache_files_entries", "Files stored for file remotes.", registry=registry)
+        self.files_evictions = Counter(
+            "ocicache_files_evictions", "Stored files evicted to stay within [files_cache] max_size.",
+            registry=registry)
         self.upstream_bytes = Counter(
             "ocicache_upstream_bytes", "Blob bytes received from upstream registries.",
             ["upstream"], registry=registry)
@@ -207,3 +226,25 @@ class ManifestTally:
     def loaded(self, entries: Iterable[tuple[str, int]]) -> None:
         for digest, size in entries:
             self.added(digest, size)
+
+
+class FileMetrics:
+    """What the file service reports (L{ocicache._files._service.Observer}), as metrics."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def request(self, remote: str, result: str) -> None:
+        self._metrics.files_requests.labels(remote, result).inc()
+
+    def upstream(self, remote: str, code: str, seconds: float) -> None:
+        self._metrics.files_upstream_requests.labels(remote, code).inc()
+
+    def upstream_bytes(self, remote: str, count: int) -> None:
+        self._metrics.files_upstream_bytes.labels(remote).inc(count)
+
+    def refused(self, remote: str) -> None:
+        self._metrics.files_refused.labels(remote).inc()
+
+    def evicted(self, count: int, size: int) -> None:
+        self._metrics.files_evictions.inc(count)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TypeGuard
 
 from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
@@ -238,7 +239,7 @@ class Capacity:
             digests, freed = self._oldest(target, keep, last_access)
         else:
             victims = self.policy.evict(target, keep)
-            digests = [victim for victim, _ in victims if isinstance(victim, Digest)]
+            digests = [victim for victim, _ in victims if _is_key(victim)]
             freed = sum(size for _, size in victims)
         if not digests:
             return 0, 0
@@ -248,7 +249,7 @@ class Capacity:
 
     def _oldest(self, target: int, keep: set[Digest], last_access: Mapping[Digest, float]) -> tuple[list[Digest], int]:
         """The blobs read longest ago, not in C{keep}, whose eviction brings the store to C{target} bytes."""
-        candidates = [key for key in self.policy.keys() if isinstance(key, Digest) and key not in keep]
+        candidates = [key for key in self.policy.keys() if _is_key(key) and key not in keep]
         candidates.sort(key=lambda digest: last_access.get(digest, 0.0))
         victims: list[Digest] = []
         left, freed = self.policy.size, 0
@@ -293,3 +294,13 @@ class Capacity:
         floor = int(total * self._min_free) if isinstance(self._min_free, float) else self._min_free
         return max(0, floor - (free - size))
 
+
+
+def _is_key(entry: object) -> TypeGuard[Digest]:
+    """
+    Whether a policy entry names a stored file: a L{Digest}, or another
+    kind's key (L{ocicache._storage._store.StoreKey}: a file of a package
+    repository, a git response), which this module handles as it handles
+    digests (typed as one).
+    """
+    return hasattr(entry, "algorithm") and hasattr(entry, "encoded")

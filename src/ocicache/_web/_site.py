@@ -312,7 +312,7 @@ class DrainingSite(Site):
 
     def log(self, request: Any) -> None:
         prepath = getattr(request, "prepath", None) or []
-        if prepath[:1] in ([b"v2"], [b"token"], [b"git"]):
+        if prepath[:1] in ([b"v2"], [b"token"], [b"git"], [b"files"]):
             return  # the registry (token, git) resource logs and counts it
         method = request.method.decode("ascii", "replace")
         received = getattr(request, "received", None)

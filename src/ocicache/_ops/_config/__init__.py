@@ -24,6 +24,7 @@ generated from the same schema (L{_reference}).
     _reference.py  etc/ocicache.toml and docs/reference/configuration.md
 """
 
+from ._files import FileKind, FilesConfig, RemoteConfig
 from ._git import GitConfig, GitUpstreamConfig
 from ._load import WELL_KNOWN_UPSTREAMS, load_config, parse_config
 from ._local import CacheConfig, MetricsConfig, ServerConfig, default_cache_dir
@@ -55,12 +56,15 @@ __all__ = [
     "ConfigError",
     "CredentialCommand",
     "Credentials",
+    "FileKind",
+    "FilesConfig",
     "FleetConfig",
     "GitConfig",
     "GitUpstreamConfig",
     "MAX_STALE_LIMIT",
     "MetricsConfig",
     "OIDCIssuerConfig",
+    "RemoteConfig",
     "RuleConfig",
     "S3Config",
     "S3Keys",

@@ -35,6 +35,7 @@ from ..._spec._reference import parse_image_reference
 from ._access import AuthTable, RuleTable
 from ._admin import AdminTable
 from ._fields import render_path, structure
+from ._files import FilesCacheTable, FilesConfig, FilesTable
 from ._fleet import FleetTable
 from ._git import GitConfig, GitTable
 from ._local import CacheConfig, MetricsConfig, ServerConfig
@@ -118,6 +119,9 @@ SECTIONS: tuple[Section, ...] = (
     Section("upstream", UpstreamTable, "upstreams", many=True, absent=_well_known),
     Section("rule", RuleTable, "rules", many=True, absent=tuple, example="commented"),
     Section("git", GitTable, "git", many=True, absent=lambda: None, gather=GitConfig.gathered, example="commented"),
+    Section("files", FilesTable, "files_remotes", many=True, absent=tuple, gather=FilesConfig.gathered,
+            example="commented"),
+    Section("files_cache", FilesCacheTable, "files_cache", absent=lambda: None, example="commented"),
 )
 """The top-level tables, in the order they are read, documented and written in the example file."""
 

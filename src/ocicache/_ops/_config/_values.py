@@ -21,6 +21,7 @@ from ._proxy import ProxyConfig
 from ._warm import WarmConfig
 
 if TYPE_CHECKING:
+    from ._files import FilesCacheTable, FilesConfig, RemoteConfig
     from ._git import GitConfig
 
 __all__ = [
@@ -305,11 +306,24 @@ class Config:
     """C{None}: no C{[auth]} section, every request is anonymous."""
     storage: StorageConfig = StorageConfig()
     git: GitConfig | None = None
+    files_remotes: tuple[RemoteConfig, ...] = ()
+    """The C{[[files]]} tables."""
+    files_cache: FilesCacheTable | None = None
+    """C{[files_cache]}; C{None}: no such table."""
     """The C{[[git]]} tables; C{None}: no git host is served."""
     admin: AdminConfig = AdminConfig()
     """The admin API's token and the pull log's retention (C{[admin]})."""
     proxy: ProxyConfig = ProxyConfig()
     """The outbound proxy of the upstreams (C{[proxy]}, else the environment)."""
+
+    @property
+    def files(self) -> FilesConfig | None:
+        """The file remotes and their budget; C{None}: neither C{[[files]]} nor C{[files_cache]}."""
+        from ._files import FilesConfig
+
+        if not self.files_remotes and self.files_cache is None:
+            return None
+        return FilesConfig(self.files_remotes, self.files_cache.max_size if self.files_cache is not None else None)
 
     @property
     def default_upstream(self) -> UpstreamConfig | None:

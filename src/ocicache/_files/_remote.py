@@ -1,0 +1,104 @@
+"""
+The HTTP client of one file remote: GET and HEAD of a path below its URL,
+conditional when ocicache holds a version (RFC 9110 §13.1), with its
+Basic credentials, following redirects (mirror networks send clients to
+a nearby host) without carrying the credentials to another origin.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable
+
+from hyperlink import DecodedURL
+from treq.client import HTTPClient
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
+
+from .._upstream._body import discard_body
+from .._upstream._errors import Unavailability, UpstreamUnavailable, unavailability_of
+from .._version import __version__
+from ._config import RemoteConfig
+from ._paths import FilePath
+
+__all__ = ["Remote"]
+
+USER_AGENT = f"ocicache/{__version__}".encode("ascii")
+MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+class Remote:
+    """One configured C{[[files]]} remote."""
+
+    def __init__(self, config: RemoteConfig, reactor: IReactorTime, pool: HTTPConnectionPool,
+                 observe: Callable[[str, str, float], None] = lambda remote, code, seconds: None) -> None:
+        """
+        @param observe: told of every request sent: the remote, the status
+            code (C{error} when none came) and the seconds to its headers.
+        """
+        self.config = config
+        self.name = config.name
+        self._reactor = reactor
+        self._observe = observe
+        agent = Agent(reactor, connectTimeout=config.connect_timeout, pool=pool)
+        self._http = HTTPClient(agent)
+        credentials = config.credentials
+        self._authorization = None if credentials is None else b"Basic " + base64.b64encode(
+            f"{credentials.username}:{credentials.password}".encode())
+
+    def url(self, path: FilePath) -> DecodedURL:
+        # On the encoded URL: every segment passed the path grammar and is
+        # quoted for a URL path here (RFC 3986 §3.3).
+        return DecodedURL(self.config.url.encoded_url.child(*path.quoted))
+
+    async def request(self, method: str, path: FilePath, headers: dict[bytes, bytes] | None = None) -> IResponse:
+        """
+        The remote's answer to C{method} C{path}, redirects followed; raises
+        L{UpstreamUnavailable} when it does not answer.
+        """
+        url = self.url(path)
+        origin = (url.scheme, url.host, url.port)
+        for _ in range(MAX_REDIRECTS + 1):
+            authorization = self._authorization if (url.scheme, url.host, url.port) == origin else None
+            response = await self._send(method, url, headers or {}, authorization)
+            location = response.headers.getRawHeaders(b"location", [None])[0]
+            if response.code not in _REDIRECTS or location is None:
+                return response
+            await self.discard(response)
+            try:
+                url = url.click(location.decode("ascii"))
+            except Exception:
+                raise UpstreamUnavailable(f"{self.name}: bad redirect location") from None
+            if url.scheme not in ("http", "https"):
+                raise UpstreamUnavailable(f"{self.name}: redirect to a non-HTTP URL")
+        raise UpstreamUnavailable(f"{self.name}: more than {MAX_REDIRECTS} redirects")
+
+    async def discard(self, response: IResponse) -> None:
+        """Drain a body nobody wants, so that its connection is reused."""
+        await discard_body(response, self._reactor, self.config.response_timeout)
+
+    async def _send(self, method: str, url: DecodedURL, headers: dict[bytes, bytes],
+                    authorization: bytes | None) -> IResponse:
+        all_headers = Headers({name: [value] for name, value in headers.items()})
+        all_headers.setRawHeaders(b"user-agent", [USER_AGENT])
+        if authorization is not None:
+            all_headers.setRawHeaders(b"authorization", [authorization])
+        started = time.monotonic()
+        try:
+            response: IResponse = await self._http.request(
+                method, url.to_uri().to_text(), headers=all_headers, allow_redirects=False, unbuffered=True,
+                timeout=self.config.response_timeout)
+        except Exception as e:
+            self._observe(self.name, "error", time.monotonic() - started)
+            # The message names the remote, never the headers sent.
+            if unavailability_of(e) is Unavailability.TIMEOUT:
+                raise UpstreamUnavailable(
+                    f"{self.name}: no answer within {self.config.response_timeout:g}s",
+                    Unavailability.TIMEOUT) from None
+            raise UpstreamUnavailable(f"{self.name}: {type(e).__name__}", unavailability_of(e)) from None
+        self._observe(self.name, str(response.code), time.monotonic() - started)
+        return response

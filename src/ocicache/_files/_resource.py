@@ -1,0 +1,213 @@
+"""
+C{/files/<remote>/<path>}: the files of package repositories and file
+servers (L{ocicache._files}), served as blobs are: C{Range} on stored
+files and on files still arriving, C{sendfile} on plain TCP, the last byte
+held back until the file is verified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from .._fetch._result import CacheResult
+from .._ops._clock import Stopwatch
+from .._ops._config import ServerConfig
+from .._ops._logging import log_access
+from .._ops._metrics import Metrics
+from .._spec._errors import ErrorCode, RegistryError
+from .._spec._range import Unsatisfiable, if_range_holds, parse_range
+from .._version import __version__
+from .._web._errors import internal_error, registry_error, render_error
+from .._web._sendfile import SendfileStreamer, can_sendfile
+from .._web._streamer import Streamer, WriteBudget, abort_response
+from ._errors import BadPath, RemoteUnknown
+from ._key import FileKey
+from ._paths import FilePath, parse_path
+from ._service import FileService
+
+__all__ = ["FilesResource"]
+
+log = Logger()
+
+SERVER = f"ocicache/{__version__}".encode("ascii")
+
+
+class FilesResource(Resource):
+    """Every path below C{/files/}: routed by hand, as the raw path must be checked before it is decoded."""
+
+    isLeaf = True
+
+    def __init__(self, files: FileService, reactor: IReactorTime, metrics: Metrics, server: ServerConfig,
+                 authenticate: Callable[[Request], Awaitable[None]], budget: WriteBudget | None = None) -> None:
+        """
+        @param authenticate: raises what the client must be told when
+            it may not use the mirror (the registry's client authentication).
+        """
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
+        self._files = files
+        self._reactor = reactor
+        self._metrics = metrics
+        self._server = server
+        self._authenticate = authenticate
+        self._budget = budget if budget is not None else WriteBudget()
+
+    def render(self, request: Request) -> int:
+        request.setHeader(b"server", SERVER)
+        state = _State()
+        request.notifyFinish().addBoth(self._finished, request, state)
+        handling = Deferred.fromCoroutine(self._handle(request, state))
+        handling.addErrback(self._failed, request, state)
+        return NOT_DONE_YET
+
+    async def _handle(self, request: Request, state: _State) -> None:
+        if request.method not in (b"GET", b"HEAD"):
+            raise RegistryError(ErrorCode.UNSUPPORTED, "files are read-only: GET or HEAD", status=405,
+                                headers=((b"allow", b"GET, HEAD"),))
+        # Before any routing: who the client is decides what it may learn.
+        await self._authenticate(request)
+        if state.finished:
+            return
+        if b"?" in request.uri:
+            raise BadPath("a file path takes no query")
+        # The raw path, never twisted.web's decoded one: "%2e%2e" must be seen.
+        raw = request.path.split(b"/")[len(request.prepath or []) + 1:]
+        if len(raw) < 2:
+            raise BadPath("give /files/<remote>/<path>")
+        name = raw[0].decode("ascii", "replace")
+        if name not in self._files.remotes:
+            raise RemoteUnknown(f"no file remote is named {name!r}")
+        path = parse_path(raw[1:])
+        if request.method == b"HEAD":
+            await self._head(request, state, name, path)
+            return
+        found = await self._files.lookup(name, path, ranged=request.getHeader(b"range") is not None)
+        result = found.hit.result
+        state.result = result
+        source = found.hit.source
+        if state.finished:
+            source.release()
+            return
+        total = source.size
+        etag = _etag(found.key)
+        request.setHeader(b"etag", etag)
+        if found.last_modified is not None:
+            request.setHeader(b"last-modified", found.last_modified.encode("ascii"))
+        if _not_modified(request, etag, found.last_modified):
+            # RFC 9110 §13.1.1, §13.1.3: the client's copy is this version.
+            source.release()
+            request.setResponseCode(304)
+            request.finish()
+            return
+        request.setHeader(b"accept-ranges", b"bytes")
+        request.setHeader(b"content-type", b"application/octet-stream")
+        request.setHeader(b"ocicache-cache", str(found.hit.result).encode("ascii"))
+        if found.hit.result is CacheResult.STALE:
+            request.setHeader(b"warning", b'110 - "Response is Stale"')
+        start, end = 0, total
+        if total is not None:
+            try:
+                honoured = if_range_holds(request.getHeader(b"if-range"), etag)
+                wanted = parse_range(request.getHeader(b"range"), total) if honoured else None
+            except Unsatisfiable:
+                source.release()
+                # RFC 9110 §15.5.17: 416 with the complete length.
+                raise RegistryError(ErrorCode.RANGE_INVALID, "the requested range is not satisfiable",
+                                    headers=((b"content-range", b"bytes */%d" % total),)) from None
+            if wanted is not None:
+                request.setResponseCode(206)
+                request.setHeader(b"content-range", wanted.content_range(total))
+                start, end = wanted.start, wanted.end
+            request.setHeader(b"content-length", b"%d" % ((end if end is not None else total) - start))
+        served = self._metrics.bytes_served.labels("upstream" if result is CacheResult.MISS else "cache")
+
+        def on_bytes(count: int) -> None:
+            state.bytes += count
+            served.inc(count)
+        if self._server.sendfile and end is not None and can_sendfile(request, end):
+            by_sendfile = self._metrics.sendfile_bytes
+
+            def on_sent(count: int) -> None:
+                on_bytes(count)
+                by_sendfile.inc(count)
+
+            SendfileStreamer(request, source, start, end, self._reactor, on_sent,
+                             self._server.stall_timeout).start()
+        else:
+            Streamer(request, source, start, end, self._reactor, on_bytes, self._budget).start()
+
+    async def _head(self, request: Request, state: _State, name: str, path: FilePath) -> None:
+        size = await self._files.size(name, path)
+        if size is None:
+            # Not stored: the remote's own HEAD (nothing fetched, nothing kept).
+            size = await self._files.remote_size(name, path)
+        if state.finished:
+            return
+        request.setHeader(b"accept-ranges", b"bytes")
+        request.setHeader(b"content-type", b"application/octet-stream")
+        if size is not None:
+            request.setHeader(b"content-length", b"%d" % size)
+        request.finish()
+
+    def _failed(self, failure: Failure, request: Request, state: _State) -> None:
+        error = registry_error(failure.value) if failure.value is not None else None
+        if error is None:
+            log.failure("Unexpected error answering {method} {uri}", failure,
+                        method=request.method.decode("ascii", "replace"),
+                        uri=request.uri.decode("ascii", "replace"))
+            error = internal_error()
+        if state.finished:
+            return
+        if request.startedWriting:
+            abort_response(request)
+            return
+        request.write(render_error(request, error))
+        request.finish()
+
+    def _finished(self, result: None | Failure, request: Request, state: _State) -> None:
+        state.finished = True
+        duration = state.took.elapsed()
+        method = request.method.decode("ascii", "replace")
+        code = request.code if result is None else 499
+        self._metrics.request_done("files", method, code, duration)
+        log_access(method, request.uri.decode("ascii", "replace"), code, max(state.bytes, request.sentLength),
+                   duration, state.result)
+
+
+class _State:
+    """
+    What one request did, for its access event: whether the client is gone
+    (the response ended, or the connection was lost), the cache's answer
+    and the body bytes sent.
+    """
+
+    def __init__(self) -> None:
+        self.finished = False
+        self.result: CacheResult | None = None
+        self.bytes = 0
+        self.took = Stopwatch()
+
+
+def _etag(key: FileKey) -> bytes:
+    # The key names one version of the file: a strong validator (RFC 9110 §8.8.3).
+    return b'"%s"' % key.encoded.encode("ascii")
+
+
+def _not_modified(request: Request, etag: bytes, last_modified: str | None) -> bool:
+    """
+    Whether the client's conditions say it holds this version: an
+    C{If-None-Match} naming its ETag, or else (RFC 9110 §13.1.3: ignored
+    beside one) an C{If-Modified-Since} equal to its C{Last-Modified}.
+    """
+    if_none_match = request.getHeader(b"if-none-match")
+    if if_none_match is not None:
+        tags = [tag.strip().removeprefix(b"W/") for tag in if_none_match.split(b",")]
+        return etag in tags or b"*" in tags
+    since = request.getHeader(b"if-modified-since")
+    return since is not None and last_modified is not None and since.decode("latin-1") == last_modified
