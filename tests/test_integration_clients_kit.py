@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +27,7 @@ from ocitest.containerd import Containerd
 from ocitest.daemon import Daemon, config_text, daemon_env
 from ocitest.dockerd import Dockerd
 from ocitest.gitserver import GitServer, git
+from ocitest.packages import Apt, DebRepository, Dnf, Nginx, RpmRepository
 from ocitest.registry import Registry
 
 pytestmark = pytest.mark.integration
@@ -229,3 +231,57 @@ def test_git_clones_through_the_mirror_with_the_generated_gitconfig(tmp_path: os
             assert "wrote:" not in again.stdout, again.stdout
     finally:
         server.stop()
+
+
+def test_apt_and_dnf_fetch_through_the_mirror_with_the_rewritten_sources(tmp_path: os.PathLike[str]) -> None:
+    """
+    With [[files]] remotes of kind deb and rpm, the host's apt sources and
+    dnf .repo files that name them are rewritten (other lines kept, the
+    repository's metalink commented out); apt-get and dnf, reading exactly
+    those files, fetch through the mirror.
+    """
+    tmp = Path(str(tmp_path))
+    repo = DebRepository(tmp / "repo")
+    repo.add("hello", "1.0")
+    repo.publish()
+    rpm = RpmRepository(tmp / "repo" / "rpm")
+    rpm.add("hello", "1.0")
+    rpm.publish()
+    nginx = Nginx(repo.root, tmp / "nginx").start()
+    try:
+        port = free_port()
+        text = config_text(port=port, cache_dir=str(tmp / "cache"), upstreams=[])
+        text += (f'\n[[files]]\nname = "debian"\nurl = "{nginx.url}"\nkind = "deb"\n'
+                 f'[[files]]\nname = "rpms"\nurl = "{nginx.url}/rpm"\nkind = "rpm"\n')
+        (tmp / "ocicache.toml").write_text(text)
+        with Daemon(str(tmp / "ocicache.toml"), port=port, workdir=str(tmp / "daemon")) as daemon:
+            root = tmp / "host"
+            (root / "etc" / "apt").mkdir(parents=True)
+            (root / "etc" / "yum.repos.d").mkdir(parents=True)
+            (root / "etc" / "apt" / "sources.list").write_text(
+                f"# the host's own\ndeb [trusted=yes] {nginx.url} stable main\n")
+            (root / "etc" / "yum.repos.d" / "local.repo").write_text(
+                f"[local]\nname=local\nbaseurl={nginx.url}/rpm/\nmetalink=http://127.0.0.1:9/metalink\n"
+                "gpgcheck=0\nenabled=1\nmetadata_expire=0\n")
+            assert _clients(daemon, str(root), "--apply").returncode == 0
+            sources = (root / "etc" / "apt" / "sources.list").read_text()
+            assert sources == f"# the host's own\ndeb [trusted=yes] {daemon.url}/files/debian stable main\n"
+            repo_file = (root / "etc" / "yum.repos.d" / "local.repo").read_text()
+            assert f"baseurl={daemon.url}/files/rpms/\n#metalink=" in repo_file
+
+            apt = Apt(tmp / "apt", "unused")
+            (apt.workdir / "sources.list").write_text(sources)  # the file, as rewritten
+            apt.run("update")
+            apt.run("install", "--download-only", "-y", "hello")
+            assert any(name.startswith("hello_1.0") for name in os.listdir(apt.archives))
+            dnf = Dnf(tmp / "dnf", "unused")
+            (dnf.workdir / "repos" / "ocicache.repo").unlink()
+            (dnf.workdir / "repos" / "local.repo").write_text(repo_file)
+            dnf.run("install", "hello")
+            assert any(name.startswith("hello-1.0") for name in os.listdir(dnf.dest))
+            log = daemon.log_text()
+            assert "/files/debian/dists/stable/" in log and "/files/debian/pool/" in log
+            assert "/files/rpms/repodata/repomd.xml" in log and "/files/rpms/Packages/hello-1.0" in log
+            assert "wrote:" not in _clients(daemon, str(root), "--apply").stdout
+    finally:
+        nginx.stop()
