@@ -226,7 +226,7 @@ class OcicacheService(MultiService):
             # Git repositories (docs/git.md): /git/, and its upload-pack bodies.
             self.git = GitParts(config.git, reactor, disk, self.http_pool, slots, health, self.metrics,
                                 local_max_size, config.cache.min_free, config.cache.janitor_interval,
-                                config.proxy.default, self.proxy_pool)
+                                config.proxy, self.proxy_pool)
             self.git.upkeep.setServiceParent(self)
             children[b"git"] = GitResource(config.git, self.git.upstreams, self.git.refs, self.git.packs, disk,
                                            self.metrics, config.server.sendfile, config.server.stall_timeout,
@@ -266,7 +266,7 @@ class OcicacheService(MultiService):
             return None
         files = FileService(config.files, self.disk, self.http_pool, config.cache.min_free, health,
                             FileMetrics(self.metrics), config.cache.abandon_after, config.cache.abandon_below,
-                            routes=self.config.proxy.default, proxied_pool=self.proxy_pool)
+                            proxies=self.config.proxy, proxied_pool=self.proxy_pool)
 
         async def authenticate(request: Request) -> None:
             authenticator = self.registry.authenticator
