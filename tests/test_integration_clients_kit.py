@@ -18,13 +18,16 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from ocitest import require_binary
+from ocitest import free_port, require_binary
 from ocitest.containerd import Containerd
-from ocitest.daemon import Daemon, daemon_env
+from ocitest.daemon import Daemon, config_text, daemon_env
 from ocitest.dockerd import Dockerd
+from ocitest.gitserver import GitServer, git
+from ocitest.packages import Apt, DebRepository, Dnf, Nginx, RpmRepository
 from ocitest.registry import Registry
 
 pytestmark = pytest.mark.integration
@@ -191,3 +194,94 @@ def test_dockerd_pulls_through_the_mirror_with_the_generated_daemon_json(
     log = daemon.log_text()
     assert "/v2/library/ocitest-oci/manifests/v1 200" in log
     assert all(f"/v2/library/ocitest-oci/blobs/{blob.digest} 200" in log for blob in image.blobs)
+
+
+def test_git_clones_through_the_mirror_with_the_generated_gitconfig(tmp_path: os.PathLike[str]) -> None:
+    """
+    With a [[git]] host, /etc/gitconfig gets insteadOf rules (its other
+    settings kept): git, reading exactly that file as its system config,
+    clones the host's URL through the mirror.
+    """
+    server = GitServer(os.path.join(str(tmp_path), "gitserver")).start()
+    try:
+        server.create("public/app.git")
+        port = free_port()
+        text = config_text(port=port, cache_dir=os.path.join(str(tmp_path), "cache"), upstreams=[])
+        text += f'\n[[git]]\nname = "git.test"\nurl = "{server.url}"\n'
+        path = os.path.join(str(tmp_path), "ocicache.toml")
+        with open(path, "w") as f:
+            f.write(text)
+        with Daemon(path, port=port, workdir=os.path.join(str(tmp_path), "daemon")) as daemon:
+            root = os.path.join(str(tmp_path), "host")
+            os.makedirs(os.path.join(root, "etc"))
+            gitconfig = os.path.join(root, "etc", "gitconfig")
+            with open(gitconfig, "w") as f:
+                f.write("[core]\n\tautocrlf = false\n")
+            assert _clients(daemon, root, "--apply").returncode == 0
+            with open(gitconfig) as f:
+                assert f.read().startswith("[core]\n\tautocrlf = false\n# >>> ocicache clients")
+            env = {"GIT_CONFIG_NOSYSTEM": "0", "GIT_CONFIG_SYSTEM": gitconfig}
+            into = os.path.join(str(tmp_path), "clone")
+            git("clone", f"{server.url}/public/app.git", into, cwd=str(tmp_path), env=env)
+            assert git("rev-parse", "HEAD", cwd=into).stdout.strip() == \
+                git("rev-parse", "main", cwd=os.path.join(server.root, "public/app.git")).stdout.strip()
+            assert "/git/git.test/public/app.git/info/refs" in daemon.log_text()
+            # A second run changes nothing.
+            again = _clients(daemon, root, "--apply")
+            assert "wrote:" not in again.stdout, again.stdout
+    finally:
+        server.stop()
+
+
+def test_apt_and_dnf_fetch_through_the_mirror_with_the_rewritten_sources(tmp_path: os.PathLike[str]) -> None:
+    """
+    With [[files]] remotes of kind deb and rpm, the host's apt sources and
+    dnf .repo files that name them are rewritten (other lines kept, the
+    repository's metalink commented out); apt-get and dnf, reading exactly
+    those files, fetch through the mirror.
+    """
+    tmp = Path(str(tmp_path))
+    repo = DebRepository(tmp / "repo")
+    repo.add("hello", "1.0")
+    repo.publish()
+    rpm = RpmRepository(tmp / "repo" / "rpm")
+    rpm.add("hello", "1.0")
+    rpm.publish()
+    nginx = Nginx(repo.root, tmp / "nginx").start()
+    try:
+        port = free_port()
+        text = config_text(port=port, cache_dir=str(tmp / "cache"), upstreams=[])
+        text += (f'\n[[files]]\nname = "debian"\nurl = "{nginx.url}"\nkind = "deb"\n'
+                 f'[[files]]\nname = "rpms"\nurl = "{nginx.url}/rpm"\nkind = "rpm"\n')
+        (tmp / "ocicache.toml").write_text(text)
+        with Daemon(str(tmp / "ocicache.toml"), port=port, workdir=str(tmp / "daemon")) as daemon:
+            root = tmp / "host"
+            (root / "etc" / "apt").mkdir(parents=True)
+            (root / "etc" / "yum.repos.d").mkdir(parents=True)
+            (root / "etc" / "apt" / "sources.list").write_text(
+                f"# the host's own\ndeb [trusted=yes] {nginx.url} stable main\n")
+            (root / "etc" / "yum.repos.d" / "local.repo").write_text(
+                f"[local]\nname=local\nbaseurl={nginx.url}/rpm/\nmetalink=http://127.0.0.1:9/metalink\n"
+                "gpgcheck=0\nenabled=1\nmetadata_expire=0\n")
+            assert _clients(daemon, str(root), "--apply").returncode == 0
+            sources = (root / "etc" / "apt" / "sources.list").read_text()
+            assert sources == f"# the host's own\ndeb [trusted=yes] {daemon.url}/files/debian stable main\n"
+            repo_file = (root / "etc" / "yum.repos.d" / "local.repo").read_text()
+            assert f"baseurl={daemon.url}/files/rpms/\n#metalink=" in repo_file
+
+            apt = Apt(tmp / "apt", "unused")
+            (apt.workdir / "sources.list").write_text(sources)  # the file, as rewritten
+            apt.run("update")
+            apt.run("install", "--download-only", "-y", "hello")
+            assert any(name.startswith("hello_1.0") for name in os.listdir(apt.archives))
+            dnf = Dnf(tmp / "dnf", "unused")
+            (dnf.workdir / "repos" / "ocicache.repo").unlink()
+            (dnf.workdir / "repos" / "local.repo").write_text(repo_file)
+            dnf.run("install", "hello")
+            assert any(name.startswith("hello-1.0") for name in os.listdir(dnf.dest))
+            log = daemon.log_text()
+            assert "/files/debian/dists/stable/" in log and "/files/debian/pool/" in log
+            assert "/files/rpms/repodata/repomd.xml" in log and "/files/rpms/Packages/hello-1.0" in log
+            assert "wrote:" not in _clients(daemon, str(root), "--apply").stdout
+    finally:
+        nginx.stop()

@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from ocitest import free_port, http_request
-from ocitest.daemon import Daemon, Upstream
+from ocitest.daemon import Daemon, Upstream, config_text
+from ocitest.gitserver import GitServer, git
 from ocitest.hop import Hop
 from ocitest.images import MEDIA
 from ocitest.ops import PKI, AuxRegistry, TokenServer, make_pki
@@ -205,3 +206,35 @@ def test_the_token_realm_goes_through_the_proxy_too(
             assert len(tokens.requests) >= 1 and all(request["authorized"] for request in tokens.requests)
     finally:
         tokens.stop()
+
+
+def test_git_and_file_remotes_go_through_the_default_proxy(tmp_path: os.PathLike[str], open_proxy: Tinyproxy) -> None:
+    """[proxy] url is the proxy of the [[git]] and [[files]] remotes too; a remote's proxy = "" goes direct."""
+    server = GitServer(os.path.join(str(tmp_path), "gitserver")).start()
+    try:
+        server.create("public/app.git")
+        port = free_port()
+        origin = server.url.removesuffix("/repos")
+        text = config_text(port=port, cache_dir=os.path.join(str(tmp_path), "cache"), upstreams=[],
+                           extra_tables={"proxy": {"url": open_proxy.url()}})
+        text += (f'\n[[git]]\nname = "git.test"\nurl = "{server.url}"\n'
+                 f'[[files]]\nname = "plain"\nurl = "{origin}"\n'
+                 f'[[files]]\nname = "direct"\nurl = "{origin}/repos"\nproxy = ""\n')
+        path = os.path.join(str(tmp_path), "ocicache.toml")
+        with open(path, "w") as f:
+            f.write(text)
+        with Daemon(path, port=port, workdir=os.path.join(str(tmp_path), "daemon")) as daemon:
+            into = os.path.join(str(tmp_path), "clone")
+            git("clone", f"{daemon.url}/git/git.test/public/app.git", into, cwd=str(tmp_path))
+            status, _, body = http_request(f"{daemon.url}/files/plain/repos/public/app.git/HEAD")
+            assert status == 200 and body == b"ref: refs/heads/main\n"
+            status, _, body = http_request(f"{daemon.url}/files/direct/public/app.git/HEAD")
+            assert status == 200 and body == b"ref: refs/heads/main\n"
+        carried = open_proxy.requests()
+        # Both remotes asked for the same file; only "plain" went through the proxy (proxy = "": direct).
+        assert sum(line == f"GET {origin}/repos/public/app.git/HEAD HTTP/1.1" for line in carried) == 1, carried
+        assert any(line.startswith(f"GET {server.url}/public/app.git/info/refs?") for line in carried), carried
+        assert any(line.startswith(f"POST {server.url}/public/app.git/git-upload-pack ") for line in carried)
+        assert f"GET {origin}/repos/public/app.git/HEAD HTTP/1.1" in carried, carried
+    finally:
+        server.stop()

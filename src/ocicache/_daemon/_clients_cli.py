@@ -9,7 +9,16 @@ this host, so that its container runtimes pull through the mirror.
     C{/etc/containers/registries.conf.d/ocicache.conf}, with a
     path-prefixed mirror per upstream (C{mirror/docker.io});
   - docker: C{registry-mirrors} in C{/etc/docker/daemon.json}, merged into
-    the file as it is, its other keys kept.
+    the file as it is, its other keys kept;
+  - apt and dnf, with C{[[files]]} remotes of kind C{deb} or C{rpm}: every
+    URI of the remote in C{/etc/apt/sources.list}, C{sources.list.d/*.list}
+    and C{*.sources}, and every C{baseurl} of it in C{/etc/yum.repos.d/*.repo},
+    rewritten to the mirror's C{/files/<name>}, the rest of each file kept
+    (a rewritten repository's C{metalink} and C{mirrorlist} are commented out:
+    they would send dnf to the remote's mirrors directly);
+  - git, with C{[[git]]} hosts: C{url.<mirror>/git/<name>/.insteadOf} and a
+    C{pushInsteadOf} back to the host in C{/etc/gitconfig}, a block between
+    marker lines that replaces its previous self, the rest of the file kept.
 
 Without C{--apply} it prints each file as it would be.  With it, each
 file that would change is written atomically (a temporary file beside
@@ -24,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable
@@ -37,6 +47,8 @@ from .._ops._config import Config, UpstreamConfig
 __all__ = ["ClientFile", "add_clients_command", "client_files", "parse_mirror", "run_clients"]
 
 BACKUP_SUFFIX = ".ocicache-backup"
+_GIT_BEGIN = "# >>> ocicache clients: git fetches through the mirror, pushes go to the host itself"
+_GIT_END = "# <<< ocicache clients"
 _DOCKER_HUB = "registry-1.docker.io"
 
 
@@ -157,6 +169,113 @@ def _daemon_json(mirror: DecodedURL, existing: str | None, path: str) -> str:
     return json.dumps(document, indent=2) + "\n"
 
 
+def _gitconfig(mirror: DecodedURL, config: Config, existing: str | None) -> str | None:
+    """
+    C{/etc/gitconfig} with the block of C{insteadOf} rules for every
+    C{[[git]]} host (git-config(1), "url.<base>.insteadOf"); C{None} when
+    there is none and no block to remove.
+    """
+    hosts = config.git.upstreams if config.git is not None else ()
+    kept: list[str] = []
+    inside = False
+    for line in (existing or "").splitlines():
+        if line == _GIT_BEGIN:
+            inside = True
+        elif line == _GIT_END and inside:
+            inside = False
+        elif not inside:
+            kept.append(line)
+    if not hosts and len(kept) == len((existing or "").splitlines()):
+        return None
+    block: list[str] = []
+    if hosts:
+        block.append(_GIT_BEGIN)
+        for host in hosts:
+            upstream = host.url.to_uri().to_text().rstrip("/") + "/"
+            through = f"{_origin(mirror)}/git/{host.name}/"
+            block += [f'[url "{through}"]', f"\tinsteadOf = {upstream}",
+                      f'[url "{upstream}"]', f"\tpushInsteadOf = {upstream}"]
+        block.append(_GIT_END)
+    lines = kept + block
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def _rewrite_token(token: str, prefixes: list[tuple[str, str]]) -> str:
+    for remote, through in prefixes:
+        if token == remote or token.startswith(remote + "/"):
+            return through + token[len(remote):]
+    return token
+
+
+def _rewritten_apt(text: str, prefixes: list[tuple[str, str]]) -> str:
+    """Each whitespace-separated URI of a remote, in one-line and deb822 sources alike."""
+    lines = []
+    for line in text.splitlines(keepends=True):
+        if line.lstrip().startswith("#"):
+            lines.append(line)
+            continue
+        lines.append("".join(_rewrite_token(part, prefixes) for part in re.split(r"(\s+)", line)))
+    return "".join(lines)
+
+
+def _rewritten_repo(text: str, prefixes: list[tuple[str, str]]) -> str:
+    """The C{baseurl}s of a remote; in each section rewritten, its C{metalink} and C{mirrorlist} commented out."""
+    sections: list[list[str]] = [[]]
+    for line in text.splitlines(keepends=True):
+        if line.startswith("["):
+            sections.append([])
+        sections[-1].append(line)
+    out = []
+    for section in sections:
+        rewritten = []
+        changed = False
+        for line in section:
+            name, equals, value = line.partition("=")
+            if equals and name.strip().lower() == "baseurl":
+                new = name + equals + "".join(_rewrite_token(part, prefixes) for part in re.split(r"([\s,]+)", value))
+                changed = changed or new != line
+                line = new
+            rewritten.append(line)
+        if changed:
+            rewritten = [f"#{line}" if line.partition("=")[0].strip().lower() in ("metalink", "mirrorlist")
+                         else line for line in rewritten]
+        out += rewritten
+    return "".join(out)
+
+
+def _package_files(mirror: DecodedURL, config: Config, root: str,
+                   read: Callable[[str], str | None]) -> list[ClientFile]:
+    """apt's and dnf's files that name a C{[[files]]} remote, rewritten to go through the mirror."""
+    prefixes: dict[str, list[tuple[str, str]]] = {"deb": [], "rpm": []}
+    for remote in config.files_remotes:
+        if remote.kind.value in prefixes:
+            prefixes[remote.kind.value].append(
+                (remote.url.to_uri().to_text().rstrip("/"), f"{_origin(mirror)}/files/{remote.name}"))
+    found: list[ClientFile] = []
+    places = [("deb", "/etc/apt", ("sources.list",)), ("deb", "/etc/apt/sources.list.d", (".list", ".sources")),
+              ("rpm", "/etc/yum.repos.d", (".repo",))]
+    for kind, directory, endings in places:
+        if not prefixes[kind]:
+            continue
+        try:
+            names = sorted(os.listdir(root + directory))
+        except OSError:
+            continue
+        for name in names:
+            if not name.endswith(endings) or (directory == "/etc/apt" and name != "sources.list"):
+                continue
+            path = f"{directory}/{name}"
+            present = read(path)
+            if present is None:
+                continue
+            rewrite = _rewritten_apt if kind == "deb" else _rewritten_repo
+            content = rewrite(present, prefixes[kind])
+            if content != present:
+                found.append(ClientFile(path, content, f"{'apt' if kind == 'deb' else 'dnf'}: [[files]] remotes"
+                                                       " through the mirror"))
+    return found
+
+
 def client_files(mirror: DecodedURL, config: Config, read: Callable[[str], str | None],
                  root: str = "") -> list[ClientFile]:
     """
@@ -178,6 +297,10 @@ def client_files(mirror: DecodedURL, config: Config, read: Callable[[str], str |
     path = "/etc/docker/daemon.json"
     files.append(ClientFile(path, _daemon_json(mirror, read(path), root + path),
                             "docker: the mirror for Docker Hub (the default upstream)"))
+    files += _package_files(mirror, config, root, read)
+    gitconfig = _gitconfig(mirror, config, read("/etc/gitconfig"))
+    if gitconfig is not None:
+        files.append(ClientFile("/etc/gitconfig", gitconfig, "git: the [[git]] hosts through the mirror"))
     return files
 
 

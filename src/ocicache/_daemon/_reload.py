@@ -71,6 +71,9 @@ def restart_only_changes(running: Config, new: Config) -> list[str]:
     if running.warm != new.warm:
         # The warm timers are set up at start.
         changed.append("warm")
+    if running.admin != new.admin:
+        # The admin API's token and the pull log's retention are read at start.
+        changed.append("admin")
     if running.proxy != new.proxy:
         # Each upstream's agent chose its routes at start.
         changed.append("proxy")

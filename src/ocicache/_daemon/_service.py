@@ -128,6 +128,8 @@ class OcicacheService(MultiService):
         self.metadata = Metadata(f"{self.store.root}/metadata.sqlite", reactor)
         self.disk_pool = ThreadPool(minthreads=0, maxthreads=8, name="ocicache-disk")
         self.http_pool = make_pool(reactor)
+        # The connections of git and file remotes through the outbound proxy.
+        self.proxy_pool = make_pool(reactor)
         tokens = TokenCache(reactor)
         self.upstreams = {
             upstream.name: Upstream(upstream, reactor, self.http_pool, tokens, metrics=self.metrics,
@@ -223,7 +225,8 @@ class OcicacheService(MultiService):
         if config.git is not None and config.git.upstreams:
             # Git repositories (docs/git.md): /git/, and its upload-pack bodies.
             self.git = GitParts(config.git, reactor, disk, self.http_pool, slots, health, self.metrics,
-                                local_max_size, config.cache.min_free, config.cache.janitor_interval)
+                                local_max_size, config.cache.min_free, config.cache.janitor_interval,
+                                config.proxy, self.proxy_pool)
             self.git.upkeep.setServiceParent(self)
             children[b"git"] = GitResource(config.git, self.git.upstreams, self.git.refs, self.git.packs, disk,
                                            self.metrics, config.server.sendfile, config.server.stall_timeout,
@@ -262,7 +265,8 @@ class OcicacheService(MultiService):
         if config.files is None or not config.files.remotes:
             return None
         files = FileService(config.files, self.disk, self.http_pool, config.cache.min_free, health,
-                            FileMetrics(self.metrics), config.cache.abandon_after, config.cache.abandon_below)
+                            FileMetrics(self.metrics), config.cache.abandon_after, config.cache.abandon_below,
+                            proxies=self.config.proxy, proxied_pool=self.proxy_pool)
 
         async def authenticate(request: Request) -> None:
             authenticator = self.registry.authenticator
@@ -555,6 +559,7 @@ class OcicacheService(MultiService):
         # without the reactor waiting on it.
         await deferToThread(self.disk_pool.stop)
         closing = [self.metadata.close(), self.http_pool.closeCachedConnections(),
+                   self.proxy_pool.closeCachedConnections(),
                    *(upstream.close() for upstream in self.upstreams.values())]
         if self.s3_pool is not None:
             closing.append(self.s3_pool.closeCachedConnections())

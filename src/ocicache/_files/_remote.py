@@ -14,12 +14,14 @@ from collections.abc import Callable
 from hyperlink import DecodedURL
 from treq.client import HTTPClient
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
+from .._ops._config._proxy import DIRECT, ProxyRoutes
 from .._upstream._body import discard_body
 from .._upstream._errors import Unavailability, UpstreamUnavailable, unavailability_of
+from .._upstream._proxy import RoutedAgent
 from .._version import __version__
 from ._config import RemoteConfig
 from ._paths import FilePath
@@ -35,7 +37,8 @@ class Remote:
     """One configured C{[[files]]} remote."""
 
     def __init__(self, config: RemoteConfig, reactor: IReactorTime, pool: HTTPConnectionPool,
-                 observe: Callable[[str, str, float], None] = lambda remote, code, seconds: None) -> None:
+                 observe: Callable[[str, str, float], None] = lambda remote, code, seconds: None,
+                 routes: ProxyRoutes = DIRECT, proxied_pool: HTTPConnectionPool | None = None) -> None:
         """
         @param observe: told of every request sent: the remote, the status
             code (C{error} when none came) and the seconds to its headers.
@@ -44,7 +47,9 @@ class Remote:
         self.name = config.name
         self._reactor = reactor
         self._observe = observe
-        agent = Agent(reactor, connectTimeout=config.connect_timeout, pool=pool)
+        # Direct, or through the outbound proxy ([proxy], else the environment).
+        agent = RoutedAgent(reactor, routes, BrowserLikePolicyForHTTPS(), config.connect_timeout, pool,
+                            f"files {config.name}", proxied_pool)
         self._http = HTTPClient(agent)
         credentials = config.credentials
         self._authorization = None if credentials is None else b"Basic " + base64.b64encode(

@@ -38,6 +38,7 @@ from .._fetch._sink import DiskSink
 from .._fetch._slots import Priority, Slot, Slots
 from .._fetch._tiers import InFlightTier, StoreTier
 from .._fetch._walk import Filling, Hit, TierWalk, Want
+from .._ops._config._proxy import UNPROXIED, ProxyConfig
 from .._storage._capacity import Capacity
 from .._storage._disk import Disk
 from .._storage._health import DiskHealth
@@ -144,11 +145,13 @@ class FileService:
     def __init__(self, config: FilesConfig, disk: Disk, pool: HTTPConnectionPool,
                  min_free: int | float | None = None, health: DiskHealth | None = None,
                  observer: Observer | None = None, abandon_after: float = ABANDON_AFTER,
-                 keep_fraction: float = KEEP_FRACTION, slots: Slots | None = None) -> None:
+                 keep_fraction: float = KEEP_FRACTION, slots: Slots | None = None,
+                 proxies: ProxyConfig = UNPROXIED, proxied_pool: HTTPConnectionPool | None = None) -> None:
         self._disk = disk
         self._reactor = disk.reactor
         self._observer: Observer = observer if observer is not None else _Unobserved()
-        self.remotes = {remote.name: Remote(remote, self._reactor, pool, self._observer.upstream)
+        self.remotes = {remote.name: Remote(remote, self._reactor, pool, self._observer.upstream,
+                                            proxies.routes_for(remote.proxy), proxied_pool)
                         for remote in config.remotes}
         self.capacity = Capacity(disk, config.max_size, min_free, self._observer.evicted, table=TABLE,
                                  kind=Kind.FILES)

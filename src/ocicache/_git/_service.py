@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
 from .._fetch._slots import Slots
+from .._ops._config._proxy import UNPROXIED, ProxyConfig
 from .._ops._metrics import Metrics
 from .._storage._capacity import Capacity
 from .._storage._disk import Disk
@@ -37,10 +38,13 @@ class GitParts:
 
     def __init__(self, config: GitConfig, reactor: Any, disk: Disk, pool: HTTPConnectionPool, slots: Slots,
                  health: DiskHealth, metrics: Metrics, max_size: int | None, min_free: int | float | None,
-                 interval: float) -> None:
+                 interval: float, proxies: ProxyConfig = UNPROXIED,
+                 proxied_pool: HTTPConnectionPool | None = None
+                 ) -> None:
         self.config = config
         self.upstreams = {
-            upstream.name: GitUpstream(upstream, reactor, pool, partial(_count, metrics, upstream.name))
+            upstream.name: GitUpstream(upstream, reactor, pool, partial(_count, metrics, upstream.name),
+                                       proxies.routes_for(upstream.proxy), proxied_pool)
             for upstream in config.upstreams
         }
         self.capacity = Capacity(disk, max_size, min_free, table=TABLE, kind=Kind.GIT,

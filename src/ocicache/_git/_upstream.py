@@ -11,12 +11,14 @@ from collections.abc import Callable
 from typing import Any
 
 from treq.client import HTTPClient
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
+from .._ops._config._proxy import DIRECT, ProxyRoutes
 from .._upstream._body import discard_body, read_body
 from .._upstream._errors import UpstreamUnavailable
+from .._upstream._proxy import RoutedAgent
 from .._upstream._tls import UpstreamTLSPolicy
 from .._version import __version__
 from ._config import GitUpstreamConfig
@@ -41,7 +43,8 @@ class GitUpstream:
     """One C{[[git]]} upstream's requests."""
 
     def __init__(self, config: GitUpstreamConfig, reactor: Any, pool: HTTPConnectionPool,
-                 counted: Callable[[str, str], None] = lambda kind, code: None) -> None:
+                 counted: Callable[[str, str], None] = lambda kind, code: None,
+                 routes: ProxyRoutes = DIRECT, proxied_pool: HTTPConnectionPool | None = None) -> None:
         """
         @param counted: told C{(kind, code)} of every upstream request
             (C{refs} or C{upload-pack}; C{error} when nothing answered).
@@ -50,8 +53,9 @@ class GitUpstream:
         self.name = config.name
         self._reactor = reactor
         self._counted = counted
-        agent = Agent(reactor, contextFactory=UpstreamTLSPolicy.for_host(config.url.host, config.tls_verify, None),
-                      connectTimeout=config.connect_timeout, pool=pool)
+        # Direct, or through the outbound proxy ([proxy], else the environment).
+        agent = RoutedAgent(reactor, routes, UpstreamTLSPolicy.for_host(config.url.host, config.tls_verify, None),
+                            config.connect_timeout, pool, f"git {config.name}", proxied_pool)
         self._http = HTTPClient(agent)
 
     def _url(self, repo: str, *tail: str) -> str:

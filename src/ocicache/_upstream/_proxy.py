@@ -18,7 +18,7 @@ import re
 from typing import Any
 
 from hyperlink import DecodedURL
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IDelayedCall, IProtocol, IProtocolFactory, IReactorTime, IStreamClientEndpoint
@@ -203,16 +203,24 @@ class RoutedAgent:
     """
 
     def __init__(self, reactor: Any, routes: ProxyRoutes, tls: IPolicyForHTTPS, connect_timeout: float,
-                 pool: HTTPConnectionPool, who: str) -> None:
+                 pool: HTTPConnectionPool, who: str, proxied_pool: HTTPConnectionPool | None = None) -> None:
+        """
+        @param proxied_pool: the pool of the connections through a proxy,
+            when its owner shares it among agents (and closes it); else
+            this agent keeps one of its own, which L{close} closes.
+        """
         self._reactor: IReactorTime = reactor
         self._routes = routes
         self._tls = tls
         self._timeout = connect_timeout
         self._who = who
         self._direct = Agent(reactor, contextFactory=tls, connectTimeout=connect_timeout, pool=pool)
-        self._pool = HTTPConnectionPool(reactor, persistent=True)
-        self._pool.maxPersistentPerHost = pool.maxPersistentPerHost
-        self._pool.cachedConnectionTimeout = pool.cachedConnectionTimeout
+        self._owned = proxied_pool is None
+        if proxied_pool is None:
+            proxied_pool = HTTPConnectionPool(reactor, persistent=True)
+            proxied_pool.maxPersistentPerHost = pool.maxPersistentPerHost
+            proxied_pool.cachedConnectionTimeout = pool.cachedConnectionTimeout
+        self._pool = proxied_pool
         self._agents: dict[tuple[Proxy, bytes], IAgent] = {}
         self._reported: str | None = None
 
@@ -267,7 +275,9 @@ class RoutedAgent:
         raise error
 
     def close(self) -> Deferred[None]:
-        """Close the connections kept through proxies."""
+        """Close the connections kept through proxies (when the pool is this agent's)."""
+        if not self._owned:
+            return succeed(None)
         closed: Deferred[None] = self._pool.closeCachedConnections()
         return closed
 

@@ -65,7 +65,7 @@ class Admin:
     default_upstream: Callable[[], str | None]
     reactor: IReactorTime
     token: Callable[[], str | None]
-    """Read per request: a reload may change it."""
+    """The C{[admin]} token of the running configuration (a change waits for a restart)."""
 
 
 def _loopback(request: Request) -> bool:

@@ -15,6 +15,7 @@ from hyperlink import DecodedURL
 
 from ._fields import key
 from ._names import HttpURL
+from ._proxy import ProxyURL
 from ._secrets import Files
 from ._types import POSITIVE, Choice, Duration, Invalid, Kind, ListOf, Refused, Size, Text
 from ._values import Credentials
@@ -53,6 +54,8 @@ class RemoteConfig:
     negative_ttl: float = 30.0
     connect_timeout: float = 10.0
     response_timeout: float = 60.0
+    proxy: str | None = None
+    """Its outbound proxy URL, C{""} for none; C{None}: C{[proxy]}'s (L{ProxyConfig.routes_for})."""
 
 
 @frozen
@@ -134,6 +137,8 @@ class FilesTable:
     password_env: str | None = key(Text(), "An environment variable holding the password.",
                                    example="OCICACHE_FILES_PASSWORD")
     password: None = key(Refused("a literal password is not accepted; use password_file or password_env"), "")
+    proxy: str | None = key(ProxyURL(empty=True), 'This remote\'s outbound proxy (see [proxy]); "": direct.',
+                            example="http://proxy.internal:3128", shown="[proxy] url")
 
     def check(self) -> None:
         """The rules between keys, before anything is read."""
@@ -152,7 +157,7 @@ class FilesTable:
             name=self.name, url=self.url, kind=FileKind(self.kind), credentials=credentials, mutable=self.mutable,
             immutable=self.immutable, mutable_ttl=self.mutable_ttl, max_stale=self.max_stale,
             negative_ttl=self.negative_ttl, connect_timeout=self.connect_timeout,
-            response_timeout=self.response_timeout,
+            response_timeout=self.response_timeout, proxy=self.proxy,
         )
 
 

@@ -15,6 +15,7 @@ from hyperlink import DecodedURL
 
 from ._fields import key
 from ._names import HttpURL
+from ._proxy import ProxyURL
 from ._secrets import Files
 from ._types import BOOLEAN, POSITIVE, Choice, Invalid, Refused, Text
 from ._values import Credentials
@@ -52,6 +53,8 @@ class GitUpstreamConfig:
     response_timeout: float = 60.0
     credentials: Credentials | None = None
     """What a mirror fetches with (C{mode = "mirror"}); clients always use their own."""
+    proxy: str | None = None
+    """Its outbound proxy URL, C{""} for none; C{None}: C{[proxy]}'s (L{ProxyConfig.routes_for})."""
 
 
 @frozen
@@ -113,6 +116,8 @@ class GitTable:
     password_env: str | None = key(Text(), "An environment variable holding the password.",
                                    example="OCICACHE_GIT_PASSWORD")
     password: None = key(Refused("a literal password is not accepted; use password_file or password_env"), "")
+    proxy: str | None = key(ProxyURL(empty=True), 'This host\'s outbound proxy (see [proxy]); "": direct.',
+                            example="http://proxy.internal:3128", shown="[proxy] url")
 
     def check(self) -> None:
         """The rules between keys, before anything is read."""
@@ -135,4 +140,5 @@ class GitTable:
             name=self.name, url=self.url, mode=self.mode, stale_refs=self.stale_refs, max_stale=self.max_stale,
             proof_ttl=self.proof_ttl, pack_ttl=self.pack_ttl, tls_verify=self.tls_verify,
             connect_timeout=self.connect_timeout, response_timeout=self.response_timeout, credentials=credentials,
+            proxy=self.proxy,
         )

@@ -24,7 +24,7 @@ from ._fields import key
 from ._secrets import Files
 from ._types import Invalid, Kind, ListOf, Text
 
-__all__ = ["Proxy", "ProxyConfig", "ProxyRoutes", "ProxyTable", "parse_proxy"]
+__all__ = ["DIRECT", "UNPROXIED", "Proxy", "ProxyConfig", "ProxyRoutes", "ProxyTable", "parse_proxy"]
 
 _ENVIRONMENT = {
     "https": ("https_proxy", "HTTPS_PROXY"),
@@ -219,6 +219,10 @@ class ProxyConfig:
         if setting == "":
             return DIRECT
         return ProxyRoutes.through(parse_proxy(setting))
+
+
+UNPROXIED = ProxyConfig()
+"""Every request direct, whatever the environment says."""
 
 
 @frozen
