@@ -215,7 +215,9 @@ class OcicacheService(MultiService):
         if config.git is not None and config.git.upstreams:
             # Git repositories (docs/git.md): /git/, and its upload-pack bodies.
             self.git = GitParts(config.git, reactor, disk, self.http_pool, slots, health, self.metrics,
-                                local_max_size, config.cache.min_free, config.cache.janitor_interval)
+                                local_max_size, config.cache.min_free, config.cache.janitor_interval,
+                                self.bucket, self.replicator, config.cache.max_size,
+                                s3.abandon_uploads_after if s3 is not None else 86400.0)
             self.git.upkeep.setServiceParent(self)
             children[b"git"] = GitResource(config.git, self.git.upstreams, self.git.refs, self.git.packs, disk,
                                            self.metrics, config.server.sendfile, config.server.stall_timeout,

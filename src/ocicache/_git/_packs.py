@@ -3,9 +3,13 @@ Upload-pack requests, the git front-end of the fetch core.
 
 A request whose response carries a pack (v0/v1, or v2 C{fetch}, that
 says C{done}) is an entry named by L{ResponseKey}: the local store, then a
-response in flight, walked by L{TierWalk}; on a miss one upstream request
+response in flight, then (with the S3 backend) the bucket's C{git/} area,
+walked by L{TierWalk}; on a miss one upstream request
 however many clients ask, its body streamed to all of them as it arrives
-and committed only once L{PackResponseCheck} passes.  A kept response is
+and committed only once L{PackResponseCheck} passes; with the S3 backend it
+is copied into the bucket as it arrives, and the object appears only
+once the check passed (L{Replicator}).  One read back from the bucket is
+checked again on its way.  A kept response is
 served only to a client with a live access proof (L{RefService.authorize}).
 
 Everything else (v2 C{ls-refs}, a negotiation round without C{done}) goes
@@ -23,16 +27,20 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IResponse
 
+from .._fetch._bucket_tier import BucketEntries
 from .._fetch._download import Download
 from .._fetch._feed import Feed
 from .._fetch._fills import Fills
 from .._fetch._passthrough import PassThrough
+from .._fetch._replicate import Replicator
 from .._fetch._result import CacheResult
 from .._fetch._sink import DiskSink
 from .._fetch._slots import Priority, Slot, Slots
 from .._fetch._source import Source
 from .._fetch._tiers import InFlightTier, StoreTier
-from .._fetch._walk import TierWalk, Want
+from .._fetch._walk import Tier, TierWalk, Want
+from .._spec._reference import Digest
+from .._storage._bucket import Bucket
 from .._storage._disk import Disk
 from .._storage._health import DiskHealth
 from .._storage._store import Kind
@@ -70,10 +78,13 @@ class PackService:
 
     def __init__(self, disk: Disk, books: GitBooks, refs: RefService, slots: Slots, health: DiskHealth,
                  on_upstream_bytes: Callable[[str, int], None] = lambda upstream, count: None,
-                 mirrors: Mirrors | None = None) -> None:
+                 mirrors: Mirrors | None = None, bucket: Bucket | None = None,
+                 replicator: Replicator | None = None) -> None:
         """
         @param mirrors: the bare mirrors that answer the requests to
             C{mode = "mirror"} upstreams.
+        @param bucket: the S3 store's area of git responses, with the S3
+            backend; C{replicator} copies each upstream response into it.
         """
         self._mirrors = mirrors
         self._reactor: IReactorTime = disk.reactor
@@ -83,8 +94,11 @@ class PackService:
         self._on_upstream_bytes = on_upstream_bytes
         self._fills: Fills[ResponseKey] = Fills()
         self._sink = DiskSink(disk, self._fills, books, health, Kind.GIT)
-        self._walk = TierWalk([StoreTier(disk.store, Kind.GIT, books.accessed), InFlightTier(self._fills)],
-                              self._fills)
+        self._replicator = replicator
+        tiers: list[Tier[ResponseKey]] = [StoreTier(disk.store, Kind.GIT, books.accessed), InFlightTier(self._fills)]
+        if bucket is not None:
+            tiers.append(BucketEntries(bucket, self._fills, self._sink, self._reactor, _stored_as))
+        self._walk = TierWalk(tiers, self._fills)
 
     @property
     def inflight(self) -> dict[ResponseKey, Download]:
@@ -145,7 +159,9 @@ class PackService:
             slot.release()
             raise
         size = response.length if isinstance(response.length, int) else None
-        started = self._sink.open(key, size, f"{upstream.name}/{who.repo}")
+        replicator = self._replicator
+        started = self._sink.open(key, size, f"{upstream.name}/{who.repo}",
+                                  None if replicator is None else partial(_replicate, replicator, key))
         started.settled.addBoth(_release, slot)
         response.deliverBody(Feed(started, self._reactor, partial(self._on_upstream_bytes, upstream.name)))
         return started
@@ -168,6 +184,14 @@ def _in_memory(body: bytes) -> PassThrough:
     source.write(body)
     source.finish()
     return source
+
+
+def _stored_as(key: ResponseKey) -> Digest:
+    return key.digest
+
+
+def _replicate(replicator: Replicator, key: ResponseKey, download: Download) -> Deferred[None] | None:
+    return replicator.replicate(download, key.digest)
 
 
 def _release(result: object, slot: Slot) -> object:
