@@ -27,7 +27,7 @@ from .._storage._store import Kind
 from ._books import TABLE, GitBooks, remove_entries
 from ._config import GitConfig
 from ._mirror import Mirrors
-from ._packs import PackService
+from ._packs import GitFleet, PackService
 from ._refs import AccessProofs, RefService
 from ._upstream import GitUpstream
 
@@ -47,11 +47,13 @@ class GitParts:
     def __init__(self, config: GitConfig, reactor: Any, disk: Disk, pool: HTTPConnectionPool, slots: Slots,
                  health: DiskHealth, metrics: Metrics, max_size: int | None, min_free: int | float | None,
                  interval: float, bucket: Bucket | None = None, replicator: Replicator | None = None,
-                 bucket_max_size: int | None = None, abandon_uploads_after: float = 86400.0) -> None:
+                 bucket_max_size: int | None = None, abandon_uploads_after: float = 86400.0,
+                 fleet: GitFleet | None = None) -> None:
         """
         @param bucket: the S3 store (its blobs' area), with the S3 backend;
             git responses get an area of their own in it, of
             C{bucket_max_size} bytes, filled through C{replicator}.
+        @param fleet: the fleet's step for git responses, in a fleet.
         """
         self.config = config
         self.upstreams = {
@@ -76,7 +78,7 @@ class GitParts:
             mirrors = Mirrors(disk, self.books, on_fetch=partial(_count_fetch, metrics))
         self.packs = PackService(disk, self.books, self.refs, slots, health,
                                  lambda upstream, count: metrics.git_upstream_bytes.labels(upstream).inc(count),
-                                 mirrors, self.bucket, git_replicator)
+                                 mirrors, self.bucket, git_replicator, fleet)
         metrics.git_size.set_function(lambda: self.capacity.size)
         metrics.git_entries.set_function(lambda: len(self.capacity.policy))
         self._recovered = False
