@@ -231,8 +231,10 @@ class Bucket:
         eviction bookkeeping is this node's own (no fleet book: the book
         names blobs).
         """
-        return Bucket(self.client, self.prefix, self._disk, max_size, on_bytes=self.on_bytes,
-                      on_upload=self.on_upload, area=area, table=table, health=self.health)
+        other = Bucket(self.client, self.prefix, self._disk, max_size, on_bytes=self.on_bytes,
+                       on_upload=self.on_upload, area=area, table=table, health=self.health)
+        other.name = f"{self.name}{area}/"  # in its log lines: which area
+        return other
 
     @property
     def usable(self) -> bool:
