@@ -4,16 +4,17 @@ Upload-pack requests, the git front-end of the fetch core.
 A request whose response carries a pack (v0/v1, or v2 C{fetch}, that
 says C{done}) is an entry named by L{ResponseKey}: the local store, then a
 response in flight, then (with the S3 backend) the bucket's C{git/} area,
-walked by L{TierWalk}; on a miss one upstream request
-however many clients ask, its body streamed to all of them as it arrives
-and committed only once L{PackResponseCheck} passes; with the S3 backend it
-is copied into the bucket as it arrives, and the object appears only
-once the check passed (L{Replicator}).  One read back from the bucket is
-checked again on its way.  In a fleet, a miss takes the entry's fill lock
-first (L{GitFleet}): a node that misses while another fills the same
-response streams it from that node (checked again here), or, once it is
-complete, from the bucket; one upstream request across the nodes.  A kept response is
-served only to a client with a live access proof (L{RefService.authorize}).
+walked by L{TierWalk}; on a miss one upstream request however many
+clients ask, its body streamed to all of them as it arrives and committed
+only once L{PackResponseCheck} passes.  With the S3 backend it is copied
+into the bucket as it arrives, and the object appears only once the check
+passed (L{Replicator}); one read back from the bucket is checked again on
+its way.  In a fleet, a miss takes the entry's fill lock first
+(L{GitFleet}): a node that misses while another fills the same response
+streams it from that node (checked again here), or, once it is complete,
+from the bucket; one upstream request across the nodes.  A kept response
+is served only to a client with a live access proof
+(L{RefService.authorize}).
 
 Everything else (v2 C{ls-refs}, a negotiation round without C{done}) goes
 to the upstream every time and passes through memory, kept nowhere.
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Protocol
 
 from attrs import frozen
 from twisted.internet.defer import Deferred, DeferredList
@@ -51,6 +51,7 @@ from .._storage._health import DiskHealth
 from .._storage._store import Kind
 from .._upstream._body import discard_body
 from ._books import GitBooks
+from ._claim import ALONE, GitClaim, GitFleet
 from ._errors import GitUpstreamFailed
 from ._key import ResponseKey, Unchecked
 from ._mirror import Mirrors
@@ -59,7 +60,7 @@ from ._refs import RefService, Who
 from ._result import GitResult
 from ._upstream import RESULT, GitUpstream
 
-__all__ = ["GitClaim", "GitFleet", "PackAnswer", "PackService"]
+__all__ = ["PackAnswer", "PackService"]
 
 log = Logger()
 
@@ -68,40 +69,6 @@ PEER_IDLE = 5.0
 
 _RESULTS = {CacheResult.HIT: GitResult.HIT, CacheResult.MISS: GitResult.MISS,
             CacheResult.COALESCED: GitResult.COALESCED}
-
-
-class GitClaim(Protocol):
-    """What the fleet decided for one miss: where its body comes from (L{ocicache._fleet})."""
-
-    @property
-    def peer(self) -> IResponse | None:
-        """Another node's 200 response with the body, or C{None}: ask the upstream."""
-
-    @property
-    def shared(self) -> bool:
-        """Whether the fleet coordinated this fill: another node may have completed it in the bucket meanwhile."""
-
-    def done(self, committed: int | None) -> None:
-        """This node's fill settled: committed with this size, or not (C{None})."""
-
-
-class GitFleet(Protocol):
-    """The fleet's step around a miss, for git responses (named by their key's digest)."""
-
-    async def claim(self, digest: Digest) -> GitClaim: ...
-
-
-class _Alone:
-    """A single node: every miss asks the upstream."""
-
-    peer = None
-    shared = False
-
-    def done(self, committed: int | None) -> None:
-        pass
-
-    async def claim(self, digest: Digest) -> GitClaim:
-        return self
 
 
 @frozen
@@ -131,7 +98,7 @@ class PackService:
         @param fleet: the fleet's fill locks and peers, in a fleet.
         """
         self._disk = disk
-        self._fleet: GitFleet = fleet if fleet is not None else _Alone()
+        self._fleet: GitFleet = fleet if fleet is not None else ALONE
         self._mirrors = mirrors
         self._reactor: IReactorTime = disk.reactor
         self._books = books

@@ -25,9 +25,10 @@ from .._storage._disk import Disk
 from .._storage._health import DiskHealth
 from .._storage._store import Kind
 from ._books import TABLE, GitBooks, remove_entries
+from ._claim import GitFleet
 from ._config import GitConfig
 from ._mirror import Mirrors
-from ._packs import GitFleet, PackService
+from ._packs import PackService
 from ._refs import AccessProofs, RefService
 from ._upstream import GitUpstream
 
