@@ -226,7 +226,10 @@ class OcicacheService(MultiService):
             # Git repositories (docs/git.md): /git/, and its upload-pack bodies.
             self.git = GitParts(config.git, reactor, disk, self.http_pool, slots, health, self.metrics,
                                 local_max_size, config.cache.min_free, config.cache.janitor_interval,
-                                config.proxy, self.proxy_pool)
+                                config.proxy, self.proxy_pool,
+                                self.bucket, self.replicator, config.cache.max_size,
+                                s3.abandon_uploads_after if s3 is not None else 86400.0,
+                                None if self.fleet is None else self.fleet.area("git"))
             self.git.upkeep.setServiceParent(self)
             children[b"git"] = GitResource(config.git, self.git.upstreams, self.git.refs, self.git.packs, disk,
                                            self.metrics, config.server.sendfile, config.server.stall_timeout,
@@ -240,7 +243,8 @@ class OcicacheService(MultiService):
         self.metrics.inflight_downloads.set_function(lambda: len(self.blobs.inflight))
         if config.fleet is not None and self.fleet is not None:
             internal = QuietSite(InternalResource(self.blobs, self.store, config.fleet.secret, reactor,
-                                                  self.fleet.filling))
+                                                  self.fleet.filling,
+                                                  {} if self.git is None else {"git": self.git.packs.peer_source}))
             internal.displayTracebacks = False
             self._listen(config.fleet.internal_listen, internal)
         if config.metrics.listen is not None:

@@ -1,14 +1,17 @@
 """
-The S3 bucket as a tier: a blob found there is streamed from it through a
+The S3 bucket as a tier, for any kind of entry: one found there is streamed from it through a
 L{Download}, so it is verified again on the way, joins the singleflight
 and fills the local tier; or, for a C{Range}, streamed from the client's
-offset (L{BucketRange}) and not kept.
+offset (L{BucketRange}) and not kept.  It is verified by its key's own
+verifier (a blob's digest, a git response's pack check), so a corrupt
+object is cut short and deleted, never served whole.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Generic, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocol, IReactorTime
@@ -24,47 +27,56 @@ from ._errors import NotHere
 from ._feed import Feed
 from ._fills import Fills
 from ._incoming import DownloadError
+from ._key import Key
 from ._passthrough import PassThrough
 from ._ranged import BucketRange
 from ._result import CacheResult
 from ._sink import DiskSink
 from ._walk import Found, Hit, Want
 
-__all__ = ["BucketTier", "NotInBucket"]
+__all__ = ["BucketEntries", "BucketTier", "NotInBucket"]
 
 log = Logger()
 
+K = TypeVar("K", bound=Key)
 
-class BucketTier:
+
+class BucketEntries(Generic[K]):
     """
-    Blobs in the S3 store.  When the store is down or fails before
-    sending a byte, it holds nothing: the walk goes on (to the upstream).
+    Entries of one kind in the S3 store.  When the store is down or fails
+    before sending a byte, it holds nothing: the walk goes on (to the
+    upstream).
+
+    @param name: the L{Digest} an entry's key is indexed and stored by in
+        C{bucket} (a blob's is its digest; another kind's is its key's
+        hash under the same grammar).
     """
 
-    def __init__(self, bucket: Bucket, fills: Fills[Digest], sink: DiskSink[Digest], reactor: IReactorTime,
-                 on_corrupt: Callable[[Digest], None] = lambda digest: None) -> None:
+    def __init__(self, bucket: Bucket, fills: Fills[K], sink: DiskSink[K], reactor: IReactorTime,
+                 name: Callable[[K], Digest], on_corrupt: Callable[[K], None] = lambda key: None) -> None:
         self.bucket = bucket
         self._fills = fills
         self._sink = sink
         self._reactor = reactor
         self._on_corrupt = on_corrupt
+        self._name = name
 
-    async def find(self, key: Digest) -> Found | None:
+    async def find(self, key: K) -> Found | None:
         if not self.bucket.usable:
             return None
         try:
-            size = await self.bucket.size(key)
+            size = await self.bucket.size(self._name(key))
         except (S3Unavailable, S3Error):
             return None
         return Found(size) if size is not None else None
 
-    async def open(self, key: Digest, want: Want, found: Found) -> Hit | None:
+    async def open(self, key: K, want: Want, found: Found) -> Hit | None:
         size = found.size
         if size is None:
             return None
-        accessed = partial(self.bucket.capacity.accessed, key)
+        accessed = partial(self.bucket.capacity.accessed, self._name(key))
         if want.ranged:
-            return Hit(BucketRange(key, size, self.bucket, self.feed), CacheResult.HIT, accessed)
+            return Hit(BucketRange(key, size, self.bucket, self.feed, self._name(key)), CacheResult.HIT, accessed)
         starting, joined = self._fills.start(key, lambda: self.stream(key, size))
         try:
             started = await starting
@@ -72,13 +84,13 @@ class BucketTier:
             return None
         return Hit(started.acquire(), CacheResult.COALESCED if joined else CacheResult.HIT, accessed)
 
-    async def stream(self, key: Digest, size: int) -> Download | PassThrough:
+    async def stream(self, key: K, size: int) -> Download | PassThrough:
         """
         A download of C{key}'s object, tracked as in flight; raises
         L{NotInBucket} when it cannot be had after all.
         """
         try:
-            response = await self.bucket.open(key)
+            response = await self.bucket.open(self._name(key))
         except S3Unavailable:
             raise NotInBucket() from None
         if response is None:
@@ -101,18 +113,30 @@ class BucketTier:
         """The protocol that feeds an S3 body into a download or a range."""
         return Feed(sink, self._reactor, partial(self.bucket.on_bytes, "downloaded"))
 
-    def _bad(self, failure: Failure, key: Digest) -> Failure:
+    def _bad(self, failure: Failure, key: K) -> Failure:
         """
-        An object whose body is not its blob (the digest or the length do
-        not match) is deleted, so that the next client fetches it again.
+        An object whose body is not its entry (its verifier or the length
+        refused it) is deleted, so that the next client fetches it again.
         """
         if failure.check(DownloadError):
             self._on_corrupt(key)
-            removing = Deferred.fromCoroutine(self.bucket.capacity.delete([key]))
+            removing = Deferred.fromCoroutine(self.bucket.capacity.delete([self._name(key)]))
             removing.addErrback(lambda error: log.failure("Could not delete a corrupt object from the S3 store",
                                                           error))
         return failure
 
 
+class BucketTier(BucketEntries[Digest]):
+    """Blobs in the S3 store: stored by their digest."""
+
+    def __init__(self, bucket: Bucket, fills: Fills[Digest], sink: DiskSink[Digest], reactor: IReactorTime,
+                 on_corrupt: Callable[[Digest], None] = lambda digest: None) -> None:
+        super().__init__(bucket, fills, sink, reactor, _same, on_corrupt)
+
+
+def _same(digest: Digest) -> Digest:
+    return digest
+
+
 class NotInBucket(NotHere):
-    """The bucket cannot serve this blob after all: the upstream will."""
+    """The bucket cannot serve this entry after all: the upstream will."""

@@ -28,6 +28,7 @@ from .._storage._bucket import Bucket
 from .._storage._s3 import S3Error, S3Unavailable
 from .._upstream._body import stop_body
 from ._incoming import DownloadError
+from ._key import Key
 from ._passthrough import PassThrough
 from ._source import Reader
 
@@ -38,13 +39,14 @@ log = Logger()
 
 class BucketRange(PassThrough):
     """
+    @param digest: what C{key} is stored by in C{bucket}.
     @param receiver: makes the protocol that feeds an S3 body into this
         source (L{write}, L{finish}, L{fail}), with its idle timeout.
     """
 
-    def __init__(self, digest: Digest, size: int, bucket: Bucket,
-                 receiver: Callable[[PassThrough], IProtocol]) -> None:
-        super().__init__(digest, size)
+    def __init__(self, key: Key, size: int, bucket: Bucket,
+                 receiver: Callable[[PassThrough], IProtocol], digest: Digest) -> None:
+        super().__init__(key, size)
         self._digest = digest
         self._bucket = bucket
         self._receiver = receiver

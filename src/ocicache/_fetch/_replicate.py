@@ -56,10 +56,21 @@ class Replicator:
         """Upload ids of replications in progress."""
         self._running: set[Deferred[None]] = set()
 
+    def into(self, bucket: Bucket) -> Replicator:
+        """
+        A replicator into another area of the store (another kind of
+        entry, L{Bucket.sibling}) that shares this one's bound on part
+        uploads and its books of uploads in progress.
+        """
+        other = Replicator(bucket, self._disk, self._part_size, 1)
+        other._parts, other.live, other._running = self._parts, self.live, self._running
+        return other
+
     def replicate(self, download: Download, digest: Digest) -> Deferred[None] | None:
         """
-        Copy C{download} into the bucket as it arrives; nothing if the store
-        is down.  The Deferred fires (never fails) once the upload is
+        Copy C{download} into the bucket as it arrives, as the object named
+        C{digest} (a blob's digest; another kind's key hash); nothing if
+        the store is down.  The Deferred fires (never fails) once the upload is
         complete or aborted.
         """
         if not self._bucket.usable:

@@ -31,11 +31,11 @@ from .._oci._blobs import FleetClaim
 from .._ops._config import FleetConfig
 from .._spec._reference import Digest
 from ._lock import FillLock, Lease
-from ._nodes import NodeDirectory
+from ._nodes import BLOBS, NodeDirectory, entry_name
 from ._peer import PeerClient
 from ._redis import Redis, RedisUnavailable
 
-__all__ = ["HEARTBEAT", "POLL", "Fleet"]
+__all__ = ["HEARTBEAT", "POLL", "Fleet", "FleetArea"]
 
 log = Logger()
 
@@ -47,15 +47,17 @@ POLL = 0.2
 
 
 class _Claim:
-    def __init__(self, fleet: Fleet, digest: Digest, lease: Lease | None, peer: IResponse | None) -> None:
+    def __init__(self, fleet: Fleet, digest: Digest, lease: Lease | None, peer: IResponse | None,
+                 area: str) -> None:
         self._fleet = fleet
         self._digest = digest
+        self._area = area
         self._lease = lease
         self.peer = peer
         self.shared = True
 
     def done(self, committed: int | None) -> None:
-        self._fleet._done(self._digest, self._lease, committed)
+        self._fleet._done(self._area, self._digest, self._lease, committed)
 
 
 class _Local:
@@ -86,7 +88,7 @@ class Fleet:
         self.node = config.node
         self._lock = FillLock(redis, reactor, config.node, config.lock_ttl)
         self._nodes = NodeDirectory(redis, config.node, str(config.peer_url), ttl=3 * max(config.lock_ttl, HEARTBEAT))
-        self._leases: dict[Digest, Lease] = {}
+        self._leases: dict[tuple[str, Digest], Lease] = {}
         self._on_claim = on_claim
         self._on_redis = on_redis
         self._up: bool | None = None
@@ -136,16 +138,20 @@ class Fleet:
         """Whether Redis answers (as the last heartbeat or command found)."""
         return self._up is True
 
-    def filling(self, digest: Digest) -> bool:
-        """Whether this node holds C{digest}'s fill lock."""
-        return digest in self._leases
+    def filling(self, digest: Digest, area: str = BLOBS) -> bool:
+        """Whether this node holds the fill lock of C{digest} (of C{area})."""
+        return (area, digest) in self._leases
 
-    async def claim(self, digest: Digest) -> FleetClaim:
+    def area(self, name: str) -> FleetArea:
+        """The fleet step for another kind of entry (C{git}): its own locks and holders."""
+        return FleetArea(self, name)
+
+    async def claim(self, digest: Digest, area: str = BLOBS) -> FleetClaim:
         if not self._up:
             self._on_claim("alone")
             return _LOCAL
         try:
-            claim = await self._claim(digest)
+            claim = await self._claim(digest, area)
         except RedisUnavailable as e:
             self._went_down(e)
             self._on_claim("alone")
@@ -153,42 +159,42 @@ class Fleet:
         self._on_claim("peer" if claim.peer is not None else "lock")
         return claim
 
-    async def _claim(self, digest: Digest) -> _Claim:
+    async def _claim(self, digest: Digest, area: str) -> _Claim:
         give_up = self._reactor.seconds() + 2 * self._ttl
         while True:
-            taken = await self._lock.take(digest)
+            taken = await self._lock.take(digest, area)
             if isinstance(taken, Lease):
-                self._leases[digest] = taken
+                self._leases[area, digest] = taken
                 # Ours to fill: from a node that holds it whole, if any.
                 try:
-                    body = await self._from_holders(digest)
+                    body = await self._from_holders(digest, area)
                 except RedisUnavailable as e:
                     # Held, so nobody else fetches it: the upstream it is.
                     self._went_down(e)
                     body = None
-                return _Claim(self, digest, taken, body)
+                return _Claim(self, digest, taken, body, area)
             if taken.node != self.node:  # our own is a previous run's: it expires
-                body = await self._ask(taken.node, digest)
+                body = await self._ask(taken.node, digest, area)
                 if body is not None:
-                    return _Claim(self, digest, None, body)
+                    return _Claim(self, digest, None, body, area)
             if self._reactor.seconds() > give_up:
                 log.warn("Fleet: node {holder} holds the fill lock of {digest} but does not serve it;"
-                         " fetching it upstream", holder=taken.node, digest=str(digest))
-                return _Claim(self, digest, None, None)
+                         " fetching it upstream", holder=taken.node, digest=entry_name(area, digest))
+                return _Claim(self, digest, None, None, area)
             await deferLater(self._reactor, POLL, lambda: None)
 
-    async def _from_holders(self, digest: Digest) -> IResponse | None:
-        for node in await self._nodes.holders(digest):
-            body = await self._ask(node, digest)
+    async def _from_holders(self, digest: Digest, area: str) -> IResponse | None:
+        for node in await self._nodes.holders(digest, area):
+            body = await self._ask(node, digest, area)
             if body is not None:
                 return body
         return None
 
-    async def _ask(self, node: str, digest: Digest) -> IResponse | None:
+    async def _ask(self, node: str, digest: Digest, area: str) -> IResponse | None:
         url = await self._nodes.peer_url(node)
         if url is None:
             return None  # not announced: gone
-        answer = await self._peers.blob(url, digest)
+        answer = await self._peers.blob(url, digest, area)
         return answer if not isinstance(answer, int) else None
 
     async def size(self, digest: Digest) -> int | None:
@@ -201,19 +207,34 @@ class Fleet:
             self._went_down(e)
             return None
 
-    def _done(self, digest: Digest, lease: Lease | None, committed: int | None) -> None:
-        if lease is not None and self._leases.get(digest) is lease:
-            del self._leases[digest]
-        Deferred.fromCoroutine(self._settle(digest, lease, committed)).addErrback(_log_failure)
+    def _done(self, area: str, digest: Digest, lease: Lease | None, committed: int | None) -> None:
+        if lease is not None and self._leases.get((area, digest)) is lease:
+            del self._leases[area, digest]
+        Deferred.fromCoroutine(self._settle(area, digest, lease, committed)).addErrback(_log_failure)
 
-    async def _settle(self, digest: Digest, lease: Lease | None, committed: int | None) -> None:
+    async def _settle(self, area: str, digest: Digest, lease: Lease | None, committed: int | None) -> None:
         try:
             if committed is not None:
-                await self._nodes.holding(digest, committed)
+                await self._nodes.holding(digest, committed, area)
         except RedisUnavailable as e:
             self._went_down(e)
         if lease is not None:
             await lease.release()
+
+
+class FleetArea:
+    """
+    The fleet step of another kind of entry (its L{Fleet.area}): one
+    upstream fetch per entry across the nodes, streamed from the filling
+    node's internal endpoint (C{GET /<area>/<digest>}).
+    """
+
+    def __init__(self, fleet: Fleet, area: str) -> None:
+        self._fleet = fleet
+        self._area = area
+
+    async def claim(self, digest: Digest) -> FleetClaim:
+        return await self._fleet.claim(digest, self._area)
 
 
 def _log_failure(failure: Failure) -> None:

@@ -8,6 +8,11 @@ any client), or a blob in the store; C{Range} (RFC 9110 §14) gives C{206}.
 A node asking here feeds the body into its own download, which verifies
 the digest again: a peer is trusted to be a peer, not to be right.
 
+C{GET /<area>/<digest>} does the same for another kind of entry (C{git}:
+an upload-pack response, named by its key's hash), from the front-end
+that keeps it (C{entries}); the asking node checks it again with the
+entry's own verifier.
+
 C{409} means "not yet": this node holds the fill lock but its upstream has
 not answered; the asking node tries again.
 """
@@ -15,7 +20,7 @@ not answered; the asking node tries again.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
@@ -42,10 +47,13 @@ class InternalResource(Resource):
     isLeaf = True
 
     def __init__(self, blobs: BlobService, store: Store, secret: str, reactor: IReactorTime,
-                 filling: Callable[[Digest], bool]) -> None:
+                 filling: Callable[[Digest, str], bool],
+                 entries: Mapping[str, Callable[[Digest], Source | None]] | None = None) -> None:
         """
-        @param filling: whether this node holds C{digest}'s fill lock (its
-            download is about to start).
+        @param filling: whether this node holds the fill lock of C{digest}
+            in an area (its download is about to start).
+        @param entries: the other areas served, each by what opens one of
+            its entries (in flight or stored), acquired, or C{None}.
         """
         Resource.__init__(self)
         self._blobs = blobs
@@ -54,6 +62,7 @@ class InternalResource(Resource):
         self._reactor = reactor
         self._filling = filling
         self._budget = WriteBudget()
+        self._entries = dict(entries or {})
 
     def render(self, request: Request) -> int | bytes:
         try:
@@ -69,15 +78,16 @@ class InternalResource(Resource):
         if request.method != b"GET":
             raise RegistryError(ErrorCode.UNSUPPORTED, "only GET", status=405, headers=((b"allow", b"GET"),))
         parts = request.path.split(b"/")
-        if len(parts) != 3 or parts[1] != b"blobs":
+        area = parts[1].decode("ascii", "replace") if len(parts) == 3 else ""
+        if area != "blobs" and area not in self._entries:
             raise RegistryError(ErrorCode.UNSUPPORTED, "no such endpoint", status=404)
         try:
             digest = Digest.parse(parts[2].decode("ascii"))
         except (InvalidReference, UnicodeDecodeError):
             raise RegistryError(ErrorCode.DIGEST_INVALID, "not a digest") from None
-        source = self._source(digest)
+        source = self._source(digest) if area == "blobs" else self._entries[area](digest)
         if source is None:
-            if self._filling(digest):
+            if self._filling(digest, area):
                 raise RegistryError(ErrorCode.BLOB_UNKNOWN, "not started yet", status=409)
             raise RegistryError(ErrorCode.BLOB_UNKNOWN, f"{digest} is not here")
         total = source.size

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .._spec._reference import Digest
+from ._nodes import BLOBS, entry_name
 from ._redis import Redis, RedisUnavailable, text
 
 __all__ = ["COMPARE_AND_DELETE", "FillLock", "Holder", "Lease"]
@@ -44,8 +45,8 @@ return 0
 """Delete a key only if it still holds this value: a lock, or a turn, only if it is still this holding's."""
 
 
-def _key(digest: Digest) -> str:
-    return f"fleet:lock:{digest}"
+def _key(digest: Digest, area: str) -> str:
+    return f"fleet:lock:{entry_name(area, digest)}"
 
 
 @frozen
@@ -109,7 +110,7 @@ class FillLock:
         self._node = node
         self._ttl = ttl
 
-    async def take(self, digest: Digest) -> Lease | Holder:
+    async def take(self, digest: Digest, area: str = BLOBS) -> Lease | Holder:
         """
         The lock for this node (a L{Lease}), or who holds it now.  Raises
         L{RedisUnavailable}.
@@ -117,11 +118,11 @@ class FillLock:
         while True:
             fence = text(await self._redis.command("INCR", "fleet:fence"))
             value = f"{self._node}|{fence}"
-            taken = await self._redis.command("SET", _key(digest), value, "NX", "PX", int(self._ttl * 1000))
+            taken = await self._redis.command("SET", _key(digest, area), value, "NX", "PX", int(self._ttl * 1000))
             if taken is not None:
-                return Lease(self._redis, self._reactor, _key(digest), value, self._ttl,
-                             f"The fill lock of {digest}")
-            held = text(await self._redis.command("GET", _key(digest)))
+                return Lease(self._redis, self._reactor, _key(digest, area), value, self._ttl,
+                             f"The fill lock of {entry_name(area, digest)}")
+            held = text(await self._redis.command("GET", _key(digest, area)))
             if held is None:
                 continue  # released between the two: try again
             node, _, fence_text = held.rpartition("|")

@@ -1,6 +1,6 @@
 """
 The client side of the internal endpoint (L{ocicache._fleet._internal}):
-one node asking another for a blob's body.
+one node asking another for a blob's body, or another kind of entry's.
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ class PeerClient:
         self._agent = Agent(reactor, pool=pool, connectTimeout=CONNECT_TIMEOUT)
         self._headers = Headers({b"authorization": [f"Bearer {secret}".encode()]})
 
-    async def blob(self, peer_url: str, digest: Digest) -> IResponse | int:
+    async def blob(self, peer_url: str, digest: Digest, area: str = "blobs") -> IResponse | int:
         """
-        C{digest}'s body from the peer at C{peer_url} (a 200 response, to be
-        delivered), or why not: the peer's status, or 0 when it could not
-        be reached.
+        C{digest}'s body (an entry of C{area}: C{blobs}, C{git}) from the
+        peer at C{peer_url} (a 200 response, to be delivered), or why not:
+        the peer's status, or 0 when it could not be reached.
         """
-        url = f"{peer_url.rstrip('/')}/blobs/{digest}".encode("ascii")
+        url = f"{peer_url.rstrip('/')}/{area}/{digest}".encode("ascii")
         asked: Deferred[IResponse] = self._agent.request(b"GET", url, self._headers)
         asked.addTimeout(CONNECT_TIMEOUT, self._reactor)
         try:

@@ -80,8 +80,9 @@ class Metrics:
             "Time until an upstream registry answered (headers).",
             ["upstream"], registry=registry)
         self.fleet_claims = Counter(
-            "ocicache_fleet_claims", "Blob misses in a fleet, by what the fleet step decided: lock (this node"
-            " fetches it), peer (streamed from another node), alone (Redis unreachable: local singleflight).",
+            "ocicache_fleet_claims", "Misses in a fleet (blobs, git responses), by what the fleet step decided:"
+            " lock (this node fetches it), peer (streamed from another node), alone (Redis unreachable:"
+            " local singleflight).",
             ["outcome"], registry=registry)
         self.fleet_redis_up = Gauge(
             "ocicache_fleet_redis_up", "1 while Redis answers this fleet node, else 0.", registry=registry)

@@ -4,8 +4,10 @@ Blobs in an S3 bucket: the S3 backend's store.
 The layout mirrors the disk's, under the configured prefix:
 
     <prefix>blobs/sha256/<hex>
+    <prefix>git/sha256/<hex>
 
-An object exists only once its bytes were verified: it is written by a
+one area per kind of entry (L{Bucket.area}), each with its own index
+table.  An object exists only once its bytes were verified: it is written by a
 multipart upload that is completed only after the download's SHA-256 and
 length matched (L{ocicache._fetch._replicate}), so it appears whole or not
 at all.  Its index is the C{bucket_blobs} table of the metadata, loaded
@@ -183,8 +185,16 @@ class Bucket:
         on_upload: Callable[[str], None] = lambda outcome: None,
         protected: Callable[[], Awaitable[Iterable[Digest]]] | None = None,
         book: BucketBook | None = None,
+        area: str = "blobs",
+        table: str = "bucket_blobs",
+        health: BucketHealth | None = None,
     ) -> None:
         """
+        @param area: the key prefix of this kind of entry under C{prefix}
+            (a constant of the code, never a client's input).
+        @param table: the metadata table that indexes its objects
+            (L{ocicache._storage._metadata.BLOB_TABLES}).
+        @param health: shared with the other areas of the same store.
         @param book: the fleet's shared bookkeeping of the bucket, when
             several nodes use it; C{None}: this node alone.
         @param protected: the blobs eviction and expiry must leave (pins,
@@ -198,6 +208,7 @@ class Bucket:
             multipart upload ends.
         """
         self.book = book
+        self.area = area
         self.on_bytes = on_bytes
         self.on_upload = on_upload
         self.client = client
@@ -206,11 +217,24 @@ class Bucket:
         self.capacity = Capacity(disk, max_size, None, on_evicted,
                                  protected=self._protected if protected is not None or book is not None else None,
                                  remove=self.remove,
-                                 table="bucket_blobs", recency=self._recency if book is not None else None)
+                                 table=table, recency=self._recency if book is not None else None)
         self._metadata = disk.metadata
         self.redirect = redirect
         self.name = f"{client.bucket}/{prefix}"
-        self.health = BucketHealth(disk.reactor, self.name)
+        self.health = health if health is not None else BucketHealth(disk.reactor, self.name)
+        self._disk = disk
+
+    def sibling(self, area: str, table: str, max_size: int | None) -> Bucket:
+        """
+        Another kind of entry in the same store: its own key area, index
+        and budget, the same client, health and byte counters.  Its
+        eviction bookkeeping is this node's own (no fleet book: the book
+        names blobs).
+        """
+        other = Bucket(self.client, self.prefix, self._disk, max_size, on_bytes=self.on_bytes,
+                       on_upload=self.on_upload, area=area, table=table, health=self.health)
+        other.name = f"{self.name}{area}/"  # in its log lines: which area
+        return other
 
     @property
     def usable(self) -> bool:
@@ -250,11 +274,11 @@ class Bucket:
 
     def key(self, digest: Digest) -> str:
         # Digest.parse checked the algorithm and the hex: no key can escape the prefix.
-        return f"{self.prefix}blobs/{digest.algorithm}/{digest.encoded}"
+        return f"{self.prefix}{self.area}/{digest.algorithm}/{digest.encoded}"
 
     def digest_of(self, key: str) -> Digest | None:
         """The digest an object's key names, or C{None} for a key that is not ours."""
-        head = f"{self.prefix}blobs/"
+        head = f"{self.prefix}{self.area}/"
         if not key.startswith(head):
             return None
         algorithm, _, encoded = key[len(head):].partition("/")
@@ -332,10 +356,10 @@ class Bucket:
                 await self.book.removed(done)
 
     async def objects(self) -> list[ObjectInfo]:
-        return await self.guarded(lambda: self.client.objects(f"{self.prefix}blobs/"))
+        return await self.guarded(lambda: self.client.objects(f"{self.prefix}{self.area}/"))
 
     async def uploads(self) -> list[Upload]:
-        return await self.guarded(lambda: self.client.uploads(f"{self.prefix}blobs/"))
+        return await self.guarded(lambda: self.client.uploads(f"{self.prefix}{self.area}/"))
 
     async def abort(self, key: str, upload_id: str) -> None:
         await self.guarded(lambda: self.client.abort_upload(key, upload_id))

@@ -92,6 +92,20 @@ CREATE TABLE IF NOT EXISTS file_entries (
     last_access REAL NOT NULL,
     hits INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS bucket_git_entries (
+    digest TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    last_access REAL NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS bucket_file_entries (
+    digest TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    last_access REAL NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS manifest_children (
     parent TEXT NOT NULL,
     child TEXT NOT NULL,
@@ -138,12 +152,14 @@ CREATE TABLE IF NOT EXISTS quota (
 );
 """
 
-BLOB_TABLES = frozenset({"blobs", "bucket_blobs", "git_entries", "file_entries"})
+BLOB_TABLES = frozenset({"blobs", "bucket_blobs", "git_entries", "file_entries", "bucket_git_entries",
+                         "bucket_file_entries"})
 """
 Where the rows of stored entries live: C{blobs} for the blob files on this
 disk, C{bucket_blobs} for the objects in an S3 bucket (the S3 backend's
 index), and one table per other kind of entry (git responses, files of
-package repositories), named by the hash their front-end gives them.
+package repositories), named by the hash their front-end gives them,
+with its C{bucket_} twin for its objects in the S3 bucket.
 """
 
 # SQLite's primary result codes (https://sqlite.org/rescode.html).
