@@ -46,7 +46,9 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionAborted
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
@@ -112,8 +114,16 @@ class _Drop(Protocol):
     """
 
     def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.abortConnection()  # type: ignore[attr-defined]
+        transport = self.transport
+        assert transport is not None
+        if type(transport) is tcp.Server:
+            # Plain TCP: the descriptor goes back now, not on the reactor's
+            # next turn; a flood accepted hundreds at a time (Twisted's
+            # accept loop grows with the traffic) would otherwise hold them
+            # all at once.
+            transport.connectionLost(Failure(ConnectionAborted()))
+        else:
+            transport.abortConnection()  # type: ignore[attr-defined]
 
 
 _RETRY_AFTER = b"5"
