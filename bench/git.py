@@ -18,8 +18,12 @@ The repository is made by a script: commits of incompressible files
 
 Each is run direct, through ocicache cold (empty cache) and warm.  Then,
 in mirror mode, an incremental C{git fetch} after a new upstream commit.
-Reported: wall time, throughput, and the upstream's pack requests and
-bytes.
+Reported: wall time, throughput, the upstream's pack requests and
+bytes, and where the CPU went: the clients' (C{git clone} with its
+C{index-pack}, or curl), the upstream's (lighttpd and the
+C{git http-backend}/C{pack-objects} it reaps) and ocicache's.  On a
+2-core host the clients' CPU divided by 2 bounds a burst's wall time from
+below, whatever the server does.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -116,6 +121,28 @@ def _burst(count: int, one: Callable[[int], Any]) -> tuple[float, list[Any]]:
     return wall, results
 
 
+def _process_cpu(pid: int | None) -> float:
+    """
+    CPU seconds of process C{pid} and of the children it has reaped
+    (C{utime}, C{stime}, C{cutime}, C{cstime} of proc(5)); 0 when gone.
+    """
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # The command name (field 2) may hold spaces: split after it.
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _clients_cpu() -> float:
+    """CPU seconds of this process's reaped children: the clients run so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _upstream_packs(hop: Hop) -> tuple[int, int]:
     packs = [r for r in hop.requests if r.method == "POST" and r.bytes_sent > 4096]
     return len(packs), sum(r.bytes_sent for r in packs)
@@ -158,6 +185,14 @@ def run_git_bench(mib: int, clients: int, log: Callable[[str], None], workdir: s
             for label, target in (("direct", "direct"), ("cold", "cached"), ("warm", "cached")):
                 if label == "cold":
                     hop.reset()
+                if kind == "clone" and label == "cold":
+                    # A cold clone needs a cold cache: a new daemon.
+                    cache.stop()
+                    cache = _start_daemon(workdir, hop, "cache", "clone")
+                    daemons.append(cache)
+                    cached_base = f"{cache.url}/git/{HOST}"
+                cpu_before = {"clients": _clients_cpu(), "upstream": _process_cpu(server.pid),
+                              "ocicache": _process_cpu(cache.pid)}
                 if kind == "replay":
                     path = (f"/repos/{REPO}/git-upload-pack" if target == "direct"
                             else f"/git/{HOST}/{REPO}/git-upload-pack")
@@ -165,20 +200,19 @@ def run_git_bench(mib: int, clients: int, log: Callable[[str], None], workdir: s
                     wall, sizes = _burst(clients, partial(_one_replay, port, path, body))
                     moved = sum(sizes)
                 else:
-                    if kind == "clone" and label == "cold":
-                        # A cold clone needs a cold cache: a new daemon.
-                        cache.stop()
-                        cache = _start_daemon(workdir, hop, "cache", "clone")
-                        daemons.append(cache)
-                        cached_base = f"{cache.url}/git/{HOST}"
                     base = direct_base if target == "direct" else cached_base
                     wall, _ = _burst(clients, clone_from(base, label))
                     moved = clients * os.path.getsize(_pack_of(server))
+                cpu = {"clients": _clients_cpu() - cpu_before["clients"],
+                       "upstream": _process_cpu(server.pid) - cpu_before["upstream"],
+                       "ocicache": 0.0 if target == "direct" else _process_cpu(cache.pid) - cpu_before["ocicache"]}
                 upstream = _upstream_packs(hop) if target == "cached" else (clients, None)
                 rows[f"{kind}_{label}"] = {"wall": wall, "mib_s": moved / wall / (1 << 20),
-                                           "upstream_packs": upstream[0], "upstream_bytes": upstream[1]}
+                                           "upstream_packs": upstream[0], "upstream_bytes": upstream[1],
+                                           "cpu": cpu}
                 log(f"git {kind} {label}: {wall:.2f}s, {moved / wall / (1 << 20):.0f} MiB/s, "
-                    f"upstream packs {upstream[0]}")
+                    f"upstream packs {upstream[0]}, CPU s clients {cpu['clients']:.1f} "
+                    f"upstream {cpu['upstream']:.1f} ocicache {cpu['ocicache']:.1f}")
                 if label == "cold" and target == "cached":
                     hop.reset()
         # Mirror mode: an incremental fetch after a new upstream commit.
@@ -211,6 +245,13 @@ def _pack_of(server: GitServer) -> str:
                key=os.path.getsize)
 
 
+def _cpu_cell(row: dict[str, Any]) -> str:
+    cpu = row.get("cpu")
+    if cpu is None:
+        return ""
+    return f"{cpu['clients']:.1f} / {cpu['upstream']:.1f} / {cpu['ocicache']:.1f}"
+
+
 def render(rows: dict[str, Any]) -> str:
     """The results as the Markdown table in docs/git.md."""
     lines = [f"{rows['clients']} concurrent clients, {rows['mib']} MiB of history, on loopback.", "",
@@ -224,6 +265,8 @@ def render(rows: dict[str, Any]) -> str:
                      f"| {warm['mib_s']:.0f} MiB/s | |")
         lines.append(f"| {title}: upstream pack requests | {direct['upstream_packs']} | {cold['upstream_packs']} "
                      f"| {warm['upstream_packs']} | |")
+        lines.append(f"| {title}: CPU s, clients / upstream / ocicache | {_cpu_cell(direct)} | {_cpu_cell(cold)} "
+                     f"| {_cpu_cell(warm)} | |")
     incremental = rows["incremental_mirror"]
     lines.append(f"| incremental fetch, mirror mode: wall / upstream pack requests | | | "
                  f"{incremental['wall']:.2f} s / {incremental['upstream_packs']} | |")

@@ -49,3 +49,17 @@ def test_if_modified_since_holds_only_for_immutable_content_and_a_valid_date() -
     assert not not_modified([], [b"yesterday"], ETAG, immutable=True)
     assert not not_modified([], [DATE, DATE], ETAG, immutable=True)
     assert not not_modified([], [], ETAG, immutable=True)
+
+
+def test_if_modified_since_compares_a_path_named_files_last_modified_date() -> None:
+    """
+    RFC 9110 §13.1.3: not modified when the file's Last-Modified is no
+    later than the date given, whatever its text (the files' old check
+    compared the strings, so a later date got the whole file again).
+    """
+    modified = b"Sun, 06 Nov 1994 08:49:37 GMT"
+    assert not_modified([], [modified], ETAG, immutable=False, last_modified=modified)
+    assert not_modified([], [b"Mon, 07 Nov 1994 08:49:37 GMT"], ETAG, immutable=False, last_modified=modified)
+    assert not not_modified([], [b"Sat, 05 Nov 1994 08:49:37 GMT"], ETAG, immutable=False, last_modified=modified)
+    assert not not_modified([], [b"not a date"], ETAG, immutable=False, last_modified=modified)
+    assert not not_modified([], [modified], ETAG, immutable=False, last_modified=b"garbage")

@@ -88,6 +88,11 @@ $HTTP["url"] =~ "^/repos/private/" {{
 }}
 """
 
+    @property
+    def pid(self) -> int | None:
+        """lighttpd's process id while it runs (its reaped CGIs count in its CPU)."""
+        return self._proc.pid if self._proc is not None else None
+
     def start(self) -> GitServer:
         os.makedirs(self.root, exist_ok=True)
         config = os.path.join(self.workdir, "lighttpd.conf")

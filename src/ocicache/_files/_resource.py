@@ -19,6 +19,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from .._fetch._result import CacheResult
 from .._ops._config import ServerConfig
 from .._ops._metrics import Metrics
+from .._spec._conditional import not_modified
 from .._spec._errors import ErrorCode, RegistryError
 from .._spec._range import Unsatisfiable, if_range_holds, parse_range
 from .._version import __version__
@@ -98,7 +99,10 @@ class FilesResource(Resource):
         request.setHeader(b"etag", etag)
         if found.last_modified is not None:
             request.setHeader(b"last-modified", found.last_modified.encode("ascii"))
-        if _not_modified(request, etag, found.last_modified):
+        last_modified = found.last_modified.encode("ascii") if found.last_modified is not None else None
+        headers = request.requestHeaders
+        if not_modified(headers.getRawHeaders(b"if-none-match", []), headers.getRawHeaders(b"if-modified-since", []),
+                        etag, immutable=False, last_modified=last_modified):
             # RFC 9110 §13.1.1, §13.1.3: the client's copy is this version.
             source.release()
             request.setResponseCode(304)
@@ -174,16 +178,3 @@ def _etag(key: FileKey) -> bytes:
     # The key names one version of the file: a strong validator (RFC 9110 §8.8.3).
     return b'"%s"' % key.encoded.encode("ascii")
 
-
-def _not_modified(request: Request, etag: bytes, last_modified: str | None) -> bool:
-    """
-    Whether the client's conditions say it holds this version: an
-    C{If-None-Match} naming its ETag, or else (RFC 9110 §13.1.3: ignored
-    beside one) an C{If-Modified-Since} equal to its C{Last-Modified}.
-    """
-    if_none_match = request.getHeader(b"if-none-match")
-    if if_none_match is not None:
-        tags = [tag.strip().removeprefix(b"W/") for tag in if_none_match.split(b",")]
-        return etag in tags or b"*" in tags
-    since = request.getHeader(b"if-modified-since")
-    return since is not None and last_modified is not None and since.decode("latin-1") == last_modified

@@ -1,13 +1,15 @@
 """
-Conditional requests (RFC 9110 §13) on content named by a digest:
-C{If-None-Match} and C{If-Modified-Since}, evaluated in the order of
-§13.2.2 (C{If-None-Match} first; C{If-Modified-Since} only without it).
+Conditional requests (RFC 9110 §13) on cached content, named by a digest
+or by a path with a C{Last-Modified} date: C{If-None-Match} and
+C{If-Modified-Since}, evaluated in the order of §13.2.2
+(C{If-None-Match} first; C{If-Modified-Since} only without it).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 __all__ = ["not_modified"]
@@ -34,19 +36,27 @@ def _entity_tags(values: Sequence[bytes]) -> list[bytes] | None:
     return tags
 
 
-def _is_http_date(values: Sequence[bytes]) -> bool:
-    """Whether C{If-Modified-Since} is one valid HTTP-date (RFC 9110 §5.6.7)."""
+def _http_date(values: Sequence[bytes]) -> datetime | None:
+    """
+    The one HTTP-date (RFC 9110 §5.6.7) C{values} holds, or C{None}: a
+    missing, repeated or invalid field is ignored (§13.1.3).
+    """
     if len(values) != 1:
-        return False
+        return None
+    return _parsed(values[0])
+
+
+def _parsed(value: bytes) -> datetime | None:
     try:
-        parsedate_to_datetime(values[0].decode("ascii"))
+        date = parsedate_to_datetime(value.decode("ascii"))
     except (ValueError, TypeError, UnicodeDecodeError, IndexError):
-        return False
-    return True
+        return None
+    # An HTTP-date is always GMT (§5.6.7); a zone-less parse is taken as such.
+    return date if date.tzinfo is not None else date.replace(tzinfo=UTC)
 
 
 def not_modified(if_none_match: Sequence[bytes], if_modified_since: Sequence[bytes], etag: bytes,
-                 immutable: bool) -> bool:
+                 immutable: bool, last_modified: bytes | None = None) -> bool:
     """
     Whether a C{GET} or C{HEAD} of the representation with strong
     validator C{etag} is answered C{304 Not Modified}.
@@ -56,12 +66,18 @@ def not_modified(if_none_match: Sequence[bytes], if_modified_since: Sequence[byt
     When it is absent, C{If-Modified-Since} (§13.1.3) is false when the
     representation has not changed since the date given: always, for
     content named by its digest (C{immutable}), which has one
-    representation ever; otherwise there is no modification date and the
-    field is ignored.
+    representation ever; else when its C{last_modified} date is no later
+    than the one given.  Without a modification date the field is ignored.
     """
     if if_none_match:
         if any(value.strip() == b"*" for value in if_none_match):
             return True
         tags = _entity_tags(if_none_match)
         return tags is not None and etag in tags
-    return immutable and _is_http_date(if_modified_since)
+    since = _http_date(if_modified_since)
+    if since is None:
+        return False
+    if immutable:
+        return True
+    modified = _parsed(last_modified) if last_modified is not None else None
+    return modified is not None and modified <= since
