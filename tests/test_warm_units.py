@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from ocicache._daemon._warm_cli import UsageError, listen_url
+from ocicache._daemon._daemon_client import UsageError, listen_url
 from ocicache._ops._config import ConfigError, parse_config
 from ocicache._spec._closure import Platform, host_platform, image_blobs, index_manifests, select_platforms
 from ocicache._spec._reference import Digest, InvalidReference, parse_image_reference

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._ops._config import Config
-from ._warm_cli import UsageError, _Client, _error_message, _human, listen_url
+from ._daemon_client import DaemonClient, UsageError, error_message, human_size, listen_url
 
 __all__ = ["ADMIN_COMMANDS", "add_admin_commands", "run_admin_command"]
 
@@ -53,7 +53,7 @@ def run_admin_command(config: Config, arguments: argparse.Namespace) -> int:
 def _run(config: Config, arguments: argparse.Namespace) -> int:
     if arguments.url is None and config.metrics.listen is None:
         raise UsageError("the admin API is on the operator listener: set [metrics] listen, or give --url")
-    client = _Client(arguments.url or listen_url(config.metrics.listen or "", "https"))
+    client = DaemonClient(arguments.url or listen_url(config.metrics.listen or "", "https"))
     headers = {}
     if arguments.token_file is not None:
         try:
@@ -82,7 +82,7 @@ def _run(config: Config, arguments: argparse.Namespace) -> int:
         sys.stderr.write(f"ocicache {arguments.command}: cannot reach the daemon at {client.url}: {e}\n")
         return 1
     if status != 200:
-        sys.stderr.write(f"ocicache {arguments.command}: {_error_message(status, body)}\n")
+        sys.stderr.write(f"ocicache {arguments.command}: {error_message(status, body)}\n")
         return 1
     answer = json.loads(body)
     if arguments.json:
@@ -102,7 +102,7 @@ def _print(arguments: argparse.Namespace, answer: Any) -> None:
     if arguments.command == "purge":
         purged = answer["purged"]
         print(f"purged {purged['tags']} tags, {purged['manifests']} manifests, {purged['blobs']} blobs"
-              f" ({_human(purged['bytes'])})")
+              f" ({human_size(purged['bytes'])})")
         for digest in purged["kept"]:
             print(f"kept {digest}: pinned, or part of a pull in progress")
     elif arguments.command == "pulls":
@@ -111,12 +111,12 @@ def _print(arguments: argparse.Namespace, answer: Any) -> None:
                   f"  {pull['digest']}")
     elif arguments.what == "repositories":
         for row in answer:
-            print(f"{row['repository']}  {row['blobs']} blobs  {_human(row['bytes'])}  {row['tags']} tags"
+            print(f"{row['repository']}  {row['blobs']} blobs  {human_size(row['bytes'])}  {row['tags']} tags"
                   f"  last used {_when(row['last_used'])}")
     elif arguments.what == "tags":
         for row in answer:
             print(f"{row['repository']}:{row['tag']}  {row['digest']}  checked {_when(row['checked_at'])}")
     else:
         for row in answer:
-            print(f"{row['digest']}  {_human(row['bytes'])}  {row['hits']} hits  last used"
+            print(f"{row['digest']}  {human_size(row['bytes'])}  {row['hits']} hits  last used"
                   f" {_when(row['last_used'])}  {','.join(row['repositories'])}")

@@ -41,20 +41,13 @@ from .._spec._closure import (
 )
 from .._spec._media_types import MANIFEST_MEDIA_TYPES
 from .._spec._reference import ImageReference, InvalidReference, parse_image_reference
+from ._daemon_client import DaemonClient, Failed, UsageError, error_message, human_size, listen_url
 
-__all__ = ["UsageError", "add_commands", "run_command"]
+__all__ = ["add_commands", "run_command"]
 
 CONCURRENT_BLOBS = 4
-CHUNK = 1 << 20
-TIMEOUT = 600.0
 
 
-class UsageError(Exception):
-    """Said on stderr with exit status 2."""
-
-
-class _Failed(Exception):
-    """One reference or blob could not be warmed; the message names it."""
 
 
 def add_commands(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
@@ -86,79 +79,6 @@ def run_command(config: Config, arguments: argparse.Namespace) -> int:
     except UsageError as e:
         sys.stderr.write(f"ocicache {arguments.command}: {e}\n")
         return 2
-
-
-# -- where the daemon is
-
-
-def listen_url(description: str, scheme_for_tls: str = "https") -> str:
-    """
-    A URL for a Twisted endpoint string the daemon listens on
-    (C{tcp:5000:interface=127.0.0.1}); a wildcard interface means this
-    host's loopback.
-    """
-    parts = description.replace("\\:", "\0").split(":")
-    kind = parts[0].lower()
-    if kind not in ("tcp", "tcp6", "ssl") or len(parts) < 2:
-        raise UsageError(f"cannot reach a {kind!r} listener ({description}); give --url")
-    options = dict(part.split("=", 1) for part in parts[1:] if "=" in part)
-    port = options.get("port", parts[1] if "=" not in parts[1] else "")
-    if not port.isdigit():
-        raise UsageError(f"no port in {description!r}; give --url")
-    host = options.get("interface", "").replace("\0", ":")
-    if host in ("", "0.0.0.0"):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{scheme_for_tls if kind == 'ssl' else 'http'}://{host}:{port}"
-
-
-class _Client:
-    """One keep-alive connection per thread to the daemon."""
-
-    def __init__(self, url: str) -> None:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UsageError(f"{url!r} is not an http:// or https:// URL")
-        self.url = url.rstrip("/")
-        self._parts = parts
-        self._local = threading.local()
-
-    def _connection(self) -> http.client.HTTPConnection:
-        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            kind = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
-            conn = kind(self._parts.hostname or "", self._parts.port, timeout=TIMEOUT)
-            self._local.conn = conn
-        return conn
-
-    def request(self, method: str, target: str, headers: dict[str, str] | None = None,
-                on_chunk: Callable[[int], None] | None = None) -> tuple[int, http.client.HTTPMessage, bytes]:
-        """The status, headers and body (not kept when C{on_chunk} counts it)."""
-        for attempt in (0, 1):
-            conn = self._connection()
-            try:
-                conn.request(method, target, headers=headers or {})
-                response = conn.getresponse()
-                if on_chunk is None:
-                    return response.status, response.headers, response.read()
-                while chunk := response.read(CHUNK):
-                    on_chunk(len(chunk))
-                if response.length:
-                    raise _Failed(f"the daemon cut {target} short")
-                return response.status, response.headers, b""
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                conn.close()
-                self._local.conn = None
-                if attempt or on_chunk is not None:
-                    raise
-            except OSError:
-                conn.close()
-                self._local.conn = None
-                raise
-        raise AssertionError("not reached")
 
 
 # -- ocicache warm
@@ -197,21 +117,13 @@ def _target(image: ImageReference, kind: str, reference: str) -> str:
     return path
 
 
-def _error_message(status: int, body: bytes) -> str:
-    try:
-        errors = json.loads(body).get("errors") or []
-        return f"{status} {errors[0].get('code')}: {errors[0].get('message')}"
-    except (ValueError, AttributeError, IndexError, TypeError):
-        return f"HTTP {status}"
-
-
-def _resolve(client: _Client, entry: _Image, platforms: Sequence[Platform]) -> None:
+def _resolve(client: DaemonClient, entry: _Image, platforms: Sequence[Platform]) -> None:
     """The manifests of the closure, through the daemon; the blobs to fetch."""
     accept = {"accept": ", ".join(MANIFEST_MEDIA_TYPES)}
     status, headers, body = client.request("GET", _target(entry.image, "manifests", str(entry.image.reference)),
                                            accept)
     if status != 200:
-        raise _Failed(f"{entry.text}: {_error_message(status, body)}")
+        raise Failed(f"{entry.text}: {error_message(status, body)}")
     entry.digest = headers.get("docker-content-digest")
     media_type = (headers.get("content-type") or "").split(";")[0].strip()
     entry.manifests.append({"digest": entry.digest, "platform": None, "cache": headers.get("ocicache-cache")})
@@ -219,13 +131,13 @@ def _resolve(client: _Client, entry: _Image, platforms: Sequence[Platform]) -> N
     if media_type in INDEX_MEDIA_TYPES:
         chosen = select_platforms(index_manifests(body), platforms)
         if not chosen:
-            raise _Failed(f"{entry.text}: the index has no manifest for {', '.join(map(str, platforms))}")
+            raise Failed(f"{entry.text}: the index has no manifest for {', '.join(map(str, platforms))}")
         bodies = []
         for child in chosen:
             status, headers, child_body = client.request(
                 "GET", _target(entry.image, "manifests", str(child.digest)), accept)
             if status != 200:
-                raise _Failed(f"{entry.text}: {child.digest}: {_error_message(status, child_body)}")
+                raise Failed(f"{entry.text}: {child.digest}: {error_message(status, child_body)}")
             entry.manifests.append({"digest": str(child.digest), "platform": str(child.platform),
                                     "cache": headers.get("ocicache-cache")})
             bodies.append(child_body)
@@ -257,7 +169,7 @@ class _Plain:
         with self._lock:
             self._blobs += 1
             self._stream.write(f"warm: {self._blobs}/{self._total_blobs} {entry.text} {blob.digest}"
-                               f" {_human(blob.size)} {result}\n")
+                               f" {human_size(blob.size)} {result}\n")
             self._stream.flush()
 
 
@@ -315,14 +227,14 @@ def _warm(config: Config, arguments: argparse.Namespace) -> int:
             entries.append(_Image(text, parse_image_reference(text)))
         except InvalidReference as e:
             raise UsageError(f"{text!r} is not an image reference ({e.message})") from None
-    client = _Client(arguments.url or listen_url(config.server.listen[0]))
+    client = DaemonClient(arguments.url or listen_url(config.server.listen[0]))
     failures: list[str] = []
     resolved: list[_Image] = []
     for entry in entries:
         try:
             _resolve(client, entry, platforms)
             resolved.append(entry)
-        except _Failed as e:
+        except Failed as e:
             failures.append(str(e))
             entry.failed.append({"ref": entry.text, "error": str(e).removeprefix(f"{entry.text}: ")})
         except OSError as e:
@@ -341,7 +253,7 @@ def _warm(config: Config, arguments: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _fetch_all(client: _Client, entries: list[_Image], failures: list[str], quiet: bool) -> None:
+def _fetch_all(client: DaemonClient, entries: list[_Image], failures: list[str], quiet: bool) -> None:
     work = [(entry, blob) for entry in entries for blob in entry.blobs]
     total = sum(blob.size for _, blob in work)
     stream = sys.stderr
@@ -353,9 +265,9 @@ def _fetch_all(client: _Client, entries: list[_Image], failures: list[str], quie
             status, headers, body = client.request(
                 "GET", _target(entry.image, "blobs", str(blob.digest)), on_chunk=progress.advance)
             if status != 200:
-                raise _Failed(_error_message(status, body))
+                raise Failed(error_message(status, body))
             result = headers.get("ocicache-cache") or "unknown"
-        except (_Failed, OSError, http.client.HTTPException) as e:
+        except (Failed, OSError, http.client.HTTPException) as e:
             why = str(e) or type(e).__name__
             with lock:
                 failures.append(f"{entry.text}: blob {blob.digest}: {why}")
@@ -379,18 +291,18 @@ def _print_summary(summary: dict[str, Any], dry_run: bool) -> None:
         platforms = ", ".join(f"{m['platform']} {m['digest']}" for m in image["manifests"] if m["platform"])
         print(f"{image['ref']} -> {image['digest']}" + (f" ({platforms})" if platforms else ""))
         if dry_run:
-            print(f"  would fetch {image['blobs']['blobs']} blobs ({_human(image['blobs']['bytes'])})")
+            print(f"  would fetch {image['blobs']['blobs']} blobs ({human_size(image['blobs']['bytes'])})")
             continue
-        print(f"  fetched {image['fetched']['blobs']} blobs ({_human(image['fetched']['bytes'])}),"
-              f" already cached {image['cached']['blobs']} ({_human(image['cached']['bytes'])})")
+        print(f"  fetched {image['fetched']['blobs']} blobs ({human_size(image['fetched']['bytes'])}),"
+              f" already cached {image['cached']['blobs']} ({human_size(image['cached']['bytes'])})")
         fetched += image["fetched"]["blobs"]
         fetched_bytes += image["fetched"]["bytes"]
         cached += image["cached"]["blobs"]
         cached_bytes += image["cached"]["bytes"]
     if not dry_run:
         state = "all warm" if summary["ok"] else "NOT all warm"
-        print(f"{state}: {fetched} blobs fetched ({_human(fetched_bytes)}), {cached} already cached"
-              f" ({_human(cached_bytes)})")
+        print(f"{state}: {fetched} blobs fetched ({human_size(fetched_bytes)}), {cached} already cached"
+              f" ({human_size(cached_bytes)})")
 
 
 def _platforms(texts: Iterable[str]) -> list[Platform]:
@@ -407,7 +319,7 @@ def _platforms(texts: Iterable[str]) -> list[Platform]:
 def _pin_command(config: Config, arguments: argparse.Namespace) -> int:
     if arguments.url is None and config.metrics.listen is None:
         raise UsageError("pins are managed through the operator listener: set [metrics] listen, or give --url")
-    client = _Client(arguments.url or listen_url(config.metrics.listen or "", "https"))
+    client = DaemonClient(arguments.url or listen_url(config.metrics.listen or "", "https"))
     if arguments.command == "pins":
         method, target = "GET", "/pins"
     else:
@@ -427,7 +339,7 @@ def _pin_command(config: Config, arguments: argparse.Namespace) -> int:
         return 1
     if status != 200:
         sys.stderr.write(f"ocicache {arguments.command}: {arguments.ref if 'ref' in arguments else ''}:"
-                         f" {_error_message(status, body)}\n")
+                         f" {error_message(status, body)}\n")
         return 1
     answer = json.loads(body)
     if getattr(arguments, "json", False):
@@ -436,24 +348,14 @@ def _pin_command(config: Config, arguments: argparse.Namespace) -> int:
         for pin in answer["pins"]:
             separator = "@" if ":" in pin["reference"] else ":"
             print(f"{pin['upstream']}/{pin['repo']}{separator}{pin['reference']} -> {pin['digest']}"
-                  f"  {_human(pin['bytes'])}  {','.join(pin['platforms'])}")
+                  f"  {human_size(pin['bytes'])}  {','.join(pin['platforms'])}")
     elif arguments.command == "pin":
         pinned = answer["pinned"]
         print(f"pinned {arguments.ref} -> {pinned['digest']}: fetched {pinned['fetched']['blobs']} blobs"
-              f" ({_human(pinned['fetched']['bytes'])}), already cached {pinned['cached']['blobs']}")
+              f" ({human_size(pinned['fetched']['bytes'])}), already cached {pinned['cached']['blobs']}")
         for failed in pinned["failed"]:
             sys.stderr.write(f"ocicache pin: FAILED blob {failed['digest']}: {failed['error']}\n")
         return 1 if pinned["failed"] else 0
     else:
         print(f"unpinned {answer['unpinned']}")
     return 0
-
-
-def _human(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(count) < 1024:
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} TiB"
-
-

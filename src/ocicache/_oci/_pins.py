@@ -13,8 +13,6 @@ whoever can reach a metrics port; nothing else authenticates it.
 
 from __future__ import annotations
 
-import ipaddress
-import json
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
@@ -27,19 +25,12 @@ from .._spec._closure import Platform, host_platform
 from .._spec._errors import ErrorCode, RegistryError
 from .._spec._reference import Digest, InvalidReference, parse_image_reference
 from .._web._errors import internal_error, registry_error, render_error
+from .._web._json_answer import from_loopback, write_json
 from ._warm import Warmer
 
 __all__ = ["PinsResource"]
 
 log = Logger()
-
-
-def _loopback(request: Request) -> bool:
-    host = getattr(request.getClientAddress(), "host", None)
-    try:
-        return host is not None and ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class PinsResource(Resource):
@@ -51,7 +42,7 @@ class PinsResource(Resource):
         self._on_changed = on_changed
 
     def render(self, request: Request) -> int | bytes:
-        if not _loopback(request):
+        if not from_loopback(request):
             return render_error(request, RegistryError(ErrorCode.DENIED, "pins are managed from the loopback"
                                                                          " interface only", status=403))
         if request.method not in (b"GET", b"POST", b"DELETE"):
@@ -60,7 +51,7 @@ class PinsResource(Resource):
         gone: list[bool] = []
         request.notifyFinish().addBoth(lambda result: gone.append(True))
         answering = Deferred.fromCoroutine(self._answer(request))
-        answering.addCallback(lambda body: _finish(request, body, gone))
+        answering.addCallback(lambda body: write_json(request, body, gone))
         answering.addErrback(self._failed, request, gone)
         return NOT_DONE_YET
 
@@ -101,13 +92,3 @@ class PinsResource(Resource):
 
 def _separator(reference: Digest | str) -> str:
     return "@" if isinstance(reference, Digest) else ":"
-
-
-def _finish(request: Request, body: object, gone: list[bool]) -> None:
-    if gone:
-        return
-    data = json.dumps(body, indent=2).encode("utf-8") + b"\n"
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"content-length", b"%d" % len(data))
-    request.write(data)
-    request.finish()

@@ -22,8 +22,6 @@ error body, mapped in L{ocicache._web._errors}.
 from __future__ import annotations
 
 import hmac
-import ipaddress
-import json
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -47,6 +45,7 @@ from .._storage._pull_log import PullLog
 from .._storage._purge import Purger
 from .._upstream._client import Upstream
 from ._errors import internal_error, registry_error, render_error
+from ._json_answer import from_loopback, write_json
 
 __all__ = ["Admin", "AdminResource"]
 
@@ -66,14 +65,6 @@ class Admin:
     reactor: IReactorTime
     token: Callable[[], str | None]
     """The C{[admin]} token of the running configuration (a change waits for a restart)."""
-
-
-def _loopback(request: Request) -> bool:
-    host = getattr(request.getClientAddress(), "host", None)
-    try:
-        return host is not None and ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class AdminResource(Resource):
@@ -108,12 +99,12 @@ class AdminResource(Resource):
         gone: list[bool] = []
         request.notifyFinish().addBoth(lambda result: gone.append(True))
         answering = Deferred.fromCoroutine(_call(route, request))
-        answering.addCallback(lambda body: _finish(request, body, gone))
+        answering.addCallback(lambda body: write_json(request, body, gone))
         answering.addErrback(self._failed, request, gone)
         return NOT_DONE_YET
 
     def _refusal(self, request: Request) -> RegistryError | None:
-        if _loopback(request):
+        if from_loopback(request):
             return None
         token = self._admin.token()
         if token is None:
@@ -255,13 +246,3 @@ def _digest(text: str) -> Digest:
         return Digest.parse(text)
     except ValueError as e:
         raise RegistryError(ErrorCode.DIGEST_INVALID, f"not a digest: {e}") from None
-
-
-def _finish(request: Request, body: object, gone: list[bool]) -> None:
-    if gone:
-        return
-    data = json.dumps(body, indent=2).encode("utf-8") + b"\n"
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"content-length", b"%d" % len(data))
-    request.write(data if request.method != b"HEAD" else b"")
-    request.finish()
