@@ -22,6 +22,7 @@ from .._ops._config._proxy import DIRECT, ProxyRoutes
 from .._upstream._body import discard_body
 from .._upstream._errors import Unavailability, UpstreamUnavailable, unavailability_of
 from .._upstream._proxy import RoutedAgent
+from .._upstream._redirects import through_redirects
 from .._version import __version__
 from ._config import RemoteConfig
 from ._paths import FilePath
@@ -29,8 +30,6 @@ from ._paths import FilePath
 __all__ = ["Remote"]
 
 USER_AGENT = f"ocicache/{__version__}".encode("ascii")
-MAX_REDIRECTS = 5
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 class Remote:
@@ -66,21 +65,11 @@ class Remote:
         L{UpstreamUnavailable} when it does not answer.
         """
         url = self.url(path)
-        origin = (url.scheme, url.host, url.port)
-        for _ in range(MAX_REDIRECTS + 1):
-            authorization = self._authorization if (url.scheme, url.host, url.port) == origin else None
-            response = await self._send(method, url, headers or {}, authorization)
-            location = response.headers.getRawHeaders(b"location", [None])[0]
-            if response.code not in _REDIRECTS or location is None:
-                return response
-            await self.discard(response)
-            try:
-                url = url.click(location.decode("ascii"))
-            except Exception:
-                raise UpstreamUnavailable(f"{self.name}: bad redirect location") from None
-            if url.scheme not in ("http", "https"):
-                raise UpstreamUnavailable(f"{self.name}: redirect to a non-HTTP URL")
-        raise UpstreamUnavailable(f"{self.name}: more than {MAX_REDIRECTS} redirects")
+        all_headers = headers or {}
+        response = await self._send(method, url, all_headers, self._authorization)
+        return await through_redirects(self.name, url, response, self._authorization,
+                                      lambda to, authorization: self._send(method, to, all_headers, authorization),
+                                      self.discard)
 
     async def discard(self, response: IResponse) -> None:
         """Drain a body nobody wants, so that its connection is reused."""

@@ -46,6 +46,7 @@ from ._errors import (
 )
 from ._proxy import RoutedAgent
 from ._ratelimit import Quota, parse_ratelimit, parse_retry_after
+from ._redirects import through_redirects
 from ._refusals import Refusals
 from ._tls import UpstreamTLSPolicy
 from ._tokens import TokenCache, TokenKey
@@ -55,8 +56,6 @@ __all__ = ["RequestKind", "Upstream", "make_pool"]
 log = Logger()
 
 USER_AGENT = f"ocicache/{__version__}".encode("ascii")
-MAX_REDIRECTS = 5
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 def make_pool(reactor: IReactorTime) -> HTTPConnectionPool:
@@ -237,7 +236,11 @@ class Upstream:
                     else:
                         self._refusals.accept(refusal)
         if follow_redirects:
-            response = await self._follow(method, target.url, response, headers, authorization, target.kind)
+            # Docker Hub and GHCR send blob downloads to CDNs.
+            response = await through_redirects(
+                self.name, target.url, response, authorization,
+                lambda to, authorization: self._request(method, to, headers, authorization, target.kind),
+                self.discard)
         if response.code == 429:
             await self.discard(response)
             raise self._rate_limited(response)
@@ -247,39 +250,6 @@ class Upstream:
             if self._metrics is not None:
                 self._metrics.pull_equivalents.labels(self.name, "made").inc()
         return response
-
-    async def _follow(
-        self,
-        method: str,
-        url: DecodedURL,
-        response: IResponse,
-        headers: Mapping[bytes, list[bytes]],
-        authorization: bytes | None,
-        kind: RequestKind = "other",
-    ) -> IResponse:
-        """
-        Follow redirects (Docker Hub and GHCR send blob downloads to CDNs),
-        never carrying C{Authorization} to another origin (RFC 9110 §15.4:
-        the credentials were issued for the registry, not for the CDN).
-        """
-        origin = (url.scheme, url.host, url.port)
-        for _ in range(MAX_REDIRECTS):
-            if response.code not in _REDIRECTS:
-                return response
-            location = response.headers.getRawHeaders(b"location", [None])[0]
-            if location is None:
-                return response
-            await self.discard(response)
-            try:
-                url = url.click(location.decode("ascii"))
-            except Exception:
-                raise UpstreamUnavailable(f"{self.name}: bad redirect location") from None
-            if url.scheme not in ("http", "https"):
-                raise UpstreamUnavailable(f"{self.name}: redirect to a non-HTTP URL")
-            if (url.scheme, url.host, url.port) != origin:
-                authorization = None
-            response = await self._request(method, url, headers, authorization, kind)
-        raise UpstreamUnavailable(f"{self.name}: more than {MAX_REDIRECTS} redirects")
 
     async def _request(
         self,
