@@ -97,7 +97,7 @@ class Area:
         self.disk = Disk(clock, store, cast(Metadata, self.metadata), cast(Any, SyncPool()))
         self.blobs = Bucket(cast(S3Client, self.s3), "p/", self.disk, None)
         self.blob_replicator = Replicator(self.blobs, self.disk, PART, max_part_uploads)
-        self.git = self.blobs.sibling("git", "bucket_git_entries", None)
+        self.git = self.blobs.sibling("git", "bucket_git_entries")
         self.replicator = self.blob_replicator.into(self.git)
 
     def download(self, key: Named, size: int) -> Download:

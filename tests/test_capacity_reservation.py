@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from ocicache._spec._reference import Digest
+from ocicache._storage._budget import Budget
 from ocicache._storage._capacity import Capacity
 from ocicache._storage._disk import Disk
 from ocicache._storage._janitor import Janitor, Report
@@ -207,7 +208,7 @@ def _drive(parts: _Parts, rng: random.Random, starters: list[Starter],
 
 
 def test_two_commits_of_0_6_the_limit_do_not_both_land(parts: _Parts) -> None:
-    capacity = Capacity(parts.disk, LIMIT, None)
+    capacity = Capacity(Budget(parts.disk.store.root, LIMIT, None), parts.disk)
     rng = random.Random(1)
 
     def check() -> None:
@@ -226,7 +227,7 @@ def test_max_size_holds_under_any_interleaving(parts: _Parts, seed: int) -> None
     interleaved: C{blobs/} stays within the limit at every step, and the
     books match the files at the end.
     """
-    capacity = Capacity(parts.disk, LIMIT, None)
+    capacity = Capacity(Budget(parts.disk.store.root, LIMIT, None), parts.disk)
     rng = random.Random(seed)
     _preload(capacity, parts.store, [rng.randrange(50, 300) for _ in range(3)], rng)
 
@@ -250,7 +251,7 @@ def test_reservations_keep_the_books_when_commits_fail(parts: _Parts, seed: int)
     C{size + reserved} never exceeds the limit, and nothing stays reserved
     once every commit has landed or failed.
     """
-    capacity = Capacity(parts.disk, LIMIT, None)
+    capacity = Capacity(Budget(parts.disk.store.root, LIMIT, None), parts.disk)
     rng = random.Random(1000 + seed)
     _preload(capacity, parts.store, [rng.randrange(50, 300) for _ in range(3)], rng)
 
@@ -265,7 +266,7 @@ def test_reservations_keep_the_books_when_commits_fail(parts: _Parts, seed: int)
 
 
 def test_a_reservation_holds_room_until_it_lands_or_is_released(parts: _Parts) -> None:
-    capacity = Capacity(parts.disk, LIMIT, None)
+    capacity = Capacity(Budget(parts.disk.store.root, LIMIT, None), parts.disk)
     rng = random.Random(2)
     _preload(capacity, parts.store, [300], rng)
 
@@ -300,7 +301,7 @@ def test_min_free_is_judged_after_the_other_commits_evictions(
     make_room that read the free space before the first one's unlink would
     evict another blob for nothing.
     """
-    capacity = Capacity(parts.disk, None, 1000)
+    capacity = Capacity(Budget(parts.disk.store.root, None, 1000), parts.disk)
     rng = random.Random(3)
     _preload(capacity, parts.store, [300] * 4, rng)
 
@@ -311,7 +312,7 @@ def test_min_free_is_judged_after_the_other_commits_evictions(
     def statvfs(path: str) -> Any:
         return SimpleNamespace(f_blocks=2700, f_frsize=1, f_bavail=free())
 
-    monkeypatch.setattr("ocicache._storage._capacity.os.statvfs", statvfs)
+    monkeypatch.setattr("ocicache._storage._budget.os.statvfs", statvfs)
 
     def check() -> None:
         assert free() >= 1000, f"{free()} bytes free"
@@ -329,7 +330,7 @@ def test_recovery_adopting_a_blob_in_flight_leaves_its_reservation(parts: _Parts
     renamed into place but whose commit has not been counted yet.  That
     must not consume the reservation, or the books would run short.
     """
-    capacity = Capacity(parts.disk, LIMIT, None)
+    capacity = Capacity(Budget(parts.disk.store.root, LIMIT, None), parts.disk)
     rng = random.Random(4)
     assert _drive(parts, rng, [partial(capacity.make_room, 600)]) == [True]
     data = rng.randbytes(600)
