@@ -68,10 +68,11 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Nginx, dic
 
 @pytest.fixture
 def daemon(tmp_path: Path, hop: Hop, git_server: GitServer,
-           files: tuple[Nginx, dict[str, bytes]]) -> Iterator[Daemon]:
+           files: tuple[Nginx, dict[str, bytes]], request: pytest.FixtureRequest) -> Iterator[Daemon]:
+    """A daemon with registry upstreams, a git upstream and a file remote, in MAX_SIZE bytes."""
     port = free_port()
     text = config_text(port=port, cache_dir=str(tmp_path / "cache"), upstreams=default_upstreams(hop.url),
-                       max_size=f"{MAX_SIZE // MiB}MiB")
+                       max_size=f"{MAX_SIZE // MiB}MiB", extra_tables=getattr(request, "param", None))
     text += (f'\n[[git]]\nname = "{GIT_HOST}"\nurl = "http://127.0.0.1:{git_server.port}/repos"\n'
              f'\n[[files]]\nname = "plain"\nurl = "{files[0].url}/files"\n')
     path = tmp_path / "ocicache.toml"
@@ -195,3 +196,14 @@ def test_blobs_evict_the_oldest_git_responses_and_files(daemon: Daemon, blobs: l
         body = _get(f"{daemon.url}/v2/{REPO}/blobs/{blob.digest}")
         assert "sha256:" + hashlib.sha256(body).hexdigest() == blob.digest
         _within(daemon)
+
+
+@pytest.mark.parametrize("daemon", [{"files_cache": {"max_size": "1MiB"}}], indirect=True)
+def test_the_files_own_max_size_is_accepted_and_ignored_with_a_warning(
+        daemon: Daemon, files: tuple[Nginx, dict[str, bytes]]) -> None:
+    _, bodies = files
+    # A 2 MiB file is kept: the files are bounded by [cache] max_size alone.
+    _download(daemon, "part0.bin", bodies["part0.bin"])
+    with open(daemon.log_path) as log:
+        warned = [line for line in log if "[files_cache] max_size is deprecated and ignored" in line]
+    assert len(warned) == 1, warned
