@@ -163,7 +163,8 @@ class FilesTable:
 
 @frozen
 class FilesCacheTable:
-    """The stored files of [[files]] remotes: their own budget."""
+    """The stored files of [[files]] remotes (they count in [cache] max_size with every other kind)."""
 
     max_size: int | None = key(Size(1 << 20, refusal="must be at least 1MiB"),
-                               "The files' own budget; unset: unbounded (min_free still holds).", example="20GiB")
+                               "Deprecated and ignored (a warning at start-up): [cache] max_size bounds the files"
+                               " with the blobs and git.", example="20GiB")
