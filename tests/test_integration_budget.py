@@ -9,14 +9,18 @@ their sum, evicting the oldest entries of any kind to make room.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from ocitest import free_port, wait_for
+from ocitest import SRC_ROOT, free_port, wait_for
 from ocitest.daemon import Daemon, config_text, default_upstreams
 from ocitest.gitserver import GitServer, git
 from ocitest.hop import Hop
@@ -140,6 +144,16 @@ def _file_kept(daemon: Daemon, body: bytes) -> bool:
     return any(size == len(body) and Path(path).read_bytes() == body for path, size in _stored(daemon)["files"].items())
 
 
+def _budget(daemon: Daemon) -> dict[str, Any]:
+    """What C{ocicache stats --json} says of the budget."""
+    env = dict(os.environ, PYTHONPATH=SRC_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    stats = subprocess.run([sys.executable, "-m", "ocicache", "stats", "--json", "--config", daemon.config_path],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert stats.returncode == 0, stats.stderr
+    budget: dict[str, Any] = json.loads(stats.stdout)["budget"]
+    return budget
+
+
 def _within(daemon: Daemon) -> None:
     """The store's bytes of every kind, summed, are within max_size."""
     stored = _stored(daemon)
@@ -161,6 +175,12 @@ def test_git_and_files_evict_the_oldest_blobs(daemon: Daemon, blobs: list[Blob],
     _download(daemon, "part0.bin", bodies["part0.bin"])
     assert _blob_names(daemon) == {blobs[2].hex}
     assert _git_kept(daemon)
+    # ocicache stats: one budget, and what each kind holds of it.
+    stored = {kind: sum(sizes.values()) for kind, sizes in _stored(daemon).items()}
+    expected = {"blob": stored["blobs"], "git": stored["git"] + stored["git-mirrors"], "files": stored["files"]}
+    wait_for(lambda: _budget(daemon)["bytes"] == expected, timeout=10, what="the stats of every kind")
+    budget = _budget(daemon)
+    assert budget["max_size_bytes"] == MAX_SIZE and budget["used_bytes"] == sum(expected.values()) <= MAX_SIZE
     # Everything is still served whole: from the store, or fetched again.
     _clone(daemon, git_server, tmp_path / "two")
     for blob in blobs:
