@@ -60,10 +60,11 @@ class RemoteConfig:
 
 @frozen
 class FilesConfig:
-    """Every file remote, and the budget of their stored files."""
+    """Every file remote."""
 
     remotes: tuple[RemoteConfig, ...] = ()
     max_size: int | None = None
+    """C{[files_cache] max_size}: deprecated, and ignored but for a warning ([cache] max_size bounds the files)."""
 
     def remote_named(self, name: str) -> RemoteConfig | None:
         for remote in self.remotes:
