@@ -73,11 +73,17 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Nginx, dic
 @pytest.fixture
 def daemon(tmp_path: Path, hop: Hop, git_server: GitServer,
            files: tuple[Nginx, dict[str, bytes]], request: pytest.FixtureRequest) -> Iterator[Daemon]:
-    """A daemon with registry upstreams, a git upstream and a file remote, in MAX_SIZE bytes."""
+    """
+    A daemon with registry upstreams, a git upstream and a file remote, in
+    MAX_SIZE bytes; parametrized with C{{"tables": ..., "git": ...}}, more
+    tables and more keys of the git upstream.
+    """
+    extra = getattr(request, "param", {})
     port = free_port()
     text = config_text(port=port, cache_dir=str(tmp_path / "cache"), upstreams=default_upstreams(hop.url),
-                       max_size=f"{MAX_SIZE // MiB}MiB", extra_tables=getattr(request, "param", None))
-    text += (f'\n[[git]]\nname = "{GIT_HOST}"\nurl = "http://127.0.0.1:{git_server.port}/repos"\n'
+                       max_size=f"{MAX_SIZE // MiB}MiB", extra_tables=extra.get("tables"))
+    git_keys = "".join(f'{key} = "{value}"\n' for key, value in extra.get("git", {}).items())
+    text += (f'\n[[git]]\nname = "{GIT_HOST}"\nurl = "http://127.0.0.1:{git_server.port}/repos"\n{git_keys}'
              f'\n[[files]]\nname = "plain"\nurl = "{files[0].url}/files"\n')
     path = tmp_path / "ocicache.toml"
     path.write_text(text)
@@ -218,7 +224,7 @@ def test_blobs_evict_the_oldest_git_responses_and_files(daemon: Daemon, blobs: l
         _within(daemon)
 
 
-@pytest.mark.parametrize("daemon", [{"files_cache": {"max_size": "1MiB"}}], indirect=True)
+@pytest.mark.parametrize("daemon", [{"tables": {"files_cache": {"max_size": "1MiB"}}}], indirect=True)
 def test_the_files_own_max_size_is_accepted_and_ignored_with_a_warning(
         daemon: Daemon, files: tuple[Nginx, dict[str, bytes]]) -> None:
     _, bodies = files
@@ -227,3 +233,34 @@ def test_the_files_own_max_size_is_accepted_and_ignored_with_a_warning(
     with open(daemon.log_path) as log:
         warned = [line for line in log if "[files_cache] max_size is deprecated and ignored" in line]
     assert len(warned) == 1, warned
+
+
+def _mirror_files(daemon: Daemon) -> list[str]:
+    return list(_stored(daemon)["git-mirrors"])
+
+
+@pytest.mark.parametrize("daemon", [{"git": {"mode": "mirror"}}], indirect=True)
+def test_a_git_mirror_is_evicted_as_a_whole_for_blobs(daemon: Daemon, blobs: list[Blob], upstream: Registry,
+                                                      git_server: GitServer, tmp_path: Path) -> None:
+    big = big_layer("budget/big", 5 * MiB, MEDIA.OCI_LAYER)
+    push_blob(upstream.url, f"library/{REPO}", big)
+    into = tmp_path / "one"
+    git("clone", "-q", f"{daemon.url}/git/{GIT_HOST}/{GIT_REPO}", str(into), cwd=str(tmp_path))
+    assert git("rev-parse", "HEAD", cwd=str(into)).stdout.strip() == git_server.head(GIT_REPO)
+    assert sum(_stored(daemon)["git-mirrors"].values()) > PART // 2
+    _within(daemon)
+    # The mirror (about 2 MiB, read once, so promoted past probation),
+    # a 2 MiB blob, then a 5 MiB one: the room it needs takes the blob
+    # on probation and then the mirror, every file of it.
+    _pull(daemon, blobs[0])
+    _pull(daemon, big)
+    assert _mirror_files(daemon) == []
+    assert _blob_names(daemon) == {big.hex}
+    # A clone fetches the mirror again, whole, making room among the blobs.
+    again = tmp_path / "two"
+    git("clone", "-q", f"{daemon.url}/git/{GIT_HOST}/{GIT_REPO}", str(again), cwd=str(tmp_path))
+    assert git("rev-parse", "HEAD", cwd=str(again)).stdout.strip() == git_server.head(GIT_REPO)
+    git("fsck", "--strict", cwd=str(again))
+    _within(daemon)
+    assert _mirror_files(daemon) != [] and _blob_names(daemon) == set()
+    _pull(daemon, blobs[0])
