@@ -90,14 +90,14 @@ def test_an_object_its_verifier_refuses_is_cut_and_deleted(clock: Reactor, store
 class Area:
     """The blobs' bucket and replicator, and a git area beside them."""
 
-    def __init__(self, clock: Reactor, store: Store, max_part_uploads: int) -> None:
+    def __init__(self, clock: Reactor, store: Store, max_part_uploads: int, max_size: int | None = None) -> None:
         self.clock = clock
         self.s3 = FakeS3()
         self.metadata = FakeMetadata()
         self.disk = Disk(clock, store, cast(Metadata, self.metadata), cast(Any, SyncPool()))
-        self.blobs = Bucket(cast(S3Client, self.s3), "p/", self.disk, None)
+        self.blobs = Bucket(cast(S3Client, self.s3), "p/", self.disk, max_size)
         self.blob_replicator = Replicator(self.blobs, self.disk, PART, max_part_uploads)
-        self.git = self.blobs.sibling("git", "bucket_git_entries", None)
+        self.git = self.blobs.sibling("git", "bucket_git_entries")
         self.replicator = self.blob_replicator.into(self.git)
 
     def download(self, key: Named, size: int) -> Download:
@@ -154,3 +154,25 @@ def test_the_areas_share_the_part_upload_bound(clock: Reactor, store: Store) -> 
     held.callback("etag-1")
     run(clock)
     assert area.s3.kinds().count("part") == 2
+
+
+def test_the_areas_share_the_buckets_budget(clock: Reactor, store: Store) -> None:
+    """
+    [cache] max_size bounds the bucket as a whole: a git response that
+    needs room evicts the oldest blob object, and the two areas' bytes
+    are counted in one budget.
+    """
+    area = Area(clock, store, 4, max_size=2000)
+    assert area.git.capacity.budget is area.blobs.capacity.budget
+    blob = Digest("sha256", "b" * 64)
+    area.blobs.capacity.load([(blob, 1000, False)])
+    key = _key("clone app")
+    data = b"p" * 1500 + TRAILER
+    download = area.download(key, len(data))
+    download.write(data)
+    download.finish()
+    run(clock)
+    assert ("delete", f"p/blobs/sha256/{'b' * 64}") in area.s3.calls
+    assert area.s3.kinds()[-1] == "complete"
+    assert blob not in area.blobs.capacity.policy and _stored_as(key) in area.git.capacity.policy
+    assert area.blobs.capacity.budget.size == area.git.capacity.size == len(data)

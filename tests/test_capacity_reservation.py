@@ -2,7 +2,9 @@
 Commits in flight hold a reservation: however concurrent C{make_room}
 calls, evictions and commits interleave, C{blobs/} never holds more than
 C{max_size}, and C{min_free} is judged on the free space left once the
-evictions of the other commits are done.
+evictions of the other commits are done.  With one budget for every kind
+(blobs, git responses, files), the same holds for their sum, and a commit
+of one kind evicts the oldest entries of any other, never a protected one.
 
 A real L{Store} and a real L{Metadata} (SQLite) in a tmp dir, on the fake
 reactor of L{ocitest.fakes}.  The disk pool is a L{SteppingPool}: its work
@@ -30,6 +32,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from ocicache._spec._reference import Digest
+from ocicache._storage._budget import Budget
 from ocicache._storage._capacity import Capacity
 from ocicache._storage._disk import Disk
 from ocicache._storage._janitor import Janitor, Report
@@ -207,7 +210,7 @@ def _drive(parts: _Parts, rng: random.Random, starters: list[Starter],
 
 
 def test_two_commits_of_0_6_the_limit_do_not_both_land(parts: _Parts) -> None:
-    capacity = Capacity(parts.disk, LIMIT, None)
+    capacity = Capacity(Budget(parts.disk.store.root, LIMIT, None), parts.disk)
     rng = random.Random(1)
 
     def check() -> None:
@@ -226,7 +229,7 @@ def test_max_size_holds_under_any_interleaving(parts: _Parts, seed: int) -> None
     interleaved: C{blobs/} stays within the limit at every step, and the
     books match the files at the end.
     """
-    capacity = Capacity(parts.disk, LIMIT, None)
+    capacity = Capacity(Budget(parts.disk.store.root, LIMIT, None), parts.disk)
     rng = random.Random(seed)
     _preload(capacity, parts.store, [rng.randrange(50, 300) for _ in range(3)], rng)
 
@@ -250,7 +253,7 @@ def test_reservations_keep_the_books_when_commits_fail(parts: _Parts, seed: int)
     C{size + reserved} never exceeds the limit, and nothing stays reserved
     once every commit has landed or failed.
     """
-    capacity = Capacity(parts.disk, LIMIT, None)
+    capacity = Capacity(Budget(parts.disk.store.root, LIMIT, None), parts.disk)
     rng = random.Random(1000 + seed)
     _preload(capacity, parts.store, [rng.randrange(50, 300) for _ in range(3)], rng)
 
@@ -265,7 +268,7 @@ def test_reservations_keep_the_books_when_commits_fail(parts: _Parts, seed: int)
 
 
 def test_a_reservation_holds_room_until_it_lands_or_is_released(parts: _Parts) -> None:
-    capacity = Capacity(parts.disk, LIMIT, None)
+    capacity = Capacity(Budget(parts.disk.store.root, LIMIT, None), parts.disk)
     rng = random.Random(2)
     _preload(capacity, parts.store, [300], rng)
 
@@ -300,7 +303,7 @@ def test_min_free_is_judged_after_the_other_commits_evictions(
     make_room that read the free space before the first one's unlink would
     evict another blob for nothing.
     """
-    capacity = Capacity(parts.disk, None, 1000)
+    capacity = Capacity(Budget(parts.disk.store.root, None, 1000), parts.disk)
     rng = random.Random(3)
     _preload(capacity, parts.store, [300] * 4, rng)
 
@@ -311,7 +314,7 @@ def test_min_free_is_judged_after_the_other_commits_evictions(
     def statvfs(path: str) -> Any:
         return SimpleNamespace(f_blocks=2700, f_frsize=1, f_bavail=free())
 
-    monkeypatch.setattr("ocicache._storage._capacity.os.statvfs", statvfs)
+    monkeypatch.setattr("ocicache._storage._budget.os.statvfs", statvfs)
 
     def check() -> None:
         assert free() >= 1000, f"{free()} bytes free"
@@ -329,7 +332,7 @@ def test_recovery_adopting_a_blob_in_flight_leaves_its_reservation(parts: _Parts
     renamed into place but whose commit has not been counted yet.  That
     must not consume the reservation, or the books would run short.
     """
-    capacity = Capacity(parts.disk, LIMIT, None)
+    capacity = Capacity(Budget(parts.disk.store.root, LIMIT, None), parts.disk)
     rng = random.Random(4)
     assert _drive(parts, rng, [partial(capacity.make_room, 600)]) == [True]
     data = rng.randbytes(600)
@@ -341,3 +344,178 @@ def test_recovery_adopting_a_blob_in_flight_leaves_its_reservation(parts: _Parts
     assert (capacity.size, capacity.reserved) == (600, 600)
     capacity.committed(digest, 600)
     assert (capacity.size, capacity.reserved) == (600, 0)
+
+
+# -- one budget, every kind: blobs, git responses, files
+
+KINDS = ((Kind.BLOB, "blobs"), (Kind.GIT, "git_entries"), (Kind.FILES, "file_entries"))
+
+
+def _books(parts: _Parts, limit: int | None = LIMIT,
+           protected: dict[Kind, list[Digest]] | None = None) -> tuple[Budget, dict[Kind, Capacity]]:
+    """One budget of C{limit} bytes, and a book per kind in it (C{protected}: each kind's pins)."""
+    budget = Budget(parts.store.root, limit, None)
+    pins = protected if protected is not None else {}
+
+    def pinned(kind: Kind) -> Callable[[], Coroutine[Any, Any, list[Digest]]]:
+        async def protect() -> list[Digest]:
+            return pins.get(kind, [])
+        return protect
+
+    books = {kind: Capacity(budget, parts.disk, table=table, kind=kind, protected=pinned(kind))
+             for kind, table in KINDS}
+    return budget, books
+
+
+def _stored_of_every_kind(store: Store) -> int:
+    return sum(size for kind, _ in KINDS for _, _, size in store.walk(kind))
+
+
+def _kept(parts: _Parts, books: dict[Kind, Capacity], kind: Kind, size: int, rng: random.Random) -> Digest:
+    """An entry of C{kind} already in the store (loaded at start-up), oldest first."""
+    data = rng.randbytes(size)
+    digest = Digest("sha256", hashlib.sha256(data).hexdigest())
+    parts.store.write_small(kind, digest, data)
+    books[kind].load([(digest, size, False)])
+    return digest
+
+
+async def _commit(capacity: Capacity, disk: Disk, kind: Kind, body: _Body) -> bool:
+    """As L{_download}, for an entry of any kind."""
+    if not await capacity.make_room(body.size):
+        body.temp.discard()
+        return False
+    await disk.run(disk.store.commit, body.temp, kind, body.digest)
+    capacity.committed(body.digest, body.size)
+    return True
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_max_size_bounds_every_kind_together_under_any_interleaving(parts: _Parts, seed: int) -> None:
+    """
+    Commits of blobs, git responses and files, the evictions they make room
+    with (of any kind), and a janitor eviction, all interleaved: the sum of
+    every kind's files stays within the one limit at every step, and each
+    book matches its kind's files at the end.
+    """
+    rng = random.Random(2000 + seed)
+    budget, books = _books(parts)
+    for _ in range(4):
+        _kept(parts, books, rng.choice([kind for kind, _ in KINDS]), rng.randrange(50, 200), rng)
+
+    def check() -> None:
+        stored = _stored_of_every_kind(parts.store)
+        assert stored <= LIMIT, f"the store holds {stored} bytes"
+        assert budget.size + budget.reserved <= LIMIT
+
+    starters: list[Starter] = []
+    for _ in range(9):
+        kind = rng.choice([kind for kind, _ in KINDS])
+        body = _body(parts.store, rng.randbytes(rng.randrange(100, 600)))
+        starters.append(partial(_commit, books[kind], parts.disk, kind, body))
+    starters.insert(rng.randrange(len(starters)), partial(books[Kind.GIT].evict, rng.randrange(0, LIMIT)))
+    _drive(parts, rng, starters, check)
+    assert budget.reserved == 0
+    assert budget.size == _stored_of_every_kind(parts.store)
+    for kind, _ in KINDS:
+        assert books[kind].size == sum(size for _, _, size in parts.store.walk(kind))
+        assert {str(key) for key in books[kind].policy.keys()} == {str(d) for d, _, _ in parts.store.walk(kind)}
+
+
+def test_a_commit_of_one_kind_evicts_the_oldest_entries_of_another(parts: _Parts) -> None:
+    rng = random.Random(5)
+    budget, books = _books(parts)
+    oldest = _kept(parts, books, Kind.BLOB, 300, rng)
+    blob = _kept(parts, books, Kind.BLOB, 300, rng)
+    response = _kept(parts, books, Kind.GIT, 300, rng)
+    # 900 stored, a 300-byte file: room is made down to 900 - 300 = 600.
+    (kept,) = _drive(parts, rng, [partial(_commit, books[Kind.FILES], parts.disk, Kind.FILES,
+                                          _body(parts.store, rng.randbytes(300)))])
+    assert kept is True
+    assert parts.store.read(Kind.BLOB, oldest) is None
+    assert parts.store.read(Kind.BLOB, blob) is not None and parts.store.read(Kind.GIT, response) is not None
+    assert (books[Kind.BLOB].size, books[Kind.GIT].size, books[Kind.FILES].size, budget.size) == (300, 300, 300, 900)
+    # The next, a git response: the oldest left is the blob.
+    (kept,) = _drive(parts, rng, [partial(_commit, books[Kind.GIT], parts.disk, Kind.GIT,
+                                          _body(parts.store, rng.randbytes(300)))])
+    assert kept is True and parts.store.read(Kind.BLOB, blob) is None and len(books[Kind.BLOB].policy) == 0
+    assert budget.size == _stored_of_every_kind(parts.store) == 900
+
+
+def test_no_kind_evicts_what_another_protects(parts: _Parts) -> None:
+    rng = random.Random(6)
+    pins: dict[Kind, list[Digest]] = {}
+    budget, books = _books(parts, protected=pins)
+    pinned = _kept(parts, books, Kind.BLOB, 400, rng)
+    response = _kept(parts, books, Kind.GIT, 400, rng)
+    pins[Kind.BLOB] = [pinned]
+    (kept,) = _drive(parts, rng, [partial(_commit, books[Kind.FILES], parts.disk, Kind.FILES,
+                                          _body(parts.store, rng.randbytes(400)))])
+    assert kept is True
+    assert parts.store.read(Kind.BLOB, pinned) is not None, "a pinned blob was evicted for a file"
+    assert parts.store.read(Kind.GIT, response) is None
+    # Nothing else may go: a file that needs the pinned blob's room is not kept.
+    (kept,) = _drive(parts, rng, [partial(_commit, books[Kind.FILES], parts.disk, Kind.FILES,
+                                          _body(parts.store, rng.randbytes(700)))])
+    assert kept is False and parts.store.read(Kind.BLOB, pinned) is not None
+    assert budget.size == _stored_of_every_kind(parts.store) <= LIMIT
+
+
+def test_a_reservation_of_one_kind_holds_room_against_the_others(parts: _Parts) -> None:
+    rng = random.Random(7)
+    budget, books = _books(parts)
+    blob = _kept(parts, books, Kind.BLOB, 300, rng)
+    (kept,) = _drive(parts, rng, [partial(books[Kind.GIT].make_room, 600)])
+    assert kept is True and budget.reserved == 600 == books[Kind.FILES].reserved
+    # 600 reserved for git + 600 for a file cannot fit: refused, and the
+    # blob is not evicted for nothing.
+    (kept,) = _drive(parts, rng, [partial(books[Kind.FILES].make_room, 600)])
+    assert kept is False and parts.store.read(Kind.BLOB, blob) is not None
+    books[Kind.GIT].release(600)  # the git commit failed
+    (kept,) = _drive(parts, rng, [partial(books[Kind.FILES].make_room, 600)])
+    assert kept is True and (budget.size, budget.reserved) == (300, 600)
+
+
+def test_a_thing_larger_than_the_whole_budget_is_not_kept_and_evicts_nothing(parts: _Parts) -> None:
+    rng = random.Random(8)
+    budget, books = _books(parts)
+    blob = _kept(parts, books, Kind.BLOB, 300, rng)
+    (kept,) = _drive(parts, rng, [partial(books[Kind.GIT].make_room, LIMIT + 1)])
+    assert kept is False and budget.reserved == 0 and parts.store.read(Kind.BLOB, blob) is not None
+
+
+def test_a_fleets_read_times_order_evictions_of_every_kind(parts: _Parts) -> None:
+    """
+    With a fleet's read times for one kind (the bucket's blobs), evictions
+    go oldest read first across all kinds, the others judged by this
+    node's reads of them (their rows).
+    """
+    rng = random.Random(9)
+    budget = Budget(parts.store.root, LIMIT, None)
+    times: dict[Digest, float] = {}
+
+    async def fleet() -> dict[Digest, float]:
+        return times
+
+    blobs = Capacity(budget, parts.disk, recency=fleet)
+    git = Capacity(budget, parts.disk, table="git_entries", kind=Kind.GIT)
+    books = {Kind.BLOB: blobs, Kind.GIT: git}
+    # Loaded oldest first, read in another order: git's at 10, the blobs' at 5 and 20.
+    response = _kept(parts, books, Kind.GIT, 300, rng)
+    early, late = _kept(parts, books, Kind.BLOB, 300, rng), _kept(parts, books, Kind.BLOB, 300, rng)
+    times.update({early: 5.0, late: 20.0})
+
+    async def row(digest: Digest, at: float) -> None:
+        await parts.metadata.put_blob(str(digest), 300, at, table="git_entries")
+
+    _drive(parts, rng, [partial(row, response, 10.0)])
+    new = _body(parts.store, rng.randbytes(300))
+    (kept,) = _drive(parts, rng, [partial(_commit, git, parts.disk, Kind.GIT, new)])
+    assert kept is True
+    _drive(parts, rng, [partial(row, new.digest, 30.0)])  # as the git books record a commit
+    assert parts.store.read(Kind.BLOB, early) is None, "not the entry read longest ago"
+    assert parts.store.read(Kind.GIT, response) is not None and parts.store.read(Kind.BLOB, late) is not None
+    # The next goes by the same order: the git response, read at 10.
+    (kept,) = _drive(parts, rng, [partial(_commit, git, parts.disk, Kind.GIT, _body(parts.store, rng.randbytes(300)))])
+    assert kept is True and parts.store.read(Kind.GIT, response) is None
+    assert parts.store.read(Kind.BLOB, late) is not None

@@ -27,6 +27,7 @@ from ocicache._files._indexes import MAX_INDEX, index_kind, named_checksum, pars
 from ocicache._files._key import ChecksumCheck, Expected, FileKey, file_key, generation_key
 from ocicache._files._paths import is_mutable, parse_path
 from ocicache._ops._config import ConfigError, parse_config
+from ocicache._storage._budget import Budget
 from ocicache._storage._capacity import Capacity
 from ocicache._storage._disk import Disk
 from ocicache._storage._metadata import Metadata
@@ -235,7 +236,7 @@ def test_capacity_evicts_and_deletes_files_not_only_digests(tmp_path: Path) -> N
 
     disk = Disk(cast(IReactorTime, clock), store, cast(Metadata, SimpleNamespace(delete_blobs=delete_blobs)),
                 cast(ThreadPool, SyncPool()))
-    capacity = Capacity(disk, 1000, None, table="file_entries", kind=Kind.FILES)
+    capacity = Capacity(Budget(disk.store.root, 1000, None), disk, table="file_entries", kind=Kind.FILES)
     keys = [file_key("r", f"f{n}") for n in range(3)]
     for key in keys:
         room = ensureDeferred(capacity.make_room(400))

@@ -37,7 +37,7 @@ TTL = 2.0
 
 
 class World:
-    def __init__(self, tmp: Path, extra: str = "") -> None:
+    def __init__(self, tmp: Path, extra: str = "", cache: str = "") -> None:
         self.tmp = tmp
         self.repo = DebRepository(tmp / "repo")
         self.repo.add("hello", "1.0")
@@ -59,7 +59,7 @@ class World:
         config = tmp / "ocicache.toml"
         config.write_text(
             f'[server]\nlisten = ["tcp:{port}:interface=127.0.0.1"]\n'
-            f'[cache]\ndir = "{tmp / "cache"}"\n'
+            f'[cache]\ndir = "{tmp / "cache"}"\n{cache}'
             '[[upstream]]\nname = "docker.io"\nurl = "http://127.0.0.1:9"\n'
             f'[[files]]\nname = "debian"\nurl = "{self.hop.url}"\nkind = "deb"\nmutable_ttl = "{TTL}s"\n'
             f'negative_ttl = "30s"\n'
@@ -395,10 +395,11 @@ def test_a_restart_keeps_files_and_the_validators_of_mutable_ones(world: World) 
     assert world.hop.count("GET", "/dists/stable/Release", status=200) == 0
 
 
-def test_files_stay_within_their_max_size_and_show_in_the_metrics(tmp_path: Path) -> None:
+def test_files_stay_within_max_size_and_show_in_the_metrics(tmp_path: Path) -> None:
     metrics_port = free_port()
-    world = World(tmp_path, '[files_cache]\nmax_size = "1MiB"\n'
-                            f'[metrics]\nlisten = "tcp:{metrics_port}:interface=127.0.0.1"\n')
+    # [cache] max_size bounds the files with everything else the store keeps.
+    world = World(tmp_path, f'[metrics]\nlisten = "tcp:{metrics_port}:interface=127.0.0.1"\n',
+                  cache='max_size = "1MiB"\n')
     try:
         files = world.repo.root / "files"
         bodies = {f"part{n}.bin": os.urandom(400 << 10) for n in range(4)}

@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IReactorThreads
 from twisted.python.threadpool import ThreadPool
 
 from ocicache._spec._reference import Digest
+from ocicache._storage._budget import Budget
 from ocicache._storage._capacity import Capacity
 from ocicache._storage._disk import Disk
 from ocicache._storage._janitor import ABANDONED_AFTER, Janitor
@@ -38,6 +39,11 @@ class _Parts:
 
 def _disk(parts: _Parts) -> Disk:
     return Disk(reactor, parts.store, parts.metadata, parts.pool)
+
+
+def _capacity(parts: _Parts, max_size: int | None = None, min_free: int | None = None) -> Capacity:
+    """The blobs' book, alone in a budget of C{max_size} and C{min_free}."""
+    return Capacity(Budget(parts.store.root, max_size, min_free), _disk(parts))
 
 
 def _blob(store: Store, seed: int, size: int) -> Digest:
@@ -77,7 +83,7 @@ async def test_recovery_drops_rows_without_files_and_adopts_or_removes_orphans(p
         os.makedirs(os.path.dirname(store.path(Kind.BLOB, liar)), exist_ok=True)
         with open(store.path(Kind.BLOB, liar), "wb") as f:
             f.write(b"not what the name says")
-        capacity = Capacity(_disk(parts), None, None)
+        capacity = _capacity(parts)
         janitor = Janitor(_disk(parts), capacity, None)
         report = await janitor.recover()
         assert (report.dropped_rows, report.adopted, report.removed_unverified) == (1, 1, 1)
@@ -97,7 +103,7 @@ async def test_blob_ttl_expires_what_was_not_read(parts: _Parts) -> None:
         fresh = _blob(store, 4, 100)
         await metadata.put_blob(str(old), 100, time.time() - 7200)
         await metadata.put_blob(str(fresh), 100, time.time() - 7200)
-        capacity = Capacity(_disk(parts), None, None)
+        capacity = _capacity(parts)
         janitor = Janitor(_disk(parts), capacity, blob_ttl=3600)
         await janitor.recover()
         capacity.accessed(fresh)  # read just now: the batched access counts
@@ -115,7 +121,7 @@ async def test_make_room_keeps_min_free(parts: _Parts, monkeypatch: pytest.Monke
     store, metadata = parts.store, parts.metadata
     await metadata.open()
     try:
-        capacity = Capacity(_disk(parts), None, 1000)
+        capacity = _capacity(parts, min_free=1000)
         a, b = _blob(store, 5, 600), _blob(store, 6, 600)
         for digest in (a, b):
             await metadata.put_blob(str(digest), 600, time.time())
@@ -124,7 +130,7 @@ async def test_make_room_keeps_min_free(parts: _Parts, monkeypatch: pytest.Monke
             # 1500 bytes free, plus whatever eviction has deleted since.
             return SimpleNamespace(f_blocks=10_000, f_frsize=1, f_bavail=1500 + (1200 - capacity.size))
 
-        monkeypatch.setattr("ocicache._storage._capacity.os.statvfs", statvfs)
+        monkeypatch.setattr("ocicache._storage._budget.os.statvfs", statvfs)
         # 1500 free - 400 new = 1100 >= 1000: nothing to evict.
         assert await capacity.make_room(400) is True
         assert capacity.size == 1200
@@ -143,7 +149,7 @@ async def test_make_room_evicts_to_the_low_water_mark_and_refuses_giants(parts: 
     store, metadata = parts.store, parts.metadata
     await metadata.open()
     try:
-        capacity = Capacity(_disk(parts), 1000, None)
+        capacity = _capacity(parts, 1000)
         blobs = [_blob(store, 10 + i, 200) for i in range(4)]
         for digest in blobs:
             capacity.committed(digest, 200)
@@ -168,7 +174,7 @@ async def test_abandoned_temp_files_go_and_live_ones_stay(parts: _Parts) -> None
         old = time.time() - ABANDONED_AFTER - 60
         for temp in (live, dead):
             os.utime(temp.path, (old, old))
-        capacity = Capacity(_disk(parts), None, None)
+        capacity = _capacity(parts)
         janitor = Janitor(_disk(parts), capacity, None,
                           live_temp_files=lambda: [live.path])
         report = await janitor.run()
@@ -210,7 +216,7 @@ async def test_unreferenced_manifests_expire_an_index_before_its_children(parts:
         await metadata.put_children(str(index), [str(child)])
         await metadata.put_tag("docker.io", "library/a", "v1", str(tagged), time.time())
         removed: list[str] = []
-        janitor = Janitor(_disk(parts), Capacity(_disk(parts), None, None), None, manifest_ttl=30 * 86400,
+        janitor = Janitor(_disk(parts), _capacity(parts), None, manifest_ttl=30 * 86400,
                           manifest_accesses=lambda: {str(recent): time.time()}, on_manifests_removed=removed.extend)
         first = await janitor.run()
         assert removed == [str(index)] and first.manifests_removed == 1
@@ -232,7 +238,7 @@ async def test_manifests_are_kept_forever_without_a_ttl(parts: _Parts) -> None:
     try:
         lonely = _manifest(store, {"mediaType": "application/vnd.oci.image.manifest.v1+json"})
         await metadata.put_manifest(str(lonely), "application/json", 10, 0.0)
-        janitor = Janitor(_disk(parts), Capacity(_disk(parts), None, None), None, manifest_ttl=None)
+        janitor = Janitor(_disk(parts), _capacity(parts), None, manifest_ttl=None)
         assert (await janitor.run()).manifests_removed == 0
         assert store.read(Kind.MANIFEST, lonely) is not None
     finally:

@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IReactorThreads
 from twisted.python.threadpool import ThreadPool
 
 from ocicache._spec._reference import Digest
+from ocicache._storage._budget import Budget
 from ocicache._storage._capacity import Capacity
 from ocicache._storage._disk import Disk
 from ocicache._storage._janitor import Janitor
@@ -225,7 +226,7 @@ async def test_after_a_rebuild_the_janitors_recovery_adopts_the_stored_blobs(tmp
     try:
         assert metadata.open_now(rebuild=True) is not None
         disk = Disk(reactor, store, metadata, pool)
-        capacity = Capacity(disk, None, None)
+        capacity = Capacity(Budget(disk.store.root, None, None), disk)
         report = await Janitor(disk, capacity, None).recover()
         assert report.adopted == 1
         assert [(row.digest, row.size) for row in await metadata.blobs()] == [(str(digest), len(data))]

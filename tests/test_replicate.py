@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -65,6 +66,9 @@ class FakeS3:
         self.calls.append(("put", key, body))
         return ""
 
+    async def delete(self, key: str) -> None:
+        self.calls.append(("delete", key))
+
     def kinds(self) -> list[str]:
         return [call[0] for call in self.calls]
 
@@ -75,6 +79,11 @@ class FakeMetadata:
 
     def put_blob(self, digest: str, size: int, now: float, table: str = "blobs") -> Deferred[None]:
         self.rows.append((digest, size, table))
+        return succeed(None)
+
+    def delete_blobs(self, digests: Iterable[str], table: str = "blobs") -> Deferred[None]:
+        gone = set(digests)
+        self.rows = [row for row in self.rows if (row[0], row[2]) not in {(digest, table) for digest in gone}]
         return succeed(None)
 
 

@@ -24,14 +24,20 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from functools import partial
 from types import FrameType
 from typing import Any, TextIO
 
 from twisted.internet.defer import Deferred
 
+from .._files._key import FileKey
+from .._files._service import TABLE as FILES_TABLE
+from .._git._books import TABLE as GIT_TABLE
+from .._git._books import remove_entries
 from .._ops._config import Config, ConfigError, load_config
 from .._ops._reactor import Reactor
 from .._spec._reference import Digest
+from .._storage._budget import Budget
 from .._storage._capacity import Capacity
 from .._storage._disk import Disk
 from .._storage._janitor import Janitor, verify_file
@@ -243,21 +249,38 @@ async def _gc(reactor: Reactor, config: Config, metadata: Metadata, arguments: a
         # With the S3 backend the disk holds only the local tier; the
         # bucket is kept by the running daemon's janitor.
         s3 = config.storage.s3
-        capacity = Capacity(disk, config.cache.max_size if s3 is None else s3.local_max_size, config.cache.min_free,
-                            protected=protected)
+        budget = Budget(store.root, config.cache.max_size if s3 is None else s3.local_max_size,
+                        config.cache.min_free)
+        capacity = Capacity(budget, disk, protected=protected)
+        await _other_kinds(budget, disk)
         janitor = Janitor(disk, capacity, config.cache.blob_ttl, manifest_ttl=config.cache.manifest_ttl)
         recovered = await janitor.recover()
         report = await janitor.run()
     finally:
         pool.stop()
     print(f"expired: {report.expired} blobs, {_human(report.expired_bytes)}")
-    print(f"evicted: {report.evicted} blobs, {_human(report.evicted_bytes)}")
+    print(f"evicted: {report.evicted} entries (blobs, git, files), {_human(report.evicted_bytes)}")
     print(f"removed: {report.temp_removed} abandoned temp files, {report.tags_removed} old tag rows, "
           f"{recovered.dropped_rows} rows without files, {recovered.removed_unverified} unverifiable files, "
           f"{report.manifests_removed} unreferenced manifests")
     print(f"freed: {_human(report.expired_bytes + report.evicted_bytes)}; "
-          f"the store now holds {_human(capacity.size)}")
+          f"the store now holds {_human(budget.size)} in its budget")
     return 0
+
+
+async def _other_kinds(budget: Budget, disk: Disk) -> None:
+    """
+    The git responses and mirrors, and the files, in the budget as their
+    tables count them, so that C{gc} evicts among every kind as the daemon
+    does (their rows are reconciled with the store by the daemon).
+    """
+    git = Capacity(budget, disk, table=GIT_TABLE, kind=Kind.GIT, remove=partial(remove_entries, disk))
+    rows = sorted(await disk.metadata.blobs(GIT_TABLE), key=lambda row: row.last_access)
+    git.load((Digest.parse(row.digest), row.size, row.hits > 1) for row in rows)
+    files = Capacity(budget, disk, table=FILES_TABLE, kind=Kind.FILES)
+    rows = sorted(await disk.metadata.blobs(FILES_TABLE), key=lambda row: row.last_access)
+    files.load((FileKey.parse(row.digest), row.size, row.hits > 1)  # type: ignore[misc]  # keyed by any hashable
+               for row in rows)
 
 
 async def _stats(reactor: Reactor, config: Config, metadata: Metadata, arguments: argparse.Namespace) -> int:
@@ -267,8 +290,14 @@ async def _stats(reactor: Reactor, config: Config, metadata: Metadata, arguments
     sizes[Kind.GIT] = [row.size for row in await metadata.blobs("git_entries")]
     summary = await metadata.summary()
     quota = await metadata.quota()
+    files = await _files_stats(config, metadata)
     now = time.time()
     oldest = summary["oldest"]
+    # One budget bounds the blobs, git and files on the disk (with the S3
+    # backend, the local tier's); manifests are not counted in it.
+    s3 = config.storage.s3
+    limit_bytes = config.cache.max_size if s3 is None else s3.local_max_size
+    counted = {"blob": sum(sizes[Kind.BLOB]), "git": sum(sizes[Kind.GIT]), "files": files["bytes"]}
     result = {
         "dir": store.root,
         "size_bytes": sum(sizes[Kind.BLOB]) + sum(sizes[Kind.MANIFEST]) + sum(sizes[Kind.GIT]),
@@ -279,22 +308,23 @@ async def _stats(reactor: Reactor, config: Config, metadata: Metadata, arguments
         "biggest_repositories": summary["repositories"],
         "oldest_entry_age_seconds": None if oldest is None else max(0.0, now - oldest),
         "upstreams": [_quota_entry(row, now) for row in quota],
-        "files": await _files_stats(config, metadata),
+        "files": files,
+        "budget": {"max_size_bytes": limit_bytes, "used_bytes": sum(counted.values()), "bytes": counted},
     }
     if arguments.json:
         print(json.dumps(result, indent=2))
         return 0
-    limit = f" of {_human(config.cache.max_size)}" if config.cache.max_size else ""
+    limit = f" of {_human(limit_bytes)}" if limit_bytes is not None else ""
     print(f"cache:    {store.root}")
-    print(f"size:     {_human(result['size_bytes'])}{limit}")
+    print(f"size:     {_human(result['size_bytes'])} on disk")
+    print(f"budget:   {_human(sum(counted.values()))}{limit}: blobs {_human(counted['blob'])}, "
+          f"git {_human(counted['git'])}, files {_human(counted['files'])} (manifests are not counted)")
     print(f"entries:  {len(sizes[Kind.BLOB])} blobs ({_human(sum(sizes[Kind.BLOB]))}), "
           f"{len(sizes[Kind.MANIFEST])} manifests, {summary['tags']} tags")
     if sizes[Kind.GIT]:
         print(f"git:      {len(sizes[Kind.GIT])} upload-pack responses and mirrors ({_human(sum(sizes[Kind.GIT]))})")
-    files = result["files"]
     if files["remotes"]:
-        files_limit = f" of {_human(files['max_size_bytes'])}" if files["max_size_bytes"] else ""
-        print(f"files:    {files['entries']} files ({_human(files['bytes'])}{files_limit}) for "
+        print(f"files:    {files['entries']} files ({_human(files['bytes'])}) for "
               f"{', '.join(files['remotes'])}")
     age = result["oldest_entry_age_seconds"]
     print(f"oldest:   {'-' if age is None else _age(age)}")
@@ -316,13 +346,12 @@ async def _stats(reactor: Reactor, config: Config, metadata: Metadata, arguments
 
 
 async def _files_stats(config: Config, metadata: Metadata) -> dict[str, Any]:
-    """The files of [[files]] remotes (L{ocicache._files}): their own table and budget."""
-    rows = await metadata.blobs("file_entries")
+    """The files of [[files]] remotes (L{ocicache._files}), as their table counts them."""
+    rows = await metadata.blobs(FILES_TABLE)
     return {
         "remotes": [remote.name for remote in config.files.remotes] if config.files is not None else [],
         "entries": len(rows),
         "bytes": sum(row.size for row in rows),
-        "max_size_bytes": config.files.max_size if config.files is not None else None,
     }
 
 

@@ -78,6 +78,7 @@ from .._ops._reactor import Reactor
 from .._spec._reference import Digest
 from .._storage._bucket import Bucket
 from .._storage._bucket_janitor import BucketJanitor
+from .._storage._budget import Budget
 from .._storage._capacity import Capacity
 from .._storage._disk import Disk
 from .._storage._health import DiskHealth
@@ -152,8 +153,9 @@ class OcicacheService(MultiService):
         # disk holds a tier of hot blobs of its own size.
         s3 = config.storage.s3
         local_max_size = config.cache.max_size if s3 is None else s3.local_max_size
-        self.capacity = Capacity(disk, local_max_size, config.cache.min_free, self._evicted,
-                                 protected=self._protected)
+        # One budget for every kind the disk keeps: blobs, git, files.
+        self.budget = Budget(self.store.root, local_max_size, config.cache.min_free)
+        self.capacity = Capacity(self.budget, disk, self._evicted, protected=self._protected)
         self.bucket: Bucket | None = None
         self.replicator: Replicator | None = None
         self.bucket_janitor: BucketJanitor | None = None
@@ -225,9 +227,9 @@ class OcicacheService(MultiService):
         if config.git is not None and config.git.upstreams:
             # Git repositories (docs/git.md): /git/, and its upload-pack bodies.
             self.git = GitParts(config.git, reactor, disk, self.http_pool, slots, health, self.metrics,
-                                local_max_size, config.cache.min_free, config.cache.janitor_interval,
+                                self.budget, config.cache.janitor_interval,
                                 config.proxy, self.proxy_pool,
-                                self.bucket, self.replicator, config.cache.max_size,
+                                self.bucket, self.replicator,
                                 s3.abandon_uploads_after if s3 is not None else 86400.0,
                                 None if self.fleet is None else self.fleet.area("git"))
             self.git.upkeep.setServiceParent(self)
@@ -268,7 +270,10 @@ class OcicacheService(MultiService):
         """C{[[files]]}: the file remotes' service, mounted at C{/files/} (L{ocicache._files})."""
         if config.files is None or not config.files.remotes:
             return None
-        files = FileService(config.files, self.disk, self.http_pool, config.cache.min_free, health,
+        if config.files.max_size is not None:
+            log.warn("[files_cache] max_size is deprecated and ignored: [cache] max_size bounds the files"
+                     " with everything else the store keeps")
+        files = FileService(config.files, self.disk, self.http_pool, self.budget, health,
                             FileMetrics(self.metrics), config.cache.abandon_after, config.cache.abandon_below,
                             proxies=self.config.proxy, proxied_pool=self.proxy_pool)
 

@@ -4,7 +4,7 @@ front-end reads them: declared in the config schema
 (L{ocicache._ops._config._files}), where every section lives.
 
     [files_cache]
-    max_size = "20GiB"          # the files' own budget (unset: unbounded)
+    max_size = "20GiB"          # deprecated, ignored: [cache] max_size bounds the files too
 
     [[files]]
     name = "debian"             # served under /files/debian/<path>

@@ -39,6 +39,7 @@ from .._fetch._slots import Priority, Slot, Slots
 from .._fetch._tiers import InFlightTier, StoreTier
 from .._fetch._walk import Filling, Hit, TierWalk, Want
 from .._ops._config._proxy import UNPROXIED, ProxyConfig
+from .._storage._budget import Budget
 from .._storage._capacity import Capacity
 from .._storage._disk import Disk
 from .._storage._health import DiskHealth
@@ -143,7 +144,7 @@ class FileService:
     """Finds or fetches the files of every configured remote."""
 
     def __init__(self, config: FilesConfig, disk: Disk, pool: HTTPConnectionPool,
-                 min_free: int | float | None = None, health: DiskHealth | None = None,
+                 budget: Budget | None = None, health: DiskHealth | None = None,
                  observer: Observer | None = None, abandon_after: float = ABANDON_AFTER,
                  keep_fraction: float = KEEP_FRACTION, slots: Slots | None = None,
                  proxies: ProxyConfig = UNPROXIED, proxied_pool: HTTPConnectionPool | None = None) -> None:
@@ -153,8 +154,10 @@ class FileService:
         self.remotes = {remote.name: Remote(remote, self._reactor, pool, self._observer.upstream,
                                             proxies.routes_for(remote.proxy), proxied_pool)
                         for remote in config.remotes}
-        self.capacity = Capacity(disk, config.max_size, min_free, self._observer.evicted, table=TABLE,
-                                 kind=Kind.FILES)
+        # The files count in the store's budget with every other kind
+        # (unbounded on their own when the service stands alone).
+        self.capacity = Capacity(budget if budget is not None else Budget(disk.store.root, None), disk,
+                                 self._observer.evicted, table=TABLE, kind=Kind.FILES)
         self._fills: Fills[FileKey] = Fills()
         self._sink = DiskSink(disk, self._fills, _FileBooks(disk, self.capacity),
                               health if health is not None else DiskHealth(), Kind.FILES,

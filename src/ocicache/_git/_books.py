@@ -1,7 +1,7 @@
 """
 The books of kept git responses and mirrors: their room in the store
 (C{Kind.GIT} files and the mirrors' directories, the C{git_entries}
-table, their own L{Capacity}), the recovery of what the store holds at
+table, their L{Capacity} in the store's one budget), the recovery of what the store holds at
 start-up, and their TTL class: an entry nobody read for C{pack_ttl} is
 removed (most responses are never read twice: GitLab measured three in
 four).  A mirror is one entry, named by the hash that names its

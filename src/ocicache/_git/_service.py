@@ -21,6 +21,7 @@ from .._ops._config._proxy import UNPROXIED, ProxyConfig
 from .._ops._metrics import Metrics
 from .._storage._bucket import Bucket
 from .._storage._bucket_janitor import BucketJanitor
+from .._storage._budget import Budget
 from .._storage._capacity import Capacity
 from .._storage._disk import Disk
 from .._storage._health import DiskHealth
@@ -47,15 +48,17 @@ class GitParts:
     """Everything C{/git/} needs, for one configuration."""
 
     def __init__(self, config: GitConfig, reactor: Any, disk: Disk, pool: HTTPConnectionPool, slots: Slots,
-                 health: DiskHealth, metrics: Metrics, max_size: int | None, min_free: int | float | None,
+                 health: DiskHealth, metrics: Metrics, budget: Budget,
                  interval: float, proxies: ProxyConfig = UNPROXIED,
                  proxied_pool: HTTPConnectionPool | None = None, bucket: Bucket | None = None,
-                 replicator: Replicator | None = None, bucket_max_size: int | None = None,
-                 abandon_uploads_after: float = 86400.0, fleet: GitFleet | None = None) -> None:
+                 replicator: Replicator | None = None, abandon_uploads_after: float = 86400.0,
+                 fleet: GitFleet | None = None) -> None:
         """
+        @param budget: the disk's budget, which git responses and mirrors
+            share with every other kind the store keeps.
         @param bucket: the S3 store (its blobs' area), with the S3 backend;
-            git responses get an area of their own in it, of
-            C{bucket_max_size} bytes, filled through C{replicator}.
+            git responses get an area of their own in it, in the bucket's
+            budget, filled through C{replicator}.
         @param fleet: the fleet's step for git responses, in a fleet.
         """
         self.config = config
@@ -64,7 +67,7 @@ class GitParts:
                                        proxies.routes_for(upstream.proxy), proxied_pool)
             for upstream in config.upstreams
         }
-        self.capacity = Capacity(disk, max_size, min_free, table=TABLE, kind=Kind.GIT,
+        self.capacity = Capacity(budget, disk, table=TABLE, kind=Kind.GIT,
                                  remove=partial(remove_entries, disk))
         ttl = max((upstream.pack_ttl for upstream in config.upstreams), default=86400.0)
         self.books = GitBooks(disk, self.capacity, ttl)
@@ -73,7 +76,7 @@ class GitParts:
         self._bucket_janitor: BucketJanitor | None = None
         git_replicator: Replicator | None = None
         if bucket is not None and replicator is not None:
-            self.bucket = bucket.sibling(BUCKET_AREA, BUCKET_TABLE, bucket_max_size)
+            self.bucket = bucket.sibling(BUCKET_AREA, BUCKET_TABLE)
             git_replicator = replicator.into(self.bucket)
             self._bucket_janitor = BucketJanitor(self.bucket, disk.metadata, ttl, abandon_uploads_after,
                                                  lambda: set(replicator.live))

@@ -70,7 +70,7 @@ class Metrics:
         self.files_entries = Gauge(
             "ocicache_files_entries", "Files stored for file remotes.", registry=registry)
         self.files_evictions = Counter(
-            "ocicache_files_evictions", "Stored files evicted to stay within [files_cache] max_size.",
+            "ocicache_files_evictions", "Stored files evicted to stay within [cache] max_size.",
             registry=registry)
         self.upstream_bytes = Counter(
             "ocicache_upstream_bytes", "Blob bytes received from upstream registries.",

@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IResponse
 
 from .._spec._reference import Digest
+from ._budget import Budget
 from ._capacity import Capacity
 from ._disk import Disk
 from ._metadata import BlobRow, MetadataUnavailable
@@ -188,6 +189,7 @@ class Bucket:
         area: str = "blobs",
         table: str = "bucket_blobs",
         health: BucketHealth | None = None,
+        budget: Budget | None = None,
     ) -> None:
         """
         @param area: the key prefix of this kind of entry under C{prefix}
@@ -195,6 +197,8 @@ class Bucket:
         @param table: the metadata table that indexes its objects
             (L{ocicache._storage._metadata.BLOB_TABLES}).
         @param health: shared with the other areas of the same store.
+        @param budget: shared with the other areas of the same store
+            (then C{max_size} is its); by default, one of C{max_size}.
         @param book: the fleet's shared bookkeeping of the bucket, when
             several nodes use it; C{None}: this node alone.
         @param protected: the blobs eviction and expiry must leave (pins,
@@ -214,7 +218,8 @@ class Bucket:
         self.client = client
         self.prefix = prefix
         self._local_protected = protected
-        self.capacity = Capacity(disk, max_size, None, on_evicted,
+        self.capacity = Capacity(budget if budget is not None else Budget(disk.store.root, max_size), disk,
+                                 on_evicted,
                                  protected=self._protected if protected is not None or book is not None else None,
                                  remove=self.remove,
                                  table=table, recency=self._recency if book is not None else None)
@@ -224,15 +229,17 @@ class Bucket:
         self.health = health if health is not None else BucketHealth(disk.reactor, self.name)
         self._disk = disk
 
-    def sibling(self, area: str, table: str, max_size: int | None) -> Bucket:
+    def sibling(self, area: str, table: str) -> Bucket:
         """
-        Another kind of entry in the same store: its own key area, index
-        and budget, the same client, health and byte counters.  Its
-        eviction bookkeeping is this node's own (no fleet book: the book
-        names blobs).
+        Another kind of entry in the same store: its own key area and
+        index, in the same budget (C{[cache] max_size} bounds the bucket
+        as a whole, and eviction chooses among every area), with the same
+        client, health and byte counters.  Its read times are this node's
+        own (no fleet book: the book names blobs).
         """
-        other = Bucket(self.client, self.prefix, self._disk, max_size, on_bytes=self.on_bytes,
-                       on_upload=self.on_upload, area=area, table=table, health=self.health)
+        other = Bucket(self.client, self.prefix, self._disk, self.capacity.max_size, on_bytes=self.on_bytes,
+                       on_upload=self.on_upload, area=area, table=table, health=self.health,
+                       budget=self.capacity.budget)
         other.name = f"{self.name}{area}/"  # in its log lines: which area
         return other
 

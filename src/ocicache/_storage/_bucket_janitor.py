@@ -170,8 +170,9 @@ class BucketJanitor:
             if expired and (shared is None or await shared.holds()):
                 await self._capacity.delete(expired)
                 report.expired = len(expired)
+        # The bucket's budget is every area's: so is eviction.
         limit = self._capacity.max_size
-        if limit is None or self._capacity.size <= limit:
+        if limit is None or self._capacity.budget.size <= limit:
             return
         fleet = None if shared is None else await shared.last_access(list(read))
         if shared is None or fleet is None:

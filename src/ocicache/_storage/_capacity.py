@@ -1,60 +1,72 @@
 """
-Keeping the store inside its limits: C{max_size} for the blobs, and
-C{min_free} for the filesystem under them.
+One kind of entry's book in the store's budget: the blobs, the git
+responses and mirrors, the files of package remotes, each a L{Capacity}
+registered with the one L{Budget} of the store they live in.
 
-Room is made before a blob is committed, not after, so C{blobs/} never
-exceeds C{max_size}: a commit that would cross it first evicts down to a
-low-water mark (L{LOW_WATER} of the limit, minus the new blob), in the
-order the L{S3FIFO} policy chooses.  A blob larger than the whole limit is
-streamed to its clients and then not kept.
-
-Room made is reserved until the commit lands (L{Capacity.committed}) or
-fails (L{Capacity.release}), and C{make_room} calls take turns with each
-other and with evictions: so however many commits are in flight, the
-stored bytes plus the reserved ones stay within C{max_size}, a reservation
-is granted only once the files its eviction removed are gone, and
-C{min_free} is judged on the free space left after them.  A blob that
-would not fit even with every stored blob evicted, because commits in
-flight hold the room, is not kept, rather than emptying the cache for
-nothing.
-
-Reads are counted in memory, where the policy needs them, and written to
-SQLite in batches by the janitor, never once per request or chunk.
+The budget bounds their sum and chooses what to evict among all of them
+(L{ocicache._storage._budget}); a book says what is its own: its metadata
+table, how its entries are removed, which must never be chosen (pinned
+closures, images being pulled), and its reads, counted in memory where the
+policy needs them and written to SQLite in batches by the janitor, never
+once per request or chunk.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from typing import TypeGuard
 
-from twisted.internet.defer import DeferredLock
-from twisted.logger import Logger
-
 from .._spec._reference import Digest
+from ._budget import Budget, Tagged
 from ._disk import Disk
-from ._eviction import S3FIFO
 from ._metadata import MetadataUnavailable
 from ._store import Kind
 
-__all__ = ["Capacity", "LOW_WATER"]
+__all__ = ["Capacity", "Entries"]
 
-log = Logger()
 
-LOW_WATER = 0.9
-"""Eviction frees space down to this fraction of C{max_size}."""
+class Entries:
+    """The entries of one book, as its front-end asks about them."""
+
+    def __init__(self) -> None:
+        self._sizes: dict[Hashable, int] = {}
+        self.size = 0
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._sizes
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    def keys(self) -> list[Hashable]:
+        return list(self._sizes)
+
+    def size_of(self, key: Hashable) -> int | None:
+        """The size of an entry, or C{None} when it is not here."""
+        return self._sizes.get(key)
+
+    def add(self, key: Hashable, size: int) -> bool:
+        """Count an entry; C{False} if it was already counted."""
+        if key in self._sizes:
+            return False
+        self._sizes[key] = size
+        self.size += size
+        return True
+
+    def drop(self, key: Hashable) -> None:
+        self.size -= self._sizes.pop(key, 0)
 
 
 class Capacity:
     """
-    The byte budget of the blob store and the policy that keeps it.
+    One kind's entries in a store's L{Budget}: their bytes, reads and
+    eviction (chosen by the budget, among every kind).
     """
 
     def __init__(
         self,
+        budget: Budget,
         disk: Disk,
-        max_size: int | None,
-        min_free: int | float | None,
         on_evicted: Callable[[int, int], None] = lambda count, size: None,
         protected: Callable[[], Awaitable[Iterable[Digest]]] | None = None,
         remove: Callable[[list[Digest]], Awaitable[None]] | None = None,
@@ -63,19 +75,21 @@ class Capacity:
         kind: Kind = Kind.BLOB,
     ) -> None:
         """
-        @param recency: the latest read of each blob by any node of a fleet
-            sharing the store (C{None}: not known now); evictions then go
-            oldest read first, rather than by this node's S3FIFO queues.
-        @param protected: the blobs eviction must never choose, asked for
+        @param budget: the store's budget, which this kind joins.
+        @param recency: the latest read of each entry by any node of a
+            fleet sharing the store (C{None}: not known now); evictions then
+            go oldest read first, rather than by this node's S3FIFO queues.
+        @param protected: the entries eviction must never choose, asked for
             each time it runs: pinned closures, and the blobs of images
             being pulled (C{[cache] protect_recent}).
-        @param remove: removes blobs from where they are kept; by default
+        @param remove: removes entries from where they are kept; by default
             unlinks their files in the store (an S3 bucket gives its own).
         @param table: the metadata table that indexes them
             (L{ocicache._storage._metadata.BLOB_TABLES}).
         @param kind: what the store holds them as (its directory), for the
             default C{remove}.
         """
+        self.budget = budget
         self._kind = kind
         self._disk = disk
         self._remove = remove if remove is not None else self._unlink
@@ -83,189 +97,141 @@ class Capacity:
         self._reactor = disk.reactor
         self._store = disk.store
         self._metadata = disk.metadata
-        self.max_size = max_size
-        self._min_free = min_free
         self._on_evicted = on_evicted
         self._protected = protected
         self._recency = recency
-        # Without a limit the policy still orders blobs for min_free.
-        self.policy = S3FIFO(max_size if max_size is not None else 1 << 62)
+        self.policy = Entries()
+        """This kind's entries (the budget's policy orders them among every kind's)."""
         self._accesses: dict[str, tuple[float, int]] = {}
-        self._reserved = 0
-        # make_room and evict take turns: a reservation is granted only
-        # after the evictions that made its room have unlinked their files.
-        self._turn = DeferredLock()
+        budget.register(self)
+
+    @property
+    def max_size(self) -> int | None:
+        """The limit of the whole budget, which this kind shares."""
+        return self.budget.max_size
 
     @property
     def size(self) -> int:
-        """Bytes of the blobs in the store."""
+        """Bytes of this kind's entries in the store."""
         return self.policy.size
 
     @property
     def reserved(self) -> int:
-        """Bytes of commits in flight: room made, blob not in the store yet."""
-        return self._reserved
+        """Bytes of commits in flight, of every kind: room made, entry not stored yet."""
+        return self.budget.reserved
 
-    def load(self, blobs: Iterable[tuple[Digest, int, bool]]) -> None:
-        """
-        Fill the policy at start-up with C{(digest, size, hot)}, oldest
-        access first; C{hot} blobs were read more than once.
-        """
-        for digest, size, hot in blobs:
-            self.policy.insert(digest, size, hot=hot)
+    @property
+    def shares_recency(self) -> bool:
+        return self._recency is not None
 
-    def accessed(self, digest: Digest) -> None:
-        self.policy.access(digest)
-        key = str(digest)
-        _, hits = self._accesses.get(key, (0.0, 0))
-        self._accesses[key] = (self._reactor.seconds(), hits + 1)
+    def _tagged(self, key: Hashable) -> Tagged:
+        return (self.table, key)
+
+    def load(self, entries: Iterable[tuple[Digest, int, bool]]) -> None:
+        """
+        Fill the policy at start-up with C{(key, size, hot)}, oldest
+        access first; C{hot} entries were read more than once.
+        """
+        for key, size, hot in entries:
+            if self.policy.add(key, size):
+                self.budget.policy.insert(self._tagged(key), size, hot=hot)
+
+    def accessed(self, key: Digest) -> None:
+        self.budget.policy.access(self._tagged(key))
+        text = str(key)
+        _, hits = self._accesses.get(text, (0.0, 0))
+        self._accesses[text] = (self._reactor.seconds(), hits + 1)
 
     def pending_accesses(self) -> Mapping[str, tuple[float, int]]:
-        """The reads not yet taken by L{take_accesses} (digest to last read, reads)."""
+        """The reads not yet taken by L{take_accesses} (key to last read, reads)."""
         return self._accesses
 
     def take_accesses(self) -> dict[str, tuple[float, int]]:
         accesses, self._accesses = self._accesses, {}
         return accesses
 
-    def committed(self, digest: Digest, size: int) -> None:
+    def committed(self, key: Digest, size: int) -> None:
         """
-        A blob for which L{make_room} returned C{True} is in the store: its
-        reservation becomes a stored blob.
+        An entry for which L{make_room} returned C{True} is in the store:
+        its reservation becomes a stored entry.
         """
-        self._reserved = max(0, self._reserved - size)
-        self.policy.insert(digest, size)
+        if self.policy.add(key, size):
+            self.budget.committed(self._tagged(key), size)
+        else:
+            self.budget.release(size)
 
     def release(self, size: int) -> None:
         """
-        A blob for which L{make_room} returned C{True} will not be stored
+        An entry for which L{make_room} returned C{True} will not be stored
         after all (its commit failed): give its room back.
         """
-        self._reserved = max(0, self._reserved - size)
+        self.budget.release(size)
 
-    def forget(self, digests: Iterable[Digest]) -> None:
-        for digest in digests:
-            self.policy.remove(digest)
+    def forget(self, keys: Iterable[Digest]) -> None:
+        for key in keys:
+            self.policy.drop(key)
+            self.budget.policy.remove(self._tagged(key))
 
     def fits(self, size: int) -> bool:
-        return self.max_size is None or size <= self.max_size
+        return self.budget.fits(size)
 
     async def make_room(self, size: int, keep: Iterable[Digest] = ()) -> bool:
         """
-        Evict so that a new blob of C{size} bytes fits, and reserve its room
-        until L{committed} or L{release}; C{False} (nothing reserved) when
-        it cannot be kept at all: larger than the limit, no room beside the
-        commits in flight, or the filesystem cannot give it room above
-        C{min_free}.
+        Evict, from any kind of the budget, so that a new entry of C{size}
+        bytes fits, and reserve its room until L{committed} or L{release}
+        (L{Budget.make_room}); C{False}: it cannot be kept.
         """
-        if not self.fits(size):
-            log.info("Not keeping a {size}-byte blob: larger than max_size", size=size)
-            return False
-        await self._turn.acquire()
-        try:
-            return await self._make_room(size, keep)
-        finally:
-            self._turn.release()
-
-    async def _make_room(self, size: int, keep: Iterable[Digest]) -> bool:
-        # Only this call reserves while it holds the turn; commits landing
-        # or failing meanwhile only move or lower the reserved bytes.
-        if self.max_size is not None and self._reserved + size > self.max_size:
-            log.info("Not keeping a {size}-byte blob: commits in flight hold {reserved} bytes of max_size",
-                     size=size, reserved=self._reserved)
-            return False
-        target = self.policy.size
-        if self.max_size is not None and self.policy.size + self._reserved + size > self.max_size:
-            target = min(target, int(self.max_size * LOW_WATER) - self._reserved - size)
-        # min_free needs no reservation: a blob in flight is already written
-        # under tmp/, on the same filesystem, so statvfs counts it, and its
-        # commit is a rename that takes no space.  Taking turns is what it
-        # needs: the free space is read after the last eviction's unlinks.
-        shortfall = self._free_shortfall(size)
-        if shortfall > 0:
-            target = min(target, self.policy.size - shortfall)
-        if target < self.policy.size:
-            await self._evict(max(target, 0), keep)
-        if self.max_size is not None and self.policy.size + self._reserved + size > self.max_size:
-            log.info("Not keeping a {size}-byte blob: no room beside the commits in flight", size=size)
-            return False
-        if shortfall > 0 and self._free_shortfall(size) > 0:
-            log.warn("Not keeping a {size}-byte blob: the filesystem is below min_free", size=size)
-            return False
-        self._reserved += size
-        return True
+        return await self.budget.make_room(size, [self._tagged(key) for key in keep])
 
     async def evict(self, target: int, keep: Iterable[Digest] = ()) -> tuple[int, int]:
         """
-        Evict blobs until the store holds at most C{target} bytes; return
-        C{(count, bytes)} evicted.  Waits for a L{make_room} in progress.
+        Evict entries of any kind until the budget holds at most C{target}
+        bytes; return C{(count, bytes)} evicted.
         """
-        await self._turn.acquire()
-        try:
-            return await self._evict(target, keep)
-        finally:
-            self._turn.release()
+        return await self.budget.evict(target, [self._tagged(key) for key in keep])
 
     async def evict_oldest(self, target: int, last_access: Mapping[Digest, float]) -> tuple[int, int]:
         """
-        Evict the blobs read longest ago until the store holds at most
-        C{target} bytes; return C{(count, bytes)} evicted.  The order of a
-        fleet's shared read times (L{ocicache._storage._bucket.BucketBook}),
-        which this node's S3FIFO queues, knowing only its own reads, cannot
-        give; a blob without a time goes first.  Takes turns as L{evict}.
+        Evict the entries read longest ago until the budget holds at most
+        C{target} bytes: C{last_access} is a fleet's read times of this
+        kind (L{ocicache._storage._bucket.BucketBook}), which this node's
+        S3FIFO queues, knowing only its own reads, cannot give; an entry
+        without a time goes first.
         """
-        await self._turn.acquire()
-        try:
-            return await self._evict(target, (), last_access)
-        finally:
-            self._turn.release()
+        reads = {(self.table, str(key)): at for key, at in last_access.items()}
+        return await self.budget.evict(target, (), reads)
 
     async def protected(self) -> set[Digest]:
-        """The blobs no eviction or expiry may remove now."""
+        """The entries no eviction or expiry may remove now."""
         return set(await self._protected()) if self._protected is not None else set()
 
-    async def _evict(self, target: int, keep: Iterable[Digest],
-                     last_access: Mapping[Digest, float] | None = None) -> tuple[int, int]:
+    async def last_reads(self) -> Mapping[str, float] | None:
+        """
+        The latest read of each entry: the fleet's (C{recency}), or this
+        node's (its rows, and the reads not written yet); C{None} when not
+        known now.
+        """
+        if self._recency is not None:
+            shared = await self._recency()
+            return None if shared is None else {str(key): at for key, at in shared.items()}
         try:
-            keep = set(keep) | await self.protected()
-        except MetadataUnavailable as e:
-            # Not knowing what is pinned, evict nothing: the new blob is
-            # then served but not kept.
-            log.warn("Not evicting: cannot tell which blobs are pinned ({error})", error=str(e))
-            return 0, 0
-        if last_access is None and self._recency is not None:
-            last_access = await self._recency()
-        if last_access is not None:
-            digests, freed = self._oldest(target, keep, last_access)
-        else:
-            victims = self.policy.evict(target, keep)
-            digests = [victim for victim, _ in victims if _is_key(victim)]
-            freed = sum(size for _, size in victims)
-        if not digests:
-            return 0, 0
-        await self.delete(digests)
-        self._on_evicted(len(digests), freed)
-        return len(digests), freed
+            rows = await self._metadata.blobs(self.table)
+        except MetadataUnavailable:
+            return None
+        pending = self._accesses
+        return {row.digest: max(row.last_access, pending.get(row.digest, (0.0, 0))[0]) for row in rows}
 
-    def _oldest(self, target: int, keep: set[Digest], last_access: Mapping[Digest, float]) -> tuple[list[Digest], int]:
-        """The blobs read longest ago, not in C{keep}, whose eviction brings the store to C{target} bytes."""
-        candidates = [key for key in self.policy.keys() if _is_key(key) and key not in keep]
-        candidates.sort(key=lambda digest: last_access.get(digest, 0.0))
-        victims: list[Digest] = []
-        left, freed = self.policy.size, 0
-        for digest in candidates:
-            if left <= target:
-                break
-            size = self.policy.size_of(digest) or 0
-            victims.append(digest)
-            left -= size
-            freed += size
-        return victims, freed
+    async def evicted(self, keys: list[Hashable], size: int) -> None:
+        """The budget chose these entries: remove them."""
+        digests: list[Digest] = [key for key in keys if _is_key(key)]
+        await self.delete(digests)
+        self._on_evicted(len(digests), size)
 
     async def delete(self, digests: list[Digest]) -> None:
         """
-        Remove blobs from disk and from the metadata.  A client reading
-        one keeps reading it: its descriptor stays valid after the unlink.
+        Remove entries from where they are kept and from the metadata.  A
+        client reading one keeps reading it: its descriptor stays valid
+        after the unlink.
         """
         if not digests:
             return
@@ -280,26 +246,11 @@ class Capacity:
 
         await self._disk.run(unlink_all)
 
-    def _free_shortfall(self, size: int) -> int:
-        """
-        How many bytes short of C{min_free} the filesystem would be after
-        writing C{size} more.
-        """
-        if self._min_free is None:
-            return 0
-        # One quick system call: no need for a thread.
-        stat = os.statvfs(self._store.root)
-        total: int = stat.f_blocks * stat.f_frsize
-        free: int = stat.f_bavail * stat.f_frsize
-        floor = int(total * self._min_free) if isinstance(self._min_free, float) else self._min_free
-        return max(0, floor - (free - size))
-
-
 
 def _is_key(entry: object) -> TypeGuard[Digest]:
     """
-    Whether a policy entry names a stored file: a L{Digest}, or another
-    kind's key (L{ocicache._storage._store.StoreKey}: a file of a package
+    Whether an entry names a stored file: a L{Digest}, or another kind's
+    key (L{ocicache._storage._store.StoreKey}: a file of a package
     repository, a git response), which this module handles as it handles
     digests (typed as one).
     """

@@ -171,9 +171,10 @@ class Janitor:
         report.temp_removed = await self._disk.run(
             _remove_abandoned, self._store, set(self._live_temp_files()), now - ABANDONED_AFTER
         )
+        # The budget is every kind's (blobs, git, files): so is eviction.
         limit = self._capacity.max_size
         target = evict_to if evict_to is not None else limit
-        if target is not None and self._capacity.size > target:
+        if target is not None and self._capacity.budget.size > target:
             report.evicted, report.evicted_bytes = await self._capacity.evict(target)
         return report
 

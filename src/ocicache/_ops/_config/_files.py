@@ -60,10 +60,11 @@ class RemoteConfig:
 
 @frozen
 class FilesConfig:
-    """Every file remote, and the budget of their stored files."""
+    """Every file remote."""
 
     remotes: tuple[RemoteConfig, ...] = ()
     max_size: int | None = None
+    """C{[files_cache] max_size}: deprecated, and ignored but for a warning ([cache] max_size bounds the files)."""
 
     def remote_named(self, name: str) -> RemoteConfig | None:
         for remote in self.remotes:
@@ -163,7 +164,8 @@ class FilesTable:
 
 @frozen
 class FilesCacheTable:
-    """The stored files of [[files]] remotes: their own budget."""
+    """The stored files of [[files]] remotes (they count in [cache] max_size with every other kind)."""
 
     max_size: int | None = key(Size(1 << 20, refusal="must be at least 1MiB"),
-                               "The files' own budget; unset: unbounded (min_free still holds).", example="20GiB")
+                               "Deprecated and ignored (a warning at start-up): [cache] max_size bounds the files"
+                               " with the blobs and git.", example="20GiB")

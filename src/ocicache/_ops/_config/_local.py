@@ -142,9 +142,11 @@ $XDG_CACHE_HOME/ocicache, else ~/.cache/ocicache.""")
         default=300.0, note="""How long a tag -> digest mapping is trusted before it is revalidated
 with an upstream HEAD (HEADs do not count against Docker Hub's limit).""")
     max_size: int | None = key(
-        Size(1 << 20, refusal="must be at least 1MiB"), "The most blob bytes to keep; unset: no limit.",
-        example="50GiB", commented=False, note="""The most blob bytes to keep. When a new blob would cross it, blobs are
-evicted (S3-FIFO) down to 90%. Unset: no limit.""")
+        Size(1 << 20, refusal="must be at least 1MiB"),
+        "The most bytes to keep: blobs, git responses and mirrors, and files together; unset: no limit.",
+        example="50GiB", commented=False, note="""The most bytes to keep, of blobs, git responses and mirrors, and
+files of package remotes together (manifests are not counted). When a new entry of any kind would cross it,
+entries of any kind are evicted (S3-FIFO) down to 90%. Unset: no limit.""")
     min_free: int | float | None = key(
         SizeOrPercent(), "Keep at least this much of the filesystem free: a size, or a percentage.",
         example="5%", commented=False)

@@ -318,7 +318,7 @@ class Config:
 
     @property
     def files(self) -> FilesConfig | None:
-        """The file remotes and their budget; C{None}: neither C{[[files]]} nor C{[files_cache]}."""
+        """The file remotes; C{None}: neither C{[[files]]} nor C{[files_cache]}."""
         from ._files import FilesConfig
 
         if not self.files_remotes and self.files_cache is None:
