@@ -46,6 +46,7 @@ from .._storage._store import Kind, Store
 from .._version import __version__
 from ._admin_cli import ADMIN_COMMANDS, add_admin_commands, run_admin_command
 from ._clients_cli import add_clients_command, run_clients
+from ._daemon_client import human_size
 from ._warm_cli import add_commands, run_command
 
 __all__ = ["main"]
@@ -258,13 +259,13 @@ async def _gc(reactor: Reactor, config: Config, metadata: Metadata, arguments: a
         report = await janitor.run()
     finally:
         pool.stop()
-    print(f"expired: {report.expired} blobs, {_human(report.expired_bytes)}")
-    print(f"evicted: {report.evicted} entries (blobs, git, files), {_human(report.evicted_bytes)}")
+    print(f"expired: {report.expired} blobs, {human_size(report.expired_bytes)}")
+    print(f"evicted: {report.evicted} entries (blobs, git, files), {human_size(report.evicted_bytes)}")
     print(f"removed: {report.temp_removed} abandoned temp files, {report.tags_removed} old tag rows, "
           f"{recovered.dropped_rows} rows without files, {recovered.removed_unverified} unverifiable files, "
           f"{report.manifests_removed} unreferenced manifests")
-    print(f"freed: {_human(report.expired_bytes + report.evicted_bytes)}; "
-          f"the store now holds {_human(budget.size)} in its budget")
+    print(f"freed: {human_size(report.expired_bytes + report.evicted_bytes)}; "
+          f"the store now holds {human_size(budget.size)} in its budget")
     return 0
 
 
@@ -314,23 +315,24 @@ async def _stats(reactor: Reactor, config: Config, metadata: Metadata, arguments
     if arguments.json:
         print(json.dumps(result, indent=2))
         return 0
-    limit = f" of {_human(limit_bytes)}" if limit_bytes is not None else ""
+    limit = f" of {human_size(limit_bytes)}" if limit_bytes is not None else ""
     print(f"cache:    {store.root}")
-    print(f"size:     {_human(result['size_bytes'])} on disk")
-    print(f"budget:   {_human(sum(counted.values()))}{limit}: blobs {_human(counted['blob'])}, "
-          f"git {_human(counted['git'])}, files {_human(counted['files'])} (manifests are not counted)")
-    print(f"entries:  {len(sizes[Kind.BLOB])} blobs ({_human(sum(sizes[Kind.BLOB]))}), "
+    print(f"size:     {human_size(result['size_bytes'])} on disk")
+    print(f"budget:   {human_size(sum(counted.values()))}{limit}: blobs {human_size(counted['blob'])}, "
+          f"git {human_size(counted['git'])}, files {human_size(counted['files'])} (manifests are not counted)")
+    print(f"entries:  {len(sizes[Kind.BLOB])} blobs ({human_size(sum(sizes[Kind.BLOB]))}), "
           f"{len(sizes[Kind.MANIFEST])} manifests, {summary['tags']} tags")
     if sizes[Kind.GIT]:
-        print(f"git:      {len(sizes[Kind.GIT])} upload-pack responses and mirrors ({_human(sum(sizes[Kind.GIT]))})")
+        print(f"git:      {len(sizes[Kind.GIT])} upload-pack responses and mirrors"
+              f" ({human_size(sum(sizes[Kind.GIT]))})")
     if files["remotes"]:
-        print(f"files:    {files['entries']} files ({_human(files['bytes'])}) for "
+        print(f"files:    {files['entries']} files ({human_size(files['bytes'])}) for "
               f"{', '.join(files['remotes'])}")
     age = result["oldest_entry_age_seconds"]
     print(f"oldest:   {'-' if age is None else _age(age)}")
     print("biggest repositories:")
     for repository in summary["repositories"]:
-        print(f"  {_human(repository['bytes']):>10}  {repository['upstream']}/{repository['repo']}")
+        print(f"  {human_size(repository['bytes']):>10}  {repository['upstream']}/{repository['repo']}")
     if quota:
         print("pulls (manifest GETs, as Docker Hub counts them):")
     for row in quota:
@@ -373,14 +375,6 @@ def _quota_entry(row: QuotaRow, now: float) -> dict[str, Any]:
 
 def _or_dash(value: int | None) -> str:
     return "-" if value is None else str(value)
-
-
-def _human(count: int | float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(count) < 1024:
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} TiB"
 
 
 def _age(seconds: float) -> str:

@@ -106,7 +106,7 @@ def error_message(status: int, body: bytes) -> str:
         return f"HTTP {status}"
 
 
-def human_size(count: float) -> str:
+def human_size(count: int | float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(count) < 1024:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
