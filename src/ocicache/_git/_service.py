@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
+from .._fetch._claim import ClaimStep
 from .._fetch._replicate import Replicator
 from .._fetch._slots import Slots
 from .._ops._config._proxy import UNPROXIED, ProxyConfig
@@ -26,7 +27,6 @@ from .._storage._disk import Disk
 from .._storage._health import DiskHealth
 from .._storage._store import Kind
 from ._books import TABLE, GitBooks, remove_entries
-from ._claim import GitFleet
 from ._config import GitConfig
 from ._mirror import Mirrors
 from ._packs import PackService
@@ -51,7 +51,7 @@ class GitParts:
                  interval: float, proxies: ProxyConfig = UNPROXIED,
                  proxied_pool: HTTPConnectionPool | None = None, bucket: Bucket | None = None,
                  replicator: Replicator | None = None, bucket_max_size: int | None = None,
-                 abandon_uploads_after: float = 86400.0, fleet: GitFleet | None = None) -> None:
+                 abandon_uploads_after: float = 86400.0, fleet: ClaimStep | None = None) -> None:
         """
         @param bucket: the S3 store (its blobs' area), with the S3 backend;
             git responses get an area of their own in it, of
