@@ -147,3 +147,20 @@ def test_a_mutable_file_revalidated_by_one_node_is_fresh_for_all(
     assert remote.gets(RELEASE) == 3 and remote.gets(RELEASE, status=200) == 2
     assert [get(daemon, "debian", RELEASE) for daemon in (nodes[0], nodes[2])] == [(200, newer)] * 2
     assert remote.gets(RELEASE) == 3
+
+
+def test_a_new_version_of_a_mutable_file_is_fetched_once_and_streamed_to_the_other_nodes(
+        fleet: Callable[..., list[Daemon]], remote: Remote) -> None:
+    nodes = fleet(3)  # no bucket: the other nodes have each version from the node fetching it
+    latest = remote.repo.root / "files" / "latest"
+    latest.mkdir()
+    first, second = os.urandom(12 << 20), os.urandom(12 << 20)
+    (latest / "big.bin").write_bytes(first)
+    remote.hop.throttle = 4 << 20  # 3 s for each version: the GETs overlap
+    assert _burst(nodes, "plain", "latest/big.bin", 2) == [(200, first)] * 6
+    assert remote.gets("files/latest/big.bin") == 1
+    (latest / "big.bin").write_bytes(second)
+    time.sleep(TTL + 0.5)
+    assert _burst(nodes, "plain", "latest/big.bin", 2) == [(200, second)] * 6
+    # One conditional GET, answered with the new version, streamed to every node as it arrived.
+    assert remote.gets("files/latest/big.bin") == 2 and remote.gets("files/latest/big.bin", status=200) == 2

@@ -47,10 +47,11 @@ class Remote:
         self.hop = Hop(self.nginx.url).start()
 
     def tables(self, mutable_ttl: float = 300.0) -> str:
-        """The C{[[files]]} tables of a node: C{debian} (kind deb) and C{plain}."""
+        """The C{[[files]]} tables of a node: C{debian} (kind deb) and C{plain} (its C{latest/} mutable)."""
         return (f'\n[[files]]\nname = "debian"\nurl = "{self.hop.url}"\nkind = "deb"\n'
                 f'mutable_ttl = "{mutable_ttl}s"\n'
-                f'[[files]]\nname = "plain"\nurl = "{self.hop.url}/files"\n')
+                f'[[files]]\nname = "plain"\nurl = "{self.hop.url}/files"\nmutable = ["latest/.*"]\n'
+                f'mutable_ttl = "{mutable_ttl}s"\n')
 
     def gets(self, path: str, status: int | None = None) -> int:
         """The GETs of C{/path} the remote answered (with C{status})."""

@@ -38,7 +38,7 @@ from twisted.web.client import HTTPConnectionPool
 from twisted.web.iweb import IResponse
 
 from .._fetch._bucket_tier import BucketEntries
-from .._fetch._claim import ALONE, PEER_IDLE, Claim, ClaimStep, SharedFills
+from .._fetch._claim import ALONE, PEER_IDLE, ClaimStep, SharedFills
 from .._fetch._download import ABANDON_AFTER, KEEP_FRACTION, Download
 from .._fetch._fills import Fills
 from .._fetch._incoming import DownloadError
@@ -402,7 +402,9 @@ class FileService:
         """
         The revalidation of a mutable file, within the fleet's turn: what
         another node found while this one waited, or this node's own
-        conditional GET.  The turn ends once the answer is shared.
+        conditional GET.  The turn ends once the answer is shared: a new
+        version as soon as its download starts, so that the other nodes
+        stream it from this one (its fill lock) while it arrives.
         """
         turn = await self._step.claim(_record_name(remote, path))
         try:
@@ -414,13 +416,8 @@ class FileService:
                 revalidated = _Revalidated(shared.key(path.text), None, CacheResult.HIT, shared.last_modified)
             else:
                 revalidated = await self._conditional(remote, path, record)
-        except BaseException:
+        finally:
             turn.done(None)
-            raise
-        if revalidated.filling is None:
-            turn.done(None)
-        else:
-            revalidated.filling.settled.addBoth(_end_turn, turn)
         return revalidated
 
     async def _conditional(self, remote: Remote, path: FilePath, record: Record | None) -> _Revalidated:
@@ -479,6 +476,8 @@ class FileService:
         filling.settled.addBoth(_release, slot)
         name = (remote.name, path.text)
         modified = _validator(response, b"last-modified")
+        self._share(remote, path, Record(key.encoded, filling.size or 0, asked, _validator(response, b"etag"),
+                                         modified))
         self._replacing[name] = (key, modified)
         filling.settled.addBoth(self._replaced_by, name, key)
         filling.settled.addBoth(self._replaced, filling, remote, path, key, response, old)
@@ -550,11 +549,6 @@ def _unnamed(digest: Digest) -> FileKey:
 def _record_name(remote: Remote, path: FilePath) -> Digest:
     """The name of C{path}'s revalidation turn in the fleet: its record's key (apart from every file's)."""
     return Digest("sha256", record_key(remote.name, path.text).encoded)
-
-
-def _end_turn(result: object, turn: Claim) -> object:
-    turn.done(None)
-    return result
 
 
 def _validator(response: IResponse, name: bytes) -> str | None:
