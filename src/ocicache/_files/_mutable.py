@@ -16,6 +16,7 @@ with a conditional GET instead of fetching the file again.
 from __future__ import annotations
 
 import json
+import math
 from typing import Protocol
 
 from attrs import asdict, frozen
@@ -65,7 +66,8 @@ class Record:
             FileKey.parse(f"sha256:{record.encoded}")
         except (ValueError, TypeError):
             return None
-        if not isinstance(record.size, int) or not isinstance(record.checked, (int, float)):
+        if (not isinstance(record.size, int) or isinstance(record.size, bool) or record.size < 0
+                or not isinstance(record.checked, (int, float)) or not math.isfinite(record.checked)):
             return None
         for validator in (record.etag, record.last_modified):
             if validator is not None and (not isinstance(validator, str) or len(validator) > MAX_VALIDATOR
