@@ -12,6 +12,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -494,3 +495,33 @@ def test_a_transfer_cut_short_is_never_kept(world: World) -> None:
     assert world.hop.count("GET", "/files/big.bin") == 2
     assert http_request(f"{world.daemon.url}/files/plain/big.bin")[2] == world.big
     assert world.hop.count("GET", "/files/big.bin") == 2
+
+
+_ACCESS = re.compile(r"\[ocicache\.access#info\] GET (/files/\S+) (\d+) (\d+)B [0-9.]+s (\S+) (\S+) (\S+)$")
+
+
+def _access_lines(world: World) -> list[tuple[str, int, int, str, str, str]]:
+    """The access events of C{/files/} GETs: path, status, bytes, cache result, remote, identity."""
+    lines = Path(world.daemon.log_path).read_text(errors="replace").splitlines()
+    found = [_ACCESS.search(line) for line in lines]
+    return [(m[1], int(m[2]), int(m[3]), m[4], m[5], m[6]) for m in found if m is not None]
+
+
+def test_every_files_get_writes_one_access_event(world: World) -> None:
+    url = f"{world.daemon.url}/files/plain/big.bin"
+    assert http_request(url)[2] == world.big  # a miss, streamed as it arrives
+    wait_for(lambda: _stats(world)["entries"] == 1, timeout=10)  # committed after the last byte went out
+    assert http_request(url)[2] == world.big  # a hit, by sendfile
+    status, _, body = http_request(url, headers={"Range": "bytes=10-109"})
+    assert status == 206 and body == world.big[10:110]
+    status, _, error = http_request(f"{world.daemon.url}/files/plain/missing.bin")
+    assert status == 404 and error
+    big = len(world.big)
+    expected = [
+        ("/files/plain/big.bin", 200, big, "miss", "plain", "-"),
+        ("/files/plain/big.bin", 200, big, "hit", "plain", "-"),
+        ("/files/plain/big.bin", 206, 100, "hit", "plain", "-"),
+        ("/files/plain/missing.bin", 404, len(error), "-", "plain", "-"),
+    ]
+    wait_for(lambda: len(_access_lines(world)) >= len(expected), timeout=10, what="the access events")
+    assert _access_lines(world) == expected

@@ -1,13 +1,13 @@
 """
 The daemon's periodic housekeeping, one pass every C{[cache]
 janitor_interval}: the janitor (the first pass recovers the store), the S3
-store's janitor, and the upstreams' pull counts and rate-limit state
-written for C{ocicache stats} and the next start.
+store's janitors (of blobs, and of files), and the upstreams' pull counts
+and rate-limit state written for C{ocicache stats} and the next start.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
@@ -32,11 +32,11 @@ class Housekeeping(MultiService):
     and the next one tries again.
     """
 
-    def __init__(self, interval: float, janitor: Janitor, bucket_janitor: BucketJanitor | None,
+    def __init__(self, interval: float, janitor: Janitor, bucket_janitors: Sequence[BucketJanitor],
                  upstreams: Mapping[str, Upstream], metadata: Metadata) -> None:
         MultiService.__init__(self)
         self._janitor = janitor
-        self._bucket_janitor = bucket_janitor
+        self._bucket_janitors = bucket_janitors
         self._upstreams = upstreams
         self._metadata = metadata
         self._flushed_quota: dict[str, Quota] = {}
@@ -64,8 +64,8 @@ class Housekeeping(MultiService):
                 evicted_bytes=report.evicted_bytes, temp=report.temp_removed, tags=report.tags_removed,
                 manifests=report.manifests_removed,
             )
-        if self._bucket_janitor is not None:
-            await self._bucket_pass(self._bucket_janitor)
+        for bucket_janitor in self._bucket_janitors:
+            await self._bucket_pass(bucket_janitor)
 
     async def _bucket_pass(self, janitor: BucketJanitor) -> None:
         """The bucket's pass: an unreachable store is said once (its health), not per pass."""
@@ -79,11 +79,12 @@ class Housekeeping(MultiService):
             log.failure("S3 store janitor pass failed")
             return
         if report.expired or report.evicted or report.uploads_aborted:
-            log.info("S3 store janitor: expired {expired} blobs, evicted {evicted}, aborted {aborted} abandoned"
-                     " uploads", expired=report.expired, evicted=report.evicted, aborted=report.uploads_aborted)
+            log.info("S3 store janitor ({bucket}): expired {expired} entries, evicted {evicted}, aborted {aborted}"
+                     " abandoned uploads", bucket=janitor.bucket.name, expired=report.expired, evicted=report.evicted,
+                     aborted=report.uploads_aborted)
         if report.forgotten or report.adopted:
-            log.debug("S3 store janitor: indexed {adopted} blobs other nodes stored, forgot {forgotten} they removed",
-                      adopted=report.adopted, forgotten=report.forgotten)
+            log.debug("S3 store janitor ({bucket}): indexed {adopted} entries other nodes stored, forgot {forgotten}"
+                      " they removed", bucket=janitor.bucket.name, adopted=report.adopted, forgotten=report.forgotten)
 
     async def flush_quota(self) -> None:
         """

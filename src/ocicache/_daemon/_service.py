@@ -49,13 +49,17 @@ from .._fetch._negative import NegativeCache
 from .._fetch._observe import observed
 from .._fetch._replicate import Replicator
 from .._fetch._slots import Slots
+from .._fetch._source import Source
 from .._files._resource import FilesResource
+from .._files._service import BUCKET_AREA as FILES_AREA
+from .._files._service import BUCKET_TABLE as FILES_TABLE
 from .._files._service import FileService
 from .._fleet._bucket_book import RedisBucketBook
 from .._fleet._fleet import Fleet
 from .._fleet._internal import InternalResource
 from .._fleet._peer import PeerClient
 from .._fleet._proofs import RedisProofs
+from .._fleet._records import RedisRecords
 from .._fleet._redis import Redis
 from .._fleet._tags import RedisManifests
 from .._git._resource import GitResource, takes_body
@@ -159,6 +163,9 @@ class OcicacheService(MultiService):
         self.bucket: Bucket | None = None
         self.replicator: Replicator | None = None
         self.bucket_janitor: BucketJanitor | None = None
+        self.files_bucket: Bucket | None = None
+        """The S3 store's area of files (L{ocicache._files}), with C{[[files]]} on the S3 backend."""
+        bucket_janitors: list[BucketJanitor] = []
         self.s3_pool: HTTPConnectionPool | None = None
         if s3 is not None:
             self.s3_pool = make_pool(reactor)
@@ -172,6 +179,12 @@ class OcicacheService(MultiService):
             replicator = self.replicator
             self.bucket_janitor = BucketJanitor(self.bucket, self.metadata, config.cache.blob_ttl,
                                                 s3.abandon_uploads_after, lambda: set(replicator.live))
+            bucket_janitors.append(self.bucket_janitor)
+            if config.files is not None and config.files.remotes:
+                # Files are kept until evicted, in the bucket as on disk.
+                self.files_bucket = self.bucket.sibling(FILES_AREA, FILES_TABLE)
+                bucket_janitors.append(BucketJanitor(self.files_bucket, self.metadata, None,
+                                                     s3.abandon_uploads_after, lambda: set(replicator.live)))
         self.blobs = BlobService(
             disk, access, self.capacity,
             lambda upstream, count: self.metrics.upstream_bytes.labels(upstream).inc(count),
@@ -198,7 +211,7 @@ class OcicacheService(MultiService):
             manifest_ttl=config.cache.manifest_ttl, manifest_accesses=lambda: self.manifests.take_reads(),
             on_manifests_removed=self._manifests_removed,
         )
-        self.housekeeping = Housekeeping(config.cache.janitor_interval, self.janitor, self.bucket_janitor,
+        self.housekeeping = Housekeeping(config.cache.janitor_interval, self.janitor, bucket_janitors,
                                          self.upstreams, self.metadata)
         MultiService.addService(self, self.housekeeping)
         self.manifests = ManifestService(
@@ -246,7 +259,7 @@ class OcicacheService(MultiService):
         if config.fleet is not None and self.fleet is not None:
             internal = QuietSite(InternalResource(self.blobs, self.store, config.fleet.secret, reactor,
                                                   self.fleet.filling,
-                                                  {} if self.git is None else {"git": self.git.packs.peer_source}))
+                                                  self._peer_sources()))
             internal.displayTracebacks = False
             self._listen(config.fleet.internal_listen, internal)
         if config.metrics.listen is not None:
@@ -275,7 +288,12 @@ class OcicacheService(MultiService):
                      " with everything else the store keeps")
         files = FileService(config.files, self.disk, self.http_pool, self.budget, health,
                             FileMetrics(self.metrics), config.cache.abandon_after, config.cache.abandon_below,
-                            proxies=self.config.proxy, proxied_pool=self.proxy_pool)
+                            proxies=self.config.proxy, proxied_pool=self.proxy_pool,
+                            bucket=self.files_bucket,
+                            replicator=None if self.files_bucket is None or self.replicator is None
+                            else self.replicator.into(self.files_bucket),
+                            fleet=None if self.fleet is None else self.fleet.area(FILES_AREA),
+                            shared=self._shared_records())
 
         async def authenticate(request: Request) -> None:
             authenticator = self.registry.authenticator
@@ -303,6 +321,20 @@ class OcicacheService(MultiService):
             on_claim=lambda outcome: self.metrics.fleet_claims.labels(outcome).inc(),
             on_redis=lambda up: self.metrics.fleet_redis_up.set(1 if up else 0),
         )
+
+    def _peer_sources(self) -> dict[str, Callable[[Digest], Source | None]]:
+        """What the internal endpoint serves the other nodes besides blobs: each area's entries."""
+        sources: dict[str, Callable[[Digest], Source | None]] = {}
+        if self.git is not None:
+            sources["git"] = self.git.packs.peer_source
+        if self.files is not None:
+            sources[FILES_AREA] = self.files.peer_source
+        return sources
+
+    def _shared_records(self) -> RedisRecords | None:
+        """In a fleet, the records of mutable files are shared through Redis."""
+        fleet = self.fleet
+        return None if fleet is None else RedisRecords(fleet.redis, lambda: fleet.up)
 
     def _bucket_book(self) -> RedisBucketBook | None:
         """In a fleet, the nodes on one bucket share its eviction bookkeeping through Redis."""

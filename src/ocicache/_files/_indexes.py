@@ -80,14 +80,15 @@ def named_checksum(kind: FileKind, path: str) -> Expected | None:
     return None
 
 
-def parse_index(kind: FileKind, file_path: str, root: str, index_path: str) -> dict[str, Expected]:
+def parse_index(kind: FileKind, file: str | int, root: str, index_path: str) -> dict[str, Expected]:
     """
-    The packages C{file_path} (a stored index, compressed or not) lists:
+    The packages C{file} (a stored index, compressed or not: its path, or
+    a descriptor open on it, read from its start and left open) lists:
     path under the remote to what it must be.  Blocking: run it in the
     disk pool.
     """
     source = f"{index_path}"
-    with open(file_path, "rb") as raw, _decompressed(raw) as stream:
+    with open(file, "rb", closefd=isinstance(file, str)) as raw, _decompressed(raw) as stream:
         bounded = _Bounded(stream)
         if kind is FileKind.DEB:
             return dict(_deb_packages(bounded, root, source))

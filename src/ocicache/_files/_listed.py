@@ -2,14 +2,19 @@
 What the cached indexes list: for each package path of a remote, the
 checksum its bytes must have (L{ocicache._files._indexes}).
 
-An index is read once per version and process: when it is committed, or
-the first time it is served from the store after a start.  Reading runs in
+An index is read once per version and process: when its download is
+verified (kept or not: with no room on the local disk, as on the S3
+backend without a local tier, it is read from the download's own
+descriptor before the temp file goes), or the first time it is served
+from the store after a start.  Reading runs in
 the disk pool; a package fetched meanwhile waits for the readings of its
 remote to end, so the C{.deb} apt asks for right after C{apt-get update}
 is checked against the index that update just brought.
 """
 
 from __future__ import annotations
+
+import os
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
@@ -71,24 +76,42 @@ class Listed:
                 self._reading.pop(remote.name, None)
             reading.callback(None)
 
-        started: Deferred[str | None] = Deferred()
+        started: Deferred[str | int | None] = Deferred()
         if download is None:
             started.callback(self._disk.store.path(Kind.FILES, key))
         else:
+            # A descriptor of our own on the temp file: its bytes stay
+            # readable after a commit that did not keep it unlinks it.
+            try:
+                fd: int | None = os.open(download.temp_path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                fd = None
+
             def settled(result: object) -> object:
-                started.callback(download.path)  # None: not kept, nothing to read
+                whole = not isinstance(result, Failure) and not download.passthrough
+                if fd is not None and whole and download.path is None:
+                    started.callback(fd)  # verified, not kept: read it from the descriptor
+                    return result
+                if fd is not None:
+                    os.close(fd)
+                # The committed file, or None: cut or refused, nothing to read.
+                started.callback(download.path if whole else None)
                 return result
 
             download.settled.addBoth(settled)
-        started.addCallback(lambda file_path: Deferred.fromCoroutine(self._parse(file_path, remote, path, root, key)))
+        started.addCallback(lambda file: Deferred.fromCoroutine(self._parse(file, remote, path, root, key)))
         started.addErrback(self._failed, remote, path, key)
         started.addBoth(done)
 
-    async def _parse(self, file_path: str | None, remote: RemoteConfig, path: str, root: str, key: FileKey) -> None:
-        if file_path is None:
-            self._read.discard(key)  # not kept: read the next version
+    async def _parse(self, file: str | int | None, remote: RemoteConfig, path: str, root: str, key: FileKey) -> None:
+        if file is None:
+            self._read.discard(key)  # not whole: read the next version
             return
-        listed = await self._disk.run(parse_index, remote.kind, file_path, root, path)
+        try:
+            listed = await self._disk.run(parse_index, remote.kind, file, root, path)
+        finally:
+            if isinstance(file, int):
+                os.close(file)
         room = MAX_LISTED - len(self._expected)
         for package, expected in listed.items():
             if room <= 0:

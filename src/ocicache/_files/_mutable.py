@@ -16,6 +16,8 @@ with a conditional GET instead of fetching the file again.
 from __future__ import annotations
 
 import json
+import math
+from typing import Protocol
 
 from attrs import asdict, frozen
 from twisted.logger import Logger
@@ -24,7 +26,7 @@ from .._storage._disk import Disk
 from .._storage._store import Kind, Store
 from ._key import FileKey, record_key
 
-__all__ = ["Record", "Records"]
+__all__ = ["Record", "Records", "SharedRecords"]
 
 log = Logger()
 
@@ -49,6 +51,44 @@ class Record:
     def key(self, path: str) -> FileKey:
         return FileKey("sha256", self.encoded, path)
 
+    def encode(self) -> bytes:
+        """The record as it is written (in the store, or for the fleet)."""
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Record | None:
+        """A record as L{encode} wrote it, or C{None} if C{data} is not one (never trusted as it is)."""
+        try:
+            fields = json.loads(data) if len(data) <= MAX_RECORD else None
+            if not isinstance(fields, dict):
+                return None
+            record = cls(**fields)
+            FileKey.parse(f"sha256:{record.encoded}")
+        except (ValueError, TypeError):
+            return None
+        if (not isinstance(record.size, int) or isinstance(record.size, bool) or record.size < 0
+                or not isinstance(record.checked, (int, float)) or not math.isfinite(record.checked)):
+            return None
+        for validator in (record.etag, record.last_modified):
+            if validator is not None and (not isinstance(validator, str) or len(validator) > MAX_VALIDATOR
+                                          or not validator.isascii() or not validator.isprintable()):
+                return None
+        return record
+
+
+class SharedRecords(Protocol):
+    """
+    The records shared by a fleet of nodes (L{ocicache._fleet}), so that
+    a mutable file one node revalidated is fresh for all of them within
+    its TTL.  Best effort: a lookup answers C{None} at once when the
+    shared store cannot be asked, and a write may be dropped.
+    """
+
+    async def get(self, remote: str, path: str) -> Record | None: ...
+
+    def put(self, remote: str, path: str, record: Record, ttl: float) -> None:
+        """Share C{record} for C{ttl} seconds (sent now: it lands before a later command of this node)."""
+
 
 class Records:
     """The records, in memory and in the store."""
@@ -68,9 +108,8 @@ class Records:
     async def put(self, remote: str, path: str, record: Record) -> None:
         """The new current version; written through to the store (a failure is logged: memory still has it)."""
         self._memory[(remote, path)] = record
-        body = json.dumps(asdict(record)).encode()
         try:
-            await self._disk.run(self._disk.store.write_small, Kind.FILES, record_key(remote, path), body)
+            await self._disk.run(self._disk.store.write_small, Kind.FILES, record_key(remote, path), record.encode())
         except OSError as e:
             log.warn("Could not write the record of {remote}/{path}: {error}", remote=remote, path=path, error=e)
 
@@ -82,16 +121,4 @@ def _read(store: Store, key: FileKey) -> Record | None:
             data = f.read(MAX_RECORD + 1)
     except FileNotFoundError:
         return None
-    try:
-        fields = json.loads(data) if len(data) <= MAX_RECORD else None
-        if not isinstance(fields, dict):
-            return None
-        record = Record(**fields)
-        FileKey.parse(f"sha256:{record.encoded}")
-    except (ValueError, TypeError):
-        return None
-    for validator in (record.etag, record.last_modified):
-        if validator is not None and (not isinstance(validator, str) or len(validator) > MAX_VALIDATOR
-                                      or not validator.isascii() or not validator.isprintable()):
-            return None
-    return record
+    return Record.decode(data)

@@ -83,6 +83,7 @@ class FilesResource(Resource):
         name = raw[0].decode("ascii", "replace")
         if name not in self._files.remotes:
             raise RemoteUnknown(f"no file remote is named {name!r}")
+        state.upstream = name  # the access event names the remote
         path = parse_path(raw[1:])
         if request.method == b"HEAD":
             await self._head(request, state, name, path)

@@ -11,46 +11,64 @@ conditional GET (RFC 9110 §13.1.1, §13.1.3) however many clients ask; a
 new version replaces the old one atomically (L{ocicache._files._mutable}).
 When the remote fails, a mutable file is served stale up to C{max_stale}
 past its TTL (RFC 5861 §4, stale-if-error).
+
+Shared like blobs (L{SharedFills}): with the S3 backend every file is
+copied into the bucket's C{files/} area as it arrives, appearing there
+only once its length and its checksum held, and the bucket is the third
+tier; in a fleet a miss takes the file's fill lock, so a node that misses
+while another fills it streams it from that node (checked again here),
+one upstream GET across the nodes.  A mutable file's record is shared
+too (L{SharedRecords}), and its revalidation takes a fleet-wide turn (the
+fill lock of its record's name): one conditional GET per TTL across the
+nodes, and what one node found is fresh for all.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Protocol
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.iweb import IResponse
 
+from .._fetch._bucket_tier import BucketEntries
+from .._fetch._claim import ALONE, PEER_IDLE, ClaimStep, SharedFills
 from .._fetch._download import ABANDON_AFTER, KEEP_FRACTION, Download
-from .._fetch._feed import Feed
 from .._fetch._fills import Fills
 from .._fetch._incoming import DownloadError
 from .._fetch._negative import NegativeCache
 from .._fetch._passthrough import PassThrough
+from .._fetch._replicate import Replicator
 from .._fetch._result import CacheResult
 from .._fetch._singleflight import SingleFlight
 from .._fetch._sink import DiskSink
 from .._fetch._slots import Priority, Slot, Slots
+from .._fetch._source import Source
 from .._fetch._tiers import InFlightTier, StoreTier
-from .._fetch._walk import Filling, Hit, TierWalk, Want
+from .._fetch._walk import Filling, Hit, Tier, TierWalk, Want
 from .._ops._config._proxy import UNPROXIED, ProxyConfig
+from .._spec._reference import Digest
+from .._storage._bucket import Bucket
 from .._storage._budget import Budget
 from .._storage._capacity import Capacity
 from .._storage._disk import Disk
 from .._storage._health import DiskHealth
 from .._storage._store import Kind, Store
+from .._upstream._body import discard_body
 from .._upstream._errors import Unavailability, UpstreamUnavailable
 from ._config import FilesConfig, RemoteConfig
 from ._errors import FileUnknown, RemoteUnknown
 from ._indexes import named_checksum
-from ._key import FileKey, file_key, generation_key
+from ._key import FileKey, file_key, generation_key, record_key
 from ._listed import Listed
-from ._mutable import MAX_VALIDATOR, Record, Records
+from ._mutable import MAX_VALIDATOR, Record, Records, SharedRecords
 from ._paths import FilePath, is_mutable
 from ._remote import Remote
 
@@ -60,6 +78,14 @@ log = Logger()
 
 TABLE = "file_entries"
 """The metadata table of stored files (L{ocicache._storage._metadata.BLOB_TABLES})."""
+
+BUCKET_AREA = "files"
+"""The key prefix of files in the S3 store (C{<prefix>files/sha256/<hex>}), and their area in a fleet."""
+
+BUCKET_TABLE = "bucket_file_entries"
+
+CLOCK_SKEW = 5.0
+"""Seconds a shared record's C{checked} may lie ahead of this node's clock and still be believed."""
 
 
 @frozen
@@ -147,7 +173,15 @@ class FileService:
                  budget: Budget | None = None, health: DiskHealth | None = None,
                  observer: Observer | None = None, abandon_after: float = ABANDON_AFTER,
                  keep_fraction: float = KEEP_FRACTION, slots: Slots | None = None,
-                 proxies: ProxyConfig = UNPROXIED, proxied_pool: HTTPConnectionPool | None = None) -> None:
+                 proxies: ProxyConfig = UNPROXIED, proxied_pool: HTTPConnectionPool | None = None,
+                 bucket: Bucket | None = None, replicator: Replicator | None = None,
+                 fleet: ClaimStep | None = None, shared: SharedRecords | None = None) -> None:
+        """
+        @param bucket: the S3 store's area of files (L{BUCKET_AREA}), with
+            the S3 backend; C{replicator} copies each file into it.
+        @param fleet: the fleet's fill locks and peers for files, in a fleet;
+            C{shared}, the fleet's records of mutable files.
+        """
         self._disk = disk
         self._reactor = disk.reactor
         self._observer: Observer = observer if observer is not None else _Unobserved()
@@ -162,8 +196,17 @@ class FileService:
         self._sink = DiskSink(disk, self._fills, _FileBooks(disk, self.capacity),
                               health if health is not None else DiskHealth(), Kind.FILES,
                               abandon_after, keep_fraction)
-        self._walk = TierWalk([StoreTier(disk.store, Kind.FILES, self._accessed), InFlightTier(self._fills)],
-                              self._fills)
+        tiers: list[Tier[FileKey]] = [StoreTier(disk.store, Kind.FILES, self._accessed), InFlightTier(self._fills)]
+        self.bucket = bucket
+        entries = None if bucket is None else BucketEntries(bucket, self._fills, self._sink, self._reactor, _named)
+        self._bucket_entries = entries
+        if entries is not None:
+            tiers.append(entries)
+        self._walk = TierWalk(tiers, self._fills)
+        self._step: ClaimStep = fleet if fleet is not None else ALONE
+        self._shared = SharedFills(self._sink, self._fills, disk.store, Kind.FILES, self._reactor, _named,
+                                   _unnamed, self._step, entries, replicator)
+        self._shared_records = shared
         self._slots = slots if slots is not None else Slots(32, 256)
         self._negative = {remote.name: NegativeCache(self._reactor, remote.negative_ttl, remote.negative_ttl)
                           for remote in config.remotes}
@@ -177,6 +220,10 @@ class FileService:
     def inflight(self) -> dict[FileKey, Download]:
         """The downloads in flight, by key."""
         return self._fills.inflight
+
+    def peer_source(self, digest: Digest) -> Source | None:
+        """The file named C{digest} for another node of the fleet (L{SharedFills.peer_source})."""
+        return self._shared.peer_source(digest)
 
     def remote(self, name: str) -> Remote:
         remote = self.remotes.get(name)
@@ -256,11 +303,18 @@ class FileService:
             hit = await self._walk.open(replacing, want, _no_proof, partial(self._fetch, remote, path, replacing))
             return FileLookup(hit, replacing, modified)
         record = await self._records.get(*name)
-        if record is not None and self._stored(record.key(path.text)) and self._current(remote.config, record):
+        if record is not None and self._current(remote.config, record) and await self._stored(record.key(path.text)):
             key = record.key(path.text)
             hit = await self._walk.open(key, want, _no_proof, partial(self._fetch, remote, path, key))
             self._seen(remote, path, key, hit)
             return FileLookup(hit, key, record.last_modified)
+        shared = await self._shared_record(remote, path)
+        if shared is not None:
+            await self._adopt(remote, path, record, shared)
+            key = shared.key(path.text)
+            hit = await self._walk.open(key, want, _no_proof, partial(self._fetch, remote, path, key))
+            self._seen(remote, path, key, hit)
+            return FileLookup(hit, key, shared.last_modified)
         waiting, joined = self._revalidations.call(name, partial(self._revalidate, remote, path, record))
         revalidated = await waiting
         if revalidated.filling is not None:
@@ -277,8 +331,33 @@ class FileService:
     def _current(self, remote: RemoteConfig, record: Record) -> bool:
         return time.time() < record.checked + remote.mutable_ttl
 
-    def _stored(self, key: FileKey) -> bool:
-        return self._fills.joinable(key) is not None or self._disk.store.size(Kind.FILES, key) is not None
+    async def _shared_record(self, remote: Remote, path: FilePath) -> Record | None:
+        """The fleet's record of C{path}, if a node fetched or confirmed it within the remote's C{mutable_ttl}."""
+        if self._shared_records is None:
+            return None
+        shared = await self._shared_records.get(remote.name, path.text)
+        if shared is None or not self._current(remote.config, shared) or shared.checked > time.time() + CLOCK_SKEW:
+            return None
+        return shared
+
+    async def _adopt(self, remote: Remote, path: FilePath, record: Record | None, shared: Record) -> None:
+        """The fleet's record of C{path} is this node's too; the version it replaces is deleted here."""
+        if record == shared:
+            return
+        await self._records.put(remote.name, path.text, shared)
+        if record is not None and record.encoded != shared.encoded:
+            await self.capacity.delete([record.key(path.text)])  # type: ignore[list-item]  # keyed by any hashable
+
+    def _share(self, remote: Remote, path: FilePath, record: Record) -> None:
+        """Tell the fleet what the remote just said of C{path}, for its C{mutable_ttl}."""
+        if self._shared_records is not None:
+            self._shared_records.put(remote.name, path.text, record, remote.config.mutable_ttl)
+
+    async def _stored(self, key: FileKey) -> bool:
+        """Whether C{key} is on this node's disk, being filled, or in the bucket (its versions are shared there)."""
+        if self._fills.joinable(key) is not None or self._disk.store.size(Kind.FILES, key) is not None:
+            return True
+        return self._bucket_entries is not None and await self._bucket_entries.find(key) is not None
 
     def _seen(self, remote: Remote, path: FilePath, key: FileKey, hit: Hit) -> None:
         source = hit.source
@@ -305,29 +384,58 @@ class FileService:
             text = path.text
             expected = named_checksum(remote.config.kind, text) or await self.listed.expected(remote.name, text)
             key = file_key(remote.name, text, expected)
-        slot = await self._slots.acquire(remote.name, Priority.BLOB)
-        try:
+        asked: list[IResponse] = []
+
+        async def ask() -> IResponse:
             response = await remote.request("GET", path)
             if response.code != 200:
                 await remote.discard(response)
                 raise self._not_ok(remote, path, response.code)
-            filling = self._fill(remote, path, key, response)
+            asked.append(response)
+            return response
+
+        slot = await self._slots.acquire(remote.name, Priority.BLOB)
+        try:
+            filling = await self._fill(remote, path, key, ask)
         except BaseException:
             slot.release()
             raise
         filling.settled.addBoth(_release, slot)
-        if is_mutable(remote.config, path):
-            filling.settled.addBoth(self._replaced, filling, remote, path, key, response, None)
+        if is_mutable(remote.config, path) and asked:
+            # Fetched from the remote (not from a peer or the bucket): its validators are the record's.
+            filling.settled.addBoth(self._replaced, filling, remote, path, key, asked[0], None)
         return filling
 
     async def _revalidate(self, remote: Remote, path: FilePath, record: Record | None) -> _Revalidated:
+        """
+        The revalidation of a mutable file, within the fleet's turn: what
+        another node found while this one waited, or this node's own
+        conditional GET.  The turn ends once the answer is shared: a new
+        version as soon as its download starts, so that the other nodes
+        stream it from this one (its fill lock) while it arrives.
+        """
+        turn = await self._step.claim(_record_name(remote, path))
+        try:
+            if turn.peer is not None:  # a record is never served by a peer: not ours to read
+                await discard_body(turn.peer, self._reactor, PEER_IDLE)
+            shared = await self._shared_record(remote, path)
+            if shared is not None:
+                await self._adopt(remote, path, record, shared)
+                revalidated = _Revalidated(shared.key(path.text), None, CacheResult.HIT, shared.last_modified)
+            else:
+                revalidated = await self._conditional(remote, path, record)
+        finally:
+            turn.done(None)
+        return revalidated
+
+    async def _conditional(self, remote: Remote, path: FilePath, record: Record | None) -> _Revalidated:
         """
         One conditional GET of a mutable file for every client asking now:
         C{304} renews the stored version, C{200} starts the new one, a
         failure serves the stored one stale while C{max_stale} allows.
         """
         config = remote.config
-        old = record.key(path.text) if record is not None and self._stored(record.key(path.text)) else None
+        old = record.key(path.text) if record is not None and await self._stored(record.key(path.text)) else None
         if old is None:
             record = None
         self._negative[remote.name].check((remote.name, path.text))
@@ -352,6 +460,7 @@ class FileService:
             if response.code == 304 and record is not None and old is not None:
                 await remote.discard(response)
                 renewed = Record(record.encoded, record.size, asked, record.etag, record.last_modified)
+                self._share(remote, path, renewed)
                 await self._records.put(remote.name, path.text, renewed)
                 return _Revalidated(old, None, CacheResult.HIT, record.last_modified)
             if response.code != 200:
@@ -362,24 +471,35 @@ class FileService:
                     return _Revalidated(old, None, CacheResult.STALE, record.last_modified)
                 raise error
             key = generation_key(remote.name, path.text, secrets.token_hex(16))
-            filling = self._fill(remote, path, key, response)
+
+            async def ask() -> IResponse:
+                return response
+
+            # A new key no other node knows: the fill lock makes this node
+            # its holder, so that the others stream it from here.
+            filling = await self._fill(remote, path, key, ask)
         except BaseException:
             slot.release()
             raise
         filling.settled.addBoth(_release, slot)
         name = (remote.name, path.text)
         modified = _validator(response, b"last-modified")
+        self._share(remote, path, Record(key.encoded, filling.size or 0, asked, _validator(response, b"etag"),
+                                         modified))
         self._replacing[name] = (key, modified)
         filling.settled.addBoth(self._replaced_by, name, key)
         filling.settled.addBoth(self._replaced, filling, remote, path, key, response, old)
         return _Revalidated(key, filling, CacheResult.MISS, modified)
 
-    def _fill(self, remote: Remote, path: FilePath, key: FileKey, response: IResponse) -> Filling:
-        """Start writing C{response}'s body under C{key}; its length must be its C{Content-Length}."""
-        size = response.length if isinstance(response.length, int) else None
-        filling = self._sink.open(key, size, f"{remote.name}/{path.text}")
+    async def _fill(self, remote: Remote, path: FilePath, key: FileKey,
+                    ask: Callable[[], Awaitable[IResponse]]) -> Filling:
+        """
+        Write C{key}'s body, from a peer, the bucket or C{ask}'s response
+        (L{SharedFills}); its length must be its C{Content-Length}.
+        """
+        filling = await self._shared.fill(key, f"{remote.name}/{path.text}", ask,
+                                          partial(self._observer.upstream_bytes, remote.name))
         filling.settled.addBoth(self._refused, filling, remote)
-        response.deliverBody(Feed(filling, self._reactor, partial(self._observer.upstream_bytes, remote.name)))
         return filling
 
     def _not_ok(self, remote: Remote, path: FilePath, code: int) -> Exception:
@@ -398,17 +518,27 @@ class FileService:
 
     def _replaced(self, result: object, filling: Filling, remote: Remote, path: FilePath, key: FileKey,
                   response: IResponse, old: FileKey | None) -> object:
-        """A new version of a mutable file is in the store: point its record at it, delete the old one."""
-        if not isinstance(filling, Download) or not filling.committed:
+        """
+        A new version of a mutable file is whole: point its record at it,
+        delete the old one.  Kept on this disk, or only in the bucket (the
+        S3 backend without room on the local disk): L{_stored} says later
+        whether it can still be found.
+        """
+        if isinstance(result, Failure) or not isinstance(filling, Download) or filling.passthrough:
             return result
+        if not filling.committed and self.bucket is None:
+            return result  # kept nowhere: the next request asks the remote again
         size = self._disk.store.size(Kind.FILES, key)
-        record = Record(key.encoded, size if size is not None else 0, time.time(),
+        record = Record(key.encoded, size if size is not None else filling.size or 0, time.time(),
                         _validator(response, b"etag"), _validator(response, b"last-modified"))
+        self._share(remote, path, record)
 
         async def replace() -> None:
             await self._records.put(remote.name, path.text, record)
             if old is not None and old != key:
                 await self.capacity.delete([old])  # type: ignore[list-item]  # keyed by any hashable
+                if self.bucket is not None:
+                    await self.bucket.capacity.delete([_named(old)])
 
         Deferred.fromCoroutine(replace()).addErrback(
             lambda failure: log.warn("Could not replace {remote}/{path}: {error}", remote=remote.name,
@@ -420,6 +550,20 @@ class FileService:
         if failure is not None and failure.check(DownloadError):
             self._observer.refused(remote.name)
         return result
+
+
+def _named(key: FileKey) -> Digest:
+    """What a file is called in the bucket and in the fleet: its key's hash as a digest."""
+    return Digest(key.algorithm, key.encoded)
+
+
+def _unnamed(digest: Digest) -> FileKey:
+    return FileKey(digest.algorithm, digest.encoded)
+
+
+def _record_name(remote: Remote, path: FilePath) -> Digest:
+    """The name of C{path}'s revalidation turn in the fleet: its record's key (apart from every file's)."""
+    return Digest("sha256", record_key(remote.name, path.text).encoded)
 
 
 def _validator(response: IResponse, name: bytes) -> str | None:

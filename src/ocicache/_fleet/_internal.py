@@ -9,9 +9,9 @@ A node asking here feeds the body into its own download, which verifies
 the digest again: a peer is trusted to be a peer, not to be right.
 
 C{GET /<area>/<digest>} does the same for another kind of entry (C{git}:
-an upload-pack response, named by its key's hash), from the front-end
-that keeps it (C{entries}); the asking node checks it again with the
-entry's own verifier.
+an upload-pack response; C{files}: a file; each named by its key's hash),
+from the front-end that keeps it (C{entries}); the asking node checks it
+again with the entry's own verifier.
 
 C{409} means "not yet": this node holds the fill lock but its upstream has
 not answered; the asking node tries again.

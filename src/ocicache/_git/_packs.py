@@ -10,7 +10,7 @@ only once L{PackResponseCheck} passes.  With the S3 backend it is copied
 into the bucket as it arrives, and the object appears only once the check
 passed (L{Replicator}); one read back from the bucket is checked again on
 its way.  In a fleet, a miss takes the entry's fill lock first
-(L{GitFleet}): a node that misses while another fills the same response
+(L{ClaimStep}, L{SharedFills}): a node that misses while another fills the same response
 streams it from that node (checked again here), or, once it is complete,
 from the bucket; one upstream request across the nodes.  A kept response
 is served only to a client with a live access proof
@@ -26,22 +26,22 @@ from collections.abc import Callable
 from functools import partial
 
 from attrs import frozen
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IResponse
 
-from .._fetch._bucket_tier import BucketEntries, NotInBucket
+from .._fetch._bucket_tier import BucketEntries
+from .._fetch._claim import ClaimStep, SharedFills
 from .._fetch._download import Download
 from .._fetch._feed import Feed
 from .._fetch._fills import Fills
-from .._fetch._observe import observed
 from .._fetch._passthrough import PassThrough
 from .._fetch._replicate import Replicator
 from .._fetch._result import CacheResult
 from .._fetch._sink import DiskSink
 from .._fetch._slots import Priority, Slot, Slots
-from .._fetch._source import Source, StoredFile
+from .._fetch._source import Source
 from .._fetch._tiers import InFlightTier, StoreTier
 from .._fetch._walk import Tier, TierWalk, Want
 from .._spec._reference import Digest
@@ -49,9 +49,7 @@ from .._storage._bucket import Bucket
 from .._storage._disk import Disk
 from .._storage._health import DiskHealth
 from .._storage._store import Kind
-from .._upstream._body import discard_body
 from ._books import GitBooks
-from ._claim import ALONE, GitClaim, GitFleet
 from ._errors import GitUpstreamFailed
 from ._key import ResponseKey, Unchecked
 from ._mirror import Mirrors
@@ -63,9 +61,6 @@ from ._upstream import RESULT, GitUpstream
 __all__ = ["PackAnswer", "PackService"]
 
 log = Logger()
-
-PEER_IDLE = 5.0
-"""Seconds a peer's body may idle while it is drained, after this client was refused."""
 
 _RESULTS = {CacheResult.HIT: GitResult.HIT, CacheResult.MISS: GitResult.MISS,
             CacheResult.COALESCED: GitResult.COALESCED}
@@ -89,7 +84,7 @@ class PackService:
     def __init__(self, disk: Disk, books: GitBooks, refs: RefService, slots: Slots, health: DiskHealth,
                  on_upstream_bytes: Callable[[str, int], None] = lambda upstream, count: None,
                  mirrors: Mirrors | None = None, bucket: Bucket | None = None,
-                 replicator: Replicator | None = None, fleet: GitFleet | None = None) -> None:
+                 replicator: Replicator | None = None, fleet: ClaimStep | None = None) -> None:
         """
         @param mirrors: the bare mirrors that answer the requests to
             C{mode = "mirror"} upstreams.
@@ -98,7 +93,6 @@ class PackService:
         @param fleet: the fleet's fill locks and peers, in a fleet.
         """
         self._disk = disk
-        self._fleet: GitFleet = fleet if fleet is not None else ALONE
         self._mirrors = mirrors
         self._reactor: IReactorTime = disk.reactor
         self._books = books
@@ -107,13 +101,13 @@ class PackService:
         self._on_upstream_bytes = on_upstream_bytes
         self._fills: Fills[ResponseKey] = Fills()
         self._sink = DiskSink(disk, self._fills, books, health, Kind.GIT)
-        self._replicator = replicator
         tiers: list[Tier[ResponseKey]] = [StoreTier(disk.store, Kind.GIT, books.accessed), InFlightTier(self._fills)]
-        self._bucket = None if bucket is None else BucketEntries(bucket, self._fills, self._sink, self._reactor,
-                                                                 _stored_as)
-        if self._bucket is not None:
-            tiers.append(self._bucket)
+        entries = None if bucket is None else BucketEntries(bucket, self._fills, self._sink, self._reactor, _stored_as)
+        if entries is not None:
+            tiers.append(entries)
         self._walk = TierWalk(tiers, self._fills)
+        self._shared = SharedFills(self._sink, self._fills, disk.store, Kind.GIT, self._reactor, _stored_as,
+                                   ResponseKey.from_digest, fleet, entries, replicator)
 
     @property
     def inflight(self) -> dict[ResponseKey, Download]:
@@ -166,94 +160,25 @@ class PackService:
         return response
 
     def peer_source(self, digest: Digest) -> Source | None:
-        """
-        The entry named C{digest} for another node of the fleet (the
-        internal endpoint): its fill in flight here, or its stored file;
-        acquired.  Access was checked on the asking node.
-        """
-        key = ResponseKey.from_digest(digest)
-        download = self._fills.inflight.get(key)
-        if download is not None and not download.passthrough:
-            return download.acquire()
-        stored = self._disk.store.open(Kind.GIT, key)
-        return None if stored is None else StoredFile(*stored)
+        """The entry named C{digest} for another node of the fleet (L{SharedFills.peer_source})."""
+        return self._shared.peer_source(digest)
 
     async def _fill(self, upstream: GitUpstream, who: Who, protocol: bytes | None, body: bytes,
                     key: ResponseKey) -> Download | PassThrough:
+        """
+        The fill, within the fleet's claim (L{SharedFills}): the body of
+        the node filling it (after this client's access is checked), the
+        bucket's once another node completed it there, or the upstream's.
+        """
         slot = await self._slots.acquire(upstream.name, Priority.BLOB)
         try:
-            started = await self._claimed(upstream, who, protocol, body, key)
+            started = await self._shared.fill(
+                key, f"{upstream.name}/{who.repo}", partial(self._post, upstream, who, protocol, body),
+                partial(self._on_upstream_bytes, upstream.name), partial(self._refs.authorize, upstream, who))
         except BaseException:
             slot.release()
             raise
         started.settled.addBoth(_release, slot)
-        return started
-
-    async def _claimed(self, upstream: GitUpstream, who: Who, protocol: bytes | None, body: bytes,
-                       key: ResponseKey) -> Download | PassThrough:
-        """
-        The fill, within the fleet's claim: the body of the node filling
-        it (after this client's access is checked), the bucket's once
-        another node completed it there, or the upstream's.
-        """
-        claim = await self._fleet.claim(key.digest)
-        replicated: list[Deferred[None]] = []
-        try:
-            started: Download | PassThrough | None = None
-            if claim.peer is not None:
-                try:
-                    await self._refs.authorize(upstream, who)
-                except BaseException:
-                    await discard_body(claim.peer, self._reactor, PEER_IDLE)
-                    raise
-            elif claim.shared:
-                started = await self._bucket_after_all(upstream, who, key)
-            if started is None:
-                started = await self._from(upstream, who, protocol, body, key, claim.peer, replicated)
-        except BaseException:
-            claim.done(None)
-            raise
-        # The claim is let go once the object is in the bucket too: a node
-        # that takes it then finds the response there.
-        done = DeferredList([observed(started.settled), *replicated])
-        done.addBoth(_tell_fleet, claim, started)
-        return started
-
-    async def _bucket_after_all(self, upstream: GitUpstream, who: Who,
-                                key: ResponseKey) -> Download | PassThrough | None:
-        """The response another node completed in the bucket while this one waited for the fill lock."""
-        tier = self._bucket
-        found = await tier.find(key) if tier is not None else None
-        if tier is None or found is None or found.size is None:
-            return None
-        await self._refs.authorize(upstream, who)
-        try:
-            download = await tier.stream(key, found.size)
-        except NotInBucket:
-            return None
-        tier.bucket.capacity.accessed(key.digest)
-        return download
-
-    async def _from(self, upstream: GitUpstream, who: Who, protocol: bytes | None, body: bytes, key: ResponseKey,
-                    peer: IResponse | None, replicated: list[Deferred[None]]) -> Download | PassThrough:
-        """
-        The sink of C{peer}'s body, or the upstream's; only the node that
-        asks the upstream copies it into the bucket (into C{replicated}).
-        """
-        response = peer if peer is not None else await self._post(upstream, who, protocol, body)
-        size = response.length if isinstance(response.length, int) else None
-        replicator = self._replicator if peer is None else None
-
-        def replicate(download: Download) -> Deferred[None] | None:
-            copied = replicator.replicate(download, key.digest) if replicator is not None else None
-            if copied is not None:
-                replicated.append(copied)
-            return copied
-
-        started = self._sink.open(key, size, f"{upstream.name}/{who.repo}", replicate)
-        count: Callable[[int], None] = (
-            (lambda n: None) if peer is not None else partial(self._on_upstream_bytes, upstream.name))
-        response.deliverBody(Feed(started, self._reactor, count))
         return started
 
     async def _pass(self, upstream: GitUpstream, who: Who, protocol: bytes | None, body: bytes) -> PassThrough:
@@ -278,11 +203,6 @@ def _in_memory(body: bytes) -> PassThrough:
 
 def _stored_as(key: ResponseKey) -> Digest:
     return key.digest
-
-
-def _tell_fleet(result: object, claim: GitClaim, started: Download | PassThrough) -> object:
-    claim.done(started.size if isinstance(started, Download) and started.committed else None)
-    return result
 
 
 def _release(result: object, slot: Slot) -> object:

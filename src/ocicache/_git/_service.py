@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 
+from .._fetch._claim import ClaimStep
 from .._fetch._replicate import Replicator
 from .._fetch._slots import Slots
 from .._ops._config._proxy import UNPROXIED, ProxyConfig
@@ -27,7 +28,6 @@ from .._storage._disk import Disk
 from .._storage._health import DiskHealth
 from .._storage._store import Kind
 from ._books import TABLE, GitBooks, remove_entries
-from ._claim import GitFleet
 from ._config import GitConfig
 from ._mirror import Mirrors
 from ._packs import PackService
@@ -52,7 +52,7 @@ class GitParts:
                  interval: float, proxies: ProxyConfig = UNPROXIED,
                  proxied_pool: HTTPConnectionPool | None = None, bucket: Bucket | None = None,
                  replicator: Replicator | None = None, abandon_uploads_after: float = 86400.0,
-                 fleet: GitFleet | None = None) -> None:
+                 fleet: ClaimStep | None = None) -> None:
         """
         @param budget: the disk's budget, which git responses and mirrors
             share with every other kind the store keeps.

@@ -65,7 +65,7 @@ class BucketJanitor:
         abandon_uploads_after: float,
         live_uploads: Callable[[], set[str]] = set,
     ) -> None:
-        self._bucket = bucket
+        self.bucket = bucket
         self._capacity = bucket.capacity
         self._metadata = metadata
         self._blob_ttl = blob_ttl
@@ -76,8 +76,8 @@ class BucketJanitor:
     async def recover(self) -> None:
         table = self._capacity.table
         listed: dict[Digest, int] = {}
-        for info in await self._bucket.objects():
-            digest = self._bucket.digest_of(info.key)
+        for info in await self.bucket.objects():
+            digest = self.bucket.digest_of(info.key)
             if digest is not None:
                 listed[digest] = info.size
         rows = {row.digest: row for row in await self._metadata.blobs(table)}
@@ -95,7 +95,7 @@ class BucketJanitor:
         self._capacity.load((digest, size, False) for digest, size in listed.items() if str(digest) not in rows)
         self.recovered = True
         log.info("The S3 store {bucket} holds {count} blobs ({adopted} new to this node, {dropped} gone)",
-                 bucket=self._bucket.name, count=len(listed), adopted=adopted, dropped=len(missing))
+                 bucket=self.bucket.name, count=len(listed), adopted=adopted, dropped=len(missing))
 
     async def run(self) -> BucketReport:
         report = BucketReport()
@@ -122,10 +122,10 @@ class BucketJanitor:
         objects they completed are added, those they removed dropped, so
         this node's size of the bucket is the bucket's.
         """
-        book = self._bucket.book
+        book = self.bucket.book
         if book is None:
             return None
-        mine = {str(digest) for digest in await self._bucket.local_protected()}
+        mine = {str(digest) for digest in await self.bucket.local_protected()}
         shared = await book.begin({digest: at for digest, (at, _) in accesses.items()}, mine)
         if shared is None:
             return None  # the book cannot be reached: this pass is a single node's
@@ -184,10 +184,10 @@ class BucketJanitor:
     async def _abort_abandoned(self, before: float) -> int:
         live = self._live_uploads()
         aborted = 0
-        for upload in await self._bucket.uploads():
+        for upload in await self.bucket.uploads():
             if upload.upload_id in live or _seconds(upload.initiated) >= before:
                 continue
-            await self._bucket.abort(upload.key, upload.upload_id)
+            await self.bucket.abort(upload.key, upload.upload_id)
             aborted += 1
         return aborted
 

@@ -82,7 +82,8 @@ variables; a literal key is refused, and neither is ever logged.""")
     ca_file: str | None = key(Text(), "A private CA for the endpoint (PEM).", example="/etc/ocicache/s3-ca.pem")
     local_max_size: int = key(
         Size(1 << 20, zero=True, refusal="must be 0 (no local tier) or at least 1MiB"),
-        "Hot blobs kept on the local disk too (read-through, S3-FIFO); 0: none.", default=_S3.local_max_size,
+        "What is kept on the local disk too (read-through; blobs, git responses and files in one budget);"
+        " 0: none.", default=_S3.local_max_size,
         example="20GiB")
     redirect: bool = key(BOOLEAN, "Blob GETs get a 307 to a presigned URL (valid 20 minutes).",
                          default=_S3.redirect)
