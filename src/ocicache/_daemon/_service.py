@@ -97,6 +97,7 @@ from .._web._site import DrainingSite, QuietSite
 from .._web._status_page import RecentProblems, StatusPage, StatusSources
 from ._bucket_client import s3_client
 from ._housekeeping import Housekeeping
+from ._memory_return import MemoryReturn, malloc_trim
 from ._listening import ListenError, listener, plain_and_reachable
 from ._preflight import warn_at_start
 from ._reload import Reloader
@@ -239,6 +240,9 @@ class OcicacheService(MultiService):
         if self.git is not None:
             self.site.takes_body = takes_body
         self.site.displayTracebacks = False
+        # After a storm of connections, their memory goes back to the system.
+        self.memory_return = MemoryReturn(reactor, disk.run, trim=malloc_trim())
+        self.site.on_channel_closed = self.memory_return.connection_closed
         self._registry_listeners = [self._listen(description, self.site) for description in config.server.listen]
         self.metrics.inflight_downloads.set_function(lambda: len(self.blobs.inflight))
         if config.fleet is not None and self.fleet is not None:
@@ -526,6 +530,7 @@ class OcicacheService(MultiService):
             hold_stop_signals(self._reactor)
         if self.reloader is not None:
             self.reloader.uninstall()
+        self.memory_return.stop()
         # 1. No new connections: the registry listeners close first.
         await DeferredList([maybeDeferred(listener.stopService) for listener in self._registry_listeners])
         # 2. Responses in progress finish, up to drain_timeout; then cut.
