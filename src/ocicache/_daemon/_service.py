@@ -97,8 +97,8 @@ from .._web._site import DrainingSite, QuietSite
 from .._web._status_page import RecentProblems, StatusPage, StatusSources
 from ._bucket_client import s3_client
 from ._housekeeping import Housekeeping
-from ._memory_return import MemoryReturn, malloc_trim
 from ._listening import ListenError, listener, plain_and_reachable
+from ._memory_return import MemoryReturn, malloc_trim
 from ._preflight import warn_at_start
 from ._reload import Reloader
 from ._stopping import hold_stop_signals
