@@ -16,7 +16,7 @@ import pytest
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
-from ocicache._daemon._memory_return import MemoryReturn, malloc_trim
+from ocicache._daemon._memory_return import MemoryReturn, limit_malloc_arenas, malloc_trim
 
 
 class _Cycle:
@@ -139,3 +139,11 @@ def test_malloc_trim_found_on_glibc() -> None:
     trim = malloc_trim()
     assert trim is not None
     trim()  # returns: 0 or 1, nothing to assert but that it ran
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_malloc_arenas_limited_unless_the_environment_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert not limit_malloc_arenas(2)
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert limit_malloc_arenas(2)
