@@ -3,8 +3,9 @@ Memory comes back after a storm of clients that hang up in the worst ways
 (issue 19: the daemon stayed 24 MiB above idle after 2,500 dropped clients,
 where the docs promise 20): cold joins of big blobs cut mid-transfer, warm
 GETs reset mid-sendfile and mid-TLS-stream, half-sent request lines, TLS
-handshakes abandoned, slow readers.  After a settle, the daemon's RSS is
-within 20 MiB of what it was idle.
+handshakes abandoned, slow readers, 500 at a time.  10 s after the last
+one, the daemon's RSS is within 20 MiB of what it was idle after a warm-up
+of every kind (measured on 760f226: 65-115 MiB above; now 10-15).
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ and a daemon gone quiet allocates too little for Python to start one,
 possibly for hours.  What a collection frees goes back to glibc's malloc,
 which keeps the freed pages in its heaps (fragmented, below their top)
 until asked with C{malloc_trim(0)}.  Measured: 10 s after 2,500 clients hung
-up in the worst ways, the daemon held 100-115 MiB above idle; collected and
-trimmed, about 10.
+up in the worst ways, the daemon held 65-115 MiB above idle; collected and
+trimmed, 10-15.
 
 So once C{after} connections have closed since the last release and the
 closing has calmed, the daemon runs one full collection in the reactor
@@ -63,8 +63,8 @@ def limit_malloc_arenas(most: int) -> bool:
     At most C{most} glibc malloc arenas (C{mallopt(M_ARENA_MAX)}), unless
     C{$MALLOC_ARENA_MAX} says otherwise.  glibc gives each new thread an
     arena of its own, up to 8 per core, and each keeps pages a trim leaves
-    resident; the daemon's threads allocate little outside the GIL, so a
-    shared arena costs them nothing measurable.  Call it before threads
+    resident.  The daemon's threads allocate mostly under the GIL, one at a
+    time, so sharing costs them little contention.  Call it before threads
     start.  True if set.
     """
     if "MALLOC_ARENA_MAX" in os.environ or platform.libc_ver()[0] != "glibc":
