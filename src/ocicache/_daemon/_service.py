@@ -103,6 +103,7 @@ from .._web._status_page import RecentProblems, StatusPage, StatusSources
 from ._bucket_client import s3_client
 from ._housekeeping import Housekeeping
 from ._listening import ListenError, listener, plain_and_reachable
+from ._memory_return import MemoryReturn, limit_malloc_arenas, malloc_trim
 from ._preflight import warn_at_start
 from ._reload import Reloader
 from ._stopping import hold_stop_signals
@@ -131,6 +132,8 @@ class OcicacheService(MultiService):
         self.metrics = Metrics()
         self.store = Store(config.cache.dir)
         self.metadata = Metadata(f"{self.store.root}/metadata.sqlite", reactor)
+        # The disk threads share one malloc arena (_memory_return), set before any starts.
+        limit_malloc_arenas(2)
         self.disk_pool = ThreadPool(minthreads=0, maxthreads=8, name="ocicache-disk")
         self.http_pool = make_pool(reactor)
         # The connections of git and file remotes through the outbound proxy.
@@ -254,6 +257,9 @@ class OcicacheService(MultiService):
         if self.git is not None:
             self.site.takes_body = takes_body
         self.site.displayTracebacks = False
+        # After a storm of connections, their memory goes back to the system.
+        self.memory_return = MemoryReturn(reactor, disk.run, trim=malloc_trim())
+        self.site.on_channel_closed = self.memory_return.connection_closed
         self._registry_listeners = [self._listen(description, self.site) for description in config.server.listen]
         self.metrics.inflight_downloads.set_function(lambda: len(self.blobs.inflight))
         if config.fleet is not None and self.fleet is not None:
@@ -563,6 +569,7 @@ class OcicacheService(MultiService):
             hold_stop_signals(self._reactor)
         if self.reloader is not None:
             self.reloader.uninstall()
+        self.memory_return.stop()
         # 1. No new connections: the registry listeners close first.
         await DeferredList([maybeDeferred(listener.stopService) for listener in self._registry_listeners])
         # 2. Responses in progress finish, up to drain_timeout; then cut.

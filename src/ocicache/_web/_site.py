@@ -205,6 +205,8 @@ class DrainingSite(Site):
         allowed.  Set by the service for the routes that take one (git's
         upload-pack POST).
         """
+        self.on_channel_closed: Callable[[], None] = lambda: None
+        """Called as each client connection ends (the daemon's memory return counts them)."""
 
     # -- connections
 
@@ -257,6 +259,7 @@ class DrainingSite(Site):
 
     def channel_closed(self, channel: BoundedChannel) -> None:
         self.admission.closed(channel)
+        self.on_channel_closed()
         if self.draining and not len(self.admission):
             self._finish_drain()
 
