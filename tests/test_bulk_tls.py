@@ -1,0 +1,78 @@
+"""
+ocicache's TLS transport encrypts a write in one C{SSL_write} and hands the
+socket its records in one write (Twisted's own does both 16 KiB at a
+time), and a client reads back exactly the bytes written.
+"""
+
+from __future__ import annotations
+
+import os
+
+from OpenSSL import SSL
+from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.ssl import PrivateCertificate
+from twisted.internet.testing import StringTransport
+
+from ocicache._web._bulk_tls import BulkTLSFactory, BulkTLSProtocol
+from ocitest.ops import make_pki
+
+
+class CountingTransport(StringTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
+
+
+def _pump(client: SSL.Connection, server: BulkTLSProtocol, transport: StringTransport) -> None:
+    """Carry bytes both ways until neither side has any."""
+    for _ in range(20):
+        try:
+            client.do_handshake()
+        except SSL.WantReadError:
+            pass
+        moved = False
+        try:
+            server.dataReceived(client.bio_read(1 << 20))
+            moved = True
+        except SSL.WantReadError:
+            pass
+        data = transport.value()
+        transport.clear()
+        if data:
+            client.bio_write(data)
+            moved = True
+        if not moved:
+            return
+
+
+def test_a_big_write_is_one_write_of_records_that_decrypt_to_it(tmp_path: os.PathLike[str]) -> None:
+    pki = make_pki(str(tmp_path))
+    with open(pki.cert, "rb") as cert, open(pki.key, "rb") as key:
+        options = PrivateCertificate.loadPEM(cert.read() + key.read()).options()
+    factory = BulkTLSFactory(options, False, ServerFactory.forProtocol(Protocol))
+    server = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    assert isinstance(server, BulkTLSProtocol)
+    transport = CountingTransport()
+    server.makeConnection(transport)
+    client = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
+    client.set_connect_state()
+    _pump(client, server, transport)
+
+    body = os.urandom(3 << 20)
+    for start in range(0, len(body), 1 << 20):
+        writes = transport.writes
+        server.write(body[start:start + (1 << 20)])
+        assert transport.writes == writes + 1
+        records = transport.value()
+        transport.clear()
+        assert len(records) > 1 << 20  # every record of the write, at once
+        client.bio_write(records)
+    received = b""
+    while len(received) < len(body):
+        received += client.recv(1 << 20)
+    assert received == body
