@@ -1,7 +1,7 @@
 """
-ocicache's TLS transport encrypts a write in one C{SSL_write} and hands the
-socket its records in one write (Twisted's own does both 16 KiB at a
-time), and a client reads back exactly the bytes written.
+ocicache's TLS transport encrypts a write 64 KiB per C{SSL_write} and
+hands the socket all its records in one write (Twisted's own does both
+16 KiB at a time), and a client reads back exactly the bytes written.
 """
 
 from __future__ import annotations
