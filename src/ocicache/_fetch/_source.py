@@ -142,8 +142,9 @@ class VerifiedFile(StoredFile):
     of the reader: C{pread} and hashlib release the GIL, so on a second
     core they overlap the reactor's encryption of the piece before.  A
     piece is C{piece()} bytes long, the streamers' write budget's share
-    (L{ocicache._web._streamer.WriteBudget}), so that what all clients
-    hold ahead stays bounded whatever their number.
+    (L{ocicache._web._streamer.WriteBudget}), and a client that is not
+    reading holds one piece: what all clients hold ahead is bounded as the
+    budget bounds their writes.
     """
 
     def __init__(
@@ -192,6 +193,9 @@ class VerifiedFile(StoredFile):
         piece = pieces[0]
         at = offset - self._pieces_start
         data = piece if at == 0 and length >= len(piece) else piece[at:at + length]
+        if at + len(data) == len(piece):
+            # Taken whole: held no longer, so a paused client holds one piece.
+            self._pieces_start += len(pieces.popleft())
         self._consumed = max(self._consumed, offset + len(data))
         self._read_ahead()
         return data
