@@ -428,9 +428,10 @@ def test_stored_files_verify_with_the_keys_own_verifier(clock: Reactor, store: S
     opened = store.open(Kind.BLOB, key)
     assert opened is not None
     corrupt: list[Named] = []
-    source = StoredFile(*opened).verified(key, corrupt.append)
-    data = source.read(0, 100)
-    assert data == b"no trailer her" and source.failure is not None and corrupt == [key]
+    source = StoredFile(*opened).verified(key, corrupt.append, disk_of(clock, SyncPool(), store).run, lambda: 1 << 20)
+    run(clock)
+    assert source.failure is not None and corrupt == [key]
+    assert source.available < len(b"no trailer here") and source.read(0, 100) == b""
     source.release()
 
 

@@ -17,6 +17,9 @@ import pytest_twisted
 from hyperlink import DecodedURL
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -196,3 +199,34 @@ async def test_a_stalled_small_body_times_out(servers: Any) -> None:
     assert "stalled" in str(raised.value)
     for request in stalled:
         request.finish()
+
+
+class _Chunks(Protocol):
+    """Records the size of every chunk of a body as it arrives."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.done: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.sizes.append(len(data))
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.done.callback(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_blob_body_arrives_in_reads_larger_than_twisteds_64_kib(servers: Any) -> None:
+    """
+    Upstream connections read up to 1 MiB per recv: fewer trips through
+    the HTTP client for a big body (Twisted's transports read 64 KiB).
+    """
+    big = bytes(range(256)) * (16 << 12)  # 16 MiB
+    upstream = _upstream(servers(_Recorder(lambda request: big)))
+    response = await upstream.blob("GET", "team/app", "sha256:" + hashlib.sha256(big).hexdigest())
+    assert response.code == 200
+    chunks = _Chunks()
+    response.deliverBody(chunks)
+    await chunks.done
+    assert sum(chunks.sizes) == len(big)
+    assert max(chunks.sizes) > 64 << 10

@@ -17,7 +17,7 @@ from ocicache._storage._disk import Disk
 from ocicache._storage._metadata import Metadata
 from ocicache._storage._store import Store
 
-__all__ = ["Reactor", "SyncPool", "disk_of", "run"]
+__all__ = ["ManualPool", "Reactor", "SyncPool", "disk_of", "run"]
 
 
 class Reactor(MemoryReactorClock):
@@ -57,6 +57,22 @@ class SyncPool:
             onResult(False, Failure())
         else:
             onResult(True, result)
+
+
+class ManualPool:
+    """A disk pool whose work waits until the test runs it, one job at a time."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Callable[[bool, object], None], Callable[..., object], tuple[object, ...]]] = []
+
+    def callInThreadWithCallback(self, onResult: Callable[[bool, object], None],
+                                 f: Callable[..., object], *args: object, **kwargs: object) -> None:
+        assert not kwargs
+        self.pending.append((onResult, f, args))
+
+    def run_one(self) -> None:
+        onResult, f, args = self.pending.pop(0)
+        SyncPool().callInThreadWithCallback(onResult, f, *args)
 
 
 def disk_of(reactor: object, pool: object, store: Store) -> Disk:

@@ -14,6 +14,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IProtocolFactory
 
 from .._ops._reactor import Reactor
+from .._web._bulk_tls import BulkTLSReactor
 
 __all__ = ["LISTEN_BACKLOG", "ListenError", "beyond_loopback", "listener", "plain_and_reachable", "with_backlog"]
 
@@ -27,8 +28,10 @@ def listener(reactor: Reactor, description: str, factory: IProtocolFactory) -> S
     A service listening on C{description}; start-up fails, not just logs,
     when the port cannot be bound.
     """
+    # HTTPS through ocicache's TLS transport (fewer trips into OpenSSL).
+    listening = BulkTLSReactor(reactor) if description.split(":", 1)[0].lower() == "ssl" else reactor
     try:
-        endpoint = serverFromString(reactor, with_backlog(description))
+        endpoint = serverFromString(listening, with_backlog(description))
     except Exception as e:
         raise ListenError(f"{description!r} is not a valid listen endpoint: {e}") from None
     service = StreamServerEndpointService(endpoint, factory)

@@ -176,7 +176,8 @@ class GitResource(Resource):
                 return
             if answer.key is not None:
                 # Through Python anyway: its bytes at rest are checked on the way.
-                source = source.verified(answer.key, self._packs.corrupt)
+                budget = self._budget
+                source = source.verified(answer.key, self._packs.corrupt, self._disk.run, lambda: budget.share)
         Streamer(request, source, 0, end, self._disk.reactor, on_bytes, self._budget).start()
 
     def _count(self, exchange: Exchange) -> None:

@@ -112,7 +112,8 @@ async def answer_blob(services: Services, request: Request, exchange: Exchange, 
     else:
         if isinstance(source, StoredFile) and start == 0 and end == total:
             # Through Python anyway: hash the bytes at rest on the way.
-            source = source.verified(digest, services.blobs.corrupt)
+            budget = services.write_budget
+            source = services.blobs.verified(source, digest, lambda: budget.share)
         done = Streamer(request, source, start, end, services.reactor, on_bytes, services.write_budget).start()
     if gauge is not None:
         done.addBoth(_decrement, gauge)

@@ -37,6 +37,7 @@ from .._fetch._passthrough import PassThrough
 from .._fetch._replicate import Replicator
 from .._fetch._sink import DiskSink
 from .._fetch._slots import DEFAULT_DOWNLOADS, DEFAULT_QUEUE, Priority, Slot, Slots
+from .._fetch._source import StoredFile, VerifiedFile
 from .._fetch._tiers import InFlightTier, StoreTier
 from .._fetch._walk import Hit, Tier, TierWalk, Want
 from .._spec._reference import Digest
@@ -359,6 +360,13 @@ class BlobService:
             (lambda n: None) if peer is not None else partial(self._on_upstream_bytes, upstream.name))
         response.deliverBody(Feed(started, self._reactor, count))
         return started
+
+    def verified(self, source: StoredFile, digest: Digest, piece: Callable[[], int]) -> VerifiedFile:
+        """
+        C{source}, a stored blob, checked against C{digest} as it is read,
+        the reading and hashing in the disk pool C{piece()} bytes at a time.
+        """
+        return source.verified(digest, self.corrupt, self._disk.run, piece)
 
     def corrupt(self, digest: Digest) -> None:
         """

@@ -31,6 +31,7 @@ from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IPoli
 from zope.interface import implementer
 
 from .._ops._config._proxy import Proxy, ProxyRoutes
+from ._large_reads import DirectEndpoints, with_large_reads
 
 __all__ = ["ProxyFailed", "RoutedAgent"]
 
@@ -190,7 +191,7 @@ class _Tunnels:
         host = uri.host.decode("ascii")
         tunnel = _TunnelEndpoint(self._reactor, self._proxy, host, uri.port, self._timeout)
         # The same TLS, and verification, as a direct connection makes.
-        return wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), tunnel)
+        return with_large_reads(wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), tunnel))
 
 
 @implementer(IAgent)
@@ -214,7 +215,8 @@ class RoutedAgent:
         self._tls = tls
         self._timeout = connect_timeout
         self._who = who
-        self._direct = Agent(reactor, contextFactory=tls, connectTimeout=connect_timeout, pool=pool)
+        direct = DirectEndpoints(reactor, tls, connect_timeout)
+        self._direct: Agent = Agent.usingEndpointFactory(reactor, direct, pool=pool)
         self._owned = proxied_pool is None
         if proxied_pool is None:
             proxied_pool = HTTPConnectionPool(reactor, persistent=True)
@@ -244,8 +246,8 @@ class RoutedAgent:
                 agent = Agent.usingEndpointFactory(
                     self._reactor, _Tunnels(self._reactor, proxy, self._tls, self._timeout), pool=self._pool)
             else:
-                endpoint = HostnameEndpoint(self._reactor, proxy.host.encode("idna"), proxy.port,
-                                            timeout=self._timeout)
+                endpoint = with_large_reads(HostnameEndpoint(self._reactor, proxy.host.encode("idna"), proxy.port,
+                                                             timeout=self._timeout))
                 agent = _ForwardAgent(proxy, endpoint, self._reactor, self._pool)
             self._agents[(proxy, scheme)] = agent
         return agent
