@@ -102,7 +102,10 @@ def _stored(daemon: Daemon) -> dict[str, dict[str, int]]:
         found[kind] = {}
         for top, _, names in os.walk(os.path.join(daemon.cache_dir, kind)):
             for name in names:
-                found[kind][os.path.join(top, name)] = os.path.getsize(os.path.join(top, name))
+                try:
+                    found[kind][os.path.join(top, name)] = os.path.getsize(os.path.join(top, name))
+                except FileNotFoundError:
+                    pass  # replaced meanwhile (git renames a mirror's refs into place): not there now
     return found
 
 

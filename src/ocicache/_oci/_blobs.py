@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 
 from .._fetch._bucket_tier import BucketTier, NotInBucket
+from .._fetch._claim import ALONE, Claim, ClaimStep
 from .._fetch._download import ABANDON_AFTER, KEEP_FRACTION, Download
 from .._fetch._feed import Feed
 from .._fetch._fills import Fills
@@ -61,50 +62,26 @@ BlobLookup = Hit
 """What a client will be sent: the bytes, and whether they were a hit, a miss or coalesced."""
 
 
-class FleetClaim(Protocol):
+FleetClaim = Claim
+"""What the fleet step decided for one miss (the fetch core's L{Claim})."""
+
+
+class FleetStep(ClaimStep, Protocol):
     """
-    What the fleet step decided for one miss: where its body comes from.
+    The fleet's step around a blob's miss (L{ocicache._fleet}): before a
+    node fetches a digest upstream, it asks whether another node already
+    does (L{ClaimStep}); before it asks the upstream for a size, whether
+    another node verified it.
     """
-
-    @property
-    def peer(self) -> IResponse | None:
-        """Another node's 200 response with the body, or C{None}: fetch it upstream."""
-
-    @property
-    def shared(self) -> bool:
-        """
-        Whether the fleet coordinated this fill: another node may then have
-        completed the blob in the S3 store while this one waited its turn.
-        """
-
-    def done(self, committed: int | None) -> None:
-        """This node's download of the digest settled: committed with this size, or not (C{None})."""
-
-
-class FleetStep(Protocol):
-    """
-    The fleet's step around a miss (L{ocicache._fleet}): before a node
-    fetches a digest upstream, it asks whether another node already does;
-    before it asks the upstream for a size, whether another node verified
-    it.
-    """
-
-    async def claim(self, digest: Digest) -> FleetClaim: ...
 
     async def size(self, digest: Digest) -> int | None: ...
 
 
 class _Alone:
-    """A single node: every miss is fetched upstream."""
-
-    peer = None
-    shared = False
-
-    def done(self, committed: int | None) -> None:
-        pass
+    """A single node: every miss is fetched upstream, every size asked of it."""
 
     async def claim(self, digest: Digest) -> FleetClaim:
-        return self
+        return ALONE
 
     async def size(self, digest: Digest) -> int | None:
         return None
