@@ -38,7 +38,7 @@ from ._replicate import Replicator
 from ._sink import DiskSink
 from ._source import Source, StoredFile
 
-__all__ = ["ALONE", "PEER_IDLE", "Claim", "ClaimStep", "SharedFills"]
+__all__ = ["ALONE", "PEER_IDLE", "Claim", "ClaimStep", "SharedFills", "settle_claim"]
 
 K = TypeVar("K", bound=Key)
 
@@ -141,7 +141,7 @@ class SharedFills(Generic[K]):
         # The claim is let go once the object is in the bucket too: a node
         # that takes it then finds the entry there.
         done = DeferredList([observed(started.settled), *replicated])
-        done.addBoth(_tell_fleet, claim, started)
+        done.addBoth(settle_claim, claim, started)
         return started
 
     async def _bucket_after_all(self, key: K, authorize: Callable[[], Awaitable[None]]
@@ -192,6 +192,10 @@ class SharedFills(Generic[K]):
         return None if stored is None else StoredFile(*stored)
 
 
-def _tell_fleet(result: object, claim: Claim, started: Download | PassThrough) -> object:
+def settle_claim(result: object, claim: Claim, started: Download | PassThrough) -> object:
+    """
+    Tell C{claim} how the fill C{started} under it ended (committed with
+    its size, or not); a callback, C{result} passes through.
+    """
     claim.done(started.size if isinstance(started, Download) and started.committed else None)
     return result

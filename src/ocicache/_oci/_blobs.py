@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 
 from .._fetch._bucket_tier import BucketTier, NotInBucket
-from .._fetch._claim import ALONE, Claim, ClaimStep
+from .._fetch._claim import ALONE, Claim, ClaimStep, settle_claim
 from .._fetch._download import ABANDON_AFTER, KEEP_FRACTION, Download
 from .._fetch._feed import Feed
 from .._fetch._fills import Fills
@@ -287,7 +287,7 @@ class BlobService:
         # The claim is let go once the object is in the bucket too: a node
         # that takes it then finds the blob there.
         done = DeferredList([observed(started.settled), *replicated])
-        done.addBoth(_tell_fleet, claim, started)
+        done.addBoth(settle_claim, claim, started)
         return started
 
     async def _bucket_after_all(self, upstream: Upstream, repo: str, digest: Digest) -> Download | PassThrough | None:
@@ -357,11 +357,6 @@ class BlobService:
 
 def _negative_key(upstream: Upstream, repo: str, digest: Digest) -> NegativeKey:
     return (upstream.name, repo, "blob", str(digest))
-
-
-def _tell_fleet(result: object, claim: FleetClaim, started: Download | PassThrough) -> object:
-    claim.done(started.size if isinstance(started, Download) and started.committed else None)
-    return result
 
 
 def _release(result: object, slot: Slot) -> object:

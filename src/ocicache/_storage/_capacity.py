@@ -19,42 +19,11 @@ from typing import TypeGuard
 from .._spec._reference import Digest
 from ._budget import Budget, Tagged
 from ._disk import Disk
+from ._eviction import Entries
 from ._metadata import MetadataUnavailable
 from ._store import Kind
 
-__all__ = ["Capacity", "Entries"]
-
-
-class Entries:
-    """The entries of one book, as its front-end asks about them."""
-
-    def __init__(self) -> None:
-        self._sizes: dict[Hashable, int] = {}
-        self.size = 0
-
-    def __contains__(self, key: Hashable) -> bool:
-        return key in self._sizes
-
-    def __len__(self) -> int:
-        return len(self._sizes)
-
-    def keys(self) -> list[Hashable]:
-        return list(self._sizes)
-
-    def size_of(self, key: Hashable) -> int | None:
-        """The size of an entry, or C{None} when it is not here."""
-        return self._sizes.get(key)
-
-    def add(self, key: Hashable, size: int) -> bool:
-        """Count an entry; C{False} if it was already counted."""
-        if key in self._sizes:
-            return False
-        self._sizes[key] = size
-        self.size += size
-        return True
-
-    def drop(self, key: Hashable) -> None:
-        self.size -= self._sizes.pop(key, 0)
+__all__ = ["Capacity"]
 
 
 class Capacity:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable
 
-__all__ = ["S3FIFO"]
+__all__ = ["S3FIFO", "Entries", "Sizes"]
 
 
 SMALL_FRACTION = 0.1
@@ -29,18 +29,11 @@ MAX_FREQUENCY = 3
 """Reads counted per entry (two bits in the paper)."""
 
 
-class S3FIFO:
-    """
-    Which blobs to evict, and in which order, to fit a byte budget.
-    """
+class Sizes:
+    """Entries and their sizes, as a book's users ask about them; changed only by the subclass's rules."""
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._small: OrderedDict[Hashable, int] = OrderedDict()
-        self._main: OrderedDict[Hashable, int] = OrderedDict()
+    def __init__(self) -> None:
         self._sizes: dict[Hashable, int] = {}
-        self._ghost: OrderedDict[Hashable, None] = OrderedDict()
-        self._small_bytes = 0
         self.size = 0
 
     def __contains__(self, key: Hashable) -> bool:
@@ -55,6 +48,35 @@ class S3FIFO:
     def size_of(self, key: Hashable) -> int | None:
         """The size of an entry, or C{None} when it is not here."""
         return self._sizes.get(key)
+
+
+class Entries(Sizes):
+    """A book with no order of its own: one kind's entries in a shared budget, which orders them."""
+
+    def add(self, key: Hashable, size: int) -> bool:
+        """Count an entry; C{False} if it was already counted."""
+        if key in self._sizes:
+            return False
+        self._sizes[key] = size
+        self.size += size
+        return True
+
+    def drop(self, key: Hashable) -> None:
+        self.size -= self._sizes.pop(key, 0)
+
+
+class S3FIFO(Sizes):
+    """
+    Which blobs to evict, and in which order, to fit a byte budget.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self._small: OrderedDict[Hashable, int] = OrderedDict()
+        self._main: OrderedDict[Hashable, int] = OrderedDict()
+        self._ghost: OrderedDict[Hashable, None] = OrderedDict()
+        self._small_bytes = 0
 
     def insert(self, key: Hashable, size: int, hot: bool = False) -> None:
         """
