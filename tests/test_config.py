@@ -197,6 +197,28 @@ def test_server_limits() -> None:
     assert (server.max_header_bytes, server.max_headers, server.max_request_line) == (32 << 10, 50, 4096)
 
 
+def test_one_worker_is_the_default_and_accepted() -> None:
+    assert parse_config({}, {}).server.workers == 1
+    assert parse_config({"server": {"workers": 1}}, {}).server.workers == 1
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (2, r'^server\.workers: more than one worker process \(2\) is not yet supported; use 1 \(the default\)$'),
+    ("auto", r'^server\.workers: more than one worker process \("auto"\) is not yet supported; use 1'),
+    (0, r'^server\.workers: must be between 1 and 256, or "auto"$'),
+    (257, r'^server\.workers: must be between 1 and 256, or "auto"$'),
+    ("two", r"""^server\.workers: 'two' is not a count \(1, 2, \.\.\.\) or "auto"$"""),
+    ("AUTO", r"""^server\.workers: 'AUTO' is not a count"""),
+    (True, r"^server\.workers: 'True' is not a count"),
+    (1.0, r"^server\.workers: '1\.0' is not a count"),
+])
+def test_workers_beyond_one_are_refused_at_load(value: object, message: str) -> None:
+    # Worker processes wait for the store to be shared across them (one
+    # upstream fetch per key, capacity, tags): until then, refused in one line.
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"server": {"workers": value}}, {})
+
+
 def test_connections_per_address() -> None:
     assert parse_config({}, {}).server.max_connections_per_address is None  # a quarter of max_connections
     server = parse_config({"server": {"max_connections_per_address": 0}}, {}).server

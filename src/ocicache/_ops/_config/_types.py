@@ -12,13 +12,14 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from attrs import frozen
 
 __all__ = [
-    "BOOLEAN", "Boolean", "Choice", "CountOrPercent", "Duration", "Integer", "Invalid", "Kind", "ListOf", "Number",
-    "OrNever", "POSITIVE", "Refused", "Size", "SizeOrPercent", "Subset", "TableOf", "Text", "parse_duration",
+    "BOOLEAN", "Boolean", "Choice", "CountOrAuto", "CountOrPercent", "Duration", "Integer", "Invalid", "Kind",
+    "ListOf", "Number", "OrNever", "POSITIVE", "Refused", "Size", "SizeOrPercent", "Subset", "TableOf", "Text",
+    "parse_duration",
     "parse_size", "parse_with", "show_duration", "show_size",
 ]
 
@@ -228,6 +229,27 @@ class CountOrPercent(Kind[int | float]):
 
     def show(self, value: Any) -> object:
         return f"{value * 100:g}%" if isinstance(value, float) else value
+
+
+@frozen
+class CountOrAuto(Kind[int | Literal["auto"]]):
+    """
+    A count within C{minimum} and C{maximum}, or C{"auto"} (left to the
+    daemon to derive at start-up, from the host).
+    """
+
+    minimum: int
+    maximum: int
+    name = 'integer or "auto"'
+
+    def __call__(self, value: object) -> int | Literal["auto"]:
+        if value == "auto":
+            return "auto"
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise Invalid(f'{str(value)[:40]!r} is not a count ({self.minimum}, 2, ...) or "auto"')
+        if not self.minimum <= value <= self.maximum:
+            raise Invalid(f'must be between {self.minimum} and {self.maximum}, or "auto"')
+        return value
 
 
 @frozen
