@@ -1,0 +1,126 @@
+"""
+Listeners opened by the main process and served by its workers.
+
+The main process opens each listener from its endpoint string as one
+process does (C{tcp:}, C{tcp6:}, C{ssl:}, C{unix:}, or a socket systemd
+passed, C{systemd:}), then stops accepting on it: its descriptor is what
+the workers inherit (L{ocicache._daemon._supervisor}).  A worker adopts
+the descriptor it inherits for the same endpoint string, with TLS in
+front of it for C{ssl:}: the string is parsed by Twisted's own parser, so
+the TLS options are exactly those one process would use.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorSocket, IReactorSSL
+from twisted.internet.tcp import Port
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .._ops._reactor import Reactor
+from ._listening import ListenError, with_backlog
+
+__all__ = ["adopt", "open_for_workers"]
+
+
+def _now(listening: Deferred[Any], description: str) -> Any:
+    """
+    What an endpoint's C{listen} gave: the built-in endpoints listen at
+    once (C{defer.execute}), so a result that is not there yet is refused.
+    """
+    result: list[Any] = []
+    listening.addBoth(result.append)
+    if not result:
+        listening.cancel()
+        raise ListenError(f"{description!r} did not listen at once")
+    if isinstance(result[0], Failure):
+        raise ListenError(f"cannot listen on {description!r}: {result[0].getErrorMessage()}")
+    return result[0]
+
+
+class _NoConnections:
+    """The main process's factory: it never accepts, so it never builds a protocol."""
+
+    def doStart(self) -> None:
+        pass
+
+    def doStop(self) -> None:
+        pass
+
+    def buildProtocol(self, addr: Any) -> None:
+        return None
+
+
+def open_for_workers(reactor: Reactor, descriptions: tuple[str, ...]) -> list[Port]:
+    """
+    Open every listener in the main process, accepting on none (the
+    workers do): the ports (TCP, TLS's below its TLS, UNIX and systemd's
+    alike), whose C{fileno()} the workers inherit.  Fails with
+    L{ListenError} as one process would fail to bind.
+    """
+    ports: list[Port] = []
+    for description in descriptions:
+        try:
+            endpoint = serverFromString(reactor, with_backlog(description))
+        except Exception as e:
+            raise ListenError(f"{description!r} is not a valid listen endpoint: {e}") from None
+        port: Port = _now(endpoint.listen(_NoConnections()), description)
+        # Twisted's ports are file descriptors of the reactor: this one is
+        # bound and listening, and the main process's loop leaves it be.
+        port.stopReading()
+        ports.append(port)
+    return ports
+
+
+@implementer(IReactorSSL)
+class _AdoptingTLS:
+    """
+    What an C{ssl:} endpoint listens with in a worker: its C{listenSSL}
+    adopts the inherited descriptor, with TLS in front, instead of binding.
+    """
+
+    def __init__(self, reactor: IReactorSocket, fd: int, family: socket.AddressFamily) -> None:
+        self._reactor = reactor
+        self._fd = fd
+        self._family = family
+
+    def listenSSL(self, port: int, factory: IProtocolFactory, contextFactory: Any, backlog: int = 50,
+                  interface: str = "") -> IListeningPort:
+        tls = TLSMemoryBIOFactory(contextFactory, False, factory)
+        return self._reactor.adoptStreamPort(self._fd, self._family, tls)  # type: ignore[arg-type]
+
+    def connectSSL(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("a worker's listener only listens")
+
+
+def adopt(reactor: Reactor, description: str, fd: int, factory: IProtocolFactory) -> IListeningPort:
+    """
+    Serve the inherited descriptor C{fd}, opened by the main process for
+    C{description}, with C{factory}; C{fd} itself is closed (the port
+    holds a duplicate).
+    """
+    # O_NONBLOCK belongs to the open file every process shares; adopting
+    # requires it (Twisted does not set it).
+    os.set_blocking(fd, False)
+    probe = socket.socket(fileno=fd)
+    family = socket.AddressFamily(probe.family)
+    probe.detach()
+    try:
+        if description.split(":", 1)[0].lower() == "ssl":
+            try:
+                endpoint = serverFromString(_AdoptingTLS(reactor, fd, family), with_backlog(description))
+            except Exception as e:
+                raise ListenError(f"{description!r} is not a valid listen endpoint: {e}") from None
+            port: IListeningPort = _now(endpoint.listen(factory), description)
+        else:
+            port = reactor.adoptStreamPort(fd, family, factory)  # type: ignore[arg-type]
+    finally:
+        os.close(fd)
+    return port
