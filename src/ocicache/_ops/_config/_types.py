@@ -19,8 +19,7 @@ from attrs import frozen
 __all__ = [
     "BOOLEAN", "Boolean", "Choice", "CountOrAuto", "CountOrPercent", "Duration", "Integer", "Invalid", "Kind",
     "ListOf", "Number", "OrNever", "POSITIVE", "Refused", "Size", "SizeOrPercent", "Subset", "TableOf", "Text",
-    "parse_duration",
-    "parse_size", "parse_with", "show_duration", "show_size",
+    "parse_duration", "parse_size", "parse_with", "show_duration", "show_size",
 ]
 
 T = TypeVar("T")
@@ -246,7 +245,7 @@ class CountOrAuto(Kind[int | Literal["auto"]]):
         if value == "auto":
             return "auto"
         if isinstance(value, bool) or not isinstance(value, int):
-            raise Invalid(f'{str(value)[:40]!r} is not a count ({self.minimum}, 2, ...) or "auto"')
+            raise Invalid(f'{str(value)[:40]!r} is not a whole number or "auto"')
         if not self.minimum <= value <= self.maximum:
             raise Invalid(f'must be between {self.minimum} and {self.maximum}, or "auto"')
         return value
