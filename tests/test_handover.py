@@ -23,7 +23,7 @@ from twisted.internet.threads import deferToThread
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from ocicache._daemon._handover import adopt, open_for_workers
+from ocicache._daemon._handover import adopt, open_for_workers, worker_environment
 from ocicache._daemon._listening import ListenError
 from ocicache._ops._reactor import the_reactor
 from ocitest.ops import PKI, make_pki
@@ -116,3 +116,9 @@ def test_a_listener_that_cannot_be_bound_fails_as_one_process_does(tmp_path: Pat
             open_for_workers(reactor, (f"tcp:{port_number}:interface=127.0.0.1",))
     with pytest.raises(ListenError, match="is not a valid listen endpoint"):
         open_for_workers(reactor, ("carrier-pigeon:5000",))
+
+
+def test_a_worker_is_not_told_of_the_sockets_systemd_passed_to_the_main_process() -> None:
+    environ = {"LISTEN_PID": "1", "LISTEN_FDS": "1", "LISTEN_FDNAMES": "ocicache", "PATH": "/usr/bin",
+               "LISTEN_ADDRESS": "kept: not systemd's"}
+    assert worker_environment(environ) == {"PATH": "/usr/bin", "LISTEN_ADDRESS": "kept: not systemd's"}

@@ -1,13 +1,13 @@
 """
-The supervisor of worker processes (L{ocicache._daemon._supervisor}),
-with real processes, real signals and a real listening socket: the main
-process is C{tests/ocitest/supervising_main.py}, its workers
-C{tests/ocitest/adopting_worker.py}, which adopt the inherited socket as
-an ocicache worker does.  Every worker serves the one socket the main
-process holds; one killed is started again on the same socket; C{SIGHUP}
-to the main process reaches every worker; C{SIGTERM} lets each worker
-finish its responses, starts none again, and the main process exits once
-they all have.
+The supervisor of worker processes (L{ocicache._daemon._supervisor}) and
+the listener handover (L{ocicache._daemon._handover}), with real
+processes, real signals and a real listening socket: the main process is
+C{tests/ocitest/supervising_main.py}, its workers
+C{tests/ocitest/adopting_worker.py}.  Every worker serves the one socket
+the main process opened (a socket systemd passed too); one killed is
+started again on the same socket; C{SIGHUP} to the main process reaches
+every worker; C{SIGTERM} lets each worker finish its responses, starts
+none again, and the main process exits once they all have.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import pytest
 
 from ocicache._daemon._supervisor import Supervisor, WorkerCommand
 from ocicache._ops._reactor import the_reactor
+from ocitest import free_port, require_binary
 from ocitest.adopting_worker import SLOW_BODY
 from ocitest.daemon import daemon_root
 
@@ -37,15 +38,17 @@ MAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ocitest", "supe
 class Main:
     """The supervising main process, and what can be seen of it from outside."""
 
-    def __init__(self, tmp_path: Path, count: int) -> None:
+    def __init__(self, tmp_path: Path, count: int, listen: str = "tcp:0:interface=127.0.0.1",
+                 wrapper: tuple[str, ...] = (), first: Callable[[], object] = lambda: None) -> None:
         self.hup_file = tmp_path / "hup"
         self.log = tmp_path / "main.log"
         port_file = tmp_path / "port"
         env = {**os.environ, "WORKER_HUP_FILE": str(self.hup_file),
                "PYTHONPATH": daemon_root() + os.pathsep + os.environ.get("PYTHONPATH", "")}
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, MAIN, str(port_file), str(count)], env=env,
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            self.proc = subprocess.Popen([*wrapper, sys.executable, MAIN, str(port_file), str(count), listen],
+                                         env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        first()
         _until(port_file.exists, self)
         self.port = int(port_file.read_text())
         self.listener = self._sockets_of(self.proc.pid)
@@ -170,6 +173,42 @@ def test_sigterm_drains_every_worker_and_starts_none_again(main: Main) -> None:
     assert answers == [SLOW_BODY]
     assert not any(_alive(pid) for pid in workers)
     assert "starting it again" not in main.said()
+
+
+def test_a_socket_from_systemd_is_served_by_every_worker(tmp_path: Path) -> None:
+    activate = require_binary("systemd-socket-activate")
+    port = free_port()
+    answers: list[bytes] = []
+
+    def first_connection() -> None:
+        # systemd-socket-activate starts the main process on the first
+        # connection, which waits in the socket's queue meanwhile.
+        _until(lambda: "Listening on" in (tmp_path / "main.log").read_text())
+        client = threading.Thread(target=lambda: answers.append(
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/pid", timeout=30).read()))
+        client.start()
+
+    main = Main(tmp_path, 2, "systemd:domain=INET:index=0",
+                # It passes a clean environment, less what -E names; Twisted
+                # wants LISTEN_FDNAMES, which systemd (227+) always sets.
+                wrapper=(activate, "--listen", f"127.0.0.1:{port}", "--fdname=ocicache",
+                         "-E", "PYTHONPATH", "-E", "WORKER_HUP_FILE"),
+                first=first_connection)
+    try:
+        assert main.port == port
+        workers = main.serving(2)
+        _until(lambda: len(answers) == 1, main)
+        assert int(answers[0]) in workers
+        # The workers were not told of systemd's sockets: they are the main process's.
+        for pid in workers:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            assert not any(variable.startswith(b"LISTEN_") for variable in environ)
+        main.proc.send_signal(signal.SIGTERM)
+        assert main.proc.wait(30) == 0
+    finally:
+        if main.proc.poll() is None:
+            main.proc.kill()
+            main.proc.wait()
 
 
 def test_a_supervisor_needs_a_worker() -> None:

@@ -1,7 +1,8 @@
 """
 A worker for the supervisor's tests (L{ocicache._daemon._supervisor}): it
-adopts the listening socket it inherits as descriptor 3 and serves HTTP on
-it, as an ocicache worker does, with just enough to observe from outside:
+adopts the listening socket it inherits as descriptor 3, opened by the main
+process for C{$WORKER_LISTEN} (L{ocicache._daemon._handover}), and serves
+HTTP on it, with just enough to observe from outside:
 
   - C{GET /pid}: its process id;
   - C{GET /slow}: C{SLOW_BODY}, the second half half a second later;
@@ -9,20 +10,18 @@ it, as an ocicache worker does, with just enough to observe from outside:
   - C{SIGTERM}: stops accepting, waits for its connections to close, exits 0;
 
 and it says C{ready} on C{$OCICACHE_READY_FD} once it serves.  Run as
-C{python adopting_worker.py}; it imports nothing of ocicache.
+C{python adopting_worker.py}.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 from types import FrameType
-from typing import cast
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorSocket, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
@@ -86,21 +85,19 @@ def _hup(signum: int, frame: FrameType | None) -> None:
 
 
 def main() -> None:
-    from twisted.internet import reactor
+    from ocicache._daemon._handover import adopt
+    from ocicache._ops._reactor import the_reactor
+
+    reactor = the_reactor()
 
     root = Resource()
     root.putChild(b"pid", _Pid())
-    root.putChild(b"slow", _Slow(cast(IReactorTime, reactor)))
+    root.putChild(b"slow", _Slow(reactor))
     site = Site(root)
     site.protocol = _Channel  # type: ignore[assignment]
     # Before the listener is served: a SIGHUP from then on is a reload.
     signal.signal(signal.SIGHUP, _hup)
-    # O_NONBLOCK belongs to the open file the processes share: set here
-    # for all (adoptStreamPort expects it set, and does not set it).
-    os.set_blocking(3, False)
-    # A Site is a ServerFactory of HTTPChannels; the interface's stub names a narrower one.
-    port = cast(IReactorSocket, reactor).adoptStreamPort(3, socket.AF_INET, site)  # type: ignore[arg-type]
-    os.close(3)  # adoptStreamPort took a duplicate
+    port = adopt(reactor, os.environ["WORKER_LISTEN"], 3, site)
     ready = int(os.environ["OCICACHE_READY_FD"])
     os.write(ready, b"ready\n")
     os.close(ready)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -27,7 +28,10 @@ from zope.interface import implementer
 from .._ops._reactor import Reactor
 from ._listening import ListenError, with_backlog
 
-__all__ = ["adopt", "open_for_workers"]
+__all__ = ["adopt", "open_for_workers", "worker_environment"]
+
+_SYSTEMD_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+"""sd_listen_fds(3): the sockets systemd passed; the main process's, not its children's."""
 
 
 def _now(listening: Deferred[Any], description: str) -> Any:
@@ -77,6 +81,16 @@ def open_for_workers(reactor: Reactor, descriptions: tuple[str, ...]) -> list[Po
         port.stopReading()
         ports.append(port)
     return ports
+
+
+def worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """
+    A worker's environment: the main process's, less what systemd said
+    about the sockets it passed (they are the main process's, and a
+    worker's are its inherited descriptors), as C{sd_listen_fds(3)} does
+    with C{unset_environment}.
+    """
+    return {name: value for name, value in environ.items() if name not in _SYSTEMD_VARIABLES}
 
 
 @implementer(IReactorSSL)
