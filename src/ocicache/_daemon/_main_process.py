@@ -145,6 +145,11 @@ class MainProcess(Service):
         # A second SIGTERM (systemd's, a group's) is only logged: the workers drain.
         hold_stop_signals(self._reactor)
         for port in self._ports:
+            # Closed, not shut down: shutdown(2) would end the listening
+            # socket in every worker at once, mid-accept.  Each worker
+            # closes its own copy as the first step of its drain (an
+            # adopted port is never shut down: Twisted's tcp.Port).
+            port._shouldShutdown = False
             port.stopListening()
         self._ports = []
         if self.supervisor is None:
