@@ -257,7 +257,9 @@ class OcicacheService(MultiService):
                                 self.bucket, self.replicator,
                                 s3.abandon_uploads_after if s3 is not None else 86400.0,
                                 None if self.fleet is None else self.fleet.area("git"))
-            self.git.upkeep.setServiceParent(self)
+            if role is None or role.housekeeper:
+                # The responses' expiry and the bucket's git area: once for the host.
+                self.git.upkeep.setServiceParent(self)
             children[b"git"] = GitResource(config.git, self.git.upstreams, self.git.refs, self.git.packs, disk,
                                            self.metrics, config.server.sendfile, config.server.stall_timeout,
                                            services.write_budget)
