@@ -17,10 +17,10 @@ from collections.abc import Callable
 
 import pytest
 
-from ocitest import free_port, http_request, require_binary, wait_for
+from ocitest import free_port, http_request, wait_for
 from ocitest.daemon import Daemon, Upstream, write_config
 from ocitest.hop import Hop
-from ocitest.ops import launch, socket_refuses
+from ocitest.ops import socket_activated, socket_refuses
 from ocitest.registry import Registry
 from ocitest.slow_client import SlowClient
 from ocitest.workers import only, ready_workers, served_by, wait_ready
@@ -156,19 +156,14 @@ def test_workers_end_with_the_main_process(daemon_factory: Callable[..., Daemon]
 def test_a_socket_from_systemd_is_served_by_every_worker(
     tmp_path: os.PathLike[str], hop: Hop, upstream: Registry
 ) -> None:
-    activate = require_binary("systemd-socket-activate")
     workdir = str(tmp_path)
     socket_port, config_port = free_port(), free_port()
     config = write_config(os.path.join(workdir, "ocicache.toml"), port=config_port,
                           cache_dir=os.path.join(workdir, "cache"),
                           upstreams=[Upstream("docker.io", hop.url, default=True)],
                           server_extra={"workers": 2})
-    daemon = launch(config, workdir, ocicache_args=["--listen", "systemd:domain=INET:index=0"],
-                    wrapper=[activate, "--listen", f"127.0.0.1:{socket_port}", "--fdname=ocicache",
-                             "-E", "PYTHONPATH", "-E", "PYTHONUNBUFFERED"])
+    daemon = socket_activated(config, workdir, socket_port)
     try:
-        wait_for(lambda: "Listening on" in daemon.log_text(), timeout=20,
-                 what="systemd-socket-activate to bind its socket")
         blob = upstream.images["oci"].blobs[-1]
         path = f"/v2/{upstream.images['oci'].repo}/blobs/{blob.digest}"
         # The first connection starts the daemon; it waits in the socket's queue.
