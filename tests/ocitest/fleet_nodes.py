@@ -11,7 +11,7 @@ from functools import partial
 from pathlib import Path
 
 from . import free_port, wait_for
-from .daemon import Daemon, config_text
+from .daemon import Daemon, start_node
 
 
 class FleetNodes:
@@ -32,7 +32,7 @@ class FleetNodes:
         """C{count} more nodes, once each is in the fleet; C{storage}: their [storage] table."""
         nodes = []
         for index in range(len(self.started), len(self.started) + count):
-            port, internal = free_port(), free_port()
+            internal = free_port()
             tables: dict[str, dict[str, object]] = {"fleet": {
                 "redis": self._redis_url, "node": f"node{index}",
                 "internal_listen": f"tcp:{internal}:interface=127.0.0.1",
@@ -40,12 +40,7 @@ class FleetNodes:
             }}
             if storage is not None:
                 tables["storage"] = storage
-            text = config_text(port=port, cache_dir=str(self._base / f"node{index}" / "cache"), upstreams=[],
-                               extra_tables=tables)
-            path = self._base / f"node{index}.toml"
-            path.write_text(text + self._tail(index))
-            daemon = Daemon(str(path), port=port, workdir=str(self._base / f"node{index}" / "daemon"))
-            daemon.start()
+            daemon = start_node(self._base, f"node{index}", tables, self._tail(index))
             self.started.append(daemon)
             nodes.append(daemon)
         for daemon in nodes:
