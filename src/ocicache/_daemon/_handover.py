@@ -139,7 +139,28 @@ def adopt(reactor: Reactor, description: str, fd: int, factory: IProtocolFactory
             port = reactor.adoptStreamPort(fd, family, factory)  # type: ignore[arg-type]
     finally:
         os.close(fd)
+    _one_accept_at_a_time(port)
     return port
+
+
+def _one_accept_at_a_time(port: IListeningPort) -> None:
+    """
+    Each wake-up of a worker accepts one connection.  Every worker sharing
+    the socket is woken while connections wait; Twisted's port accepts up
+    to C{numberAccepts} in a row, a number it grows by 20 each time it
+    drains the queue, so the first worker awake would take a whole burst
+    and leave the others idle.  One at a time, a burst spreads over the
+    workers, and a busy worker (slow to wake) takes fewer.
+    """
+    if not hasattr(port, "numberAccepts"):
+        return
+    read = port.doRead  # type: ignore[attr-defined]
+
+    def doRead() -> object:
+        port.numberAccepts = 1
+        return read()
+
+    port.doRead = doRead  # type: ignore[attr-defined]
 
 
 class AdoptedListener(Service):
