@@ -491,7 +491,8 @@ def profile_summary(paths: Sequence[str], n: int = 15) -> dict[str, Any]:
                     if not count_text.isdigit():
                         continue
                     count = int(count_text)
-                    frames = [frame for frame in stack.split(";") if not frame.startswith("thread (")]
+                    # py-spy's frames naming the thread and (--subprocesses) the process.
+                    frames = [frame for frame in stack.split(";") if not frame.startswith(("thread (", "process "))]
                     if not frames:
                         continue
                     samples += count

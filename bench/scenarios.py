@@ -720,7 +720,7 @@ def cold_blob(ctx: Context) -> Section:
                     mirror.hop.reset()
                     cpu_before = server_procs.tree_cpu_seconds(mirror.pid)
                     # Which worker holds which client: the kernel picks, so look.
-                    spread = (server_procs.ConnectionSpread(mirror.worker_pids, mirror.port)
+                    spread = (server_procs.ConnectionSpread(mirror.worker_pids, mirror.port, n)
                               if len(mirror.worker_pids) > 1 else None)
                     with ctx.profiled(mirror, f"cold-{n}-{rep}"), \
                             spread if spread is not None else contextlib.nullcontext():

@@ -252,14 +252,17 @@ class ConnectionSpread:
     """
     Which of C{pids} (a server's worker processes) holds each client
     connection to C{port}, sampled every C{interval} seconds while the
-    context is open: the proof that a run's clients were served by more
-    than one worker, since the kernel, not the bench, picks the worker
-    that accepts a connection on a shared listening socket.
+    context is open, until C{expected} connections were seen (the
+    sampling costs CPU the measured server could use): the proof that a
+    run's clients were served by more than one worker, since the kernel,
+    not the bench, picks the worker that accepts a connection on a shared
+    listening socket.
     """
 
-    def __init__(self, pids: Sequence[int], port: int, interval: float = 0.02) -> None:
+    def __init__(self, pids: Sequence[int], port: int, expected: int, interval: float = 0.02) -> None:
         self.pids = list(pids)
         self.port = port
+        self.expected = expected
         self.interval = interval
         self._seen: dict[int, set[str]] = {pid: set() for pid in self.pids}
         self._stop = threading.Event()
@@ -279,7 +282,7 @@ class ConnectionSpread:
         return self
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stop.is_set() and sum(self.per_worker()) < self.expected:
             self.sample()
             self._stop.wait(self.interval)
 
