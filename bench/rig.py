@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import ssl
@@ -342,6 +343,10 @@ class Nginx:
         self.proc = None
 
 
+_ACCESS_GET = re.compile(r"\[ocicache\.access#\w+\] GET (\S+) .* w(\d+)$", re.MULTILINE)
+"""An answer in ocicache's access log, with its path and (with workers) the worker that gave it."""
+
+
 class Mirror:
     """
     One running mirror (ocicache or distribution) with a fresh cache, and
@@ -473,6 +478,35 @@ class Mirror:
 
     def log_tail(self, lines: int = 40) -> str:
         return log_tail(self.log_path, lines)
+
+    def log_size(self) -> int:
+        """
+        How long the log is now: where L{answers_by_worker} starts reading.
+        """
+        try:
+            return os.path.getsize(self.log_path)
+        except OSError:
+            return 0
+
+    def answers_by_worker(self, path: str, since: int, expected: int, timeout: float = 10.0) -> list[int]:
+        """
+        ocicache's answers to C{GET path} logged after offset C{since} of its
+        log, by the worker that gave them (the access log's C{w<index>}),
+        as a count per worker index; waits up to C{timeout} seconds for
+        C{expected} of them (a line is written once its response is done).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            with open(self.log_path, "rb") as f:
+                f.seek(since)
+                text = f.read().decode("utf-8", "replace")
+            workers = [int(m.group(2)) for m in _ACCESS_GET.finditer(text) if m.group(1) == path]
+            if len(workers) >= expected or time.monotonic() > deadline:
+                counts = [0] * max(len(self.worker_pids), max(workers, default=-1) + 1)
+                for index in workers:
+                    counts[index] += 1
+                return counts
+            time.sleep(0.05)
 
     def blob_path(self, digest: str) -> str:
         algorithm, hex_ = digest.split(":", 1)

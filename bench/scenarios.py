@@ -719,13 +719,13 @@ def cold_blob(ctx: Context) -> Section:
                     _settle()
                     mirror.hop.reset()
                     cpu_before = server_procs.tree_cpu_seconds(mirror.pid)
-                    # Which worker holds which client: the kernel picks, so look.
-                    spread = (server_procs.ConnectionSpread(mirror.worker_pids, mirror.port, n)
-                              if len(mirror.worker_pids) > 1 else None)
-                    with ctx.profiled(mirror, f"cold-{n}-{rep}"), \
-                            spread if spread is not None else contextlib.nullcontext():
+                    log_from = mirror.log_size()
+                    with ctx.profiled(mirror, f"cold-{n}-{rep}"):
                         t0, reports = clients.fetch_many(_blob_url(mirror, image), n)
                     mirror.hop.wait_idle(timeout=300, settle=0.3)
+                    # Which worker answered which client: the kernel picks, the access log says.
+                    spread = (mirror.answers_by_worker(_path_of(image), log_from, n)
+                              if len(mirror.worker_pids) > 1 else None)
                     m["cpu"][name].append(server_procs.tree_cpu_seconds(mirror.pid) - cpu_before)
                     bad = [(i, p) for i, p in ((i, _check_fetch(r, blob.size, blob.digest))
                                                for i, r in enumerate(reports)) if p]
@@ -752,12 +752,12 @@ def cold_blob(ctx: Context) -> Section:
                     if mirror.worker_pids:
                         run["worker_processes"] = len(mirror.worker_pids)
                     if spread is not None:
-                        run["clients_per_worker"] = spread.per_worker()
-                        spreads.setdefault(name, []).append(_spread_text(spread.per_worker()))
+                        run["clients_per_worker"] = spread
+                        spreads.setdefault(name, []).append(_spread_text(spread))
                     runs.append(run)
                     ctx.log(f"cold {n} client(s) rep {rep + 1} {mirror.label}: {max(ends) - t0:.2f}s, "
                             f"{gets} upstream GETs, {up_bytes / blob.size:.2f}× blob"
-                            + (f", clients per worker {_spread_text(spread.per_worker())}" if spread else ""))
+                            + (f", clients per worker {_spread_text(spread)}" if spread is not None else ""))
                 finally:
                     ctx.rig.stop_mirror(mirror)
         who = "1 client" if n == 1 else f"{n} clients"
@@ -786,8 +786,8 @@ def cold_blob(ctx: Context) -> Section:
         )
         for name, by_run in spreads.items():
             section.notes.append(
-                f"{who}, {name}: client connections per worker process, by run (the kernel hands each "
-                f"connection on the shared socket to one worker; seen in `/proc`): {', '.join(by_run)}."
+                f"{who}, {name}: clients answered by each worker, by run (the kernel hands each connection "
+                f"on the shared socket to one worker; the access log names it): {', '.join(by_run)}."
             )
     section.notes.append(
         f"Fresh caches for every run; median of {plan.cold_reps} run(s). Each client is its own "

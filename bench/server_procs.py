@@ -7,8 +7,6 @@ with C{[server] workers} above 1.  Everything here reads C{/proc}:
   - L{tree_cpu_seconds}: CPU time of the whole tree, workers that have
     exited and been reaped included (the bench's CPU s/GiB)
   - L{rss_mib}, L{RssSampler}: resident memory of the whole tree
-  - L{ConnectionSpread}: which worker holds each client connection (that
-    the clients of a cold run were spread over the workers)
   - L{wait_workers_ready}: the worker processes of an ocicache main
     process, once every one has said it is ready
 """
@@ -19,11 +17,10 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 __all__ = [
-    "ConnectionSpread",
     "RssSampler",
     "children",
     "cpu_seconds",
@@ -206,96 +203,6 @@ class RssSampler:
             "samples": self.samples,
             "processes": self.processes,
         }
-
-
-_ESTABLISHED = "01"  # include/net/tcp_states.h
-
-
-def _established_to(port: int) -> dict[str, str]:
-    """
-    Socket inode -> remote address of every established TCP connection
-    whose local port is C{port}, from C{/proc/net/tcp} and C{tcp6}.
-    """
-    found: dict[str, str] = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                lines = f.readlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) < 10 or fields[3] != _ESTABLISHED:
-                continue
-            if int(fields[1].rpartition(":")[2], 16) == port:
-                found[fields[9]] = fields[2]
-    return found
-
-
-def _socket_inodes(pid: int) -> set[str]:
-    inodes: set[str] = set()
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return inodes
-    for fd in fds:
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[len("socket:["):-1])
-    return inodes
-
-
-class ConnectionSpread:
-    """
-    Which of C{pids} (a server's worker processes) holds each client
-    connection to C{port}, sampled every C{interval} seconds while the
-    context is open, until C{expected} connections were seen (the
-    sampling costs CPU the measured server could use): the proof that a
-    run's clients were served by more than one worker, since the kernel,
-    not the bench, picks the worker that accepts a connection on a shared
-    listening socket.
-    """
-
-    def __init__(self, pids: Sequence[int], port: int, expected: int, interval: float = 0.02) -> None:
-        self.pids = list(pids)
-        self.port = port
-        self.expected = expected
-        self.interval = interval
-        self._seen: dict[int, set[str]] = {pid: set() for pid in self.pids}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def sample(self) -> None:
-        connections = _established_to(self.port)
-        if not connections:
-            return
-        for pid in self.pids:
-            for inode in _socket_inodes(pid) & connections.keys():
-                self._seen[pid].add(connections[inode])
-
-    def __enter__(self) -> ConnectionSpread:
-        self._thread = threading.Thread(target=self._run, name=f"spread:{self.port}", daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set() and sum(self.per_worker()) < self.expected:
-            self.sample()
-            self._stop.wait(self.interval)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def per_worker(self) -> list[int]:
-        """
-        Client connections seen on each worker, in the order of C{pids}.
-        """
-        return [len(self._seen[pid]) for pid in self.pids]
 
 
 _READY = re.compile(r"Worker \d+ \(pid (\d+)\) is ready")
