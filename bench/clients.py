@@ -491,8 +491,11 @@ def profile_summary(paths: Sequence[str], n: int = 15) -> dict[str, Any]:
                     if not count_text.isdigit():
                         continue
                     count = int(count_text)
-                    # py-spy's frames naming the thread and (--subprocesses) the process.
-                    frames = [frame for frame in stack.split(";") if not frame.startswith(("thread (", "process "))]
+                    if stack.startswith("process "):
+                        # --subprocesses: the process first, `process PID:"command line"`, whose
+                        # command line (python -c "...; run()") may hold the separator itself.
+                        stack = stack.partition('";')[2]
+                    frames = [frame for frame in stack.split(";") if not frame.startswith("thread (")]
                     if not frames:
                         continue
                     samples += count

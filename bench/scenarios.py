@@ -172,7 +172,8 @@ class Context:
         """
         if len(self.workers) < 2 and self.workers[0] == "1":
             return ""
-        found = ", ".join(f"{workers_label(m.workers)}: {len(m.worker_pids) or 1} process(es)"
+        found = ", ".join(f"{workers_label(m.workers)}: " + (f"a main process and {len(m.worker_pids)} workers"
+                                                             if m.worker_pids else "one process")
                           for m in mirrors if m.kind == "ocicache")
         return (f"ocicache ran with `[server] workers` {', '.join(self.workers)} ({found}); its server CPU "
                 "is the main process's and every worker's together (the process tree in `/proc`, workers "
@@ -184,11 +185,15 @@ class Context:
     @contextlib.contextmanager
     def profiled(self, mirror: Mirror, name: str) -> Iterator[None]:
         """
-        py-spy on ocicache during the block, when C{--profile} asked.
+        py-spy on ocicache (every process of it) during the block, when
+        C{--profile} asked; C{name} names the file, with the workers
+        setting when it is not the first.
         """
         if self.profile_dir is None or mirror.kind != "ocicache":
             yield
             return
+        if mirror.workers != self.workers[0]:
+            name += f"-workers-{mirror.workers}"
         path = os.path.join(self.profile_dir, f"{name}.txt")
         profiler = clients.Profiler(mirror.pid, path)
         with profiler:
@@ -1183,7 +1188,7 @@ def evaluate_targets(sections: list[Section], plan: Plan, workers: tuple[str, ..
                 f"cold, {n} clients{tag}: ≥ 1.3× distribution (wall time) with 1 upstream GET",
                 wall.ratio >= 1.3 and gets.ocicache == 1,
                 f"ocicache {wall.ocicache:.2f} s, distribution {wall.distribution:.2f} s ({wall.ratio:.2f}×); "
-                f"upstream blob GETs: ocicache {gets.ocicache:.0f}, distribution {gets.distribution:.0f}",
+                f"upstream blob GETs (median): ocicache {gets.ocicache:g}, distribution {gets.distribution:g}",
             ))
     cold = by_key.get("cold_blob")
     if cold is not None:
