@@ -10,6 +10,7 @@ after the TTL costs one conditional GET across the nodes.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -24,6 +25,8 @@ from ocitest.daemon import Daemon
 from ocitest.fleet_nodes import FleetNodes
 from ocitest.redis import RedisServer
 from ocitest.s3 import Store
+from ocitest.slow_client import SlowClient
+from ocitest.workers import only, served_by, wait_ready
 from test_integration_files_s3 import Remote, file_object, file_objects, get
 
 pytestmark = [pytest.mark.integration, pytest.mark.fleet]
@@ -129,3 +132,29 @@ def test_a_new_version_of_a_mutable_file_is_fetched_once_and_streamed_to_the_oth
     assert _burst(nodes, "plain", "latest/big.bin", 2) == [(200, second)] * 6
     # One conditional GET, answered with the new version, streamed to every node as it arrived.
     assert remote.gets("files/latest/big.bin") == 2 and remote.gets("files/latest/big.bin", status=200) == 2
+
+
+def test_the_workers_of_each_node_behave_as_one_node(fleet: Callable[..., list[Daemon]], remote: Remote) -> None:
+    """
+    Two nodes of two workers each: a client on every worker of every node
+    while the file arrives costs one upstream GET; each worker streams it.
+    """
+    nodes = fleet(2, server={"workers": 2})
+    workers = [wait_ready(daemon.log_text, 2) for daemon in nodes]
+    remote.hop.throttle = 4 << 20  # 3 s for the file: every client joins the one fill
+    clients = []
+    for daemon, pids in zip(nodes, workers, strict=True):
+        for index in (0, 1):
+            with only(pids, index):
+                client = SlowClient(daemon.port, "/files/plain/big.bin", rate=1 << 30)
+                client.start()
+                assert client.started_body.wait(30) and client.error is None and client.status == 200
+            clients.append(client)
+    for client in clients:
+        client.join(60)
+        assert client.error is None and not client.closed_early, client.error
+        assert client.received == len(remote.big) == client.length
+        assert client.hasher.digest() == hashlib.sha256(remote.big).digest()
+    assert remote.gets("files/big.bin") == 1
+    for daemon in nodes:
+        assert sorted(served_by(daemon.log_text(), "/files/plain/big.bin")) == [0, 1]

@@ -289,14 +289,17 @@ def start_daemon(
     return daemon.start(timeout=timeout)
 
 
-def start_node(base: Path, name: str, tables: Mapping[str, Mapping[str, object]], tail: str = "") -> Daemon:
+def start_node(base: Path, name: str, tables: Mapping[str, Mapping[str, object]], tail: str = "",
+               server: Mapping[str, object] | None = None) -> Daemon:
     """
     A daemon named C{name} under C{base} with no registry upstream: its
-    config's C{tables} (C{[storage]}, C{[fleet]}) and C{tail} (its
-    C{[[git]]} or C{[[files]]} tables); its cache in C{base/name/cache}.
+    config's C{tables} (C{[storage]}, C{[fleet]}), C{tail} (its C{[[git]]}
+    or C{[[files]]} tables) and C{server} (more of C{[server]}); its cache
+    in C{base/name/cache}.
     """
     port = free_port()
-    text = config_text(port=port, cache_dir=str(base / name / "cache"), upstreams=[], extra_tables=tables)
+    text = config_text(port=port, cache_dir=str(base / name / "cache"), upstreams=[], extra_tables=tables,
+                       server_extra=server)
     path = base / f"{name}.toml"
     path.write_text(text + tail)
     return Daemon(str(path), port=port, workdir=str(base / name / "daemon")).start()

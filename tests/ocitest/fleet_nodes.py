@@ -28,8 +28,12 @@ class FleetNodes:
         self._tail = tail
         self.started: list[Daemon] = []
 
-    def start(self, count: int, storage: dict[str, object] | None = None) -> list[Daemon]:
-        """C{count} more nodes, once each is in the fleet; C{storage}: their [storage] table."""
+    def start(self, count: int, storage: dict[str, object] | None = None,
+              server: dict[str, object] | None = None) -> list[Daemon]:
+        """
+        C{count} more nodes, once each is in the fleet; C{storage}: their
+        [storage] table; C{server}: more of their [server] table.
+        """
         nodes = []
         for index in range(len(self.started), len(self.started) + count):
             internal = free_port()
@@ -40,7 +44,7 @@ class FleetNodes:
             }}
             if storage is not None:
                 tables["storage"] = storage
-            daemon = start_node(self._base, f"node{index}", tables, self._tail(index))
+            daemon = start_node(self._base, f"node{index}", tables, self._tail(index), server)
             self.started.append(daemon)
             nodes.append(daemon)
         for daemon in nodes:
