@@ -8,7 +8,8 @@ eviction policy is loaded, oldest access first.
 
 Each pass of the janitor writes the batched access times, expires blobs
 not read for C{blob_ttl}, drops tag rows past their retention, removes
-temp files of downloads abandoned in this very process, and evicts down to
+temp files of downloads abandoned in this very process or left by a dead one (no process holds them:
+L{Store.remove_unused}), and evicts down to
 C{max_size} if the limit was lowered.  The scans and deletes run in the
 disk thread, so the reactor keeps serving meanwhile.
 """
@@ -210,8 +211,7 @@ def _remove_abandoned(store: Store, live: set[str], before: float) -> int:
         if entry.path in live:
             continue
         try:
-            if entry.stat().st_mtime < before:
-                os.unlink(entry.path)
+            if entry.stat().st_mtime < before and store.remove_unused(entry):
                 removed += 1
         except FileNotFoundError:
             pass
