@@ -16,7 +16,6 @@ disk thread, so the reactor keeps serving meanwhile.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterable
 from typing import TypeVar

@@ -34,4 +34,5 @@ def mark_reading(fd: int) -> None:
 def read_elsewhere(fd: int) -> bool:
     """Whether another open file (another process's) marks the file at C{fd} as being read."""
     answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _FLOCK.pack(fcntl.F_WRLCK, 0, 0, 1, 0))
-    return _FLOCK.unpack(answer)[0] != fcntl.F_UNLCK
+    held: int = _FLOCK.unpack(answer)[0]
+    return held != fcntl.F_UNLCK
