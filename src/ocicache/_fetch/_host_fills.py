@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from .._storage._disk import Disk
 from .._storage._key_locks import KeyLock, KeyLocks, Watched
@@ -111,9 +110,11 @@ class HostFills(Generic[K]):
     def _settled(self, result: object, key: K, lock: KeyLock, download: Download, noter: _Verified) -> object:
         download.unfollow(noter)
         noter.data_arrived()
+        # The download's own end, not the callback's result: callbacks
+        # before this one (the sink's log) may have consumed its failure.
         outcome = None
-        if isinstance(result, Failure):
-            outcome = notes.failed(result.getErrorMessage())
+        if download.failure is not None:
+            outcome = notes.failed(download.failure.getErrorMessage())
         elif download.passthrough:
             outcome = notes.failed("the disk failed: passed through memory, not kept")
         self._let_go(key, lock, outcome)
