@@ -237,7 +237,8 @@ def test_a_failed_fill_fails_the_other_process_s_clients_with_one_upstream_get(
     digest = "sha256:" + hashlib.sha256(b"what it should have been").hexdigest()
     url = f"/v2/docker.io/{REPO}/blobs/{digest}"
     filler, filled = _in_threads([lambda: _partial(a.url + url)])
-    wait_for(lambda: any("temp" in note for note in _lock_notes(store)), 20, what="the fill noted in its lock")
+    wait_for(lambda: wrong_bytes.gets == 1, 20, what="the fill under way")
+    time.sleep(0.5)  # its body is arriving
     followers, followed = _in_threads([lambda: _partial(b.url + url) for _ in range(3)])
     _join(filler)
     _join(followers)
