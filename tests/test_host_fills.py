@@ -16,7 +16,6 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from test_fetch_core import TRAILER, Books, Named, read_all, result_of
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.python.failure import Failure
 
@@ -29,14 +28,16 @@ from ocicache._fetch._host_fills import HostFills
 from ocicache._fetch._result import CacheResult
 from ocicache._fetch._sink import DiskSink
 from ocicache._fetch._tiers import InFlightTier, StoreTier
-from ocicache._fetch._walk import Filling, Hit, TierWalk, Want
+from ocicache._fetch._walk import Filling, Hit, Tier, TierWalk, Want
 from ocicache._storage._health import DiskHealth
 from ocicache._storage._reading import mark_reading
 from ocicache._storage._store import Kind, Store
 from ocitest.daemon import daemon_root
 from ocitest.fakes import Reactor, SyncPool, disk_of, run
+from test_fetch_core import TRAILER, Books, Named, read_all, result_of
 
 BODY = b"b" * 300_000 + TRAILER
+WHOLE = Want()
 
 
 class Process:
@@ -48,7 +49,7 @@ class Process:
         self.books = Books()
         self.sink = DiskSink(self.disk, self.fills, self.books, DiskHealth(), Kind.BLOB)
         self.host: HostFills[Named] = HostFills(self.disk, Kind.BLOB)
-        tiers = [StoreTier(store, Kind.BLOB), InFlightTier(self.fills), ElsewhereTier(self.host)]
+        tiers: list[Tier[Named]] = [StoreTier(store, Kind.BLOB), InFlightTier(self.fills), ElsewhereTier(self.host)]
         self.walk: TierWalk[Named] = TierWalk(tiers, self.fills, self.host)
         self.misses = 0
         self.gate: Deferred[None] | None = None
@@ -62,7 +63,7 @@ class Process:
         self.started.append(started)
         return started
 
-    def open(self, key: Named, size: int | None = len(BODY), want: Want = Want()) -> Deferred[Hit]:
+    def open(self, key: Named, size: int | None = len(BODY), want: Want = WHOLE) -> Deferred[Hit]:
         return ensureDeferred(self.walk.open(key, want, _anyone, lambda: self.miss(key, size)))
 
 
@@ -80,6 +81,11 @@ class Reader:
         self.told += 1
 
 
+def _download(hit: Hit) -> Download:
+    assert isinstance(hit.source, Download)
+    return hit.source
+
+
 def _hit(clock: Reactor, opening: Deferred[Hit]) -> Hit:
     run(clock)  # the disk pool's answers come back through the reactor
     hit: Hit = result_of(opening)
@@ -94,7 +100,7 @@ def _poll(clock: Reactor) -> None:
 def _tmp(store: Store) -> list[str]:
     """What is left under tmp/ (lock files included)."""
     found = []
-    for dirpath, _, files in os.walk(store.tmp_dir):
+    for _, _, files in os.walk(store.tmp_dir):
         found += files
     return found
 
@@ -104,7 +110,7 @@ def test_another_process_s_fill_is_followed_with_the_last_byte_held_back(clock: 
     key = Named.of("shared")
     filling = _hit(clock, a.open(key))
     assert filling.result is CacheResult.MISS
-    download = filling.source
+    download = _download(filling)
     download.write(BODY[:1000])
     run(clock)
     followed = b.open(key)
@@ -140,7 +146,7 @@ def test_a_failed_fill_fails_its_followers_and_nobody_fetches_again(clock: React
     a, b = Process(clock, store), Process(clock, store)
     key = Named.of("bad")
     filling = _hit(clock, a.open(key, size=None))
-    download = filling.source
+    download = _download(filling)
     download.write(b"a body without its trailer")
     run(clock)
     hit = _hit(clock, b.open(key))
@@ -176,8 +182,8 @@ def test_a_fill_that_fails_before_its_body_leaves_each_process_to_ask(clock: Rea
     # That failure was the other request's: this process asks for itself.
     hit = result_of(second)
     assert hit.result is CacheResult.MISS and b.misses == 1
-    hit.source.write(BODY)
-    hit.source.finish()
+    _download(hit).write(BODY)
+    _download(hit).finish()
     run(clock)
     assert read_all(hit.source) == BODY
     hit.source.release()
@@ -281,7 +287,7 @@ def test_notes_are_read_only_when_well_formed() -> None:
 
 def test_a_download_read_by_another_process_is_not_abandoned(clock: Reactor, store: Store) -> None:
     a = Process(clock, store)
-    download = _hit(clock, a.open(Named.of("read elsewhere"))).source
+    download = _download(_hit(clock, a.open(Named.of("read elsewhere"))))
     download.release()
     reading = os.open(download.temp_path, os.O_RDONLY)
     try:

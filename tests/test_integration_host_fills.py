@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,7 +50,7 @@ def _blob(upstream: Registry, seed: str) -> Blob:
     return blob
 
 
-def _pair(daemon_factory: DaemonPool, tmp_path: Path, **config: object) -> tuple[Daemon, Daemon]:
+def _pair(daemon_factory: DaemonPool, tmp_path: Path, **config: Any) -> tuple[Daemon, Daemon]:
     """Two daemons on one store."""
     store = str(tmp_path / "store")
     return daemon_factory(cache_dir=store), daemon_factory(cache_dir=store, **config)
