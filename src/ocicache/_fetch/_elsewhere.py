@@ -368,8 +368,20 @@ class Following(Generic[K]):
         watching.addCallbacks(self._rewatch, self._fail)
 
     def _rewatch(self, watched: tuple[Watched, FillNotes | None] | None) -> None:
+        if watched is None and not self._closed:
+            # Let go again already: committed meanwhile, or dead too.
+            stored = self._store.open(self._host.kind, self.key)
+            if stored is None:
+                self._holder_gone()
+                return
+            self._fd, self._size = stored
+            self._seen = self._size
+            self._verified = True
+            self._compare()
+            self._notify()
+            self._end()
+            return
         if watched is None:
-            self._holder_gone()  # let go again already
             return
         if self._closed:
             watched[0].close()
