@@ -37,8 +37,9 @@ def _blob_files(cache_dir: str) -> dict[str, int]:
 
 
 def _temp_files(cache_dir: str) -> list[str]:
+    """The temp files under tmp/ (beside tmp/locks/, the key locks)."""
     tmp = os.path.join(cache_dir, "tmp")
-    return sorted(os.listdir(tmp)) if os.path.isdir(tmp) else []
+    return sorted(name for name in os.listdir(tmp) if name != "locks") if os.path.isdir(tmp) else []
 
 
 def _get_sha256(url: str, headers: dict[str, str] | None = None) -> tuple[int, str, int]:

@@ -68,7 +68,13 @@ class HostFills(Generic[K]):
         C{miss}'s fill, under C{key}'s lock; raises L{FilledElsewhere} when
         another process holds it.
         """
-        lock = await self.disk.run(self._take, key)
+        try:
+            lock = await self.disk.run(self._take, key)
+        except OSError as e:
+            # The store refuses even a lock file (full, read-only): fill as
+            # one process would; the sink finds out what the disk allows.
+            log.warn("Could not take the lock of {key}: {error}", key=str(key), error=str(e))
+            return await miss()
         if lock is None:
             raise FilledElsewhere()
         self._held[key] = lock
@@ -80,7 +86,7 @@ class HostFills(Generic[K]):
             self._let_go(key, lock, notes.failed(str(e) or type(e).__name__))
             raise
         if isinstance(filling, Download) and not filling.passthrough and not filling.ended:
-            lock.note(notes.temp(filling.temp_path, filling.size))
+            _note(lock, notes.temp(filling.temp_path, filling.size))
             noter = _Verified(lock, filling)
             filling.follow(noter)
             filling.settled.addBoth(self._settled, key, lock, filling, noter)
@@ -98,13 +104,17 @@ class HostFills(Generic[K]):
         lock = self._locks.take(self.kind, key)
         if lock is None:
             return None
-        dead = FillNotes.parse(lock.left + b"\n" if lock.left and not lock.left.endswith(b"\n") else lock.left)
+        dead = FillNotes.parse(lock.left)
         if dead is not None and dead.temp is not None and dead.verified is None:
             try:
                 os.unlink(os.path.join(self.disk.store.tmp_dir, dead.temp))
             except FileNotFoundError:
                 pass
-        lock.note(notes.holder(os.urandom(8).hex()))
+        try:
+            lock.note(notes.holder(os.urandom(8).hex()))
+        except BaseException:
+            lock.release()
+            raise
         return lock
 
     def _settled(self, result: object, key: K, lock: KeyLock, download: Download, noter: _Verified) -> object:
@@ -134,9 +144,7 @@ class HostFills(Generic[K]):
             del self._held[key]
         try:
             if outcome is not None:
-                lock.note(outcome)
-        except OSError as e:
-            log.warn("Could not note the end of a fill of {key}: {error}", key=str(key), error=str(e))
+                _note(lock, outcome)
         finally:
             lock.release()
 
@@ -156,4 +164,16 @@ class _Verified:
         if (not self._noted and self._lock.held and download.size is not None and not download.passthrough
                 and download.state in (State.COMMITTING, State.SETTLED)):
             self._noted = True
-            self._lock.note(notes.verified(download.size))
+            _note(self._lock, notes.verified(download.size))
+
+
+def _note(lock: KeyLock, line: bytes) -> None:
+    """
+    Note C{line}; a disk that refuses it (full) costs the others only
+    their wait: they see the fill end with no note, and fetch for
+    themselves.
+    """
+    try:
+        lock.note(line)
+    except OSError as e:
+        log.warn("Could not note a fill's progress in {path}: {error}", path=lock.path, error=str(e))
