@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from ocicache._fetch import _fill_notes as notes
 from ocicache._fetch._download import Download
 from ocicache._fetch._elsewhere import FOLLOW_POLL, ElsewhereTier
+from ocicache._fetch._errors import FilledElsewhere
 from ocicache._fetch._fill_notes import FillNotes
 from ocicache._fetch._fills import Fills
 from ocicache._fetch._host_fills import HostFills
@@ -309,3 +310,21 @@ def test_start_up_leaves_the_temp_files_another_process_writes(store: Store) -> 
     assert store.remove_temp_files() == 1
     assert os.path.exists(live.path) and not os.path.exists(dead.path)
     live.discard()
+
+
+def test_a_miss_that_finds_the_entry_committed_once_it_holds_the_lock_looks_again(
+        clock: Reactor, store: Store) -> None:
+    a, b = Process(clock, store), Process(clock, store)
+    key = Named.of("committed meanwhile")
+    filling = _hit(clock, a.open(key))
+    _download(filling).write(BODY)
+    _download(filling).finish()
+    run(clock)
+    filling.source.release()
+    # b walked its tiers before the commit; its miss comes after it.
+    locked = ensureDeferred(b.host.locked(key, lambda: b.miss(key, len(BODY))))
+    run(clock)
+    refused: list[Failure] = []
+    locked.addErrback(refused.append)
+    assert refused and refused[0].check(FilledElsewhere) and b.misses == 0
+    assert _tmp(store) == []

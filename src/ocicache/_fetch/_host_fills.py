@@ -98,11 +98,18 @@ class HostFills(Generic[K]):
 
     def _take(self, key: K) -> KeyLock | None:
         """
-        The lock, noted with a new holder's token; the temp file of a
-        holder that died without letting go is removed.  Blocking.
+        The lock, noted with a new holder's token, or C{None}: another
+        holder has it, or the entry is in the store already.  The temp
+        file of a holder that died without letting go is removed.
+        Blocking.
         """
         lock = self._locks.take(self.kind, key)
         if lock is None:
+            return None
+        if self.disk.store.size(self.kind, key) is not None:
+            # Committed by a holder that let go since this walk looked:
+            # the walk looks again and finds it.
+            lock.release()
             return None
         dead = FillNotes.parse(lock.left)
         if dead is not None and dead.temp is not None and dead.verified is None:
