@@ -128,7 +128,8 @@ def test_cold_clients_split_over_two_processes_cause_one_upstream_get(
     assert all(hashlib.sha256(body).hexdigest() == blob.hex for _, _, body in results)
     assert hop.count("GET", str(blob.digest)) == 1, hop.summary()
     # Both processes served it: the one that fetched, and the one that followed.
-    assert {headers["ocicache-cache"] for _, headers, _ in results} == {"miss", "coalesced"}
+    results_by = {headers["ocicache-cache"] for _, headers, _ in results}
+    assert "miss" in results_by and "coalesced" in results_by, results_by
     assert _leftovers(str(tmp_path / "store")) == []
 
 
@@ -142,13 +143,18 @@ def test_the_other_process_serves_a_range_and_by_sendfile_while_the_body_arrives
     first, firsts = _in_threads([lambda: http_request(_blob_url(a, blob), timeout=60)])
     wait_for(lambda: hop.bytes_sent_for(str(blob.digest)) > 1 << 20, 20, what="the fill under way")
     start, end = 5_000_000, 9_999_999
-    status, headers, body = http_request(_blob_url(b, blob), headers={"Range": f"bytes={start}-{end}"},
-                                         timeout=60)
+    # Both while the body arrives: a Range, and the whole blob.
+    followers, followed = _in_threads([
+        lambda: http_request(_blob_url(b, blob), headers={"Range": f"bytes={start}-{end}"}, timeout=60),
+        lambda: http_request(_blob_url(b, blob), timeout=60)])
+    _join(followers)
+    ranged, whole = sorted(followed, key=lambda result: result[0], reverse=True)
+    status, headers, body = ranged
     assert status == 206, body[:200]
     assert headers["content-range"] == f"bytes {start}-{end}/{SIZE}"
     assert headers["ocicache-cache"] == "coalesced"
     assert body == blob.data[start:end + 1]
-    status, headers, body = http_request(_blob_url(b, blob), timeout=60)
+    status, headers, body = whole
     assert status == 200 and headers["ocicache-cache"] == "coalesced"
     assert hashlib.sha256(body).hexdigest() == blob.hex
     _join(first)
