@@ -10,8 +10,10 @@ Load generators and probes, each client in its own process:
     blob GETs at any concurrency (the scale curves)
   - L{IdleConnections}: L{bench.idle_conns} holding many idle keep-alive
     connections open
-  - L{RssSampler}: a server's peak RSS during a phase
-  - L{Profiler}: C{py-spy record} attached to a process (optional)
+  - L{Profiler}: C{py-spy record} attached to a server and its worker
+    processes (optional)
+
+A server's CPU time and memory are measured by L{bench.server_procs}.
 
 Every process started here is tracked, and L{kill_all} ends the ones still
 running (the harness calls it on any exit, Ctrl-C included).
@@ -35,17 +37,13 @@ __all__ = [
     "CurlResult",
     "IdleConnections",
     "Profiler",
-    "RssSampler",
     "blob_load",
-    "cpu_seconds",
-    "tree_cpu_seconds",
     "curl_get",
     "curl_parallel",
     "fetch_each",
     "fetch_many",
     "kill_all",
     "profile_summary",
-    "rss_mib",
     "run_head_load",
     "run_wrk",
     "wrk_handles_head",
@@ -429,133 +427,15 @@ def run_head_load(url: str, method: str, accept: str, seconds: float, connection
     }
 
 
-def cpu_seconds(pid: int) -> float:
-    """
-    User plus system CPU time of process C{pid}, all its threads, so far.
-    """
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return 0.0
-    fields = stat.rpartition(")")[2].split()
-    # fields[0] is the state (field 3): utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _children(pid: int) -> list[int]:
-    kids: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return kids
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                kids.extend(int(k) for k in f.read().split())
-        except (OSError, ValueError):
-            continue
-    return kids
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """
-    L{cpu_seconds} of C{pid} and its child processes (nginx's workers;
-    ocicache and distribution have none, only threads).
-    """
-    return cpu_seconds(pid) + sum(tree_cpu_seconds(kid) for kid in _children(pid))
-
-
-# --- memory -----------------------------------------------------------------
-
-
-def _status_kib(pid: int, field_name: str) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def rss_mib(pid: int) -> float:
-    """
-    The resident set size of C{pid} now, in MiB (0 if it is gone).
-    """
-    return round((_status_kib(pid, "VmRSS") or 0) / 1024, 1)
-
-
-class RssSampler:
-    """
-    The peak resident set size of one process during a phase: the kernel's
-    high-water mark (C{VmHWM}, reset at the start through C{clear_refs}
-    where allowed) and, in case that reset is refused, C{VmRSS} sampled
-    every C{interval} seconds.
-    """
-
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
-        self.pid = pid
-        self.interval = interval
-        self.baseline_kib = 0
-        self.max_sampled_kib = 0
-        self.hwm_reset = False
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> RssSampler:
-        try:
-            with open(f"/proc/{self.pid}/clear_refs", "w") as f:
-                f.write("5")  # reset the peak RSS to the current RSS (Linux >= 4.0)
-            self.hwm_reset = True
-        except OSError:
-            self.hwm_reset = False
-        self.baseline_kib = _status_kib(self.pid, "VmRSS") or 0
-        self.max_sampled_kib = self.baseline_kib
-        self._thread = threading.Thread(target=self._run, name=f"rss:{self.pid}", daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            rss = _status_kib(self.pid, "VmRSS")
-            if rss is not None:
-                self.samples += 1
-                self.max_sampled_kib = max(self.max_sampled_kib, rss)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-        self.hwm_kib = _status_kib(self.pid, "VmHWM") or 0
-        self.end_kib = _status_kib(self.pid, "VmRSS") or 0
-
-    @property
-    def peak_kib(self) -> int:
-        if self.hwm_reset:
-            return max(self.hwm_kib, self.max_sampled_kib)
-        return self.max_sampled_kib
-
-    def result(self) -> dict[str, Any]:
-        return {
-            "baseline_mib": round(self.baseline_kib / 1024, 1),
-            "peak_mib": round(self.peak_kib / 1024, 1),
-            "end_mib": round(self.end_kib / 1024, 1),
-            "hwm_reset": self.hwm_reset,
-            "samples": self.samples,
-        }
-
-
 # --- profiling ------------------------------------------------------------------
 
 
 class Profiler:
     """
-    C{py-spy record --format raw} attached to C{pid} while the context is
-    open (nothing at all if py-spy is not installed); L{profile_summary}
-    reads the collapsed stacks it wrote.
+    C{py-spy record --format raw} attached to C{pid} and its child
+    processes (the daemon's workers) while the context is open (nothing at
+    all if py-spy is not installed); L{profile_summary} reads the
+    collapsed stacks it wrote.
     """
 
     def __init__(self, pid: int, path: str, rate: int = 199) -> None:
@@ -576,7 +456,7 @@ class Profiler:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         self.proc = _spawn(
             ["py-spy", "record", "--pid", str(self.pid), "--rate", str(self.rate), "--format", "raw",
-             "--threads", "--nonblocking", "-o", self.path],
+             "--threads", "--subprocesses", "--nonblocking", "-o", self.path],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         time.sleep(0.3)  # let it attach
@@ -611,6 +491,10 @@ def profile_summary(paths: Sequence[str], n: int = 15) -> dict[str, Any]:
                     if not count_text.isdigit():
                         continue
                     count = int(count_text)
+                    if stack.startswith("process "):
+                        # --subprocesses: the process first, `process PID:"command line"`, whose
+                        # command line (python -c "...; run()") may hold the separator itself.
+                        stack = stack.partition('";')[2]
                     frames = [frame for frame in stack.split(";") if not frame.startswith("thread (")]
                     if not frames:
                         continue

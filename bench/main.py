@@ -28,13 +28,25 @@ from ocitest.images import all_images
 from . import clients, plot, scale_out
 from . import git as bench_git
 from .report import Section, render_markdown, to_json, write_json
-from .rig import REPO_ROOT, Rig, ensure_installed, layered_image
-from .scenarios import CHOICES, SCENARIOS, THROUGHPUT_PARTS, Context, Plan, evaluate_targets, plan_for
+from .rig import REPO_ROOT, Rig, ensure_installed, layered_image, parse_workers
+from .scenarios import (
+    CHOICES,
+    SCENARIOS,
+    THROUGHPUT_PARTS,
+    WORKERS_PARTS,
+    Context,
+    Plan,
+    evaluate_targets,
+    plan_for,
+)
 
 DEFAULT_JSON = os.path.join(REPO_ROOT, "bench", "results", "latest.json")
 SCALE_OUT_JSON = os.path.join(REPO_ROOT, "bench", "results", "scale-out.json")
 GIT_JSON = os.path.join(REPO_ROOT, "bench", "results", "git.json")
 FILES_JSON = os.path.join(REPO_ROOT, "bench", "results", "files.json")
+
+DEFAULT_WORKERS = {"full": "1,auto", "quick": "1,auto", "tiny": "1"}
+"""C{--workers} by mode: one worker against one per core, but on tiny sizes (the smoke test) one only."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -57,6 +69,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", default=None, metavar="LIST",
                    help=f"comma-separated scenarios to run, of: {', '.join(CHOICES)} "
                         f"({', '.join(THROUGHPUT_PARTS)} are the parts of scenario 1)")
+    p.add_argument("--workers", default=None, metavar="LIST",
+                   help="ocicache's [server] workers settings, comma-separated counts or auto (default: "
+                        f"{DEFAULT_WORKERS['full']}, --tiny {DEFAULT_WORKERS['tiny']}); the first runs every "
+                        f"scenario, the others join {', '.join(WORKERS_PARTS)} and cold")
     p.add_argument("--scale-out", action="store_true",
                    help="instead of the scenarios: N nodes x C clients on one radosgw (and one Redis), "
                         "ocicache's fleet without and with a local tier, and distribution on its S3 "
@@ -87,6 +103,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.mode = "tiny" if args.tiny else ("quick" if args.quick else "full")
     if args.scale_out and args.only is not None:
         p.error("--scale-out runs on its own; it does not take --only")
+    if args.workers is not None and (args.scale_out or args.git or args.files):
+        p.error("--workers goes with the five scenarios, not --scale-out, --git or --files")
+    try:
+        args.workers = parse_workers(args.workers or DEFAULT_WORKERS[args.mode])
+    except ValueError as e:
+        p.error(f"--workers: {e}")
     args.scenarios = [s.strip() for s in (args.only or ",".join(CHOICES)).split(",") if s.strip()]
     unknown = [s for s in args.scenarios if s not in CHOICES]
     if unknown:
@@ -167,6 +189,7 @@ def metadata(plan: Plan, args: argparse.Namespace, started: datetime, loadavg_st
         "blob_mib": plan.blob_mib,
         "plan": {k: (list(v) if isinstance(v, tuple) else v) for k, v in plan.__dict__.items()},
         "scenarios": args.scenarios,
+        "workers": list(args.workers),
         "loadavg_start": loadavg_start,
     }
 
@@ -251,8 +274,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"work dir {workdir}")
         else:
             log(f"mode {plan.mode}: blob {plan.blob_mib} MiB, memory sizes {plan.memory_sizes}, "
-                f"big blob {plan.big_mib or 'none'}, clients {plan.scale_clients}, open files {nofile}, "
-                f"work dir {workdir}")
+                f"big blob {plan.big_mib or 'none'}, clients {plan.scale_clients}, ocicache workers "
+                f"{', '.join(args.workers)}, open files {nofile}, work dir {workdir}")
         runs = _sections_to_run(args.scenarios)
         sizes = {plan.blob_mib}
         if any(name == "memory" for name, _ in runs):
@@ -264,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
             images["layered"] = layered_image("library/ocibench-layers", "v1", plan.ctr_layers)
         rig.start(images)
         ctx = Context(rig, plan, log, workdir,
-                      profile_dir=os.path.abspath(args.profile) if args.profile else None)
+                      profile_dir=os.path.abspath(args.profile) if args.profile else None,
+                      workers=args.workers)
         for name, parts in runs:
             title, run = {**SCENARIOS, scale_out.SCENARIO: ("Scale-out", scale_out.scale_out)}[name]
             log(f"--- {title}" + (f" ({', '.join(p for p in THROUGHPUT_PARTS if p in parts)})" if parts else ""))
@@ -321,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     meta["seconds"] = round(time.monotonic() - t_start, 1)
     if failed_setup:
         meta["setup_error"] = failed_setup
-    targets = evaluate_targets(sections, plan) + scale_out.evaluate_targets(sections)
+    targets = evaluate_targets(sections, plan, args.workers) + scale_out.evaluate_targets(sections)
     markdown = render_markdown(meta, sections, targets)
     markdown += f"\nTotal wall time {meta['seconds']:.0f} s; load average at the end {meta['loadavg_end']}.\n"
     print(markdown, flush=True)

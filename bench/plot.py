@@ -9,6 +9,9 @@ JSON the run writes (so they show exactly the numbers in the tables).
   - C{memory.png}: peak RSS against blob size, cold and warm
   - C{idle.png}: throughput and peak RSS with and without idle connections
 
+With several C{[server] workers} settings (C{bench/run --workers}), the
+curves and bars have an ocicache series per setting.
+
 matplotlib is optional (C{pip install 'ocicache[bench]'}); without it
 L{write_charts} raises L{Unavailable} and the run goes on.
 """
@@ -20,10 +23,14 @@ import os
 import re
 from typing import Any
 
+from .report import workers_label
+
 __all__ = ["Unavailable", "write_charts"]
 
 COLOURS = {"ocicache": "#1f77b4", "distribution": "#ff7f0e", "nginx": "#7f7f7f"}
 LABELS = {"ocicache": "ocicache", "distribution": "distribution (proxy)", "nginx": "nginx sendfile (limit)"}
+WORKERS_COLOURS = ("#1f77b4", "#2ca02c", "#9467bd", "#17becf", "#8c564b")
+"""ocicache's series, one per workers setting, in the run's order."""
 
 
 class Unavailable(RuntimeError):
@@ -50,14 +57,49 @@ def _servers(row: dict[str, Any]) -> list[str]:
     return ["ocicache", "distribution", *(["nginx"] if row.get("nginx") is not None else [])]
 
 
+def _series(settings: list[str]) -> list[tuple[str, str, str, str | None]]:
+    """
+    C{(server, label, colour, workers setting)} of each series: ocicache
+    once per workers setting when there are several, then the peers.
+    """
+    ocicache: list[tuple[str, str, str, str | None]]
+    if len(settings) < 2:
+        ocicache = [("ocicache", LABELS["ocicache"], COLOURS["ocicache"], None)]
+    else:
+        ocicache = [("ocicache", f"ocicache, {workers_label(w)}", WORKERS_COLOURS[i % len(WORKERS_COLOURS)], w)
+                    for i, w in enumerate(settings)]
+    return [*ocicache, *((k, LABELS[k], COLOURS[k], None) for k in ("distribution", "nginx"))]
+
+
+def _value(row: dict[str, Any], server: str, setting: str | None, first: str | None) -> float | None:
+    """
+    C{server}'s value in C{row}, ocicache's with C{setting} (a row measured
+    with the C{first} setting only has it as C{ocicache}).
+    """
+    if setting is None or ("workers" not in row and setting == first):
+        value = row.get(server)
+    else:
+        value = row.get("workers", {}).get(setting, {}).get("ocicache")
+    return float(value) if value is not None else None
+
+
+def _settings(rows: list[dict[str, Any]]) -> list[str]:
+    settings: list[str] = []
+    for row in rows:
+        settings += [w for w in row.get("workers", {}) if w not in settings]
+    return settings
+
+
 def _curve(plt: Any, path: str, title: str, xlabel: str, ylabel: str,
            xs: list[int], rows: list[dict[str, Any]], log_x: bool = True) -> str:
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for server in ("ocicache", "distribution", "nginx"):
-        points = [(x, row[server]) for x, row in zip(xs, rows, strict=True) if row.get(server) is not None]
+    settings = _settings(rows)
+    for server, label, colour, setting in _series(settings):
+        points = [(x, v) for x, row in zip(xs, rows, strict=True)
+                  if (v := _value(row, server, setting, settings[0] if settings else None)) is not None]
         if points:
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=LABELS[server],
-                    color=COLOURS[server], linestyle="--" if server == "nginx" else "-")
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label,
+                    color=colour, linestyle="--" if server == "nginx" else "-")
     if log_x:
         ax.set_xscale("log", base=2)
     ax.set_xticks(xs)
@@ -75,13 +117,15 @@ def _curve(plt: Any, path: str, title: str, xlabel: str, ylabel: str,
 
 
 def _bars(plt: Any, path: str, title: str, ylabel: str, rows: list[tuple[str, dict[str, Any]]]) -> str:
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(rows) + 2), 4.5))
-    width = 0.27
-    for i, server in enumerate(("ocicache", "distribution", "nginx")):
-        xs = [j + (i - 1) * width for j, (_, row) in enumerate(rows) if row.get(server) is not None]
-        ys = [row[server] for _, row in rows if row.get(server) is not None]
-        if xs:
-            ax.bar(xs, ys, width, label=LABELS[server], color=COLOURS[server])
+    settings = _settings([row for _, row in rows])
+    series = _series(settings)
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.45 * len(series) * len(rows) + 2), 4.5))
+    width = 0.8 / len(series)
+    for i, (server, label, colour, setting) in enumerate(series):
+        points = [(j + (i - (len(series) - 1) / 2) * width, v) for j, (_, row) in enumerate(rows)
+                  if (v := _value(row, server, setting, settings[0] if settings else None)) is not None]
+        if points:
+            ax.bar([p[0] for p in points], [p[1] for p in points], width, label=label, color=colour)
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels([label for label, _ in rows], rotation=20, ha="right", fontsize=8)
     ax.set_title(title)

@@ -4,6 +4,8 @@ The processes a benchmark runs against, all on 127.0.0.1:
     upstream (docker-registry, seeded)
       ├─ hop "ocicache"      <- ocicache (twistd -n ocicache), docker.io upstream
       │                         (plain HTTP, and HTTPS too when asked)
+      ├─ hop "ocicache-workers-auto" <- ocicache with [server] workers = "auto",
+      │                         when --workers asks for it (one hop per setting)
       ├─ hop "distribution"  <- docker-registry in proxy mode (proxy.remoteurl)
       └─ hop "distribution-tls" <- the same over HTTPS (its own instance)
 
@@ -25,7 +27,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -41,6 +45,9 @@ from ocitest.hop import Hop
 from ocitest.images import MEDIA, Blob, Image, big_layer, host_arch, sha256_digest
 from ocitest.registry import Registry
 
+from .report import workers_label
+from .server_procs import process_start, wait_workers_ready
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 __all__ = [
@@ -49,6 +56,7 @@ __all__ = [
     "Nginx",
     "Rig",
     "ensure_installed",
+    "parse_workers",
     "layered_image",
 ]
 
@@ -69,6 +77,26 @@ REQUIRED = {
 }
 
 Log = Callable[[str], None]
+
+MAX_WORKERS = 256
+"""The largest C{[server] workers} the daemon accepts."""
+
+
+def parse_workers(text: str) -> tuple[str, ...]:
+    """
+    The C{[server] workers} settings of C{--workers}: a comma-separated
+    list of C{auto} and counts from 1 to L{MAX_WORKERS}, none twice, in
+    the order given.  Raises C{ValueError} with a one-line reason.
+    """
+    settings: list[str] = []
+    for item in (part.strip() for part in text.split(",")):
+        if item != "auto" and not (item.isascii() and item.isdigit() and 1 <= int(item) <= MAX_WORKERS):
+            raise ValueError(f"{item[:20]!r} is not a worker count (1 to {MAX_WORKERS}) or auto")
+        setting = item if item == "auto" else str(int(item))
+        if setting in settings:
+            raise ValueError(f"{setting} is given twice")
+        settings.append(setting)
+    return tuple(settings)
 
 
 def _which(program: str) -> str | None:
@@ -315,18 +343,27 @@ class Nginx:
         self.proc = None
 
 
+_ACCESS_GET = re.compile(r"\[ocicache\.access#\w+\] GET (\S+) .* w(\d+)$", re.MULTILINE)
+"""An answer in ocicache's access log, with its path and (with workers) the worker that gave it."""
+
+
 class Mirror:
     """
     One running mirror (ocicache or distribution) with a fresh cache, and
     the hop it pulls through.
     """
 
-    def __init__(self, kind: str, workdir: str, hop: Hop, tls: tuple[str, str] | None = None) -> None:
+    def __init__(self, kind: str, workdir: str, hop: Hop, tls: tuple[str, str] | None = None,
+                 workers: str = "1") -> None:
         self.kind = kind
         self.workdir = workdir
         self.hop = hop
         self.tls = tls
         """C{(cert, key)}: ocicache listens on HTTPS too (L{tls_url}); distribution on HTTPS only."""
+        self.workers = workers
+        """ocicache's C{[server] workers} (L{parse_workers}); C{"1"} for distribution."""
+        self.worker_pids: list[int] = []
+        """With workers other than 1: ocicache's worker processes, once all were ready."""
         self._daemon: Daemon | None = None
         self._registry: Registry | None = None
         self._tls_port = 0
@@ -340,6 +377,9 @@ class Mirror:
             # A stop with slow clients still connected should not wait
             # out the default 30 s drain.
             server_extra: dict[str, object] = {"drain_timeout": "1s"}
+            if self.workers != "1":
+                # Only when asked: a tree from before the key still runs the bench.
+                server_extra["workers"] = self.workers if self.workers == "auto" else int(self.workers)
             if self.tls is not None:
                 self._tls_port = free_port()
                 cert, key = self.tls
@@ -357,6 +397,9 @@ class Mirror:
             )
             self._daemon = Daemon(config, port=port, workdir=self.workdir, cache_dir=self.cache_dir)
             self._daemon.start(timeout=60)
+            if self.workers != "1":
+                daemon = self._daemon
+                self.worker_pids = wait_workers_ready(self.pid, daemon.log_text, 60, lambda: daemon.running)
             if self.tls is not None:
                 wait_for_https(self.tls_url + "/v2/", self.tls[0], 30, self._daemon.proc, self.log_path,
                                "ocicache (TLS)")
@@ -370,6 +413,27 @@ class Mirror:
         else:
             raise ValueError(self.kind)
         return self
+
+    @property
+    def label(self) -> str:
+        """
+        The mirror's name in logs: the kind, and ocicache's workers setting
+        when it is not 1 (with the count "auto" came to).
+        """
+        if self.workers == "1":
+            return self.kind
+        count = f" ({len(self.worker_pids)})" if self.workers == "auto" and self.worker_pids else ""
+        return f"{self.kind}, {workers_label(self.workers)}{count}"
+
+    @property
+    def port(self) -> int:
+        """
+        The plain-HTTP port (ocicache) or the only one (distribution).
+        """
+        if self._daemon is not None:
+            return self._daemon.port
+        assert self._registry is not None
+        return self._registry.port
 
     @property
     def url(self) -> str:
@@ -415,6 +479,35 @@ class Mirror:
     def log_tail(self, lines: int = 40) -> str:
         return log_tail(self.log_path, lines)
 
+    def log_size(self) -> int:
+        """
+        How long the log is now: where L{answers_by_worker} starts reading.
+        """
+        try:
+            return os.path.getsize(self.log_path)
+        except OSError:
+            return 0
+
+    def answers_by_worker(self, path: str, since: int, expected: int, timeout: float = 10.0) -> list[int]:
+        """
+        ocicache's answers to C{GET path} logged after offset C{since} of its
+        log, by the worker that gave them (the access log's C{w<index>}),
+        as a count per worker index; waits up to C{timeout} seconds for
+        C{expected} of them (a line is written once its response is done).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            with open(self.log_path, "rb") as f:
+                f.seek(since)
+                text = f.read().decode("utf-8", "replace")
+            workers = [int(m.group(2)) for m in _ACCESS_GET.finditer(text) if m.group(1) == path]
+            if len(workers) >= expected or time.monotonic() > deadline:
+                counts = [0] * max(len(self.worker_pids), max(workers, default=-1) + 1)
+                for index in workers:
+                    counts[index] += 1
+                return counts
+            time.sleep(0.05)
+
     def blob_path(self, digest: str) -> str:
         algorithm, hex_ = digest.split(":", 1)
         if self.kind == "ocicache":
@@ -439,12 +532,31 @@ class Mirror:
     def stop(self) -> None:
         try:
             if self._daemon is not None:
-                self._daemon.stop(grace=10)
+                started = {pid: start for pid in self.worker_pids if (start := process_start(pid)) is not None}
+                try:
+                    self._daemon.stop(grace=10)
+                finally:
+                    _kill_leftover_workers(started)
             if self._registry is not None:
                 self._registry.stop()
         finally:
             if self.cache_dir:
                 shutil.rmtree(self.cache_dir, ignore_errors=True)
+
+
+def _kill_leftover_workers(started: dict[int, int]) -> None:
+    """
+    SIGKILL the worker processes a main process left behind (its own
+    SIGTERM drains them; a main process killed after its grace period
+    cannot), each by its pid, and only while that pid is still the process
+    that started at the recorded time (L{process_start}), not a new one.
+    """
+    for pid, start in started.items():
+        if process_start(pid) == start:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                continue
 
 
 class Rig:
@@ -491,19 +603,23 @@ class Rig:
             self._certificate = make_certificate(os.path.join(self.workdir, "tls"))
         return self._certificate
 
-    def mirror(self, kind: str, tls: bool = False) -> Mirror:
+    def mirror(self, kind: str, tls: bool = False, workers: str = "1") -> Mirror:
         """
         A freshly started mirror of C{kind} with an empty cache; with
         C{tls}, ocicache also listens on HTTPS and distribution only does
-        (through its own hop, so its upstream traffic is counted apart).
+        (through its own hop, so its upstream traffic is counted apart);
+        C{workers}, ocicache's C{[server] workers}, each setting other than
+        1 with a hop of its own too.
         """
         hop_key = f"{kind}-tls" if tls and kind == "distribution" else kind
+        if workers != "1":
+            hop_key += f"-workers-{workers}"
         if hop_key not in self.hops:
             assert self.upstream is not None
             self.hops[hop_key] = Hop(self.upstream.url).start()
         hop = self.hops[hop_key]
         hop.reset()
-        mirror = Mirror(kind, self._next_dir(hop_key), hop, self.certificate() if tls else None)
+        mirror = Mirror(kind, self._next_dir(hop_key), hop, self.certificate() if tls else None, workers)
         self._mirrors.append(mirror)
         mirror.start()
         return mirror

@@ -47,7 +47,7 @@ from ocitest.redis import RedisServer
 from ocitest.registry import Registry
 from ocitest.s3 import Store
 
-from . import clients
+from . import clients, server_procs
 from .report import Section, Table, Target, median
 from .scenarios import Context
 
@@ -234,11 +234,11 @@ def _round(rig: _Rig, nodes: list[_Node], clients_per_node: int, bucket: str) ->
     rig.hop.reset()
     s3_before = _s3_gets_settled(rig.radosgw, bucket, blob)
     pids = [node.proc.pid for node in nodes if node.proc is not None]
-    cpu_before = sum(clients.cpu_seconds(pid) for pid in pids)
+    cpu_before = sum(server_procs.tree_cpu_seconds(pid) for pid in pids)
     urls = [f"{node.url}/v2/{rig.image.repo}/blobs/{blob.digest}" for node in nodes for _ in range(clients_per_node)]
     t0, reports = clients.fetch_each(urls)
     rig.hop.wait_idle(timeout=300, settle=0.3)
-    cpu = sum(clients.cpu_seconds(pid) for pid in pids) - cpu_before
+    cpu = sum(server_procs.tree_cpu_seconds(pid) for pid in pids) - cpu_before
     problems = [f"client {i} (node {i // clients_per_node}): {problem}"
                 for i, problem in ((i, _problem(r, blob)) for i, r in enumerate(reports)) if problem]
     ends = [r["t_end"] for r in reports if r.get("t_end") is not None]

@@ -12,6 +12,12 @@ of this disk and this loopback.
 Servers are measured one at a time, alternating which goes first from one
 repetition to the next, so slow drift on a shared machine does not
 favour either.
+
+C{bench/run --workers} gives ocicache's C{[server] workers} settings.  The
+first runs everything; the others are measured beside it where more
+processes can make a difference (L{WORKERS_PARTS} of scenario 1, and the
+cold blob, whose clients the kernel spreads over the workers), each an
+ocicache of its own, with its own hop, named by L{Context.ocicache_names}.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import contextlib
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,12 +34,12 @@ from ocitest import http_request
 from ocitest.containerd import write_hosts_dir
 from ocitest.images import MEDIA, Image
 
-from . import clients
-from .report import Section, Target, median
+from . import clients, server_procs
+from .report import Comparison, Section, Target, median, workers_label
 from .rig import KINDS, Mirror, Nginx, Rig
 
-__all__ = ["CHOICES", "PLANS", "THROUGHPUT_PARTS", "Context", "Plan", "SCENARIOS", "evaluate_targets",
-           "plan_for"]
+__all__ = ["CHOICES", "PLANS", "THROUGHPUT_PARTS", "WORKERS_PARTS", "Context", "Plan", "SCENARIOS",
+           "evaluate_targets", "plan_for"]
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -115,6 +121,9 @@ def plan_for(mode: str, size_mib: int | None = None, slow_clients: int | None = 
 THROUGHPUT_PARTS = ("throughput", "scale", "bigblob", "idle", "tls")
 """Parts of scenario 1: 1 and 8 connections, the scale curve, the big blob, idle connections, HTTPS."""
 
+WORKERS_PARTS = ("throughput", "scale", "tls")
+"""Parts of scenario 1 measured with every C{--workers} setting (the others with the first only)."""
+
 SERVERS = (*KINDS, "nginx")
 
 
@@ -128,9 +137,47 @@ class Context:
     profiles: dict[str, Any] = field(default_factory=dict)
     parts: frozenset[str] = frozenset(THROUGHPUT_PARTS)
     """The parts of scenario 1 to run."""
+    workers: tuple[str, ...] = ("1",)
+    """ocicache's C{[server] workers} settings (C{--workers}); the first runs every scenario."""
 
     def image(self, key: str) -> Image:
         return self.rig.images[key]
+
+    def mirror(self, kind: str) -> Mirror:
+        """
+        A fresh mirror of C{kind}: ocicache with the first workers setting.
+        """
+        return self.rig.mirror(kind, workers=self.workers[0] if kind == "ocicache" else "1")
+
+    def ocicache_names(self) -> dict[str, str]:
+        """
+        The server name of ocicache with each workers setting: plain
+        C{ocicache} for the first.
+        """
+        return {w: "ocicache" if i == 0 else f"ocicache[workers={w}]" for i, w in enumerate(self.workers)}
+
+    def by_workers(self, values: Mapping[str, float]) -> dict[str, float]:
+        """
+        ocicache's value with each workers setting from C{values} (by server
+        name), for L{Section.add}'s C{workers}: empty unless more than one
+        setting was measured.
+        """
+        found = {w: values[name] for w, name in self.ocicache_names().items() if name in values}
+        return found if len(found) > 1 else {}
+
+    def workers_note(self, mirrors: list[Mirror]) -> str:
+        """
+        What the workers settings of C{mirrors} came to (their worker
+        processes), for a section's notes; empty with one setting.
+        """
+        if len(self.workers) < 2 and self.workers[0] == "1":
+            return ""
+        found = ", ".join(f"{workers_label(m.workers)}: " + (f"a main process and {len(m.worker_pids)} workers"
+                                                             if m.worker_pids else "one process")
+                          for m in mirrors if m.kind == "ocicache")
+        return (f"ocicache ran with `[server] workers` {', '.join(self.workers)} ({found}); its server CPU "
+                "is the main process's and every worker's together (the process tree in `/proc`, workers "
+                "that exited included), its RSS the sum of theirs.")
 
     def order(self, rep: int, servers: tuple[str, ...] = KINDS) -> tuple[str, ...]:
         return servers if rep % 2 == 0 else tuple(reversed(servers))
@@ -138,11 +185,15 @@ class Context:
     @contextlib.contextmanager
     def profiled(self, mirror: Mirror, name: str) -> Iterator[None]:
         """
-        py-spy on ocicache during the block, when C{--profile} asked.
+        py-spy on ocicache (every process of it) during the block, when
+        C{--profile} asked; C{name} names the file, with the workers
+        setting when it is not the first.
         """
         if self.profile_dir is None or mirror.kind != "ocicache":
             yield
             return
+        if mirror.workers != self.workers[0]:
+            name += f"-workers-{mirror.workers}"
         path = os.path.join(self.profile_dir, f"{name}.txt")
         profiler = clients.Profiler(mirror.pid, path)
         with profiler:
@@ -226,12 +277,15 @@ class _Servers:
     their pids and base URLs.
     """
 
-    def __init__(self, mirrors: dict[str, Mirror], nginx: Nginx | None) -> None:
+    def __init__(self, mirrors: dict[str, Mirror], nginx: Nginx | None, variants: tuple[str, ...] = ()) -> None:
         self.mirrors = mirrors
         self.nginx = nginx
+        self.variants = variants
+        """The names of ocicache with the other workers settings."""
 
-    def names(self, rep: int, with_nginx: bool = True) -> tuple[str, ...]:
-        servers = SERVERS if with_nginx and self.nginx is not None else KINDS
+    def names(self, rep: int, with_nginx: bool = True, every_workers: bool = True) -> tuple[str, ...]:
+        servers = ("ocicache", *(self.variants if every_workers else ()), "distribution",
+                   *(("nginx",) if with_nginx and self.nginx is not None else ()))
         return servers if rep % 2 == 0 else tuple(reversed(servers))
 
     def pid(self, name: str) -> int:
@@ -259,11 +313,11 @@ def _load_point(ctx: Context, servers: _Servers, name: str, image: Image, client
     CPU time (and, for the mirrors, peak RSS) over the run.
     """
     pid = servers.pid(name)
-    sampler = clients.RssSampler(pid) if name != "nginx" else None
-    before = clients.tree_cpu_seconds(pid)
+    sampler = server_procs.RssSampler(pid) if name != "nginx" else None
+    before = server_procs.tree_cpu_seconds(pid)
     with sampler if sampler is not None else contextlib.nullcontext(), servers.profiled(ctx, name, label):
         r = clients.blob_load(servers.url(name, image), clients_n, ctx.plan.scale_seconds)
-    r["cpu_s"] = clients.tree_cpu_seconds(pid) - before
+    r["cpu_s"] = server_procs.tree_cpu_seconds(pid) - before
     r["cpu_per_gib"] = _per_gib(r["cpu_s"], r["bytes"])
     if sampler is not None:
         r["rss"] = sampler.result()
@@ -287,11 +341,18 @@ def warm_throughput(ctx: Context) -> Section:
     nginx: Nginx | None = None
     problems: list[str] = []
     images = [image, *([big] if big is not None else [])]
+    # ocicache with the other workers settings, for the parts they join.
+    variants = {name: w for w, name in ctx.ocicache_names().items()
+                if w != ctx.workers[0]} if parts & set(WORKERS_PARTS) else {}
     try:
         for kind in KINDS:
-            mirrors[kind] = ctx.rig.mirror(kind, tls="tls" in parts and kind == "ocicache")
+            mirrors[kind] = ctx.rig.mirror(kind, tls="tls" in parts and kind == "ocicache",
+                                           workers=ctx.workers[0] if kind == "ocicache" else "1")
             for img in images:
                 _warm_blob(ctx, mirrors[kind], img)
+        for name, setting in variants.items():
+            mirrors[name] = ctx.rig.mirror("ocicache", tls="tls" in parts, workers=setting)
+            _warm_blob(ctx, mirrors[name], image)
         if "tls" in parts:
             tls_dist = ctx.rig.mirror("distribution", tls=True)
             _tls_warm(ctx, tls_dist, image)
@@ -299,7 +360,7 @@ def warm_throughput(ctx: Context) -> Section:
             # The physical limit: nginx sending the file ocicache stored.
             nginx = ctx.rig.nginx({_path_of(img): mirrors["ocicache"].blob_path(img.layers[0].digest)
                                    for img in images})
-        servers = _Servers(mirrors, nginx)
+        servers = _Servers(mirrors, nginx, tuple(variants))
         _settle()
         if "throughput" in parts:
             _downloads(ctx, section, servers, image, problems)
@@ -310,13 +371,16 @@ def warm_throughput(ctx: Context) -> Section:
             _scale_curve(ctx, section, servers, image, problems)
         if big is not None:
             _big_blob(ctx, section, servers, big, problems)
-        upstream = {k: mirrors[k].hop.count() for k in KINDS}
+        upstream = {name: mirror.hop.count() for name, mirror in mirrors.items()}
         if tls_dist is not None:
             upstream["distribution"] += tls_dist.hop.count()
         section.add("upstream_requests", "upstream requests during the warm runs", "requests", "lower",
-                    upstream["ocicache"], upstream["distribution"])
+                    upstream["ocicache"], upstream["distribution"], workers=ctx.by_workers(upstream))
         if tls_dist is not None:
-            _https(ctx, section, mirrors["ocicache"], tls_dist, image, problems)
+            _https(ctx, section, {name: mirrors[name] for name in ("ocicache", *variants)}, tls_dist, image,
+                   problems)
+        if note := ctx.workers_note(list(mirrors.values())):
+            section.notes.append(note)
         if nginx is not None:
             section.notes.append(
                 f"nginx {_nginx_version()} (Debian) is the physical limit: `sendfile on`, `tcp_nopush on`, "
@@ -366,10 +430,10 @@ def _downloads(ctx: Context, section: Section, servers: _Servers, image: Image, 
         for name in servers.names(rep):
             url = servers.url(name, image)
             pid = servers.pid(name)
-            before = clients.tree_cpu_seconds(pid)
+            before = server_procs.tree_cpu_seconds(pid)
             with servers.profiled(ctx, name, f"warm-1conn-{rep}"):
                 r = clients.curl_get(url)
-            cpu_one[name] += clients.tree_cpu_seconds(pid) - before
+            cpu_one[name] += server_procs.tree_cpu_seconds(pid) - before
             served_one[name] += r.bytes
             if r.error or r.status != 200 or r.bytes != blob.size:
                 problems.append(f"{name} 1 connection: HTTP {r.status}, {r.bytes} bytes {r.error}")
@@ -378,10 +442,10 @@ def _downloads(ctx: Context, section: Section, servers: _Servers, image: Image, 
         for name in servers.names(rep):
             url = servers.url(name, image)
             pid = servers.pid(name)
-            before = clients.tree_cpu_seconds(pid)
+            before = server_procs.tree_cpu_seconds(pid)
             with servers.profiled(ctx, name, f"warm-{plan.parallel}conn-{rep}"):
                 wall, results = clients.curl_parallel(url, plan.parallel)
-            cpu_many[name] += clients.tree_cpu_seconds(pid) - before
+            cpu_many[name] += server_procs.tree_cpu_seconds(pid) - before
             served_many[name] += sum(r.bytes for r in results)
             bad = [r for r in results if r.error or r.status != 200 or r.bytes != blob.size]
             if bad:
@@ -396,37 +460,44 @@ def _downloads(ctx: Context, section: Section, servers: _Servers, image: Image, 
 
     section.add("one_connection", "1 connection", "MiB/s", "higher",
                 median(one["ocicache"]), median(one["distribution"]), samples=one,
-                nginx=ref(one, lambda k: median(one[k])))
+                nginx=ref(one, lambda k: median(one[k])),
+                workers=ctx.by_workers({k: median(v) for k, v in one.items()}))
     section.add(f"{plan.parallel}_connections", f"{plan.parallel} connections, aggregate", "MiB/s",
                 "higher", median(many["ocicache"]), median(many["distribution"]), samples=many,
-                nginx=ref(many, lambda k: median(many[k])))
+                nginx=ref(many, lambda k: median(many[k])),
+                workers=ctx.by_workers({k: median(v) for k, v in many.items()}))
     section.add("cpu_per_gib_1", "server CPU per GiB served, 1 connection", "CPU s/GiB", "lower",
                 _per_gib(cpu_one["ocicache"], served_one["ocicache"]),
                 _per_gib(cpu_one["distribution"], served_one["distribution"]), floor=0.001, digits=2,
-                nginx=ref(cpu_one, lambda k: _per_gib(cpu_one[k], served_one[k])))
+                nginx=ref(cpu_one, lambda k: _per_gib(cpu_one[k], served_one[k])),
+                workers=ctx.by_workers({k: _per_gib(cpu_one[k], served_one[k]) for k in names}))
     section.add(f"cpu_per_gib_{plan.parallel}", f"server CPU per GiB served, {plan.parallel} connections",
                 "CPU s/GiB", "lower", _per_gib(cpu_many["ocicache"], served_many["ocicache"]),
                 _per_gib(cpu_many["distribution"], served_many["distribution"]), floor=0.001, digits=2,
-                nginx=ref(cpu_many, lambda k: _per_gib(cpu_many[k], served_many[k])))
+                nginx=ref(cpu_many, lambda k: _per_gib(cpu_many[k], served_many[k])),
+                workers=ctx.by_workers({k: _per_gib(cpu_many[k], served_many[k]) for k in names}))
     section.notes.append(
         f"1 and {plan.parallel} connections: `curl -o /dev/null` per connection; median of "
         f"{plan.throughput_reps} runs; 1 connection from curl's `time_total`, {plan.parallel} connections "
         f"from the wall time of all {plan.parallel} processes. The blob was fetched and SHA-256-verified "
         "once through each mirror first, and stored by both before timing. Server CPU is user + system "
-        "time of the server process (all threads, from `/proc/PID/stat`) over all runs, divided by the "
-        "bytes served."
+        "time of the server's processes (all threads, from `/proc/PID/stat`: nginx's master and workers, "
+        "ocicache's main process and workers) over all runs, divided by the bytes served."
     )
 
 
-def _add_load_rows(section: Section, runs: dict[str, list[dict[str, Any]]], key: str, label: str) -> None:
+def _add_load_rows(ctx: Context, section: Section, runs: dict[str, list[dict[str, Any]]], key: str,
+                   label: str) -> None:
     nginx = "nginx" in runs and bool(runs["nginx"])
     mib = {k: [round(r["mib_s"], 1) for r in v] for k, v in runs.items()}
     section.add(f"{key}_mib_s", f"{label}: aggregate", "MiB/s", "higher",
                 _median_of(runs, "ocicache", "mib_s"), _median_of(runs, "distribution", "mib_s"),
-                nginx=_median_of(runs, "nginx", "mib_s") if nginx else None, samples=mib)
+                nginx=_median_of(runs, "nginx", "mib_s") if nginx else None, samples=mib,
+                workers=ctx.by_workers({k: _median_of(runs, k, "mib_s") for k in runs}))
     section.add(f"{key}_cpu_per_gib", f"{label}: server CPU per GiB served", "CPU s/GiB", "lower",
                 _median_of(runs, "ocicache", "cpu_per_gib"), _median_of(runs, "distribution", "cpu_per_gib"),
-                nginx=_median_of(runs, "nginx", "cpu_per_gib") if nginx else None, floor=0.001, digits=2)
+                nginx=_median_of(runs, "nginx", "cpu_per_gib") if nginx else None, floor=0.001, digits=2,
+                workers=ctx.by_workers({k: _median_of(runs, k, "cpu_per_gib") for k in runs}))
 
 
 def _check_load(problems: list[str], name: str, what: str, r: dict[str, Any]) -> None:
@@ -453,7 +524,7 @@ def _scale_curve(ctx: Context, section: Section, servers: _Servers, image: Image
                         f"{r['first_headers_max_s']:.2f} s, {r['never_answered']} never answered")
     for n in plan.scale_clients:
         who = "1 client" if n == 1 else f"{n} clients"
-        _add_load_rows(section, curve[n], f"scale_{n}", f"scale, {who}")
+        _add_load_rows(ctx, section, curve[n], f"scale_{n}", f"scale, {who}")
     section.details["scale"] = {str(n): curve[n] for n in plan.scale_clients}
     top = max(plan.scale_clients)
     waits = ", ".join(f"{name} {max(r['first_headers_max_s'] for r in runs):.2f} s"
@@ -474,7 +545,7 @@ def _big_blob(ctx: Context, section: Section, servers: _Servers, big: Image, pro
     counts = (1, plan.parallel)
     runs: dict[int, dict[str, list[dict[str, Any]]]] = {n: {} for n in counts}
     for rep in range(plan.scale_reps):
-        for name in servers.names(rep):
+        for name in servers.names(rep, every_workers=False):
             for n in counts:
                 r = _load_point(ctx, servers, name, big, n, f"big-{n}-{rep}")
                 _check_load(problems, name, f"{label} blob, {n} clients", r)
@@ -483,7 +554,7 @@ def _big_blob(ctx: Context, section: Section, servers: _Servers, big: Image, pro
                         f"{r['cpu_per_gib']:.2f} CPU s/GiB")
     for n in counts:
         who = "1 client" if n == 1 else f"{n} clients"
-        _add_load_rows(section, runs[n], f"big_{n}", f"{label} blob, {who}")
+        _add_load_rows(ctx, section, runs[n], f"big_{n}", f"{label} blob, {who}")
     section.details["big_blob"] = {"mib": plan.big_mib, **{str(n): runs[n] for n in counts}}
     section.notes.append(
         f"{label} blob: the same time-bounded downloads as the scale curve ({plan.scale_seconds:g} s, "
@@ -505,7 +576,7 @@ def _idle(ctx: Context, section: Section, servers: _Servers, image: Image, probl
     loaded: dict[str, list[dict[str, Any]]] = {}
     held: list[dict[str, Any]] = []
     for rep in range(plan.scale_reps):
-        for name in servers.names(rep):
+        for name in servers.names(rep, every_workers=False):
             r = _load_point(ctx, servers, name, image, n, f"idle-base-{rep}")
             _check_load(problems, name, f"{n} clients", r)
             base.setdefault(name, []).append(r)
@@ -514,7 +585,7 @@ def _idle(ctx: Context, section: Section, servers: _Servers, image: Image, probl
                 if conns.opened < idle:
                     problems.append(f"{name}: only {conns.opened} of {idle} idle connections opened")
                 # What the idle connections alone cost, before the downloads.
-                rss_idle_only = clients.rss_mib(servers.pid(name)) if name != "nginx" else None
+                rss_idle_only = server_procs.rss_mib(servers.pid(name)) if name != "nginx" else None
                 r = _load_point(ctx, servers, name, image, n, f"idle-{rep}")
             _check_load(problems, name, f"{n} clients with {idle} idle connections", r)
             r["idle"] = conns.report
@@ -536,8 +607,8 @@ def _idle(ctx: Context, section: Section, servers: _Servers, image: Image, probl
     # Throughput without them: the runs before and after; RSS: before only
     # (RSS does not shrink back after the idle connections).
     both = {k: base.get(k, []) + after.get(k, []) for k in base}
-    _add_load_rows(section, both, "idle_base", f"{n} clients, no idle connections")
-    _add_load_rows(section, loaded, "idle", f"{n} clients with {idle} idle connections open")
+    _add_load_rows(ctx, section, both, "idle_base", f"{n} clients, no idle connections")
+    _add_load_rows(ctx, section, loaded, "idle", f"{n} clients with {idle} idle connections open")
 
     def rss(runs: dict[str, list[dict[str, Any]]], kind: str) -> float:
         return median(r["rss"]["peak_mib"] for r in runs.get(kind, []))
@@ -562,51 +633,56 @@ def _idle(ctx: Context, section: Section, servers: _Servers, image: Image, probl
     )
 
 
-def _https(ctx: Context, section: Section, ocicache: Mirror, dist: Mirror, image: Image,
+def _https(ctx: Context, section: Section, ocicaches: dict[str, Mirror], dist: Mirror, image: Image,
            problems: list[str]) -> None:
     """
-    Warm throughput over HTTPS: ocicache's C{ssl:} listener against a
-    distribution serving C{http.tls}, the same self-signed certificate,
-    curl trusting exactly it.
+    Warm throughput over HTTPS: ocicache's C{ssl:} listener (with each
+    workers setting: C{ocicaches} by server name) against a distribution
+    serving C{http.tls}, the same self-signed certificate, curl trusting
+    exactly it.
     """
     plan = ctx.plan
     blob = image.layers[0]
     size_mib = blob.size / MiB
     cacert = ctx.rig.certificate()[0]
-    mirrors = {"ocicache": ocicache, "distribution": dist}
-    one: dict[str, list[float]] = {k: [] for k in KINDS}
-    many: dict[str, list[float]] = {k: [] for k in KINDS}
-    cpu = {k: 0.0 for k in KINDS}
-    served = {k: 0 for k in KINDS}
+    mirrors = {**ocicaches, "distribution": dist}
+    names = tuple(mirrors)
+    one: dict[str, list[float]] = {k: [] for k in names}
+    many: dict[str, list[float]] = {k: [] for k in names}
+    cpu = {k: 0.0 for k in names}
+    served = {k: 0 for k in names}
     for rep in range(plan.tls_reps):
-        for kind in ctx.order(rep):
-            mirror = mirrors[kind]
+        for name in ctx.order(rep, names):
+            mirror = mirrors[name]
             url = mirror.tls_url + _path_of(image)
-            before = clients.cpu_seconds(mirror.pid)
+            before = server_procs.tree_cpu_seconds(mirror.pid)
             with ctx.profiled(mirror, f"tls-1conn-{rep}"):
                 r = clients.curl_get(url, cacert=cacert)
-            served[kind] += r.bytes
+            served[name] += r.bytes
             if r.error or r.status != 200 or r.bytes != blob.size:
-                problems.append(f"{kind} HTTPS 1 connection: HTTP {r.status}, {r.bytes} bytes {r.error}")
+                problems.append(f"{name} HTTPS 1 connection: HTTP {r.status}, {r.bytes} bytes {r.error}")
             else:
-                one[kind].append(size_mib / r.total)
+                one[name].append(size_mib / r.total)
             with ctx.profiled(mirror, f"tls-{plan.parallel}conn-{rep}"):
                 wall, results = clients.curl_parallel(url, plan.parallel, cacert=cacert)
-            cpu[kind] += clients.cpu_seconds(mirror.pid) - before
-            served[kind] += sum(r.bytes for r in results)
+            cpu[name] += server_procs.tree_cpu_seconds(mirror.pid) - before
+            served[name] += sum(r.bytes for r in results)
             bad = [r for r in results if r.error or r.status != 200 or r.bytes != blob.size]
             if bad:
-                problems.append(f"{kind} HTTPS {plan.parallel} connections: {len(bad)} failed: {bad[0]}")
+                problems.append(f"{name} HTTPS {plan.parallel} connections: {len(bad)} failed: {bad[0]}")
             else:
-                many[kind].append(plan.parallel * size_mib / wall)
-            ctx.log(f"HTTPS {kind}: {one[kind][-1:]} / {many[kind][-1:]} MiB/s")
+                many[name].append(plan.parallel * size_mib / wall)
+            ctx.log(f"HTTPS {mirror.label}: {one[name][-1:]} / {many[name][-1:]} MiB/s")
+    per_gib = {k: _per_gib(cpu[k], served[k]) for k in names}
     section.add("tls_one_connection", "HTTPS, 1 connection", "MiB/s", "higher",
-                median(one["ocicache"]), median(one["distribution"]), samples=one)
+                median(one["ocicache"]), median(one["distribution"]), samples=one,
+                workers=ctx.by_workers({k: median(v) for k, v in one.items()}))
     section.add(f"tls_{plan.parallel}_connections", f"HTTPS, {plan.parallel} connections, aggregate", "MiB/s",
-                "higher", median(many["ocicache"]), median(many["distribution"]), samples=many)
+                "higher", median(many["ocicache"]), median(many["distribution"]), samples=many,
+                workers=ctx.by_workers({k: median(v) for k, v in many.items()}))
     section.add("tls_cpu_per_gib", "HTTPS: server CPU per GiB served", "CPU s/GiB", "lower",
-                _per_gib(cpu["ocicache"], served["ocicache"]), _per_gib(cpu["distribution"], served["distribution"]),
-                floor=0.001, digits=2)
+                per_gib["ocicache"], per_gib["distribution"], floor=0.001, digits=2,
+                workers=ctx.by_workers(per_gib))
     section.notes.append(
         f"HTTPS: ocicache's `ssl:` listener (pyOpenSSL) and a second distribution with `http.tls`, both with "
         "one self-signed RSA-2048 certificate for `IP:127.0.0.1` (`openssl req -x509`), curl trusting only "
@@ -618,6 +694,10 @@ def _https(ctx: Context, section: Section, ocicache: Mirror, dist: Mirror, image
 # --- 2. cold blob ------------------------------------------------------------
 
 
+def _spread_text(per_worker: list[int]) -> str:
+    return "+".join(str(n) for n in per_worker) if per_worker else "–"
+
+
 def cold_blob(ctx: Context) -> Section:
     plan = ctx.plan
     image = ctx.image(f"big{plan.blob_mib}")
@@ -625,70 +705,95 @@ def cold_blob(ctx: Context) -> Section:
     section = Section("cold_blob", f"2. Cold blob ({plan.blob_mib} MiB), concurrent clients")
     problems: list[str] = []
     runs: list[dict[str, Any]] = []
+    # Server name -> ocicache's workers setting (distribution: none).
+    servers: dict[str, str | None] = {**{name: w for w, name in ctx.ocicache_names().items()},
+                                      "distribution": None}
+    names = tuple(servers)
     for n in plan.cold_clients:
         m: dict[str, dict[str, list[float]]] = {
-            key: {k: [] for k in KINDS}
+            key: {k: [] for k in names}
             for key in ("wall", "gets", "bytes", "ttfb_med", "ttfb_max", "requests", "verified", "cpu")
         }
+        spreads: dict[str, list[str]] = {}
         for rep in range(plan.cold_reps):
-            for kind in ctx.order(rep):
-                mirror = ctx.rig.mirror(kind)
+            for name in ctx.order(rep, names):
+                setting = servers[name]
+                mirror = (ctx.rig.mirror("distribution") if setting is None
+                          else ctx.rig.mirror("ocicache", workers=setting))
                 try:
                     _settle()
                     mirror.hop.reset()
-                    cpu_before = clients.cpu_seconds(mirror.pid)
+                    cpu_before = server_procs.tree_cpu_seconds(mirror.pid)
+                    log_from = mirror.log_size()
                     with ctx.profiled(mirror, f"cold-{n}-{rep}"):
                         t0, reports = clients.fetch_many(_blob_url(mirror, image), n)
                     mirror.hop.wait_idle(timeout=300, settle=0.3)
-                    m["cpu"][kind].append(clients.cpu_seconds(mirror.pid) - cpu_before)
+                    # Which worker answered which client: the kernel picks, the access log says.
+                    spread = (mirror.answers_by_worker(_path_of(image), log_from, n)
+                              if len(mirror.worker_pids) > 1 else None)
+                    m["cpu"][name].append(server_procs.tree_cpu_seconds(mirror.pid) - cpu_before)
                     bad = [(i, p) for i, p in ((i, _check_fetch(r, blob.size, blob.digest))
                                                for i, r in enumerate(reports)) if p]
                     for i, p in bad:
-                        problems.append(f"{kind}, {n} clients, client {i}: {p}")
+                        problems.append(f"{mirror.label}, {n} clients, client {i}: {p}")
                     ends = [r["t_end"] for r in reports if r.get("t_end") is not None]
                     firsts = [r["t_first"] - t0 for r in reports if r.get("t_first") is not None]
                     gets = mirror.hop.count("GET", "/blobs/")
                     up_bytes = mirror.hop.bytes_sent_for(blob.digest)
-                    m["wall"][kind].append(max(ends) - t0)
-                    m["gets"][kind].append(gets)
-                    m["bytes"][kind].append(up_bytes / blob.size)
-                    m["ttfb_med"][kind].append(1000 * median(firsts))
-                    m["ttfb_max"][kind].append(1000 * max(firsts) if firsts else 0.0)
-                    m["requests"][kind].append(mirror.hop.count())
-                    m["verified"][kind].append(n - len(bad))
-                    runs.append({"kind": kind, "clients": n, "rep": rep, "wall_s": max(ends) - t0,
-                                 "upstream_gets": gets, "upstream_bytes": up_bytes,
-                                 "upstream_requests": mirror.hop.count(),
-                                 "hop": [repr(r) for r in mirror.hop.requests][:50],
-                                 "first_byte_ms": [round(1000 * f, 1) for f in firsts],
-                                 "verified": n - len(bad)})
-                    ctx.log(f"cold {n} client(s) rep {rep + 1} {kind}: {max(ends) - t0:.2f}s, "
-                            f"{gets} upstream GETs, {up_bytes / blob.size:.2f}× blob")
+                    m["wall"][name].append(max(ends) - t0)
+                    m["gets"][name].append(gets)
+                    m["bytes"][name].append(up_bytes / blob.size)
+                    m["ttfb_med"][name].append(1000 * median(firsts))
+                    m["ttfb_max"][name].append(1000 * max(firsts) if firsts else 0.0)
+                    m["requests"][name].append(mirror.hop.count())
+                    m["verified"][name].append(n - len(bad))
+                    run: dict[str, Any] = {
+                        "kind": mirror.kind, "server": name, "workers": setting, "clients": n, "rep": rep,
+                        "wall_s": max(ends) - t0, "upstream_gets": gets, "upstream_bytes": up_bytes,
+                        "upstream_requests": mirror.hop.count(),
+                        "hop": [repr(r) for r in mirror.hop.requests][:50],
+                        "first_byte_ms": [round(1000 * f, 1) for f in firsts],
+                        "verified": n - len(bad)}
+                    if mirror.worker_pids:
+                        run["worker_processes"] = len(mirror.worker_pids)
+                    if spread is not None:
+                        run["clients_per_worker"] = spread
+                        spreads.setdefault(name, []).append(_spread_text(spread))
+                    runs.append(run)
+                    ctx.log(f"cold {n} client(s) rep {rep + 1} {mirror.label}: {max(ends) - t0:.2f}s, "
+                            f"{gets} upstream GETs, {up_bytes / blob.size:.2f}× blob"
+                            + (f", clients per worker {_spread_text(spread)}" if spread is not None else ""))
                 finally:
                     ctx.rig.stop_mirror(mirror)
         who = "1 client" if n == 1 else f"{n} clients"
 
-        def pick(key: str, m: dict[str, dict[str, list[float]]] = m) -> tuple[float, float]:
-            return median(m[key]["ocicache"]), median(m[key]["distribution"])
+        def add(key: str, label: str, unit: str, measured: str, m: dict[str, dict[str, list[float]]] = m,
+                **kwargs: Any) -> None:
+            values = {k: median(v) for k, v in m[measured].items()}
+            section.add(key, label, unit, "lower", values["ocicache"], values["distribution"],
+                        workers=ctx.by_workers(values), **kwargs)
 
-        section.add(f"wall_{n}", f"{who}: wall time until all have every byte", "s", "lower", *pick("wall"),
-                    floor=0.001, samples=m["wall"])
-        section.add(f"upstream_gets_{n}", f"{who}: upstream blob GETs", "requests", "lower", *pick("gets"))
-        section.add(f"upstream_bytes_{n}", f"{who}: upstream bytes", "× blob size", "lower", *pick("bytes"),
-                    floor=0.01, digits=2)
-        section.add(f"first_byte_median_{n}", f"{who}: first byte, median", "ms", "lower", *pick("ttfb_med"),
-                    floor=0.1)
+        add(f"wall_{n}", f"{who}: wall time until all have every byte", "s", "wall", floor=0.001,
+            samples=m["wall"])
+        add(f"upstream_gets_{n}", f"{who}: upstream blob GETs", "requests", "gets")
+        add(f"upstream_bytes_{n}", f"{who}: upstream bytes", "× blob size", "bytes", floor=0.01, digits=2)
+        add(f"first_byte_median_{n}", f"{who}: first byte, median", "ms", "ttfb_med", floor=0.1)
         if n > 1:
-            section.add(f"first_byte_max_{n}", f"{who}: first byte, max", "ms", "lower", *pick("ttfb_max"),
-                        floor=0.1)
-        section.add(f"server_cpu_{n}", f"{who}: server CPU time", "CPU s", "lower", *pick("cpu"), floor=0.01,
-                    digits=2)
+            add(f"first_byte_max_{n}", f"{who}: first byte, max", "ms", "ttfb_max", floor=0.1)
+        add(f"server_cpu_{n}", f"{who}: server CPU time", "CPU s", "cpu", floor=0.01, digits=2)
         section.notes.append(
             f"{who}: SHA-256 verified for " + ", ".join(
-                f"{k} {int(sum(m['verified'][k]))}/{n * plan.cold_reps}" for k in KINDS)
+                f"{k} {int(sum(m['verified'][k]))}/{n * plan.cold_reps}" for k in names)
             + "; upstream requests of any kind: " + ", ".join(
-                f"{k} {median(m['requests'][k]):.0f}" for k in KINDS)
+                f"{k} {median(m['requests'][k]):.0f}" for k in names)
+            + "; upstream blob GETs by run: " + ", ".join(
+                f"{k} {'/'.join(str(int(g)) for g in m['gets'][k])}" for k in names)
         )
+        for name, by_run in spreads.items():
+            section.notes.append(
+                f"{who}, {name}: clients answered by each worker, by run (the kernel hands each connection "
+                f"on the shared socket to one worker; the access log names it): {', '.join(by_run)}."
+            )
     section.notes.append(
         f"Fresh caches for every run; median of {plan.cold_reps} run(s). Each client is its own "
         "process (Python `http.client`, 1 MiB reads, SHA-256 of the body), all released at one "
@@ -696,6 +801,11 @@ def cold_blob(ctx: Context) -> Section:
         "counted by the hop between the mirror and the upstream, after it has gone quiet (distribution "
         "keeps storing in the background after its clients finish)."
     )
+    if len(ctx.workers) > 1 or ctx.workers[0] != "1":
+        section.notes.append(
+            f"ocicache ran with `[server] workers` {', '.join(ctx.workers)}, each on a fresh cache of its own "
+            "with its own hop; its server CPU is the main process's and every worker's together."
+        )
     section.details["runs"] = runs
     if problems:
         section.error = f"{len(problems)} client(s) failed: " + "; ".join(problems[:5])
@@ -719,7 +829,7 @@ def warm_manifests(ctx: Context) -> Section:
     problems: list[str] = []
     try:
         for kind in KINDS:
-            mirror = mirrors[kind] = ctx.rig.mirror(kind)
+            mirror = mirrors[kind] = ctx.mirror(kind)
             for path in (tag_path, digest_path):
                 status, headers, body = http_request(mirror.url + path, headers={"Accept": MANIFEST_ACCEPT})
                 if status != 200 or body != image.manifest_bytes:
@@ -830,12 +940,12 @@ def memory(ctx: Context) -> Section:
         timeout = (window or 3 * blob.size / plan.slow_rate) + 60
         peaks: dict[str, dict[str, float]] = {k: {} for k in KINDS}
         for kind in KINDS if size % 2 == 0 else tuple(reversed(KINDS)):
-            mirror = ctx.rig.mirror(kind)
+            mirror = ctx.mirror(kind)
             try:
                 _settle()
                 for phase in ("cold", "warm"):
                     mirror.hop.reset()
-                    with clients.RssSampler(mirror.pid) as sampler, \
+                    with server_procs.RssSampler(mirror.pid) as sampler, \
                             ctx.profiled(mirror, f"memory-{size}-{phase}"):
                         t0, report = clients.slow_readers(_blob_url(mirror, image), n, plan.slow_rate, timeout,
                                                           seconds=window)
@@ -925,7 +1035,7 @@ def containerd(ctx: Context) -> Section:
     problems: list[str] = []
     for rep in range(plan.ctr_reps):
         for kind in ctx.order(rep):
-            mirror = ctx.rig.mirror(kind)
+            mirror = ctx.mirror(kind)
             try:
                 hosts = write_hosts_dir(os.path.join(mirror.workdir, "hosts"), "docker.io", mirror.url)
                 _settle()
@@ -993,81 +1103,96 @@ CHOICES = (*THROUGHPUT_PARTS, *(name for name in SCENARIOS if name != "throughpu
 # --- targets -------------------------------------------------------------------
 
 
-def evaluate_targets(sections: list[Section], plan: Plan) -> list[Target]:
+def evaluate_targets(sections: list[Section], plan: Plan, workers: tuple[str, ...] = ("1",)) -> list[Target]:
     """
-    The targets of issue 10, each met or missed from what was measured
-    (a target whose measurement did not run is left out, never guessed).
+    The targets of issues 10 and 23, each met or missed from what was
+    measured (a target whose measurement did not run is left out, never
+    guessed); those of a measurement taken with several C{workers}
+    settings once for each, named with it.
     """
     by_key = {s.key: s for s in sections}
     targets: list[Target] = []
+    named = len(workers) > 1 or workers[0] != "1"
 
     def comp(section: str, key: str) -> Any:
         s = by_key.get(section)
         return s.get(key) if s is not None else None
 
+    def each(section: str, key: str) -> list[tuple[str, str, Comparison]]:
+        """
+        C{(setting, " [workers = ...]" or "", comparison with that
+        setting's value)} for every workers setting measured.
+        """
+        c = comp(section, key)
+        if c is None:
+            return []
+        found = [(w, v) for w in workers if (v := c.with_workers(w)) is not None] if c.workers else [(workers[0], c)]
+        return [(w, f" [{workers_label(w)}]" if named else "", v) for w, v in found]
+
     # Warm throughput: 1 and `parallel` connections, against the limit and distribution.
     for key, label in (("one_connection", "1 connection"),
                        (f"{plan.parallel}_connections", f"{plan.parallel} connections")):
-        c = comp("warm_throughput", key)
-        if c is None:
-            continue
-        what = f"warm throughput, {label}, {plan.blob_mib} MiB blob"
-        if c.nginx is not None:
-            fraction = c.fraction_of_limit or 0.0
+        for _, tag, c in each("warm_throughput", key):
+            what = f"warm throughput, {label}, {plan.blob_mib} MiB blob{tag}"
+            if c.nginx is not None:
+                targets.append(_of_limit(f"{what}: ≥ 0.95× nginx (sendfile)", c))
             targets.append(Target(
-                f"{what}: ≥ 0.95× nginx (sendfile)",
-                fraction >= 0.95,
-                f"ocicache {c.ocicache:,.0f} MiB/s, nginx {c.nginx:,.0f} MiB/s ({fraction:.2f}× the limit)",
+                f"{what}: ≥ 1.05× distribution",
+                c.ratio >= 1.05,
+                f"ocicache {c.ocicache:,.0f} MiB/s, distribution {c.distribution:,.0f} MiB/s ({c.ratio:.2f}×)",
             ))
-        targets.append(Target(
-            f"{what}: ≥ 1.05× distribution",
-            c.ratio >= 1.05,
-            f"ocicache {c.ocicache:,.0f} MiB/s, distribution {c.distribution:,.0f} MiB/s ({c.ratio:.2f}×)",
-        ))
+    # Issue 23: 8 clients of the scale curve at the limit, with every workers setting.
+    for _, tag, c in each("warm_throughput", f"scale_{plan.parallel}_mib_s"):
+        if c.nginx is not None:
+            targets.append(_of_limit(f"warm, {plan.parallel} clients (scale curve){tag}: ≥ 0.95× nginx (sendfile)",
+                                     c))
     # Server CPU per GiB, warm.
     for key, label in (("cpu_per_gib_1", "1 connection"),
                        (f"cpu_per_gib_{plan.parallel}", f"{plan.parallel} connections")):
-        c = comp("warm_throughput", key)
-        if c is not None:
+        for _, tag, c in each("warm_throughput", key):
             targets.append(Target(
-                f"server CPU per GiB, warm, {label}: ≤ distribution's",
+                f"server CPU per GiB, warm, {label}{tag}: ≤ distribution's",
                 c.ocicache <= c.distribution,
                 f"ocicache {c.ocicache:.2f} s/GiB, distribution {c.distribution:.2f} s/GiB",
             ))
-    curve = [(n, comp("warm_throughput", f"scale_{n}_cpu_per_gib")) for n in plan.scale_clients]
-    measured = [(n, c) for n, c in curve if c is not None]
-    if measured:
-        targets.append(Target(
-            f"server CPU per GiB, warm, {', '.join(str(n) for n, _ in measured)} clients: ≤ distribution's at each",
-            all(c.ocicache <= c.distribution for _, c in measured),
-            "; ".join(f"{n}: ocicache {c.ocicache:.2f}, distribution {c.distribution:.2f}" for n, c in measured)
-            + " s/GiB",
-        ))
+    for setting in workers:
+        curve = [(n, _for(comp("warm_throughput", f"scale_{n}_cpu_per_gib"), setting)) for n in plan.scale_clients]
+        measured = [(n, c) for n, c in curve if c is not None]
+        if measured:
+            tag = f" [{workers_label(setting)}]" if named else ""
+            targets.append(Target(
+                f"server CPU per GiB, warm, {', '.join(str(n) for n, _ in measured)} clients{tag}: "
+                "≤ distribution's at each",
+                all(c.ocicache <= c.distribution for _, c in measured),
+                "; ".join(f"{n}: ocicache {c.ocicache:.2f}, distribution {c.distribution:.2f}" for n, c in measured)
+                + " s/GiB",
+            ))
     # Cold.
-    wall = comp("cold_blob", "wall_1")
-    if wall is not None:
+    for _, tag, wall in each("cold_blob", "wall_1"):
         targets.append(Target(
-            "cold, 1 client: wall time ≤ distribution's",
+            f"cold, 1 client{tag}: wall time ≤ distribution's (≥ 1.0×)",
             wall.ocicache <= wall.distribution,
             f"ocicache {wall.ocicache:.2f} s, distribution {wall.distribution:.2f} s ({wall.fmt_ratio()})",
         ))
     n = max(plan.cold_clients)
-    up = comp("cold_blob", f"upstream_bytes_{n}")
-    gets = comp("cold_blob", f"upstream_gets_{n}")
-    wall = comp("cold_blob", f"wall_{n}")
-    if up is not None:
+    for _, tag, up in each("cold_blob", f"upstream_bytes_{n}"):
         targets.append(Target(
-            f"cold, {n} clients: upstream bytes = 1.0× blob (distribution ~{n + 1}×)",
+            f"cold, {n} clients{tag}: upstream bytes = 1.0× blob (distribution ~{n + 1}×)",
             abs(up.ocicache - 1.0) < 0.005,
             f"ocicache {up.ocicache:.2f}×, distribution {up.distribution:.2f}×",
         ))
-    if wall is not None and gets is not None:
-        targets.append(Target(
-            f"cold, {n} clients: ≥ 1.3× distribution (wall time) with 1 upstream GET",
-            wall.ratio >= 1.3 and gets.ocicache == 1,
-            f"ocicache {wall.ocicache:.2f} s, distribution {wall.distribution:.2f} s ({wall.ratio:.2f}×); "
-            f"upstream blob GETs: ocicache {gets.ocicache:.0f}, distribution {gets.distribution:.0f}",
-        ))
+    for setting, tag, wall in each("cold_blob", f"wall_{n}"):
+        gets = _for(comp("cold_blob", f"upstream_gets_{n}"), setting)
+        if gets is not None:
+            targets.append(Target(
+                f"cold, {n} clients{tag}: ≥ 1.3× distribution (wall time) with 1 upstream GET",
+                wall.ratio >= 1.3 and gets.ocicache == 1,
+                f"ocicache {wall.ocicache:.2f} s, distribution {wall.distribution:.2f} s ({wall.ratio:.2f}×); "
+                f"upstream blob GETs (median): ocicache {gets.ocicache:g}, distribution {gets.distribution:g}",
+            ))
+    cold = by_key.get("cold_blob")
+    if cold is not None:
+        targets += _across_workers(cold.details.get("runs", []), n, workers)
     # Manifests.
     up = comp("warm_manifests", "head_tag_upstream")
     rps = comp("warm_manifests", "head_tag_rps")
@@ -1100,14 +1225,14 @@ def evaluate_targets(sections: list[Section], plan: Plan) -> list[Target]:
                 peaks.get(f"peak_rss_{phase}_{sizes[-1]}", 0.0) - peaks.get(f"peak_rss_{phase}_{sizes[0]}", 0.0)
                 for phase in ("cold", "warm")
             )
-            each = ", ".join(
+            by_size = ", ".join(
                 f"{_size(size)} {max(peaks.get(f'peak_rss_{phase}_{size}', 0.0) for phase in ('cold', 'warm')):.0f}"
                 for size in sizes)
             targets.append(Target(
                 f"memory: flat in blob size, {_size(sizes[0])} to {_size(sizes[-1])}",
                 growth <= 16.0,
                 f"ocicache peak grows {growth:+.0f} MiB from a {_size(sizes[0])} to a {_size(sizes[-1])} blob "
-                f"(flat: ≤ 16 MiB); peak by size (MiB): {each}",
+                f"(flat: ≤ 16 MiB); peak by size (MiB): {by_size}",
             ))
     # Idle connections.
     idle_rss = comp("warm_throughput", "idle_rss")
@@ -1129,16 +1254,52 @@ def evaluate_targets(sections: list[Section], plan: Plan) -> list[Target]:
             f"ocicache {idle.ocicache:,.0f} MiB/s with them, {alone.ocicache:,.0f} MiB/s without "
             f"({100 * change:+.1f}%)",
         ))
-    # HTTPS.
+    # HTTPS: 1.0× with one worker; with more (issue 23), 1.2×.
     for key, label in (("tls_one_connection", "1 connection"),
                        (f"tls_{plan.parallel}_connections", f"{plan.parallel} connections")):
-        c = comp("warm_throughput", key)
-        if c is not None:
+        for setting, tag, c in each("warm_throughput", key):
+            goal = 1.0 if setting == "1" else 1.2
             targets.append(Target(
-                f"HTTPS warm throughput, {label}: ≥ 1.0× distribution",
-                c.ratio >= 1.0,
+                f"HTTPS warm throughput, {label}{tag}: ≥ {goal:.1f}× distribution",
+                c.ratio >= goal,
                 f"ocicache {c.ocicache:,.0f} MiB/s, distribution {c.distribution:,.0f} MiB/s ({c.ratio:.2f}×)",
             ))
+    return targets
+
+
+def _for(c: Comparison | None, setting: str) -> Comparison | None:
+    return c.with_workers(setting) if c is not None else None
+
+
+def _of_limit(name: str, c: Comparison) -> Target:
+    fraction = c.fraction_of_limit or 0.0
+    return Target(name, fraction >= 0.95,
+                  f"ocicache {c.ocicache:,.0f} MiB/s, nginx {c.nginx or 0.0:,.0f} MiB/s ({fraction:.2f}× the limit)")
+
+
+def _across_workers(runs: list[dict[str, Any]], n: int, workers: tuple[str, ...]) -> list[Target]:
+    """
+    Issue 23's cold goal for each setting of more than one worker: C{n}
+    clients spread over the workers, one upstream GET in every run (not
+    the median: one run with two is a miss).  Not measured (C{met} None)
+    if no run's clients reached more than one worker: the kernel chose,
+    and the runs then said nothing about singleflight across workers.
+    """
+    targets: list[Target] = []
+    for setting in workers:
+        mine = [r for r in runs if r.get("kind") == "ocicache" and r.get("workers") == setting
+                and r.get("clients") == n and r.get("worker_processes", 1) > 1]
+        if not mine:
+            continue
+        spread = [r for r in mine if sum(1 for c in r.get("clients_per_worker", []) if c) > 1]
+        gets = [int(r["upstream_gets"]) for r in mine]
+        detail = (f"upstream blob GETs by run: {', '.join(str(g) for g in gets)}; clients per worker by run: "
+                  + ", ".join(_spread_text(r.get("clients_per_worker", [])) for r in mine))
+        targets.append(Target(
+            f"cold, {n} clients spread over the workers [{workers_label(setting)}]: 1 upstream GET",
+            False if any(g != 1 for g in gets) else (True if spread else None),
+            detail if spread else detail + " (no run reached more than one worker)",
+        ))
     return targets
 
 

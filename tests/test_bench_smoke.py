@@ -92,6 +92,57 @@ def test_bench_run_tiny(tmp_path: os.PathLike[str]) -> None:
     assert not leftovers, f"processes still running from {workdir}: {leftovers}"
 
 
+def test_bench_run_tiny_workers(tmp_path: os.PathLike[str]) -> None:
+    """
+    C{bench/run --workers 1,2} on tiny sizes, the parts the workers
+    dimension covers: both settings measured in every row of them (a
+    column each), the CPU of the two workers counted, the cold 16 clients
+    fetched with one upstream GET in every run of the two workers, and
+    every process stopped, the workers too.
+    """
+    result_json = os.path.join(str(tmp_path), "results", "bench.json")
+    workdir = os.path.join(str(tmp_path), "work")
+    command = [
+        sys.executable, os.path.join(REPO_ROOT, "bench", "run"), "--tiny", "--no-install", "--workers", "1,2",
+        "--only", "throughput,scale,tls,cold", "--json", result_json, "--workdir", workdir,
+    ]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD, cwd=REPO_ROOT)
+    assert proc.returncode == 0, (
+        f"bench/run exited {proc.returncode}\n--- stdout ---\n{proc.stdout[-6000:]}\n"
+        f"--- stderr ---\n{proc.stderr[-6000:]}"
+    )
+    assert "| measurement | ocicache, 1 worker | ocicache, workers = 2 | distribution |" in proc.stdout, proc.stdout
+    with open(result_json) as f:
+        data = json.load(f)
+    assert data["meta"]["workers"] == ["1", "2"]
+    warm = data["scenarios"]["warm_throughput"]["comparisons"]
+    cold = data["scenarios"]["cold_blob"]["comparisons"]
+    for comparison in [*(warm[k] for k in ("one_connection", "8_connections", "cpu_per_gib_8", "scale_1_mib_s",
+                                           "scale_8_mib_s", "scale_8_cpu_per_gib", "tls_8_connections",
+                                           "tls_cpu_per_gib")),
+                       *(cold[k] for k in ("wall_1", "wall_16", "upstream_gets_16", "server_cpu_16"))]:
+        assert set(comparison["workers"]) == {"1", "2"}, comparison
+        assert comparison["workers"]["1"]["ocicache"] == comparison["ocicache"], comparison
+    # Measured, not left at zero: throughput, time, and the CPU of TLS (tens of MiB through pyOpenSSL).
+    for comparison in (warm["8_connections"], warm["scale_8_mib_s"], warm["tls_8_connections"],
+                       warm["tls_cpu_per_gib"], cold["wall_16"]):
+        assert comparison["workers"]["2"]["ocicache"] > 0, comparison
+    # Every client's answer found in the access log, by the worker that gave it.
+    runs = [r for r in data["scenarios"]["cold_blob"]["details"]["runs"] if r["workers"] == "2"]
+    assert sorted(r["clients"] for r in runs) == [1, 16], runs
+    for run in runs:
+        assert run["worker_processes"] == 2 and run["upstream_gets"] >= 1, run
+        assert len(run["clients_per_worker"]) == 2 and sum(run["clients_per_worker"]) == run["clients"], run
+    # Judged from every run's GETs: missed with more than one, n/a with one if the kernel gave all
+    # 16 clients to one worker.
+    (target,) = [t for t in data["targets"] if "spread over the workers [workers = 2]" in t["name"]]
+    (sixteen,) = [r for r in runs if r["clients"] == 16]
+    spread = 0 not in sixteen["clients_per_worker"]
+    assert target["met"] is (False if sixteen["upstream_gets"] != 1 else (True if spread else None)), target
+    leftovers = subprocess.run(["pgrep", "-f", workdir], capture_output=True, text=True).stdout.split()
+    assert not leftovers, f"processes still running from {workdir}: {leftovers}"
+
+
 SCALE_OUT_NODES = 2
 SCALE_OUT_CLIENTS = 4
 

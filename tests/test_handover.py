@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from twisted.internet.defer import maybeDeferred
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.web.resource import Resource
@@ -122,3 +123,38 @@ def test_a_worker_is_not_told_of_the_sockets_systemd_passed_to_the_main_process(
     environ = {"LISTEN_PID": "1", "LISTEN_FDS": "1", "LISTEN_FDNAMES": "ocicache", "PATH": "/usr/bin",
                "LISTEN_ADDRESS": "kept: not systemd's"}
     assert worker_environment(environ) == {"PATH": "/usr/bin", "LISTEN_ADDRESS": "kept: not systemd's"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_worker_accepts_one_connection_per_wake_up() -> None:
+    """
+    A burst of connections spreads over the workers: each wake-up of one
+    accepts one (Twisted's port would take up to 100 in a row).
+    """
+    reactor = the_reactor()
+    port_number = _free_port()
+    [opened] = open_for_workers(reactor, (f"tcp:{port_number}:interface=127.0.0.1",))
+    made: list[object] = []
+
+    class Counting(Protocol):
+        def connectionMade(self) -> None:
+            made.append(self)
+
+    served = adopt(reactor, f"tcp:{port_number}:interface=127.0.0.1", os.dup(opened.fileno()),
+                   Factory.forProtocol(Counting))
+    # The test wakes it, not the reactor.
+    served.stopReading()  # type: ignore[attr-defined]
+    clients = [socket.create_connection(("127.0.0.1", port_number), timeout=5) for _ in range(3)]
+    try:
+        await deferLater(reactor, 0.1, lambda: None)
+        for woken in (1, 2, 3):
+            served.doRead()  # type: ignore[attr-defined]
+            assert len(made) == woken
+    finally:
+        for client in clients:
+            client.close()
+        for protocol in made:
+            assert isinstance(protocol, Counting) and protocol.transport is not None
+            protocol.transport.loseConnection()
+        await maybeDeferred(served.stopListening)
+        await maybeDeferred(opened.stopListening)

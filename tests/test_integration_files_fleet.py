@@ -14,14 +14,14 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from functools import partial
 from pathlib import Path
 
 import pytest
 
-from ocitest import free_port, wait_for
+from ocitest import wait_for
 from ocitest.ceph import Radosgw
-from ocitest.daemon import Daemon, config_text
+from ocitest.daemon import Daemon
+from ocitest.fleet_nodes import FleetNodes
 from ocitest.redis import RedisServer
 from ocitest.s3 import Store
 from test_integration_files_s3 import Remote, file_object, file_objects, get
@@ -43,44 +43,9 @@ def remote(tmp_path: Path) -> Iterator[Remote]:
 @pytest.fixture
 def fleet(tmp_path: Path, remote: Remote, redis_server: RedisServer) -> Iterator[Callable[..., list[Daemon]]]:
     """Starts C{count} nodes on one Redis, each with a disk of its own; C{storage}: their [storage] table."""
-    started: list[Daemon] = []
-    secret = tmp_path / "fleet.secret"
-    secret.write_text(SECRET + "\n")
-
-    def start(count: int, storage: dict[str, object] | None = None) -> list[Daemon]:
-        nodes = []
-        for index in range(count):
-            port, internal = free_port(), free_port()
-            tables: dict[str, dict[str, object]] = {"fleet": {
-                "redis": redis_server.url, "node": f"node{index}",
-                "internal_listen": f"tcp:{internal}:interface=127.0.0.1",
-                "peer_url": f"http://127.0.0.1:{internal}", "secret_file": str(secret), "lock_ttl": "5s",
-            }}
-            if storage is not None:
-                tables["storage"] = storage
-            text = config_text(port=port, cache_dir=str(tmp_path / f"node{index}" / "cache"), upstreams=[],
-                               extra_tables=tables)
-            path = tmp_path / f"node{index}.toml"
-            path.write_text(text + remote.tables(mutable_ttl=TTL))
-            daemon = Daemon(str(path), port=port, workdir=str(tmp_path / f"node{index}" / "daemon"))
-            daemon.start()
-            started.append(daemon)
-            nodes.append(daemon)
-        for daemon in nodes:
-            wait_for(partial(_joined, daemon), 15, what="the node to join the fleet")
-        return nodes
-
-    yield start
-    for daemon in started:
-        daemon.stop()
-
-
-def _joined(daemon: Daemon) -> bool:
-    try:
-        with open(os.path.join(daemon.workdir, "ocicache.log"), encoding="utf-8", errors="replace") as f:
-            return "is in the fleet" in f.read()
-    except FileNotFoundError:
-        return False
+    nodes = FleetNodes(tmp_path, redis_server.url, SECRET, lambda index: remote.tables(mutable_ttl=TTL))
+    yield nodes.start
+    nodes.stop_all()
 
 
 def _burst(nodes: list[Daemon], remote_name: str, path: str, per_node: int) -> list[tuple[int, bytes]]:

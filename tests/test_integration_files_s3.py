@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from ocicache._files._key import file_key
-from ocitest import free_port, http_request, wait_for
+from ocitest import http_request, wait_for
 from ocitest.ceph import Radosgw
-from ocitest.daemon import Daemon, config_text
+from ocitest.daemon import Daemon, start_node
 from ocitest.hop import Hop
 from ocitest.packages import DebRepository, Nginx
 from ocitest.s3 import Store
@@ -80,13 +80,7 @@ def node(tmp_path: Path, remote: Remote, store: Store) -> Iterator[Callable[[str
     started: list[Daemon] = []
 
     def start(name: str) -> Daemon:
-        port = free_port()
-        text = config_text(port=port, cache_dir=str(tmp_path / name / "cache"), upstreams=[],
-                           extra_tables={"storage": store.table})
-        path = tmp_path / f"{name}.toml"
-        path.write_text(text + remote.tables())
-        daemon = Daemon(str(path), port=port, workdir=str(tmp_path / name / "daemon"))
-        daemon.start()
+        daemon = start_node(tmp_path, name, {"storage": store.table}, remote.tables())
         started.append(daemon)
         return daemon
 

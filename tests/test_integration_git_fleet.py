@@ -11,14 +11,14 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterator
-from functools import partial
 from typing import Any
 
 import pytest
 
-from ocitest import free_port, wait_for
+from ocitest import wait_for
 from ocitest.ceph import Radosgw
-from ocitest.daemon import Daemon, config_text
+from ocitest.daemon import Daemon
+from ocitest.fleet_nodes import FleetNodes
 from ocitest.gitserver import GitServer, git
 from ocitest.hop import Hop
 from ocitest.redis import RedisServer
@@ -50,41 +50,10 @@ def git_hop(git_server: GitServer) -> Iterator[Hop]:
 @pytest.fixture
 def fleet(tmp_path: Any, git_hop: Hop, redis_server: RedisServer) -> Iterator[Callable[..., list[Daemon]]]:
     """Starts C{count} nodes on one Redis, each with a disk of its own; C{storage}: their [storage] table."""
-    started: list[Daemon] = []
-    secret = tmp_path / "fleet.secret"
-    secret.write_text(SECRET + "\n")
-
-    def start(count: int, storage: dict[str, object] | None = None) -> list[Daemon]:
-        nodes = []
-        for index in range(count):
-            port, internal = free_port(), free_port()
-            tables: dict[str, dict[str, object]] = {"fleet": {
-                "redis": redis_server.url, "node": f"node{index}",
-                "internal_listen": f"tcp:{internal}:interface=127.0.0.1",
-                "peer_url": f"http://127.0.0.1:{internal}", "secret_file": str(secret), "lock_ttl": "5s",
-            }}
-            if storage is not None:
-                tables["storage"] = storage
-            text = config_text(port=port, cache_dir=str(tmp_path / f"node{index}" / "cache"), upstreams=[],
-                               extra_tables=tables)
-            text += f'\n[[git]]\nname = "{HOST}"\nurl = "{git_hop.url}/repos"\n'
-            path = tmp_path / f"node{index}.toml"
-            path.write_text(text)
-            daemon = Daemon(str(path), port=port, workdir=str(tmp_path / f"node{index}" / "daemon"))
-            daemon.start()
-            started.append(daemon)
-            nodes.append(daemon)
-        for daemon in nodes:
-            wait_for(partial(_joined, daemon), 15, what="the node to join the fleet")
-        return nodes
-
-    yield start
-    for daemon in started:
-        daemon.stop()
-
-
-def _joined(daemon: Daemon) -> bool:
-    return "is in the fleet" in _log(daemon)
+    git = f'\n[[git]]\nname = "{HOST}"\nurl = "{git_hop.url}/repos"\n'
+    nodes = FleetNodes(tmp_path, redis_server.url, SECRET, lambda index: git)
+    yield nodes.start
+    nodes.stop_all()
 
 
 def _log(daemon: Daemon) -> str:

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from ocicache._git._pktline import PackResponseCheck
-from ocitest import free_port, wait_for
+from ocitest import wait_for
 from ocitest.ceph import Radosgw
-from ocitest.daemon import Daemon, config_text
+from ocitest.daemon import Daemon, start_node
 from ocitest.gitserver import GitServer, git
 from ocitest.hop import Hop
 from ocitest.s3 import Store
@@ -56,14 +56,8 @@ def node(tmp_path: Any, git_hop: Hop, store: Store) -> Iterator[Callable[[str], 
     started: list[Daemon] = []
 
     def start(name: str) -> Daemon:
-        port = free_port()
-        text = config_text(port=port, cache_dir=str(tmp_path / name / "cache"), upstreams=[],
-                           extra_tables={"storage": {**store.table, "local_max_size": 0}})
-        text += f'\n[[git]]\nname = "{HOST}"\nurl = "{git_hop.url}/repos"\n'
-        path = tmp_path / f"{name}.toml"
-        path.write_text(text)
-        daemon = Daemon(str(path), port=port, workdir=str(tmp_path / name / "daemon"))
-        daemon.start()
+        git = f'\n[[git]]\nname = "{HOST}"\nurl = "{git_hop.url}/repos"\n'
+        daemon = start_node(tmp_path, name, {"storage": {**store.table, "local_max_size": 0}}, git)
         started.append(daemon)
         return daemon
 

@@ -14,11 +14,11 @@ import subprocess
 
 import pytest
 
-from ocitest import REPO_ROOT, free_port, http_request, require_binary, wait_for
+from ocitest import REPO_ROOT, free_port, http_request, require_binary
 from ocitest.daemon import Upstream, write_config
 from ocitest.hop import Hop
 from ocitest.images import MEDIA
-from ocitest.ops import launch, socket_refuses
+from ocitest.ops import socket_activated, socket_refuses
 from ocitest.registry import Registry
 
 pytestmark = pytest.mark.integration
@@ -79,21 +79,13 @@ def test_verify_catches_a_broken_unit(tmp_path: os.PathLike[str]) -> None:
 def test_serves_on_a_socket_from_systemd(
     tmp_path: os.PathLike[str], hop: Hop, upstream: Registry
 ) -> None:
-    activate = require_binary("systemd-socket-activate")
     workdir = str(tmp_path)
     socket_port, config_port = free_port(), free_port()
     config = write_config(os.path.join(workdir, "ocicache.toml"), port=config_port,
                           cache_dir=os.path.join(workdir, "cache"),
                           upstreams=[Upstream("docker.io", hop.url, default=True)])
-    daemon = launch(config, workdir, ocicache_args=["--listen", "systemd:domain=INET:index=0"],
-                    # It passes a clean environment, less what -E names.
-                    # Twisted wants LISTEN_FDNAMES too, as systemd (227+)
-                    # always sets it: --fdname.
-                    wrapper=[activate, "--listen", f"127.0.0.1:{socket_port}", "--fdname=ocicache",
-                             "-E", "PYTHONPATH", "-E", "PYTHONUNBUFFERED"])
+    daemon = socket_activated(config, workdir, socket_port)
     try:
-        wait_for(lambda: "Listening on" in daemon.log_text(), timeout=20,
-                 what="systemd-socket-activate to bind its socket")
         assert "ocicache" not in daemon.log_text(), "the daemon started before any connection"
         image = upstream.images["oci"]
         # The first connection starts the daemon; it waits in the backlog.

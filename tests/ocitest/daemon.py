@@ -30,6 +30,7 @@ import time
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ocicache._ops._config._reference import toml_literal
@@ -286,6 +287,19 @@ def start_daemon(
     )
     daemon = Daemon(path, port=port, workdir=workdir, repo_root=repo_root, cache_dir=cache_dir)
     return daemon.start(timeout=timeout)
+
+
+def start_node(base: Path, name: str, tables: Mapping[str, Mapping[str, object]], tail: str = "") -> Daemon:
+    """
+    A daemon named C{name} under C{base} with no registry upstream: its
+    config's C{tables} (C{[storage]}, C{[fleet]}) and C{tail} (its
+    C{[[git]]} or C{[[files]]} tables); its cache in C{base/name/cache}.
+    """
+    port = free_port()
+    text = config_text(port=port, cache_dir=str(base / name / "cache"), upstreams=[], extra_tables=tables)
+    path = base / f"{name}.toml"
+    path.write_text(text + tail)
+    return Daemon(str(path), port=port, workdir=str(base / name / "daemon")).start()
 
 
 def default_upstreams(url: str) -> list[Upstream]:

@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import free_port, http_request, log_tail, require_binary, stop_process
+from . import free_port, http_request, log_tail, require_binary, stop_process, wait_for
 from .daemon import TWISTD, daemon_env
 from .serving import LoopbackServer, send
 
@@ -477,3 +477,25 @@ def socket_refuses(port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def socket_activated(config_path: str, workdir: str, socket_port: int) -> Launched:
+    """
+    The daemon behind C{systemd-socket-activate}, standing in for systemd
+    (ocicache.socket): it binds C{socket_port} and starts the daemon on the
+    first connection, passing it the socket; returned once it listens.
+    """
+    activate = require_binary("systemd-socket-activate")
+    launched = launch(config_path, workdir, ocicache_args=["--listen", "systemd:domain=INET:index=0"],
+                      # It passes a clean environment, less what -E names.
+                      # Twisted wants LISTEN_FDNAMES too, as systemd (227+)
+                      # always sets it: --fdname.
+                      wrapper=[activate, "--listen", f"127.0.0.1:{socket_port}", "--fdname=ocicache",
+                               "-E", "PYTHONPATH", "-E", "PYTHONUNBUFFERED"])
+    try:
+        wait_for(lambda: "Listening on" in launched.log_text(), timeout=20,
+                 what="systemd-socket-activate to bind its socket")
+    except BaseException:
+        launched.stop()
+        raise
+    return launched

@@ -23,10 +23,10 @@ from .._spec._conditional import not_modified
 from .._spec._errors import ErrorCode, RegistryError
 from .._spec._range import Unsatisfiable, if_range_holds, parse_range
 from .._version import __version__
+from .._web._body import BodySender
 from .._web._errors import internal_error, registry_error, render_error
 from .._web._exchange import Exchange
-from .._web._sendfile import SendfileStreamer, can_sendfile
-from .._web._streamer import Streamer, WriteBudget, abort_response
+from .._web._streamer import WriteBudget, abort_response
 from ._errors import BadPath, RemoteUnknown
 from ._key import FileKey
 from ._paths import FilePath, parse_path
@@ -134,17 +134,9 @@ class FilesResource(Resource):
         def on_bytes(count: int) -> None:
             state.bytes += count
             served.inc(count)
-        if self._server.sendfile and end is not None and can_sendfile(request, end):
-            by_sendfile = self._metrics.sendfile_bytes
-
-            def on_sent(count: int) -> None:
-                on_bytes(count)
-                by_sendfile.inc(count)
-
-            SendfileStreamer(request, source, start, end, self._reactor, on_sent,
-                             self._server.stall_timeout).start()
-        else:
-            Streamer(request, source, start, end, self._reactor, on_bytes, self._budget).start()
+        bodies = BodySender(self._reactor, self._budget, self._server.sendfile, self._server.stall_timeout,
+                            self._metrics.sendfile_bytes.inc)
+        bodies.send(request, source, start, end, on_bytes)
 
     async def _head(self, request: Request, state: Exchange, name: str, path: FilePath) -> None:
         size = await self._files.size(name, path)

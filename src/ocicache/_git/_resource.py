@@ -27,10 +27,10 @@ from twisted.web.server import NOT_DONE_YET, Request
 from .._fetch._source import Source, StoredFile
 from .._ops._metrics import Metrics
 from .._storage._disk import Disk
+from .._web._body import BodySender
 from .._web._errors import plain_answer
 from .._web._exchange import Exchange
-from .._web._sendfile import SendfileStreamer, can_sendfile
-from .._web._streamer import Streamer, WriteBudget, abort_response
+from .._web._streamer import WriteBudget, abort_response
 from ._config import GitConfig
 from ._errors import BadGitRequest, RequestTooLarge
 from ._packs import PackAnswer, PackService
@@ -171,14 +171,12 @@ class GitResource(Resource):
         if isinstance(source, StoredFile):
             end = source.available
             request.setHeader(b"content-length", b"%d" % end)
-            if self._sendfile and can_sendfile(request, end):
-                SendfileStreamer(request, source, 0, end, self._disk.reactor, on_bytes, self._stall_timeout).start()
-                return
-            if answer.key is not None:
-                # Through Python anyway: its bytes at rest are checked on the way.
-                budget = self._budget
-                source = source.verified(answer.key, self._packs.corrupt, self._disk.run, lambda: budget.share)
-        Streamer(request, source, 0, end, self._disk.reactor, on_bytes, self._budget).start()
+        key, budget = answer.key, self._budget
+        verify = None if key is None else (
+            lambda stored: stored.verified(key, self._packs.corrupt, self._disk.run, lambda: budget.share))
+        bodies = BodySender(self._disk.reactor, budget, self._sendfile, self._stall_timeout,
+                            self._metrics.sendfile_bytes.inc)
+        bodies.send(request, source, 0, end, on_bytes, verify)
 
     def _count(self, exchange: Exchange) -> None:
         if exchange.result is not None and exchange.upstream is not None:

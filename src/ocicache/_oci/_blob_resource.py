@@ -8,19 +8,16 @@ the S3 store.
 from __future__ import annotations
 
 from prometheus_client import Gauge
-from twisted.internet.defer import Deferred
 from twisted.web.server import Request
 
 from .._fetch._result import CacheResult
-from .._fetch._source import StoredFile
 from .._spec._errors import ErrorCode, RegistryError
 from .._spec._range import Unsatisfiable, if_range_holds, parse_range
 from .._spec._reference import Digest
 from .._upstream._client import Upstream
+from .._web._body import BodySender
 from .._web._exchange import Exchange
 from .._web._responses import blob_headers, cache_header, etag, is_not_modified, send_not_modified
-from .._web._sendfile import SendfileStreamer, can_sendfile
-from .._web._streamer import Streamer
 from ._routing import Route
 from ._services import Services
 
@@ -98,23 +95,12 @@ async def answer_blob(services: Services, request: Request, exchange: Exchange, 
         exchange.bytes += count
         served.inc(count)
 
-    done: Deferred[int]
     server = services.config.server
-    if server.sendfile and end is not None and can_sendfile(request, end):
-        by_sendfile = services.metrics.sendfile_bytes
-
-        def on_sent(count: int) -> None:
-            on_bytes(count)
-            by_sendfile.inc(count)
-
-        done = SendfileStreamer(request, source, start, end, services.reactor, on_sent,
-                                server.stall_timeout).start()
-    else:
-        if isinstance(source, StoredFile) and start == 0 and end == total:
-            # Through Python anyway: hash the bytes at rest on the way.
-            budget = services.write_budget
-            source = services.blobs.verified(source, digest, lambda: budget.share)
-        done = Streamer(request, source, start, end, services.reactor, on_bytes, services.write_budget).start()
+    budget = services.write_budget
+    bodies = BodySender(services.reactor, budget, server.sendfile, server.stall_timeout,
+                        services.metrics.sendfile_bytes.inc)
+    done = bodies.send(request, source, start, end, on_bytes,
+                       verify=lambda stored: services.blobs.verified(stored, digest, lambda: budget.share))
     if gauge is not None:
         done.addBoth(_decrement, gauge)
 
