@@ -1,7 +1,8 @@
 """
 One upstream fetch per key for every process on one store (issue 23):
-two real daemons on the same C{[cache] dir}, each client sent to the one
-the test chooses, against distribution behind the counting, throttled
+C{[server] workers = 2}, each client sent to the worker the test chooses
+(the other stopped while it is accepted), and two real daemons on the
+same C{[cache] dir}; against distribution behind the counting, throttled
 hop (and nginx for a C{[[files]]} remote, and a small upstream of our
 own that sends the wrong bytes, which distribution never does).
 
@@ -37,6 +38,7 @@ from ocitest.ops import metric_value, scrape
 from ocitest.packages import Nginx
 from ocitest.registry import Registry, push_blob
 from ocitest.serving import LoopbackServer, send
+from ocitest.workers import only, served_by, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -289,3 +291,86 @@ def test_a_file_of_a_files_remote_is_fetched_once_for_both_processes(
     finally:
         hop.stop()
         nginx.stop()
+
+
+class _Begun:
+    """A GET whose response headers came from the worker chosen; its body is read in a thread."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.split("/")[2].split(":")
+        self._conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        self._conn.request("GET", "/" + url.split("/", 3)[3])
+        self.response = self._conn.getresponse()
+        self.body = bytearray()
+        self._thread = threading.Thread(target=self._read)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            while chunk := self.response.read1(1 << 16):
+                self.body += chunk
+        except (OSError, http.client.HTTPException):
+            pass
+        finally:
+            self._conn.close()
+
+    def join(self) -> bytes:
+        self._thread.join(120)
+        assert not self._thread.is_alive(), "a client never finished"
+        return bytes(self.body)
+
+
+def _begin_on(pids: dict[int, int], index: int, url: str) -> _Begun:
+    """A GET served by worker C{index}: the other is stopped until its headers arrive."""
+    with only(pids, index):
+        return _Begun(url)
+
+
+def test_cold_clients_spread_over_two_workers_cause_one_upstream_get(
+        upstream: Registry, daemon_factory: DaemonPool, hop: Hop) -> None:
+    blob = _blob(upstream, "host-fills-workers")
+    daemon = daemon_factory(server_extra={"workers": 2})
+    pids = wait_ready(daemon.log_text, 2)
+    hop.throttle = 3 << 20  # 4 s: every client asks while the body arrives
+    clients = [_begin_on(pids, index % 2, _blob_url(daemon, blob)) for index in range(16)]
+    bodies = [client.join() for client in clients]
+    assert [client.response.status for client in clients] == [200] * 16
+    assert all(hashlib.sha256(body).hexdigest() == blob.hex for body in bodies)
+    assert hop.count("GET", str(blob.digest)) == 1, hop.summary()
+    path = f"/v2/docker.io/{REPO}/blobs/{blob.digest}"
+    wait_for(lambda: len(served_by(daemon.log_text(), path)) == 16, 10, what="16 access events")
+    assert sorted(served_by(daemon.log_text(), path)) == [0] * 8 + [1] * 8
+    assert {client.response.getheader("ocicache-cache") for client in clients} == {"miss", "coalesced"}
+
+
+def test_a_worker_killed_mid_download_the_other_takes_over(
+        upstream: Registry, daemon_factory: DaemonPool, hop: Hop) -> None:
+    blob = _blob(upstream, "host-fills-workers-sigkill")
+    daemon = daemon_factory(server_extra={"workers": 2})
+    assert daemon.cache_dir is not None
+    store = daemon.cache_dir
+    pids = wait_ready(daemon.log_text, 2)
+    hop.throttle = 2 << 20  # 6 s
+    doomed = _begin_on(pids, 0, _blob_url(daemon, blob))
+    # The worker that holds the key's lock, as its lock file says.
+    notes = _lock_notes(store)
+    assert [note["pid"] for note in notes if "pid" in note] == [pids[0]]
+    followers = [_begin_on(pids, 1, _blob_url(daemon, blob)) for _ in range(4)]
+    assert [client.response.getheader("ocicache-cache") for client in followers] == ["coalesced"] * 4
+    wait_for(lambda: hop.bytes_sent_for(str(blob.digest)) > 4 << 20, 20, what="the followers under way")
+    os.kill(pids[0], signal.SIGKILL)
+    bodies = [client.join() for client in followers]
+    doomed.join()
+    assert all(hashlib.sha256(body).hexdigest() == blob.hex for body in bodies)
+    hop.wait_idle()
+    assert hop.count("GET", str(blob.digest)) == 2, hop.summary()
+    # Nothing partial: the dead worker's temp file gone, the lock let go, the blob whole.
+    wait_for(lambda: _leftovers(store) == [], 5, what=f"tmp/ emptied: {_leftovers(store)}")
+    path = os.path.join(store, "blobs", "sha256", blob.hex[:2], blob.hex)
+    with open(path, "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == blob.hex
+    # The supervisor started worker 0 again; the next GET is a hit, wherever it lands.
+    wait_ready(daemon.log_text, 2)
+    status, headers, body = http_request(_blob_url(daemon, blob))
+    assert status == 200 and headers["ocicache-cache"] == "hit" and body == blob.data
+    assert hop.count("GET", str(blob.digest)) == 2
