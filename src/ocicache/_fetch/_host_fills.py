@@ -90,6 +90,8 @@ class HostFills(Generic[K]):
             noter = _Verified(lock, filling)
             filling.follow(noter)
             filling.settled.addBoth(self._settled, key, lock, filling, noter)
+        elif isinstance(filling, Download) and filling.committed:
+            self._let_go(key, lock, None)  # done already (an empty body): in the store
         else:
             # In memory only: nothing another process can read.  Once it
             # ends they fetch for themselves.
