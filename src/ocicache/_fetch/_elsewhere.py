@@ -161,6 +161,7 @@ class Following(Generic[K]):
         self._next: IDelayedCall | None = None
         self._looking = False
         self._take_overs = 0
+        self._checker = _Checker(self)
         self._closed = False
         self.over = False
         """Whether new clients must not join it: ended, without a body, or closed."""
@@ -354,7 +355,7 @@ class Following(Generic[K]):
         self._delegate = filling.acquire()
         for reader in self._readers:
             filling.subscribe(reader)
-        filling.follow(_Checker(self))
+        filling.follow(self._checker)
         self._delegated()
 
     def _not_taken(self, reason: Failure) -> None:
@@ -471,6 +472,7 @@ class Following(Generic[K]):
         if not self._looking:
             self._close_files()
         if self._delegate is not None:
+            self._delegate.unfollow(self._checker)
             self._delegate.release()
 
     def _close_files(self) -> None:
