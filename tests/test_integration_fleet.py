@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from ocitest import free_port, http_request, wait_for
+from ocitest import free_port, http_request, temp_files, wait_for
 from ocitest.ceph import Radosgw
 from ocitest.daemon import Daemon
 from ocitest.hop import Hop
@@ -334,7 +333,7 @@ def test_filler_killed_mid_download(
     for daemon in daemons[1:]:
         wait_for(_committed(daemon, blob), 20, what="the commit")
         assert [_sha256_of(path) for path in _blob_files(daemon, blob)] == [blob.hex]
-        assert os.listdir(os.path.join(daemon.cache_dir, "tmp")) == []
+        assert temp_files(daemon.cache_dir) == []
 
 
 def test_filler_killed_mid_download_on_one_bucket(

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import pytest
 
-from ocitest import wait_for
+from ocitest import temp_files, wait_for
 from ocitest.daemon import Daemon
 from ocitest.hop import Hop
 from ocitest.images import MEDIA, Blob, MiB, big_layer
@@ -122,7 +122,7 @@ def test_concurrent_commits_never_carry_blobs_past_max_size(
             thread.join(120)
         # Every download settles (commits or discards its temp file) just
         # after its last byte: keep sampling until then.
-        wait_for(lambda: not os.listdir(os.path.join(cache_dir, "tmp")), timeout=30,
+        wait_for(lambda: not temp_files(cache_dir), timeout=30,
                  what="every download settled")
         time.sleep(0.2)
     finally:

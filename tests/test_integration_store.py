@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from ocitest import SRC_ROOT, http_request, wait_for
+from ocitest import SRC_ROOT, http_request, temp_files, wait_for
 from ocitest.daemon import Daemon
 from ocitest.hop import Hop
 from ocitest.images import MEDIA, Blob, Image, MiB, big_layer
@@ -34,11 +34,6 @@ def _blob_files(cache_dir: str) -> dict[str, int]:
         for name in files:
             found[name] = os.path.getsize(os.path.join(root, name))
     return found
-
-
-def _temp_files(cache_dir: str) -> list[str]:
-    tmp = os.path.join(cache_dir, "tmp")
-    return sorted(os.listdir(tmp)) if os.path.isdir(tmp) else []
 
 
 def _get_sha256(url: str, headers: dict[str, str] | None = None) -> tuple[int, str, int]:
@@ -123,7 +118,7 @@ def test_kill_9_mid_download_leaves_nothing_partial(
     response = conn.getresponse()
     assert response.status == 200
     assert len(response.read(1 << 20)) == 1 << 20
-    assert _temp_files(cache_dir), "the download should be in progress"
+    assert temp_files(cache_dir), "the download should be in progress"
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGKILL)
     assert daemon.proc.wait(timeout=10) == -signal.SIGKILL
@@ -133,7 +128,7 @@ def test_kill_9_mid_download_leaves_nothing_partial(
     hop.throttle = None
 
     restarted = daemon_factory(cache_dir=cache_dir)
-    assert _temp_files(cache_dir) == [], "temp files survived the restart"
+    assert temp_files(cache_dir) == [], "temp files survived the restart"
     assert blob.hex not in _blob_files(cache_dir)
     status, digest, length = _get_sha256(f"{restarted.url}/v2/ocitest-big256/blobs/{blob.digest}")
     assert (status, digest, length) == (200, blob.digest, blob.size)
@@ -231,7 +226,7 @@ def test_full_disk_mid_download_streams_through(
         thread.join(120)
     assert results == [(200, blob.digest, blob.size)] * 3
     assert blob.hex not in _blob_files(cache_dir)
-    wait_for(lambda: _temp_files(cache_dir) == [], timeout=10, what="temp files removed")
+    wait_for(lambda: temp_files(cache_dir) == [], timeout=10, what="temp files removed")
     assert daemon.proc is not None and daemon.proc.poll() is None
     with open(daemon.log_path) as f:
         log = f.read()

@@ -174,6 +174,7 @@ async def test_abandoned_temp_files_go_and_live_ones_stay(parts: _Parts) -> None
         old = time.time() - ABANDONED_AFTER - 60
         for temp in (live, dead):
             os.utime(temp.path, (old, old))
+        dead.close()  # its writer is gone: nobody holds it any more
         capacity = _capacity(parts)
         janitor = Janitor(_disk(parts), capacity, None,
                           live_temp_files=lambda: [live.path])

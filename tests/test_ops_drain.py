@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from ocitest import free_port, http_request, wait_for
+from ocitest import free_port, http_request, temp_files, wait_for
 from ocitest.daemon import Daemon
 from ocitest.hop import Hop
 from ocitest.ops import socket_refuses
@@ -34,8 +34,7 @@ def _drain_config(metrics_port: int, drain_timeout: str) -> dict[str, object]:
 
 def _assert_stopped_cleanly(daemon: Daemon) -> None:
     assert daemon.cache_dir is not None
-    tmp = os.path.join(daemon.cache_dir, "tmp")
-    assert os.listdir(tmp) == [], f"temp files left: {os.listdir(tmp)}"
+    assert temp_files(daemon.cache_dir) == [], f"temp files left: {temp_files(daemon.cache_dir)}"
     # SQLite removes the WAL when the last connection closes cleanly.
     assert not os.path.exists(os.path.join(daemon.cache_dir, "metadata.sqlite-wal"))
     log = daemon.log_text()

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from ocicache import __version__
-from ocitest import free_port, http_request, require_binary
+from ocitest import free_port, http_request, require_binary, temp_files
 from ocitest.daemon import Daemon, Upstream
 from ocitest.images import MEDIA
 from ocitest.ops import PKI, AuxRegistry, make_pki
@@ -104,7 +104,7 @@ def test_https_upstream_unknown_ca_fails_cleanly(
     assert "Traceback" not in log, log[-3000:]
     assert "certificate verify failed" in log or "certificate verify failed" in error["message"]
     assert daemon.cache_dir is not None
-    assert os.listdir(os.path.join(daemon.cache_dir, "tmp")) == []
+    assert temp_files(daemon.cache_dir) == []
 
 
 def test_https_upstream_without_verification_warns(

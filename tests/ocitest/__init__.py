@@ -40,6 +40,7 @@ __all__ = [
     "http_request",
     "spawn",
     "stop_process",
+    "temp_files",
 ]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -207,3 +208,12 @@ def spawn(args: list[str], log_path: str, cwd: str, env: dict[str, str] | None =
     with open(log_path, "ab") as log:
         return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 cwd=cwd, env=env)
+
+
+def temp_files(cache_dir: str) -> list[str]:
+    """
+    The temp files under a store's C{tmp/}: downloads in progress, or left
+    behind.  C{tmp/locks/} beside them holds the key locks, which are not.
+    """
+    tmp = os.path.join(cache_dir, "tmp")
+    return sorted(name for name in os.listdir(tmp) if name != "locks") if os.path.isdir(tmp) else []

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .._storage._disk import Disk
+from .._storage._reading import read_elsewhere
 from .._storage._store import Kind, TempFile
 from ._incoming import DownloadError, Incoming, State
 from ._key import Key, Verifier
@@ -337,6 +338,9 @@ class Download(Incoming):
     def _abandoned(self) -> None:
         self._abandon = None
         if self._readers or self.state is not State.RECEIVING:
+            return
+        if self._temp is not None and read_elsewhere(self._temp.fd):
+            self._arm_abandon()  # another process's clients read it (L{ocicache._fetch._elsewhere})
             return
         if self.size is not None and self._received + self._queued >= self.size * self._keep_fraction:
             return  # most of it is here: worth keeping

@@ -13,7 +13,7 @@ from attrs import frozen
 
 from .._spec._errors import ErrorCode
 
-__all__ = ["CacheError", "Described", "NotHere", "StoreUnavailable"]
+__all__ = ["CacheError", "Described", "FilledElsewhere", "NotHere", "StoreUnavailable"]
 
 
 class CacheError(Exception):
@@ -55,4 +55,12 @@ class NotHere(Exception):
     A tier that found an entry could not serve it after all (the S3 store
     went away between its C{HEAD} and its C{GET}): the walk goes on, and a
     lookup that joined that tier's fill starts one of its own.
+    """
+
+
+class FilledElsewhere(NotHere):
+    """
+    Another process on this store took the entry's lock first: the walk
+    looks again, and follows that process's fill
+    (L{ocicache._fetch._elsewhere}).
     """

@@ -8,7 +8,10 @@ chooses its tiers and their order, and what a miss does (L{Miss}: an
 upstream fetch into a sink, wrapped in the fleet's claim).  The walk
 proves access once per lookup (the front-end's C{authorize}), and never
 starts a second fill of an entry whose first one ended while it walked
-(L{Fills.changed}).
+(L{Fills.changed}).  With L{HostFills}, a miss takes the key's lock first,
+so that every process on the store makes one fill per key: a lookup that
+finds the lock taken walks again, and the tier after the in-flight one
+(L{ocicache._fetch._elsewhere}) follows that process's fill.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, Protocol, TypeVar
 
-from attrs import frozen
+from attrs import evolve, frozen
 
 from ._download import Download
-from ._errors import NotHere
+from ._errors import FilledElsewhere, NotHere, StoreUnavailable
 from ._fills import Fills
+from ._host_fills import HostFills
 from ._key import Key
 from ._passthrough import PassThrough
 from ._result import CacheResult
@@ -42,9 +46,13 @@ class Want:
 
     @ivar ranged: it asked for a C{Range}: a tier may then stream from the
         client's offset instead of filling from the start.
+    @ivar refill: starts (or joins) this process's own fill of the entry,
+        under its lock: how a tier following another process's fill takes
+        it over when that process dies.  Set by the walk.
     """
 
     ranged: bool = False
+    refill: Callable[[], Awaitable[Filling]] | None = None
 
 
 @frozen
@@ -92,9 +100,16 @@ class TierWalk(Generic[K]):
     The lookup of one kind of entry over its tiers.
     """
 
-    def __init__(self, tiers: Sequence[Tier[K]], fills: Fills[K]) -> None:
+    def __init__(self, tiers: Sequence[Tier[K]], fills: Fills[K], host: HostFills[K] | None = None) -> None:
+        """
+        @param host: the key locks every process on the store sees; its
+            L{ocicache._fetch._elsewhere.ElsewhereTier} belongs among
+            C{tiers}, after the in-flight one.  C{None}: this process is
+            alone on its store.
+        """
         self._tiers = tuple(tiers)
         self.fills = fills
+        self._host = host
 
     async def open(self, key: K, want: Want, authorize: Callable[[], Awaitable[None]], miss: Miss) -> Hit:
         """
@@ -103,7 +118,34 @@ class TierWalk(Generic[K]):
         answer was the access proof) or joined.  C{authorize} runs once
         per lookup, before any tier opens the entry or a fill is joined.
         """
+        locked = self._locked(key, miss)
+        want = evolve(want, refill=lambda: self._refill(key, locked))
         authorized = False
+        for _ in range(WALKS):
+            hit, authorized = await self._walk(key, want, authorize, authorized)
+            if hit is not None:
+                return hit
+            try:
+                started, joined = await self._start(key, locked)
+            except FilledElsewhere:
+                continue  # another process took the lock first: follow it
+            started.acquire()
+            if not joined or authorized:
+                return Hit(started, CacheResult.COALESCED if joined else CacheResult.MISS)
+            try:
+                await authorize()
+            except BaseException:
+                started.release()
+                raise
+            return Hit(started, CacheResult.COALESCED)
+        raise StoreUnavailable(f"{key} is being filled by another process that keeps changing; try again")
+
+    async def _walk(self, key: K, want: Want, authorize: Callable[[], Awaitable[None]], authorized: bool
+                    ) -> tuple[Hit | None, bool]:
+        """
+        The first tier's hit, or C{None} (a miss); and whether C{authorize}
+        has run.
+        """
         for _ in range(WALKS):
             watch = self.fills.watch(key)
             try:
@@ -117,23 +159,25 @@ class TierWalk(Generic[K]):
                     hit = await tier.open(key, want, found)
                     if hit is not None:
                         hit.accessed()
-                        return hit
+                        return hit, authorized
                 ended = self.fills.changed(key, watch)
             finally:
                 self.fills.unwatch(key, watch)
             if ended is None:
                 break
             await ended
-        started, joined = await self._start(key, miss)
-        started.acquire()
-        if not joined or authorized:
-            return Hit(started, CacheResult.COALESCED if joined else CacheResult.MISS)
-        try:
-            await authorize()
-        except BaseException:
-            started.release()
-            raise
-        return Hit(started, CacheResult.COALESCED)
+        return None, authorized
+
+    def _locked(self, key: K, miss: Miss) -> Miss:
+        """C{miss}, under the key's lock when other processes may share the store."""
+        host = self._host
+        if host is None:
+            return miss
+        return lambda: host.locked(key, miss)
+
+    async def _refill(self, key: K, locked: Miss) -> Filling:
+        started, joined = await self._start(key, locked)
+        return started
 
     async def _start(self, key: K, miss: Miss) -> tuple[Filling, bool]:
         """
@@ -145,6 +189,8 @@ class TierWalk(Generic[K]):
             starting, joined = self.fills.start(key, miss)
             try:
                 return await starting, joined
+            except FilledElsewhere:
+                raise  # the walk follows the other process's fill
             except NotHere:
                 if not joined:
                     raise

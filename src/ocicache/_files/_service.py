@@ -41,7 +41,9 @@ from twisted.web.iweb import IResponse
 from .._fetch._bucket_tier import BucketEntries
 from .._fetch._claim import ALONE, PEER_IDLE, ClaimStep, SharedFills
 from .._fetch._download import ABANDON_AFTER, KEEP_FRACTION, Download
+from .._fetch._elsewhere import ElsewhereTier
 from .._fetch._fills import Fills
+from .._fetch._host_fills import HostFills
 from .._fetch._incoming import DownloadError
 from .._fetch._negative import NegativeCache
 from .._fetch._passthrough import PassThrough
@@ -196,13 +198,15 @@ class FileService:
         self._sink = DiskSink(disk, self._fills, _FileBooks(disk, self.capacity),
                               health if health is not None else DiskHealth(), Kind.FILES,
                               abandon_after, keep_fraction)
-        tiers: list[Tier[FileKey]] = [StoreTier(disk.store, Kind.FILES, self._accessed), InFlightTier(self._fills)]
+        host: HostFills[FileKey] = HostFills(disk, Kind.FILES)
+        tiers: list[Tier[FileKey]] = [StoreTier(disk.store, Kind.FILES, self._accessed), InFlightTier(self._fills),
+                                      ElsewhereTier(host)]
         self.bucket = bucket
         entries = None if bucket is None else BucketEntries(bucket, self._fills, self._sink, self._reactor, _named)
         self._bucket_entries = entries
         if entries is not None:
             tiers.append(entries)
-        self._walk = TierWalk(tiers, self._fills)
+        self._walk = TierWalk(tiers, self._fills, host)
         self._step: ClaimStep = fleet if fleet is not None else ALONE
         self._shared = SharedFills(self._sink, self._fills, disk.store, Kind.FILES, self._reactor, _named,
                                    _unnamed, self._step, entries, replicator)

@@ -34,8 +34,10 @@ from twisted.web.iweb import IResponse
 from .._fetch._bucket_tier import BucketEntries
 from .._fetch._claim import ClaimStep, SharedFills
 from .._fetch._download import Download
+from .._fetch._elsewhere import ElsewhereTier
 from .._fetch._feed import Feed
 from .._fetch._fills import Fills
+from .._fetch._host_fills import HostFills
 from .._fetch._passthrough import PassThrough
 from .._fetch._replicate import Replicator
 from .._fetch._result import CacheResult
@@ -101,11 +103,13 @@ class PackService:
         self._on_upstream_bytes = on_upstream_bytes
         self._fills: Fills[ResponseKey] = Fills()
         self._sink = DiskSink(disk, self._fills, books, health, Kind.GIT)
-        tiers: list[Tier[ResponseKey]] = [StoreTier(disk.store, Kind.GIT, books.accessed), InFlightTier(self._fills)]
+        host: HostFills[ResponseKey] = HostFills(disk, Kind.GIT)
+        tiers: list[Tier[ResponseKey]] = [StoreTier(disk.store, Kind.GIT, books.accessed), InFlightTier(self._fills),
+                                          ElsewhereTier(host)]
         entries = None if bucket is None else BucketEntries(bucket, self._fills, self._sink, self._reactor, _stored_as)
         if entries is not None:
             tiers.append(entries)
-        self._walk = TierWalk(tiers, self._fills)
+        self._walk = TierWalk(tiers, self._fills, host)
         self._shared = SharedFills(self._sink, self._fills, disk.store, Kind.GIT, self._reactor, _stored_as,
                                    ResponseKey.from_digest, fleet, entries, replicator)
 

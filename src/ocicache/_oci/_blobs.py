@@ -30,8 +30,10 @@ from twisted.web.iweb import IResponse
 from .._fetch._bucket_tier import BucketTier, NotInBucket
 from .._fetch._claim import ALONE, Claim, ClaimStep, settle_claim
 from .._fetch._download import ABANDON_AFTER, KEEP_FRACTION, Download
+from .._fetch._elsewhere import ElsewhereTier
 from .._fetch._feed import Feed
 from .._fetch._fills import Fills
+from .._fetch._host_fills import HostFills
 from .._fetch._negative import NegativeCache, NegativeKey
 from .._fetch._observe import observed
 from .._fetch._passthrough import PassThrough
@@ -155,10 +157,12 @@ class BlobService:
                               abandon_after, keep_fraction)
         self._bucket = None if bucket is None else BucketTier(bucket, self._fills, self._sink, self._reactor,
                                                               on_corrupt)
-        tiers: list[Tier[Digest]] = [StoreTier(disk.store, Kind.BLOB, self._accessed), InFlightTier(self._fills)]
+        host: HostFills[Digest] = HostFills(disk, Kind.BLOB)
+        tiers: list[Tier[Digest]] = [StoreTier(disk.store, Kind.BLOB, self._accessed), InFlightTier(self._fills),
+                                     ElsewhereTier(host)]
         if self._bucket is not None:
             tiers.append(self._bucket)
-        self._walk = TierWalk(tiers, self._fills)
+        self._walk = TierWalk(tiers, self._fills, host)
 
     @property
     def inflight(self) -> dict[Digest, Download]:

@@ -8,14 +8,14 @@ eviction policy is loaded, oldest access first.
 
 Each pass of the janitor writes the batched access times, expires blobs
 not read for C{blob_ttl}, drops tag rows past their retention, removes
-temp files of downloads abandoned in this very process, and evicts down to
+temp files of downloads abandoned in this very process or left by a dead one (no process holds them:
+L{Store.remove_unused}) and the lock files dead holders left, and evicts down to
 C{max_size} if the limit was lowered.  The scans and deletes run in the
 disk thread, so the reactor keeps serving meanwhile.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterable
 from typing import TypeVar
@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from .._spec._reference import Digest
 from ._capacity import Capacity
 from ._disk import Disk
+from ._key_locks import KeyLocks
 from ._store import Kind, Store
 
 __all__ = ["Janitor", "Report", "TAG_RETENTION", "verify_file"]
@@ -171,6 +172,7 @@ class Janitor:
         report.temp_removed = await self._disk.run(
             _remove_abandoned, self._store, set(self._live_temp_files()), now - ABANDONED_AFTER
         )
+        await self._disk.run(KeyLocks(self._store.root).sweep)
         # The budget is every kind's (blobs, git, files): so is eviction.
         limit = self._capacity.max_size
         target = evict_to if evict_to is not None else limit
@@ -210,8 +212,7 @@ def _remove_abandoned(store: Store, live: set[str], before: float) -> int:
         if entry.path in live:
             continue
         try:
-            if entry.stat().st_mtime < before:
-                os.unlink(entry.path)
+            if entry.stat().st_mtime < before and store.remove_unused(entry):
                 removed += 1
         except FileNotFoundError:
             pass

@@ -14,6 +14,11 @@ file someone removed meanwhile (it opened the path before the removal)
 holds a lock nobody else can see: it checks, after locking, that the path
 still names the file it locked, and tries again if not.
 
+A holder may note lines in its lock file (L{KeyLock.note}: what it is
+doing, for the processes waiting on it), which others read through
+L{KeyLocks.watch}; a new holder finds what a dead one left (L{KeyLock.left})
+and starts the file afresh.
+
 Every call is a few quick system calls on the local disk; run them in the
 disk pool like the store's other operations.
 """
@@ -25,15 +30,35 @@ import os
 
 from ._store import Kind, StoreKey
 
-__all__ = ["KeyLock", "KeyLocks"]
+__all__ = ["NOTES", "KeyLock", "KeyLocks", "Watched"]
+
+NOTES = 64 << 10
+"""The most of a lock file's notes anyone reads: a few short lines are all a holder writes."""
 
 
 class KeyLock:
-    """A key's lock, held until L{release} (or until this process ends)."""
+    """
+    A key's lock, held until L{release} (or until this process ends).
 
-    def __init__(self, path: str, fd: int) -> None:
+    @ivar left: what the lock file held when it was taken: the notes of a
+        holder that died without letting go (a holder that lets go
+        removes its file), now gone from the file.
+    """
+
+    def __init__(self, path: str, fd: int, left: bytes = b"") -> None:
         self.path = path
+        self.left = left
         self._fd: int | None = fd
+
+    def note(self, line: bytes) -> None:
+        """
+        Append C{line} (one line, its newline included) to the lock file,
+        for those who L{KeyLocks.watch} it.  One C{write(2)}, so that a
+        reader sees a line whole or not at all past its newline.
+        """
+        if self._fd is None:
+            raise RuntimeError("a lock that is no longer held cannot be noted")
+        os.write(self._fd, line)
 
     @property
     def held(self) -> bool:
@@ -70,6 +95,17 @@ class KeyLocks:
         """
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         return _take(self.path(kind, key))
+
+    def watch(self, kind: Kind, key: StoreKey) -> Watched | None:
+        """
+        The key's lock file, opened to follow its holder (L{Watched}), or
+        C{None} when there is none.
+        """
+        try:
+            fd = os.open(self.path(kind, key), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        return Watched(fd)
 
     def held(self, kind: Kind, key: StoreKey) -> bool:
         """
@@ -114,7 +150,7 @@ class KeyLocks:
 def _take(path: str, create: bool = True) -> KeyLock | None:
     """The lock at C{path}, or C{None} when it is held."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0), 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | (os.O_CREAT if create else 0), 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -129,8 +165,41 @@ def _take(path: str, create: bool = True) -> KeyLock | None:
             current = None
         locked = os.fstat(fd)
         if current is not None and (current.st_dev, current.st_ino) == (locked.st_dev, locked.st_ino):
-            return KeyLock(path, fd)
+            # A dead holder's notes are of no use to the new one: read, then gone.
+            left = os.pread(fd, NOTES, 0)
+            if left:
+                os.ftruncate(fd, 0)
+            return KeyLock(path, fd, left)
         # Its holder removed it between our open and our lock: that
         # file is nobody's lock any more; take the path's.
         os.close(fd)
 
+
+
+class Watched:
+    """
+    A key's lock file as another process sees it: whether its holder
+    still holds it, and the notes it wrote.  The descriptor keeps the
+    file's last notes readable after its holder removed it.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def held(self) -> bool:
+        """Whether the file's holder still holds it (for the instant of the check, it is held shared)."""
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        return False
+
+    def notes(self) -> bytes:
+        """The notes in the file now (at most L{NOTES} bytes)."""
+        return os.pread(self._fd, NOTES, 0)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

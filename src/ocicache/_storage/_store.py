@@ -12,13 +12,17 @@ The layout is public, because operators look at it:
 A file under any of them exists only once its bytes passed their key's
 verifier (a blob's or manifest's digest; a protocol's own check): downloads are written under C{tmp/} (on the
 same filesystem, so the final C{rename} is atomic), fsync'd, and renamed
-into place.  C{tmp/} is emptied at start-up, since anything in it was left
-by a crash.
+into place.  Its writer holds a shared C{flock(2)} on a temp file while
+it writes (L{TempFile}), and so may those who read it from another
+process: a temp file nobody holds a lock on was left by a process that
+died, and start-up and the janitor remove only those (L{Store.remove_unused}),
+never one another process on the same store is writing.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 from collections.abc import Iterator
 from enum import Enum
@@ -55,7 +59,9 @@ class Kind(Enum):
 class TempFile:
     """
     A file being written under C{tmp/}.  It is either committed (renamed
-    into place) or discarded (unlinked); never both, never neither.
+    into place) or discarded (unlinked); never both, never neither.  Its
+    descriptor holds the file's shared C{flock}, so that no other process
+    takes it for a dead one's.
     """
 
     def __init__(self, path: str, fd: int) -> None:
@@ -101,17 +107,35 @@ class Store:
 
     def remove_temp_files(self) -> int:
         """
-        Remove every temp file: only safe when no download is running.
+        Remove every temp file no process is writing or reading (left by
+        one that died): only safe when no download of this process is
+        running.
         """
-        removed = 0
-        for entry in self.temp_files():
-            try:
-                if entry.is_file(follow_symlinks=False):
-                    os.unlink(entry.path)
-                    removed += 1
-            except FileNotFoundError:
-                pass
-        return removed
+        return sum(1 for entry in self.temp_files() if self.remove_unused(entry))
+
+    @staticmethod
+    def remove_unused(entry: os.DirEntry[str]) -> bool:
+        """
+        Remove the temp file C{entry} unless some process holds it: its
+        writer (L{new_temp}) or a reader following it.  The kernel lets go
+        of a dead process's lock, so a file nobody holds was left by a
+        crash.  It is removed while the probe's exclusive lock is held, so
+        a writer that created it meanwhile sees it gone and makes another.
+        """
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                return False
+            fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(entry.path)
+        except (BlockingIOError, FileNotFoundError):
+            return False
+        finally:
+            os.close(fd)
+        return True
 
     def path(self, kind: Kind, digest: StoreKey) -> str:
         # Digest.parse has checked the algorithm and that the encoded part
@@ -149,9 +173,22 @@ class Store:
             return None
 
     def new_temp(self, prefix: str) -> TempFile:
-        fd_path = os.path.join(self.tmp_dir, f"{prefix}.{os.urandom(8).hex()}.part")
-        fd = os.open(fd_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        return TempFile(fd_path, fd)
+        """A new temp file, its lock held (L{remove_unused}) until it is committed or discarded."""
+        while True:
+            fd_path = os.path.join(self.tmp_dir, f"{prefix}.{os.urandom(8).hex()}.part")
+            fd = os.open(fd_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                # Waits only for another process's probe (remove_unused),
+                # which never waits itself.
+                fcntl.flock(fd, fcntl.LOCK_SH)
+                if os.path.samestat(os.stat(fd_path), os.fstat(fd)):
+                    return TempFile(fd_path, fd)
+            except FileNotFoundError:
+                pass  # a probe removed it between its creation and its lock
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
 
     def commit(self, temp: TempFile, kind: Kind, digest: StoreKey) -> str:
         """
