@@ -496,9 +496,9 @@ class OcicacheService(MultiService):
         reactor does not run yet), rebuilt if corrupt, or start-up stops.
         """
         try:
-            # A worker's siblings are filling temp files: the main process
-            # removed a crash's before it started any (_main_process).
-            removed = self.store.prepare(leftovers=self.role is None)
+            # A crash's temp files: those no other process holds (a
+            # restarted worker's siblings hold theirs).
+            removed = self.store.prepare()
             rebuilt = self.metadata.open_now(rebuild=True)
         except OSError as e:
             where = f" ({e.filename})" if e.filename and e.filename != self.store.root else ""
@@ -638,11 +638,10 @@ class OcicacheService(MultiService):
         if self.s3_pool is not None:
             closing.append(self.s3_pool.closeCachedConnections())
         await DeferredList(closing)
-        if self.role is None:
-            # A worker's siblings may still be filling theirs.
-            removed = self.store.remove_temp_files()
-            if removed:
-                log.info("Removed {count} temp files of downloads cut by the stop", count=removed)
+        # Not those another process (a sibling worker) still holds.
+        removed = self.store.remove_temp_files()
+        if removed:
+            log.info("Removed {count} temp files of downloads cut by the stop", count=removed)
         # twistd then re-raises SIGTERM once the reactor has stopped, so the
         # process ends "killed by SIGTERM": systemd counts that as a clean
         # stop (SuccessExitStatus includes it by default).
