@@ -161,7 +161,7 @@ class OcicacheService(MultiService):
         s3 = config.storage.s3
         local_max_size = config.cache.max_size if s3 is None else s3.local_max_size
         # One budget for every kind the disk keeps: blobs, git, files.
-        self.budget = Budget(self.store.root, local_max_size, config.cache.min_free)
+        self.budget = Budget(self.store.root, local_max_size, config.cache.min_free, shared=disk)
         self.capacity = Capacity(self.budget, disk, self._evicted, protected=self._protected)
         self.bucket: Bucket | None = None
         self.replicator: Replicator | None = None
@@ -482,6 +482,7 @@ class OcicacheService(MultiService):
         try:
             removed = self.store.prepare()
             rebuilt = self.metadata.open_now(rebuild=True)
+            self.budget.open()
         except OSError as e:
             where = f" ({e.filename})" if e.filename and e.filename != self.store.root else ""
             self._refuse_to_start(f"cannot use the cache directory {self.store.root}: {e.strerror}{where}")
@@ -612,6 +613,7 @@ class OcicacheService(MultiService):
         if self.s3_pool is not None:
             closing.append(self.s3_pool.closeCachedConnections())
         await DeferredList(closing)
+        self.budget.close()
         removed = self.store.remove_temp_files()
         if removed:
             log.info("Removed {count} temp files of downloads cut by the stop", count=removed)

@@ -157,10 +157,7 @@ class _FileBooks:
         return await self._capacity.make_room(size)
 
     def kept(self, key: FileKey, size: int) -> None:
-        self._capacity.committed(key, size)  # type: ignore[arg-type]  # typed for digests, keyed by any hashable
-        self._disk.metadata.put_blob(str(key), size, time.time(), table=TABLE).addErrback(
-            lambda failure: log.warn("Could not record {key}: {error}", key=str(key),
-                                     error=failure.getErrorMessage()))
+        self._capacity.keep(key, size)  # type: ignore[arg-type]  # typed for digests, keyed by any hashable
 
     def not_kept(self, key: FileKey, size: int) -> None:
         self._capacity.release(size)
@@ -191,7 +188,7 @@ class FileService:
         # The files count in the store's budget with every other kind
         # (unbounded on their own when the service stands alone).
         self.capacity = Capacity(budget if budget is not None else Budget(disk.store.root, None), disk,
-                                 self._observer.evicted, table=TABLE, kind=Kind.FILES)
+                                 self._observer.evicted, table=TABLE, kind=Kind.FILES, parse=FileKey.parse)
         self._fills: Fills[FileKey] = Fills()
         self._sink = DiskSink(disk, self._fills, _FileBooks(disk, self.capacity),
                               health if health is not None else DiskHealth(), Kind.FILES,

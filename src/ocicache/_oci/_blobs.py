@@ -17,7 +17,6 @@ per C{negative_digest_ttl}.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from functools import partial
 from typing import Protocol
@@ -101,8 +100,7 @@ class _BlobBooks:
         return await self._capacity.make_room(size)
 
     def kept(self, key: Digest, size: int) -> None:
-        self._capacity.committed(key, size)
-        self._disk.metadata.put_blob(str(key), size, time.time()).addErrback(_log_failure, "record blob")
+        self._capacity.keep(key, size)
 
     def not_kept(self, key: Digest, size: int) -> None:
         self._capacity.release(size)

@@ -1,0 +1,127 @@
+"""
+Several daemons on one C{[cache] dir} behave as one daemon (issue 23, "one
+store for all workers"): two real C{twistd -n ocicache} processes on one
+store, each with its own port, so that each client talks to the process
+the test chooses, against distribution behind the counting hop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from ocitest import wait_for
+from ocitest.daemon import Daemon
+from ocitest.hop import Hop
+from ocitest.images import MEDIA, Blob, MiB, big_layer
+from ocitest.registry import Registry, push_blob
+
+pytestmark = pytest.mark.integration
+
+REPO = "ocitest-shared"
+MAX_SIZE = 5 * MiB
+PART = 2 * MiB
+"""Each blob's size: two fit in MAX_SIZE, three do not."""
+
+
+@pytest.fixture(scope="module")
+def blobs(upstream: Registry) -> list[Blob]:
+    made = [big_layer(f"shared-store/{n}", PART, MEDIA.OCI_LAYER) for n in range(8)]
+    for blob in made:
+        push_blob(upstream.url, f"library/{REPO}", blob)
+    return made
+
+
+@pytest.fixture
+def pair(daemon_factory: Callable[..., Daemon], tmp_path: Path) -> Callable[..., tuple[Daemon, Daemon]]:
+    """Start two daemons on one store (the same config but their ports)."""
+
+    def start(**config: object) -> tuple[Daemon, Daemon]:
+        store = str(tmp_path / "store")
+        return daemon_factory(cache_dir=store, **config), daemon_factory(cache_dir=store, **config)
+
+    return start
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=120) as response:
+        body: bytes = response.read()
+        return body
+
+
+def _blob_bytes(store: str) -> int:
+    """Bytes of the blob files in the store now."""
+    total = 0
+    for top, _, names in os.walk(os.path.join(store, "blobs")):
+        for name in names:
+            try:
+                total += os.path.getsize(os.path.join(top, name))
+            except FileNotFoundError:
+                pass  # evicted meanwhile
+    return total
+
+
+def _downloading(store: str) -> bool:
+    """Whether a download's temp file is in the store's tmp/."""
+    return any(entry.is_file() for entry in os.scandir(os.path.join(store, "tmp")))
+
+
+@pytest.fixture
+def watch() -> Iterator[Callable[[str], list[int]]]:
+    """Sample a store's blob bytes every few milliseconds while the test runs; the samples so far."""
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+
+    def start(store: str) -> list[int]:
+        samples: list[int] = []
+
+        def sample() -> None:
+            while not stop.wait(0.005):
+                samples.append(_blob_bytes(store))
+
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        threads.append(thread)
+        return samples
+
+    yield start
+    stop.set()
+    for thread in threads:
+        thread.join()
+
+
+def test_max_size_holds_under_commits_from_both(pair: Callable[..., tuple[Daemon, Daemon]], blobs: list[Blob],
+                                                hop: Hop, watch: Callable[[str], list[int]]) -> None:
+    one, two = pair(max_size=f"{MAX_SIZE // MiB}MiB")
+    store = one.cache_dir
+    samples = watch(store)
+
+    def pull(daemon: Daemon, blob: Blob) -> None:
+        body = _get(f"{daemon.url}/v2/{REPO}/blobs/{blob.digest}")
+        assert len(body) == blob.size and "sha256:" + hashlib.sha256(body).hexdigest() == blob.digest
+
+    # Four blobs at once on each process: each alone would keep two of
+    # its own, twice what the store may hold between them.
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda n: pull((one, two)[n % 2], blobs[n]), range(8)))
+    wait_for(lambda: not _downloading(store), timeout=20, what="every commit settled")
+    assert 0 < _blob_bytes(store) <= MAX_SIZE
+    assert max(samples) <= MAX_SIZE, max(samples)
+    # Then in turns: each process commits after the other evicted and stored.
+    for n, blob in enumerate(blobs[:4]):
+        pull((two, one)[n % 2], blob)
+        wait_for(lambda: not _downloading(store), timeout=20, what="the commit settled")
+        assert 0 < _blob_bytes(store) <= MAX_SIZE
+    assert max(samples) <= MAX_SIZE, max(samples)
+    # Each process serves what the other kept, and fetches again what it evicted.
+    for blob in blobs:
+        pull(one, blob)
+        pull(two, blob)
+    assert max(samples) <= MAX_SIZE, max(samples)
