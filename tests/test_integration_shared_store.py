@@ -19,7 +19,7 @@ import pytest
 
 from ocitest import wait_for
 from ocitest.daemon import Daemon
-from ocitest.hop import Hop
+from ocitest.hop import Hop, HopRequest
 from ocitest.images import MEDIA, Blob, MiB, big_layer
 from ocitest.registry import Registry, push_blob
 
@@ -125,3 +125,27 @@ def test_max_size_holds_under_commits_from_both(pair: Callable[..., tuple[Daemon
         pull(one, blob)
         pull(two, blob)
     assert max(samples) <= MAX_SIZE, max(samples)
+
+
+def _most_at_once(requests: list[HopRequest]) -> int:
+    """The most of C{requests} the upstream was answering at one instant."""
+    events = sorted([(r.started, 1) for r in requests] + [(r.finished or r.started, -1) for r in requests],
+                    key=lambda event: (event[0], event[1]))
+    most = current = 0
+    for _, step in events:
+        current += step
+        most = max(most, current)
+    return most
+
+
+def test_max_downloads_holds_for_the_host(pair: Callable[..., tuple[Daemon, Daemon]], blobs: list[Blob],
+                                          hop: Hop) -> None:
+    one, two = pair(cache_extra={"max_downloads": 1})
+    hop.throttle = 8 * MiB  # a quarter of a second a blob: the fetches would overlap
+    with ThreadPoolExecutor(4) as pool:
+        bodies = list(pool.map(lambda n: _get(f"{(one, two)[n % 2].url}/v2/{REPO}/blobs/{blobs[n].digest}"),
+                               range(4)))
+    assert [hashlib.sha256(body).hexdigest() for body in bodies] == [blob.hex for blob in blobs[:4]]
+    fetches = [r for r in hop.matching("GET", "/blobs/") if r.status == 200]
+    assert len(fetches) == 4
+    assert _most_at_once(fetches) == 1

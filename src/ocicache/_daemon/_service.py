@@ -91,6 +91,7 @@ from .._storage._metadata import Metadata, MetadataUnavailable
 from .._storage._pull_log import PullLog
 from .._storage._purge import Purger
 from .._storage._scrub import Scrubber
+from .._storage._slot_files import SlotFiles
 from .._storage._store import Kind, Store
 from .._upstream._client import Upstream, make_pool
 from .._upstream._tokens import TokenCache
@@ -149,7 +150,8 @@ class OcicacheService(MultiService):
         health = DiskHealth()
         per_upstream = {upstream.name: upstream.max_downloads for upstream in config.upstreams}
         slots = Slots(config.cache.max_downloads, config.cache.download_queue,
-                      lambda name: per_upstream.get(name, 1))
+                      lambda name: per_upstream.get(name, 1),
+                      host=(SlotFiles(os.path.join(self.store.root, "tmp", "slots")), reactor))
         access = RepoAccess(self.metadata, reactor, health=health)
         # Upstream 404s, remembered for blobs, manifests and tag lists alike.
         negative = NegativeCache(reactor, config.cache.negative_ttl, config.cache.negative_digest_ttl)
