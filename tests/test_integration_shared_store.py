@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -149,3 +150,26 @@ def test_max_downloads_holds_for_the_host(pair: Callable[..., tuple[Daemon, Daem
     fetches = [r for r in hop.matching("GET", "/blobs/") if r.status == 200]
     assert len(fetches) == 4
     assert _most_at_once(fetches) == 1
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            response.read()
+            return int(response.status)
+    except urllib.error.HTTPError as e:
+        e.read()
+        return int(e.code)
+
+
+def test_a_404_learnt_by_one_is_not_asked_again_by_the_other(pair: Callable[..., tuple[Daemon, Daemon]],
+                                                              hop: Hop) -> None:
+    one, two = pair(cache_extra={"negative_ttl": "5m", "negative_digest_ttl": "5m"})
+    missing = "sha256:" + hashlib.sha256(b"shared-store: never pushed").hexdigest()
+    tag = "never-pushed"
+    for daemon in (one, two, one, two):
+        assert _status(f"{daemon.url}/v2/{REPO}/blobs/{missing}") == 404
+        assert _status(f"{daemon.url}/v2/{REPO}/manifests/{tag}") == 404
+    # One upstream request for each, whichever process was asked.
+    assert hop.count(path_contains=missing) == 1
+    assert hop.count(path_contains=f"/manifests/{tag}") == 1

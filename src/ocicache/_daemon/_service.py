@@ -154,7 +154,8 @@ class OcicacheService(MultiService):
                       host=(SlotFiles(os.path.join(self.store.root, "tmp", "slots")), reactor))
         access = RepoAccess(self.metadata, reactor, health=health)
         # Upstream 404s, remembered for blobs, manifests and tag lists alike.
-        negative = NegativeCache(reactor, config.cache.negative_ttl, config.cache.negative_digest_ttl)
+        negative = NegativeCache(reactor, config.cache.negative_ttl, config.cache.negative_digest_ttl,
+                                 shared=self.metadata)
         self.fleet = self._join_fleet(config)
         access = RepoAccess(self.metadata, reactor, health=health, shared=self._shared_proofs())
         self.disk = disk = Disk(reactor, self.store, self.metadata, self.disk_pool)

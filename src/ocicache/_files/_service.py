@@ -205,7 +205,9 @@ class FileService:
                                    _unnamed, self._step, entries, replicator)
         self._shared_records = shared
         self._slots = slots if slots is not None else Slots(32, 256)
-        self._negative = {remote.name: NegativeCache(self._reactor, remote.negative_ttl, remote.negative_ttl)
+        # Shared with every process on the store, as the registry's are.
+        self._negative = {remote.name: NegativeCache(self._reactor, remote.negative_ttl, remote.negative_ttl,
+                                                     shared=disk.metadata)
                           for remote in config.remotes}
         self._records = Records(disk)
         self._revalidations: SingleFlight[tuple[str, str], _Revalidated] = SingleFlight()
@@ -279,7 +281,7 @@ class FileService:
     async def remote_size(self, name: str, path: FilePath) -> int | None:
         """The length the remote gives C{path} in answer to a C{HEAD} (C{None}: it gave none)."""
         remote = self.remote(name)
-        self._negative[remote.name].check((remote.name, path.text))
+        await self._negative[remote.name].check((remote.name, path.text))
         response = await remote.request("HEAD", path)
         await remote.discard(response)
         if response.code != 200:
@@ -374,7 +376,7 @@ class FileService:
         fetched this way becomes its current version once committed.
         """
         negative = self._negative[remote.name]
-        negative.check((remote.name, path.text))
+        await negative.check((remote.name, path.text))
         if not is_mutable(remote.config, path):
             # What the bytes must be: asked only on a miss, so that a hit
             # never waits for an index being read.
@@ -435,7 +437,7 @@ class FileService:
         old = record.key(path.text) if record is not None and await self._stored(record.key(path.text)) else None
         if old is None:
             record = None
-        self._negative[remote.name].check((remote.name, path.text))
+        await self._negative[remote.name].check((remote.name, path.text))
         headers: dict[bytes, bytes] = {}
         if record is not None:
             if record.etag is not None:

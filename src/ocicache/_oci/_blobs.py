@@ -224,7 +224,7 @@ class BlobService:
         await self._access.check(upstream, repo, digest, prove)
 
     async def _upstream_head(self, upstream: Upstream, repo: str, digest: Digest) -> int:
-        self._negative.check(_negative_key(upstream, repo, digest))
+        await self._negative.check(_negative_key(upstream, repo, digest))
         response = await upstream.blob("HEAD", repo, str(digest))
         if response.code != 200:
             raise answer_error(response, self._missing(response.code, upstream, repo, digest))
@@ -248,7 +248,7 @@ class BlobService:
         answers 200 start writing its body: the returned download grows
         while clients read.  The slot is held until the body is in.
         """
-        self._negative.check(_negative_key(upstream, repo, digest))
+        await self._negative.check(_negative_key(upstream, repo, digest))
         slot = await self._slots.acquire(upstream.name, Priority.BLOB)
         try:
             started = await self._claimed(upstream, repo, digest)

@@ -156,6 +156,13 @@ CREATE TABLE IF NOT EXISTS changes (
     digest TEXT NOT NULL,
     size INTEGER
 );
+CREATE TABLE IF NOT EXISTS negatives (
+    key TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    expires REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS negatives_expires ON negatives (expires);
 CREATE TABLE IF NOT EXISTS quota (
     upstream TEXT PRIMARY KEY,
     pulls_made INTEGER NOT NULL DEFAULT 0,

@@ -309,6 +309,23 @@ class Metadata(Database):
 
         return self._with_db(read)
 
+    async def negative(self, key: str) -> tuple[str, str, float] | None:
+        """An upstream 404 another process remembered (L{ocicache._fetch._negative}): its error, message, expiry."""
+        rows = await self._execute("SELECT kind, message, expires FROM negatives WHERE key=?", key)
+        return (str(rows[0][0]), str(rows[0][1]), float(rows[0][2])) if rows else None
+
+    def put_negative(self, key: str, kind: str, message: str, expires: float, now: float) -> Deferred[None]:
+        """Remember an upstream 404 until C{expires}; those past their expiry go."""
+
+        def put(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("INSERT OR REPLACE INTO negatives (key, kind, message, expires) VALUES (?, ?, ?, ?)",
+                           (key, kind, message, expires))
+                db.execute("DELETE FROM negatives WHERE expires <= ?", (now,))
+
+        return self._with_db(put)
+
     async def manifest_digests(self) -> list[str]:
         return [str(row[0]) for row in await self._execute("SELECT digest FROM manifests")]
 
