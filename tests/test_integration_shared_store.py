@@ -173,3 +173,30 @@ def test_a_404_learnt_by_one_is_not_asked_again_by_the_other(pair: Callable[...,
     # One upstream request for each, whichever process was asked.
     assert hop.count(path_contains=missing) == 1
     assert hop.count(path_contains=f"/manifests/{tag}") == 1
+
+
+def _answer(url: str) -> tuple[int, dict[str, str]]:
+    """A GET's status and headers (lower-case names)."""
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            response.read()
+            return int(response.status), {k.lower(): v for k, v in response.headers.items()}
+    except urllib.error.HTTPError as e:
+        e.read()
+        return int(e.code), {k.lower(): v for k, v in e.headers.items()}
+
+
+def test_a_pull_limit_told_to_one_stops_the_other(pair: Callable[..., tuple[Daemon, Daemon]], blobs: list[Blob],
+                                                  hop: Hop) -> None:
+    one, two = pair()
+    # Docker Hub's pull limit: its quota spent, a window of 30 s.
+    hop.answer(429, {"ratelimit-limit": "100;w=30", "ratelimit-remaining": "0;w=30"}, path_contains="/manifests/",
+               message="You have reached your pull rate limit.")
+    status, headers = _answer(f"{one.url}/v2/{REPO}/manifests/latest")
+    assert status == 429 and int(headers["retry-after"]) == 30
+    # The other process does not ask the upstream anything meanwhile.
+    for url in (f"{two.url}/v2/{REPO}/manifests/v2", f"{two.url}/v2/{REPO}/blobs/{blobs[0].digest}"):
+        status, headers = _answer(url)
+        assert status == 429 and 25 <= int(headers["retry-after"]) <= 30, (url, headers)
+    assert hop.count() == 1, hop.summary()
+    assert "rate limited, as another process was told" in two.log_text()

@@ -88,6 +88,7 @@ from .._storage._disk import Disk
 from .._storage._health import DiskHealth
 from .._storage._janitor import Janitor
 from .._storage._metadata import Metadata, MetadataUnavailable
+from .._storage._pause_files import PauseFiles
 from .._storage._pull_log import PullLog
 from .._storage._purge import Purger
 from .._storage._scrub import Scrubber
@@ -140,9 +141,10 @@ class OcicacheService(MultiService):
         # The connections of git and file remotes through the outbound proxy.
         self.proxy_pool = make_pool(reactor)
         tokens = TokenCache(reactor)
+        pauses = PauseFiles(os.path.join(self.store.root, "tmp", "pauses"))
         self.upstreams = {
             upstream.name: Upstream(upstream, reactor, self.http_pool, tokens, metrics=self.metrics,
-                                    routes=config.proxy.routes_for(upstream.proxy))
+                                    routes=config.proxy.routes_for(upstream.proxy), pauses=pauses)
             for upstream in config.upstreams
         }
         # One view of the disk's health, one bound on upstream fetches, for
