@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -18,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from ocitest import wait_for
+from ocitest import http_request, wait_for
 from ocitest.daemon import Daemon
 from ocitest.hop import Hop, HopRequest
-from ocitest.images import MEDIA, Blob, MiB, big_layer
+from ocitest.images import MEDIA, Blob, Image, MiB, big_layer
 from ocitest.registry import Registry, push_blob
 
 pytestmark = pytest.mark.integration
@@ -200,3 +201,45 @@ def test_a_pull_limit_told_to_one_stops_the_other(pair: Callable[..., tuple[Daem
         assert status == 429 and 25 <= int(headers["retry-after"]) <= 30, (url, headers)
     assert hop.count() == 1, hop.summary()
     assert "rate limited, as another process was told" in two.log_text()
+
+
+TAG_TTL = 1.0
+
+
+def _tagged(daemon: Daemon, image: Image, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    return http_request(f"{daemon.url}/v2/docker.io/{image.repo}/manifests/{image.reference}", method,
+                        headers={"Accept": ", ".join(MEDIA.MANIFEST_TYPES)})
+
+
+def test_a_tag_is_revalidated_once_per_tag_ttl_across_processes(
+        pair: Callable[..., tuple[Daemon, Daemon]], ocitest_images: dict[str, Image], hop: Hop) -> None:
+    image = ocitest_images["oci"]
+    one, two = pair(tag_ttl=f"{TAG_TTL:g}s")
+    status, _, body = _tagged(one, image)
+    assert status == 200 and body == image.manifest_bytes
+    # Fetched by one: fresh for the other too.
+    assert _tagged(two, image)[0] == 200
+    assert hop.count("GET", "/manifests/") == 1 and hop.count("HEAD", "/manifests/") == 0, hop.summary()
+    # Expired: revalidated by one, fresh for the other within tag_ttl.
+    time.sleep(TAG_TTL * 1.3)
+    assert _tagged(one, image)[0] == 200
+    assert _tagged(two, image)[0] == 200
+    assert hop.count("HEAD", "/manifests/") == 1, hop.summary()
+    # Expired again, and asked of both at the same instant, many times:
+    # while one asks the upstream, the other waits for its answer.
+    time.sleep(TAG_TTL * 1.3)
+    hop.reset()
+    hop.delay = 0.5
+    barrier = threading.Barrier(16)
+
+    def client(index: int) -> tuple[int, str | None]:
+        barrier.wait(30)
+        status, headers, _ = _tagged((one, two)[index % 2], image, ("GET", "HEAD")[index // 2 % 2])
+        return status, headers.get("docker-content-digest")
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = set(pool.map(client, range(16)))
+    assert answers == {(200, image.manifest_digest)}
+    hop.wait_idle()
+    assert hop.count("HEAD", "/manifests/") == 1, hop.summary()
+    assert hop.count("GET", "/manifests/") == 0, hop.summary()

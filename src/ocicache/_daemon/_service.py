@@ -74,6 +74,7 @@ from .._oci._pins import PinsResource
 from .._oci._pipeline import origin
 from .._oci._referrers import ReferrerService
 from .._oci._resources import Services, registry_resources
+from .._oci._store_manifests import StoreManifests
 from .._oci._tags import TagService
 from .._oci._warm import Warmer
 from .._ops._config import Config
@@ -357,10 +358,10 @@ class OcicacheService(MultiService):
         fleet = self.fleet
         return None if fleet is None else RedisProofs(fleet.redis, lambda: fleet.up)
 
-    def _shared_manifests(self) -> RedisManifests | None:
-        """In a fleet, tags and manifests are shared through Redis."""
+    def _shared_manifests(self) -> RedisManifests | StoreManifests:
+        """In a fleet, tags and manifests are shared through Redis; else by the processes on the store."""
         fleet = self.fleet
-        return None if fleet is None else RedisManifests(fleet.redis, lambda: fleet.up, fleet.node)
+        return StoreManifests(self.disk) if fleet is None else RedisManifests(fleet.redis, lambda: fleet.up, fleet.node)
 
     async def _protected(self) -> list[Digest]:
         """
