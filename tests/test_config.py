@@ -197,14 +197,21 @@ def test_server_limits() -> None:
     assert (server.max_header_bytes, server.max_headers, server.max_request_line) == (32 << 10, 50, 4096)
 
 
-def test_one_worker_is_the_default_and_accepted() -> None:
+def test_workers_a_count_or_auto() -> None:
     assert parse_config({}, {}).server.workers == 1
     assert parse_config({"server": {"workers": 1}}, {}).server.workers == 1
+    assert parse_config({"server": {"workers": 16}}, {}).server.workers == 16
+    assert parse_config({"server": {"workers": "auto"}}, {}).server.workers == "auto"
+
+
+def test_auto_is_one_worker_per_core_this_process_may_use() -> None:
+    from ocicache._daemon._main_process import worker_count
+
+    assert worker_count("auto") == len(os.sched_getaffinity(0))
+    assert worker_count(3) == 3
 
 
 @pytest.mark.parametrize(("value", "message"), [
-    (2, r'^server\.workers: more than one worker process \(2\) is not yet supported; use 1 \(the default\)$'),
-    ("auto", r'^server\.workers: more than one worker process \("auto"\) is not yet supported; use 1'),
     (0, r'^server\.workers: must be between 1 and 256, or "auto"$'),
     (257, r'^server\.workers: must be between 1 and 256, or "auto"$'),
     ("two", r"""^server\.workers: 'two' is not a whole number or "auto"$"""),
@@ -212,9 +219,7 @@ def test_one_worker_is_the_default_and_accepted() -> None:
     (True, r"^server\.workers: 'True' is not a whole number"),
     (1.0, r"^server\.workers: '1\.0' is not a whole number"),
 ])
-def test_workers_beyond_one_are_refused_at_load(value: object, message: str) -> None:
-    # Worker processes wait for the store to be shared across them (one
-    # upstream fetch per key, capacity, tags): until then, refused in one line.
+def test_workers_outside_the_grammar_are_refused_at_load(value: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config({"server": {"workers": value}}, {})
 

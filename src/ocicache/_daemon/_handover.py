@@ -17,18 +17,19 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorSocket, IReactorSSL
 from twisted.internet.tcp import Port
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .._ops._reactor import Reactor
+from .._web._bulk_tls import BulkTLSFactory
 from ._listening import ListenError, with_backlog
 
-__all__ = ["adopt", "open_for_workers", "worker_environment"]
+__all__ = ["AdoptedListener", "adopt", "open_for_workers", "worker_environment"]
 
 _SYSTEMD_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 """sd_listen_fds(3): the sockets systemd passed; the main process's, not its children's."""
@@ -107,7 +108,8 @@ class _AdoptingTLS:
 
     def listenSSL(self, port: int, factory: IProtocolFactory, contextFactory: Any, backlog: int = 50,
                   interface: str = "") -> IListeningPort:
-        tls = TLSMemoryBIOFactory(contextFactory, False, factory)
+        # As one process serves HTTPS (_listening.listener): ocicache's TLS transport.
+        tls = BulkTLSFactory(contextFactory, False, factory)
         return self._reactor.adoptStreamPort(self._fd, self._family, tls)  # type: ignore[arg-type]
 
     def connectSSL(self, *args: Any, **kwargs: Any) -> Any:
@@ -138,3 +140,36 @@ def adopt(reactor: Reactor, description: str, fd: int, factory: IProtocolFactory
     finally:
         os.close(fd)
     return port
+
+
+class AdoptedListener(Service):
+    """
+    A worker's listener: the main process's descriptor C{fd}, opened for
+    C{description}, adopted when the service starts (where one process
+    binds) and closed when it stops.
+    """
+
+    def __init__(self, reactor: Reactor, description: str, fd: int, factory: IProtocolFactory) -> None:
+        self._reactor = reactor
+        self._description = description
+        self._fd = fd
+        self._factory = factory
+        self._port: IListeningPort | None = None
+
+    def privilegedStartService(self) -> None:
+        if self._port is None:
+            self._port = adopt(self._reactor, self._description, self._fd, self._factory)
+        Service.privilegedStartService(self)
+
+    def startService(self) -> None:
+        if self._port is None:
+            self._port = adopt(self._reactor, self._description, self._fd, self._factory)
+        Service.startService(self)
+
+    def stopService(self) -> Deferred[None] | None:
+        Service.stopService(self)
+        port, self._port = self._port, None
+        if port is None:
+            return None
+        stopping: Deferred[None] | None = port.stopListening()
+        return stopping

@@ -31,13 +31,11 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from treq.client import HTTPClient
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.threads import deferToThread
 from twisted.logger import ILogObserver, Logger
-from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -78,6 +76,7 @@ from .._oci._store_manifests import StoreManifests
 from .._oci._tags import TagService
 from .._oci._warm import Warmer
 from .._ops._config import Config
+from .._ops._logging import log_as_worker
 from .._ops._metrics import FileMetrics, ManifestTally, Metrics
 from .._ops._reactor import Reactor
 from .._spec._reference import Digest
@@ -103,14 +102,18 @@ from .._web._operator import OperatorResource
 from .._web._root import RootResource
 from .._web._site import DrainingSite, QuietSite
 from .._web._status_page import RecentProblems, StatusPage, StatusSources
+from ._application_log import give_log_observer
 from ._bucket_client import s3_client
+from ._handover import AdoptedListener
 from ._housekeeping import Housekeeping
 from ._listening import ListenError, listener, plain_and_reachable
 from ._memory_return import MemoryReturn, limit_malloc_arenas, malloc_trim
 from ._preflight import warn_at_start
 from ._reload import Reloader
+from ._siblings import ask_siblings, serve_siblings
 from ._stopping import hold_stop_signals
 from ._warming import Warming
+from ._worker_role import WorkerRole
 
 __all__ = ["OcicacheService", "ListenError"]
 
@@ -128,10 +131,14 @@ class OcicacheService(MultiService):
     twistd application as its log observer (see L{setServiceParent}).
     """
 
-    def __init__(self, config: Config, reactor: Reactor) -> None:
+    def __init__(self, config: Config, reactor: Reactor, role: WorkerRole | None = None) -> None:
         MultiService.__init__(self)
         self.config = config
         self._reactor = reactor
+        self.role = role
+        """With C{[server] workers} > 1: which worker this process is (L{ocicache._daemon._worker_role})."""
+        if role is not None:
+            log_as_worker(role.index)
         self.metrics = Metrics()
         self.store = Store(config.cache.dir)
         self.metadata = Metadata(f"{self.store.root}/metadata.sqlite", reactor)
@@ -231,7 +238,9 @@ class OcicacheService(MultiService):
             Warmer(disk, self.manifests, self.blobs, self.upstreams, lambda: self.config.cache.max_size,
                    on_blob=lambda outcome: self.metrics.warm_blobs.labels(outcome).inc()),
             config.warm, config.cache.janitor_interval, self.metadata, self.metrics, reactor)
-        MultiService.addService(self, self.warming)
+        if role is None or role.housekeeper:
+            # Warming and the pins' tag-following: once for the host.
+            MultiService.addService(self, self.warming)
         referrers = ReferrerService(reactor, self.manifests, config.cache.referrers_ttl, disk=disk)
         # What the registry resources read on each request (not
         # MultiService's "services", the children), and what a reload swaps
@@ -254,7 +263,9 @@ class OcicacheService(MultiService):
                                 self.bucket, self.replicator,
                                 s3.abandon_uploads_after if s3 is not None else 86400.0,
                                 None if self.fleet is None else self.fleet.area("git"))
-            self.git.upkeep.setServiceParent(self)
+            if role is None or role.housekeeper:
+                # The responses' expiry and the bucket's git area: once for the host.
+                self.git.upkeep.setServiceParent(self)
             children[b"git"] = GitResource(config.git, self.git.upstreams, self.git.refs, self.git.packs, disk,
                                            self.metrics, config.server.sendfile, config.server.stall_timeout,
                                            services.write_budget)
@@ -267,6 +278,7 @@ class OcicacheService(MultiService):
         self.memory_return = MemoryReturn(reactor, disk.run, trim=malloc_trim())
         self.site.on_channel_closed = self.memory_return.connection_closed
         self._registry_listeners = [self._listen(description, self.site) for description in config.server.listen]
+        self._sibling_port: Deferred[IListeningPort] | None = None
         self.metrics.inflight_downloads.set_function(lambda: len(self.blobs.inflight))
         if config.fleet is not None and self.fleet is not None:
             internal = QuietSite(InternalResource(self.blobs, self.store, config.fleet.secret, reactor,
@@ -279,7 +291,10 @@ class OcicacheService(MultiService):
                 self.metrics, self.store.root, lambda: self.metadata.is_open,
                 before_scrape=self._refresh_cache_gauges, draining=lambda: self.site.draining,
                 problems=self._store_problems,
+                siblings=None if role is None else lambda: ask_siblings(reactor, role),
             )
+            if role is not None:
+                self._sibling_port = serve_siblings(reactor, role, operator.own_exposition)
             operator.putChild(b"pins", PinsResource(self.warming.warmer, on_changed=self.warming.pins_changed))
             operator.putChild(b"admin", AdminResource(Admin(
                 self.metadata, Purger(disk, self.capacity, self._manifests_removed), self.janitor, self.pull_log,
@@ -384,18 +399,19 @@ class OcicacheService(MultiService):
         fetch = fetch_with(HTTPClient(Agent(self._reactor, pool=self.http_pool)))
         return build_authenticator(config.auth, self._reactor, deferToThread, fetch, self.metrics)
 
-    def _listen(self, description: str, factory: IProtocolFactory) -> StreamServerEndpointService:
-        service = listener(self._reactor, description, factory)
+    def _listen(self, description: str, factory: IProtocolFactory) -> IService:
+        """
+        Serve C{factory} on C{description}: bound here, or, in a worker, the
+        main process's listener adopted.
+        """
+        inherited = None if self.role is None else self.role.inherited.get(description)
+        service: Service = (listener(self._reactor, description, factory) if inherited is None
+                            else AdoptedListener(self._reactor, description, inherited, factory))
         service.setServiceParent(self)
         return service
 
     def setServiceParent(self, parent: Any) -> None:
-        # twistd's application is a Componentized whose ILogObserver, when
-        # set before logging starts, replaces the text log (--logger, given
-        # explicitly, still wins).
-        if self.log_observer is not None and isinstance(parent, Componentized):
-            if parent.getComponent(ILogObserver, None) is None:
-                parent.setComponent(ILogObserver, self.log_observer)
+        give_log_observer(parent, self.log_observer)
         MultiService.setServiceParent(self, parent)
 
     def _tag_ttl(self, upstream: Upstream) -> float:
@@ -486,7 +502,9 @@ class OcicacheService(MultiService):
         reactor does not run yet), rebuilt if corrupt, or start-up stops.
         """
         try:
-            removed = self.store.prepare()
+            # A worker's siblings are filling temp files: the main process
+            # removed a crash's before it started any (_main_process).
+            removed = self.store.prepare(leftovers=self.role is None)
             rebuilt = self.metadata.open_now(rebuild=True)
             self.budget.open()
         except OSError as e:
@@ -508,7 +526,9 @@ class OcicacheService(MultiService):
         self.disk_pool.start()
         # The TimerService's first pass runs now and does the recovery.
         MultiService.startService(self)
-        self.scrubber.start()
+        if self.role is None or self.role.housekeeper:
+            # The scrub's rate is the host's.
+            self.scrubber.start()
         self.pull_log.start()
         self.problems.start()
         if self.fleet is not None:
@@ -539,6 +559,9 @@ class OcicacheService(MultiService):
         scanning = self.disk.run(_scan_manifests, self.store)
         scanning.addCallback(self.manifest_tally.loaded)
         scanning.addErrback(lambda failure: log.failure("Could not count stored manifests", failure))
+        if self.role is not None:
+            # Serving, and SIGHUP is a reload: the supervisor may pass it on.
+            self.role.say_ready()
 
     def _refuse_to_start(self, message: str) -> NoReturn:
         """
@@ -600,6 +623,9 @@ class OcicacheService(MultiService):
         # 4. Everything else: the operator listener, the janitor.
         children: list[IService] = list(self)
         await DeferredList([maybeDeferred(child.stopService) for child in reversed(children) if child.running])
+        if self._sibling_port is not None:
+            port = await self._sibling_port
+            await maybeDeferred(port.stopListening)
         # 5. The disk thread (joined: commits in progress complete), the
         #    database, idle upstream connections; then no temp file stays.
         if self.fleet is not None:
@@ -620,9 +646,11 @@ class OcicacheService(MultiService):
             closing.append(self.s3_pool.closeCachedConnections())
         await DeferredList(closing)
         self.budget.close()
-        removed = self.store.remove_temp_files()
-        if removed:
-            log.info("Removed {count} temp files of downloads cut by the stop", count=removed)
+        if self.role is None:
+            # A worker's siblings may still be filling theirs.
+            removed = self.store.remove_temp_files()
+            if removed:
+                log.info("Removed {count} temp files of downloads cut by the stop", count=removed)
         # twistd then re-raises SIGTERM once the reactor has stopped, so the
         # process ends "killed by SIGTERM": systemd counts that as a clean
         # stop (SuccessExitStatus includes it by default).

@@ -8,8 +8,9 @@ the reactor it was asked for before calling it.
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.application.service import IService
 from twisted.python import usage
@@ -59,8 +60,10 @@ def _die(message: str) -> None:
 
 def makeService(options: Options) -> IService:
     from ._listening import ListenError
+    from ._main_process import worker_count
     from ._preflight import missing_dependency
     from ._service import OcicacheService
+    from ._worker_role import RoleError, WorkerRole, die_with_parent
 
     try:
         config = load_config(options["config"])
@@ -73,7 +76,20 @@ def makeService(options: Options) -> IService:
     if missing is not None:
         _die(missing)
     try:
-        service = OcicacheService(config, the_reactor())
+        role = WorkerRole.from_environment(os.environ)
+    except RoleError as e:
+        _die(str(e))
+    if role is None:
+        count = worker_count(config.server.workers)
+        if count > 1:
+            return _main_process(options, config, count, listen)
+    else:
+        # No worker outlives the main process holding its listeners.
+        die_with_parent()
+        if os.getppid() != role.main_pid:
+            _die("the main process is gone")
+    try:
+        service = OcicacheService(config, the_reactor(), role)
     except ListenError as e:
         _die(str(e))
     # SIGHUP reads the same file again, with the same command line applied.
@@ -89,6 +105,37 @@ def makeService(options: Options) -> IService:
     # twistd puts it there when it daemonizes, after makeService.
     service.status_pipe = lambda: twistd.get("statusPipe")
     return service
+
+
+def _main_process(options: Options, config: Any, count: int, listen: tuple[str, ...]) -> IService:
+    """
+    The main process of C{count} workers (L{ocicache._daemon._main_process}),
+    each started as C{twistd -n ocicache} with this command line's config
+    and listeners, logging where this process logs.
+    """
+    from ._main_process import MainProcess
+
+    twistd = getattr(options, "parent", None) or {}
+    args = ["--nodaemon", "--pidfile="]
+    logfile = twistd.get("logfile")
+    if logfile and logfile != "-":
+        args.append(f"--logfile={os.path.abspath(logfile)}")
+    elif twistd and not twistd.get("nodaemon"):
+        # A daemonized twistd logs to twistd.log by default; its standard output is gone.
+        args.append(f"--logfile={os.path.abspath('twistd.log')}")
+    args.append("ocicache")
+    if options["config"] is not None:
+        args.append(f"--config={os.path.abspath(options['config'])}")
+    args.extend(f"--listen={endpoint}" for endpoint in listen)
+    main = MainProcess(config, the_reactor(), count, args, _die_reason)
+    if config.server.log_format == "json":
+        main.log_observer = _json_observer(options)
+    return main
+
+
+def _die_reason(message: str) -> NoReturn:
+    _die(message)
+    raise AssertionError("unreachable")
 
 
 def _logs_to_stdout(options: Options) -> bool:

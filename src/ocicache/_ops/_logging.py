@@ -31,9 +31,22 @@ from twisted.logger import ILogObserver, LogEvent, Logger, formatEvent
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
-__all__ = ["JSONLineObserver", "event_as_dict", "json_observer", "json_observer_for", "log_access"]
+__all__ = ["JSONLineObserver", "event_as_dict", "json_observer", "json_observer_for", "log_access", "log_as_worker"]
 
 _access = Logger(namespace="ocicache.access")
+
+
+_worker: list[int] = []
+"""This process's worker index, once L{log_as_worker} said it."""
+
+
+def log_as_worker(index: int) -> None:
+    """
+    Every access event of this process names worker C{index} (with
+    C{[server] workers} > 1): a field of the JSON line, C{w<index>} at the
+    end of the text one.
+    """
+    _worker[:] = [index]
 
 
 def log_access(
@@ -45,8 +58,13 @@ def log_access(
     who the client proved to be (C{user:alice}, C{token:ci},
     C{oidc:<sub>}; C{-}: anonymous): a name, never a credential.
     """
+    fields: dict[str, object] = {}
+    text = "{method} {path} {status} {bytes}B {duration:.3f}s {cache_result} {upstream} {identity}"
+    if _worker:
+        fields["worker"] = _worker[0]
+        text += " w{worker}"
     _access.info(
-        "{method} {path} {status} {bytes}B {duration:.3f}s {cache_result} {upstream} {identity}",
+        text,
         method=method,
         path=path[:1024],
         status=status,
@@ -55,6 +73,7 @@ def log_access(
         cache_result=cache_result or "-",
         upstream=upstream or "-",
         identity=identity[:256],
+        **fields,
     )
 
 # Keys of old-style (twisted.python.log) events that carry no information

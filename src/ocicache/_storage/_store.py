@@ -88,15 +88,16 @@ class Store:
         self.tmp_dir = os.path.join(self.root, "tmp")
         self.quarantine_dir = os.path.join(self.root, "quarantine")
 
-    def prepare(self) -> int:
+    def prepare(self, leftovers: bool = True) -> int:
         """
-        Create the directories and remove temp files left by a crash.
+        Create the directories and, with C{leftovers}, remove temp files
+        left by a crash (not when other processes share the store).
         Return how many were removed.
         """
         for kind in Kind:
             os.makedirs(os.path.join(self.root, kind.value, "sha256"), mode=0o755, exist_ok=True)
         os.makedirs(self.tmp_dir, mode=0o700, exist_ok=True)
-        return self.remove_temp_files()
+        return self.remove_temp_files() if leftovers else 0
 
     def remove_temp_files(self) -> int:
         """

@@ -13,14 +13,21 @@ thread, neither of which this daemon wants.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
+from .._ops._host_metrics import merge_expositions
 from .._ops._metrics import CONTENT_TYPE_LATEST, Metrics
 
 __all__ = ["OperatorResource"]
+
+log = Logger()
 
 
 class _Leaf(Resource):
@@ -36,14 +43,48 @@ class _Leaf(Resource):
     render_HEAD = render_GET
 
 
+class _HostScrape(Resource):
+    """C{/metrics} of a worker: the host's, merged from every worker's."""
+
+    isLeaf = True
+
+    def __init__(self, operator: OperatorResource) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
+        self._operator = operator
+
+    def render_GET(self, request: IRequest) -> object:
+        scraping = Deferred.fromCoroutine(self._operator.host_exposition())
+
+        def answer(exposition: bytes) -> None:
+            request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+            request.setHeader(b"content-length", str(len(exposition)).encode("ascii"))
+            if request.method != b"HEAD":
+                request.write(exposition)
+            request.finish()
+
+        def failed(failure: Failure) -> None:
+            log.failure("Could not gather the workers' metrics", failure)
+            request.setResponseCode(500)
+            request.finish()
+
+        scraping.addCallbacks(answer, failed)
+        return NOT_DONE_YET
+
+    render_HEAD = render_GET
+
+
 class OperatorResource(Resource):
     def __init__(self, metrics: Metrics, cache_dir: str, db_open: Callable[[], bool],
                  before_scrape: Callable[[], None] = lambda: None,
                  draining: Callable[[], bool] = lambda: False,
-                 problems: Callable[[], list[str]] = list) -> None:
+                 problems: Callable[[], list[str]] = list,
+                 siblings: Callable[[], Awaitable[list[bytes]]] | None = None) -> None:
         """
         @param problems: what else keeps it from serving from its store
             (the S3 store unreachable), one line each.
+        @param siblings: with worker processes, the other workers'
+            expositions: C{/metrics} answers for the host, merged
+            (L{ocicache._ops._host_metrics}).
         """
         super().__init__()  # type: ignore[no-untyped-call]  # Twisted's, unannotated
         self._metrics = metrics
@@ -52,14 +93,25 @@ class OperatorResource(Resource):
         self._before_scrape = before_scrape
         self._draining = draining
         self._problems = problems
-        self.putChild(b"metrics", _Leaf(self._scrape))
+        self._siblings = siblings
+        self.putChild(b"metrics", _Leaf(self._scrape) if siblings is None else _HostScrape(self))
         self.putChild(b"healthz", _Leaf(self._healthz))
         self.putChild(b"readyz", _Leaf(self._readyz))
 
     def _scrape(self, request: IRequest) -> bytes:
-        self._before_scrape()
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        return self.own_exposition()
+
+    def own_exposition(self) -> bytes:
+        """This process's metrics, its cache gauges refreshed first."""
+        self._before_scrape()
         return self._metrics.exposition()
+
+    async def host_exposition(self) -> bytes:
+        """This process's metrics merged with its siblings'."""
+        assert self._siblings is not None
+        own = self.own_exposition()
+        return merge_expositions([own, *await self._siblings()])
 
     def _healthz(self, request: IRequest) -> bytes:
         request.setHeader(b"content-type", b"text/plain")

@@ -20,7 +20,6 @@ from ._types import (
     CountOrAuto,
     Duration,
     Integer,
-    Invalid,
     Kind,
     ListOf,
     Number,
@@ -34,24 +33,6 @@ __all__ = ["CacheConfig", "MetricsConfig", "ServerConfig", "default_cache_dir"]
 
 _HEAD_SIZE = Size(1 << 10, 1 << 20, "must be between 1KiB and 1MiB")
 """Below these no real client works; above them one connection could hold megabytes of headers."""
-
-
-@frozen
-class _Workers(CountOrAuto):
-    """
-    C{[server] workers}: its grammar, and for now the one value accepted.
-    More than one worker process waits for the store to be shared across
-    processes (one upstream fetch per key, the capacity, the tag and
-    negative caches, the download slots); until then a config asking for
-    more is refused at load rather than fetching twice.
-    """
-
-    def __call__(self, value: object) -> int | Literal["auto"]:
-        count = super().__call__(value)
-        if count != 1:
-            asked = '"auto"' if count == "auto" else str(count)
-            raise Invalid(f"more than one worker process ({asked}) is not yet supported; use 1 (the default)")
-        return count
 
 
 @frozen
@@ -119,10 +100,11 @@ clients.""")
     max_request_line: int = key(_HEAD_SIZE, "The request line (method, target, version) at most; longer: 414.",
                                 default=8 << 10)
     workers: int | Literal["auto"] = key(
-        _Workers(1, 256), 'Worker processes serving the listeners; "auto": one per core. Only 1 for now.',
-        default=1, note="""Worker processes serving the listeners ("auto": one per core). Only 1 is
-accepted for now: more than one is not yet supported (see Worker processes
-in the operations docs).""")
+        CountOrAuto(1, 256), 'Worker processes serving the listeners, all on one store; "auto": one per core.',
+        default=1, note="""Worker processes serving the listeners ("auto": one per core). The main
+process holds the listeners and restarts a worker that dies; every worker
+serves from the one store, with one upstream fetch per key and one max_size
+(see Worker processes in the operations docs). A change takes a restart.""")
     sendfile: bool = key(
         BOOLEAN, "Blob bodies on plain TCP go out with sendfile(2); TLS listeners always use the streamer.",
         default=True, note="""Blob bodies on plain TCP go from the file to the socket with sendfile(2),
