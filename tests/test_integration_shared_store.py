@@ -2,7 +2,8 @@
 Several daemons on one C{[cache] dir} behave as one daemon (issue 23, "one
 store for all workers"): two real C{twistd -n ocicache} processes on one
 store, each with its own port, so that each client talks to the process
-the test chooses, against distribution behind the counting hop.
+the test chooses; and C{[server] workers = 2}.  Against distribution
+behind the counting hop.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ocitest.daemon import Daemon
 from ocitest.hop import Hop, HopRequest
 from ocitest.images import MEDIA, Blob, Image, MiB, big_layer
 from ocitest.registry import Registry, push_blob
+from ocitest.workers import only, served_by, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -243,3 +245,36 @@ def test_a_tag_is_revalidated_once_per_tag_ttl_across_processes(
     hop.wait_idle()
     assert hop.count("HEAD", "/manifests/") == 1, hop.summary()
     assert hop.count("GET", "/manifests/") == 0, hop.summary()
+
+
+def test_max_size_holds_under_commits_from_two_workers(daemon_factory: Callable[..., Daemon], blobs: list[Blob],
+                                                       hop: Hop, watch: Callable[[str], list[int]]) -> None:
+    daemon = daemon_factory(server_extra={"workers": 2}, max_size=f"{MAX_SIZE // MiB}MiB")
+    pids = wait_ready(daemon.log_text, 2)
+    store = daemon.cache_dir
+    samples = watch(store)
+
+    def pull(blob: Blob) -> None:
+        body = _get(f"{daemon.url}/v2/{REPO}/blobs/{blob.digest}")
+        assert len(body) == blob.size and "sha256:" + hashlib.sha256(body).hexdigest() == blob.digest
+
+    # Each worker in turn (the other stopped) stores as much as max_size
+    # allows: the second evicts what the first stored.
+    for index, pair_of_blobs in ((0, blobs[:2]), (1, blobs[2:4])):
+        with only(pids, index):
+            for blob in pair_of_blobs:
+                pull(blob)
+            wait_for(lambda: not _downloading(store), timeout=20, what="every commit settled")
+        assert 0 < _blob_bytes(store) <= MAX_SIZE
+    # Then both at once, eight clients.
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(pull, blobs))
+    wait_for(lambda: not _downloading(store), timeout=20, what="every commit settled")
+    assert 0 < _blob_bytes(store) <= MAX_SIZE
+    assert max(samples) <= MAX_SIZE, max(samples)
+    # Each worker served (and stored) its turn's blobs.
+    def workers_of(blob: Blob) -> list[int]:
+        return served_by(daemon.log_text(), f"/v2/{REPO}/blobs/{blob.digest}")
+
+    wait_for(lambda: sum(len(workers_of(blob)) for blob in blobs) == 12, timeout=10, what="every access event")
+    assert 0 in workers_of(blobs[0]) and 1 in workers_of(blobs[2])
