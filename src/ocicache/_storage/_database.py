@@ -186,6 +186,9 @@ package repositories), named by the hash their front-end gives them,
 with its C{bucket_} twin for its objects in the S3 bucket.
 """
 
+LOCAL_TABLES = frozenset({"blobs", "git_entries", "file_entries"})
+"""The tables of L{BLOB_TABLES} whose entries are files on this disk, in its budget."""
+
 CHANGES_SCHEMA = "".join(
     f"""
 CREATE TRIGGER IF NOT EXISTS {table}_added AFTER INSERT ON {table}
@@ -195,14 +198,15 @@ BEGIN INSERT INTO changes (tbl, digest, size) VALUES ('{table}', NEW.digest, NEW
 CREATE TRIGGER IF NOT EXISTS {table}_removed AFTER DELETE ON {table}
 BEGIN INSERT INTO changes (tbl, digest, size) VALUES ('{table}', OLD.digest, NULL); END;
 """
-    for table in sorted(BLOB_TABLES)
+    for table in sorted(LOCAL_TABLES)
 )
 """
-Every row added to, resized in or removed from a table of stored entries,
-in order, written by SQLite itself whichever code (or process) made the
-change: the log each process on a store reads to keep its budget's books
-equal to the shared tables (L{ocicache._storage._budget}).  C{size} is
-C{NULL} for a removal.
+Every row added to, resized in or removed from a table of entries stored on
+this disk, in order, written by SQLite itself whichever code (or process)
+made the change: the log each process on a store reads to keep its
+budget's books equal to the shared tables (L{ocicache._storage._budget}),
+and prunes.  C{size} is C{NULL} for a removal.  (The bucket's tables are
+not logged: no budget of this disk counts them.)
 """
 
 # SQLite's primary result codes (https://sqlite.org/rescode.html).
