@@ -199,8 +199,13 @@ class Budget:
         files = self._files
         await self._shared.run(files.take_turn)
         try:
+            # The reservations first, then the tables: a commit gives its
+            # reservation back only after its row is in, so whatever was
+            # given back before this read is in the rows read after it.
+            # (The other order misses a commit landing between the two.)
+            others = await self._shared.run(files.others_reserved)
             await self._follow_shared()
-            return await self._shared.run(files.others_reserved)
+            return others
         except BaseException:
             files.end_turn()
             raise
