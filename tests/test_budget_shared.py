@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred
@@ -97,7 +98,7 @@ def processes(tmp_path: Path, clock: Reactor) -> Iterator[Callable[[], _Process]
     run(clock)
 
 
-def _done(clock: Reactor, d: Deferred[object]) -> object:
+def _done(clock: Reactor, d: Deferred[Any]) -> object:
     results: list[object] = []
     d.addBoth(results.append)
     run(clock)
