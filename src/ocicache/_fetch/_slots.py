@@ -65,7 +65,14 @@ class Busy(Exception):
 
 
 class _HostFull(Exception):
-    """Other processes on the store hold every slot of the host that a fetch needs."""
+    """
+    Other processes on the store hold every slot of the host that a fetch
+    needs: every slot of all upstreams (C{everything}), or of its own.
+    """
+
+    def __init__(self, everything: bool) -> None:
+        super().__init__()
+        self.everything = everything
 
 
 class Slot:
@@ -118,9 +125,10 @@ class Slots:
         if self._free(upstream):
             # Any waiter left can be served by no free slot: every waiter
             # is woken as soon as a slot for it frees up.
-            slot = self._take(upstream)
-            if slot is not None:
-                return succeed(slot)
+            try:
+                return succeed(self._take(upstream))
+            except _HostFull:
+                pass  # it waits, and looks again
         if self.waiting >= self.queue:
             raise Busy(f"{self.active} upstream downloads are running and {self.waiting} waiting",
                        self._retry_after)
@@ -132,12 +140,9 @@ class Slots:
     def _free(self, upstream: str) -> bool:
         return self.active < self.total and self._by_upstream.get(upstream, 0) < self.per_upstream(upstream)
 
-    def _take(self, upstream: str) -> Slot | None:
-        """A slot, unless another process on the store holds the host's."""
-        try:
-            files = self._take_files(upstream)
-        except _HostFull:
-            return None
+    def _take(self, upstream: str) -> Slot:
+        """A slot; L{_HostFull} when other processes on the store hold the host's."""
+        files = self._take_files(upstream)
         self.active += 1
         self._by_upstream[upstream] = self._by_upstream.get(upstream, 0) + 1
         return Slot(self, upstream, files)
@@ -154,7 +159,7 @@ class Slots:
         try:
             every = files.take(ALL, self.total)
             if every is None:
-                raise _HostFull()
+                raise _HostFull(everything=True)
             one = files.take(upstream, self.per_upstream(upstream))
         except OSError as e:
             # Bounded per process, as alone: better than no fetch at all.
@@ -162,7 +167,7 @@ class Slots:
             return None
         if one is None:
             files.give(ALL, every)
-            raise _HostFull()
+            raise _HostFull(everything=False)
         return every, one
 
     def _release(self, upstream: str, files: tuple[int, int] | None) -> None:
@@ -199,10 +204,16 @@ class Slots:
             _, _, upstream, waiter = entry
             if waiter.called:
                 continue  # cancelled: its client went away
-            slot = self._take(upstream) if self._free(upstream) else None
-            if slot is not None:
-                waiter.callback(slot)
-            else:
+            if not self._free(upstream):
                 kept.append(entry)
+                continue
+            try:
+                slot = self._take(upstream)
+            except _HostFull as full:
+                kept.append(entry)
+                if full.everything:
+                    break  # no waiter can have one now
+                continue
+            waiter.callback(slot)
         for entry in kept:
             heapq.heappush(self._waiting, entry)
