@@ -138,9 +138,7 @@ def test_sigterm_drains_every_worker(daemon_factory: Callable[..., Daemon], upst
     assert log.count("ocicache stopped\n") == 2 or log.count("] ocicache stopped") == 2, log[-3000:]
     assert "every worker has exited" in log
     assert "Traceback" not in log, log[-3000:]
-    # No temp file is left (the directories of the processes' shared
-    # state stay: tmp/locks, tmp/budget, tmp/slots, ...).
-    assert [entry.name for entry in os.scandir(os.path.join(daemon.cache_dir, "tmp")) if entry.is_file()] == []
+    assert os.listdir(os.path.join(daemon.cache_dir, "tmp")) in ([], ["locks"])
 
 
 def test_workers_end_with_the_main_process(daemon_factory: Callable[..., Daemon]) -> None:

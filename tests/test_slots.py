@@ -89,8 +89,7 @@ def test_release_is_idempotent() -> None:
 
 def _two_processes(tmp_path: Path, clock: Clock, total: int, per_upstream: int) -> tuple[Slots, Slots, SlotFiles]:
     """Two processes' slots on one store: each its own descriptors of the slot files, as two processes have."""
-    directory = str(tmp_path / "slots")
-    first, second = SlotFiles(directory), SlotFiles(directory)
+    first, second = SlotFiles(str(tmp_path)), SlotFiles(str(tmp_path))
     return (Slots(total, 10, lambda name: per_upstream, host=(first, clock)),
             Slots(total, 10, lambda name: per_upstream, host=(second, clock)), second)
 

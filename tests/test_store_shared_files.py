@@ -83,7 +83,7 @@ def test_the_turn_is_one_process_at_a_time(tmp_path: Path) -> None:
 
 
 def test_a_pause_is_seen_by_every_process_and_only_grows(tmp_path: Path) -> None:
-    one, two = PauseFiles(str(tmp_path / "pauses")), PauseFiles(str(tmp_path / "pauses"))
+    one, two = PauseFiles(str(tmp_path)), PauseFiles(str(tmp_path))
     assert two.until("docker.io") is None
     one.pause("docker.io", 1000.0)
     assert two.until("docker.io") == 1000.0

@@ -149,7 +149,7 @@ class OcicacheService(MultiService):
         # The connections of git and file remotes through the outbound proxy.
         self.proxy_pool = make_pool(reactor)
         tokens = TokenCache(reactor)
-        pauses = PauseFiles(os.path.join(self.store.root, "tmp", "pauses"))
+        pauses = PauseFiles(self.store.root)
         self.upstreams = {
             upstream.name: Upstream(upstream, reactor, self.http_pool, tokens, metrics=self.metrics,
                                     routes=config.proxy.routes_for(upstream.proxy), pauses=pauses)
@@ -161,7 +161,7 @@ class OcicacheService(MultiService):
         per_upstream = {upstream.name: upstream.max_downloads for upstream in config.upstreams}
         slots = Slots(config.cache.max_downloads, config.cache.download_queue,
                       lambda name: per_upstream.get(name, 1),
-                      host=(SlotFiles(os.path.join(self.store.root, "tmp", "slots")), reactor))
+                      host=(SlotFiles(self.store.root), reactor))
         access = RepoAccess(self.metadata, reactor, health=health)
         # Upstream 404s, remembered for blobs, manifests and tag lists alike.
         negative = NegativeCache(reactor, config.cache.negative_ttl, config.cache.negative_digest_ttl,

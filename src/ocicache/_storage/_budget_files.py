@@ -1,11 +1,11 @@
 """
-The budget's files under C{tmp/budget/}, through which every process on one
+The budget's files under C{shared/budget/}, through which every process on one
 store keeps one budget with no server (L{ocicache._storage._budget}):
 
-  - C{tmp/budget/turn}: the store-wide turn.  Room is made, and entries are
+  - C{shared/budget/turn}: the store-wide turn.  Room is made, and entries are
     evicted, by one process at a time, under an exclusive C{flock(2)} on
     this file;
-  - C{tmp/budget/reserved.<pid>.<random>}: one file per process, locked by
+  - C{shared/budget/reserved.<pid>.<random>}: one file per process, locked by
     it for its life, holding the bytes its commits in flight have reserved
     (eight bytes, little-endian).  A process adds the others' to its own
     when it judges the room left.
@@ -14,8 +14,8 @@ The kernel lets go of a process's locks when it dies, even by C{SIGKILL}:
 a dead process's turn passes to the next, and a reserved file nobody holds
 is a dead process's, removed by the next reader.  (C{flock}, not
 C{fcntl}'s record locks: those are the process's, not the descriptor's.)
-The files live in a subdirectory of C{tmp/}: start-up's sweep of left
-temp files removes only the files directly in C{tmp/}.
+They live in the store's C{shared/}, beside (not in) C{tmp/}, whose
+temp files start-up and stops remove.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class BudgetFiles:
     """
 
     def __init__(self, store_root: str) -> None:
-        self.directory = os.path.join(store_root, "tmp", "budget")
+        self.directory = os.path.join(store_root, "shared", "budget")
         self._turn: int | None = None
         self._mine: int | None = None
         self._mine_name: str | None = None

@@ -1,6 +1,6 @@
 """
 Until when each upstream is left alone, for every process on one store:
-C{tmp/pauses/<name's hash>}, eight bytes holding a time (seconds since the
+C{shared/pauses/<name's hash>}, eight bytes holding a time (seconds since the
 epoch, a little-endian double).  A process that an upstream answers
 C{429} writes how long the upstream asked to be left alone
 (L{ocicache._upstream._client.Upstream.note_quota}); every process reads
@@ -29,8 +29,8 @@ _UNTIL = struct.Struct("<d")
 class PauseFiles:
     """The pause files of one store's upstreams."""
 
-    def __init__(self, directory: str) -> None:
-        self.directory = directory
+    def __init__(self, store_root: str) -> None:
+        self.directory = os.path.join(store_root, "shared", "pauses")
         self._fds: dict[str, int] = {}
 
     def _fd(self, name: str) -> int:

@@ -1,6 +1,6 @@
 """
 Download slots every process on one store sees (L{ocicache._fetch._slots}):
-C{tmp/slots/<name>.<n>}, one file per slot of a bound, held with
+C{shared/slots/<name>.<n>}, one file per slot of a bound, held with
 C{flock(2)} while a fetch uses it.
 
 The kernel lets go of a dead process's locks, even after C{SIGKILL}, so its
@@ -24,8 +24,8 @@ __all__ = ["SlotFiles"]
 class SlotFiles:
     """The slot files of one store's bounds, by name (C{"all"}, or an upstream's)."""
 
-    def __init__(self, directory: str) -> None:
-        self.directory = directory
+    def __init__(self, store_root: str) -> None:
+        self.directory = os.path.join(store_root, "shared", "slots")
         self._fds: dict[str, list[int]] = {}
         self._held: dict[str, set[int]] = {}
 

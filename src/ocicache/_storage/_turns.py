@@ -1,5 +1,5 @@
 """
-Turns every process on one store sees, by name: C{tmp/turns/<name's
+Turns every process on one store sees, by name: C{shared/turns/<name's
 hash>}, held with C{flock(2)} as the per-key locks are
 (L{ocicache._storage._key_locks}: removed by the holder as it lets go,
 released by the kernel when the holder dies).  A turn is taken at once or
@@ -23,7 +23,7 @@ class Turns:
     """The turn files of one store."""
 
     def __init__(self, store_root: str) -> None:
-        self.directory = os.path.join(store_root, "tmp", "turns")
+        self.directory = os.path.join(store_root, "shared", "turns")
 
     def take(self, name: str) -> KeyLock | None:
         """The turn of C{name} (any text), or C{None} at once while another holder has it."""
