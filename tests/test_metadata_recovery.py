@@ -376,3 +376,78 @@ async def test_deleting_blobs_prunes_their_access_proofs(db_path: Path) -> None:
         assert not await metadata.has_source(gone, "docker.io", "library/a")
     finally:
         await metadata.close()
+
+
+# -- several processes on one database (worker processes)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_waits_out_a_lock_held_past_the_busy_timeout(db_path: Path) -> None:
+    metadata = _metadata(db_path, busy_timeout=0.2)
+    await metadata.open()
+    try:
+        writer = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+        writer.execute("BEGIN IMMEDIATE")
+        # Another process's transaction, longer than the busy timeout.
+        threading.Timer(0.35, writer.close).start()
+        await metadata.put_blob("sha256:" + "f" * 64, 7, 1.0)
+        assert [row.size for row in await metadata.blobs()] == [7]
+    finally:
+        await metadata.close()
+
+
+def _open_at_once(paths: list[Path]) -> list[Metadata]:
+    """Open a database from several connections at the same instant, as processes starting together do."""
+    opened = [_metadata(path) for path in paths]
+    barrier = threading.Barrier(len(opened))
+    outcomes: list[object] = [None] * len(opened)
+
+    def open_one(index: int) -> None:
+        barrier.wait(10)
+        try:
+            outcomes[index] = opened[index].open_now(rebuild=True)
+        except BaseException as e:
+            outcomes[index] = e
+
+    threads = [threading.Thread(target=open_one, args=(index,)) for index in range(len(opened))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not [outcome for outcome in outcomes if isinstance(outcome, BaseException)], outcomes
+    return opened
+
+
+@pytest_twisted.ensureDeferred
+async def test_processes_creating_the_database_at_once_make_one_schema(db_path: Path) -> None:
+    opened = _open_at_once([db_path] * 4)
+    try:
+        await opened[0].put_blob("sha256:" + "a" * 64, 3, 1.0)
+        for metadata in opened:
+            assert [row.size for row in await metadata.blobs()] == [3]
+    finally:
+        for metadata in opened:
+            await metadata.close()
+    db = sqlite3.connect(db_path)
+    try:
+        triggers = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")]
+        assert len(triggers) == len(set(triggers)) == 9
+        # The row's arrival is in the change log once.
+        assert db.execute("SELECT tbl, digest, size FROM changes").fetchall() == [("blobs", "sha256:" + "a" * 64, 3)]
+    finally:
+        db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_processes_finding_it_corrupt_at_once_move_it_aside_once(db_path: Path) -> None:
+    _random_bytes(db_path)
+    opened = _open_at_once([db_path] * 3)
+    try:
+        assert len(glob.glob(str(db_path) + ".corrupt-*")) == 1
+        # They all use the one new database.
+        await opened[1].put_blob("sha256:" + "c" * 64, 9, 1.0)
+        for metadata in opened:
+            assert [row.size for row in await metadata.blobs()] == [9]
+    finally:
+        for metadata in opened:
+            await metadata.close()

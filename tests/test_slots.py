@@ -4,10 +4,14 @@ Tests for L{ocicache._fetch._slots}: the bound on concurrent upstream work.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import Clock
 
-from ocicache._fetch._slots import Busy, Priority, Slot, Slots
+from ocicache._fetch._slots import HOST_POLL, Busy, Priority, Slot, Slots
+from ocicache._storage._slot_files import SlotFiles
 
 
 def _slot(d: Deferred[Slot]) -> Slot:
@@ -81,3 +85,50 @@ def test_release_is_idempotent() -> None:
     slot.release()
     slot.release()
     assert slots.active == 0
+
+
+def _two_processes(tmp_path: Path, clock: Clock, total: int, per_upstream: int) -> tuple[Slots, Slots, SlotFiles]:
+    """Two processes' slots on one store: each its own descriptors of the slot files, as two processes have."""
+    first, second = SlotFiles(str(tmp_path)), SlotFiles(str(tmp_path))
+    return (Slots(total, 10, lambda name: per_upstream, host=(first, clock)),
+            Slots(total, 10, lambda name: per_upstream, host=(second, clock)), second)
+
+
+def test_the_host_bound_holds_across_processes(tmp_path: Path) -> None:
+    clock = Clock()
+    one, two, _ = _two_processes(tmp_path, clock, total=1, per_upstream=5)
+    held = _slot(one.acquire("a", Priority.BLOB))
+    # The other process finds the host's one slot taken, and waits.
+    waiting = two.acquire("b", Priority.BLOB)
+    clock.advance(HOST_POLL)
+    assert not waiting.called and two.waiting == 1
+    held.release()
+    # Its next look finds the slot given back.
+    clock.advance(HOST_POLL)
+    _slot(waiting).release()
+    assert two.active == 0
+
+
+def test_the_upstream_bound_holds_across_processes(tmp_path: Path) -> None:
+    clock = Clock()
+    one, two, _ = _two_processes(tmp_path, clock, total=5, per_upstream=1)
+    held = _slot(one.acquire("a", Priority.BLOB))
+    waiting = two.acquire("a", Priority.BLOB)
+    # Another upstream is not held up, and a's wait gave back the slot of all.
+    _slot(two.acquire("b", Priority.BLOB))
+    clock.advance(HOST_POLL)
+    assert not waiting.called
+    held.release()
+    clock.advance(HOST_POLL)
+    assert waiting.called
+
+
+def test_a_dead_process_slots_come_back(tmp_path: Path) -> None:
+    clock = Clock()
+    one, two, second_files = _two_processes(tmp_path, clock, total=1, per_upstream=1)
+    _slot(two.acquire("a", Priority.BLOB))
+    waiting = one.acquire("a", Priority.BLOB)
+    # Its descriptors closed, as the kernel closes a dead process's.
+    second_files.close()
+    clock.advance(HOST_POLL)
+    assert waiting.called

@@ -72,6 +72,7 @@ from .._oci._pins import PinsResource
 from .._oci._pipeline import origin
 from .._oci._referrers import ReferrerService
 from .._oci._resources import Services, registry_resources
+from .._oci._store_manifests import StoreManifests
 from .._oci._tags import TagService
 from .._oci._warm import Warmer
 from .._ops._config import Config
@@ -87,9 +88,11 @@ from .._storage._disk import Disk
 from .._storage._health import DiskHealth
 from .._storage._janitor import Janitor
 from .._storage._metadata import Metadata, MetadataUnavailable
+from .._storage._pause_files import PauseFiles
 from .._storage._pull_log import PullLog
 from .._storage._purge import Purger
 from .._storage._scrub import Scrubber
+from .._storage._slot_files import SlotFiles
 from .._storage._store import Kind, Store
 from .._upstream._client import Upstream, make_pool
 from .._upstream._tokens import TokenCache
@@ -146,9 +149,10 @@ class OcicacheService(MultiService):
         # The connections of git and file remotes through the outbound proxy.
         self.proxy_pool = make_pool(reactor)
         tokens = TokenCache(reactor)
+        pauses = PauseFiles(self.store.root)
         self.upstreams = {
             upstream.name: Upstream(upstream, reactor, self.http_pool, tokens, metrics=self.metrics,
-                                    routes=config.proxy.routes_for(upstream.proxy))
+                                    routes=config.proxy.routes_for(upstream.proxy), pauses=pauses)
             for upstream in config.upstreams
         }
         # One view of the disk's health, one bound on upstream fetches, for
@@ -156,10 +160,12 @@ class OcicacheService(MultiService):
         health = DiskHealth()
         per_upstream = {upstream.name: upstream.max_downloads for upstream in config.upstreams}
         slots = Slots(config.cache.max_downloads, config.cache.download_queue,
-                      lambda name: per_upstream.get(name, 1))
+                      lambda name: per_upstream.get(name, 1),
+                      host=(SlotFiles(self.store.root), reactor))
         access = RepoAccess(self.metadata, reactor, health=health)
         # Upstream 404s, remembered for blobs, manifests and tag lists alike.
-        negative = NegativeCache(reactor, config.cache.negative_ttl, config.cache.negative_digest_ttl)
+        negative = NegativeCache(reactor, config.cache.negative_ttl, config.cache.negative_digest_ttl,
+                                 shared=self.metadata)
         self.fleet = self._join_fleet(config)
         access = RepoAccess(self.metadata, reactor, health=health, shared=self._shared_proofs())
         self.disk = disk = Disk(reactor, self.store, self.metadata, self.disk_pool)
@@ -168,7 +174,7 @@ class OcicacheService(MultiService):
         s3 = config.storage.s3
         local_max_size = config.cache.max_size if s3 is None else s3.local_max_size
         # One budget for every kind the disk keeps: blobs, git, files.
-        self.budget = Budget(self.store.root, local_max_size, config.cache.min_free)
+        self.budget = Budget(self.store.root, local_max_size, config.cache.min_free, shared=disk)
         self.capacity = Capacity(self.budget, disk, self._evicted, protected=self._protected)
         self.bucket: Bucket | None = None
         self.replicator: Replicator | None = None
@@ -367,10 +373,10 @@ class OcicacheService(MultiService):
         fleet = self.fleet
         return None if fleet is None else RedisProofs(fleet.redis, lambda: fleet.up)
 
-    def _shared_manifests(self) -> RedisManifests | None:
-        """In a fleet, tags and manifests are shared through Redis."""
+    def _shared_manifests(self) -> RedisManifests | StoreManifests:
+        """In a fleet, tags and manifests are shared through Redis; else by the processes on the store."""
         fleet = self.fleet
-        return None if fleet is None else RedisManifests(fleet.redis, lambda: fleet.up, fleet.node)
+        return StoreManifests(self.disk) if fleet is None else RedisManifests(fleet.redis, lambda: fleet.up, fleet.node)
 
     async def _protected(self) -> list[Digest]:
         """
@@ -500,6 +506,7 @@ class OcicacheService(MultiService):
             # restarted worker's siblings hold theirs).
             removed = self.store.prepare()
             rebuilt = self.metadata.open_now(rebuild=True)
+            self.budget.open()
         except OSError as e:
             where = f" ({e.filename})" if e.filename and e.filename != self.store.root else ""
             self._refuse_to_start(f"cannot use the cache directory {self.store.root}: {e.strerror}{where}")
@@ -638,6 +645,7 @@ class OcicacheService(MultiService):
         if self.s3_pool is not None:
             closing.append(self.s3_pool.closeCachedConnections())
         await DeferredList(closing)
+        self.budget.close()
         # Not those another process (a sibling worker) still holds.
         removed = self.store.remove_temp_files()
         if removed:

@@ -159,10 +159,7 @@ class _FileBooks:
         return await self._capacity.make_room(size)
 
     def kept(self, key: FileKey, size: int) -> None:
-        self._capacity.committed(key, size)  # type: ignore[arg-type]  # typed for digests, keyed by any hashable
-        self._disk.metadata.put_blob(str(key), size, time.time(), table=TABLE).addErrback(
-            lambda failure: log.warn("Could not record {key}: {error}", key=str(key),
-                                     error=failure.getErrorMessage()))
+        self._capacity.keep(key, size)  # type: ignore[arg-type]  # typed for digests, keyed by any hashable
 
     def not_kept(self, key: FileKey, size: int) -> None:
         self._capacity.release(size)
@@ -193,7 +190,7 @@ class FileService:
         # The files count in the store's budget with every other kind
         # (unbounded on their own when the service stands alone).
         self.capacity = Capacity(budget if budget is not None else Budget(disk.store.root, None), disk,
-                                 self._observer.evicted, table=TABLE, kind=Kind.FILES)
+                                 self._observer.evicted, table=TABLE, kind=Kind.FILES, parse=FileKey.parse)
         self._fills: Fills[FileKey] = Fills()
         self._sink = DiskSink(disk, self._fills, _FileBooks(disk, self.capacity),
                               health if health is not None else DiskHealth(), Kind.FILES,
@@ -212,7 +209,9 @@ class FileService:
                                    _unnamed, self._step, entries, replicator)
         self._shared_records = shared
         self._slots = slots if slots is not None else Slots(32, 256)
-        self._negative = {remote.name: NegativeCache(self._reactor, remote.negative_ttl, remote.negative_ttl)
+        # Shared with every process on the store, as the registry's are.
+        self._negative = {remote.name: NegativeCache(self._reactor, remote.negative_ttl, remote.negative_ttl,
+                                                     shared=disk.metadata)
                           for remote in config.remotes}
         self._records = Records(disk)
         self._revalidations: SingleFlight[tuple[str, str], _Revalidated] = SingleFlight()
@@ -286,7 +285,7 @@ class FileService:
     async def remote_size(self, name: str, path: FilePath) -> int | None:
         """The length the remote gives C{path} in answer to a C{HEAD} (C{None}: it gave none)."""
         remote = self.remote(name)
-        self._negative[remote.name].check((remote.name, path.text))
+        await self._negative[remote.name].check((remote.name, path.text))
         response = await remote.request("HEAD", path)
         await remote.discard(response)
         if response.code != 200:
@@ -381,7 +380,7 @@ class FileService:
         fetched this way becomes its current version once committed.
         """
         negative = self._negative[remote.name]
-        negative.check((remote.name, path.text))
+        await negative.check((remote.name, path.text))
         if not is_mutable(remote.config, path):
             # What the bytes must be: asked only on a miss, so that a hit
             # never waits for an index being read.
@@ -442,7 +441,7 @@ class FileService:
         old = record.key(path.text) if record is not None and await self._stored(record.key(path.text)) else None
         if old is None:
             record = None
-        self._negative[remote.name].check((remote.name, path.text))
+        await self._negative[remote.name].check((remote.name, path.text))
         headers: dict[bytes, bytes] = {}
         if record is not None:
             if record.etag is not None:

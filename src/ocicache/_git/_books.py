@@ -15,7 +15,6 @@ import shutil
 import time
 
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from .._spec._reference import Digest, InvalidDigest
 from .._storage._capacity import Capacity
@@ -68,9 +67,7 @@ class GitBooks:
         return await self.capacity.make_room(size)
 
     def kept(self, key: ResponseKey, size: int) -> None:
-        self.capacity.committed(key.digest, size)
-        self._disk.metadata.put_blob(str(key.digest), size, time.time(), table=TABLE).addErrback(
-            _log_failure, "record a git response")
+        self.capacity.keep(key.digest, size)
 
     def not_kept(self, key: ResponseKey, size: int) -> None:
         self.capacity.release(size)
@@ -150,7 +147,3 @@ def _size_of(path: str) -> int:
             except FileNotFoundError:
                 pass
     return total
-
-
-def _log_failure(failure: Failure, what: str) -> None:
-    log.failure("Could not {what}", failure, what=what)

@@ -17,7 +17,6 @@ per C{negative_digest_ttl}.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from functools import partial
 from typing import Protocol
@@ -103,8 +102,7 @@ class _BlobBooks:
         return await self._capacity.make_room(size)
 
     def kept(self, key: Digest, size: int) -> None:
-        self._capacity.committed(key, size)
-        self._disk.metadata.put_blob(str(key), size, time.time()).addErrback(_log_failure, "record blob")
+        self._capacity.keep(key, size)
 
     def not_kept(self, key: Digest, size: int) -> None:
         self._capacity.release(size)
@@ -230,7 +228,7 @@ class BlobService:
         await self._access.check(upstream, repo, digest, prove)
 
     async def _upstream_head(self, upstream: Upstream, repo: str, digest: Digest) -> int:
-        self._negative.check(_negative_key(upstream, repo, digest))
+        await self._negative.check(_negative_key(upstream, repo, digest))
         response = await upstream.blob("HEAD", repo, str(digest))
         if response.code != 200:
             raise answer_error(response, self._missing(response.code, upstream, repo, digest))
@@ -254,7 +252,7 @@ class BlobService:
         answers 200 start writing its body: the returned download grows
         while clients read.  The slot is held until the body is in.
         """
-        self._negative.check(_negative_key(upstream, repo, digest))
+        await self._negative.check(_negative_key(upstream, repo, digest))
         slot = await self._slots.acquire(upstream.name, Priority.BLOB)
         try:
             started = await self._claimed(upstream, repo, digest)

@@ -269,7 +269,7 @@ class ManifestService:
         L{UpstreamError} when it cannot answer.
         """
         key = variant_key(tag, accept)
-        self._negative.check(_negative_key(upstream, repo, key))
+        await self._negative.check(_negative_key(upstream, repo, key))
         flight_key = (upstream.name, repo, key)
         confirmed = self._confirmed.get(flight_key)
         if confirmed is not None and self._reactor.seconds() - confirmed[1] < self._tag_ttl(upstream):
@@ -387,7 +387,7 @@ class ManifestService:
     ) -> tuple[Manifest, CacheResult]:
         # Clients with different Accept never share a tag's flight.
         key = _reference_key(reference, accept)
-        self._negative.check(_negative_key(upstream, repo, key))
+        await self._negative.check(_negative_key(upstream, repo, key))
         flight, joined = self._flights.call(
             (upstream.name, repo, key), lambda: self._download(upstream, repo, reference, accept)
         )
@@ -497,7 +497,7 @@ class ManifestService:
     def _prove(self, upstream: Upstream, repo: str, digest: Digest) -> Callable[[], Awaitable[None]]:
         async def prove() -> None:
             key = _negative_key(upstream, repo, str(digest))
-            self._negative.check(key)
+            await self._negative.check(key)
             response = await upstream.manifest("HEAD", repo, str(digest), MANIFEST_MEDIA_TYPES)
             await upstream.discard(response)
             if response.code != 200:

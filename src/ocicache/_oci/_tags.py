@@ -84,7 +84,7 @@ class TagService:
         if kept is not None and now - kept.fetched_at < self._ttl(upstream):
             return TagLookup(kept.page, CacheResult.HIT)
         try:
-            self._negative.check(_negative_key(upstream, repo, params))
+            await self._negative.check(_negative_key(upstream, repo, params))
             flight, joined = self._flights.call(key, lambda: self._fetch(upstream, repo, params, key))
             page = await flight
         except (UpstreamError, RepositoryUnknown) as e:

@@ -24,6 +24,18 @@ the files its eviction removed are gone, and C{min_free} is judged on the
 free space left after them.  An entry that would not fit even with every
 stored entry evicted, because commits in flight hold the room, is not kept,
 rather than emptying the cache for nothing.
+
+Several processes may serve one store (C{[server] workers}): with the
+store's L{Disk}, the budget is theirs together.  Room is made and entries
+evicted under a store-wide turn (L{BudgetFiles}, a C{flock}ed file), and
+under it each process first brings its books up to the shared tables,
+reading the log of changes SQLite's triggers keep of them
+(L{ocicache._storage._database.CHANGES_SCHEMA}), so that its total is
+every process's and its policy orders every process's entries; and it
+counts the room the other processes' commits in flight reserved.  A
+reservation is given back only once the entry's row is in the table
+(L{ocicache._storage._capacity.Capacity.keep}), so no instant counts it
+nowhere.
 """
 
 from __future__ import annotations
@@ -35,8 +47,10 @@ from typing import Protocol, TypeGuard
 from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
 
+from ._budget_files import BudgetFiles
+from ._disk import Disk
 from ._eviction import S3FIFO
-from ._metadata import MetadataUnavailable
+from ._metadata import EntryChanges, MetadataUnavailable
 
 __all__ = ["Book", "Budget", "LOW_WATER", "Read", "Tagged"]
 
@@ -72,19 +86,32 @@ class Book(Protocol):
     async def evicted(self, keys: list[Hashable], size: int) -> None:
         """Remove entries the policy chose, of C{size} bytes in all (already out of the policy)."""
 
+    def follow(self, changes: Iterable[tuple[str, int | None]]) -> None:
+        """Rows of its table added or resized (key text, size) or removed (size C{None}), in order."""
+
+    def match(self, rows: Iterable[tuple[str, int]]) -> None:
+        """Its table's rows (key text, size), all of them: hold exactly those."""
+
 
 class Budget:
     """
     The byte budget of a store, shared by every kind of entry in it.
     """
 
-    def __init__(self, root: str, max_size: int | None, min_free: int | float | None = None) -> None:
+    def __init__(self, root: str, max_size: int | None, min_free: int | float | None = None,
+                 shared: Disk | None = None) -> None:
         """
         @param root: a directory on the filesystem C{min_free} is judged on.
         @param max_size: the limit of the sum of every kind; C{None}: none.
         @param min_free: bytes, or a fraction of the filesystem, to leave free.
+        @param shared: the disk of a store other processes may share: the
+            budget is then theirs together (L{open} before use).
         """
         self._root = root
+        self._shared = shared
+        self._files = BudgetFiles(shared.store.root) if shared is not None else None
+        self._seen: int | None = None
+        """The last change of the shared tables these books follow (C{None}: none yet)."""
         self.max_size = max_size
         self._min_free = min_free
         # Without a limit the policy still orders entries for min_free.
@@ -94,6 +121,16 @@ class Budget:
         # make_room and evict take turns: a reservation is granted only
         # after the evictions that made its room have removed their files.
         self._turn = DeferredLock()
+
+    def open(self) -> None:
+        """With a shared store: say this process's reservations there (at start-up; blocks briefly)."""
+        if self._files is not None:
+            self._files.open()
+
+    def close(self) -> None:
+        """With a shared store: take this process's reservations away from it."""
+        if self._files is not None:
+            self._files.close()
 
     def register(self, book: Book) -> None:
         """Count C{book}'s entries in this budget."""
@@ -113,12 +150,14 @@ class Budget:
 
     def committed(self, tagged: Tagged, size: int) -> None:
         """An entry for which L{make_room} returned C{True} is stored: its reservation becomes it."""
-        self._reserved = max(0, self._reserved - size)
         self.policy.insert(tagged, size)
+        self.release(size)
 
     def release(self, size: int) -> None:
         """An entry for which L{make_room} returned C{True} will not be stored after all."""
         self._reserved = max(0, self._reserved - size)
+        if self._files is not None:
+            self._files.publish(self._reserved)
 
     def fits(self, size: int) -> bool:
         return self.max_size is None or size <= self.max_size
@@ -136,20 +175,80 @@ class Budget:
             return False
         await self._turn.acquire()
         try:
-            return await self._make_room(size, keep)
+            others = await self._take_shared_turn()
+            try:
+                kept = await self._make_room(size, keep, others)
+                if kept and self._files is not None:
+                    # Said before the turn passes on: the next process
+                    # counts this room as taken.
+                    self._files.publish(self._reserved)
+                return kept
+            finally:
+                self._end_shared_turn()
         finally:
             self._turn.release()
 
-    async def _make_room(self, size: int, keep: Iterable[Tagged]) -> bool:
+    async def _take_shared_turn(self) -> int:
+        """
+        With a shared store: wait for its turn, bring the books up to the
+        shared tables, and return the bytes the other processes reserve.
+        Alone: 0.
+        """
+        if self._shared is None or self._files is None:
+            return 0
+        files = self._files
+        await self._shared.run(files.take_turn)
+        try:
+            # The reservations first, then the tables: a commit gives its
+            # reservation back only after its row is in, so whatever was
+            # given back before this read is in the rows read after it.
+            # (The other order misses a commit landing between the two.)
+            others = await self._shared.run(files.others_reserved)
+            await self._follow_shared()
+            return others
+        except BaseException:
+            files.end_turn()
+            raise
+
+    def _end_shared_turn(self) -> None:
+        if self._files is not None:
+            self._files.end_turn()
+
+    async def _follow_shared(self) -> None:
+        """Apply what every process did to the shared tables since the last look."""
+        if self._shared is None:
+            return
+        try:
+            found: EntryChanges = await self._shared.metadata.entry_changes(self._seen, list(self._books))
+        except MetadataUnavailable as e:
+            # The books as they are: this process's own entries, at least.
+            log.warn("Cannot read what other processes stored: {error}", error=str(e))
+            return
+        if found.rows is not None:
+            for table, book in self._books.items():
+                book.match(found.rows.get(table, []))
+        elif found.changes:
+            by_table: dict[str, list[tuple[str, int | None]]] = {}
+            for change in found.changes:
+                by_table.setdefault(change.table, []).append((change.key, change.size))
+            for table, changes in by_table.items():
+                if table in self._books:
+                    self._books[table].follow(changes)
+        self._seen = found.last
+
+    async def _make_room(self, size: int, keep: Iterable[Tagged], others: int = 0) -> bool:
         # Only this call reserves while it holds the turn; commits landing
-        # or failing meanwhile only move or lower the reserved bytes.
-        if self.max_size is not None and self._reserved + size > self.max_size:
+        # or failing meanwhile only move or lower the reserved bytes.  The
+        # other processes' reservations, read under the shared turn, only
+        # fall meanwhile.
+        reserved = self._reserved + others
+        if self.max_size is not None and reserved + size > self.max_size:
             log.info("Not keeping a {size}-byte entry: commits in flight hold {reserved} bytes of max_size",
-                     size=size, reserved=self._reserved)
+                     size=size, reserved=reserved)
             return False
         target = self.policy.size
-        if self.max_size is not None and self.policy.size + self._reserved + size > self.max_size:
-            target = min(target, int(self.max_size * LOW_WATER) - self._reserved - size)
+        if self.max_size is not None and self.policy.size + reserved + size > self.max_size:
+            target = min(target, int(self.max_size * LOW_WATER) - reserved - size)
         # min_free needs no reservation: an entry in flight is already
         # written under tmp/, on the same filesystem, so statvfs counts it,
         # and its commit is a rename that takes no space.  Taking turns is
@@ -159,7 +258,7 @@ class Budget:
             target = min(target, self.policy.size - shortfall)
         if target < self.policy.size:
             await self._evict(max(target, 0), keep)
-        if self.max_size is not None and self.policy.size + self._reserved + size > self.max_size:
+        if self.max_size is not None and self.policy.size + reserved + size > self.max_size:
             log.info("Not keeping a {size}-byte entry: no room beside the commits in flight", size=size)
             return False
         if shortfall > 0 and self._free_shortfall(size) > 0:
@@ -179,7 +278,11 @@ class Budget:
         """
         await self._turn.acquire()
         try:
-            return await self._evict(target, keep, last_access)
+            await self._take_shared_turn()
+            try:
+                return await self._evict(target, keep, last_access)
+            finally:
+                self._end_shared_turn()
         finally:
             self._turn.release()
 

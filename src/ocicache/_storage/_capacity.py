@@ -16,6 +16,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from typing import TypeGuard
 
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
 from .._spec._reference import Digest
 from ._budget import Budget, Tagged
 from ._disk import Disk
@@ -24,6 +28,8 @@ from ._metadata import MetadataUnavailable
 from ._store import Kind
 
 __all__ = ["Capacity"]
+
+log = Logger()
 
 
 class Capacity:
@@ -42,6 +48,7 @@ class Capacity:
         table: str = "blobs",
         recency: Callable[[], Awaitable[Mapping[Digest, float] | None]] | None = None,
         kind: Kind = Kind.BLOB,
+        parse: Callable[[str], Hashable] = Digest.parse,
     ) -> None:
         """
         @param budget: the store's budget, which this kind joins.
@@ -57,7 +64,10 @@ class Capacity:
             (L{ocicache._storage._metadata.BLOB_TABLES}).
         @param kind: what the store holds them as (its directory), for the
             default C{remove}.
+        @param parse: a key from its text in the table (other processes'
+            entries are learnt from there).
         """
+        self._parse = parse
         self.budget = budget
         self._kind = kind
         self._disk = disk
@@ -129,12 +139,63 @@ class Capacity:
         else:
             self.budget.release(size)
 
+    def keep(self, key: Digest, size: int) -> Deferred[None]:
+        """
+        An entry for which L{make_room} returned C{True} is in the store:
+        write its row, then let its reservation become it.  In that order:
+        other processes on the store count it as reserved until they can
+        count it as stored.  A row that cannot be written is logged (the
+        janitor adopts the file again).
+        """
+        recorded = self._metadata.put_blob(str(key), size, self._reactor.seconds(), table=self.table)
+
+        def failed(failure: Failure) -> None:
+            log.warn("Could not record {key} in {table}: {error}", key=str(key), table=self.table,
+                     error=failure.getErrorMessage())
+
+        recorded.addCallbacks(lambda _: None, failed)
+        recorded.addCallback(lambda _: self.committed(key, size))
+        return recorded
+
     def release(self, size: int) -> None:
         """
         An entry for which L{make_room} returned C{True} will not be stored
         after all (its commit failed): give its room back.
         """
         self.budget.release(size)
+
+    def follow(self, changes: Iterable[tuple[str, int | None]]) -> None:
+        """
+        Rows of this kind's table added or resized (key text, size) or
+        removed (size C{None}), in the order they were, by any process on
+        the store: the policy follows.
+        """
+        for text, size in changes:
+            key = self._key(text)
+            if key is None:
+                continue
+            known = self.policy.size_of(key)
+            if known is not None and known != size:
+                self.forget([key])
+            if size is not None and known != size:
+                self.load([(key, size, False)])
+
+    def match(self, rows: Iterable[tuple[str, int]]) -> None:
+        """Hold exactly these rows of this kind's table (key text, size), as every process left them."""
+        wanted: dict[Digest, int] = {}
+        for text, size in rows:
+            key = self._key(text)
+            if key is not None:
+                wanted[key] = size
+        self.forget([key for key in self.policy.keys() if _is_key(key) and wanted.get(key) != self.policy.size_of(key)])
+        self.load((key, size, False) for key, size in wanted.items() if key not in self.policy)
+
+    def _key(self, text: str) -> Digest | None:
+        try:
+            key = self._parse(text)
+        except ValueError:
+            return None  # not a row this code wrote: never one to evict by name
+        return key if _is_key(key) else None
 
     def forget(self, keys: Iterable[Digest]) -> None:
         for key in keys:

@@ -15,6 +15,7 @@ closed, or impossible to create.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import sqlite3
 import tempfile
@@ -47,6 +48,16 @@ BUSY_TIMEOUT = 5.0
 Seconds a statement waits for a lock another connection holds before it
 fails with L{MetadataLocked}; the daemon's own transactions are short.
 """
+
+BUSY_RETRIES = 3
+"""
+Times work that found the database locked by another process (past
+L{BUSY_TIMEOUT}) runs again before it fails with L{MetadataLocked}: several
+worker processes write to one database.
+"""
+
+BUSY_BACKOFF = 0.05
+"""Seconds before the first retry of locked work; the next ones wait longer."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tags (
@@ -139,6 +150,19 @@ CREATE TABLE IF NOT EXISTS pin_manifests (
     manifest TEXT NOT NULL,
     PRIMARY KEY (upstream, repo, reference, manifest)
 );
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    tbl TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    size INTEGER
+);
+CREATE TABLE IF NOT EXISTS negatives (
+    key TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    expires REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS negatives_expires ON negatives (expires);
 CREATE TABLE IF NOT EXISTS quota (
     upstream TEXT PRIMARY KEY,
     pulls_made INTEGER NOT NULL DEFAULT 0,
@@ -160,6 +184,29 @@ disk, C{bucket_blobs} for the objects in an S3 bucket (the S3 backend's
 index), and one table per other kind of entry (git responses, files of
 package repositories), named by the hash their front-end gives them,
 with its C{bucket_} twin for its objects in the S3 bucket.
+"""
+
+LOCAL_TABLES = frozenset({"blobs", "git_entries", "file_entries"})
+"""The tables of L{BLOB_TABLES} whose entries are files on this disk, in its budget."""
+
+CHANGES_SCHEMA = "".join(
+    f"""
+CREATE TRIGGER IF NOT EXISTS {table}_added AFTER INSERT ON {table}
+BEGIN INSERT INTO changes (tbl, digest, size) VALUES ('{table}', NEW.digest, NEW.size); END;
+CREATE TRIGGER IF NOT EXISTS {table}_resized AFTER UPDATE OF size ON {table} WHEN NEW.size != OLD.size
+BEGIN INSERT INTO changes (tbl, digest, size) VALUES ('{table}', NEW.digest, NEW.size); END;
+CREATE TRIGGER IF NOT EXISTS {table}_removed AFTER DELETE ON {table}
+BEGIN INSERT INTO changes (tbl, digest, size) VALUES ('{table}', OLD.digest, NULL); END;
+"""
+    for table in sorted(LOCAL_TABLES)
+)
+"""
+Every row added to, resized in or removed from a table of entries stored on
+this disk, in order, written by SQLite itself whichever code (or process)
+made the change: the log each process on a store reads to keep its
+budget's books equal to the shared tables (L{ocicache._storage._budget}),
+and prunes.  C{size} is C{NULL} for a removal.  (The bucket's tables are
+not logged: no budget of this disk counts them.)
 """
 
 # SQLite's primary result codes (https://sqlite.org/rescode.html).
@@ -310,6 +357,30 @@ def _unavailable(path: str, error: sqlite3.Error) -> MetadataUnavailable:
     return MetadataUnavailable(path, f"the metadata database {path} is unusable: {error}")
 
 
+class _OpenTurn:
+    """
+    An exclusive C{flock(2)} on a file beside the database, held while a
+    process opens (and perhaps rebuilds) it; the kernel lets go if the
+    process dies.  Opening it is said as the other failures to open are.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._fd: int | None = None
+
+    def __enter__(self) -> None:
+        try:
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise MetadataUnavailable(self._path, f"cannot create {self._path}: {e.strerror}") from None
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class Database:
     """
     The database's life: opened (rebuilt when corrupt) on its own thread,
@@ -358,6 +429,20 @@ class Database:
 
     def _open(self, rebuild: bool) -> Rebuilt | None:
         directory = os.path.dirname(self.path)
+        self._make_directory(directory)
+        # Before SQLite touches it: a read-only directory or file is said
+        # here, as the system says it, not found out on the first write.
+        why = _os_reason(self.path)
+        if why is not None:
+            raise MetadataUnavailable(self.path, f"cannot write the metadata database {self.path}: {why}")
+        # Every process on the store opens the database in turn: two
+        # finding it corrupt at once must not both move it aside (the
+        # second would move the first one's new database).  The second
+        # finds the new one sound.
+        with _OpenTurn(self.path + ".lock"):
+            return self._open_in_turn(rebuild)
+
+    def _make_directory(self, directory: str) -> None:
         try:
             os.makedirs(directory, exist_ok=True)
         except OSError as e:
@@ -365,11 +450,8 @@ class Database:
             if os.path.lexists(directory) and not os.path.isdir(directory):
                 why = f"{directory}: {os.strerror(errno.ENOTDIR)}"
             raise MetadataUnavailable(self.path, f"cannot create the metadata database {self.path}: {why}") from None
-        # Before SQLite touches it: a read-only directory or file is said
-        # here, as the system says it, not found out on the first write.
-        why = _os_reason(self.path)
-        if why is not None:
-            raise MetadataUnavailable(self.path, f"cannot write the metadata database {self.path}: {why}")
+
+    def _open_in_turn(self, rebuild: bool) -> Rebuilt | None:
         try:
             # Not SQLite at all: said before SQLite opens it, which would
             # delete a -wal file beside it on close.
@@ -404,7 +486,9 @@ class Database:
             problem = _schema_problem(db)
             if problem is not None:
                 raise MetadataCorrupt(self.path, problem)
-            db.executescript(SCHEMA)
+            # One transaction, which waits for another process creating
+            # or migrating it at the same instant (the busy timeout).
+            db.executescript(f"BEGIN IMMEDIATE;{SCHEMA}{CHANGES_SCHEMA}COMMIT;")
         except sqlite3.Error as e:
             db.close()
             raise self._cannot_open(e) from None
@@ -476,13 +560,22 @@ class Database:
             return fail(self._closed())
 
         def guarded() -> T:
-            db = self._db
-            if db is None:
-                raise self._closed()
-            try:
-                return work(db)
-            except sqlite3.Error as e:
-                raise _unavailable(self.path, e) from e
+            for attempt in range(BUSY_RETRIES + 1):
+                db = self._db
+                if db is None:
+                    raise self._closed()
+                try:
+                    return work(db)
+                except sqlite3.Error as e:
+                    code = getattr(e, "sqlite_errorcode", 0) & 0xFF
+                    if code not in _LOCKED_CODES or attempt == BUSY_RETRIES:
+                        raise _unavailable(self.path, e) from e
+                # Another process held the write lock past the busy
+                # timeout (or a read snapshot went stale): the work is one
+                # transaction, rolled back, so it runs again whole.  On
+                # the database's own thread: the reactor does not wait.
+                time.sleep(BUSY_BACKOFF * (attempt + 1))
+            raise AssertionError("unreachable")
 
         return self._run(guarded)
 
@@ -501,7 +594,7 @@ class Database:
 
         def executemany(db: sqlite3.Connection) -> None:
             with db:
-                db.execute("BEGIN")
+                db.execute("BEGIN IMMEDIATE")
                 db.executemany(sql, rows)
 
         return self._with_db(executemany)

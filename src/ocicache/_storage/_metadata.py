@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any, Protocol
 
 from attrs import frozen
@@ -32,6 +32,9 @@ __all__ = [
     "BLOB_TABLES",
     "BUSY_TIMEOUT",
     "BlobRow",
+    "CHANGES_KEPT",
+    "Change",
+    "EntryChanges",
     "Metadata",
     "MetadataCorrupt",
     "MetadataLocked",
@@ -42,6 +45,40 @@ __all__ = [
     "Rebuilt",
     "TagRow",
 ]
+
+CHANGES_KEPT = 100_000
+"""
+Changes of stored entries the log keeps at least; a process further behind
+than that reads the tables whole instead (L{Metadata.entry_changes}).
+"""
+
+
+@frozen
+class Change:
+    """A row of C{table} added or resized to C{size} bytes, or removed (C{size} C{None})."""
+
+    table: str
+    key: str
+    size: int | None
+
+
+@frozen
+class EntryChanges:
+    """
+    The changes since the last look (C{changes}), or else every row
+    (C{rows}: table to key and size); C{last} is the change they are as of.
+    """
+
+    last: int
+    changes: list[Change] | None
+    rows: dict[str, list[tuple[str, int]]] | None
+
+
+def _last_change(db: sqlite3.Connection) -> int:
+    """The sequence number of the last change ever logged (AUTOINCREMENT keeps it)."""
+    row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
+    return int(row[0]) if row is not None else 0
+
 
 @frozen
 class TagRow:
@@ -224,7 +261,7 @@ class Metadata(Database):
 
         def delete(db: sqlite3.Connection) -> None:
             with db:
-                db.execute("BEGIN")
+                db.execute("BEGIN IMMEDIATE")
                 db.executemany(f"DELETE FROM {table} WHERE digest=?", rows)
                 db.executemany(
                     f"DELETE FROM sources WHERE digest=? AND NOT EXISTS"
@@ -237,6 +274,57 @@ class Metadata(Database):
             f"SELECT digest, size, created_at, last_access, hits FROM {blob_table(table)}"
         )
         return [BlobRow(*row) for row in rows]
+
+    def entry_changes(self, seen: int | None, tables: Collection[str]) -> Deferred[EntryChanges]:
+        """
+        What the tables of stored entries named did since change C{seen}
+        (L{ocicache._storage._database.CHANGES_SCHEMA}), whoever did it; or,
+        when C{seen} is C{None} or the log no longer reaches back to it,
+        every row of those tables as of one instant.  Prunes the log's
+        oldest changes once it holds twice L{CHANGES_KEPT}.
+        """
+        names = sorted(blob_table(table) for table in tables)
+
+        def read(db: sqlite3.Connection) -> EntryChanges:
+            with db:
+                # One snapshot: the rows and the change they are as of.
+                db.execute("BEGIN")
+                last = _last_change(db)
+                oldest = db.execute("SELECT min(seq) FROM changes").fetchone()[0]
+                gap = seen is None or seen > last or (seen < last and (oldest is None or oldest > seen + 1))
+                if gap:
+                    rows = {table: [(str(digest), int(size)) for digest, size in
+                                    db.execute(f"SELECT digest, size FROM {table}")] for table in names}
+                    result = EntryChanges(last, None, rows)
+                else:
+                    marks = ",".join("?" * len(names))
+                    changes = [Change(str(table), str(digest), None if size is None else int(size))
+                               for table, digest, size in db.execute(
+                                   f"SELECT tbl, digest, size FROM changes WHERE seq > ? AND tbl IN ({marks})"
+                                   " ORDER BY seq", (seen, *names))]
+                    result = EntryChanges(last, changes, None)
+            if oldest is not None and last - oldest >= 2 * CHANGES_KEPT:
+                db.execute("DELETE FROM changes WHERE seq <= ?", (last - CHANGES_KEPT,))
+            return result
+
+        return self._with_db(read)
+
+    async def negative(self, key: str) -> tuple[str, str, float] | None:
+        """An upstream 404 another process remembered (L{ocicache._fetch._negative}): its error, message, expiry."""
+        rows = await self._execute("SELECT kind, message, expires FROM negatives WHERE key=?", key)
+        return (str(rows[0][0]), str(rows[0][1]), float(rows[0][2])) if rows else None
+
+    def put_negative(self, key: str, kind: str, message: str, expires: float, now: float) -> Deferred[None]:
+        """Remember an upstream 404 until C{expires}; those past their expiry go."""
+
+        def put(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("INSERT OR REPLACE INTO negatives (key, kind, message, expires) VALUES (?, ?, ?, ?)",
+                           (key, kind, message, expires))
+                db.execute("DELETE FROM negatives WHERE expires <= ?", (now,))
+
+        return self._with_db(put)
 
     async def manifest_digests(self) -> list[str]:
         return [str(row[0]) for row in await self._execute("SELECT digest FROM manifests")]
@@ -251,7 +339,7 @@ class Metadata(Database):
 
         def forget(db: sqlite3.Connection) -> None:
             with db:
-                db.execute("BEGIN")
+                db.execute("BEGIN IMMEDIATE")
                 for digest in digests:
                     db.execute(f"DELETE FROM {table} WHERE digest=?", (digest,))
                     db.execute("DELETE FROM manifest_children WHERE parent=?", (digest,))
@@ -350,7 +438,7 @@ class Metadata(Database):
 
         def put(db: sqlite3.Connection) -> None:
             with db:
-                db.execute("BEGIN")
+                db.execute("BEGIN IMMEDIATE")
                 db.execute(
                     "INSERT INTO pins (upstream, repo, reference, platforms, digest, pinned_at)"
                     " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (upstream, repo, reference) DO UPDATE SET"
@@ -368,7 +456,7 @@ class Metadata(Database):
 
         def delete(db: sqlite3.Connection) -> bool:
             with db:
-                db.execute("BEGIN")
+                db.execute("BEGIN IMMEDIATE")
                 db.execute("DELETE FROM pin_manifests WHERE upstream=? AND repo=? AND reference=?",
                            (upstream, repo, reference))
                 return db.execute("DELETE FROM pins WHERE upstream=? AND repo=? AND reference=?",

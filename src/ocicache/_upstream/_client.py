@@ -13,9 +13,9 @@ from __future__ import annotations
 import base64
 import math
 from collections.abc import Iterable, Mapping
-from typing import Literal
+from typing import Literal, Protocol
 
-from attrs import field, frozen
+from attrs import evolve, field, frozen
 from hyperlink import DecodedURL
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred
@@ -83,6 +83,19 @@ RequestKind = Literal["manifest", "blob", "tags", "token", "other"]
 _KINDS: dict[str, RequestKind] = {"manifests": "manifest", "blobs": "blob", "tags": "tags"}
 
 
+class SharedPauses(Protocol):
+    """
+    Until when each upstream is left alone, as every process on the host
+    knows it (L{ocicache._storage._pause_files}): what a 429 told one
+    process, the others obey.  Both calls are quick and never wait on a
+    disk; C{OSError} when the files cannot be used.
+    """
+
+    def until(self, name: str) -> float | None: ...
+
+    def pause(self, name: str, until: float) -> None: ...
+
+
 class Upstream:
     """
     One configured upstream registry.
@@ -96,8 +109,11 @@ class Upstream:
         tokens: TokenCache,
         metrics: Metrics | None = None,
         routes: ProxyRoutes = DIRECT,
+        pauses: SharedPauses | None = None,
     ) -> None:
+        """@param pauses: the pauses every process on the host obeys (C{None}: this process's own)."""
         self.config = config
+        self._pauses = pauses
         self.name = config.name
         self.credentials: CredentialSource = credentials_for(config, reactor)
         """Read on every use, so a reload may replace it."""
@@ -259,7 +275,9 @@ class Upstream:
         authorization: bytes | None,
         kind: RequestKind = "other",
     ) -> IResponse:
-        if self.quota.limited_for(self._reactor.seconds()) > 0:
+        now = self._reactor.seconds()
+        self._obey_shared_pause(now)
+        if self.quota.limited_for(now) > 0:
             # Not before the window allows: asking again only prolongs it.
             raise self._rate_limited()
         all_headers = Headers(dict(headers))
@@ -489,6 +507,8 @@ class Upstream:
             return
         now = self._reactor.seconds()
         self.quota = quota = self.quota.observed(ratelimit, now, refused, _first(headers, b"retry-after"))
+        if refused:
+            self._share_pause(quota)
         if self._metrics is not None and ratelimit is not None:
             if quota.limit is not None:
                 self._metrics.ratelimit_limit.labels(self.name).set(quota.limit)
@@ -516,6 +536,34 @@ class Upstream:
                 log.info("{upstream}: {remaining} pulls left, above quota_floor again", upstream=self.name,
                          remaining=quota.remaining)
             self._below_floor = below
+
+    def _obey_shared_pause(self, now: float) -> None:
+        """Take up a longer pause another process on the host was told by a 429."""
+        if self._pauses is None:
+            return
+        try:
+            until = self._pauses.until(self.name)
+        except OSError as e:
+            log.warn("{upstream}: cannot read the pauses other processes share: {error}",
+                     upstream=self.name, error=str(e))
+            return
+        if until is None or until <= now or until <= (self.quota.limited_until or 0.0):
+            return
+        self.quota = evolve(self.quota, limited_until=until)
+        if not self._limited:
+            log.warn("{upstream}: rate limited, as another process was told; not asking it for {seconds:.0f}s",
+                     upstream=self.name, seconds=until - now)
+        self._limited = True
+
+    def _share_pause(self, quota: Quota) -> None:
+        """Tell every process on the host how long this upstream asked to be left alone."""
+        if self._pauses is None or quota.limited_until is None:
+            return
+        try:
+            self._pauses.pause(self.name, quota.limited_until)
+        except OSError as e:
+            log.warn("{upstream}: cannot share its rate limit with other processes: {error}",
+                     upstream=self.name, error=str(e))
 
     def restore(self, quota: Quota) -> None:
         """
