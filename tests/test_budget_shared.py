@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 import ocicache._storage._metadata as metadata_module
 from ocicache._spec._reference import Digest
@@ -31,32 +30,9 @@ from ocicache._storage._capacity import Capacity
 from ocicache._storage._disk import Disk
 from ocicache._storage._metadata import Metadata
 from ocicache._storage._store import Kind, Store
-from ocitest.fakes import Reactor, run
+from ocitest.fakes import Reactor, SyncThreadPool, run
 
 LIMIT = 1000
-
-
-class _Now(ThreadPool):
-    """A pool that runs each job at once, in this thread."""
-
-    def start(self) -> None:
-        self.started = True
-
-    def stop(self) -> None:
-        self.started = False
-
-    def callInThreadWithCallback(  # type: ignore[override]
-        self, onResult: Callable[[bool, object], None] | None, func: Callable[..., object], *args: object,
-        **kwargs: object,
-    ) -> None:
-        try:
-            result = func(*args, **kwargs)
-        except BaseException:
-            if onResult is not None:
-                onResult(False, Failure())
-        else:
-            if onResult is not None:
-                onResult(True, result)
 
 
 @dataclass
@@ -81,10 +57,10 @@ def processes(tmp_path: Path, clock: Reactor) -> Iterator[Callable[[], _Process]
 
     def start() -> _Process:
         metadata = Metadata(os.path.join(store.root, "metadata.sqlite"), clock)  # type: ignore[arg-type]
-        metadata._pool = _Now(minthreads=0, maxthreads=1)  # type: ignore[assignment]
+        metadata._pool = SyncThreadPool(minthreads=0, maxthreads=1)  # type: ignore[assignment]
         metadata.open()
         run(clock)
-        disk = Disk(clock, store, metadata, _Now(minthreads=0, maxthreads=1))
+        disk = Disk(clock, store, metadata, SyncThreadPool(minthreads=0, maxthreads=1))
         budget = Budget(store.root, LIMIT, shared=disk)
         budget.open()
         process = _Process(disk, budget, Capacity(budget, disk))

@@ -5,19 +5,17 @@ remembered for their TTL, per key, within a memory bound.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 from ocicache._fetch._negative import ENTRY_OVERHEAD, NegativeCache, NegativeKey
 from ocicache._oci._errors import BlobUnknown, ManifestUnknown, RepositoryUnknown
 from ocicache._storage._metadata import Metadata
-from ocitest.fakes import Reactor, run
+from ocitest.fakes import Reactor, SyncThreadPool, run
 
 TAG = ("docker.io", "library/alpine", "manifest", "nosuch")
 DIGEST = ("docker.io", "library/alpine", "blob", "sha256:" + "0" * 64)
@@ -96,33 +94,10 @@ def test_memory_is_bounded() -> None:
     _check(negative, ("docker.io", "repo0", "manifest", "v1"))
 
 
-class _Now(ThreadPool):
-    """The database's thread pool, running each query at once in this thread."""
-
-    def start(self) -> None:
-        self.started = True
-
-    def stop(self) -> None:
-        self.started = False
-
-    def callInThreadWithCallback(  # type: ignore[override]
-        self, onResult: Callable[[bool, object], None] | None, func: Callable[..., object], *args: object,
-        **kwargs: object,
-    ) -> None:
-        try:
-            result = func(*args, **kwargs)
-        except BaseException:
-            if onResult is not None:
-                onResult(False, Failure())
-        else:
-            if onResult is not None:
-                onResult(True, result)
-
-
 def _metadata(path: str, clock: Reactor) -> Metadata:
     """One process's connection to the store's database."""
     metadata = Metadata(path, clock)  # type: ignore[arg-type]  # it only calls callFromThread, which the fake has
-    metadata._pool = _Now(minthreads=0, maxthreads=1)  # type: ignore[assignment]
+    metadata._pool = SyncThreadPool(minthreads=0, maxthreads=1)  # type: ignore[assignment]
     metadata.open()
     run(clock)
     return metadata

@@ -59,6 +59,29 @@ class SyncPool:
             onResult(True, result)
 
 
+class SyncThreadPool(ThreadPool):
+    """
+    A real L{ThreadPool}'s interface (started and stopped as the database
+    and the disk start and stop theirs) whose work runs at once, in the
+    calling thread.
+    """
+
+    def start(self) -> None:
+        self.started = True
+
+    def stop(self) -> None:
+        self.started = False
+
+    def callInThreadWithCallback(  # type: ignore[override]
+        self, onResult: Callable[[bool, object], None] | None, func: Callable[..., object], *args: object,
+        **kwargs: object,
+    ) -> None:
+        if onResult is None:
+            func(*args, **kwargs)
+            return
+        SyncPool().callInThreadWithCallback(onResult, func, *args, **kwargs)
+
+
 class ManualPool:
     """A disk pool whose work waits until the test runs it, one job at a time."""
 
