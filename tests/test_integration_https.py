@@ -1,8 +1,9 @@
 """
 HTTPS through ocicache's TLS transport (L{ocicache._web._bulk_tls}) with
 a real client: a 64 MiB blob whole (a miss, then a hit hashed on the way in
-the disk pool), a range of it, keep-alive requests on one connection, and a
-client that hangs up mid-transfer, which costs the daemon nothing it keeps
+the disk pool), a range of it, keep-alive requests on one connection (ALPN settles on
+HTTP/1.1 for a client offering h2 first), and a client that hangs up
+mid-transfer, which costs the daemon nothing it keeps
 (no descriptor, no error) and stops nobody else.
 """
 
@@ -90,9 +91,13 @@ def test_keep_alive_and_a_client_that_hangs_up_mid_transfer(
     path = f"/v2/docker.io/{image.repo}/blobs/{blob.digest}"
     digest = blob.digest.split(":", 1)[1]
     context = ssl.create_default_context(cafile=pki.ca_cert)
+    context.set_alpn_protocols(["h2", "http/1.1"])
 
     # Two whole bodies on one connection: the miss, then the hit.
     connection = http.client.HTTPSConnection("127.0.0.1", tls_port, context=context, timeout=60)
+    connection.connect()
+    assert isinstance(connection.sock, ssl.SSLSocket)
+    assert connection.sock.selected_alpn_protocol() == "http/1.1"
     for _ in range(2):
         connection.request("GET", path)
         response = connection.getresponse()

@@ -2,13 +2,17 @@
 L{MemoryReturn}: after a storm of closed connections, once it has calmed,
 one full collection (the dead connections' reference cycles) and
 C{malloc_trim} in the blocking pool; never more than once an interval, and
-never while the storm goes on.
+never while the storm goes on.  L{reuse_large_buffers}: 1 MiB reads from a
+socket reuse the heap's pages instead of faulting in new ones.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import platform
+import subprocess
+import sys
 import weakref
 from collections.abc import Callable, Iterator
 
@@ -16,7 +20,7 @@ import pytest
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
-from ocicache._daemon._memory_return import MemoryReturn, limit_malloc_arenas, malloc_trim
+from ocicache._daemon._memory_return import MemoryReturn, limit_malloc_arenas, malloc_trim, reuse_large_buffers
 
 
 class _Cycle:
@@ -147,3 +151,53 @@ def test_malloc_arenas_limited_unless_the_environment_says(monkeypatch: pytest.M
     assert not limit_malloc_arenas(2)
     monkeypatch.delenv("MALLOC_ARENA_MAX")
     assert limit_malloc_arenas(2)
+
+
+_BUFFERS = """
+import ctypes, sys
+from ocicache._daemon._memory_return import reuse_large_buffers
+
+class MallInfo2(ctypes.Structure):  # glibc's struct mallinfo2 (malloc.h)
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+mallinfo2 = ctypes.CDLL(None).mallinfo2
+mallinfo2.restype = MallInfo2
+if sys.argv[1] == "reuse":
+    assert reuse_large_buffers()
+before = mallinfo2().hblks
+held = [bytes(1 << 20) for _ in range(8)]  # as eight upstream reads in a download's queue
+mapped = mallinfo2().hblks - before
+del held
+print(mapped, mallinfo2().keepcost)
+"""
+
+
+def _buffers(mode: str) -> tuple[int, int]:
+    """Blocks mmap'd while eight 1 MiB buffers are held, and the heap top kept once they are freed."""
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("MALLOC_")}
+    environment["PYTHONPATH"] = os.pathsep.join(sys.path)
+    done = subprocess.run([sys.executable, "-c", _BUFFERS, mode], capture_output=True, text=True, timeout=60,
+                          env=environment, check=True)
+    mapped, kept = done.stdout.split()
+    return int(mapped), int(kept)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_large_buffers_come_from_the_heap_and_stay_for_the_next() -> None:
+    # glibc alone maps a fresh 1 MiB block (its pages faulted in and zeroed
+    # on first touch) and unmaps it when freed; reused, the blocks come
+    # from the heap, and their pages stay there for the next reads.
+    mapped, kept = _buffers("glibc")
+    assert mapped == 8 and kept < 8 << 20
+    mapped, kept = _buffers("reuse")
+    assert mapped == 0 and kept >= 8 << 20
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_large_buffers_reused_unless_the_environment_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
+    assert not reuse_large_buffers()
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    assert not reuse_large_buffers()

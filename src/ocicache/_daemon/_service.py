@@ -107,7 +107,7 @@ from ._bucket_client import s3_client
 from ._handover import AdoptedListener
 from ._housekeeping import Housekeeping
 from ._listening import ListenError, listener, plain_and_reachable
-from ._memory_return import MemoryReturn, limit_malloc_arenas, malloc_trim
+from ._memory_return import MemoryReturn, limit_malloc_arenas, malloc_trim, reuse_large_buffers
 from ._preflight import warn_at_start
 from ._reload import Reloader
 from ._siblings import ask_siblings, serve_siblings
@@ -144,6 +144,8 @@ class OcicacheService(MultiService):
         self.metadata = Metadata(f"{self.store.root}/metadata.sqlite", reactor)
         # The disk threads share one malloc arena (_memory_return), set before any starts.
         limit_malloc_arenas(2)
+        # Blob buffers (about 1 MiB) reused, not mapped and zeroed anew each.
+        reuse_large_buffers()
         self.disk_pool = ThreadPool(minthreads=0, maxthreads=8, name="ocicache-disk")
         self.http_pool = make_pool(reactor)
         # The connections of git and file remotes through the outbound proxy.
