@@ -24,6 +24,8 @@ import fcntl
 import os
 import struct
 
+from ._store import make_store_directory
+
 __all__ = ["BudgetFiles"]
 
 _RESERVED = struct.Struct("<Q")
@@ -43,7 +45,7 @@ class BudgetFiles:
 
     def open(self) -> None:
         """Create this process's reserved file, locked, holding 0 (at start-up)."""
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        make_store_directory(self.directory)
         unique = f"{os.getpid()}.{os.urandom(4).hex()}"
         name, making = f"reserved.{unique}", os.path.join(self.directory, f"new.{unique}")
         fd = os.open(making, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -78,7 +80,7 @@ class BudgetFiles:
 
     def take_turn(self) -> None:
         """Wait for the store-wide turn (blocks while another process has it)."""
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        make_store_directory(self.directory)
         fd = os.open(os.path.join(self.directory, "turn"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import sqlite3
 import tempfile
 import threading
@@ -49,11 +50,13 @@ Seconds a statement waits for a lock another connection holds before it
 fails with L{MetadataLocked}; the daemon's own transactions are short.
 """
 
-BUSY_RETRIES = 3
+BUSY_RETRIES = 1
 """
 Times work that found the database locked by another process (past
 L{BUSY_TIMEOUT}) runs again before it fails with L{MetadataLocked}: several
-worker processes write to one database.
+worker processes write to one database.  Once: a lock held past 10 s is
+not another worker's write (they take milliseconds) but a stuck process,
+and a command (C{ocicache gc}) says so rather than wait on.
 """
 
 BUSY_BACKOFF = 0.05
@@ -279,6 +282,16 @@ def _expected_columns() -> dict[str, dict[str, int]]:
 _EXPECTED = _expected_columns()
 
 
+_SCHEMA_OBJECTS = re.compile(r"CREATE (?:TABLE|INDEX|TRIGGER) IF NOT EXISTS (\w+)")
+
+
+def _schema_complete(db: sqlite3.Connection) -> bool:
+    """Whether every table, index and trigger of the schema is there already (a read)."""
+    wanted = set(_SCHEMA_OBJECTS.findall(SCHEMA + CHANGES_SCHEMA))
+    present = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    return wanted <= present
+
+
 def _schema_problem(db: sqlite3.Connection) -> str | None:
     """
     Why the tables that exist cannot serve this code, or C{None}.  Missing
@@ -486,9 +499,12 @@ class Database:
             problem = _schema_problem(db)
             if problem is not None:
                 raise MetadataCorrupt(self.path, problem)
-            # One transaction, which waits for another process creating
-            # or migrating it at the same instant (the busy timeout).
-            db.executescript(f"BEGIN IMMEDIATE;{SCHEMA}{CHANGES_SCHEMA}COMMIT;")
+            if not _schema_complete(db):
+                # One transaction, which waits for another process creating
+                # or migrating it at the same instant (the busy timeout).  A
+                # complete schema takes no write lock: a reader (ocicache
+                # verify) opens while another process writes.
+                db.executescript(f"BEGIN IMMEDIATE;{SCHEMA}{CHANGES_SCHEMA}COMMIT;")
         except sqlite3.Error as e:
             db.close()
             raise self._cannot_open(e) from None

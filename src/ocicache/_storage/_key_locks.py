@@ -28,7 +28,7 @@ from __future__ import annotations
 import fcntl
 import os
 
-from ._store import Kind, StoreKey
+from ._store import Kind, StoreKey, make_store_directory
 
 __all__ = ["NOTES", "KeyLock", "KeyLocks", "Watched"]
 
@@ -93,7 +93,7 @@ class KeyLocks:
         The key's lock, or C{None} at once when another holder has it
         (another process, or another fill in this one).
         """
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        make_store_directory(self.directory)
         return _take(self.path(kind, key))
 
     def watch(self, kind: Kind, key: StoreKey) -> Watched | None:

@@ -21,6 +21,8 @@ import math
 import os
 import struct
 
+from ._store import make_store_directory
+
 __all__ = ["PauseFiles"]
 
 _UNTIL = struct.Struct("<d")
@@ -36,7 +38,7 @@ class PauseFiles:
     def _fd(self, name: str) -> int:
         fd = self._fds.get(name)
         if fd is None:
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            make_store_directory(self.directory)
             # Any upstream name, as a file name that cannot escape the directory.
             digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:32]
             fd = os.open(os.path.join(self.directory, digest), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)

@@ -18,6 +18,8 @@ import fcntl
 import hashlib
 import os
 
+from ._store import make_store_directory
+
 __all__ = ["SlotFiles"]
 
 
@@ -43,7 +45,7 @@ class SlotFiles:
         fds = self._fds.setdefault(name, [])
         held = self._held.setdefault(name, set())
         if len(fds) < limit:
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            make_store_directory(self.directory)
             while len(fds) < limit:
                 fds.append(os.open(self._file(name, len(fds)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
         for index in range(limit):

@@ -30,7 +30,7 @@ from typing import Protocol
 
 from .._spec._reference import Digest
 
-__all__ = ["Kind", "Store", "StoreKey", "TempFile"]
+__all__ = ["Kind", "Store", "StoreKey", "TempFile", "make_store_directory"]
 
 
 class StoreKey(Protocol):
@@ -284,3 +284,20 @@ def _scandir(path: str) -> Iterator[os.DirEntry[str]]:
             yield from it
     except FileNotFoundError:
         return
+
+
+def make_store_directory(directory: str, levels: int = 2) -> None:
+    """
+    Create C{directory} and up to C{levels - 1} of its parents inside the
+    store (C{tmp/locks}, C{shared/slots}), never the store's root: a
+    store whose directory vanished stays gone (C{FileNotFoundError}), so
+    it is noticed and passed through rather than rebuilt piecemeal.
+    """
+    parents = [directory]
+    for _ in range(levels - 1):
+        parents.append(os.path.dirname(parents[-1]))
+    for path in reversed(parents):
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass

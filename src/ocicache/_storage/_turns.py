@@ -15,6 +15,7 @@ import hashlib
 import os
 
 from ._key_locks import KeyLock, _take
+from ._store import make_store_directory
 
 __all__ = ["Turns"]
 
@@ -27,6 +28,6 @@ class Turns:
 
     def take(self, name: str) -> KeyLock | None:
         """The turn of C{name} (any text), or C{None} at once while another holder has it."""
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        make_store_directory(self.directory)
         digest = hashlib.sha256(name.encode("utf-8")).hexdigest()
         return _take(os.path.join(self.directory, digest))
