@@ -23,7 +23,7 @@ from ocitest.hop import Hop
 from ocitest.ops import socket_activated, socket_refuses
 from ocitest.registry import Registry
 from ocitest.slow_client import SlowClient
-from ocitest.workers import only, ready_workers, served_by, wait_ready
+from ocitest.workers import only, ready_workers, served_by, wait_ready, wait_settled
 
 pytestmark = pytest.mark.integration
 
@@ -58,6 +58,7 @@ def test_each_worker_serves_and_metrics_are_the_hosts(
     for index in (0, 1, 1):
         with only(pids, index):
             status, _, body = http_request(daemon.url + path)
+            wait_settled(daemon.cache_dir)
         assert status == 200 and "sha256:" + hashlib.sha256(body).hexdigest() == blob.digest
     # The access log names the worker.
     wait_for(lambda: len(served_by(daemon.log_text(), path)) == 3, timeout=10, what="three access events")
@@ -90,6 +91,7 @@ def test_a_killed_worker_is_started_again_while_the_other_serves(
     assert re.search(rf"Worker 1 \(pid {pids[1]}\) was killed by SIGKILL after [0-9.]+s; starting it again", log)
     restarted = ready_workers(daemon.log_text)
     assert restarted[0] == pids[0]
+    wait_settled(daemon.cache_dir)
     with only(restarted, 1):
         status, _, _ = http_request(daemon.url + path)
     assert status == 200
@@ -117,6 +119,7 @@ def test_sigterm_drains_every_worker(daemon_factory: Callable[..., Daemon], upst
     path = f"/v2/{big.repo}/blobs/{layer.digest}"
     # Stored first, so both transfers are hits, read at 16 MiB/s: about 4 s each.
     assert http_request(daemon.url + path)[0] == 200
+    wait_settled(daemon.cache_dir)
     clients = []
     for index in (0, 1):
         with only(pids, index):
@@ -170,6 +173,7 @@ def test_a_socket_from_systemd_is_served_by_every_worker(
         status, _, body = http_request(f"http://127.0.0.1:{socket_port}{path}", timeout=60)
         assert status == 200 and "sha256:" + hashlib.sha256(body).hexdigest() == blob.digest
         pids = wait_ready(daemon.log_text, 2)
+        wait_settled(os.path.join(workdir, "cache"))
         for index in (0, 1):
             with only(pids, index):
                 status, _, body = http_request(f"http://127.0.0.1:{socket_port}{path}")

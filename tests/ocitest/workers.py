@@ -10,6 +10,7 @@ answered leaves only the chosen one to accept it.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import signal
@@ -60,6 +61,33 @@ def only(pids: dict[int, int], index: int) -> Iterator[int]:
                 os.kill(pid, signal.SIGCONT)
             except ProcessLookupError:
                 pass
+
+
+def held_key_locks(cache_dir: str) -> list[str]:
+    """The key locks some process holds now: fills in flight, not yet committed and let go."""
+    directory = os.path.join(cache_dir, "tmp", "locks")
+    held = []
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        try:
+            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held.append(name)
+        finally:
+            os.close(fd)
+    return held
+
+
+def wait_settled(cache_dir: str, timeout: float = 20.0) -> None:
+    """
+    Wait until no fill holds its key's lock.  A worker stopped (L{only})
+    while it still commits a fill would hold up whoever follows that fill
+    from another worker until it is continued.
+    """
+    wait_for(lambda: not held_key_locks(cache_dir), timeout=timeout, what="every fill committed and let go")
 
 
 def served_by(log_text: str, path: str) -> list[int]:
