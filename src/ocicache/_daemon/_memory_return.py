@@ -71,15 +71,8 @@ def limit_malloc_arenas(most: int) -> bool:
     time, so sharing costs them little contention.  Call it before threads
     start.  True if set.
     """
-    if "MALLOC_ARENA_MAX" in os.environ or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_ARENA_MAX, most))
+    mallopt = None if "MALLOC_ARENA_MAX" in os.environ else _mallopt()
+    return mallopt is not None and bool(mallopt(_M_ARENA_MAX, most))
 
 
 def reuse_large_buffers(largest: int = 2 << 20, kept: int = 16 << 20) -> bool:
@@ -99,16 +92,23 @@ def reuse_large_buffers(largest: int = 2 << 20, kept: int = 16 << 20) -> bool:
     keeps is given back as before: L{MemoryReturn} trims every heap
     (C{malloc_trim(0)}) once a storm has passed.  True if set.
     """
-    if ("MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ
-            or platform.libc_ver()[0] != "glibc"):
-        return False
+    told = "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ
+    mallopt = None if told else _mallopt()
+    return mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, largest)) and bool(mallopt(_M_TRIM_THRESHOLD, kept))
+
+
+def _mallopt() -> Callable[[int, int], int] | None:
+    """glibc's C{mallopt(3)}, or C{None} elsewhere."""
+    if platform.libc_ver()[0] != "glibc":
+        return None
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
-        return False
+        return None
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, largest)) and bool(mallopt(_M_TRIM_THRESHOLD, kept))
+    found: Callable[[int, int], int] = mallopt
+    return found
 
 
 class MemoryReturn:
